@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the testbed needs, idempotently: Debian packages, then a virtual
+# environment (.venv) with the project and its Python dependencies.
+# Usage: scripts/setup.sh [--docker]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(mininet tgt libiscsi-bin bridge-utils iperf3 iptables ethtool iproute2
+              nftables tcpdump python3-venv python3-dev gcc procps)
+if [[ "${1:-}" == "--docker" ]]; then
+    APT_PACKAGES+=(docker.io docker-compose debootstrap)
+fi
+
+need=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if ((${#need[@]})); then
+    echo "setup: installing Debian packages: ${need[*]}"
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+# The venv is built on Debian's python3 so that Debian's mininet package (the same
+# library that /usr/bin/mn uses) is importable; everything else comes from PyPI.
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c "import mininet" 2>/dev/null; then
+    echo "setup: creating .venv"
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [[ ! -f $stamp ]]; then
+    echo "setup: installing Python dependencies into .venv"
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test,docker]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
