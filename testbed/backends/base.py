@@ -1,0 +1,171 @@
+"""What every backend shares: checked topology parameters and the network's shape.
+
+A backend turns *parameters* into a running *network* of *hosts* inside a
+:class:`testbed.runctx.RunContext`, and removes it when the run closes:
+
+- :class:`ContentionParams` is the contention topology's parameters, checked when the
+  object is made: a bad value raises a one-line :class:`ConfigError` that names the
+  parameter, before anything exists on the machine. :func:`make_params` builds the
+  parameters of a topology named by a string (scenario files, the command line).
+- :class:`Backend` is what the orchestrator calls: ``Backend(run).up(params)``.
+- :class:`Network` and :class:`Host` are what it gets back: hosts by name, with their
+  address, interface, and ``popen``/``run`` for processes inside them (tracked, tagged
+  with the run id, ended by pid at teardown).
+
+The Mininet backend (:mod:`testbed.backends.mininet`) is the default.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Optional
+
+from ..errors import ConfigError, TimeoutExpired
+from ..runctx import RunContext
+
+
+def _check_number(topology: str, name: str, value: Any, low: float, high: float,
+                  low_open: bool = False, integer: bool = False) -> None:
+    """Raise a one-line ConfigError unless low <= value <= high (low < value if low_open)."""
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
+        raise ConfigError(f"{topology}: parameter {name} must be {kind}, got {value!r}")
+    if value < low or value > high or (low_open and value == low):
+        lo = f"greater than {low:g}" if low_open else f"at least {low:g}"
+        raise ConfigError(f"{topology}: parameter {name} must be {lo} and at most {high:g},"
+                          f" got {value!r}")
+
+
+@dataclass(frozen=True)
+class ContentionParams:
+    """Parameters of the contention topology (see topologies/contention.py).
+
+    n: bulk hosts (0..64); bw_client: Mbit/s of the client's access link, the
+    bottleneck; bw: Mbit/s of the other links; delay (ms, one way) and loss (%) of the
+    client link; queue: packets per shaped interface (None: the qdisc's default);
+    trunk_delay, trunk_loss: delay and loss on the target and bulk links.
+    """
+
+    n: int = 2
+    bw_client: float = 10.0
+    bw: float = 100.0
+    delay: float = 0.0
+    loss: float = 0.0
+    queue: Optional[int] = None
+    trunk_delay: float = 0.0
+    trunk_loss: float = 0.0
+
+    topology: ClassVar[str] = "contention"
+    # The host whose packet handler can add delay and loss in user space.
+    userspace_host: ClassVar[str] = "client"
+    MAX_BULK: ClassVar[int] = 64
+    MAX_BW: ClassVar[float] = 1000.0        # Mbit/s, as Mininet's TCIntf
+
+    def __post_init__(self) -> None:
+        t = self.topology
+        _check_number(t, "n", self.n, 0, self.MAX_BULK, integer=True)
+        _check_number(t, "bw_client", self.bw_client, 0, self.MAX_BW, low_open=True)
+        _check_number(t, "bw", self.bw, 0, self.MAX_BW, low_open=True)
+        for name in ("delay", "trunk_delay"):
+            _check_number(t, name, getattr(self, name), 0, 60_000)
+        for name in ("loss", "trunk_loss"):
+            _check_number(t, name, getattr(self, name), 0, 100)
+        if self.queue is not None:
+            _check_number(t, "queue", self.queue, 1, 1_000_000, integer=True)
+
+    def topo(self):
+        """The Mininet Topo for these parameters."""
+        from topologies.contention import ContentionTopo
+        return ContentionTopo(**asdict(self))
+
+    @property
+    def host_names(self) -> list[str]:
+        return ["client", "target"] + [f"bulk{i}" for i in range(1, self.n + 1)]
+
+
+TOPOLOGIES: dict[str, type] = {"contention": ContentionParams}
+
+
+def make_params(topology: str, **values: Any) -> ContentionParams:
+    """Checked parameters of the topology named ``topology``; ConfigError names what is wrong."""
+    cls = TOPOLOGIES.get(topology)
+    if cls is None:
+        raise ConfigError(f"topology {topology!r} is unknown (known: {', '.join(TOPOLOGIES)})")
+    known = [f.name for f in fields(cls)]
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{topology}: unknown parameter {key!r} (known: {', '.join(known)})")
+    return cls(**values)
+
+
+class HostCommandTimeout(TimeoutExpired, subprocess.TimeoutExpired):
+    """A command run in a host did not finish in time (catchable as either parent)."""
+
+    def __init__(self, host: str, cmd: list[str], timeout: float,
+                 output: Any = None, stderr: Any = None):
+        subprocess.TimeoutExpired.__init__(self, cmd, timeout, output, stderr)
+        TimeoutExpired.__init__(self, f"host {host}: {' '.join(map(str, cmd))} did not finish "
+                                      f"in {timeout:g}s")
+        self.host = host
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Host(ABC):
+    """A host of a running network."""
+
+    name: str
+    ip: str       # IPv4 address, no prefix
+    mac: str
+    intf: str     # its interface, e.g. "client-eth0"
+
+    @abstractmethod
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen:
+        """Start a process in the host: tracked, tagged, ended by pid at teardown."""
+
+    @abstractmethod
+    def run(self, argv: list[str], timeout: float = 10.0,
+            **kwargs: Any) -> subprocess.CompletedProcess:
+        """Run a command in the host to completion (HostCommandTimeout on timeout)."""
+
+
+class Network(ABC):
+    """A running network: hosts by name, and what the kernel could not do."""
+
+    hosts: dict[str, Host]
+    # Link effects the kernel cannot do here and the host's packet handler must:
+    # {"client": {"delay_ms": 10.0, "loss_pct": 1.0}}; empty if none.
+    userspace_link_effects: dict[str, dict[str, float]]
+
+    def host(self, name: str) -> Host:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise ConfigError(f"no host {name!r} in this network "
+                              f"(hosts: {', '.join(self.hosts)})") from None
+
+    @property
+    def bulk_hosts(self) -> list[Host]:
+        return [h for name, h in self.hosts.items() if name.startswith("bulk")]
+
+    @abstractmethod
+    def cli(self) -> None:
+        """An interactive prompt on the network (returns when the user leaves it)."""
+
+
+class Backend(ABC):
+    """Brings a topology up inside a run; the run's teardown brings it down."""
+
+    name: ClassVar[str]
+
+    def __init__(self, run: RunContext):
+        self.run = run
+
+    @abstractmethod
+    def up(self, params: ContentionParams) -> Network:
+        """Build, shape and verify the network for ``params``."""
