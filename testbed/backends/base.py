@@ -68,8 +68,8 @@ class ContentionParams:
     def __post_init__(self) -> None:
         t = self.topology
         _check_number(t, "n", self.n, 0, self.MAX_BULK, integer=True)
-        _check_number(t, "bw_client", self.bw_client, 0, self.MAX_BW, low_open=True)
         _check_number(t, "bw", self.bw, 0, self.MAX_BW, low_open=True)
+        _check_number(t, "bw_client", self.bw_client, 0, self.MAX_BW, low_open=True)
         for name in ("delay", "trunk_delay"):
             _check_number(t, name, getattr(self, name), 0, 60_000)
         for name in ("loss", "trunk_loss"):
