@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "testbed.commands.up",
     "testbed.commands.clean",
     "testbed.commands.doctor",
+    "testbed.iscsi.cli",
 )
 
 
