@@ -1,0 +1,155 @@
+"""Fixtures of the platform tests: machine snapshots, bystanders, dockerd.
+
+"Nothing left behind" is checked two ways: nothing tagged with the run's id remains
+(:func:`assert_nothing_left`), and what was on the machine before is untouched
+(:func:`snapshot` before and after compared, plus *bystanders*: an untagged process,
+namespace, root-namespace veth and iptables rule made by the test, which must survive).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed import cleanup
+from testbed.runctx import STATE_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTBED = [sys.executable, "-m", "testbed.cli"]
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 20) -> str:
+    r = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode:
+        raise AssertionError(f"{' '.join(argv)} failed: {r.stderr.strip()}")
+    return r.stdout
+
+
+def snapshot() -> dict[str, object]:
+    """What the testbed could touch, in a comparable form."""
+    ipt = [l for l in sh("iptables-save").splitlines() if not l.startswith("#")]
+    ipt = [re.sub(r"\[\d+:\d+\]", "", l) for l in ipt]
+    return {
+        "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
+        "links": sorted(l.split(":")[1].strip().split("@")[0]
+                        for l in sh("ip", "-o", "link", "show").splitlines()),
+        "iptables": ipt,
+        "nft": sh("nft", "-s", "list", "ruleset").splitlines(),
+    }
+
+
+def assert_untouched(before: dict, after: dict) -> None:
+    for key in before:
+        assert before[key] == after[key], f"{key} changed: before {before[key]} after {after[key]}"
+
+
+def assert_nothing_left(run_id: str) -> None:
+    """No process, namespace, link, rule or state file of run ``run_id`` remains."""
+    left = cleanup.find_run(run_id)
+    # a killed process may linger a moment as the kernel reaps it
+    deadline = time.monotonic() + 3
+    while left.processes and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = cleanup.find_run(run_id)
+    assert left.empty, f"leftovers: {left}"
+    assert not (STATE_DIR / f"{run_id}.json").exists()
+    assert not [n for n in snapshot()["netns"] if n.startswith(f"tb-{run_id}")]
+
+
+def run_id_from_dir(runs_dir: Path) -> str:
+    dirs = list(runs_dir.iterdir())
+    assert len(dirs) == 1, dirs
+    return dirs[0].name.rsplit("-", 1)[1]
+
+
+class Bystanders:
+    """Untagged things of the machine that a run and `testbed clean` must leave alone."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(2)
+        self.netns = "tb-bystander"              # tb- prefix, but no run id
+        self.veth = f"tbby{tag}a"
+        self.rule = ["-t", "raw", "-A", "OUTPUT", "-d", "127.0.0.254/32", "-m", "comment",
+                     "--comment", f"bystander{tag}", "-j", "ACCEPT"]
+        sh("ip", "netns", "add", self.netns)
+        sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", f"tbby{tag}b")
+        sh("ip", "link", "set", self.veth, "alias", "testbed:not-a-run")
+        sh("iptables", *self.rule)
+        env = {k: v for k, v in os.environ.items() if k != "TESTBED_RUN"}
+        self.proc = subprocess.Popen(["sleep", "600"], env=env)
+
+    def assert_alive(self) -> None:
+        assert self.proc.poll() is None, "bystander process was killed"
+        assert self.netns in os.listdir("/run/netns"), "bystander namespace was removed"
+        assert self.veth in sh("ip", "-o", "link", "show"), "bystander veth was removed"
+        check = subprocess.run(["iptables", "-t", "raw", "-C", *self.rule[3:]],
+                               capture_output=True)
+        assert check.returncode == 0, "bystander iptables rule was removed"
+
+    def remove(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        subprocess.run(["iptables", "-t", "raw", "-D", *self.rule[3:]], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.veth], capture_output=True)
+        subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
+
+
+@pytest.fixture
+def bystanders():
+    b = Bystanders()
+    try:
+        yield b
+    finally:
+        b.remove()
+
+
+def _docker_answers() -> bool:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(1)
+    try:
+        s.connect("/var/run/docker.sock")
+        s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+        return b"OK" in s.recv(1024)
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory):
+    """A running dockerd (started here if needed, stopped by pid afterwards)."""
+    if _docker_answers():
+        yield None
+        return
+    if not shutil.which("dockerd"):
+        pytest.skip("dockerd not installed (scripts/setup.sh installs docker.io)")
+    log = open(tmp_path_factory.mktemp("dockerd") / "dockerd.log", "wb")
+    env = {k: v for k, v in os.environ.items() if k != "TESTBED_RUN"}
+    proc = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 60
+    while not _docker_answers():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"dockerd did not come up (see {log.name})")
+        time.sleep(0.2)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
