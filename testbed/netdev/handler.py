@@ -1,0 +1,488 @@
+"""The packet handler: the storage client's NIC driver, in user space.
+
+Every frame between the client's wire and its kernel stack passes here, and the
+handler does with it what a NIC driver and the protocol code of the emulated kernel
+would do, charging every buffer to the emulated memory (:mod:`testbed.mm`).
+
+Receive path, per frame read from the wire (thread ``netdev-rx``)::
+
+    link     paused / fault hooks / random loss   -> drop FAULT or LINK_LOSS (no skb)
+    driver   skb = mm.netdev_alloc_skb(dev, len)  -> drop NOMEM / RESERVE_CAP (reason from mm)
+             fast header parse                    -> drop MALFORMED (skb freed)
+             flow = flows.lookup(5-tuple)            class memalloc if sk is SOCK_MEMALLOC
+    (delay line: the frame waits here, keeping its skb)
+    protocol mm.sk_filter(skb, sk, ethertype)     -> drop NOT_MEMALLOC / PFMEMALLOC / ...
+             write the frame to the TAP              (the stack gets it: delivered)
+    socket   TCP: new in-order payload of a registered flow -> sk.queue_rcv(skb, new bytes)
+             UDP datagram of a registered flow      -> sk.queue_rcv(skb, payload)
+             anything else (ACKs, ARP, duplicates)  -> mm.kfree_skb(skb)
+
+Transmit path, per frame the stack sends (read from the TAP, thread ``netdev-tx``)::
+
+    skb = mm.alloc_tx_skb(dev, len, sk of the flow) -> drop NOMEM (TCP retransmits)
+    link effects (as above; delay line keeps the skb), write to the wire, kfree_skb
+
+An skb stays charged while its bytes sit unread in the socket: the storage client
+calls ``sk.consume(n)`` as its reader reads. Counting: see :mod:`.counters`; every
+frame is received once and delivered or dropped once, per direction.
+
+Threads: ``netdev-rx`` and ``netdev-tx`` each own one end (non-blocking descriptors,
+``poll`` with a wake-up pipe, so :meth:`stop` is prompt and bounded), and
+``netdev-delay`` finishes delayed frames when a delay is set. The three touch the
+memory manager (thread-safe by contract) and their own counter cells only.
+
+Namespaces: the handler runs inside the storage client's process in the client's
+namespace (``netns=None``). Tests and the benchmark run it from the root namespace
+with ``netns="tb-...-client"``: attach opens the TAP and the raw socket from inside
+that namespace (per-thread ``setns``, see :mod:`.netns`) and the descriptors keep
+working from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections import deque
+from typing import Any, Optional
+
+from . import headers, netns
+from .capture import Capture
+from .counters import CLASSES, DELIVERED, MEMALLOC, OTHER, RECEIVED, RX, TX, Counters
+from .device import BUF_LEN, VNET_HDR_LEN, Attachment
+from .dissect import summary
+from .errors import HandlerConfigError, NetdevError
+from .flows import FlowRegistry
+from .link import DelayLine, Faults, Loss, check_delay_ms, per_direction
+
+log = logging.getLogger(__name__)
+
+IPPROTO_TCP = headers.IPPROTO_TCP
+IPPROTO_UDP = headers.IPPROTO_UDP
+POLL_MS = 200               # idle wake-up of the I/O thread (stop is signalled at once anyway)
+BURST = 64                  # frames taken from one end before serving the other
+MALFORMED_SAMPLES = 8       # explanations of recent malformed frames kept for the metrics
+
+
+def _drop_reason_type(mm: Any) -> type:
+    """The memory manager's DropReason enum (the one list of reasons)."""
+    reason = getattr(mm, "DropReason", None)
+    if reason is None:
+        from testbed.mm import DropReason as reason   # noqa: N813
+    return reason
+
+
+class PacketHandler:
+    """The client's NIC driver between ``wire`` and ``tap`` (see the module docstring).
+
+    Args:
+        mm: the memory manager (``testbed.mm.MemoryManager``).
+        wire: the client's link interface (its address and MAC move to ``tap``).
+        tap: the TAP device to create for the client's stack.
+        delay_ms: one-way delay added in each direction, or ``(rx, tx)``.
+        loss_pct: random loss in % in each direction, or ``(rx, tx)``.
+        capture_dir: if set, write ``wire.pcapng`` and ``delivered.pcapng`` there.
+        run_id: the run's tag (8 hex digits); names the nft table.
+        netns: named namespace of the client, or None for the caller's own.
+        seed: seed of the loss generator (reproducible runs).
+    """
+
+    def __init__(self, mm: Any, wire: str = "client-eth0", tap: str = "tap0",
+                 delay_ms: Any = 0.0, loss_pct: Any = 0.0, capture_dir: Optional[str] = None,
+                 run_id: Optional[str] = None, *, netns: Optional[str] = None,
+                 seed: Optional[int] = None):
+        if mm is None:
+            raise HandlerConfigError("PacketHandler: mm (the memory manager) is required")
+        self.mm = mm
+        self.run_id = run_id or os.urandom(4).hex()
+        self.netns = netns
+        self.delay = tuple(d / 1000.0 for d in per_direction(delay_ms, "delay_ms", check_delay_ms))
+        rx_loss, tx_loss = per_direction(loss_pct, "loss_pct", lambda v, n: float(Loss(v, name=n).pct))
+        seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big")
+        self._loss = (Loss(rx_loss, seed, "loss_pct[rx]"), Loss(tx_loss, seed + 1, "loss_pct[tx]"))
+        self.capture_dir = capture_dir
+        self._att = Attachment(wire, tap, self.run_id)
+        self.wire, self.tap = wire, tap
+        self.flows = FlowRegistry()
+        self.faults = Faults(lambda key, inbound: key.raw(inbound))
+        self.DropReason = _drop_reason_type(mm)
+        self._counters = Counters(list(self.DropReason))
+        self._reason_slot = self._counters.reason_slot
+        self.dev: Any = None
+        self._capture: Optional[Capture] = None
+        self._line: Optional[DelayLine] = None
+        self._threads: list[threading.Thread] = []
+        self._wake_r = self._wake_w = -1
+        self._stopping = False
+        self._paused = False
+        self._state = "new"
+        self.errors = 0
+        self.malformed_samples: deque[str] = deque(maxlen=MALFORMED_SAMPLES)
+        self._malformed_logged = 0
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Put the handler between wire and TAP (see :mod:`.device`); register the NIC."""
+        if self._state != "new":
+            raise NetdevError(f"attach {self.wire}: handler is {self._state}, not new")
+        with netns.enter(self.netns):
+            self._att.attach()
+        try:
+            assert self._att.state is not None
+            self.dev = self.mm.register_netdev(self.wire, mtu=self._att.state.mtu)
+            if self.capture_dir:
+                self._capture = Capture(self.capture_dir, self.wire, self.tap)
+        except BaseException:
+            self._undo_attach()
+            raise
+        self._state = "attached"
+
+    def start(self) -> None:
+        """Start forwarding (threads rx, tx and, with a delay, the delay line)."""
+        if self._state != "attached":
+            raise NetdevError(f"start {self.wire}: handler is {self._state}, not attached")
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = False
+        if any(self.delay):
+            self._line = DelayLine(f"netdev-delay-{self.wire}")
+            self._delay_tally = self._counters.tally()
+            self._line.start()
+        self._threads.append(threading.Thread(target=self._io_loop, daemon=True,
+                                              name=f"netdev-io-{self.wire}"))
+        for t in self._threads:
+            t.start()
+        self._state = "running"
+
+    def pause(self) -> None:
+        """Stop forwarding: every frame is dropped (FAULT) until :meth:`resume`."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the threads (bounded by ``timeout`` each); idempotent.
+
+        Frames still in the delay line are dropped (FAULT) and their skbs freed.
+        """
+        if self._state != "running":
+            return
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        for t in self._threads:
+            t.join(timeout)
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        self._threads = []
+        if self._line is not None:
+            for fn, args in self._line.stop(timeout):
+                self._abandon(fn, args)
+            self._line = None
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._state = "attached"
+        if stuck:
+            raise NetdevError(f"stop {self.wire}: threads {stuck} did not end in {timeout} s")
+
+    def detach(self) -> None:
+        """Give the wire back its address and routes; unregister the NIC. Idempotent."""
+        self.stop()
+        if self._state != "attached":
+            return
+        self._undo_attach()
+        self._state = "detached"
+
+    def _undo_attach(self) -> None:
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
+        if self.dev is not None:
+            self.mm.unregister_netdev(self.dev)
+            self.dev = None
+        with netns.enter(self.netns):
+            self._att.detach()
+
+    def __enter__(self) -> "PacketHandler":
+        self.attach()
+        try:
+            self.start()
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.stop()
+        finally:
+            self.detach()
+
+    # -- metrics ----------------------------------------------------------------------
+
+    def counters(self) -> dict:
+        """Nested, JSON-serialisable counters (see :mod:`.counters`), plus state."""
+        out = self._counters.snapshot()
+        dev = self.dev
+        out["state"] = "paused" if self._paused and self._state == "running" else self._state
+        out["device"] = None if dev is None else {
+            "name": dev.name, "mtu": dev.mtu, "rx_reserve": dev.rx_reserve,
+            "rx_reserve_used": dev.rx_reserve_used, "reserve_pages": dev.reserve_pages}
+        out["flows"] = self.flows.snapshot()
+        out["delay_line"] = len(self._line) if self._line is not None else 0
+        out["errors"] = self.errors
+        out["malformed_samples"] = list(self.malformed_samples)
+        return out
+
+    # -- shared per-frame steps ---------------------------------------------------------
+
+    def _gate(self, direction: int, key: Optional[tuple]) -> Any:
+        """Link effects before the NIC: a DropReason, or None to go on."""
+        if self._paused:
+            return self.DropReason.FAULT
+        if self.faults.armed and self.faults.hit(direction, key):
+            return self.DropReason.FAULT
+        loss = self._loss[direction]
+        if loss and loss.lost():
+            return self.DropReason.LINK_LOSS
+        return None
+
+    def _drop(self, t: list, direction: int, cls: int, reason: Any, flen: int,
+              frame: Any = None) -> None:
+        i = self._counters.cell(direction, cls, self._reason_slot[reason])
+        t[i] += 1
+        t[i + 1] += flen
+        if self._capture is not None and frame is not None:
+            self._capture.received(bytes(frame[VNET_HDR_LEN:]), direction == RX,
+                                   f"dropped: {reason.name} ({CLASSES[cls]})")
+
+    def _note_offload(self, direction: int, vflags: int, gso: int) -> None:
+        if vflags & 1:
+            self._counters.note(direction, "csum_partial")
+        if gso:
+            self._counters.note(direction, "gso")
+
+    def _malformed(self, frame: Any, n: int) -> None:
+        why = headers.explain(bytes(frame[VNET_HDR_LEN:n]))
+        self.malformed_samples.append(why)
+        if self._malformed_logged < MALFORMED_SAMPLES:     # scapy only for the first few
+            self._malformed_logged += 1
+            log.info("%s: malformed frame dropped: %s", self.wire,
+                     summary(bytes(frame[VNET_HDR_LEN:n])))
+
+    def _error(self, where: str, exc: BaseException) -> None:
+        self.errors += 1
+        if self.errors <= 10:
+            log.exception("%s %s: %s", self.wire, where, exc)
+
+    def _abandon(self, fn: Any, args: tuple) -> None:
+        """A frame left in the delay line at stop: free its skb, count it dropped."""
+        if fn == self._rx_finish:
+            t, frame, n, skb, info, flow, cls = args
+            direction = RX
+        else:
+            t, frame, skb, cls = args
+            direction = TX
+        self.mm.kfree_skb(skb)
+        self._drop(t, direction, cls, self.DropReason.FAULT, len(frame) - VNET_HDR_LEN, frame)
+
+    # -- the I/O loop: both ends, one thread ---------------------------------------------
+
+    def _io_loop(self) -> None:
+        """Serve both ends from one thread, in bursts of up to :data:`BURST` frames.
+
+        One thread, not one per end: the per-frame work holds the GIL, and two threads
+        handing it to each other after every system call cost more than the work
+        (measured: about 0.3x the throughput of this loop).
+        """
+        t = self._counters.tally()
+        buf = bytearray(BUF_LEN)
+        view = memoryview(buf)
+        sock, tap = self._att.sock, self._att.tap
+        assert sock is not None and tap is not None
+        recv_into, tapfd, read = sock.sock.recv_into, tap.fd, os.read
+        poller = select.poll()
+        for fd in (sock.sock.fileno(), tapfd, self._wake_r):
+            poller.register(fd, select.POLLIN)
+        mm, dev, DropReason = self.mm, self.dev, self.DropReason
+        rx_alloc, tx_alloc, kfree = mm.netdev_alloc_skb, mm.alloc_tx_skb, mm.kfree_skb
+        parse = headers.parse
+        lookup_in, lookup_out = self.flows.lookup_inbound, self.flows.lookup_outbound
+        faults, rx_loss, tx_loss = self.faults, bool(self._loss[RX]), bool(self._loss[TX])
+        rx_finish, tx_finish, drop = self._rx_finish, self._tx_finish, self._drop
+        cell = self._counters.cell
+        rx_m, rx_o = cell(RX, MEMALLOC, RECEIVED), cell(RX, OTHER, RECEIVED)
+        tx_m, tx_o = cell(TX, MEMALLOC, RECEIVED), cell(TX, OTHER, RECEIVED)
+        rx_delay, tx_delay, line = self.delay[RX], self.delay[TX], self._line
+        dtally = getattr(self, "_delay_tally", None)
+        monotonic = time.monotonic
+        VH = VNET_HDR_LEN
+        while not self._stopping:
+            busy = False
+            # ---- receive: wire -> stack
+            for _ in range(BURST):
+                try:
+                    n = recv_into(buf)
+                except BlockingIOError:
+                    break
+                except OSError as exc:          # the wire went away
+                    self._error("rx recv", exc)
+                    time.sleep(0.05)
+                    break
+                busy = True
+                try:
+                    flen = n - VH
+                    info = parse(buf, VH, n)
+                    key = flow = None
+                    if info is not None:
+                        key = info[1]
+                        if key is not None:
+                            flow = lookup_in(key)
+                    cls = MEMALLOC if flow is not None and flow.sk.memalloc else OTHER
+                    i = rx_m if cls == MEMALLOC else rx_o
+                    t[i] += 1
+                    t[i + 1] += flen
+                    if self._paused or faults.armed or rx_loss:
+                        reason = self._gate(RX, key)
+                        if reason is not None:
+                            drop(t, RX, cls, reason, flen, view[:n])
+                            continue
+                    if buf[0] or buf[1]:
+                        self._note_offload(RX, buf[0], buf[1])
+                    skb = rx_alloc(dev, flen)
+                    if skb.__class__ is DropReason:
+                        drop(t, RX, cls, skb, flen, view[:n])
+                        continue
+                    if info is None:
+                        kfree(skb)
+                        drop(t, RX, cls, DropReason.MALFORMED, flen, view[:n])
+                        self._malformed(view, n)
+                        continue
+                    if rx_delay:
+                        line.put(monotonic() + rx_delay, rx_finish, dtally, bytes(view[:n]), n,
+                                 skb, info, flow, cls)
+                    else:
+                        rx_finish(t, view, n, skb, info, flow, cls)
+                except Exception as exc:   # a bug must not stop the NIC; it is counted
+                    self._error("rx frame", exc)
+            # ---- transmit: stack -> wire
+            for _ in range(BURST):
+                try:
+                    data = read(tapfd, BUF_LEN)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    self._error("tx read from tap", exc)
+                    time.sleep(0.05)
+                    break
+                busy = True
+                try:
+                    n = len(data)
+                    flen = n - VH
+                    info = parse(data, VH, n)
+                    key = flow = None
+                    if info is not None:
+                        key = info[1]
+                        if key is not None:
+                            flow = lookup_out(key)
+                    cls = MEMALLOC if flow is not None and flow.sk.memalloc else OTHER
+                    i = tx_m if cls == MEMALLOC else tx_o
+                    t[i] += 1
+                    t[i + 1] += flen
+                    if data[0] or data[1]:
+                        self._note_offload(TX, data[0], data[1])
+                    skb = tx_alloc(dev, flen, flow.sk if flow is not None else None)
+                    if skb.__class__ is DropReason:
+                        drop(t, TX, cls, skb, flen, data)
+                        continue
+                    if self._paused or faults.armed or tx_loss:
+                        reason = self._gate(TX, key)
+                        if reason is not None:
+                            kfree(skb)
+                            drop(t, TX, cls, reason, flen, data)
+                            continue
+                    if tx_delay:
+                        line.put(monotonic() + tx_delay, tx_finish, dtally, data, skb, cls)
+                    else:
+                        tx_finish(t, data, skb, cls)
+                except Exception as exc:
+                    self._error("tx frame", exc)
+            if not busy:
+                poller.poll(POLL_MS)
+
+    def _rx_finish(self, t: list, frame: Any, n: int, skb: Any, info: tuple,
+                   flow: Any, cls: int) -> None:
+        """Protocol step, delivery to the stack, and charging (see the module doc)."""
+        mm = self.mm
+        sk = flow.sk if flow is not None else None
+        reason = mm.sk_filter(skb, sk, info[0])
+        flen = n - VNET_HDR_LEN
+        if reason is not None:
+            mm.kfree_skb(skb)
+            self._drop(t, RX, cls, reason, flen, frame[:n])
+            return
+        tapfd = self._att.tap.fd if self._att.tap is not None else -1
+        try:
+            os.write(tapfd, frame[:n])
+        except OSError as exc:
+            mm.kfree_skb(skb)
+            self._error("rx write to tap", exc)
+            self._drop(t, RX, cls, self.DropReason.FAULT, flen, frame[:n])
+            return
+        i = self._counters.cell(RX, cls, DELIVERED)
+        t[i] += 1
+        t[i + 1] += flen
+        if self._capture is not None:
+            self._capture.received(bytes(frame[VNET_HDR_LEN:n]), True)
+        if flow is not None:
+            proto, l4, l4_end = info[1][0], info[2], info[3]
+            if proto == IPPROTO_TCP:
+                seq, flags, paylen = headers.tcp_segment(frame, l4, l4_end)
+                new = flow.new_bytes(seq, flags, paylen)
+                if new > 0:
+                    sk.queue_rcv(skb, new)
+                    return
+            elif proto == IPPROTO_UDP:
+                paylen = headers.udp_payload_len(frame, l4)
+                if paylen > 0:
+                    flow.charged_bytes += paylen
+                    sk.queue_rcv(skb, paylen)
+                    return
+        mm.kfree_skb(skb)
+
+    def _tx_finish(self, t: list, data: bytes, skb: Any, cls: int) -> None:
+        """Write one frame to the wire and free its skb."""
+        sock = self._att.sock
+        flen = len(data) - VNET_HDR_LEN
+        try:
+            sock.sock.send(data)
+        except BlockingIOError:
+            # Socket send buffer full (a shaped link's queue is backed up): wait a
+            # little, as a blocking driver queue would, then give up on this frame.
+            if select.select([], [sock.sock], [], 0.1)[1]:
+                try:
+                    sock.sock.send(data)
+                except OSError:
+                    return self._tx_link_drop(t, data, skb, cls, flen)
+            else:
+                return self._tx_link_drop(t, data, skb, cls, flen)
+        except OSError:            # ENOBUFS: the qdisc dropped it
+            return self._tx_link_drop(t, data, skb, cls, flen)
+        self.mm.kfree_skb(skb)
+        i = self._counters.cell(TX, cls, DELIVERED)
+        t[i] += 1
+        t[i + 1] += flen
+        if self._capture is not None:
+            self._capture.received(data[VNET_HDR_LEN:], False)
+
+    def _tx_link_drop(self, t: list, data: bytes, skb: Any, cls: int, flen: int) -> None:
+        self.mm.kfree_skb(skb)
+        self._drop(t, TX, cls, self.DropReason.LINK_LOSS, flen, data)
