@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.tgtd
+pytestmark = [pytest.mark.tgtd, pytest.mark.root]
 IQN = "iqn.2026-11.org.testbed:test"
 NODE = [sys.executable, "-m", "nodes.iscsi_target"]
 
