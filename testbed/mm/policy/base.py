@@ -1,0 +1,78 @@
+"""What a policy is: the few hooks the allocator and the receive path call.
+
+The allocator, the skb API and reclaim contain no policy branches; they call
+these hooks, and each policy module overrides only what it changes:
+
+``netdev_reserve_pages(dev)``
+    pages to add with ``adjust_memalloc_reserve()`` when ``dev`` comes up
+    (``register_netdev``), given back when it goes down. Default: none.
+``dev_alloc_skb(dev, length, pages)``
+    the receive allocation (``dev_memalloc_skb`` / ``__netdev_alloc_skb``),
+    called with the mm lock held: an :class:`Skb` or the :class:`DropReason`.
+    Default: ``GFP_ATOMIC`` only (down to 3/8 of min).
+``sk_filter(skb, sk, ethertype)``
+    the protocol step for a received skb: None to deliver, else the reason to
+    drop. Default: deliver everything.
+``throttle_direct_reclaim(gfp, task)``
+    called before direct reclaim by a task that may sleep. Default: nothing.
+
+Helpers for subclasses: :meth:`Policy.reserve_estimate` (Phillips' sizing).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Optional, Union
+
+from ..gfp import Gfp
+from ..skbuff import NET_IP_ALIGN, DropReason, NetDev, Skb, estimate_skb_pages
+from ..task import TaskStruct
+
+if TYPE_CHECKING:
+    from ..manager import MemoryManager
+    from ..sock import Sock
+
+SkbOrDrop = Union[Skb, DropReason]
+
+
+class Policy:
+    """A memory policy for network block I/O. Subclasses set ``name`` and override hooks."""
+
+    name: ClassVar[str] = "base"
+    description: ClassVar[str] = ""
+
+    def __init__(self, rx_reserve: int = 50, threshold: float = 0.5,
+                 reserve_pages: Optional[int] = None) -> None:
+        self.rx_reserve = rx_reserve
+        self.threshold = threshold
+        self.reserve_pages = reserve_pages
+        self.mm: "MemoryManager" = None  # type: ignore[assignment]  # set by attach()
+
+    def attach(self, mm: "MemoryManager") -> None:
+        self.mm = mm
+
+    # ---------------------------------------------------------------- hooks
+    def netdev_reserve_pages(self, dev: NetDev) -> int:
+        return 0
+
+    def dev_alloc_skb(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
+        mm = self.mm
+        skb = mm.skb_alloc_locked(dev, length, pages, False)
+        if skb is None:
+            return mm.count_drop_locked(dev, DropReason.NOMEM, "atomic")
+        return skb
+
+    def sk_filter(self, skb: Skb, sk: Optional["Sock"], ethertype: int) -> Optional[DropReason]:
+        return None
+
+    def throttle_direct_reclaim(self, gfp: Gfp, task: TaskStruct) -> None:
+        return None
+
+    # -------------------------------------------------------------- helpers
+    def reserve_estimate(self, dev: NetDev) -> int:
+        """Pages for ``rx_reserve`` receive skbs of ``dev`` (or the configured override)."""
+        if self.reserve_pages is not None:
+            return self.reserve_pages
+        return estimate_skb_pages(dev.rx_reserve, dev.rx_buf_len + NET_IP_ALIGN)
+
+    def __repr__(self) -> str:
+        return f"<policy {self.name}>"

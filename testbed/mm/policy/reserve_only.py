@@ -1,0 +1,33 @@
+"""``reserve-only``: a reserve exists, and any frame may use it.
+
+The reserve is sized as Phillips sized it (``adjust_memalloc_reserve(
+estimate_skb_pages(rx_reserve, buffer))`` per interface), but nothing caps its
+use and no protocol step drops anything: after ``GFP_ATOMIC`` fails, every
+frame is allocated with ``__GFP_MEMALLOC`` down to zero. Bulk traffic drains
+it - the "longstanding problem" of the seed article.
+"""
+
+from __future__ import annotations
+
+from ..skbuff import DropReason, NetDev
+from .base import Policy, SkbOrDrop
+
+
+class ReserveOnly(Policy):
+    name = "reserve-only"
+    description = "a Phillips-sized reserve that any frame may use"
+
+    def netdev_reserve_pages(self, dev: NetDev) -> int:
+        return self.reserve_estimate(dev)
+
+    def dev_alloc_skb(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
+        mm = self.mm
+        skb = mm.skb_alloc_locked(dev, length, pages, False)
+        if skb is not None:
+            return skb
+        skb = mm.skb_alloc_locked(dev, length, pages, True)     # GFP_ATOMIC | __GFP_MEMALLOC
+        if skb is None:
+            return mm.count_drop_locked(dev, DropReason.NOMEM, "memalloc")
+        skb.reserve = True
+        dev.rx_reserve_used += 1
+        return skb

@@ -1,0 +1,240 @@
+"""Workloads of the storage client: threads that fill the page cache.
+
+``Writer``       writes ``total_mb`` over ``files`` files, ``chunk_kb`` per call, at
+                 ``rate_mbps`` MiB/s (0: flat out); every dirtied page goes through
+                 ``balance_dirty_pages()``, so the dirty limits hold it back.
+``MmapWriter``   the same bytes through shared-mapped pages: 2005 kernels did not
+                 throttle that dirtying, so it only stalls when a page fault cannot
+                 get a page (reclaim), and can fill memory with dirty pages.
+``Downloader``   connects to a bulk server (given at run time), reads, calls
+                 ``mm_sock.consume(n)`` after each ``recv`` and writes what it read
+                 into page-cache files - so its socket queue and its dirty pages
+                 draw on the same memory, and the dirty limits throttle its reading.
+                 ``socket_hook(sock, mm_sock)`` runs after bind and before connect,
+                 so the storage client can register the flow with the packet handler.
+
+Writers' bytes are :mod:`testbed.mm.pattern` pages (verifiable without a copy);
+a downloader keeps a CRC-32 per page of what it wrote. ``verify_page`` checks
+one page read back from the device.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import threading
+import time
+import zlib
+from array import array
+from typing import Callable, ClassVar, Optional
+
+from .config import WorkloadConfig
+from .errors import MachineStopped, MMError
+from .manager import MemoryManager
+from .pagecache import Inode, PageCache
+from .pattern import file_id, pattern_bytes
+from .sock import Sock
+from .zone import PAGE_SIZE
+
+log = logging.getLogger(__name__)
+
+SocketHook = Callable[[socket.socket, Sock], None]
+CONNECT_TIMEOUT_S = 30.0
+RECV_POLL_S = 0.2
+RECV_SIZE = 65536
+
+
+class Workload(threading.Thread):
+    """A thread writing into the page cache. Subclasses implement ``body``."""
+
+    kind: ClassVar[str] = "workload"
+
+    def __init__(self, index: int, config: WorkloadConfig, mm: MemoryManager, page_cache: PageCache) -> None:
+        super().__init__(name=f"{config.kind}{index}", daemon=True)
+        self.index = index
+        self.config = config
+        self.mm = mm
+        self.pc = page_cache
+        self.files: list[Inode] = []
+        self.bytes_written = 0
+        self.done = False
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            if self.config.start_after_s and self.mm.wait_stopping(self.config.start_after_s):
+                return
+            self.body()
+            self.done = True
+        except MachineStopped:
+            pass
+        except Exception as exc:
+            log.warning("%s failed: %s", self.name, exc)
+            self.error = exc
+
+    def body(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Interrupt blocking I/O of the workload (the mm's stop flag does the rest)."""
+
+    def _pace(self, started: float, written: int) -> None:
+        rate = self.config.rate_mbps
+        if rate > 0:
+            delay = started + written / (rate * (1 << 20)) - time.monotonic()
+            if delay > 0 and self.mm.wait_stopping(delay):
+                self.mm.check_stopping()
+        else:
+            self.mm.check_stopping()
+
+    def verify_page(self, inode: Inode, index: int, data: bytes) -> bool:
+        raise NotImplementedError
+
+    @staticmethod
+    def _valid(inode: Inode, index: int) -> int:
+        return min(PAGE_SIZE, inode.size - index * PAGE_SIZE)
+
+
+class Writer(Workload):
+    """``write()`` calls of pattern data, throttled by balance_dirty_pages()."""
+
+    kind = "writer"
+    throttled: ClassVar[bool] = True
+
+    def body(self) -> None:
+        cfg = self.config
+        total, nfiles = cfg.total_bytes, cfg.files
+        sizes = [total // nfiles + (1 if k < total % nfiles else 0) for k in range(nfiles)]
+        self.files = [self.pc.create(f"{self.name}-{k}") for k in range(nfiles)]
+        fids = [file_id(f.name) for f in self.files]
+        offsets = [0] * nfiles
+        chunk = cfg.chunk_kb * 1024
+        started = time.monotonic()
+        while self.bytes_written < total:
+            for k, inode in enumerate(self.files):
+                length = min(chunk, sizes[k] - offsets[k])
+                if length <= 0:
+                    continue
+                data = pattern_bytes(cfg.seed, fids[k], offsets[k], length)
+                self.pc.write(inode, offsets[k], data, throttle=self.throttled)
+                offsets[k] += length
+                self.bytes_written += length
+                self._pace(started, self.bytes_written)
+
+    def verify_page(self, inode: Inode, index: int, data: bytes) -> bool:
+        n = self._valid(inode, index)
+        return data[:n] == pattern_bytes(self.config.seed, file_id(inode.name), index * PAGE_SIZE, n)
+
+
+class MmapWriter(Writer):
+    """Dirties shared-mapped pages: no dirty throttling, only reclaim stalls it."""
+
+    kind = "mmap_writer"
+    throttled = False
+
+
+class Downloader(Workload):
+    """Reads a TCP stream and writes it into page-cache files."""
+
+    kind = "downloader"
+
+    def __init__(self, index: int, config: WorkloadConfig, mm: MemoryManager, page_cache: PageCache,
+                 server: Optional[tuple[str, int]] = None, socket_hook: Optional[SocketHook] = None) -> None:
+        super().__init__(index, config, mm, page_cache)
+        self.server = server
+        self.socket_hook = socket_hook
+        self.bytes_received = 0
+        self.eof = False
+        self.crcs: list[array] = []         # per file: CRC-32 of each page written
+        self.mm_sock: Optional[Sock] = None
+        self._sock: Optional[socket.socket] = None
+
+    def stop(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def body(self) -> None:
+        if self.server is None:
+            raise MMError(f"{self.name}: no server address was given for this downloader")
+        cfg = self.config
+        total = cfg.total_bytes
+        per_file = -(-total // cfg.files)
+        self.mm_sock = self.mm.sock_create(self.name)
+        family = socket.AF_INET6 if ":" in self.server[0] else socket.AF_INET
+        sock = self._sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            if self.socket_hook is not None:
+                self.socket_hook(sock, self.mm_sock)
+            self._connect(sock)
+            if cfg.request:
+                sock.sendall(cfg.request.encode())
+            sock.settimeout(RECV_POLL_S)
+            pending = bytearray()
+            while self.bytes_received < total:
+                try:
+                    data = sock.recv(min(RECV_SIZE, total - self.bytes_received))
+                except socket.timeout:
+                    self.mm.check_stopping()
+                    continue
+                if not data:
+                    self.eof = True
+                    break
+                self.mm_sock.consume(len(data))
+                self.bytes_received += len(data)
+                pending += data
+                self._write_out(pending, per_file, final=False)
+            self._write_out(pending, per_file, final=True)
+        finally:
+            self._sock = None
+            sock.close()
+            self.mm_sock.close()
+
+    def _connect(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        err = sock.connect_ex(self.server)
+        if err not in (0, errno.EINPROGRESS):
+            raise MMError(f"{self.name}: connect to {self.server[0]}:{self.server[1]}: {errno.errorcode.get(err, err)}")
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while not select.select([], [sock], [], RECV_POLL_S)[1]:
+            self.mm.check_stopping()
+            if time.monotonic() > deadline:
+                raise MMError(f"{self.name}: connect to {self.server[0]}:{self.server[1]} "
+                              f"timed out after {CONNECT_TIMEOUT_S}s")
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise MMError(f"{self.name}: connect to {self.server[0]}:{self.server[1]}: {errno.errorcode.get(err, err)}")
+        sock.setblocking(True)
+
+    def _write_out(self, pending: bytearray, per_file: int, final: bool) -> None:
+        """Write whole chunks of ``pending`` (and, when ``final``, the rest) into the files."""
+        chunk = self.config.chunk_kb * 1024
+        while pending:
+            file_no, offset = divmod(self.bytes_written, per_file)
+            room = per_file - offset
+            n = min(len(pending), room, chunk)
+            if n < chunk and n < room and not final:
+                return
+            if file_no == len(self.files):
+                self.files.append(self.pc.create(f"{self.name}-{file_no}"))
+                self.crcs.append(array("L"))
+            data = bytes(pending[:n])
+            self.pc.write(self.files[file_no], offset, data)
+            crcs = self.crcs[file_no]
+            for start in range(0, n, PAGE_SIZE):
+                crcs.append(zlib.crc32(data[start:start + PAGE_SIZE]))
+            del pending[:n]
+            self.bytes_written += n
+
+    def verify_page(self, inode: Inode, index: int, data: bytes) -> bool:
+        crcs = self.crcs[self.files.index(inode)]
+        return index < len(crcs) and zlib.crc32(data[:self._valid(inode, index)]) == crcs[index]
+
+
+WORKLOAD_CLASSES: dict[str, type[Workload]] = {cls.kind: cls for cls in (Writer, MmapWriter, Downloader)}
