@@ -1,0 +1,258 @@
+"""Scenario files: what a run is, as YAML, with defaults for everything.
+
+A scenario names a topology (bulk hosts, link rates, delay, loss), the storage client
+(memory, policy and its knobs, dirty ratios, workloads), the target (LUN, CHAP), the bulk
+traffic, how long to run, and the verdict it is expected to reach. Every key has a
+default, so the smallest scenario is ``name: x``.
+
+Variants say ``extends: other.yaml`` (a path relative to the file): the base is loaded
+first, then the variant's keys are merged over it (mappings key by key, lists and
+scalars replaced). Command-line overrides (``--set client.policy=none``) are applied
+last, the same way.
+
+Loading never starts anything. Every mistake in the file (wrong type, unknown key,
+impossible value, a misspelt policy) is reported at once, each with the file, the line
+and the dotted key, by :class:`testbed.schema.SchemaError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional
+
+import yaml
+
+from .backends.base import ContentionParams, make_params
+from .errors import ConfigError
+from .mm.config import MachineConfig
+from .schema import Problem, SchemaError, build, scalar_value
+
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+Verdict = Literal["completed", "lockup", "degraded"]
+
+
+@dataclass
+class TopologySection:
+    """The contention topology: client, target and N bulk hosts on one switch.
+
+    The ranges are those of :class:`testbed.backends.base.ContentionParams`, which
+    checks them (one rule, one place).
+    """
+
+    bulk_hosts: int = 3
+    client_bw_mbit: float = 20.0   # the client's access link: the bottleneck
+    bw_mbit: float = 100.0         # every other link
+    delay_ms: float = 0.0          # client link, one way (user space where no sch_netem)
+    loss_pct: float = 0.0          # client link (user space where no sch_netem)
+    queue_pkts: Optional[int] = None
+
+    # scenario key -> ContentionParams parameter
+    PARAMS: ClassVar[dict[str, str]] = {"bulk_hosts": "n", "client_bw_mbit": "bw_client",
+                                        "bw_mbit": "bw", "delay_ms": "delay",
+                                        "loss_pct": "loss", "queue_pkts": "queue"}
+
+    def params(self) -> ContentionParams:
+        return make_params("contention", **{p: getattr(self, k) for k, p in self.PARAMS.items()})
+
+    def validate(self) -> None:
+        try:
+            self.params()
+        except ConfigError as exc:
+            text = str(exc)
+            for key, param in self.PARAMS.items():
+                if f"parameter {param} " in text:
+                    raise ConfigError(f"topology.{key}: {text.split(f'parameter {param} ', 1)[1]}")
+            raise
+
+
+@dataclass
+class ChapSection:
+    """CHAP accounts: the initiator's (incoming at the target) and, for mutual, the target's."""
+
+    user: str
+    secret: str
+    mutual_user: Optional[str] = None
+    mutual_secret: Optional[str] = None
+
+    def validate(self) -> None:
+        if not 12 <= len(self.secret) <= 16:
+            raise ConfigError("chap.secret: must be 12 to 16 characters (RFC 7143 CHAP)")
+        if (self.mutual_user is None) != (self.mutual_secret is None):
+            raise ConfigError("chap.mutual_secret: mutual_user and mutual_secret go together")
+
+
+@dataclass
+class TargetSection:
+    """The iSCSI target: tgtd serving one file-backed LUN."""
+
+    lun_mb: int = field(default=512, metadata={"min": 1, "max": 65536})
+    block_size: Literal[512, 4096] = 512
+    chap: Optional[ChapSection] = None
+    digests: bool = False
+
+
+@dataclass
+class BulkSection:
+    """What the bulk hosts do: serve downloads (tcp, http) or flood the client (udp)."""
+
+    mode: Literal["tcp", "http", "udp"] = "tcp"
+    rate_mbit: float = field(default=0.0, metadata={"min": 0})  # 0: as fast as the link allows
+    udp_size: int = field(default=1400, metadata={"min": 64, "max": 1472})
+
+
+@dataclass
+class BoundsSection:
+    """The scenario's own bounds; missing one turns a finished run into ``degraded``."""
+
+    max_stall_s: float = field(default=10.0, metadata={"min_exclusive": 0})
+    max_other_drops: Optional[int] = field(default=None, metadata={"min": 0})
+    min_goodput_mbit: Optional[float] = field(default=None, metadata={"min": 0})
+
+
+@dataclass
+class Scenario:
+    """One reproducible run and the verdict it should reach."""
+
+    name: str
+    description: str = ""
+    expect: Verdict = "completed"
+    duration_s: float = field(default=30.0, metadata={"min_exclusive": 0})
+    deadline_s: float = field(default=90.0, metadata={"min_exclusive": 0})
+    backend: Literal["mininet", "docker"] = "mininet"
+    capture: bool = False
+    topology: TopologySection = field(default_factory=TopologySection)
+    client: MachineConfig = field(default_factory=MachineConfig)
+    target: TargetSection = field(default_factory=TargetSection)
+    bulk: BulkSection = field(default_factory=BulkSection)
+    bounds: BoundsSection = field(default_factory=BoundsSection)
+
+    def validate(self) -> None:
+        if self.deadline_s < self.duration_s:
+            raise ConfigError(f"scenario.deadline_s: {self.deadline_s} must not be shorter "
+                              f"than duration_s ({self.duration_s})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# -- loading --------------------------------------------------------------------------
+
+def resolve(name: str | Path) -> Path:
+    """A scenario path as given, or a built-in one by name (``contention-none``)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    for candidate in (SCENARIO_DIR / p, SCENARIO_DIR / f"{p}.yaml"):
+        if candidate.exists():
+            return candidate
+    known = ", ".join(sorted(x.stem for x in SCENARIO_DIR.glob("*.yaml")))
+    raise ConfigError(f"{name}: no such scenario file or built-in scenario (built-in: {known})")
+
+
+def load(name: str | Path, overrides: Optional[list[str]] = None) -> Scenario:
+    """Load, merge (extends, overrides) and validate a scenario; raise SchemaError."""
+    path = resolve(name)
+    node = _compose_with_extends(path, chain=())
+    for item in overrides or []:
+        node = _merge(node, _override_node(item))
+    return build(Scenario, node)
+
+
+def _compose(path: Path) -> yaml.Node:
+    try:
+        with open(path) as f:
+            node = yaml.compose(f, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else 0
+        raise SchemaError([Problem(str(path), line, "", f"not valid YAML: {exc.problem}")])
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}")
+    if node is None:
+        return yaml.MappingNode("tag:yaml.org,2002:map", [])
+    if not isinstance(node, yaml.MappingNode):
+        raise SchemaError([Problem(str(path), node.start_mark.line + 1, "",
+                                   "a scenario is a mapping of keys (name:, client:, ...)")])
+    return node
+
+
+def _compose_with_extends(path: Path, chain: tuple[Path, ...]) -> yaml.Node:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain, path))
+        raise ConfigError(f"{path}: extends forms a cycle: {cycle}")
+    node = _compose(path)
+    base_ref = None
+    for knode, vnode in list(node.value):
+        if scalar_value(knode) == "extends":
+            base_ref = vnode
+            node.value.remove((knode, vnode))
+    if base_ref is None:
+        return node
+    ref = scalar_value(base_ref) if isinstance(base_ref, yaml.ScalarNode) else None
+    if not isinstance(ref, str):
+        raise SchemaError([Problem(str(path), base_ref.start_mark.line + 1, "extends",
+                                   "expected the path of another scenario file")])
+    base_path = (path.parent / ref)
+    if not base_path.exists():
+        raise SchemaError([Problem(str(path), base_ref.start_mark.line + 1, "extends",
+                                   f"{ref}: no such file next to {path.name}")])
+    return _merge(_compose_with_extends(base_path, chain + (path,)), node)
+
+
+def _merge(base: yaml.Node, over: yaml.Node) -> yaml.Node:
+    """Merge ``over`` into a copy of ``base``: mappings key by key, anything else replaced."""
+    if not (isinstance(base, yaml.MappingNode) and isinstance(over, yaml.MappingNode)):
+        return over
+    merged = copy.copy(base)
+    merged.value = list(base.value)
+    index = {scalar_value(k): i for i, (k, _) in enumerate(merged.value)}
+    for k, v in over.value:
+        name = scalar_value(k)
+        if name in index:
+            i = index[name]
+            merged.value[i] = (k, _merge(merged.value[i][1], v))
+        else:
+            index[name] = len(merged.value)
+            merged.value.append((k, v))
+    return merged
+
+
+def _override_node(item: str) -> yaml.Node:
+    """``a.b.c=value`` as a nested mapping node whose marks name the --set option."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. client.policy=none")
+    try:
+        value = yaml.compose(raw or '""', Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: {raw!r} is not a valid value")
+    _rename_marks(value, f"--set {key}")
+    node = value
+    for part in reversed(key.split(".")):
+        knode = yaml.ScalarNode("tag:yaml.org,2002:str", part, value.start_mark, value.end_mark)
+        node = yaml.MappingNode("tag:yaml.org,2002:map", [(knode, node)],
+                                value.start_mark, value.end_mark)
+    return node
+
+
+def _rename_marks(node: yaml.Node, name: str) -> None:
+    for mark in (node.start_mark, node.end_mark):
+        mark.name = name
+        mark.line = -1  # reported as line 0: "no line"
+    if isinstance(node, yaml.SequenceNode):
+        for n in node.value:
+            _rename_marks(n, name)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            _rename_marks(k, name)
+            _rename_marks(v, name)
+
+
+def dump(scenario: Scenario) -> str:
+    """The scenario as run, as YAML (for the run folder)."""
+    return yaml.safe_dump(scenario.to_dict(), sort_keys=False)
