@@ -10,7 +10,9 @@ A run is the unit of clean-up. Everything a run creates is tagged with its id, a
 - links and bridges carry the interface alias ``testbed:<id>`` (:attr:`RunContext.tag`);
 - iptables/nft rules carry the comment ``testbed:<id>``;
 - the state file ``/run/testbed/<id>.json`` names the owner process (pid and start
-  time, so a reused pid is not mistaken for a live run) and lists what was made.
+  time, so a reused pid is not mistaken for a live run) and lists what was made;
+- the scratch folder ``/run/testbed/<id>/`` holds what needs a short path (unix
+  sockets such as tgtd's control socket: at most 107 bytes) and goes with the run.
 
 The state file is written before anything else exists, so every tagged resource on the
 machine belongs to a run with a state file, and a run is *alive* exactly while its owner
@@ -43,7 +45,9 @@ import atexit
 import json
 import os
 import secrets
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -88,13 +92,14 @@ class RunContext:
     """One run: id, folder, state file, resources and their teardown.
 
     Create it with :meth:`create` and use it as a context manager; the API is
-    ``id``, ``dir``, ``tag``, ``env()``, ``netns_name()``, ``register()``, ``close()``.
+    ``id``, ``dir``, ``scratch``, ``tag``, ``env()``, ``netns_name()``, ``register()``, ``close()``.
     """
 
     def __init__(self, run_id: str, run_dir: Path, state_dir: Path = STATE_DIR):
         self.id = run_id
         self.dir = run_dir
         self.state_path = state_dir / f"{run_id}.json"
+        self.scratch = state_dir / run_id
         self.tag = TAG_PREFIX + run_id
         self.resources: list[Resource] = []
         self.errors: list[str] = []       # teardown problems, reported by close()
@@ -122,6 +127,7 @@ class RunContext:
         run = cls(run_id, run_dir.resolve(), state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         run._write_state()
+        run.scratch.mkdir()
         run._old_env = os.environ.get(ENV_VAR)
         os.environ[ENV_VAR] = run_id
         atexit.register(run.close)
@@ -178,11 +184,18 @@ class RunContext:
             except BaseException as exc:   # keep going: the rest must still go
                 self.errors.append(f"{res.kind} {res.name}: {type(exc).__name__}: {exc}")
         from . import cleanup
-        try:
+        # Sweep by tag until nothing is found: a process caught inside exec() reads
+        # with an empty environment, so one pass could miss it.
+        for _ in range(3):
             left = cleanup.find_run(self.id, state_dir=self.state_path.parent)
-            cleanup.remove(left, state_dir=self.state_path.parent)
-        except TestbedError as exc:
-            self.errors.append(f"sweep: {exc}")
+            left.state = left.scratch = None        # ours to remove last, below
+            if left.empty:
+                break
+            try:
+                cleanup.remove(left, state_dir=self.state_path.parent)
+            except (TestbedError, OSError, subprocess.SubprocessError) as exc:
+                self.errors.append(f"sweep: {exc}")
+        shutil.rmtree(self.scratch, ignore_errors=True)
         self.state_path.unlink(missing_ok=True)
         if os.environ.get(ENV_VAR) == self.id:
             if self._old_env is None:

@@ -73,12 +73,13 @@ def run(args: argparse.Namespace) -> int:
 def start_services(net: Network, run_ctx: RunContext, lun_mb: int) -> None:
     """tgtd with one LUN in the target host; a TCP bulk source in every bulk host."""
     target = net.host("target")
-    workdir = run_ctx.dir / "target"
+    workdir = run_ctx.scratch / "target"     # short path: tgtd's socket lives there
     workdir.mkdir(exist_ok=True)
     with open(run_ctx.dir / "target.log", "ab") as log:
         proc = target.popen([sys.executable, "-m", "nodes.iscsi_target",
                              "--portal", f"{target.ip}:{ISCSI_PORT}", "--iqn", IQN,
-                             "--backing-file", str(workdir / "lun.img"), "--size-mb", str(lun_mb),
+                             "--backing-file", str(run_ctx.dir / "lun.img"),
+                             "--size-mb", str(lun_mb),
                              "--workdir", str(workdir), "--stats",
                              str(run_ctx.dir / "target.ndjson")],
                             stdout=subprocess.PIPE, stderr=log)

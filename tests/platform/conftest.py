@@ -35,6 +35,19 @@ def sh(*argv: str, check: bool = True, timeout: float = 20) -> str:
     return r.stdout
 
 
+def run_tag_of(pid: int) -> str:
+    """TESTBED_RUN of a process ('' if none). Retried: the environment reads empty for a
+    moment while a freshly started process is still inside exec."""
+    env = b""
+    for _ in range(100):
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+        if env:
+            break
+        time.sleep(0.01)
+    return next((e.decode().split("=", 1)[1] for e in env.split(b"\0")
+                 if e.startswith(b"TESTBED_RUN=")), "")
+
+
 def snapshot() -> dict[str, object]:
     """What the testbed could touch, in a comparable form."""
     ipt = [l for l in sh("iptables-save").splitlines() if not l.startswith("#")]

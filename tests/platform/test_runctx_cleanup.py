@@ -14,14 +14,9 @@ from testbed import cleanup
 from testbed.probe import probe
 from testbed.runctx import ENV_VAR, STATE_DIR, RunContext
 
-from .conftest import TESTBED, assert_nothing_left, sh
+from .conftest import TESTBED, assert_nothing_left, run_tag_of, sh
 
 pytestmark = pytest.mark.root
-
-
-def tagged_env_of(pid: int) -> str:
-    env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-    return next((e.decode().split("=", 1)[1] for e in env if e.startswith(b"TESTBED_RUN=")), "")
 
 
 def test_state_file_env_and_teardown_order(tmp_path):
@@ -39,7 +34,7 @@ def test_state_file_env_and_teardown_order(tmp_path):
         assert [r["name"] for r in json.loads(run.state_path.read_text())["resources"]] == \
             ["first", "broken", "last"]
         child = subprocess.Popen(["sleep", "60"])          # inherits TESTBED_RUN
-        assert tagged_env_of(child.pid) == run.id
+        assert run_tag_of(child.pid) == run.id
     assert order == ["last", "first"]                       # newest first, past the error
     assert any("broken" in e and "ZeroDivisionError" in e for e in run.errors)
     assert child.wait(timeout=5) == -signal.SIGTERM         # swept by tag
@@ -61,7 +56,7 @@ def test_sweep_removes_tagged_namespace_link_and_rule(tmp_path):
         time.sleep(0.3)
         left = cleanup.find_run(run.id)
         assert ns in left.netns and f"tb{run.id[:6]}a" in left.links and left.iptables
-        assert inside.pid in left.processes and tagged_env_of(inside.pid) == ""
+        assert inside.pid in left.processes and run_tag_of(inside.pid) == ""
     inside.wait(timeout=10)
     assert_nothing_left(run.id)
     assert run.tag not in sh("iptables-save")
