@@ -105,6 +105,14 @@ class BulkSection:
 
 
 @dataclass
+class LocalDiskSection:
+    """The "buy a local disk" baseline: a file-backed disk in the client instead of iSCSI."""
+
+    latency_ms: float = field(default=0.5, metadata={"min": 0})
+    bandwidth_mbps: Optional[float] = field(default=None, metadata={"min_exclusive": 0})  # MiB/s
+
+
+@dataclass
 class BoundsSection:
     """The scenario's own bounds; missing one turns a finished run into ``degraded``."""
 
@@ -124,10 +132,12 @@ class Scenario:
     deadline_s: float = field(default=90.0, metadata={"min_exclusive": 0})
     backend: Literal["mininet", "docker"] = "mininet"
     capture: bool = False
+    storage: Literal["iscsi", "local"] = "iscsi"
     topology: TopologySection = field(default_factory=TopologySection)
     client: MachineConfig = field(default_factory=MachineConfig)
     target: TargetSection = field(default_factory=TargetSection)
     bulk: BulkSection = field(default_factory=BulkSection)
+    local_disk: LocalDiskSection = field(default_factory=LocalDiskSection)
     bounds: BoundsSection = field(default_factory=BoundsSection)
 
     def validate(self) -> None:

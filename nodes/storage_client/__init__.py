@@ -1,0 +1,1 @@
+"""The storage client node: memory manager + packet handler + initiator + workloads."""

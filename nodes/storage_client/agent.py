@@ -1,0 +1,235 @@
+"""The storage client: the emulated machine whose block device lives across the network.
+
+One process, in the client host, composes the parts of ``testbed``:
+
+- the memory manager (``testbed.mm``) with the scenario's policy: one budget of
+  emulated pages for the page cache, socket receive queues, PDU buffers and skbs;
+- the packet handler (``testbed.netdev``): the client's NIC driver. It takes the
+  client's address onto a TAP device, so every frame in or out needs an skb first;
+- the iSCSI initiator (``testbed.iscsi``): the block device the page cache writes back
+  to. Its connections are registered with the handler and marked ``SOCK_MEMALLOC``,
+  its receive queue is uncharged as it reads, and its PDU buffers are charged to mm;
+- the :class:`~testbed.mm.machine.Machine`: page cache, flusher, kswapd, workloads
+  (writers, mmap writers, downloaders whose sockets are registered with the handler
+  too), the lockup detector and the metrics stream, into which the handler's counters
+  are merged.
+
+It runs until the workloads are written back (``completed``), the lockup detector
+fires (``lockup``) or the deadline passes, then reads back what was acknowledged
+through the same initiator (integrity) and writes its outcome as JSON.
+
+The ``local`` storage mode replaces the initiator with a file-backed disk (the "buy a
+local disk" baseline) and may run without the packet handler.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from testbed.blockdev import BlockDevice
+from testbed.errors import TestbedError
+from testbed.iscsi.blockdev import IscsiBlockDevice
+from testbed.iscsi.chap import ChapCredentials
+from testbed.iscsi.connection import SessionHooks
+from testbed.iscsi.session import SessionConfig
+from testbed.mm.config import MachineConfig
+from testbed.mm.machine import Machine
+from testbed.mm.manager import MemoryManager
+from testbed.netdev.flows import FlowKey
+from testbed.netdev.handler import PacketHandler
+
+INITIATOR_NAME = "iqn.2026-11.org.testbed:storage-client"
+
+
+@dataclass
+class TargetConfig:
+    portal: str                        # IP:PORT
+    iqn: str
+    lun: int = 1
+    chap: Optional[dict[str, str]] = None   # user, secret, mutual_user, mutual_secret
+    digests: bool = False
+
+
+@dataclass
+class NetdevConfig:
+    wire: str = "client-eth0"
+    tap: str = "tap0"
+    delay_ms: float = 0.0
+    loss_pct: float = 0.0
+    capture_dir: Optional[str] = None
+
+
+@dataclass
+class AgentConfig:
+    """What the orchestrator hands the storage client (as JSON)."""
+
+    client: MachineConfig
+    deadline_s: float
+    metrics_path: str
+    outcome_path: str
+    storage: str = "iscsi"             # iscsi | local
+    target: Optional[TargetConfig] = None
+    local_disk: dict[str, Any] = field(default_factory=dict)   # path, capacity_mb, latency_ms, bandwidth_mbps
+    netdev: Optional[NetdevConfig] = None
+    download_servers: list[tuple[str, int]] = field(default_factory=list)
+    run_id: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, text: str) -> "AgentConfig":
+        d = json.loads(text)
+        d["client"] = MachineConfig.from_dict(d["client"])
+        if d.get("target"):
+            d["target"] = TargetConfig(**d["target"])
+        if d.get("netdev"):
+            d["netdev"] = NetdevConfig(**d["netdev"])
+        d["download_servers"] = [tuple(s) for s in d.get("download_servers", [])]
+        return cls(**d)
+
+
+class KernelSocketHooks(SessionHooks):
+    """Ties the initiator's connections to the emulated kernel.
+
+    Every connection (reconnects included) becomes an emulated socket marked
+    ``SOCK_MEMALLOC`` (``sk_set_memalloc()``, as ``iscsi_sw_tcp_conn_bind`` does),
+    registered with the packet handler by flow; bytes the initiator reads uncharge the
+    socket's receive queue; its PDU buffers are charged to mm.
+    """
+
+    def __init__(self, mm: MemoryManager, handler: Optional[PacketHandler]):
+        self.mm = mm
+        self.handler = handler
+        self._socks: dict[int, tuple[Optional[FlowKey], Any]] = {}
+        self._lock = threading.Lock()
+
+    def socket_bound(self, sock: socket.socket, target: tuple[str, int]) -> None:
+        sk = self.mm.sock_create("iscsi")
+        sk.set_memalloc()
+        key = None
+        if self.handler is not None:
+            local_ip, local_port = sock.getsockname()[:2]
+            key = FlowKey(6, local_ip, local_port, target[0], target[1])
+            self.handler.flows.register(key, sk)
+        with self._lock:
+            self._socks[id(sock)] = (key, sk)
+
+    def socket_closed(self, sock: socket.socket) -> None:
+        with self._lock:
+            key, sk = self._socks.pop(id(sock), (None, None))
+        if key is not None and self.handler is not None:
+            self.handler.flows.unregister(key)
+        if sk is not None:
+            sk.close()
+
+    def bytes_received(self, sock: socket.socket, n: int) -> None:
+        entry = self._socks.get(id(sock))
+        if entry is not None:
+            entry[1].consume(n)
+
+    def pdu_alloc(self, nbytes: int) -> bool:
+        return self.mm.pdu_alloc(nbytes)
+
+    def pdu_free(self, nbytes: int) -> None:
+        self.mm.pdu_free(nbytes)
+
+
+class StorageClient:
+    """Composes memory manager, packet handler, initiator and machine for one run."""
+
+    def __init__(self, cfg: AgentConfig):
+        self.cfg = cfg
+        self.mm = MemoryManager.from_config(cfg.client)
+        self.handler: Optional[PacketHandler] = None
+        self.device: Optional[BlockDevice] = None
+        self.machine: Optional[Machine] = None
+        self.hooks = KernelSocketHooks(self.mm, None)
+
+    # -- bring-up -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.cfg.netdev is not None:
+            n = self.cfg.netdev
+            self.handler = PacketHandler(self.mm, wire=n.wire, tap=n.tap, delay_ms=n.delay_ms,
+                                         loss_pct=n.loss_pct, capture_dir=n.capture_dir,
+                                         run_id=self.cfg.run_id)
+            self.handler.attach()
+            self.handler.start()
+            self.hooks.handler = self.handler
+        self.device = self._open_device()
+        sources = [self._net_metrics] if self.handler is not None else []
+        self.machine = Machine(self.cfg.client, self.device, mm=self.mm,
+                               socket_hook=self._downloader_socket,
+                               metric_sources=sources,
+                               download_servers=self.cfg.download_servers,
+                               metrics_path=self.cfg.metrics_path)
+        self.machine.start()
+
+    def _open_device(self) -> BlockDevice:
+        if self.cfg.storage == "local":
+            from testbed.mm.localdisk import LocalDisk
+            d = self.cfg.local_disk
+            bw = d.get("bandwidth_mbps")
+            return LocalDisk(d["path"], int(d["capacity_mb"]) << 20,
+                             latency_s=d.get("latency_ms", 0.0) / 1000,
+                             bandwidth=bw * (1 << 20) if bw else None)
+        t = self.cfg.target
+        chap = None
+        if t.chap:
+            chap = ChapCredentials(user=t.chap["user"], secret=t.chap["secret"],
+                                   mutual_user=t.chap.get("mutual_user"),
+                                   mutual_secret=t.chap.get("mutual_secret"))
+        config = SessionConfig(initiator_name=INITIATOR_NAME, target_name=t.iqn, chap=chap,
+                               header_digest=t.digests, data_digest=t.digests)
+        return IscsiBlockDevice.open(t.portal, t.iqn, lun=t.lun, config=config, hooks=self.hooks)
+
+    def _downloader_socket(self, sock: socket.socket, sk: Any, server: tuple[str, int]) -> None:
+        """A downloader's socket: registered with the handler so its queue is charged."""
+        if self.handler is not None:
+            local_ip, local_port = sock.getsockname()[:2]
+            self.handler.flows.register(FlowKey(6, local_ip, local_port, server[0], server[1]), sk)
+
+    def _net_metrics(self) -> dict[str, Any]:
+        return {"net": self.handler.counters()}
+
+    # -- the run ------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Start, wait for the outcome, verify, stop; return the outcome as a dict."""
+        started = time.monotonic()
+        result: dict[str, Any] = {"verdict": "error", "integrity": None}
+        try:
+            self.start()
+            outcome = self.machine.wait(self.cfg.deadline_s)
+            result = outcome.to_dict()
+            result["writeback_s"] = round(time.monotonic() - started, 3)
+            if outcome.verdict == "completed":
+                check = self.machine.verify(self.device, timeout=60)
+                result["integrity"] = {"bytes_checked": check.bytes_checked,
+                                       "pages_checked": check.pages_checked,
+                                       "mismatches": check.mismatches,
+                                       "examples": check.examples}
+        except TestbedError as exc:
+            result.update(verdict="error", detail=str(exc))
+        finally:
+            result["net"] = self.handler.counters() if self.handler is not None else None
+            self.stop()
+            Path(self.cfg.outcome_path).write_text(json.dumps(result, indent=1, default=str))
+        return result
+
+    def stop(self) -> None:
+        """Stop everything this process started; bounded; idempotent."""
+        if self.machine is not None:
+            self.machine.stop()
+        if self.device is not None:
+            try:
+                self.device.close()
+            except TestbedError:
+                pass
+        if self.handler is not None:
+            self.handler.stop()
+            self.handler.detach()

@@ -1,0 +1,319 @@
+"""The orchestrator: one scenario, run end to end on a backend, with its outcome.
+
+A run goes through fixed steps, each bounded in time:
+
+1. **bring-up**: a :class:`~testbed.runctx.RunContext` (run id, folder, tags, teardown
+   on any exit), then the backend builds and shapes the topology;
+2. **nodes**: the iSCSI target (tgtd serving a LUN file in the run folder), the bulk
+   sources, then the storage client, each a program of ``nodes/`` started in its host;
+3. **watch**: the storage client's metrics stream is followed and shown as one
+   progress line (elapsed time, free and dirty memory, writeback done, drops) until
+   the client reports its outcome or the deadline passes;
+4. **collect**: the nodes are stopped (the target through tgtadm), and the run folder
+   gets the summary (verdict and evidence), the plots and ``report.html``;
+5. **teardown**: leaving the run context removes every namespace, link, process and
+   rule of the run, also on Ctrl-C (the folder then keeps what was collected so far,
+   marked ``interrupted``).
+
+The storage client decides ``completed`` / ``lockup`` itself (it holds the memory
+manager); :mod:`testbed.report.summary` turns its outcome and the scenario's bounds into
+the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, TextIO
+
+from .backends.base import Host, Network
+from .errors import TestbedError, TimeoutExpired
+from .report import build_report
+from .report.summary import rx_drops, summarize
+from .runctx import RunContext
+from .scenario import Scenario, dump
+
+TARGET_IQN = "iqn.2026-11.org.testbed:lun"
+ISCSI_PORT = 3260
+BULK_PORTS = {"tcp": 5001, "http": 8080}
+FLOOD_PORT = 9            # udp flood: the discard port, no socket listens on the client
+READY_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+GRACE_S = 20.0            # beyond the deadline, for the client's read-back and stop
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """The verdict is the expected one (and the run was not interrupted)."""
+        return bool(self.summary.get("verdict")) and self.summary["verdict"] == self.summary["expected"]
+
+
+class Progress:
+    """One line of live progress from the client's metrics stream."""
+
+    def __init__(self, out: TextIO = sys.stderr, every_s: float = 1.0):
+        self.out = out
+        self.every_s = every_s
+        self.tty = out.isatty()
+        self._last = 0.0
+
+    def show(self, elapsed: float, sample: Optional[dict[str, Any]], force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < (self.every_s if self.tty else 5 * self.every_s):
+            return
+        self._last = now
+        line = f"  t={elapsed:5.1f}s " + (format_sample(sample) if sample else "starting...")
+        if self.tty:
+            self.out.write("\r" + line.ljust(100)[:100])
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+    def say(self, text: str) -> None:
+        self.done() if self.tty and self._last else None
+        self._last = 0.0
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+def format_sample(s: dict[str, Any]) -> str:
+    mib = lambda pages: pages / 256        # noqa: E731  (4 KiB pages)
+    drops = rx_drops(s.get("net"))
+    return (f"free {mib(s.get('free', 0)):6.1f} MiB  dirty {mib(s.get('dirty', 0)):6.1f} MiB  "
+            f"written back {s.get('writeback_bytes', 0) / 2**20:7.1f} MiB  "
+            f"drops storage {drops['memalloc']} other {drops['other']}"
+            + ("  LOCKUP" if s.get("lockup") else ""))
+
+
+class Orchestrator:
+    """Runs one scenario; see the module docstring for the steps."""
+
+    def __init__(self, scenario: Scenario, out_dir: Optional[Path] = None,
+                 base_dir: Path = Path("runs"), progress: Optional[Progress] = None):
+        self.scenario = scenario
+        self.out_dir = out_dir
+        self.base_dir = base_dir
+        self.progress = progress or Progress()
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    # -- the whole run ------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        s = self.scenario
+        with RunContext.create(base_dir=self.base_dir, name=s.name, run_dir=self.out_dir) as run:
+            self.run_ctx = run
+            (run.dir / "scenario.yaml").write_text(dump(s))
+            self.progress.say(f"run {run.id}: {s.name} (policy {s.client.policy}, "
+                              f"expect {s.expect}) -> {run.dir}")
+            started = time.monotonic()
+            try:
+                net = self._bring_up(run)
+                self._start_target(net, run)
+                self._start_bulk(net, run)
+                self._start_client(net, run)
+                self._watch(run, started)
+                self._stop_nodes()
+                summary = summarize(run.dir, s, duration_s=time.monotonic() - started)
+            except KeyboardInterrupt:
+                self.progress.say("interrupted: stopping nodes, keeping what was collected")
+                self._stop_nodes()
+                summary = summarize(run.dir, s, duration_s=time.monotonic() - started,
+                                    interrupted=True)
+                self._finish(run.dir, summary)
+                raise
+            self._finish(run.dir, summary)
+        return RunResult(run.dir, summary)
+
+    def _finish(self, run_dir: Path, summary: dict[str, Any]) -> None:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        build_report(run_dir)
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _bring_up(self, run: RunContext) -> Network:
+        s = self.scenario
+        if s.backend == "docker":
+            from .backends.docker import DockerBackend as backend
+        else:
+            from .backends.mininet import MininetBackend as backend
+        t0 = time.monotonic()
+        net = backend(run).up(s.topology.params())
+        self.net = net
+        self.progress.say(f"  topology up in {time.monotonic() - t0:.1f}s: client "
+                          f"{net.host('client').ip}, target {net.host('target').ip}, "
+                          f"{len(net.bulk_hosts)} bulk hosts")
+        return net
+
+    def _spawn(self, name: str, host: Host, argv: list[str]) -> subprocess.Popen:
+        log = open(self.run_ctx.dir / f"{name}.log", "ab")
+        try:
+            p = host.popen([sys.executable, "-m", *argv], stdin=subprocess.DEVNULL,
+                           stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            log.close()
+        self.procs[name] = p
+        return p
+
+    def _start_target(self, net: Network, run: RunContext) -> None:
+        s, h = self.scenario, net.host("target")
+        argv = ["nodes.iscsi_target", "--portal", f"{h.ip}:{ISCSI_PORT}", "--iqn", TARGET_IQN,
+                "--backing-file", str(run.dir / "lun.img"), "--size-mb", str(s.target.lun_mb),
+                "--block-size", str(s.target.block_size), "--stats", str(run.dir / "target.ndjson"),
+                "--workdir", str(run.dir / "tgtd")]
+        if s.target.chap:
+            c = s.target.chap
+            argv += ["--chap-user", c.user, "--chap-secret", c.secret]
+            if c.mutual_user:
+                argv += ["--mutual-user", c.mutual_user, "--mutual-secret", c.mutual_secret]
+        p = self._spawn("target", h, argv)
+        self._wait_for(lambda: _has_event(run.dir / "target.ndjson", "ready"), p, "target",
+                       READY_TIMEOUT_S)
+
+    def _start_bulk(self, net: Network, run: RunContext) -> None:
+        b = self.scenario.bulk
+        client_ip = net.host("client").ip
+        for h in net.bulk_hosts:
+            argv = ["nodes.bulk_source", "--mode", b.mode, "--rate-mbit", str(b.rate_mbit),
+                    "--stats", str(run.dir / f"{h.name}.ndjson")]
+            if b.mode == "udp":
+                argv += ["--dest", f"{client_ip}:{FLOOD_PORT}", "--size", str(b.udp_size)]
+            else:
+                argv += ["--port", str(BULK_PORTS[b.mode]), "--bind", h.ip]
+            self._spawn(h.name, h, argv)
+
+    def bulk_servers(self) -> list[tuple[str, int]]:
+        mode = self.scenario.bulk.mode
+        if mode == "udp":
+            return []
+        return [(h.ip, BULK_PORTS[mode]) for h in self.net.bulk_hosts]
+
+    def _start_client(self, net: Network, run: RunContext) -> None:
+        s = self.scenario
+        client = asdict(s.client)
+        if s.bulk.mode == "http":
+            for w in client["workloads"]:
+                if w["kind"] == "downloader" and not w["request"]:
+                    w["request"] = "GET /stream HTTP/1.1\r\nHost: bulk\r\n\r\n"
+        effects = net.userspace_link_effects.get("client", {})
+        cfg = {
+            "client": client,
+            "deadline_s": s.deadline_s,
+            "metrics_path": str(run.dir / "client.ndjson"),
+            "outcome_path": str(run.dir / "client-outcome.json"),
+            "storage": s.storage,
+            "target": {"portal": f"{net.host('target').ip}:{ISCSI_PORT}", "iqn": TARGET_IQN,
+                       "chap": asdict(s.target.chap) if s.target.chap else None,
+                       "digests": s.target.digests},
+            "local_disk": {"path": str(run.dir / "local-disk.img"),
+                           "capacity_mb": s.target.lun_mb,
+                           "latency_ms": s.local_disk.latency_ms,
+                           "bandwidth_mbps": s.local_disk.bandwidth_mbps},
+            "netdev": {"wire": net.host("client").intf, "tap": "tap0",
+                       "delay_ms": effects.get("delay_ms", 0.0),
+                       "loss_pct": effects.get("loss_pct", 0.0),
+                       "capture_dir": str(run.dir / "pcap") if s.capture else None},
+            "download_servers": self.bulk_servers(),
+            "run_id": run.id,
+        }
+        path = run.dir / "client-config.json"
+        path.write_text(json.dumps(cfg, indent=1))
+        self._spawn("client", net.host("client"), ["nodes.storage_client", "--config", str(path)])
+
+    def _watch(self, run: RunContext, started: float) -> None:
+        """Follow the client until it exits or the deadline (plus grace) passes."""
+        client = self.procs["client"]
+        metrics = run.dir / "client.ndjson"
+        limit = started + self.scenario.deadline_s + GRACE_S
+        tail = NdjsonTail(metrics)
+        while client.poll() is None:
+            if time.monotonic() > limit:
+                self.progress.say("  the client did not finish by the deadline: stopping it")
+                break
+            self._check_alive()
+            self.progress.show(time.monotonic() - started, tail.last())
+            time.sleep(0.2)
+        self.progress.show(time.monotonic() - started, tail.last(), force=True)
+        self.progress.done()
+
+    def _check_alive(self) -> None:
+        p = self.procs.get("target")
+        if p is not None and p.poll() is not None:
+            raise TestbedError(f"the iSCSI target exited with status {p.returncode}; "
+                               f"see target.log in the run folder")
+
+    def _stop_nodes(self) -> None:
+        """Stop the client first (it logs out), then bulk sources, then the target."""
+        order = ["client"] + [n for n in self.procs if n.startswith("bulk")] + ["target"]
+        for name in order:
+            p = self.procs.get(name)
+            if p is None or p.poll() is not None:
+                continue
+            p.terminate()
+            try:
+                p.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+    def _wait_for(self, ready: Callable[[], bool], proc: subprocess.Popen, what: str,
+                  timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if proc.poll() is not None:
+                raise TestbedError(f"the {what} node exited with status {proc.returncode} while "
+                                   f"starting; see {what}.log in the run folder")
+            if time.monotonic() > deadline:
+                raise TimeoutExpired(f"the {what} node was not ready after {timeout:g}s; "
+                                     f"see {what}.log in the run folder")
+            time.sleep(0.05)
+
+
+class NdjsonTail:
+    """The last complete object of an NDJSON file that another process appends to."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.pos = 0
+        self.buf = b""
+        self.latest: Optional[dict[str, Any]] = None
+
+    def last(self) -> Optional[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                chunk = f.read()
+        except FileNotFoundError:
+            return self.latest
+        self.pos += len(chunk)
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        for line in reversed(lines):
+            if line.strip():
+                try:
+                    self.latest = json.loads(line)
+                    break
+                except ValueError:
+                    continue
+        return self.latest
+
+
+def _has_event(path: Path, event: str) -> bool:
+    try:
+        with open(path) as f:
+            return any(f'"event": "{event}"' in line or f'"event":"{event}"' in line for line in f)
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,52 @@
+"""``report.html``: the summary and the plots of a run, or of runs side by side.
+
+Plain HTML with the PNGs beside it (relative links), readable offline and printable.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+STYLE = """body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
+.completed{color:#1a7f37}.lockup{color:#cf222e}.degraded{color:#9a6700}
+img{max-width:100%}pre{background:#f6f8fa;padding:1em;overflow:auto}"""
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{_esc(title)}</h1>{body}</body></html>\n")
+
+
+def verdict_cell(v: Any) -> str:
+    return f"<b class='{_esc(v)}'>{_esc(v)}</b>"
+
+
+def run_page(summary: dict[str, Any], evidence: list[str], images: list[str]) -> str:
+    rows = [("verdict", verdict_cell(summary.get("verdict"))),
+            ("expected", _esc(summary.get("expected"))),
+            ("policy", _esc(summary.get("policy"))),
+            ("status", _esc(summary.get("status"))),
+            ("duration", f"{summary.get('duration_s')} s")]
+    table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
+    ev = "".join(f"<li>{_esc(line)}</li>" for line in evidence)
+    imgs = "".join(f"<p><img src='{_esc(i)}' alt='{_esc(i)}'></p>" for i in images)
+    raw = _esc(json.dumps(summary, indent=2))
+    return page(f"{summary.get('scenario')}: {summary.get('verdict')}",
+                f"<table>{table}</table><h2>Evidence</h2><ul>{ev}</ul><h2>Plots</h2>{imgs}"
+                f"<h2>summary.json</h2><pre>{raw}</pre>")
+
+
+def compare_page(title: str, header: list[str], rows: list[list[str]], images: list[str],
+                 links: list[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    imgs = "".join(f"<p><img src='{_esc(i)}' alt='{_esc(i)}'></p>" for i in images)
+    lk = "".join(f"<li><a href='{_esc(h)}'>{_esc(t)}</a></li>" for t, h in links)
+    return page(title, f"<table><tr>{head}</tr>{body}</table>{imgs}<h2>Runs</h2><ul>{lk}</ul>")

@@ -1,0 +1,166 @@
+"""PNG plots of a run (and of several runs side by side), from the client's metrics.
+
+- ``memory.png``: free, dirty and under-writeback memory with the min and low
+  watermarks, the bytes written back so far, and the reserve in use, over time; a
+  red line marks the lockup;
+- ``drops.png``: received frames dropped so far, per flow class (storage = memalloc
+  flows, other) and per reason;
+- ``goodput.png``: each bulk flow's goodput (in-order bytes the client received).
+
+Samples are in 4 KiB pages; the plots show MiB.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PAGE_MIB = 4096 / 2**20
+COLOURS = {"free": "tab:green", "dirty": "tab:orange", "writeback": "tab:purple"}
+
+
+def series(samples: list[dict[str, Any]], key: str, scale: float = 1.0) -> list[float]:
+    return [s.get(key, 0) * scale for s in samples]
+
+
+def reserve_used(s: dict[str, Any]) -> int:
+    r = s.get("reserve") or {}
+    return sum(r.values()) if isinstance(r, dict) else int(r)
+
+
+def rx_dropped(s: dict[str, Any], cls: str) -> int:
+    net = s.get("net") or {}
+    try:
+        return net["rx"]["classes"][cls]["dropped"]["frames"]
+    except (KeyError, TypeError):
+        return 0
+
+
+def memory_plot(samples: list[dict[str, Any]], path: Path, title: str,
+                lockup_t: Optional[float] = None) -> None:
+    t = series(samples, "t")
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True,
+                             gridspec_kw={"height_ratios": [3, 1.4, 1.4]})
+    ax = axes[0]
+    for key in ("free", "dirty", "writeback"):
+        ax.plot(t, series(samples, key, PAGE_MIB), label=key, color=COLOURS[key])
+    for key, style in (("wmark_min", ":"), ("wmark_low", "--")):
+        ax.plot(t, series(samples, key, PAGE_MIB), style, color="grey", label=key.replace("wmark_", "") + " watermark")
+    ax.set_ylabel("MiB")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    axes[1].plot(t, series(samples, "writeback_bytes", 1 / 2**20), color="tab:blue")
+    axes[1].set_ylabel("written back\n(MiB)")
+    axes[2].plot(t, [reserve_used(s) for s in samples], color="tab:red", label="rx_reserve_used")
+    axes[2].plot(t, series(samples, "skb"), color="tab:brown", label="skb pages")
+    axes[2].set_ylabel("reserve /\nskb pages")
+    axes[2].legend(loc="upper right", fontsize=8)
+    axes[2].set_xlabel("time (s)")
+    for a in axes:
+        a.grid(alpha=0.3)
+        if lockup_t is not None:
+            a.axvline(lockup_t, color="red", lw=1.5)
+    if lockup_t is not None:
+        axes[0].annotate("lockup", (lockup_t, axes[0].get_ylim()[1] * 0.95), color="red",
+                         ha="right", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def drops_plot(samples: list[dict[str, Any]], final_drops: dict[str, Any], path: Path,
+               title: str) -> None:
+    t = series(samples, "t")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for cls, label, colour in (("memalloc", "storage (memalloc)", "tab:blue"),
+                               ("other", "other traffic", "tab:orange")):
+        ax.plot(t, [rx_dropped(s, cls) for s in samples], label=label, color=colour)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("received frames dropped (cumulative)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    reasons = sorted({r for c in ("memalloc", "other") for r in final_drops.get(c, {}) if r != "total"})
+    x = range(len(reasons))
+    for i, (cls, colour) in enumerate((("memalloc", "tab:blue"), ("other", "tab:orange"))):
+        bx.bar([k + 0.4 * i for k in x], [final_drops.get(cls, {}).get(r, 0) for r in reasons],
+               width=0.4, color=colour, label=cls)
+    bx.set_xticks([k + 0.2 for k in x], reasons, rotation=30, fontsize=8)
+    bx.set_title("by reason")
+    bx.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def goodput_series(samples: list[dict[str, Any]], hosts: dict[str, str],
+                   window_s: float = 1.0) -> dict[str, tuple[list[float], list[float]]]:
+    """Per bulk host: (times, Mbit/s) from the charged bytes of its flows."""
+    by_ip = {ip: name for name, ip in hosts.items() if name.startswith("bulk")}
+    totals: dict[str, list[tuple[float, int]]] = {}
+    for s in samples:
+        per: dict[str, int] = {}
+        for f in (s.get("net") or {}).get("flows", []):
+            name = by_ip.get(f["flow"].split("<->")[-1].rsplit(":", 1)[0])
+            if name:
+                per[name] = per.get(name, 0) + f["charged_bytes"]
+        for name, b in per.items():
+            totals.setdefault(name, []).append((s["t"], b))
+    out = {}
+    for name, pts in totals.items():
+        ts, rates, j = [], [], 0
+        for i, (ti, bi) in enumerate(pts):
+            while pts[j][0] < ti - window_s:
+                j += 1
+            if i > j:
+                ts.append(ti)
+                rates.append((bi - pts[j][1]) * 8 / (ti - pts[j][0]) / 1e6)
+        out[name] = (ts, rates)
+    return out
+
+
+def goodput_plot(samples: list[dict[str, Any]], hosts: dict[str, str], path: Path,
+                 title: str) -> None:
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    for name, (ts, rates) in sorted(goodput_series(samples, hosts).items()):
+        ax.plot(ts, rates, label=name)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("goodput (Mbit/s)")
+    ax.set_title(title)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no bulk downloads in this run", ha="center", transform=ax.transAxes)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def compare_plot(runs: list[tuple[str, list[dict[str, Any]], dict[str, Any]]], path: Path) -> None:
+    """Several runs side by side: free memory, written back, and other-traffic drops."""
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    for label, samples, summary in runs:
+        t = series(samples, "t")
+        line, = axes[0].plot(t, series(samples, "free", PAGE_MIB), label=f"{label}: {summary.get('verdict')}")
+        axes[1].plot(t, series(samples, "writeback_bytes", 1 / 2**20), color=line.get_color())
+        axes[2].plot(t, [rx_dropped(s, "other") for s in samples], color=line.get_color())
+        lk = summary.get("lockup")
+        if lk:
+            for a in axes:
+                a.axvline(lk["t"], color=line.get_color(), ls=":", lw=1)
+    axes[0].set_ylabel("free (MiB)")
+    axes[0].legend(fontsize=8)
+    axes[1].set_ylabel("written back (MiB)")
+    axes[2].set_ylabel("other traffic\ndropped (frames)")
+    axes[2].set_xlabel("time (s)")
+    for a in axes:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,194 @@
+"""From a run folder to ``summary.json``: the verdict and the figures behind it.
+
+A run folder holds what the nodes wrote: ``client-outcome.json`` (the storage client's
+own account: completed, lockup or deadline, with the lockup detector's evidence and the
+read-back result), ``client.ndjson`` (memory and packet-handler samples every 100 ms),
+``bulk*.ndjson`` and ``target.ndjson`` (what the servers sent and served) and
+``hosts.json`` (name -> address). This module reads them and decides the verdict:
+
+- ``lockup``: the client's lockup detector fired (its evidence is the proof);
+- ``completed``: everything written was written back and flushed, the read-back through
+  the initiator matched, and the scenario's bounds (longest writeback stall, drops of
+  other traffic, goodput) were kept;
+- ``degraded``: it finished, but a bound was missed, or the deadline came first without
+  a lockup, or the read-back found mismatches.
+
+An interrupted run, or one whose client failed, has no verdict (``null``) and says why
+in ``status`` and ``detail``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+CLASSES = ("memalloc", "other")
+
+
+def read_ndjson(path: Path) -> Iterator[dict[str, Any]]:
+    """The objects of an NDJSON file; a torn last line (a killed writer) is skipped."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError:
+                        continue
+    except FileNotFoundError:
+        return
+
+
+def read_json(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def rx_drops(net: Optional[dict[str, Any]]) -> dict[str, int]:
+    """Received frames dropped per flow class, from the handler's counters."""
+    out = {c: 0 for c in CLASSES}
+    if not net or "rx" not in net:
+        return out
+    for c in CLASSES:
+        out[c] = net["rx"]["classes"][c]["dropped"]["frames"]
+    return out
+
+
+def drops_by_reason(net: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """``{memalloc: {total, REASON: frames}, other: {...}, tx: {...}}`` (non-zero reasons)."""
+    out: dict[str, Any] = {}
+    if not net or "rx" not in net:
+        return {c: {"total": 0} for c in CLASSES}
+    for c in CLASSES:
+        cls = net["rx"]["classes"][c]
+        out[c] = {"total": cls["dropped"]["frames"],
+                  **{r: v["frames"] for r, v in cls["reasons"].items() if v["frames"]}}
+    tx = net.get("tx", {})
+    out["tx"] = {"total": tx.get("dropped", {}).get("frames", 0),
+                 **{r: v["frames"] for r, v in tx.get("reasons", {}).items() if v["frames"]}}
+    return out
+
+
+def goodput(samples: list[dict[str, Any]], hosts: dict[str, str]) -> dict[str, Any]:
+    """Per bulk host: bytes the client received in order on its flows, and Mbit/s.
+
+    The rate is over the time the flow was registered (first to last sample it was in).
+    """
+    by_ip = {ip: name for name, ip in hosts.items() if name.startswith("bulk")}
+    seen: dict[str, tuple[float, float, int]] = {}
+    for s in samples:
+        for f in (s.get("net") or {}).get("flows", []):
+            remote_ip = f["flow"].split("<->")[-1].rsplit(":", 1)[0]
+            name = by_ip.get(remote_ip)
+            if name is None:
+                continue
+            first, _, total = seen.get(name, (s["t"], s["t"], 0))
+            seen[name] = (first, s["t"], max(total, f["charged_bytes"]))
+    out = {}
+    for name in sorted(by_ip.values(), key=_host_order):
+        first, last, total = seen.get(name, (0.0, 0.0, 0))
+        span = last - first
+        out[name] = {"bytes": total, "mbit_s": round(total * 8 / span / 1e6, 3) if span > 0 else 0.0}
+    return out
+
+
+def _host_order(name: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return (int(digits) if digits else 0, name)
+
+
+def summarize(run_dir: Path, scenario: Any, duration_s: float,
+              interrupted: bool = False) -> dict[str, Any]:
+    """The summary of a run folder (see the module docstring)."""
+    run_dir = Path(run_dir)
+    outcome = read_json(run_dir / "client-outcome.json") or {}
+    samples = list(read_ndjson(run_dir / "client.ndjson"))
+    hosts = read_json(run_dir / "hosts.json") or {}
+    last = samples[-1] if samples else {}
+    net = outcome.get("net") or last.get("net")
+    written_back = outcome.get("bytes_written_back", last.get("writeback_bytes", 0)) or 0
+    wb_time = outcome.get("t") or last.get("t") or 0.0
+    summary: dict[str, Any] = {
+        "scenario": scenario.name,
+        "policy": scenario.client.policy,
+        "expected": scenario.expect,
+        "verdict": None,
+        "status": "interrupted" if interrupted else "finished",
+        "reasons": [],
+        "detail": outcome.get("detail", ""),
+        "duration_s": round(duration_s, 2),
+        "lockup": outcome.get("lockup"),
+        "integrity": outcome.get("integrity") or {"bytes_checked": 0, "mismatches": 0,
+                                                  "checked": False},
+        "writeback": {"bytes": written_back,
+                      "mb_s": round(written_back / 2**20 / wb_time, 3) if wb_time else 0.0,
+                      "bytes_written": outcome.get("bytes_written", last.get("workload_bytes", 0)),
+                      "longest_stall_s": outcome.get("longest_stall_s", last.get("stalled_for_s")),
+                      "time_s": wb_time},
+        "drops": drops_by_reason(net),
+        "goodput": goodput(samples, hosts),
+        "client_verdict": outcome.get("verdict"),
+    }
+    if not interrupted:
+        _decide(summary, outcome, scenario)
+    return summary
+
+
+def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> None:
+    client = outcome.get("verdict")
+    bounds = scenario.bounds
+    reasons = summary["reasons"]
+    if client is None or client == "error":
+        summary["status"] = "error"
+        summary["detail"] = outcome.get("detail") or "the storage client left no outcome; see client.log"
+        return
+    if client == "lockup":
+        summary["verdict"] = "lockup"
+        return
+    if client != "completed":
+        reasons.append(f"writeback did not finish: {client} ({outcome.get('detail', '')})")
+    integrity = summary["integrity"]
+    if integrity.get("mismatches"):
+        reasons.append(f"read-back found {integrity['mismatches']} mismatched pages")
+    stall = summary["writeback"]["longest_stall_s"] or 0.0
+    if stall > bounds.max_stall_s:
+        reasons.append(f"writeback stalled for {stall:.1f}s (bound {bounds.max_stall_s:g}s)")
+    other = summary["drops"]["other"]["total"]
+    if bounds.max_other_drops is not None and other > bounds.max_other_drops:
+        reasons.append(f"{other} frames of other traffic dropped (bound {bounds.max_other_drops})")
+    if bounds.min_goodput_mbit is not None:
+        for name, g in summary["goodput"].items():
+            if g["mbit_s"] < bounds.min_goodput_mbit:
+                reasons.append(f"{name} goodput {g['mbit_s']:.2f} Mbit/s "
+                               f"(bound {bounds.min_goodput_mbit:g})")
+    summary["verdict"] = "degraded" if reasons else "completed"
+
+
+def evidence(summary: dict[str, Any]) -> list[str]:
+    """The verdict's evidence as lines a person reads (printed after a run)."""
+    v = summary.get("verdict")
+    lines = []
+    if summary.get("status") != "finished":
+        lines.append(f"no verdict: run {summary.get('status')}: {summary.get('detail', '')}")
+        return lines
+    if v == "lockup" and summary.get("lockup"):
+        lk = summary["lockup"]
+        lines.append(f"lockup at t={lk['t']:.1f}s: no writeback progress for "
+                     f"{lk['stalled_for_s']:.1f}s with {lk['dirty']} dirty and {lk['writeback']} "
+                     f"under-writeback pages, {lk['free']} free pages (min watermark "
+                     f"{lk['wmark_min']}), reserve in use {lk.get('reserve')}")
+    elif v == "completed":
+        i = summary["integrity"]
+        lines.append(f"completed in {summary['writeback']['time_s']:.1f}s: "
+                     f"{summary['writeback']['bytes'] / 2**20:.1f} MiB written back "
+                     f"({summary['writeback']['mb_s']:.2f} MiB/s), read-back checked "
+                     f"{i.get('bytes_checked', 0) / 2**20:.1f} MiB, {i.get('mismatches', 0)} mismatches")
+    for r in summary.get("reasons", []):
+        lines.append(f"degraded: {r}")
+    d = summary["drops"]
+    lines.append(f"drops: storage {d['memalloc']['total']}, other {d['other']['total']} "
+                 f"({', '.join(f'{k} {v}' for k, v in d['other'].items() if k != 'total') or 'none'})")
+    return lines
