@@ -118,7 +118,7 @@ class Orchestrator:
             self.run_ctx = run
             (run.dir / "scenario.yaml").write_text(dump(s))
             self.progress.say(f"run {run.id}: {s.name} (policy {s.client.policy}, "
-                              f"expect {s.expect}) -> {run.dir}")
+                              f"expect {s.expected}) -> {run.dir}")
             started = time.monotonic()
             try:
                 net = self._bring_up(run)
@@ -153,6 +153,7 @@ class Orchestrator:
         t0 = time.monotonic()
         net = backend(run).up(s.topology.params())
         self.net = net
+        (run.dir / "hosts.json").write_text(json.dumps({n: h.ip for n, h in net.hosts.items()}))
         self.progress.say(f"  topology up in {time.monotonic() - t0:.1f}s: client "
                           f"{net.host('client').ip}, target {net.host('target').ip}, "
                           f"{len(net.bulk_hosts)} bulk hosts")

@@ -28,11 +28,14 @@ import yaml
 from .backends.base import ContentionParams, make_params
 from .errors import ConfigError
 from .mm.config import MachineConfig
+from .mm.policy import POLICIES
 from .schema import Problem, SchemaError, build, scalar_value
 
+POLICY_NAMES = tuple(POLICIES)
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
 Verdict = Literal["completed", "lockup", "degraded"]
+Policy = Literal[POLICY_NAMES]
 
 
 @dataclass
@@ -128,6 +131,7 @@ class Scenario:
     name: str
     description: str = ""
     expect: Verdict = "completed"
+    expect_by_policy: dict[Policy, Verdict] = field(default_factory=dict)  # overrides expect
     duration_s: float = field(default=30.0, metadata={"min_exclusive": 0})
     deadline_s: float = field(default=90.0, metadata={"min_exclusive": 0})
     backend: Literal["mininet", "docker"] = "mininet"
@@ -144,6 +148,11 @@ class Scenario:
         if self.deadline_s < self.duration_s:
             raise ConfigError(f"scenario.deadline_s: {self.deadline_s} must not be shorter "
                               f"than duration_s ({self.duration_s})")
+
+    @property
+    def expected(self) -> str:
+        """The verdict this scenario expects under its client's policy."""
+        return self.expect_by_policy.get(self.client.policy, self.expect)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

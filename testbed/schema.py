@@ -87,6 +87,8 @@ class Builder:
             return self._literal(tp, node, key)
         if origin is list:
             return self._list(get_args(tp)[0], node, key)
+        if origin is dict:
+            return self._dict(get_args(tp), node, key)
         if dataclasses.is_dataclass(tp):
             return self._dataclass(tp, node, key)
         if tp is Any:
@@ -118,6 +120,16 @@ class Builder:
             self.problem(node, key, f"expected a list, got {_describe(node)}")
             return []
         return [self.build(item, n, f"{key}[{i}]") for i, n in enumerate(node.value)]
+
+    def _dict(self, kv: tuple, node: yaml.Node, key: str) -> dict:
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, key, f"expected a mapping, got {_describe(node)}")
+            return {}
+        out = {}
+        for knode, vnode in node.value:
+            k = self.build(kv[0], knode, key)
+            out[k] = self.build(kv[1], vnode, f"{key}.{k}")
+        return out
 
     def _scalar(self, tp: type, node: yaml.Node, key: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):

@@ -70,6 +70,7 @@ def build_compare_report(out_dir: Path, run_dirs: Sequence[Path], labels: Sequen
     links = [(lab, f"{Path(d).resolve().relative_to(out_dir.resolve())}/report.html")
              for lab, d in zip(labels, run_dirs) if (Path(d) / "report.html").exists()]
     (out_dir / "summaries.json").write_text(json.dumps(summaries, indent=2))
+    images = [i for i in ("sweep.png", "compare.png") if (out_dir / i).exists()]
     out = out_dir / "report.html"
-    out.write_text(html.compare_page(title, header, rows, ["compare.png"], links))
+    out.write_text(html.compare_page(title, header, rows, images, links))
     return out

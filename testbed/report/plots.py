@@ -164,3 +164,49 @@ def compare_plot(runs: list[tuple[str, list[dict[str, Any]], dict[str, Any]]], p
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+VERDICT_COLOURS = {"completed": "tab:green", "lockup": "tab:red", "degraded": "tab:orange", None: "grey"}
+
+
+def outcome_time(s: dict[str, Any]) -> float:
+    """Seconds to the lockup, or to the end of writeback."""
+    lk = s.get("lockup")
+    return lk["t"] if s.get("verdict") == "lockup" and lk else s["writeback"]["time_s"] or 0.0
+
+
+def sweep_plot(summaries: list[dict[str, Any]], keys: list[str], path: Path) -> None:
+    """One parameter: time to lockup/completion against its values, coloured by verdict.
+    Two: a grid of cells coloured by verdict, each with its time."""
+    def params(s: dict[str, Any]) -> dict[str, str]:
+        return dict(p.split("=", 1) for p in s.get("label", "").split() if "=" in p)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if len(keys) == 1:
+        xs = [params(s).get(keys[0], "?") for s in summaries]
+        for i, s in enumerate(summaries):
+            ax.bar(i, outcome_time(s), color=VERDICT_COLOURS.get(s.get("verdict"), "grey"))
+            ax.text(i, outcome_time(s), str(s.get("verdict")), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(xs)), xs)
+        ax.set_xlabel(keys[0])
+        ax.set_ylabel("time to lockup / completion (s)")
+    else:
+        xs = list(dict.fromkeys(params(s).get(keys[0]) for s in summaries))
+        ys = list(dict.fromkeys(params(s).get(keys[1]) for s in summaries))
+        for s in summaries:
+            p = params(s)
+            x, y = xs.index(p.get(keys[0])), ys.index(p.get(keys[1]))
+            ax.add_patch(plt.Rectangle((x - 0.45, y - 0.45), 0.9, 0.9,
+                                       color=VERDICT_COLOURS.get(s.get("verdict"), "grey"), alpha=0.7))
+            ax.text(x, y, f"{s.get('verdict')}\n{outcome_time(s):.1f}s", ha="center", va="center",
+                    fontsize=8)
+        ax.set_xlim(-0.5, len(xs) - 0.5)
+        ax.set_ylim(-0.5, len(ys) - 0.5)
+        ax.set_xticks(range(len(xs)), xs)
+        ax.set_yticks(range(len(ys)), ys)
+        ax.set_xlabel(keys[0])
+        ax.set_ylabel(keys[1])
+    ax.set_title("sweep: verdict and time to lockup / completion")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -114,7 +114,7 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
     summary: dict[str, Any] = {
         "scenario": scenario.name,
         "policy": scenario.client.policy,
-        "expected": scenario.expect,
+        "expected": scenario.expected,
         "verdict": None,
         "status": "interrupted" if interrupted else "finished",
         "reasons": [],

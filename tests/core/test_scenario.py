@@ -128,3 +128,17 @@ def test_built_in_scenarios_all_load():
     files = sorted(scenario.SCENARIO_DIR.glob("*.yaml"))
     for f in files:
         scenario.load(f)
+
+
+def test_expect_by_policy_overrides_expect(tmp_path):
+    p = write(tmp_path, "s.yaml", """name: s
+expect: completed
+expect_by_policy: {none: lockup, reserve-only: lockup}
+client: {policy: none}
+""")
+    assert scenario.load(p).expected == "lockup"
+    assert scenario.load(p, ["client.policy=gorman-3.6"]).expected == "completed"
+    bad = write(tmp_path, "b.yaml", "name: b\nexpect_by_policy: {nnoe: lockup, gorman-3.6: fine}\n")
+    with pytest.raises(SchemaError) as e:
+        scenario.load(bad)
+    assert [pr.key for pr in e.value.problems] == ["expect_by_policy", "expect_by_policy.gorman-3.6"]
