@@ -51,12 +51,12 @@ class Leftovers:
     links: list[str] = field(default_factory=list)              # root namespace
     iptables: list[tuple[str, str, str]] = field(default_factory=list)   # (tool, table, rule)
     nft_rules: list[tuple[str, str, str, int]] = field(default_factory=list)
-    scratch: Optional[Path] = None                               # /run/testbed/<id>/
+    files: list[Path] = field(default_factory=list)   # scratch folder, half-written state
 
     @property
     def empty(self) -> bool:
         return not (self.state or self.processes or self.netns or self.links
-                    or self.iptables or self.nft_rules or self.scratch)
+                    or self.iptables or self.nft_rules or self.files)
 
     def describe(self) -> str:
         parts = [f"{len(self.processes)} processes", f"{len(self.netns)} namespaces",
@@ -88,9 +88,10 @@ def scan(state_dir: Path = STATE_DIR, exclude_pids: Iterable[int] = ()) -> dict[
 
     for run_id, state in _state_files(state_dir):
         run(run_id).state = state
-    for path in state_dir.glob("*/") if state_dir.is_dir() else []:
-        if re.fullmatch(RUN_ID, path.name) and path.is_dir():
-            run(path.name).scratch = path
+    for path in state_dir.iterdir() if state_dir.is_dir() else []:
+        run_id = path.name.split(".")[0]
+        if re.fullmatch(RUN_ID, run_id) and path.suffix != ".json":
+            run(run_id).files.append(path)    # <id>/ scratch folder, <id>.tmp
     netns_inodes: dict[int, str] = {}
     for name in _named_netns():
         m = _NETNS_RE.match(name)
@@ -234,8 +235,11 @@ def remove(left: Leftovers, grace: float = 3.0, state_dir: Path = STATE_DIR) -> 
     for name in left.netns:
         subprocess.run(["ip", "netns", "delete", name], capture_output=True,
                        timeout=TOOL_TIMEOUT)
-    if left.scratch:
-        shutil.rmtree(left.scratch, ignore_errors=True)
+    for path in left.files:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     (state_dir / f"{left.run_id}.json").unlink(missing_ok=True)
 
 

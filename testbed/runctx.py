@@ -188,7 +188,7 @@ class RunContext:
         # with an empty environment, so one pass could miss it.
         for _ in range(3):
             left = cleanup.find_run(self.id, state_dir=self.state_path.parent)
-            left.state = left.scratch = None        # ours to remove last, below
+            left.state, left.files = None, []       # ours to remove last, below
             if left.empty:
                 break
             try:
@@ -196,6 +196,7 @@ class RunContext:
             except (TestbedError, OSError, subprocess.SubprocessError) as exc:
                 self.errors.append(f"sweep: {exc}")
         shutil.rmtree(self.scratch, ignore_errors=True)
+        self.state_path.with_suffix(".tmp").unlink(missing_ok=True)   # if interrupted
         self.state_path.unlink(missing_ok=True)
         if os.environ.get(ENV_VAR) == self.id:
             if self._old_env is None:

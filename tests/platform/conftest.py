@@ -75,7 +75,7 @@ def assert_nothing_left(run_id: str) -> None:
         time.sleep(0.1)
         left = cleanup.find_run(run_id)
     assert left.empty, f"leftovers: {left}"
-    assert not (STATE_DIR / f"{run_id}.json").exists()
+    assert not list(STATE_DIR.glob(f"{run_id}*"))
     assert not [n for n in snapshot()["netns"] if n.startswith(f"tb-{run_id}")]
 
 
