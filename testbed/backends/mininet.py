@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from mininet.link import Link
-from mininet.log import setLogLevel
 from mininet.net import Mininet
 from mininet.node import Host as MininetNode
 from mininet.nodelib import LinuxBridge
@@ -400,7 +399,6 @@ class MininetBackend(Backend):
         check_environment(caps)
         topo = params.topo()
         specs, effects = plan_links(topo, params, caps)
-        setLogLevel("warning")
         mn = TestbedMininet(topo=topo, switch=NamespacedBridge, host=MininetNode, link=Link,
                             controller=None, build=False, autoSetMacs=False,
                             waitConnected=False)
