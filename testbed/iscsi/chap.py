@@ -151,7 +151,8 @@ class ChapExchange:
             raise ChapError(f"mutual CHAP: target named itself {keys['CHAP_N']!r}, "
                             f"expected {self.creds.mutual_user!r}")
         got = decode_binary(keys["CHAP_R"], "CHAP_R")
-        assert self.my_id is not None and self.my_challenge is not None
+        if self.my_id is None or self.my_challenge is None:
+            raise ChapError("mutual CHAP: the target answered before it was challenged")
         want = chap_response(self.my_id, self.creds.mutual_secret or "", self.my_challenge)
         if not hmac.compare_digest(got, want):
             raise ChapError("mutual CHAP: the target's CHAP_R is wrong (it does not know the "

@@ -314,7 +314,8 @@ class Session:
 
     def _charge(self, nbytes: int, deadline: float, what: str) -> None:
         """pdu_alloc with short sleeps until ``deadline``: pressure slows, never crashes."""
-        assert self._pdu_alloc is not None
+        if self._pdu_alloc is None:
+            return
         delay = 0.0005
         while not self._pdu_alloc(nbytes):
             self.stats.memory_waits += 1
@@ -702,6 +703,9 @@ class Session:
                         exc.status_detail in (2, 3, 4):
                     break                        # forbidden / not found / removed: give up
             delay = min(max(delay * 2, 0.5), cfg.reconnect_backoff_max)
+        if new_conn is not None and self._closing.is_set():
+            new_conn.close()                     # closed while we were logging in
+            new_conn = None
         if new_conn is None:
             if not self._closing.is_set():
                 failure = SessionFailed(f"session with {self.target} lost ({cause}) and not "
