@@ -56,7 +56,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, Optional
 
-from .errors import TestbedError
+from .errors import ConfigError, EnvironmentProblem, TestbedError
 
 ENV_VAR = "TESTBED_RUN"
 STATE_DIR = Path(os.environ.get("TESTBED_STATE_DIR", "/run/testbed"))
@@ -118,16 +118,24 @@ class RunContext:
 
         ``clean_stale`` first removes what dead runs left behind (by tag only).
         """
-        if clean_stale:
+        if clean_stale and os.geteuid() == 0:
             from . import cleanup   # cleanup imports this module
             cleanup.clean_dead_runs(state_dir=state_dir)
         run_id = secrets.token_hex(4)
         run_dir = Path(base_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{run_id}"
-        run_dir.mkdir(parents=True, exist_ok=False)
         run = cls(run_id, run_dir.resolve(), state_dir)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        run._write_state()
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            run._write_state()
+        except OSError as exc:
+            raise EnvironmentProblem(f"run state folder {state_dir}: {exc.strerror} "
+                                     f"(the testbed runs as root)") from None
         run.scratch.mkdir()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:
+            run.close()
+            raise ConfigError(f"run folder {run_dir}: {exc.strerror}") from None
         run._old_env = os.environ.get(ENV_VAR)
         os.environ[ENV_VAR] = run_id
         atexit.register(run.close)

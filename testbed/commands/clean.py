@@ -9,8 +9,10 @@ are never touched. With no dead runs it says so and changes nothing.
 from __future__ import annotations
 
 import argparse
+import os
 
 from .. import cleanup
+from ..errors import EnvironmentProblem
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("testbed clean needs root (namespaces, processes of root)")
     dead = cleanup.clean_dead_runs(dry_run=args.dry_run)
     if not dead:
         print("testbed clean: no dead runs, nothing to remove")
