@@ -54,8 +54,8 @@ class MemoryManager(PageAllocator):
         self.netdevs: dict[str, NetDev] = {}
         self.socks: set[Sock] = set()
         self.memalloc_socks = 0         # the memalloc_socks_key static branch, as a count
-        self.skb_heads = 0              # objects in skbuff_head_cache
-        self.skb_head_pages = 0         # its slab pages
+        self.skb_head_pages = 0         # slab pages of skbuff_head_cache
+        self.skb_head_room = 0          # free sk_buff heads in them
         policy.attach(self)
 
     # ------------------------------------------------------------- reserves
@@ -112,7 +112,12 @@ class MemoryManager(PageAllocator):
 
     # ------------------------------------------------------------------ skb
     def netdev_alloc_skb(self, dev: NetDev, length: int) -> Union[Skb, DropReason]:
-        """An skb for a received frame of ``length`` bytes, or why there is none."""
+        """An skb for a received frame of ``length`` bytes, or why there is none.
+
+        Every policy starts with ``GFP_ATOMIC`` (down to 3/8 of min, no
+        reserves); that attempt is inlined here because it runs per frame. Only
+        when it fails does the policy's ``rx_alloc_failed`` decide.
+        """
         if length <= dev.rx_buf_len:
             if length <= 0:
                 raise MMError(f"netdev_alloc_skb({dev.name}): length {length} must be > 0")
@@ -120,7 +125,24 @@ class MemoryManager(PageAllocator):
         else:
             pages = skb_data_pages(length + NET_IP_ALIGN)
         with self.lock:
-            return self.policy.dev_alloc_skb(dev, length, pages)
+            zone = self.zone
+            room = self.skb_head_room
+            need = pages if room else pages + 1
+            free = zone.free - need
+            if free < zone.mark_atomic:
+                self.wakeup_kswapd_locked()
+                return self.policy.rx_alloc_failed(dev, length, pages)
+            zone.free = free
+            if room:
+                self.skb_head_room = room - 1
+            else:
+                self.skb_head_room = SKB_HEADS_PER_SLAB - 1
+                self.skb_head_pages += 1
+            self.used[USE_SKB] += need
+            self.vm.pgalloc += need
+            if free < zone.wmark_low:
+                self.wakeup_kswapd_locked()
+            return Skb(dev, length, pages)
 
     def alloc_tx_skb(self, dev: NetDev, length: int, sk: Optional[Sock]) -> Union[Skb, DropReason]:
         """An skb to send ``length`` bytes for ``sk``: memalloc sockets may use the reserves."""
@@ -150,16 +172,19 @@ class MemoryManager(PageAllocator):
         ``ALLOC_NO_WATERMARKS`` (down to zero). None if the zone cannot.
         """
         zone = self.zone
-        head_page = 1 if self.skb_heads == self.skb_head_pages * SKB_HEADS_PER_SLAB else 0
-        need = pages + head_page
+        room = self.skb_head_room
+        need = pages if room else pages + 1
         free = zone.free - need
         if free < (0 if reserves else zone.mark_atomic):
             if zone.free < zone.wmark_low:
                 self.wakeup_kswapd_locked()
             return None
         zone.free = free
-        self.skb_heads += 1
-        self.skb_head_pages += head_page
+        if room:
+            self.skb_head_room = room - 1
+        else:
+            self.skb_head_room = SKB_HEADS_PER_SLAB - 1
+            self.skb_head_pages += 1
         self.used[USE_SKB] += need
         vm = self.vm
         vm.pgalloc += need
@@ -174,11 +199,12 @@ class MemoryManager(PageAllocator):
         if not pages:
             raise MMError(f"kfree_skb: an skb of {skb.dev.name} (length {skb.length}) was already freed")
         skb.pages = 0
-        heads = self.skb_heads - 1
-        self.skb_heads = heads
-        if heads <= (self.skb_head_pages - 1) * SKB_HEADS_PER_SLAB:
+        room = self.skb_head_room + 1
+        if room == SKB_HEADS_PER_SLAB:      # a whole slab page of free heads: give it back
             self.skb_head_pages -= 1
+            room = 0
             pages += 1
+        self.skb_head_room = room
         self.zone.free += pages
         self.used[USE_SKB] -= pages
         self.vm.pgfree += pages

@@ -114,6 +114,7 @@ class PageCache:
         self.device_pages = device.capacity // PAGE_SIZE
         self.next_device_page = 0
         self.nr_inflight = 0                    # writeback requests at the device
+        self.nr_allocating = 0                  # writers between alloc_pages and insertion
         self.last_progress = time.monotonic()   # when a writeback last completed
         mm.shrinker = self
 
@@ -155,17 +156,26 @@ class PageCache:
                 return
             # A partial write over a page that is only on the device needs its bytes.
             need_read = len(src) < PAGE_SIZE and index < len(inode.acked) and inode.acked[index]
-        data = self._read_page(inode, index) if need_read else ZERO_PAGE
-        if not mm.alloc_pages(1, self.gfp, Use.FILE):
-            raise MMError(f"page cache: no page for {inode.name}:{index} (gfp {self.gfp!r})")
-        with mm.lock:
-            page = inode.pages.get(index)
-            if page is None:
-                self._ensure_extent_locked(inode, index)
-                page = inode.pages[index] = Page(inode, index, data)
-            else:
-                mm.give_locked(1, Use.FILE)     # another writer cached it meanwhile
-            self._copy_locked(page, in_page, src, end)
+            self.nr_allocating += 1     # a FILE page charged, not yet in the cache
+        try:
+            data = self._read_page(inode, index) if need_read else ZERO_PAGE
+            if not mm.alloc_pages(1, self.gfp, Use.FILE):
+                raise MMError(f"page cache: no page for {inode.name}:{index} (gfp {self.gfp!r})")
+            with mm.lock:
+                page = inode.pages.get(index)
+                if page is None:
+                    try:
+                        self._ensure_extent_locked(inode, index)
+                    except NoSpace:
+                        mm.give_locked(1, Use.FILE)
+                        raise
+                    page = inode.pages[index] = Page(inode, index, data)
+                else:
+                    mm.give_locked(1, Use.FILE)     # another writer cached it meanwhile
+                self._copy_locked(page, in_page, src, end)
+        finally:
+            with mm.lock:
+                self.nr_allocating -= 1
 
     def _copy_locked(self, page: Page, in_page: int, src: memoryview, end: int) -> None:
         if in_page == 0 and len(src) == PAGE_SIZE:
@@ -361,8 +371,10 @@ class PageCache:
         for page in self.lru:
             if page.flags:
                 problems.append(f"{page!r} on the LRU but not clean")
-        if pages != self.mm.used[Use.FILE]:
-            problems.append(f"{pages} cached pages but {self.mm.used[Use.FILE]} FILE pages charged")
+        charged = self.mm.used[Use.FILE]
+        if not pages <= charged <= pages + self.nr_allocating:
+            problems.append(f"{pages} cached pages (+{self.nr_allocating} being added) but "
+                            f"{charged} FILE pages charged")
         if dirty != vm.nr_dirty:
             problems.append(f"{dirty} dirty pages but nr_dirty={vm.nr_dirty}")
         if writeback != vm.nr_writeback:

@@ -23,8 +23,7 @@ if TYPE_CHECKING:
 class Sock:
     """An emulated socket. Every method may be called from any thread."""
 
-    __slots__ = ("mm", "name", "memalloc", "closed", "rmem_pages", "rmem_bytes",
-                 "_queue")
+    __slots__ = ("mm", "name", "memalloc", "closed", "rmem_pages", "_queue")
 
     def __init__(self, mm: "MemoryManager", name: str) -> None:
         self.mm = mm
@@ -32,7 +31,6 @@ class Sock:
         self.memalloc = False       # sock_flag(sk, SOCK_MEMALLOC)
         self.closed = False
         self.rmem_pages = 0         # data pages of the skbs queued here
-        self.rmem_bytes = 0         # unread payload bytes
         self._queue: deque[Skb] = deque()
 
     def set_memalloc(self) -> None:
@@ -65,12 +63,9 @@ class Sock:
             if nbytes <= 0 or self.closed:
                 mm.skb_free_locked(skb)
                 return
-            if not skb.pages:
-                raise MMError(f"sock {self.name}: queue_rcv of an skb already freed")
             skb.unread = nbytes
             self._queue.append(skb)
             self.rmem_pages += skb.pages
-            self.rmem_bytes += nbytes
 
     def consume(self, nbytes: int) -> None:
         """The reader read ``nbytes``: free every skb now fully read, oldest first."""
@@ -84,10 +79,8 @@ class Sock:
                 unread = skb.unread
                 if unread > nbytes:
                     skb.unread = unread - nbytes
-                    self.rmem_bytes -= nbytes
                     return
                 nbytes -= unread
-                self.rmem_bytes -= unread
                 self.rmem_pages -= skb.pages
                 queue.popleft()
                 mm.skb_free_locked(skb)
@@ -105,11 +98,17 @@ class Sock:
             queue = self._queue
             while queue:
                 mm.skb_free_locked(queue.popleft())
-            self.rmem_pages = self.rmem_bytes = 0
+            self.rmem_pages = 0
             mm.socks.discard(self)
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def rmem_bytes(self) -> int:
+        """Unread payload bytes in the receive queue."""
+        with self.mm.lock:
+            return sum(skb.unread for skb in self._queue)
 
     def __repr__(self) -> str:
         mark = " SOCK_MEMALLOC" if self.memalloc else ""

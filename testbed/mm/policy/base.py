@@ -6,10 +6,12 @@ these hooks, and each policy module overrides only what it changes:
 ``netdev_reserve_pages(dev)``
     pages to add with ``adjust_memalloc_reserve()`` when ``dev`` comes up
     (``register_netdev``), given back when it goes down. Default: none.
-``dev_alloc_skb(dev, length, pages)``
-    the receive allocation (``dev_memalloc_skb`` / ``__netdev_alloc_skb``),
-    called with the mm lock held: an :class:`Skb` or the :class:`DropReason`.
-    Default: ``GFP_ATOMIC`` only (down to 3/8 of min).
+``rx_alloc_failed(dev, length, pages)``
+    the rest of the receive allocation (``dev_memalloc_skb`` /
+    ``__netdev_alloc_skb``) once its first attempt - ``GFP_ATOMIC``, down to
+    3/8 of min, which every policy makes and the memory manager inlines - has
+    failed. Called with the mm lock held; returns an :class:`Skb` (from the
+    reserve) or the :class:`DropReason`. Default: drop, ``NOMEM``.
 ``sk_filter(skb, sk, ethertype)``
     the protocol step for a received skb: None to deliver, else the reason to
     drop. Default: deliver everything.
@@ -54,12 +56,8 @@ class Policy:
     def netdev_reserve_pages(self, dev: NetDev) -> int:
         return 0
 
-    def dev_alloc_skb(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
-        mm = self.mm
-        skb = mm.skb_alloc_locked(dev, length, pages, False)
-        if skb is None:
-            return mm.count_drop_locked(dev, DropReason.NOMEM, "atomic")
-        return skb
+    def rx_alloc_failed(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
+        return self.mm.count_drop_locked(dev, DropReason.NOMEM, "atomic")
 
     def sk_filter(self, skb: Skb, sk: Optional["Sock"], ethertype: int) -> Optional[DropReason]:
         return None

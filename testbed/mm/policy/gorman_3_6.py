@@ -40,11 +40,8 @@ class Gorman36(Policy):
     name = "gorman-3.6"
     description = "pfmemalloc skbs from under min, only for SOCK_MEMALLOC sockets; throttle_direct_reclaim"
 
-    def dev_alloc_skb(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
+    def rx_alloc_failed(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
         mm = self.mm
-        skb = mm.skb_alloc_locked(dev, length, pages, False)
-        if skb is not None:
-            return skb
         if not mm.memalloc_socks:
             return mm.count_drop_locked(dev, DropReason.NOMEM, "atomic")
         skb = mm.skb_alloc_locked(dev, length, pages, True)

@@ -36,11 +36,8 @@ class Phillips2005(Policy):
     def netdev_reserve_pages(self, dev: NetDev) -> int:
         return self.reserve_estimate(dev)
 
-    def dev_alloc_skb(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
+    def rx_alloc_failed(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
         mm = self.mm
-        skb = mm.skb_alloc_locked(dev, length, pages, False)
-        if skb is not None:
-            return skb
         if dev.rx_reserve_used >= dev.rx_reserve:
             return mm.count_drop_locked(dev, DropReason.RESERVE_CAP, "atomic")
         skb = mm.skb_alloc_locked(dev, length, pages, True)

@@ -20,11 +20,8 @@ class ReserveOnly(Policy):
     def netdev_reserve_pages(self, dev: NetDev) -> int:
         return self.reserve_estimate(dev)
 
-    def dev_alloc_skb(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
+    def rx_alloc_failed(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
         mm = self.mm
-        skb = mm.skb_alloc_locked(dev, length, pages, False)
-        if skb is not None:
-            return skb
         skb = mm.skb_alloc_locked(dev, length, pages, True)     # GFP_ATOMIC | __GFP_MEMALLOC
         if skb is None:
             return mm.count_drop_locked(dev, DropReason.NOMEM, "memalloc")

@@ -1,0 +1,215 @@
+"""The Machine: completion and read-back, the lockup signature and recovery, metrics, stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+from testbed.errors import ConfigError
+from testbed.mm import Machine, MachineConfig, MMError, Sock, WorkloadConfig
+
+
+def writer(**kw) -> WorkloadConfig:
+    return WorkloadConfig(kind="writer", **kw)
+
+
+def test_256_mib_through_64_mib_completes_and_verifies(disk):
+    cfg = MachineConfig(memory_mb=64, workloads=[writer(total_mb=256, files=4, seed=7)])
+    with Machine(cfg, disk) as m:
+        out = m.wait(deadline_s=120)
+        assert out.verdict == "completed", out
+        assert out.bytes_written == out.bytes_written_back == 256 << 20
+        assert m.mm.vm.pgsteal_kswapd + m.mm.vm.pgsteal_direct > 40000    # memory was recycled
+    assert m.mm.check_invariants() == []
+    result = m.verify()
+    assert result.ok and result.bytes_checked == 256 << 20 and result.pages_checked == 65536
+
+
+def test_verify_catches_a_corrupted_block(disk):
+    cfg = MachineConfig(memory_mb=16, workloads=[writer(total_mb=2, seed=3)])
+    with Machine(cfg, disk) as m:
+        assert m.wait(deadline_s=30).verdict == "completed"
+    inode = m.workloads[0].files[0]
+    fd = os.open(disk.path, os.O_RDWR)
+    os.pwrite(fd, b"X", inode.device_page(17) * 4096 + 100)
+    os.close(fd)
+    result = m.verify()
+    assert result.mismatches == 1 and result.examples == [f"{inode.name} page 17"]
+
+
+def lockup_config(**kw) -> MachineConfig:
+    return MachineConfig(memory_mb=32, lockup_after_s=1.0, workloads=[
+        writer(total_mb=16, files=2, seed=1),
+        WorkloadConfig(kind="mmap_writer", total_mb=48, seed=2)], **kw)
+
+
+def assert_lockup_signature(m: Machine, ev) -> None:
+    assert ev is not None and ev.stalled_for_s >= 1.0
+    assert ev.free <= ev.wmark_min == m.mm.zone.wmark_min            # memory exhausted
+    assert ev.dirty + ev.writeback > 0.8 * m.mm.zone.managed_pages    # filled with dirty pages
+    assert ev.reclaimable == 0
+    assert ev.throttled_dirty >= 1                                    # the writer is held back
+    assert ev.alloc_stalled >= 1                                      # the mmap writer waits for a page
+    assert ev.counters["nr_written"] < 2048
+
+
+def test_a_stalled_disk_locks_the_machine_up_and_it_recovers(disk):
+    disk.stall()
+    with Machine(lockup_config(), disk) as m:
+        out = m.wait(deadline_s=30)
+        assert out.verdict == "lockup", out
+        assert_lockup_signature(m, out.lockup)
+        time.sleep(0.5)                                   # stuck: nothing moves
+        assert m.mm.vm.nr_written == 0 and m.lockup.locked_up
+        disk.resume()
+        out = m.wait(deadline_s=60, stop_on_lockup=False)
+        assert out.verdict == "completed", out
+        assert out.lockup.recovered_at is not None and out.lockup.recovered_at > out.lockup.t
+        assert not m.lockup.locked_up
+    assert m.verify().ok and m.mm.check_invariants() == []
+
+
+def test_a_slow_disk_shows_the_same_signature(disk):
+    disk.set_latency(2.5)                                 # each writeback takes longer than lockup_after_s
+    with Machine(lockup_config(), disk) as m:
+        out = m.wait(deadline_s=30)
+        assert out.verdict == "lockup", out
+        assert_lockup_signature(m, out.lockup)
+        disk.set_latency(0.0)
+        assert m.wait(deadline_s=60, stop_on_lockup=False).verdict == "completed"
+    assert m.verify().ok
+
+
+def test_stop_is_bounded_while_the_machine_is_locked_up(disk):
+    disk.stall()
+    m = Machine(lockup_config(), disk)
+    m.start()
+    assert m.wait(deadline_s=30).verdict == "lockup"
+    t = time.monotonic()
+    assert m.stop(timeout=3.0) is True
+    assert time.monotonic() - t < 3.0
+    assert m.wait(deadline_s=30, stop_on_lockup=False).verdict == "stopped"
+    assert m.stop() is True                               # idempotent
+    disk.resume()
+
+
+def test_deadline_outcome(disk):
+    disk.set_bandwidth(1 << 20)                           # 1 MiB/s: 8 MiB cannot finish in 1 s
+    cfg = MachineConfig(memory_mb=64, workloads=[writer(total_mb=8)])
+    with Machine(cfg, disk) as m:
+        out = m.wait(deadline_s=1.0)
+    assert out.verdict == "deadline" and 0.9 < out.t < 3
+
+
+def test_metrics_are_ndjson_with_kernel_names_and_extra_fields(disk, tmp_path):
+    path = os.path.join(tmp_path, "client.ndjson")
+    cfg = MachineConfig(memory_mb=32, metrics_interval_ms=50, policy="phillips-2005",
+                        workloads=[writer(total_mb=8)])
+    m = Machine(cfg, disk, netdevs=[("eth0", 1500)], metrics_path=path,
+                metric_sources=[lambda: {"handler_rx": 42}])
+    with m:
+        assert m.wait(deadline_s=30).verdict == "completed"
+        time.sleep(0.2)
+    lines = [json.loads(line) for line in open(path, encoding="utf-8")]
+    assert len(lines) >= 3
+    for key in ("t", "free", "dirty", "writeback", "reclaimable", "wmark_min", "wmark_low", "wmark_high",
+                "reserve", "alloc_fail", "nr_throttled_dirty", "nr_throttled_reclaim", "writeback_bytes",
+                "PFMemallocDrop", "pgscan_direct_throttle", "kswapd_failures", "allocstall", "drops",
+                "handler_rx", "bg_thresh", "thresh", "lockup"):
+        assert key in lines[0], key
+    assert [s["t"] for s in lines] == sorted(s["t"] for s in lines)
+    assert lines[0]["reserve"] == {"eth0": 0} and lines[0]["reserve_pages"] == {"eth0": 53}
+    assert lines[-1]["writeback_bytes"] == 8 << 20
+    assert not m.netdev("eth0").registered                 # given back at stop
+    with pytest.raises(MMError, match="no netdev 'eth9'"):
+        m.netdev("eth9")
+
+
+class StreamServer(threading.Thread):
+    """A loopback TCP server sending ``nbytes`` of seeded random data to one client."""
+
+    def __init__(self, nbytes: int, seed: int = 5):
+        super().__init__(daemon=True)
+        self.nbytes, self.seed = nbytes, seed
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.srv.settimeout(10)
+        self.address = self.srv.getsockname()
+        self.request = b""
+
+    def run(self):
+        conn, _ = self.srv.accept()
+        with conn:
+            self.request = conn.recv(100)
+            rnd = random.Random(self.seed)
+            left = self.nbytes
+            while left:
+                n = min(left, 50_000)
+                conn.sendall(rnd.randbytes(n))
+                left -= n
+        self.srv.close()
+
+
+def test_downloader_reads_a_socket_into_files_that_verify(disk):
+    server = StreamServer(3_000_123)
+    server.start()
+    seen = []
+
+    def hook(sock, mm_sock):
+        seen.append((sock.getsockname()[1], mm_sock))
+        with pytest.raises(OSError):
+            sock.getpeername()                            # bound, not yet connected
+        mm_sock.set_memalloc()
+
+    cfg = MachineConfig(memory_mb=32, workloads=[WorkloadConfig(
+        kind="downloader", total_mb=10, files=2, request="GET\n")])
+    with Machine(cfg, disk, socket_hook=hook, download_servers=[server.address]) as m:
+        out = m.wait(deadline_s=30)
+        assert out.verdict == "completed", out
+    server.join(5)
+    dl = m.workloads[0]
+    assert dl.eof and dl.bytes_received == dl.bytes_written == 3_000_123
+    assert server.request == b"GET\n"
+    assert seen and seen[0][0] != 0 and isinstance(seen[0][1], Sock)
+    assert seen[0][1].closed and not m.mm.sk_memalloc_socks()
+    result = m.verify()
+    assert result.ok and result.bytes_checked == 3_000_123
+    assert [f.size for f in dl.files] == [3_000_123]        # under the 5 MiB per file
+
+
+def test_a_downloader_needs_a_server(disk):
+    cfg = MachineConfig(workloads=[WorkloadConfig(kind="downloader")])
+    with pytest.raises(MMError, match=r"workloads\[0\].*server"):
+        Machine(cfg, disk)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"client\.policy: must be one of"):
+        MachineConfig(policy="linux-2.4").validate()
+    with pytest.raises(ConfigError, match=r"client\.memory_mb: must be int"):
+        MachineConfig.from_dict({"memory_mb": "lots"})
+    with pytest.raises(ConfigError, match=r"client\.swappiness: unknown key"):
+        MachineConfig.from_dict({"swappiness": 60})
+    with pytest.raises(ConfigError, match=r"client\.workloads\[1\]\.rate_mbps: must be >= 0"):
+        MachineConfig.from_dict({"workloads": [{"kind": "writer"}, {"kind": "writer", "rate_mbps": -3}]})
+    with pytest.raises(ConfigError, match=r"client\.workloads\[0\]\.kind"):
+        MachineConfig.from_dict({"workloads": [{"kind": "anon_hog"}]})
+    with pytest.raises(ConfigError, match=r"client\.threshold: must be between 0 and 1"):
+        MachineConfig(threshold=1.5).validate()
+    with pytest.raises(ConfigError, match=r"client\.min_free_kbytes"):
+        MachineConfig(memory_mb=4, min_free_kbytes=4096).validate()
+    cfg = MachineConfig.from_dict({"memory_mb": 32, "policy": "none", "threshold": 1,
+                                   "workloads": [{"kind": "mmap_writer", "total_mb": 1.5}]})
+    assert cfg.total_pages == 8192 and cfg.workloads[0].total_bytes == 1536 << 10
+
+
+def test_rate_limited_writer_keeps_its_rate(disk):
+    cfg = MachineConfig(memory_mb=32, workloads=[writer(total_mb=4, rate_mbps=8)])
+    with Machine(cfg, disk) as m:
+        out = m.wait(deadline_s=30)
+    assert out.verdict == "completed" and 0.45 < out.t < 1.5
