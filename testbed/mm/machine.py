@@ -2,7 +2,9 @@
 
 :class:`Machine` composes, from one :class:`~testbed.mm.config.MachineConfig`:
 
-* ``mm``          the :class:`MemoryManager` (zone, policy, network API);
+* ``mm``          the :class:`MemoryManager` (zone, policy, network API), made from
+                  the config or given (the storage client makes it first, for the
+                  packet handler);
 * ``page_cache``  over any :class:`~testbed.blockdev.BlockDevice` (the local
                   disk in the tests, the iSCSI LUN in the testbed);
 * ``throttle``    dirty limits and ``balance_dirty_pages()``;
@@ -10,7 +12,7 @@
 
 Life cycle::
 
-    m = Machine(config, device, netdevs=[("eth0", 1500)], socket_hook=hook,
+    m = Machine(config, device, mm=mm, netdevs=[("eth0", 1500)], socket_hook=hook,
                 download_servers=[("10.0.0.2", 5001)], metrics_path="client.ndjson")
     m.start()
     outcome = m.wait(deadline_s=60)      # completed | lockup | deadline | stopped
@@ -83,6 +85,7 @@ class Machine:
     """The storage client's emulated kernel and its workloads."""
 
     def __init__(self, config: MachineConfig, device: BlockDevice, *,
+                 mm: Optional[MemoryManager] = None,
                  socket_hook: Optional[SocketHook] = None,
                  metric_sources: Iterable[MetricSource] = (),
                  netdevs: Iterable[tuple[str, int]] = (),
@@ -92,11 +95,13 @@ class Machine:
         config.validate()
         self.config = config
         self.device = device
-        self.mm = MemoryManager(
-            config.total_pages, min_free_kbytes=config.min_free_kbytes,
-            watermark_scale_factor=config.watermark_scale_factor, policy=config.policy,
-            rx_reserve=config.rx_reserve, threshold=config.threshold,
-            reserve_pages=config.reserve_pages, congestion_wait_s=config.congestion_wait_ms / 1000)
+        if mm is None:
+            mm = MemoryManager.from_config(config)
+        elif mm.zone.managed_pages != config.total_pages or mm.policy.name != config.policy:
+            raise MMError(f"machine: the given mm ({mm.zone.managed_pages} pages, {mm.policy.name}) "
+                          f"does not match client.memory_mb/policy ({config.total_pages} pages, "
+                          f"{config.policy})")
+        self.mm = mm
         self.throttle = DirtyThrottle(self.mm, config.dirty_background_ratio, config.dirty_ratio)
         self.page_cache = PageCache(self.mm, device, self.throttle)
         self.flusher = Flusher(self.mm, self.page_cache, self.throttle,

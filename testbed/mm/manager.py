@@ -24,7 +24,7 @@ any other socket's with ``GFP_ATOMIC``.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .errors import MMError
 from .page_alloc import PageAllocator
@@ -33,6 +33,9 @@ from .skbuff import NET_IP_ALIGN, SKB_HEADS_PER_SLAB, DropReason, NetDev, Skb, s
 from .sock import Sock
 from .vmstat import Use
 from .zone import PAGE_SHIFT, PAGE_SIZE, Zone
+
+if TYPE_CHECKING:
+    from .config import MachineConfig
 
 USE_SKB = Use.SKB
 MIN_MTU, MAX_MTU = 68, 65535
@@ -57,6 +60,16 @@ class MemoryManager(PageAllocator):
         self.skb_head_pages = 0         # slab pages of skbuff_head_cache
         self.skb_head_room = 0          # free sk_buff heads in them
         policy.attach(self)
+
+    @classmethod
+    def from_config(cls, config: "MachineConfig") -> "MemoryManager":
+        """The memory manager a :class:`MachineConfig` describes (validated first)."""
+        config.validate()
+        return cls(config.total_pages, min_free_kbytes=config.min_free_kbytes,
+                   watermark_scale_factor=config.watermark_scale_factor, policy=config.policy,
+                   rx_reserve=config.rx_reserve, threshold=config.threshold,
+                   reserve_pages=config.reserve_pages,
+                   congestion_wait_s=config.congestion_wait_ms / 1000)
 
     # ------------------------------------------------------------- reserves
     def adjust_memalloc_reserve(self, pages: int) -> None:

@@ -10,8 +10,9 @@
                  ``mm_sock.consume(n)`` after each ``recv`` and writes what it read
                  into page-cache files - so its socket queue and its dirty pages
                  draw on the same memory, and the dirty limits throttle its reading.
-                 ``socket_hook(sock, mm_sock)`` runs after bind and before connect,
-                 so the storage client can register the flow with the packet handler.
+                 ``socket_hook(sock, mm_sock, server)`` runs after bind and before
+                 connect, so the storage client can register the flow (local
+                 address from ``sock``, remote ``server``) with the packet handler.
 
 Writers' bytes are :mod:`testbed.mm.pattern` pages (verifiable without a copy);
 a downloader keeps a CRC-32 per page of what it wrote. ``verify_page`` checks
@@ -40,7 +41,7 @@ from .zone import PAGE_SIZE
 
 log = logging.getLogger(__name__)
 
-SocketHook = Callable[[socket.socket, Sock], None]
+SocketHook = Callable[[socket.socket, Sock, tuple[str, int]], None]
 CONNECT_TIMEOUT_S = 30.0
 RECV_POLL_S = 0.2
 RECV_SIZE = 65536
@@ -171,7 +172,7 @@ class Downloader(Workload):
         try:
             sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
             if self.socket_hook is not None:
-                self.socket_hook(sock, self.mm_sock)
+                self.socket_hook(sock, self.mm_sock, self.server)
             self._connect(sock)
             if cfg.request:
                 sock.sendall(cfg.request.encode())

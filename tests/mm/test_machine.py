@@ -12,7 +12,7 @@ import time
 import pytest
 
 from testbed.errors import ConfigError
-from testbed.mm import Machine, MachineConfig, MMError, Sock, WorkloadConfig
+from testbed.mm import Machine, MachineConfig, MemoryManager, MMError, Sock, WorkloadConfig
 
 
 def writer(**kw) -> WorkloadConfig:
@@ -160,7 +160,8 @@ def test_downloader_reads_a_socket_into_files_that_verify(disk):
     server.start()
     seen = []
 
-    def hook(sock, mm_sock):
+    def hook(sock, mm_sock, server_address):
+        assert server_address == server.address
         seen.append((sock.getsockname()[1], mm_sock))
         with pytest.raises(OSError):
             sock.getpeername()                            # bound, not yet connected
@@ -180,6 +181,17 @@ def test_downloader_reads_a_socket_into_files_that_verify(disk):
     result = m.verify()
     assert result.ok and result.bytes_checked == 3_000_123
     assert [f.size for f in dl.files] == [3_000_123]        # under the 5 MiB per file
+
+
+def test_a_machine_on_a_given_memory_manager(disk):
+    cfg = MachineConfig(memory_mb=16, policy="phillips-2005", workloads=[writer(total_mb=1)])
+    mm = MemoryManager.from_config(cfg)
+    dev = mm.register_netdev("eth0")               # as the packet handler does, before the machine
+    with Machine(cfg, disk, mm=mm) as m:
+        assert m.mm is mm and m.wait(deadline_s=30).verdict == "completed"
+    assert dev.registered and mm.zone.wmark_min == 128 + 53
+    with pytest.raises(MMError, match="does not match"):
+        Machine(MachineConfig(memory_mb=32), disk, mm=mm)
 
 
 def test_a_downloader_needs_a_server(disk):
