@@ -113,16 +113,20 @@ class RunContext:
 
     @classmethod
     def create(cls, base_dir: str | Path = "runs", name: str = "run",
-               clean_stale: bool = True, state_dir: Path = STATE_DIR) -> "RunContext":
+               clean_stale: bool = True, state_dir: Path = STATE_DIR,
+               run_dir: Optional[str | Path] = None) -> "RunContext":
         """Make a new run: id, folder ``<base_dir>/<time>-<name>-<id>``, state file.
 
-        ``clean_stale`` first removes what dead runs left behind (by tag only).
+        ``run_dir`` names the folder instead (it may exist already). ``clean_stale``
+        first removes what dead runs left behind (by tag only).
         """
         if clean_stale and os.geteuid() == 0:
             from . import cleanup   # cleanup imports this module
             cleanup.clean_dead_runs(state_dir=state_dir)
         run_id = secrets.token_hex(4)
-        run_dir = Path(base_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{run_id}"
+        given = run_dir is not None
+        run_dir = Path(run_dir) if given else \
+            Path(base_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{run_id}"
         run = cls(run_id, run_dir.resolve(), state_dir)
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +136,7 @@ class RunContext:
                                      f"(the testbed runs as root)") from None
         run.scratch.mkdir()
         try:
-            run_dir.mkdir(parents=True, exist_ok=False)
+            run_dir.mkdir(parents=True, exist_ok=given)
         except OSError as exc:
             run.close()
             raise ConfigError(f"run folder {run_dir}: {exc.strerror}") from None

@@ -36,6 +36,7 @@ from testbed.tgt import TgtDaemon
 
 TID = 1
 LUN = 1
+SUN_PATH_MAX = 107         # bytes of a unix socket path (sun_path less the NUL)
 
 
 class Stats:
@@ -88,7 +89,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--mutual-secret")
     p.add_argument("--stats", help="NDJSON file for state and counters")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between counters")
-    p.add_argument("--workdir", help="folder for tgtd's socket and log (default: a temp dir)")
+    p.add_argument("--workdir", help="folder for tgtd's socket and log (default, or if the "
+                                     "path is too long for a unix socket: a temp dir)")
     args = p.parse_args(argv)
     if args.size_mb <= 0:
         p.error(f"--size-mb must be positive, got {args.size_mb}")
@@ -132,8 +134,22 @@ def _proc_figures(pid: Optional[int]) -> dict[str, object]:
             "tgtd_rss_kb": rss}
 
 
+def daemon_workdir(requested: Optional[str]) -> tuple[Path, bool]:
+    """tgtd's folder and whether it is ours to remove.
+
+    tgtd's control socket is a unix socket, whose path may not exceed 107 bytes: a
+    longer ``--workdir`` (deep run folders) is replaced by a short temporary folder,
+    in the run's scratch folder when there is one (see testbed.runctx).
+    """
+    if requested and len(str(Path(requested).resolve() / "tgtd.sock.0.lock")) <= SUN_PATH_MAX:
+        Path(requested).mkdir(parents=True, exist_ok=True)
+        return Path(requested), False
+    scratch = Path("/run/testbed") / os.environ.get("TESTBED_RUN", "-")
+    return Path(tempfile.mkdtemp(prefix="tgtd-", dir=scratch if scratch.is_dir() else None)), True
+
+
 def serve(args: argparse.Namespace, stop: StopFlag, stats: Stats) -> None:
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tgtd-"))
+    workdir, temporary = daemon_workdir(args.workdir)
     backing = Path(args.backing_file).resolve()
     daemon = TgtDaemon(workdir, portal=args.portal)
     try:
@@ -146,6 +162,7 @@ def serve(args: argparse.Namespace, stop: StopFlag, stats: Stats) -> None:
         if args.mutual_user:
             daemon.add_account(TID, args.mutual_user, args.mutual_secret, outgoing=True)
         stats.write("ready", portal=daemon.portal, iqn=args.iqn, lun=LUN, tgtd_pid=daemon.pid,
+                    tgtd_workdir=str(workdir),
                     size_bytes=size, block_size=args.block_size,
                     chap=bool(args.chap_user), mutual_chap=bool(args.mutual_user))
         print("READY", flush=True)
@@ -153,7 +170,7 @@ def serve(args: argparse.Namespace, stop: StopFlag, stats: Stats) -> None:
             stats.write("stats", **counters(daemon, backing))
     finally:
         daemon.stop(timeout=10)
-        if not args.workdir:
+        if temporary:
             _remove_tree(workdir)
     stats.write("stop", signal=stop.signal)
 

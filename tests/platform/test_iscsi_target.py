@@ -1,6 +1,7 @@
 """nodes.iscsi_target with a real tgtd on loopback, checked with libiscsi's iscsi-inq."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -113,3 +114,12 @@ def test_bad_iqn_is_one_line_and_leaves_no_tgtd(tmp_path):
     assert r.stderr.strip().startswith("iscsi_target: error: target name")
     assert len(r.stderr.strip().splitlines()) == 1
     assert not list((tmp_path / "w").glob("tgtd.sock*"))
+
+
+def test_long_workdir_falls_back_to_a_short_socket_path(tmp_path):
+    deep = tmp_path / ("very-long-folder-name-" * 4) / "tgtd"
+    p, stats, ready = start(tmp_path, "--workdir", str(deep))
+    assert len(str(deep)) > 107 and len(ready["tgtd_workdir"]) < 60
+    assert inq(ready["portal"]).returncode == 0
+    stop(p, stats)
+    assert not os.path.exists(ready["tgtd_workdir"])   # the temporary folder went

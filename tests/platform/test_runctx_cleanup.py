@@ -42,6 +42,15 @@ def test_state_file_env_and_teardown_order(tmp_path):
     assert_nothing_left(run.id)
 
 
+def test_explicit_run_folder_may_exist(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with RunContext.create(run_dir=out) as run:
+        assert run.dir == out.resolve() and run.scratch.is_dir()
+    assert not run.scratch.exists()
+    assert_nothing_left(run.id)
+
+
 def test_sweep_removes_tagged_namespace_link_and_rule(tmp_path):
     with RunContext.create(base_dir=tmp_path, name="unit") as run:
         ns = run.netns_name("x")
