@@ -48,6 +48,30 @@ def run_tag_of(pid: int) -> str:
                  if e.startswith(b"TESTBED_RUN=")), "")
 
 
+def settled_processes() -> set[tuple[int, int]]:
+    """(pid, start time) of user processes older than a minute, not started by this test.
+
+    Younger ones and our own descendants may come and go by themselves; these must not.
+    """
+    ticks, mine = os.sysconf("SC_CLK_TCK"), os.getpid()
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    out = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        ppid, start = int(fields[1]), int(fields[19])
+        if not cmdline or ppid == mine or uptime - start / ticks < 60:
+            continue                     # kernel thread, our child, or young
+        out.add((int(entry), start))
+    return out
+
+
 def snapshot() -> dict[str, object]:
     """What the testbed could touch, in a comparable form."""
     ipt = [l for l in sh("iptables-save").splitlines() if not l.startswith("#")]
@@ -58,12 +82,18 @@ def snapshot() -> dict[str, object]:
                         for l in sh("ip", "-o", "link", "show").splitlines()),
         "iptables": ipt,
         "nft": sh("nft", "-s", "list", "ruleset").splitlines(),
+        "processes": settled_processes(),
     }
 
 
 def assert_untouched(before: dict, after: dict) -> None:
     for key in before:
-        assert before[key] == after[key], f"{key} changed: before {before[key]} after {after[key]}"
+        if key == "processes":           # the old ones are all still there
+            gone = before[key] - after[key]
+            assert not gone, f"processes that were running before are gone: {gone}"
+        else:
+            assert before[key] == after[key], \
+                f"{key} changed: before {before[key]} after {after[key]}"
 
 
 def assert_nothing_left(run_id: str) -> None:
