@@ -31,6 +31,9 @@ names (``bw`` in Mbit/s, ``delay`` as a string, ``loss`` in percent,
     mn --custom topologies/contention.py --topo contention,2 \\
        --switch lxbr --controller none --link tc --test pingall
 
+(On a machine where dockerd has run, its FORWARD DROP stops a root-namespace bridge:
+prefix ``unshare --net --``. The testbed's own backend keeps its bridge in a namespace.)
+
 This file imports only ``mininet``: Debian's ``/usr/bin/mn`` runs it with the
 system Python. Parameter checking with one-line errors lives in the testbed
 package (``testbed.backends.base.ContentionParams``), which builds this Topo.

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,18 @@ def test_verify_interface_reads_rates_and_queues():
     with pytest.raises(ShapingError, match="generic-receive-offload is still on"):
         verify_interface("client-eth0", spec, good.replace("receive-offload: off",
                                                            "receive-offload: on"))
+
+
+def test_mn_custom_topology_pingall():
+    """The topology as Mininet users run it: Debian's mn (system Python), lxbr, tc links.
+
+    mn puts its bridge in the namespace it runs in; ``unshare --net`` gives it a fresh
+    one, so a FORWARD DROP left by dockerd in the root namespace does not apply.
+    """
+    r = subprocess.run(["unshare", "--net", "--", "mn", "--custom", "topologies/contention.py",
+                        "--topo", "contention,2", "--switch", "lxbr", "--controller", "none",
+                        "--link", "tc", "--test", "pingall"],
+                       capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "*** Results: 0% dropped (12/12 received)" in r.stdout + r.stderr
