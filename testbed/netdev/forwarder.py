@@ -14,9 +14,9 @@ import threading
 from typing import Any, Optional
 
 from . import netns
-from .device import BUF_LEN, Attachment
-
-POLL_MS = 200
+from .device import (BUF_LEN, TP_STATUS_COPY, TP_STATUS_USER, TPACKET2_HDR, VNET_HDR_LEN,
+                     Attachment)
+from .handler import BURST, POLL_MS, TP_KERNEL
 
 
 class PlainForwarder:
@@ -34,10 +34,9 @@ class PlainForwarder:
         with netns.enter(self.netns):
             self._att.attach()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        for loop in (self._rx, self._tx):
-            t = threading.Thread(target=loop, daemon=True)
-            t.start()
-            self._threads.append(t)
+        t = threading.Thread(target=self._loop, daemon=True, name="plain-forwarder")
+        t.start()
+        self._threads.append(t)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -50,35 +49,39 @@ class PlainForwarder:
         with netns.enter(self.netns):
             self._att.detach()
 
-    def _poller(self, fd: int) -> Any:
-        p = select.poll()
-        p.register(fd, select.POLLIN)
-        p.register(self._wake_r, select.POLLIN)
-        return p
-
-    def _rx(self) -> None:
-        buf = bytearray(BUF_LEN)
-        view = memoryview(buf)
-        sock, tapfd = self._att.sock.sock, self._att.tap.fd
-        recv_into, write, poller = sock.recv_into, os.write, self._poller(sock.fileno())
+    def _loop(self) -> None:
+        """The handler's I/O loop with the handler taken out (see handler._io_loop)."""
+        sock, tapfd = self._att.sock, self._att.tap.fd
+        ring, fsize, nslots, slot = sock.view, sock.frame_size, sock.frames, 0
+        slot_hdr, buf = TPACKET2_HDR.unpack_from, bytearray(BUF_LEN)
+        send, read, write = sock.sock.send, os.read, os.write
+        poller = select.poll()
+        for fd in (sock.sock.fileno(), tapfd, self._wake_r):
+            poller.register(fd, select.POLLIN)
         while not self._stopping:
-            try:
-                n = recv_into(buf)
-            except BlockingIOError:
+            busy = False
+            for _ in range(BURST):
+                off = slot * fsize
+                status, _, snaplen, mac, _ = slot_hdr(ring, off)
+                if not status & TP_STATUS_USER:
+                    break
+                busy = True
+                if status & TP_STATUS_COPY:
+                    n = sock.sock.recv_into(buf)
+                    write(tapfd, memoryview(buf)[:n])
+                else:
+                    write(tapfd, ring[off + mac - VNET_HDR_LEN:off + mac + snaplen])
+                ring[off:off + 4] = TP_KERNEL
+                slot = slot + 1 if slot + 1 < nslots else 0
+            for _ in range(BURST):
+                try:
+                    data = read(tapfd, BUF_LEN)
+                except BlockingIOError:
+                    break
+                busy = True
+                try:
+                    send(data)
+                except OSError:
+                    pass    # a full queue drops, as the handler's link would
+            if not busy:
                 poller.poll(POLL_MS)
-                continue
-            write(tapfd, view[:n])
-
-    def _tx(self) -> None:
-        sock, tapfd = self._att.sock.sock, self._att.tap.fd
-        read, send, poller = os.read, sock.send, self._poller(tapfd)
-        while not self._stopping:
-            try:
-                data = read(tapfd, BUF_LEN)
-            except BlockingIOError:
-                poller.poll(POLL_MS)
-                continue
-            try:
-                send(data)
-            except OSError:
-                pass    # a full queue drops, as the handler's link would

@@ -49,9 +49,12 @@ from collections import deque
 from typing import Any, Optional
 
 from . import headers, netns
+from testbed.mm import DropReason
+
 from .capture import Capture
 from .counters import CLASSES, DELIVERED, MEMALLOC, OTHER, RECEIVED, RX, TX, Counters
-from .device import BUF_LEN, VNET_HDR_LEN, Attachment
+from .device import (BUF_LEN, TP_STATUS_COPY, TP_STATUS_USER, TPACKET2_HDR, VNET_HDR_LEN,
+                     Attachment)
 from .dissect import summary
 from .errors import HandlerConfigError, NetdevError
 from .flows import FlowRegistry
@@ -63,15 +66,8 @@ IPPROTO_TCP = headers.IPPROTO_TCP
 IPPROTO_UDP = headers.IPPROTO_UDP
 POLL_MS = 200               # idle wake-up of the I/O thread (stop is signalled at once anyway)
 BURST = 64                  # frames taken from one end before serving the other
+TP_KERNEL = bytes(4)        # tp_status = TP_STATUS_KERNEL: the slot is the kernel's again
 MALFORMED_SAMPLES = 8       # explanations of recent malformed frames kept for the metrics
-
-
-def _drop_reason_type(mm: Any) -> type:
-    """The memory manager's DropReason enum (the one list of reasons)."""
-    reason = getattr(mm, "DropReason", None)
-    if reason is None:
-        from testbed.mm import DropReason as reason   # noqa: N813
-    return reason
 
 
 class PacketHandler:
@@ -107,9 +103,13 @@ class PacketHandler:
         self.wire, self.tap = wire, tap
         self.flows = FlowRegistry()
         self.faults = Faults(lambda key, inbound: key.raw(inbound))
-        self.DropReason = _drop_reason_type(mm)
+        self.DropReason = DropReason
         self._counters = Counters(list(self.DropReason))
         self._reason_slot = self._counters.reason_slot
+        cell = self._counters.cell
+        self._rx_delivered = (cell(RX, MEMALLOC, DELIVERED), cell(RX, OTHER, DELIVERED))
+        self._tx_delivered = (cell(TX, MEMALLOC, DELIVERED), cell(TX, OTHER, DELIVERED))
+        self._tapfd = -1
         self.dev: Any = None
         self._capture: Optional[Capture] = None
         self._line: Optional[DelayLine] = None
@@ -145,6 +145,8 @@ class PacketHandler:
         if self._state != "attached":
             raise NetdevError(f"start {self.wire}: handler is {self._state}, not attached")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self._att.tap is not None
+        self._tapfd = self._att.tap.fd
         self._stopping = False
         if any(self.delay):
             self._line = DelayLine(f"netdev-delay-{self.wire}")
@@ -270,13 +272,11 @@ class PacketHandler:
         if gso:
             self._counters.note(direction, "gso")
 
-    def _malformed(self, frame: Any, n: int) -> None:
-        why = headers.explain(bytes(frame[VNET_HDR_LEN:n]))
-        self.malformed_samples.append(why)
+    def _malformed(self, frame: bytes) -> None:
+        self.malformed_samples.append(headers.explain(frame))
         if self._malformed_logged < MALFORMED_SAMPLES:     # scapy only for the first few
             self._malformed_logged += 1
-            log.info("%s: malformed frame dropped: %s", self.wire,
-                     summary(bytes(frame[VNET_HDR_LEN:n])))
+            log.info("%s: malformed frame dropped: %s", self.wire, summary(frame))
 
     def _error(self, where: str, exc: BaseException) -> None:
         self.errors += 1
@@ -286,7 +286,7 @@ class PacketHandler:
     def _abandon(self, fn: Any, args: tuple) -> None:
         """A frame left in the delay line at stop: free its skb, count it dropped."""
         if fn == self._rx_finish:
-            t, frame, n, skb, info, flow, cls = args
+            t, frame, _, _, skb, _, _, cls = args
             direction = RX
         else:
             t, frame, skb, cls = args
@@ -305,10 +305,11 @@ class PacketHandler:
         """
         t = self._counters.tally()
         buf = bytearray(BUF_LEN)
-        view = memoryview(buf)
         sock, tap = self._att.sock, self._att.tap
         assert sock is not None and tap is not None
-        recv_into, tapfd, read = sock.sock.recv_into, tap.fd, os.read
+        ring, fsize, nslots, slot = sock.view, sock.frame_size, sock.frames, 0
+        slot_hdr = TPACKET2_HDR.unpack_from
+        tapfd, read = tap.fd, os.read
         poller = select.poll()
         for fd in (sock.sock.fileno(), tapfd, self._wake_r):
             poller.register(fd, select.POLLIN)
@@ -327,20 +328,20 @@ class PacketHandler:
         VH = VNET_HDR_LEN
         while not self._stopping:
             busy = False
-            # ---- receive: wire -> stack
+            # ---- receive: wire -> stack, from the ring
             for _ in range(BURST):
-                try:
-                    n = recv_into(buf)
-                except BlockingIOError:
-                    break
-                except OSError as exc:          # the wire went away
-                    self._error("rx recv", exc)
-                    time.sleep(0.05)
+                off = slot * fsize
+                status, _, snaplen, mac, _ = slot_hdr(ring, off)
+                if not status & TP_STATUS_USER:
                     break
                 busy = True
+                if status & TP_STATUS_COPY:     # larger than a slot: read it whole
+                    fbuf, start, end = buf, 0, self._recv_copy(buf)
+                else:
+                    fbuf, start, end = ring, off + mac - VH, off + mac + snaplen
                 try:
-                    flen = n - VH
-                    info = parse(buf, VH, n)
+                    flen = end - start - VH
+                    info = parse(fbuf, start + VH, end)
                     key = flow = None
                     if info is not None:
                         key = info[1]
@@ -353,26 +354,30 @@ class PacketHandler:
                     if self._paused or faults.armed or rx_loss:
                         reason = self._gate(RX, key)
                         if reason is not None:
-                            drop(t, RX, cls, reason, flen, view[:n])
+                            drop(t, RX, cls, reason, flen, fbuf[start:end])
                             continue
-                    if buf[0] or buf[1]:
-                        self._note_offload(RX, buf[0], buf[1])
+                    if fbuf[start] or fbuf[start + 1]:
+                        self._note_offload(RX, fbuf[start], fbuf[start + 1])
                     skb = rx_alloc(dev, flen)
                     if skb.__class__ is DropReason:
-                        drop(t, RX, cls, skb, flen, view[:n])
+                        drop(t, RX, cls, skb, flen, fbuf[start:end])
                         continue
                     if info is None:
                         kfree(skb)
-                        drop(t, RX, cls, DropReason.MALFORMED, flen, view[:n])
-                        self._malformed(view, n)
+                        drop(t, RX, cls, DropReason.MALFORMED, flen, fbuf[start:end])
+                        self._malformed(bytes(fbuf[start + VH:end]))
                         continue
                     if rx_delay:
-                        line.put(monotonic() + rx_delay, rx_finish, dtally, bytes(view[:n]), n,
-                                 skb, info, flow, cls)
+                        info = (info[0], info[1], info[2] - start, info[3] - start)
+                        line.put(monotonic() + rx_delay, rx_finish, dtally, bytes(fbuf[start:end]),
+                                 0, end - start, skb, info, flow, cls)
                     else:
-                        rx_finish(t, view, n, skb, info, flow, cls)
+                        rx_finish(t, fbuf, start, end, skb, info, flow, cls)
                 except Exception as exc:   # a bug must not stop the NIC; it is counted
                     self._error("rx frame", exc)
+                finally:
+                    ring[off:off + 4] = TP_KERNEL        # hand the slot back
+                    slot = slot + 1 if slot + 1 < nslots else 0
             # ---- transmit: stack -> wire
             for _ in range(BURST):
                 try:
@@ -418,40 +423,52 @@ class PacketHandler:
             if not busy:
                 poller.poll(POLL_MS)
 
-    def _rx_finish(self, t: list, frame: Any, n: int, skb: Any, info: tuple,
+    def _recv_copy(self, buf: bytearray) -> int:
+        """Read a frame that did not fit a ring slot from the socket queue."""
+        sock = self._att.sock
+        try:
+            return sock.sock.recv_into(buf)
+        except OSError as exc:
+            self._error("rx recv of an oversize frame", exc)
+            return VNET_HDR_LEN     # counted as a malformed (empty) frame
+
+    def _rx_finish(self, t: list, buf: Any, start: int, end: int, skb: Any, info: tuple,
                    flow: Any, cls: int) -> None:
-        """Protocol step, delivery to the stack, and charging (see the module doc)."""
+        """Protocol step, delivery to the stack, and charging (see the module doc).
+
+        The frame is ``buf[start:end]`` (virtio header first); ``info`` offsets are
+        absolute in ``buf``.
+        """
         mm = self.mm
         sk = flow.sk if flow is not None else None
         reason = mm.sk_filter(skb, sk, info[0])
-        flen = n - VNET_HDR_LEN
+        flen = end - start - VNET_HDR_LEN
         if reason is not None:
             mm.kfree_skb(skb)
-            self._drop(t, RX, cls, reason, flen, frame[:n])
+            self._drop(t, RX, cls, reason, flen, buf[start:end])
             return
-        tapfd = self._att.tap.fd if self._att.tap is not None else -1
         try:
-            os.write(tapfd, frame[:n])
+            os.write(self._tapfd, buf[start:end])
         except OSError as exc:
             mm.kfree_skb(skb)
             self._error("rx write to tap", exc)
-            self._drop(t, RX, cls, self.DropReason.FAULT, flen, frame[:n])
+            self._drop(t, RX, cls, self.DropReason.FAULT, flen, buf[start:end])
             return
-        i = self._counters.cell(RX, cls, DELIVERED)
+        i = self._rx_delivered[cls]
         t[i] += 1
         t[i + 1] += flen
         if self._capture is not None:
-            self._capture.received(bytes(frame[VNET_HDR_LEN:n]), True)
+            self._capture.received(bytes(buf[start + VNET_HDR_LEN:end]), True)
         if flow is not None:
             proto, l4, l4_end = info[1][0], info[2], info[3]
             if proto == IPPROTO_TCP:
-                seq, flags, paylen = headers.tcp_segment(frame, l4, l4_end)
+                seq, flags, paylen = headers.tcp_segment(buf, l4, l4_end)
                 new = flow.new_bytes(seq, flags, paylen)
                 if new > 0:
                     sk.queue_rcv(skb, new)
                     return
             elif proto == IPPROTO_UDP:
-                paylen = headers.udp_payload_len(frame, l4)
+                paylen = headers.udp_payload_len(buf, l4)
                 if paylen > 0:
                     flow.charged_bytes += paylen
                     sk.queue_rcv(skb, paylen)
@@ -477,7 +494,7 @@ class PacketHandler:
         except OSError:            # ENOBUFS: the qdisc dropped it
             return self._tx_link_drop(t, data, skb, cls, flen)
         self.mm.kfree_skb(skb)
-        i = self._counters.cell(TX, cls, DELIVERED)
+        i = self._tx_delivered[cls]
         t[i] += 1
         t[i + 1] += flen
         if self._capture is not None:

@@ -5,6 +5,10 @@
 ``tb-<run>-sw`` joins them all. Addresses: client 10.0.0.1, then 10.0.0.2, ... in
 host order, /24. Offloads are off on every host interface, as the backend sets them.
 Everything is removed by :meth:`Topo.close` (deleting a namespace deletes its veths).
+
+Each topology is a run of its own (:class:`testbed.runctx.RunContext`): its state file
+marks the namespaces as alive, so another test's ``testbed clean`` leaves them alone,
+and the run's sweep removes whatever a failed test left.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
-from typing import Optional, Sequence
+import tempfile
+from typing import Sequence
+
+from testbed.runctx import RunContext
 
 OFFLOADS = ["tx", "off", "tso", "off", "gso", "off", "gro", "off"]
 
@@ -26,10 +32,15 @@ def sh(*argv: str, check: bool = True, timeout: float = 20) -> str:
 
 
 class Topo:
-    def __init__(self, hosts: Sequence[str] = ("peer",), offloads_off: bool = True):
-        self.run = os.urandom(4).hex()
+    def __init__(self, hosts: Sequence[str] = ("peer",), offloads_off: bool = True,
+                 ipv6: bool = False):
+        self.ipv6 = ipv6
+        self._tmp = tempfile.TemporaryDirectory(prefix="tb-netdev-")
+        self.ctx = RunContext.create(base_dir=self._tmp.name, name="netdev-test",
+                                     clean_stale=False)
+        self.run = self.ctx.id
         self.names = ["client", *hosts]
-        self.ns = {h: f"tb-{self.run}-{h}" for h in self.names}
+        self.ns = {h: self.ctx.netns_name(h) for h in self.names}
         self.ip = {h: f"10.0.0.{i + 1}" for i, h in enumerate(self.names)}
         self.procs: list[subprocess.Popen] = []
         self._made: list[str] = []
@@ -43,6 +54,9 @@ class Topo:
         sh("ip", "netns", "add", name)
         self._made.append(name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
+        if not self.ipv6:   # quiet links: no router solicitations, no MLD reports
+            sh("ip", "netns", "exec", name, "sysctl", "-q", "-w",
+               "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 
     def _build(self, offloads_off: bool) -> None:
         for h in self.names:
@@ -52,7 +66,7 @@ class Topo:
             sh("ip", "link", "add", f"{a}-eth0", "netns", self.ns[a], "type", "veth",
                "peer", "name", f"{b}-eth0", "netns", self.ns[b])
         else:
-            sw = f"tb-{self.run}-sw"
+            sw = self.ctx.netns_name("sw")
             self._netns(sw)
             sh("ip", "-n", sw, "link", "add", "br0", "type", "bridge")
             sh("ip", "-n", sw, "link", "set", "br0", "up")
@@ -93,3 +107,5 @@ class Topo:
         for ns in reversed(self._made):
             sh("ip", "netns", "del", ns, check=False)
         self._made.clear()
+        self.ctx.close()
+        self._tmp.cleanup()
