@@ -152,8 +152,11 @@ class MemoryManager(PageAllocator):
                 self.skb_head_room = SKB_HEADS_PER_SLAB - 1
                 self.skb_head_pages += 1
             self.used[USE_SKB] += need
-            self.vm.pgalloc += need
+            vm = self.vm
+            vm.pgalloc += need
             if free < zone.wmark_low:
+                if free < zone.wmark_min:
+                    vm.pgalloc_below_min += need
                 self.wakeup_kswapd_locked()
             return Skb(dev, length, pages)
 
@@ -203,7 +206,7 @@ class MemoryManager(PageAllocator):
         vm.pgalloc += need
         if free < zone.wmark_low:
             if free < zone.wmark_min:
-                vm.pgmemalloc += need
+                vm.pgalloc_below_min += need
             self.wakeup_kswapd_locked()
         return Skb(dev, length, pages)
 

@@ -62,7 +62,7 @@ class Metrics(threading.Thread):
         return out
 
     def run(self) -> None:
-        own = open(self.path, "a", encoding="utf-8") if self.path else None
+        own = open(self.path, "w", encoding="utf-8") if self.path else None
         out = own or self.stream
         try:
             next_t = time.monotonic()

@@ -88,7 +88,7 @@ class PageAllocator:
         self.used[use] += nr
         self.vm.pgalloc += nr
         if free < zone.wmark_min:
-            self.vm.pgmemalloc += nr
+            self.vm.pgalloc_below_min += nr
         if free < zone.wmark_low:
             self.wakeup_kswapd_locked()
         return True
@@ -126,12 +126,11 @@ class PageAllocator:
         """
         if nr <= 0:
             raise MMError(f"alloc_pages: nr must be > 0 (got {nr})")
-        task = current()
-        gfp = current_gfp_context(gfp, task)
-        with self.lock:
+        with self.lock:                     # the fast path is the same for every request
             if self.take_locked(nr, self.zone.wmark_low, use):
                 return True
-        return self._alloc_pages_slowpath(nr, gfp, task, use)
+        task = current()
+        return self._alloc_pages_slowpath(nr, current_gfp_context(gfp, task), task, use)
 
     def free_pages(self, nr: int, use: Use = Use.KERNEL) -> None:
         """Give back ``nr`` pages allocated with :meth:`alloc_pages`."""

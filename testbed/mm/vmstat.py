@@ -36,7 +36,7 @@ EVENT_COUNTERS = (
     "pgscan_kswapd", "pgsteal_kswapd", "pgscan_direct", "pgsteal_direct",
     "pgscan_direct_throttle",   # throttle_direct_reclaim() made a task wait
     "kswapd_wakeups", "kswapd_runs",
-    "pgmemalloc",               # pages taken with ALLOC_NO_WATERMARKS
+    "pgalloc_below_min",        # pages handed out under WMARK_MIN (not a kernel counter)
     "nr_dirtied", "nr_written", # pages dirtied / written back (cumulative)
     "writeback_errors",
     "dirty_throttle_pauses",    # balance_dirty_pages() sleeps

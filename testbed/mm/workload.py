@@ -185,6 +185,7 @@ class Downloader(Workload):
                     self.mm.check_stopping()
                     continue
                 if not data:
+                    self.mm.check_stopping()        # stop() shut the socket down
                     self.eof = True
                     break
                 self.mm_sock.consume(len(data))

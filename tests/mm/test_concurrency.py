@@ -115,7 +115,7 @@ class DiskMood(threading.Thread):
                 break
             self.disk.set_latency(0.0)
             self.disk.stall()
-            self.stop.wait(2.5)
+            self.stop.wait(3.0)
             self.disk.resume()
         self.disk.set_latency(0.0)
         self.disk.resume()
