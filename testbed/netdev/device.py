@@ -60,6 +60,7 @@ IFF_VNET_HDR = 0x4000
 # linux/if_packet.h
 SOL_PACKET = 263
 PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
 PACKET_COPY_THRESH = 7
 PACKET_VERSION = 10
 PACKET_VNET_HDR = 15
@@ -163,7 +164,16 @@ class WireSocket:
         sock.setblocking(False)
         self.sock = sock
         self.view = memoryview(self.ring)
-        self.slot = 0
+        self.missed = 0         # frames the kernel could not put in a full ring
+
+    def read_missed(self) -> int:
+        """Frames dropped so far because the ring was full (``rx_missed_errors``).
+
+        ``PACKET_STATISTICS`` resets on each read, so the total is kept here.
+        """
+        packets, drops = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        self.missed += drops
+        return self.missed
 
     def close(self) -> None:
         self.view.release()

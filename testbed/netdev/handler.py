@@ -110,6 +110,7 @@ class PacketHandler:
         self._rx_delivered = (cell(RX, MEMALLOC, DELIVERED), cell(RX, OTHER, DELIVERED))
         self._tx_delivered = (cell(TX, MEMALLOC, DELIVERED), cell(TX, OTHER, DELIVERED))
         self._tapfd = -1
+        self._missed = 0
         self.dev: Any = None
         self._capture: Optional[Capture] = None
         self._line: Optional[DelayLine] = None
@@ -238,6 +239,10 @@ class PacketHandler:
         out["device"] = None if dev is None else {
             "name": dev.name, "mtu": dev.mtu, "rx_reserve": dev.rx_reserve,
             "rx_reserve_used": dev.rx_reserve_used, "reserve_pages": dev.reserve_pages}
+        sock = self._att.sock
+        if sock is not None:
+            self._missed = sock.read_missed()
+        out["rx"]["missed"] = self._missed      # never seen: the rx ring was full
         out["flows"] = self.flows.snapshot()
         out["delay_line"] = len(self._line) if self._line is not None else 0
         out["errors"] = self.errors
