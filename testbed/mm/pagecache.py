@@ -76,10 +76,6 @@ class Inode:
     def device_page(self, index: int) -> int:
         return self.extents[index // EXTENT_PAGES] + index % EXTENT_PAGES
 
-    @property
-    def nr_pages(self) -> int:
-        return -(-self.size // PAGE_SIZE)
-
     def __repr__(self) -> str:
         return f"<Inode {self.ino} {self.name} size={self.size} cached={len(self.pages)} dirty={len(self.dirty)}>"
 

@@ -134,9 +134,9 @@ def test_metrics_are_ndjson_with_kernel_names_and_extra_fields(disk, tmp_path):
 class StreamServer(threading.Thread):
     """A loopback TCP server sending ``nbytes`` of seeded random data to one client."""
 
-    def __init__(self, nbytes: int, seed: int = 5):
+    def __init__(self, nbytes: int, seed: int = 5, expect_request: bool = False):
         super().__init__(daemon=True)
-        self.nbytes, self.seed = nbytes, seed
+        self.nbytes, self.seed, self.expect_request = nbytes, seed, expect_request
         self.srv = socket.create_server(("127.0.0.1", 0))
         self.srv.settimeout(10)
         self.address = self.srv.getsockname()
@@ -145,7 +145,8 @@ class StreamServer(threading.Thread):
     def run(self):
         conn, _ = self.srv.accept()
         with conn:
-            self.request = conn.recv(100)
+            if self.expect_request:
+                self.request = conn.recv(100)
             rnd = random.Random(self.seed)
             left = self.nbytes
             while left:
@@ -156,7 +157,7 @@ class StreamServer(threading.Thread):
 
 
 def test_downloader_reads_a_socket_into_files_that_verify(disk):
-    server = StreamServer(3_000_123)
+    server = StreamServer(3_000_123, expect_request=True)
     server.start()
     seen = []
 
@@ -181,6 +182,20 @@ def test_downloader_reads_a_socket_into_files_that_verify(disk):
     result = m.verify()
     assert result.ok and result.bytes_checked == 3_000_123
     assert [f.size for f in dl.files] == [3_000_123]        # under the 5 MiB per file
+
+
+def test_downloader_spreads_the_stream_over_its_files(disk):
+    server = StreamServer(1_500_001, seed=9)
+    server.start()
+    cfg = MachineConfig(memory_mb=16, workloads=[WorkloadConfig(kind="downloader", total_mb=2, files=2,
+                                                                chunk_kb=12)])
+    with Machine(cfg, disk, download_servers=[server.address]) as m:
+        assert m.wait(deadline_s=30).verdict == "completed"
+    server.join(5)
+    dl = m.workloads[0]
+    assert [f.size for f in dl.files] == [1 << 20, 1_500_001 - (1 << 20)]
+    result = m.verify()
+    assert result.ok and result.bytes_checked == 1_500_001
 
 
 def test_a_machine_on_a_given_memory_manager(disk):
