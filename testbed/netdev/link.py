@@ -160,10 +160,13 @@ class Faults:
             raise HandlerConfigError(f"faults.drop_next: direction={direction!r} not in {DIRS}")
         with self._lock:
             counter = [n]       # shared by both directions when direction == "both"
-            if direction in ("rx", "both"):
-                self._drop[(0, self._raw(key, True))] = counter
-            if direction in ("tx", "both"):
-                self._drop[(1, self._raw(key, False))] = counter
+            for d, inbound in ((0, True), (1, False)):
+                if direction in (("rx", "tx")[d], "both"):
+                    slot = (d, self._raw(key, inbound))
+                    if n:
+                        self._drop[slot] = counter
+                    else:                   # n = 0 cancels an earlier drop_next
+                        self._drop.pop(slot, None)
             self._rearm()
 
     def blackhole(self, seconds: float) -> None:

@@ -1,0 +1,196 @@
+"""Unit tests of the pieces that need no namespace: flows, counters, link effects, capture."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+from scapy.utils import rdpcap
+
+from testbed.mm import DropReason
+from testbed.netdev import FlowKey, FlowRegistry, HandlerConfigError
+from testbed.netdev.capture import INBOUND, OUTBOUND, Capture
+from testbed.netdev.counters import MEMALLOC, OTHER, RECEIVED, RX, TX, DELIVERED, Counters
+from testbed.netdev.flows import Flow, SEQ_MOD
+from testbed.netdev.link import DelayLine, Faults, Loss
+
+
+# -- flows --------------------------------------------------------------------------------
+
+def test_flowkey_validation_names_the_field():
+    for bad, field in ((("icmp", "1.1.1.1", 1, "2.2.2.2", 2), "proto"),
+                       (("tcp", "1.1.1.300", 1, "2.2.2.2", 2), "local_ip"),
+                       (("tcp", "1.1.1.1", 70000, "2.2.2.2", 2), "local_port"),
+                       (("tcp", "1.1.1.1", 1, "::1", 2), "mix")):
+        with pytest.raises(HandlerConfigError, match=field):
+            FlowKey(*bad)
+    assert FlowKey("TCP", "10.0.0.1", 1, "10.0.0.2", 2).proto == socket.IPPROTO_TCP
+
+
+def test_flowkey_from_socket():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    c = socket.socket()
+    c.connect(srv.getsockname())
+    try:
+        key = FlowKey.from_socket(c)
+        assert key == FlowKey("tcp", "127.0.0.1", c.getsockname()[1], "127.0.0.1", srv.getsockname()[1])
+        with pytest.raises(HandlerConfigError, match="not connected"):
+            FlowKey.from_socket(socket.socket())
+    finally:
+        c.close()
+        srv.close()
+
+
+def test_registry_both_orientations_and_unregister():
+    reg = FlowRegistry()
+    key = FlowKey("udp", "10.0.0.1", 5000, "10.0.0.2", 4000)
+    sk = object()
+    flow = reg.register(key, sk)
+    assert reg.lookup_inbound(key.raw(True)) is flow and reg.lookup_outbound(key.raw(False)) is flow
+    assert reg.lookup_inbound(key.raw(False)) is None
+    assert reg.unregister(key) is flow and reg.unregister(key) is None
+    assert reg.lookup_inbound(key.raw(True)) is None and len(reg) == 0
+    with pytest.raises(HandlerConfigError):
+        reg.register(("udp",), sk)
+
+
+def test_registry_is_thread_safe():
+    reg = FlowRegistry()
+    keys = [FlowKey("tcp", "10.0.0.1", p, "10.0.0.2", 3260) for p in range(1000, 1400)]
+
+    def churn(ks):
+        for _ in range(20):
+            for k in ks:
+                reg.register(k, k)
+            for k in ks:
+                reg.unregister(k)
+    threads = [threading.Thread(target=churn, args=(keys[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(reg) == 0 and not reg._inbound and not reg._outbound
+
+
+def test_rcv_nxt_charges_only_new_in_order_bytes():
+    f = Flow(FlowKey("tcp", "10.0.0.1", 1, "10.0.0.2", 2), sk=None)
+    isn = SEQ_MOD - 150                                  # the sequence space wraps on the way
+    assert f.new_bytes(isn, 0x12, 0) == 0                # SYN-ACK: rcv_nxt = isn + 1
+    s = (isn + 1) % SEQ_MOD
+    assert f.new_bytes(s, 0x18, 100) == 100              # in order
+    assert f.new_bytes(s, 0x18, 100) == 0                # duplicate
+    assert f.new_bytes((s + 200) % SEQ_MOD, 0x18, 100) == 0   # out of order: a hole before it
+    assert f.new_bytes((s + 50) % SEQ_MOD, 0x18, 100) == 50   # overlaps: only the new half
+    assert f.new_bytes((s + 150) % SEQ_MOD, 0x10, 0) == 0     # pure ACK
+    assert f.rcv_nxt == (s + 150) % SEQ_MOD and f.charged_bytes == 150
+    assert f.uncharged_segments == 2
+    g = Flow(f.key, sk=None)                             # registered mid-connection
+    assert g.new_bytes(777, 0x18, 10) == 10 and g.rcv_nxt == 787
+
+
+# -- counters -----------------------------------------------------------------------------
+
+def test_counters_add_up_across_tallies():
+    c = Counters(list(DropReason))
+    a, b = c.tally(), c.tally()
+    for t, cls in ((a, MEMALLOC), (b, OTHER)):
+        for _ in range(5):
+            i = c.cell(RX, cls, RECEIVED)
+            t[i] += 1
+            t[i + 1] += 100
+    i = c.cell(RX, MEMALLOC, DELIVERED)
+    a[i] += 3
+    a[i + 1] += 300
+    j = c.cell(RX, OTHER, c.reason_slot[DropReason.NOMEM])
+    b[j] += 5
+    b[j + 1] += 500
+    snap = c.snapshot()
+    rx = snap["rx"]
+    assert rx["received"] == {"frames": 10, "bytes": 1000}
+    assert rx["delivered"]["frames"] == 3 and rx["dropped"]["frames"] == 5
+    assert rx["in_flight"]["frames"] == 2                 # memalloc: 5 in, 3 out
+    assert rx["classes"]["other"]["reasons"]["NOMEM"]["frames"] == 5
+    assert snap["tx"]["received"]["frames"] == 0
+    import json
+    json.dumps(snap)
+
+
+# -- link effects -------------------------------------------------------------------------
+
+def test_loss_rate_is_binomial():
+    n, p = 20000, 0.1
+    loss = Loss(10.0, seed=3)
+    lost = sum(loss.lost() for _ in range(n))
+    assert abs(lost - n * p) < 5 * math.sqrt(n * p * (1 - p))
+    assert not Loss(0.0)
+    with pytest.raises(HandlerConfigError, match="loss_pct"):
+        Loss(120)
+
+
+def test_delay_line_keeps_order_and_time():
+    line = DelayLine("test-delay")
+    line.start()
+    done: list[tuple[int, float]] = []
+    t0 = time.monotonic()
+    try:
+        for i, ms in enumerate((30, 10, 20, 10)):
+            line.put(t0 + ms / 1000, lambda i=i: done.append((i, time.monotonic() - t0)))
+        deadline = time.monotonic() + 2
+        while len(done) < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert [i for i, _ in done] == [1, 3, 2, 0]
+        for (i, at), ms in zip(sorted(done), (30, 10, 20, 10)):
+            assert ms / 1000 <= at < ms / 1000 + 0.004, (i, at)
+        line.put(time.monotonic() + 5, lambda: None)
+    finally:
+        left = line.stop()
+    assert len(left) == 1                                 # handed back at stop, not lost
+
+
+def test_faults_drop_next_and_blackhole():
+    key = FlowKey("tcp", "10.0.0.1", 1, "10.0.0.2", 2)
+    f = Faults(lambda k, inbound: k.raw(inbound))
+    f.drop_next(key, 3)
+    rx, tx = key.raw(True), key.raw(False)
+    assert f.armed
+    assert [f.hit(0, rx), f.hit(1, tx), f.hit(0, rx), f.hit(0, rx)] == [True, True, True, False]
+    assert not f.armed
+    f.drop_next(key, 1, "tx")
+    assert not f.hit(0, rx) and f.hit(1, tx)
+    f.blackhole(0.05)
+    assert f.hit(0, None) and f.hit(1, None)
+    time.sleep(0.06)
+    assert not f.hit(0, None) and not f.armed
+    with pytest.raises(HandlerConfigError):
+        f.drop_next(key, -1)
+    with pytest.raises(HandlerConfigError):
+        f.blackhole("soon")
+
+
+# -- capture ------------------------------------------------------------------------------
+
+def test_capture_files_open_in_scapy_and_tcpdump(tmp_path):
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    cap = Capture(str(tmp_path), "client-eth0", "tap0")
+    f1 = bytes(Ether() / IP(dst="10.0.0.1") / UDP(dport=3260) / b"x")
+    f2 = bytes(Ether() / IP(dst="10.0.0.2") / UDP(dport=9) / b"yy")
+    cap.received(f1, inbound=True)
+    cap.received(f2, inbound=True, drop="dropped: PFMEMALLOC (other)")
+    cap.received(f1, inbound=False)
+    cap.close()
+    wire = rdpcap(str(tmp_path / "wire.pcapng"))
+    dlv = rdpcap(str(tmp_path / "delivered.pcapng"))
+    assert [bytes(p) for p in wire] == [f1, f2, f1] and [bytes(p) for p in dlv] == [f1, f1]
+    assert [p.direction for p in wire] == [INBOUND, INBOUND, OUTBOUND]
+    assert wire[1].comments == [b"dropped: PFMEMALLOC (other)"] and not wire[0].comments
+    out = subprocess.run(["tcpdump", "-r", str(tmp_path / "wire.pcapng"), "-n"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.count("\n") == 3, out.stderr
