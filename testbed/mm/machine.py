@@ -134,6 +134,11 @@ class Machine:
                     raise MMError(f"client.workloads[{i}]: a downloader needs a server address "
                                   f"(download_servers is empty)")
                 server = servers[downloaders % len(servers)]
+                if (len(server) != 2 or not isinstance(server[0], str)
+                        or not isinstance(server[1], int) or not 0 < server[1] < 65536):
+                    raise MMError(f"client.workloads[{i}]: download server {server!r} is not "
+                                  f"(host, port)")
+                server = (server[0], server[1])
                 downloaders += 1
                 workloads.append(Downloader(i, wl, self.mm, self.page_cache, server, hook))
             else:
