@@ -452,10 +452,27 @@ class PacketHandler:
             mm.kfree_skb(skb)
             self._drop(t, RX, cls, reason, flen, buf[start:end])
             return
+        # Charge first, then hand the frame to the stack: in the kernel the skb is in
+        # the socket's queue before the reader can read its bytes (and consume them).
+        queued = False
+        if flow is not None:
+            proto, l4, l4_end = info[1][0], info[2], info[3]
+            if proto == IPPROTO_TCP:
+                seq, flags, paylen = headers.tcp_segment(buf, l4, l4_end)
+                new = flow.new_bytes(seq, flags, paylen)
+            elif proto == IPPROTO_UDP:
+                new = headers.udp_payload_len(buf, l4)
+                flow.charged_bytes += max(new, 0)
+            else:
+                new = 0
+            if new > 0:
+                sk.queue_rcv(skb, new)
+                queued = True
         try:
             os.write(self._tapfd, buf[start:end])
         except OSError as exc:
-            mm.kfree_skb(skb)
+            if not queued:
+                mm.kfree_skb(skb)
             self._error("rx write to tap", exc)
             self._drop(t, RX, cls, self.DropReason.FAULT, flen, buf[start:end])
             return
@@ -464,21 +481,8 @@ class PacketHandler:
         t[i + 1] += flen
         if self._capture is not None:
             self._capture.received(bytes(buf[start + VNET_HDR_LEN:end]), True)
-        if flow is not None:
-            proto, l4, l4_end = info[1][0], info[2], info[3]
-            if proto == IPPROTO_TCP:
-                seq, flags, paylen = headers.tcp_segment(buf, l4, l4_end)
-                new = flow.new_bytes(seq, flags, paylen)
-                if new > 0:
-                    sk.queue_rcv(skb, new)
-                    return
-            elif proto == IPPROTO_UDP:
-                paylen = headers.udp_payload_len(buf, l4)
-                if paylen > 0:
-                    flow.charged_bytes += paylen
-                    sk.queue_rcv(skb, paylen)
-                    return
-        mm.kfree_skb(skb)
+        if not queued:
+            mm.kfree_skb(skb)
 
     def _tx_finish(self, t: list, data: bytes, skb: Any, cls: int) -> None:
         """Write one frame to the wire and free its skb."""

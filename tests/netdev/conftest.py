@@ -55,6 +55,12 @@ def set_free(mm: MemoryManager, target: int) -> None:
             mm.give_locked(-delta, Use.KERNEL)
 
 
+def release(mm: MemoryManager) -> None:
+    """Give back every page :func:`set_free` charged."""
+    with mm.lock:
+        mm.give_locked(mm.used[Use.KERNEL], Use.KERNEL)
+
+
 class Injector:
     """Crafted frames onto the wire, from a raw socket in ``ns``."""
 

@@ -17,7 +17,7 @@ import pytest
 from testbed.mm import MemoryManager, Use
 from testbed.netdev import FlowKey
 
-from .conftest import in_ns, set_free, settle, wait_for
+from .conftest import in_ns, release, set_free, settle, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -121,5 +121,5 @@ def test_transmit_path_under_pressure(topo, handler_factory):
     finally:
         for s in (a, b, r):
             s.close()
-    set_free(mm, mm.zone.managed_pages)
+    release(mm)
     assert mm.check_invariants() == []

@@ -28,7 +28,7 @@ from scapy.packet import Raw
 from testbed.mm import MemoryManager
 from testbed.netdev import FlowKey
 
-from .conftest import client_mac, in_ns, peer_mac, set_free, settle
+from .conftest import client_mac, in_ns, peer_mac, release, set_free, settle
 
 pytestmark = pytest.mark.root
 
@@ -163,7 +163,7 @@ def test_drop_rule_per_state(policy, topo, handler_factory, injector):
             mm.kfree_skb(skb)
         for s in kernel.values():
             s.close()
-    set_free(mm, mm.zone.managed_pages)
+    release(mm)
     assert mm.check_invariants() == []
 
 
