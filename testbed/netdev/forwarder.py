@@ -27,6 +27,7 @@ class PlainForwarder:
         self.netns = netns
         self._att = Attachment(wire, tap, run_id or os.urandom(4).hex())
         self._stopping = False
+        self.errors = 0
         self._threads: list[threading.Thread] = []
         self._wake_r = self._wake_w = -1
 
@@ -66,11 +67,14 @@ class PlainForwarder:
                 if not status & TP_STATUS_USER:
                     break
                 busy = True
-                if status & TP_STATUS_COPY:
-                    n = sock.sock.recv_into(buf)
-                    write(tapfd, memoryview(buf)[:n])
-                else:
-                    write(tapfd, ring[off + mac - VNET_HDR_LEN:off + mac + snaplen])
+                try:
+                    if status & TP_STATUS_COPY:
+                        n = sock.sock.recv_into(buf)
+                        write(tapfd, memoryview(buf)[:n])
+                    else:
+                        write(tapfd, ring[off + mac - VNET_HDR_LEN:off + mac + snaplen])
+                except OSError:
+                    self.errors += 1
                 ring[off:off + 4] = TP_KERNEL
                 slot = slot + 1 if slot + 1 < nslots else 0
             for _ in range(BURST):

@@ -53,8 +53,8 @@ from testbed.mm import DropReason
 
 from .capture import Capture
 from .counters import CLASSES, DELIVERED, MEMALLOC, OTHER, RECEIVED, RX, TX, Counters
-from .device import (BUF_LEN, TP_STATUS_COPY, TP_STATUS_USER, TPACKET2_HDR, VNET_HDR_LEN,
-                     Attachment)
+from .device import (BUF_LEN, TP_STATUS_COPY, TP_STATUS_CSUMNOTREADY, TP_STATUS_USER,
+                     TPACKET2_HDR, VNET_HDR_LEN, Attachment)
 from .dissect import summary
 from .errors import HandlerConfigError, NetdevError
 from .flows import FlowRegistry
@@ -66,6 +66,7 @@ IPPROTO_TCP = headers.IPPROTO_TCP
 IPPROTO_UDP = headers.IPPROTO_UDP
 POLL_MS = 200               # idle wake-up of the I/O thread (stop is signalled at once anyway)
 BURST = 64                  # frames taken from one end before serving the other
+OFFLOADED = TP_STATUS_CSUMNOTREADY | TP_STATUS_COPY
 TP_KERNEL = bytes(4)        # tp_status = TP_STATUS_KERNEL: the slot is the kernel's again
 MALFORMED_SAMPLES = 8       # explanations of recent malformed frames kept for the metrics
 
@@ -361,7 +362,7 @@ class PacketHandler:
                         if reason is not None:
                             drop(t, RX, cls, reason, flen, fbuf[start:end])
                             continue
-                    if fbuf[start] or fbuf[start + 1]:
+                    if status & OFFLOADED:       # partial checksum or a GSO frame
                         self._note_offload(RX, fbuf[start], fbuf[start + 1])
                     skb = rx_alloc(dev, flen)
                     if skb.__class__ is DropReason:

@@ -109,10 +109,37 @@ _UDP_LEN = struct.Struct("!H")
 _UDP_LEN_AT = UDP.offset("len")
 _IP_MF_OFFSET = 0x3FFF                  # more-fragments flag | fragment offset
 
+# The common case in one unpack: Ethernet type + the IPv4 fields parse() needs + both
+# addresses (type, ver_ihl, tot_len, frag_off, proto, saddr+daddr), then the transport
+# ports with the field that bounds the header (TCP data offset byte, UDP length).
+_ETH_V4 = struct.Struct("!12xHBxHxxHxBxx8s")
+assert _ETH_V4.size == ETH_LEN + IPV4.offset("daddr") + 4
+_TCP_PORTS_DOFF = struct.Struct("!4s8xB")
+_UDP_PORTS_LEN = struct.Struct("!4sH")
+
 
 def parse(buf: Buffer, start: int, end: int) -> Optional[Parsed]:
     """Parse the frame ``buf[start:end]``; None when malformed (see module doc)."""
-    if end - start < ETH_LEN:
+    if end - start >= 34:                   # fast path: untagged IPv4, TCP or UDP
+        ethertype, ver_ihl, tot_len, frag, proto, addrs = _ETH_V4.unpack_from(buf, start)
+        if ethertype == ETH_P_IP and ver_ihl == 0x45 and not frag & _IP_MF_OFFSET:
+            l4 = start + 34
+            l4_end = start + ETH_LEN + tot_len
+            if tot_len >= IPV4_MIN and l4_end <= end:
+                if proto == IPPROTO_TCP:
+                    if l4_end - l4 >= TCP_MIN:
+                        ports, doff = _TCP_PORTS_DOFF.unpack_from(buf, l4)
+                        doff = (doff >> 4) << 2
+                        if doff >= TCP_MIN and l4 + doff <= l4_end:
+                            return (ethertype, (proto, addrs, ports), l4, l4_end)
+                    return None
+                if proto == IPPROTO_UDP:
+                    if l4_end - l4 >= UDP_LEN:
+                        ports, ulen = _UDP_PORTS_LEN.unpack_from(buf, l4)
+                        if ulen >= UDP_LEN and l4 + ulen <= l4_end:
+                            return (ethertype, (proto, addrs, ports), l4, l4_end)
+                    return None
+    elif end - start < ETH_LEN:
         return None
     ethertype = _ETH_TYPE.unpack_from(buf, start + _ETH_TYPE_AT)[0]
     l3 = start + ETH_LEN

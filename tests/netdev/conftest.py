@@ -19,7 +19,7 @@ import pytest
 from testbed.mm import MemoryManager, Use
 from testbed.netdev import PacketHandler, netns
 
-from .topo import Topo
+from testbed.netdev.lab import Topo
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:

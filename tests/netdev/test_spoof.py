@@ -35,7 +35,7 @@ from testbed.mm import MemoryManager, Use
 from testbed.netdev import FlowKey, probe
 
 from .conftest import Injector, in_ns, release, set_free, settle, wait_for
-from .topo import Topo
+from testbed.netdev.lab import Topo
 
 pytestmark = pytest.mark.root
 

@@ -1,4 +1,4 @@
-"""Small real topologies for the handler's tests: named namespaces and veths.
+"""Small real networks for the handler's tests and benchmark: namespaces and veths.
 
 ``Topo(["peer"])`` gives ``tb-<run>-client`` and ``tb-<run>-peer`` joined by one veth
 (``client-eth0`` <-> ``peer-eth0``); with more hosts, a bridge in its own namespace
