@@ -3,7 +3,9 @@
 A run tags everything it makes (see :mod:`testbed.runctx`): processes by
 ``TESTBED_RUN=<id>`` in their environment, network namespaces by the name
 ``tb-<id>-*``, root-namespace links by the alias ``testbed:<id>``, iptables and nft
-rules by the comment ``testbed:<id>``, and its state file ``/run/testbed/<id>.json``.
+rules by the comment ``testbed:<id>``, Docker containers, networks and volumes by the
+label ``org.testbed.run=<id>`` (:mod:`testbed.backends.docker_labels`), and its state
+file ``/run/testbed/<id>.json``.
 
 :func:`scan` reads all of these once and groups them by run id. A run is *alive*
 while the owner process named in its state file exists with the same start time;
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+from .backends import docker_labels
 from .runctx import (ENV_VAR, NETNS_PREFIX, STATE_DIR, TAG_PREFIX, proc_starttime,
                      self_and_ancestors)
 
@@ -52,15 +55,17 @@ class Leftovers:
     iptables: list[tuple[str, str, str]] = field(default_factory=list)   # (tool, table, rule)
     nft_rules: list[tuple[str, str, str, int]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)   # scratch folder, half-written state
+    docker: list = field(default_factory=list)   # labelled containers, networks, volumes
 
     @property
     def empty(self) -> bool:
         return not (self.state or self.processes or self.netns or self.links
-                    or self.iptables or self.nft_rules or self.files)
+                    or self.iptables or self.nft_rules or self.files or self.docker)
 
     def describe(self) -> str:
         parts = [f"{len(self.processes)} processes", f"{len(self.netns)} namespaces",
-                 f"{len(self.links)} links", f"{len(self.iptables) + len(self.nft_rules)} rules"]
+                 f"{len(self.links)} links", f"{len(self.iptables) + len(self.nft_rules)} rules",
+                 f"{len(self.docker)} Docker objects"]
         owner = f" (owner pid {self.state['pid']})" if self.state else " (no state file)"
         return f"run {self.run_id}{owner}: " + ", ".join(parts)
 
@@ -111,6 +116,8 @@ def scan(state_dir: Path = STATE_DIR, exclude_pids: Iterable[int] = ()) -> dict[
         run(run_id).iptables.append((tool, table, rule))
     for family, table, chain, handle, run_id in _tagged_nft_rules():
         run(run_id).nft_rules.append((family, table, chain, handle))
+    for obj in docker_labels.scan():      # by the labels org.testbed.run=<id>
+        run(obj.run).docker.append(obj)
     # A run writes its state file before it tags anything: read again the state of
     # ids first seen by tag, or a run that started during this scan looks dead.
     for run_id, left in runs.items():
@@ -223,6 +230,7 @@ def _tagged_nft_rules() -> Iterable[tuple[str, str, str, int, str]]:
 
 def remove(left: Leftovers, grace: float = 3.0, state_dir: Path = STATE_DIR) -> None:
     """Remove everything listed in ``left``: processes, namespaces, links, rules, state."""
+    docker_labels.remove(left.docker)     # first: it ends the processes in the containers
     end_processes(left.processes, grace)
     for tool, table, rule in left.iptables:
         argv = [tool, "-t", table] + shlex.split("-D" + rule[2:])
