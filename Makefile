@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 TESTBED := .venv/bin/testbed
 
-.PHONY: setup demo test bench clean lint
+.PHONY: setup demo test bench clean lint images
 
 setup:
 	@scripts/setup.sh
@@ -15,6 +15,12 @@ test: setup
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The node image for the Docker backend and docker-compose.yml (docker/build-images.sh);
+# dockerd is started for the build if it is not running, and only that one is stopped.
+images: setup
+	@pf=$$(mktemp -u /run/testbed-dockerd.XXXXXX.pid); scripts/docker-up.sh $$pf && \
+	  { docker/build-images.sh; rc=$$?; scripts/docker-down.sh $$pf 2>/dev/null; exit $$rc; }
 
 clean: setup
 	$(TESTBED) clean

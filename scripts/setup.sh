@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(mininet tgt libiscsi-bin bridge-utils iperf3 iptables ethtool iproute2
               nftables tcpdump python3-venv python3-dev gcc procps
-              iputils-ping docker.io)
+              iputils-ping docker.io docker-compose debootstrap)
 if [[ "${1:-}" == "--docker" ]]; then
     APT_PACKAGES+=(docker.io docker-compose debootstrap)
 fi
