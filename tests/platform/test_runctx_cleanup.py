@@ -12,7 +12,7 @@ import pytest
 
 from testbed import cleanup
 from testbed.probe import probe
-from testbed.runctx import ENV_VAR, STATE_DIR, RunContext
+from testbed.runctx import ENV_VAR, STATE_DIR, RunContext, proc_starttime
 
 from .conftest import TESTBED, assert_nothing_left, run_tag_of, sh
 
@@ -107,16 +107,20 @@ def test_clean_leaves_live_runs_and_reports_nothing_to_do(tmp_path, bystanders):
 
 
 def test_clean_removes_a_dead_run_by_tag_only(tmp_path, bystanders):
-    # a dead run: state file whose owner is gone, a tagged process and namespace
+    # A run whose owner we control: alive (so no other run's start-up cleans it) until
+    # the owner is killed right before `testbed clean`.
     dead = "deadbeef"
-    owner = subprocess.Popen(["true"])
-    owner.wait()
+    owner = subprocess.Popen(["sleep", "60"])
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     (STATE_DIR / f"{dead}.json").write_text(json.dumps(
-        {"id": dead, "pid": owner.pid, "starttime": 1, "resources": []}))
+        {"id": dead, "pid": owner.pid, "starttime": proc_starttime(owner.pid), "resources": []}))
     sh("ip", "netns", "add", f"tb-{dead}-client")
     orphan = subprocess.Popen(["sleep", "60"], env={"PATH": os.environ["PATH"],
                                                     "TESTBED_RUN": dead})
+    alive = subprocess.run(TESTBED + ["clean"], capture_output=True, text=True, timeout=60)
+    assert dead not in alive.stdout and orphan.poll() is None     # a live run is left alone
+    owner.kill()
+    owner.wait()
     dry = subprocess.run(TESTBED + ["clean", "--dry-run"], capture_output=True, text=True,
                          timeout=60)
     assert f"would remove run {dead}" in dry.stdout and f"tb-{dead}-client" in dry.stdout
@@ -127,7 +131,7 @@ def test_clean_removes_a_dead_run_by_tag_only(tmp_path, bystanders):
     assert_nothing_left(dead)
     bystanders.assert_alive()
     again = subprocess.run(TESTBED + ["clean"], capture_output=True, text=True, timeout=60)
-    assert "no dead runs" in again.stdout
+    assert dead not in again.stdout
 
 
 def test_probe_is_cached_and_true_to_the_kernel():
