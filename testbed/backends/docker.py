@@ -105,6 +105,8 @@ def plumbing_commands(spec: LinkSpec, cidr: str, mac: str) -> list[str]:
     return [f"ip addr flush dev {TRUNK}",
             f"ip route flush dev {TRUNK}",
             f"ip link add {host_if} type veth peer name {port}",
+            f"ip link set dev {host_if} mtu \"$(cat /sys/class/net/{TRUNK}/mtu)\"",
+            f"ip link set dev {port} mtu \"$(cat /sys/class/net/{TRUNK}/mtu)\"",
             f"ip link add {SWITCH} type bridge",
             f"ip link set dev {TRUNK} master {SWITCH}",
             f"ip link set dev {port} master {SWITCH}",
