@@ -135,7 +135,7 @@ class WireSocket:
     """
 
     def __init__(self, ifname: str, mtu: int = 1500, rcvbuf: int = 8 << 20,
-                 ring_frames: int = 1024):
+                 ring_frames: int = 4096):
         self.name = ifname
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))

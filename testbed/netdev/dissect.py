@@ -1,9 +1,11 @@
 """The slow path: scapy for what is not per frame.
 
-- :func:`summary` dissects one unusual frame (a malformed one, say) for a log line;
+- :func:`summary` dissects one unusual frame (a malformed one, say) for a log line
+  (the handler logs the first few malformed frames it drops this way);
 - :func:`bind_iscsi_layers` imports the project's iSCSI scapy layers when
   ``testbed.iscsi`` provides them, so that ``rdpcap`` of a capture shows the PDUs;
-- :func:`frames_for` builds frames of a registered flow with scapy (tests, labs).
+- :func:`dissect` gives a frame as a scapy packet (tests, labs);
+- :meth:`FlowKey.from_packet` (in :mod:`.flows`) turns a scapy packet into a flow rule.
 
 Nothing here runs per frame: scapy costs about 90 us to dissect a frame.
 """

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .errors import HandlerConfigError

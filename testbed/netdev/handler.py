@@ -147,8 +147,9 @@ class PacketHandler:
         if self._state != "attached":
             raise NetdevError(f"start {self.wire}: handler is {self._state}, not attached")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        assert self._att.tap is not None
+        assert self._att.tap is not None and self._att.sock is not None
         self._tapfd = self._att.tap.fd
+        self._send = self._att.sock.sock.send
         self._stopping = False
         if any(self.delay):
             self._line = DelayLine(f"netdev-delay-{self.wire}")
@@ -487,16 +488,16 @@ class PacketHandler:
 
     def _tx_finish(self, t: list, data: bytes, skb: Any, cls: int) -> None:
         """Write one frame to the wire and free its skb."""
-        sock = self._att.sock
         flen = len(data) - VNET_HDR_LEN
         try:
-            sock.sock.send(data)
+            self._send(data)
         except BlockingIOError:
             # Socket send buffer full (a shaped link's queue is backed up): wait a
             # little, as a blocking driver queue would, then give up on this frame.
-            if select.select([], [sock.sock], [], 0.1)[1]:
+            sock = self._att.sock.sock
+            if select.select([], [sock], [], 0.1)[1]:
                 try:
-                    sock.sock.send(data)
+                    sock.send(data)
                 except OSError:
                     return self._tx_link_drop(t, data, skb, cls, flen)
             else:

@@ -16,7 +16,7 @@ import pytest
 from testbed.mm import MemoryManager
 from testbed.netdev import probe
 
-from .conftest import in_ns, settle, wait_for
+from .conftest import in_ns, settle
 
 pytestmark = pytest.mark.root
 

@@ -49,10 +49,11 @@ EXPECTED = {
                                   "ARP": D, "E": D},
                       "reserve_full": ALL_NOMEM,
                       "cap": dict.fromkeys(KINDS, "RESERVE_CAP")},
-    # threshold 0.5 of 8: one outstanding reserve skb (the frame's own) is tolerated...
+    # threshold 0.5 of the device's reserve pages (rx_reserve 8: 9 pages, so 4.5): frames A
+    # and B fit (delivered skbs stay in their sockets' queues, still taking reserve pages)...
     "phillips-2005-threshold": {"plenty": ALL_DELIVERED, "under_min": ALL_DELIVERED,
-                                "reserve": ALL_DELIVERED,
-                                # ...but not with 4 more outstanding (5 > 4)
+                                "reserve": {"A": D, "B": D, "C": "NOT_MEMALLOC", "ARP": D, "E": D},
+                                # ...C does not, nor anything with 4 reserve skbs held
                                 "past_threshold": {"A": D, "B": "NOT_MEMALLOC",
                                                    "C": "NOT_MEMALLOC", "ARP": D, "E": D},
                                 "reserve_full": ALL_NOMEM,

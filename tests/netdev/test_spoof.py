@@ -32,7 +32,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from testbed.mm import MemoryManager, Use
-from testbed.netdev import FlowKey, probe
+from testbed.netdev import FlowKey
 
 from .conftest import Injector, in_ns, release, set_free, settle, wait_for
 from testbed.netdev.lab import Topo

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import socket
 import subprocess
 import threading
@@ -15,7 +14,7 @@ from scapy.utils import rdpcap
 from testbed.mm import DropReason
 from testbed.netdev import FlowKey, FlowRegistry, HandlerConfigError
 from testbed.netdev.capture import INBOUND, OUTBOUND, Capture
-from testbed.netdev.counters import MEMALLOC, OTHER, RECEIVED, RX, TX, DELIVERED, Counters
+from testbed.netdev.counters import DELIVERED, MEMALLOC, OTHER, RECEIVED, RX, Counters
 from testbed.netdev.flows import Flow, SEQ_MOD
 from testbed.netdev.link import DelayLine, Faults, Loss
 
@@ -194,3 +193,13 @@ def test_capture_files_open_in_scapy_and_tcpdump(tmp_path):
     out = subprocess.run(["tcpdump", "-r", str(tmp_path / "wire.pcapng"), "-n"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.count("\n") == 3, out.stderr
+
+
+def test_flowkey_from_scapy_packet():
+    from scapy.layers.inet import IP, TCP
+    pkt = IP(src="10.0.0.2", dst="10.0.0.1") / TCP(sport=3260, dport=40000)
+    key = FlowKey.from_packet(pkt)
+    assert key == FlowKey("tcp", "10.0.0.1", 40000, "10.0.0.2", 3260)
+    assert FlowKey.from_packet(pkt, inbound=False) == key.reversed()
+    with pytest.raises(HandlerConfigError, match="no IP/TCP/UDP"):
+        FlowKey.from_packet(IP() / b"x")
