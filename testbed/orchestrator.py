@@ -43,7 +43,8 @@ BULK_PORTS = {"tcp": 5001, "http": 8080}
 FLOOD_PORT = 9            # udp flood: the discard port, no socket listens on the client
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
-GRACE_S = 20.0            # beyond the deadline, for the client's read-back and stop
+GRACE_S = 15.0            # beyond the deadline, for the client to stop
+VERIFY_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -126,6 +127,8 @@ class Orchestrator:
                 self._start_bulk(net, run)
                 self._start_client(net, run)
                 self._watch(run, started)
+                self._stop_client()
+                self._verify(net, run)
                 self._stop_nodes()
                 summary = summarize(run.dir, s, duration_s=time.monotonic() - started)
             except KeyboardInterrupt:
@@ -215,6 +218,7 @@ class Orchestrator:
             "deadline_s": s.deadline_s,
             "metrics_path": str(run.dir / "client.ndjson"),
             "outcome_path": str(run.dir / "client-outcome.json"),
+            "manifest_path": str(run.dir / "manifest.json"),
             "storage": s.storage,
             "target": {"portal": f"{net.host('target').ip}:{ISCSI_PORT}", "iqn": TARGET_IQN,
                        "chap": asdict(s.target.chap) if s.target.chap else None,
@@ -228,6 +232,7 @@ class Orchestrator:
                        "loss_pct": effects.get("loss_pct", 0.0),
                        "capture_dir": str(run.dir / "pcap") if s.capture else None},
             "download_servers": self.bulk_servers(),
+            "client_ip": net.host("client").ip,
             "run_id": run.id,
         }
         path = run.dir / "client-config.json"
@@ -256,19 +261,42 @@ class Orchestrator:
             raise TestbedError(f"the iSCSI target exited with status {p.returncode}; "
                                f"see target.log in the run folder")
 
+    def _stop_client(self) -> None:
+        self._stop("client")
+
+    def _verify(self, net: Network, run: RunContext) -> None:
+        """Check every acknowledged page on the LUN, from the target host (not shaped)."""
+        manifest = run.dir / "manifest.json"
+        if not manifest.exists() or self.scenario.storage != "iscsi":
+            return
+        h = net.host("target")
+        argv = [sys.executable, "-m", "nodes.verify", "--portal", f"{h.ip}:{ISCSI_PORT}",
+                "--iqn", TARGET_IQN, "--manifest", str(manifest),
+                "--out", str(run.dir / "integrity.json"), "--timeout", str(VERIFY_TIMEOUT_S)]
+        if self.scenario.target.chap:
+            c = self.scenario.target.chap
+            argv += ["--chap-user", c.user, "--chap-secret", c.secret]
+            if c.mutual_user:
+                argv += ["--mutual-user", c.mutual_user, "--mutual-secret", c.mutual_secret]
+        self.progress.say("  checking what the target acknowledged, on the LUN...")
+        with open(run.dir / "verify.log", "ab") as log:
+            h.run(argv, timeout=VERIFY_TIMEOUT_S + 30, stdout=log, stderr=subprocess.STDOUT)
+
+    def _stop(self, name: str) -> None:
+        p = self.procs.get(name)
+        if p is None or p.poll() is not None:
+            return
+        p.terminate()
+        try:
+            p.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
     def _stop_nodes(self) -> None:
         """Stop the client first (it logs out), then bulk sources, then the target."""
-        order = ["client"] + [n for n in self.procs if n.startswith("bulk")] + ["target"]
-        for name in order:
-            p = self.procs.get(name)
-            if p is None or p.poll() is not None:
-                continue
-            p.terminate()
-            try:
-                p.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+        for name in ["client"] + [n for n in self.procs if n.startswith("bulk")] + ["target"]:
+            self._stop(name)
 
     def _wait_for(self, ready: Callable[[], bool], proc: subprocess.Popen, what: str,
                   timeout: float) -> None:

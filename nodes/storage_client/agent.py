@@ -15,8 +15,9 @@ One process, in the client host, composes the parts of ``testbed``:
   are merged.
 
 It runs until the workloads are written back (``completed``), the lockup detector
-fires (``lockup``) or the deadline passes, then reads back what was acknowledged
-through the same initiator (integrity) and writes its outcome as JSON.
+fires (``lockup``) or the deadline passes, then writes its outcome as JSON and the
+manifest of every acknowledged page (``testbed.integrity``), which the orchestrator
+checks on the LUN from the target host.
 
 The ``local`` storage mode replaces the initiator with a file-backed disk (the "buy a
 local disk" baseline) and may run without the packet handler.
@@ -73,11 +74,13 @@ class AgentConfig:
     deadline_s: float
     metrics_path: str
     outcome_path: str
+    manifest_path: str
     storage: str = "iscsi"             # iscsi | local
     target: Optional[TargetConfig] = None
     local_disk: dict[str, Any] = field(default_factory=dict)   # path, capacity_mb, latency_ms, bandwidth_mbps
     netdev: Optional[NetdevConfig] = None
     download_servers: list[tuple[str, int]] = field(default_factory=list)
+    client_ip: Optional[str] = None    # the client's address (flows are keyed by it)
     run_id: Optional[str] = None
 
     @classmethod
@@ -92,6 +95,15 @@ class AgentConfig:
         return cls(**d)
 
 
+def flow_key(sock: socket.socket, local_ip: str, remote: tuple[str, int]) -> FlowKey:
+    """The flow of a socket bound to the wildcard address, before it connects.
+
+    Sockets bind to port 0 on 0.0.0.0 (the kernel picks the port); the address their
+    frames carry is the client's, which the orchestrator tells us.
+    """
+    return FlowKey(socket.IPPROTO_TCP, local_ip, sock.getsockname()[1], remote[0], remote[1])
+
+
 class KernelSocketHooks(SessionHooks):
     """Ties the initiator's connections to the emulated kernel.
 
@@ -101,9 +113,10 @@ class KernelSocketHooks(SessionHooks):
     socket's receive queue; its PDU buffers are charged to mm.
     """
 
-    def __init__(self, mm: MemoryManager, handler: Optional[PacketHandler]):
+    def __init__(self, mm: MemoryManager, handler: Optional[PacketHandler], local_ip: str):
         self.mm = mm
         self.handler = handler
+        self.local_ip = local_ip
         self._socks: dict[int, tuple[Optional[FlowKey], Any]] = {}
         self._lock = threading.Lock()
 
@@ -112,8 +125,7 @@ class KernelSocketHooks(SessionHooks):
         sk.set_memalloc()
         key = None
         if self.handler is not None:
-            local_ip, local_port = sock.getsockname()[:2]
-            key = FlowKey(6, local_ip, local_port, target[0], target[1])
+            key = flow_key(sock, self.local_ip, target)
             self.handler.flows.register(key, sk)
         with self._lock:
             self._socks[id(sock)] = (key, sk)
@@ -147,7 +159,7 @@ class StorageClient:
         self.handler: Optional[PacketHandler] = None
         self.device: Optional[BlockDevice] = None
         self.machine: Optional[Machine] = None
-        self.hooks = KernelSocketHooks(self.mm, None)
+        self.hooks = KernelSocketHooks(self.mm, None, cfg.client_ip or "0.0.0.0")
 
     # -- bring-up -----------------------------------------------------------------------
 
@@ -190,8 +202,7 @@ class StorageClient:
     def _downloader_socket(self, sock: socket.socket, sk: Any, server: tuple[str, int]) -> None:
         """A downloader's socket: registered with the handler so its queue is charged."""
         if self.handler is not None:
-            local_ip, local_port = sock.getsockname()[:2]
-            self.handler.flows.register(FlowKey(6, local_ip, local_port, server[0], server[1]), sk)
+            self.handler.flows.register(flow_key(sock, self.hooks.local_ip, server), sk)
 
     def _net_metrics(self) -> dict[str, Any]:
         return {"net": self.handler.counters()}
@@ -201,22 +212,20 @@ class StorageClient:
     def run(self) -> dict[str, Any]:
         """Start, wait for the outcome, verify, stop; return the outcome as a dict."""
         started = time.monotonic()
-        result: dict[str, Any] = {"verdict": "error", "integrity": None}
+        result: dict[str, Any] = {"verdict": "error"}
         try:
             self.start()
             outcome = self.machine.wait(self.cfg.deadline_s)
             result = outcome.to_dict()
             result["writeback_s"] = round(time.monotonic() - started, 3)
-            if outcome.verdict == "completed":
-                check = self.machine.verify(self.device, timeout=60)
-                result["integrity"] = {"bytes_checked": check.bytes_checked,
-                                       "pages_checked": check.pages_checked,
-                                       "mismatches": check.mismatches,
-                                       "examples": check.examples}
         except TestbedError as exc:
             result.update(verdict="error", detail=str(exc))
         finally:
             result["net"] = self.handler.counters() if self.handler is not None else None
+            if self.machine is not None:
+                manifest = self.machine.manifest()
+                manifest.save(self.cfg.manifest_path)
+                result["manifest_pages"] = manifest.pages
             self.stop()
             Path(self.cfg.outcome_path).write_text(json.dumps(result, indent=1, default=str))
         return result

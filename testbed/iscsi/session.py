@@ -41,9 +41,10 @@ the target; a write that could not be done reports its error.
 Hooks (``docs/architecture.md``)
 --------------------------------
 ``socket_bound``/``socket_closed``/``bytes_received`` come from the connection. Memory:
-a write charges ``pdu_alloc(48 + length)`` when it is built (the initiator holds the
-data until the target acknowledges it, to re-send it after recovery); a read charges
-each Data-In segment it keeps. Everything is freed when the command completes. When
+a write charges ``pdu_alloc(48)`` for its command PDU when it is built: the data is
+the caller's buffer (page-cache pages, which the kernel's initiator sends without a copy),
+referenced until the target acknowledges it so it can be re-sent after recovery, and
+already charged to whoever owns it; a read charges each Data-In segment it keeps. Everything is freed when the command completes. When
 ``pdu_alloc`` says no, the initiator sleeps briefly and tries again until the
 command's timeout.
 """
@@ -263,7 +264,7 @@ class Session:
         if wait:
             task.event = threading.Event()
         if task.data is not None and self._pdu_alloc is not None:
-            n = BHS_LEN + task.edtl
+            n = BHS_LEN         # the data is the caller's (see the module docstring)
             self._charge(n, task.submitted_at + self.config.command_timeout, task.describe())
             task.tx_charge = n
         self._submit_task(task)

@@ -14,7 +14,8 @@ from .errors import MachineStopped, MMError, NoSpace
 from .gfp import GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAIT, Gfp
 from .localdisk import LocalDisk
 from .lockup import LockupEvidence
-from .machine import Machine, Outcome, VerifyResult
+from ..integrity import VerifyResult
+from .machine import Machine, Outcome
 from .manager import MemoryManager
 from .policy import POLICIES, Policy, make_policy
 from .skbuff import DropReason, NetDev, Skb, estimate_skb_pages

@@ -33,6 +33,7 @@ class WorkloadConfig:
     chunk_kb: int = 64              # bytes per write() call
     start_after_s: float = 0.0      # delay after the machine starts
     request: str = ""               # downloader: sent to the server after connecting
+    rcvbuf_kb: int = 0              # downloader: socket receive buffer (0 = kernel default)
 
     def validate(self, where: str = "workload") -> None:
         _check_types(self, where)
@@ -42,6 +43,7 @@ class WorkloadConfig:
         _at_least(where, "rate_mbps", self.rate_mbps, 0)
         _at_least(where, "files", self.files, 1)
         _at_least(where, "start_after_s", self.start_after_s, 0)
+        _at_least(where, "rcvbuf_kb", self.rcvbuf_kb, 0)
         if self.chunk_kb < 4 or self.chunk_kb % 4:
             raise ConfigError(f"{where}.chunk_kb: must be a positive multiple of 4 (got {self.chunk_kb})")
 

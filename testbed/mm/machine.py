@@ -31,7 +31,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, Iterable, Optional, Sequence
 
-from ..blockdev import BlockDevice, read_sync
+from .. import integrity
+from ..blockdev import BlockDevice
+from ..integrity import Extent, Manifest, VerifyResult
 from ..errors import TimeoutExpired
 from .config import MachineConfig
 from .errors import MMError
@@ -47,7 +49,6 @@ from .workload import WORKLOAD_CLASSES, Downloader, SocketHook, Workload
 from .zone import PAGE_SIZE
 
 POLL_S = 0.05
-VERIFY_CHUNK_PAGES = 256
 
 
 @dataclass
@@ -65,20 +66,6 @@ class Outcome:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class VerifyResult:
-    """What a read-back of the acknowledged pages found."""
-
-    bytes_checked: int = 0
-    pages_checked: int = 0
-    mismatches: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.mismatches == 0
 
 
 class Machine:
@@ -238,26 +225,20 @@ class Machine:
         self.stop()
 
     # ------------------------------------------------------------ read-back
-    def verify(self, device: Optional[BlockDevice] = None, timeout: float = 30.0) -> VerifyResult:
-        """Read back every acknowledged page the workloads wrote and compare it."""
-        device = device or self.device
-        result = VerifyResult()
+    def manifest(self) -> Manifest:
+        """Every acknowledged page the workloads wrote: where it is and its checksum."""
+        extents = []
         for wl in self.workloads:
             for inode in wl.files:
                 for first, offset, count in self.page_cache.acked_pages(inode):
-                    for done in range(0, count, VERIFY_CHUNK_PAGES):
-                        n = min(VERIFY_CHUNK_PAGES, count - done)
-                        data = read_sync(device, offset + done * PAGE_SIZE, n * PAGE_SIZE, timeout)
-                        for k in range(n):
-                            index = first + done + k
-                            page = data[k * PAGE_SIZE:(k + 1) * PAGE_SIZE]
-                            result.pages_checked += 1
-                            result.bytes_checked += wl._valid(inode, index)
-                            if not wl.verify_page(inode, index, page):
-                                result.mismatches += 1
-                                if len(result.examples) < 10:
-                                    result.examples.append(f"{inode.name} page {index}")
-        return result
+                    pages = [(wl._valid(inode, i), wl.expected_crc(inode, i))
+                             for i in range(first, first + count)]
+                    extents.append(Extent(inode.name, first, offset, pages))
+        return Manifest(extents)
+
+    def verify(self, device: Optional[BlockDevice] = None, timeout: float = 30.0) -> VerifyResult:
+        """Read back every acknowledged page the workloads wrote and compare checksums."""
+        return integrity.verify(device or self.device, self.manifest(), timeout)
 
     # -------------------------------------------------------------- metrics
     def _own_metrics(self) -> dict[str, Any]:

@@ -95,6 +95,17 @@ def goodput(samples: list[dict[str, Any]], hosts: dict[str, str]) -> dict[str, A
     return out
 
 
+def integrity(run_dir: Path) -> dict[str, Any]:
+    """The read-back result (integrity.json from nodes/verify), or why there is none."""
+    got = read_json(run_dir / "integrity.json")
+    if got is None:
+        return {"checked": False, "bytes_checked": 0, "mismatches": 0,
+                "detail": "no read-back (no manifest, or the check did not run)"}
+    if "error" in got:
+        return {"checked": False, "bytes_checked": 0, "mismatches": 0, "detail": got["error"]}
+    return {"checked": True, **got}
+
+
 def _host_order(name: str) -> tuple[int, str]:
     digits = "".join(ch for ch in name if ch.isdigit())
     return (int(digits) if digits else 0, name)
@@ -121,8 +132,7 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
         "detail": outcome.get("detail", ""),
         "duration_s": round(duration_s, 2),
         "lockup": outcome.get("lockup"),
-        "integrity": outcome.get("integrity") or {"bytes_checked": 0, "mismatches": 0,
-                                                  "checked": False},
+        "integrity": integrity(run_dir),
         "writeback": {"bytes": written_back,
                       "mb_s": round(written_back / 2**20 / wb_time, 3) if wb_time else 0.0,
                       "bytes_written": outcome.get("bytes_written", last.get("workload_bytes", 0)),
@@ -150,9 +160,11 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
         return
     if client != "completed":
         reasons.append(f"writeback did not finish: {client} ({outcome.get('detail', '')})")
-    integrity = summary["integrity"]
-    if integrity.get("mismatches"):
-        reasons.append(f"read-back found {integrity['mismatches']} mismatched pages")
+    checked = summary["integrity"]
+    if checked.get("mismatches"):
+        reasons.append(f"read-back found {checked['mismatches']} mismatched pages")
+    elif not checked.get("checked"):
+        reasons.append(f"integrity not verified: {checked.get('detail')}")
     stall = summary["writeback"]["longest_stall_s"] or 0.0
     if stall > bounds.max_stall_s:
         reasons.append(f"writeback stalled for {stall:.1f}s (bound {bounds.max_stall_s:g}s)")

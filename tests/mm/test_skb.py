@@ -177,15 +177,21 @@ def test_phillips_leaves_arp_and_ipv6_alone():
     assert dev.rx_reserve_used == 1
 
 
-@pytest.mark.parametrize("threshold, used, dropped", [
-    (0.5, 26, True), (0.5, 25, False), (0.5, 1, False), (0.0, 1, True), (1.0, 50, False)])
-def test_threshold_variant_drops_only_past_the_fraction(threshold, used, dropped):
+@pytest.mark.parametrize("threshold, taken, dropped", [
+    (0.5, 26, True), (0.5, 22, False), (0.5, 0, False), (0.0, 0, True), (1.0, 50, False)])
+def test_threshold_variant_drops_only_past_the_fraction_of_reserve_pages(threshold, taken, dropped):
+    """Non-memalloc packets are kept while the reserve pages in use (below the GFP_ATOMIC
+    floor) are at most threshold * reserve_pages (53 here); dropped beyond."""
     mm, dev = below_atomic("phillips-2005-threshold", threshold=threshold)
-    skbs = [mm.netdev_alloc_skb(dev, 1514) for _ in range(used)]
-    assert dev.rx_reserve_used == used
-    verdict = mm.sk_filter(skbs[0], mm.sock_create("bulk"), ETH_P_IP)
+    assert dev.reserve_pages == 53
+    set_free(mm, mm.zone.mark_atomic - taken)
+    skb = mm.netdev_alloc_skb(dev, 1514)          # from the reserve: 1 data page (+ a head page)
+    in_use = mm.zone.mark_atomic - mm.zone.free
+    assert skb.reserve and taken < in_use <= taken + 2
+    verdict = mm.sk_filter(skb, mm.sock_create("bulk"), ETH_P_IP)
     assert verdict is (DropReason.NOT_MEMALLOC if dropped else None)
-    assert dev.rx_reserve_used == used - 1
+    assert (in_use > threshold * 53) is dropped
+    assert dev.rx_reserve_used == 0               # credited back by the protocol step either way
 
 
 def test_gorman_uses_pfmemalloc_only_once_a_socket_is_memalloc():

@@ -1,0 +1,1 @@
+"""The integrity check node: reads the LUN through the initiator, compares checksums."""

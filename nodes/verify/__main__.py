@@ -1,0 +1,62 @@
+"""python -m nodes.verify --portal IP:PORT --iqn IQN --manifest FILE --out FILE.json
+
+Logs in to the target with the project's initiator (a fresh session, from whichever
+host it runs in: the orchestrator runs it in the target host, so the read-back is not
+slowed by the client's shaped link), reads every page the storage client's manifest
+lists and compares CRC-32s. Writes ``{"bytes_checked", "pages_checked", "mismatches",
+"examples"}`` to ``--out``; exit status 0 when every page matched, 1 when some did not,
+2 when the check could not be done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from testbed.errors import TestbedError
+from testbed.integrity import Manifest, verify
+from testbed.iscsi.blockdev import IscsiBlockDevice
+from testbed.iscsi.chap import ChapCredentials
+from testbed.iscsi.session import SessionConfig
+
+INITIATOR_NAME = "iqn.2026-11.org.testbed:verify"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="verify", description=__doc__.splitlines()[0])
+    ap.add_argument("--portal", required=True)
+    ap.add_argument("--iqn", required=True)
+    ap.add_argument("--lun", type=int, default=1)
+    ap.add_argument("--manifest", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--chap-user")
+    ap.add_argument("--chap-secret")
+    ap.add_argument("--mutual-user")
+    ap.add_argument("--mutual-secret")
+    ap.add_argument("--timeout", type=float, default=120.0)
+    args = ap.parse_args(argv)
+    try:
+        manifest = Manifest.load(args.manifest)
+        chap = None
+        if args.chap_user:
+            chap = ChapCredentials(user=args.chap_user, secret=args.chap_secret,
+                                   mutual_user=args.mutual_user, mutual_secret=args.mutual_secret)
+        config = SessionConfig(initiator_name=INITIATOR_NAME, target_name=args.iqn, chap=chap)
+        dev = IscsiBlockDevice.open(args.portal, args.iqn, lun=args.lun, config=config)
+        try:
+            result = verify(dev, manifest, timeout=args.timeout)
+        finally:
+            dev.close()
+    except (OSError, ValueError, KeyError, TestbedError) as exc:
+        args.out.write_text(json.dumps({"error": str(exc)}))
+        print(f"verify: {exc}", file=sys.stderr)
+        return 2
+    args.out.write_text(json.dumps(result.to_dict(), indent=1))
+    print(f"verify: {result.pages_checked} pages, {result.mismatches} mismatches")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
