@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 from . import html, plots
-from .summary import evidence, read_json, read_ndjson
+from .summary import evidence, read_json, read_ndjson, until_end
 
 
 def build_report(run_dir: Path) -> Path:
@@ -22,7 +22,7 @@ def build_report(run_dir: Path) -> Path:
     summary = read_json(run_dir / "summary.json")
     if summary is None:
         raise ConfigError(f"{run_dir}: no summary.json: not a run folder (or the run never started)")
-    samples = list(read_ndjson(run_dir / "client.ndjson"))
+    samples = until_end(list(read_ndjson(run_dir / "client.ndjson")), summary)
     hosts = read_json(run_dir / "hosts.json") or {}
     title = f"{summary['scenario']} ({summary['policy']})"
     lockup_t = (summary.get("lockup") or {}).get("t")
@@ -64,7 +64,7 @@ def build_compare_report(out_dir: Path, run_dirs: Sequence[Path], labels: Sequen
             continue
         s["label"] = label
         summaries.append(s)
-        runs.append((label, list(read_ndjson(Path(d) / "client.ndjson")), s))
+        runs.append((label, until_end(list(read_ndjson(Path(d) / "client.ndjson")), s), s))
     plots.compare_plot(runs, out_dir / "compare.png")
     header, rows = table_rows(summaries)
     links = [(lab, f"{Path(d).resolve().relative_to(out_dir.resolve())}/report.html")

@@ -66,8 +66,8 @@ def memory_plot(samples: list[dict[str, Any]], path: Path, title: str,
         if lockup_t is not None:
             a.axvline(lockup_t, color="red", lw=1.5)
     if lockup_t is not None:
-        axes[0].annotate("lockup", (lockup_t, axes[0].get_ylim()[1] * 0.95), color="red",
-                         ha="right", fontsize=9)
+        axes[0].annotate("lockup ", (lockup_t, axes[0].get_ylim()[1] * 0.5), color="red",
+                         ha="right", fontsize=10, fontweight="bold")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

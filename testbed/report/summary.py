@@ -40,6 +40,12 @@ def read_ndjson(path: Path) -> Iterator[dict[str, Any]]:
         return
 
 
+def until_end(samples: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The samples up to the outcome (later ones show the client shutting down)."""
+    end = summary.get("end_t")
+    return samples if end is None else [s for s in samples if s.get("t", 0) <= end + 0.05]
+
+
 def read_json(path: Path) -> Optional[dict[str, Any]]:
     try:
         return json.loads(path.read_text())
@@ -141,6 +147,7 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
         "drops": drops_by_reason(net),
         "goodput": goodput(samples, hosts),
         "client_verdict": outcome.get("verdict"),
+        "end_t": outcome.get("t"),     # the client's clock when its outcome was decided
     }
     if not interrupted:
         _decide(summary, outcome, scenario)
