@@ -43,7 +43,9 @@ def _listener(ns: str, port: int) -> socket.socket:
 
 def test_attach_moves_identity_and_isolates_the_wire(topo, handler_factory):
     before = json.loads(topo.exec("client", "ip", "-j", "addr", "show", "client-eth0"))[0]
+    topo.exec("client", "ip", "route", "add", "192.0.2.0/24", "via", topo.ip["peer"], "metric", "7")
     h = handler_factory(MemoryManager(16384))
+    assert "192.0.2.0/24 via 10.0.0.2 dev tap0" in topo.exec("client", "ip", "route")
     wire = json.loads(topo.exec("client", "ip", "-j", "addr", "show", "client-eth0"))[0]
     tap = json.loads(topo.exec("client", "ip", "-j", "addr", "show", "tap0"))[0]
     assert [a for a in wire["addr_info"] if a["family"] == "inet"] == []
@@ -56,6 +58,7 @@ def test_attach_moves_identity_and_isolates_the_wire(topo, handler_factory):
     h.detach()
     after = json.loads(topo.exec("client", "ip", "-j", "addr", "show", "client-eth0"))[0]
     assert [a["local"] for a in after["addr_info"] if a["family"] == "inet"] == ["10.0.0.1"]
+    assert "192.0.2.0/24 via 10.0.0.2 dev client-eth0" in topo.exec("client", "ip", "route")
     assert "tap0" not in topo.exec("client", "ip", "link")
     assert topo.exec("client", "nft", "list", "tables").strip() == ""
     assert topo.exec("client", "sysctl", "-n", "net.ipv4.conf.client-eth0.arp_ignore").strip() == "0"
