@@ -143,7 +143,7 @@ class PacketHandler:
         self._state = "attached"
 
     def start(self) -> None:
-        """Start forwarding (threads rx, tx and, with a delay, the delay line)."""
+        """Start forwarding: the I/O thread and, with a delay, the delay line."""
         if self._state != "attached":
             raise NetdevError(f"start {self.wire}: handler is {self._state}, not attached")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -203,3 +203,16 @@ def test_flowkey_from_scapy_packet():
     assert FlowKey.from_packet(pkt, inbound=False) == key.reversed()
     with pytest.raises(HandlerConfigError, match="no IP/TCP/UDP"):
         FlowKey.from_packet(IP() / b"x")
+
+
+@pytest.mark.parametrize("kw,field", [({"delay_ms": -1}, "delay_ms"), ({"delay_ms": "soon"}, "delay_ms"),
+                                      ({"loss_pct": 150}, "loss_pct"), ({"loss_pct": (1, 2, 3)}, "loss_pct"),
+                                      ({"wire": "no such name!"}, "wire"), ({"tap": ""}, "tap"),
+                                      ({"wire": "x0", "tap": "x0"}, "both")])
+def test_bad_parameters_name_the_parameter(kw, field):
+    from testbed.mm import MemoryManager
+    from testbed.netdev import PacketHandler
+    with pytest.raises(HandlerConfigError, match=field):
+        PacketHandler(MemoryManager(4096), **kw)
+    with pytest.raises(HandlerConfigError, match="mm"):
+        PacketHandler(None)
