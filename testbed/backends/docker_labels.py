@@ -4,18 +4,24 @@ Every container, network and volume the testbed makes on a Docker engine carries
 labels, the Docker counterpart of a run's tags (see :mod:`testbed.runctx`):
 
 - ``org.testbed.run=<run id>``: the run it belongs to (the Docker backend: the run's
-  8-hex-digit id; docker-compose.yml: ``$TESTBED_RUN``, default ``compose``);
+  8-hex-digit id; docker-compose.yml: ``$TESTBED_COMPOSE_RUN``, default ``compose``);
 - ``org.testbed.role=client|target|bulk``: the node it is (containers);
-- ``org.testbed.managed=backend|compose|stack``: who made it.
+- ``org.testbed.managed=backend|compose``: who made it. What a swarm stack made from
+  docker-compose.yml also carries swarm's ``com.docker.stack.namespace``.
 
-:func:`scan` lists labelled objects through the Docker SDK, using the labels only:
-names, images and everything unlabelled are never looked at. It leaves out what is
-alive by construction: objects of a compose run while one of its containers still runs
-(a ``docker-compose up`` in progress), and everything a swarm stack made (swarm would
-start a removed task again; ``docker stack rm`` removes a stack). Whether a *backend*
-run is alive is decided by :mod:`testbed.cleanup`, from the run's state file, as for
-every other tag. :func:`remove` removes containers (with their anonymous volumes),
-then networks, then volumes.
+:func:`scan` lists labelled objects through the Docker SDK, by the labels only: names,
+images and everything unlabelled are never looked at. It leaves out what is alive:
+
+- a compose or stack run while one of its containers runs, or while its newest object
+  is younger than :data:`COMPOSE_GRACE` (``docker-compose up`` makes the network and the
+  volume before it starts a container);
+- whatever belongs to a stack that still has services (swarm would start a removed
+  task again; ``docker stack rm`` removes the services and the network, and leaves the
+  volumes, which are then leftovers like any other).
+
+Whether a *backend* run is alive is decided by :mod:`testbed.cleanup` from the run's
+state file, as for every other tag. :func:`remove` removes containers (with their
+anonymous volumes), then networks, then volumes.
 
 Without the Docker SDK, or with no engine answering, there is nothing labelled to
 find: both functions do nothing, quickly (a short timeout), so ``testbed clean`` and
@@ -25,7 +31,10 @@ every run's start-up sweep cost nothing on a machine without Docker.
 from __future__ import annotations
 
 import os
+import re
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Optional
 
 LABEL_RUN = "org.testbed.run"
@@ -34,6 +43,9 @@ LABEL_MANAGED = "org.testbed.managed"
 SOCKET = "/var/run/docker.sock"
 SCAN_TIMEOUT = 5.0        # seconds per engine request during a scan
 REMOVE_TIMEOUT = 30.0     # seconds per removal (a container's processes are killed first)
+# seconds: a compose or stack run this young counts as alive
+COMPOSE_GRACE = float(os.environ.get("TESTBED_COMPOSE_GRACE", "120"))
+STACK_LABEL = "com.docker.stack.namespace"   # set by swarm on what a stack made
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,8 @@ class LabelledObject:
     run: str                  # value of org.testbed.run
     managed: str = ""         # value of org.testbed.managed
     running: bool = False     # containers: running now
+    created: float = 0.0      # Unix time
+    stack: str = ""           # the swarm stack that made it
 
     def __str__(self) -> str:
         return f"{self.kind} {self.name}"
@@ -73,23 +87,50 @@ def scan(client: Optional[Any] = None) -> list[LabelledObject]:
     found: list[LabelledObject] = []
     try:
         for c in client.containers(all=True, filters={"label": LABEL_RUN}):
-            labels = c.get("Labels") or {}
-            found.append(LabelledObject("container", c["Id"], c["Names"][0].lstrip("/"),
-                                        labels[LABEL_RUN], labels.get(LABEL_MANAGED, ""),
-                                        c.get("State") == "running"))
+            found.append(_object("container", c["Id"], c["Names"][0].lstrip("/"), c["Labels"],
+                                 c.get("State") == "running", float(c.get("Created", 0))))
         for n in client.networks(filters={"label": LABEL_RUN}):
-            labels = n.get("Labels") or {}
-            found.append(LabelledObject("network", n["Id"], n["Name"], labels[LABEL_RUN],
-                                        labels.get(LABEL_MANAGED, "")))
+            found.append(_object("network", n["Id"], n["Name"], n["Labels"], False,
+                                 _unix_time(n.get("Created", ""))))
         for v in client.volumes(filters={"label": LABEL_RUN}).get("Volumes") or []:
-            labels = v.get("Labels") or {}
-            found.append(LabelledObject("volume", v["Name"], v["Name"], labels[LABEL_RUN],
-                                        labels.get(LABEL_MANAGED, "")))
+            found.append(_object("volume", v["Name"], v["Name"], v["Labels"], False,
+                                 _unix_time(v.get("CreatedAt", ""))))
     except Exception:   # noqa: BLE001  engine went away mid-scan: nothing reliable to act on
         return []
-    live_compose = {o.run for o in found if o.managed == "compose" and o.running}
+    young = time.time() - COMPOSE_GRACE
+    live = {o.run for o in found if o.managed in ("compose", "stack")
+            and (o.running or o.created > young)}
+    stacks = _deployed_stacks(client)
     return [o for o in found
-            if o.managed != "stack" and not (o.managed == "compose" and o.run in live_compose)]
+            if not (o.managed in ("compose", "stack") and o.run in live)
+            and not (o.managed == "stack" and o.stack in stacks)]
+
+
+def _deployed_stacks(client: Any) -> set[str]:
+    """Namespaces of the swarm stacks that have services now (none outside a swarm)."""
+    try:
+        services = client.services(filters={"label": STACK_LABEL})
+    except Exception:   # noqa: BLE001  not a swarm manager: no stacks here
+        return set()
+    return {(svc["Spec"].get("Labels") or {}).get(STACK_LABEL, "") for svc in services}
+
+
+def _object(kind: str, ident: str, name: str, labels: Optional[dict[str, str]],
+            running: bool, created: float) -> LabelledObject:
+    labels = labels or {}
+    stack = labels.get(STACK_LABEL, "")
+    managed = "stack" if stack else labels.get(LABEL_MANAGED, "")
+    return LabelledObject(kind, ident, name, labels[LABEL_RUN], managed, running, created,
+                          stack)
+
+
+def _unix_time(text: str) -> float:
+    """Seconds since the epoch of the engine's RFC 3339 time (nanoseconds dropped)."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)$", text)
+    if not m:
+        return 0.0
+    zone = "+00:00" if m.group(2) == "Z" else m.group(2)
+    return datetime.fromisoformat(m.group(1) + zone).timestamp()
 
 
 def remove(objects: list[LabelledObject], client: Optional[Any] = None) -> list[str]:
