@@ -326,6 +326,8 @@ class Attachment:
             raise AttachError("; ".join(errors))
 
     def _restore(self, st: WireState, where: str) -> list[str]:
+        if not netns.run(["ip", "-o", "link", "show", "dev", self.wire], check=False, where=where):
+            return []        # the wire itself is gone (host torn down): nothing to give back
         errors = []
         steps: list[tuple[list[str], str]] = []
         for a in st.addrs:

@@ -288,7 +288,8 @@ class PacketHandler:
     def _error(self, where: str, exc: BaseException) -> None:
         self.errors += 1
         if self.errors <= 10:
-            log.exception("%s %s: %s", self.wire, where, exc)
+            log.error("%s %s: %s", self.wire, where, exc,
+                      exc_info=exc if exc.__traceback__ is not None else None)
 
     def _abandon(self, fn: Any, args: tuple) -> None:
         """A frame left in the delay line at stop: free its skb, count it dropped."""
@@ -428,7 +429,13 @@ class PacketHandler:
                 except Exception as exc:
                     self._error("tx frame", exc)
             if not busy:
-                poller.poll(POLL_MS)
+                for fd, ev in poller.poll(POLL_MS):
+                    if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                        # The wire or the TAP went away (the host is being torn down):
+                        # count it once per wait and do not spin on the error.
+                        self._error(f"poll fd {fd}", NetdevError(f"poll events {ev:#x}"))
+                        time.sleep(0.05)
+                        break
 
     def _recv_copy(self, buf: bytearray) -> int:
         """Read a frame that did not fit a ring slot from the socket queue."""
