@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -106,18 +107,25 @@ def scan(state_dir: Path = STATE_DIR, exclude_pids: Iterable[int] = ()) -> dict[
                 netns_inodes[(NETNS_DIR / name).stat().st_ino] = m.group(1)
             except OSError:
                 pass
-    excluded = set(exclude_pids) | self_and_ancestors()
-    for pid, run_id in _tagged_processes(netns_inodes):
-        if pid not in excluded:
-            run(run_id).processes.append(pid)
-    for name, run_id in _tagged_root_links():
-        run(run_id).links.append(name)
-    for tool, table, rule, run_id in _tagged_iptables_rules():
-        run(run_id).iptables.append((tool, table, rule))
-    for family, table, chain, handle, run_id in _tagged_nft_rules():
-        run(run_id).nft_rules.append((family, table, chain, handle))
-    for obj in docker_labels.scan():      # by the labels org.testbed.run=<id>
-        run(obj.run).docker.append(obj)
+    # The tools (ip, iptables-save, nft, the Docker engine) answer in parallel while
+    # /proc is read here: a scan runs at every run's start and end.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        links = pool.submit(lambda: list(_tagged_root_links()))
+        rules = pool.submit(lambda: list(_tagged_iptables_rules()))
+        nft = pool.submit(lambda: list(_tagged_nft_rules()))
+        docker = pool.submit(docker_labels.scan)    # by the labels org.testbed.run=<id>
+        excluded = set(exclude_pids) | self_and_ancestors()
+        for pid, run_id in _tagged_processes(netns_inodes):
+            if pid not in excluded:
+                run(run_id).processes.append(pid)
+        for name, run_id in links.result():
+            run(run_id).links.append(name)
+        for tool, table, rule, run_id in rules.result():
+            run(run_id).iptables.append((tool, table, rule))
+        for family, table, chain, handle, run_id in nft.result():
+            run(run_id).nft_rules.append((family, table, chain, handle))
+        for obj in docker.result():
+            run(obj.run).docker.append(obj)
     # A run writes its state file before it tags anything: read again the state of
     # ids first seen by tag, or a run that started during this scan looks dead.
     for run_id, left in runs.items():
