@@ -50,8 +50,8 @@ class BlockDevice(Protocol):
     def flush(self, timeout: Optional[float] = None) -> None:
         """Make every completed write durable (SYNCHRONIZE CACHE); blocks."""
 
-    def close(self) -> None:
-        """Release the device; outstanding requests fail with BlockDeviceError."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Release the device (bounded by ``timeout``); outstanding requests fail."""
 
 
 def check_range(dev: BlockDevice, offset: int, length: int) -> None:

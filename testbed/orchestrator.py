@@ -43,7 +43,7 @@ BULK_PORTS = {"tcp": 5001, "http": 8080}
 FLOOD_PORT = 9            # udp flood: the discard port, no socket listens on the client
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
-GRACE_S = 15.0            # beyond the deadline, for the client to stop
+GRACE_S = 30.0            # beyond the deadline, for the client to stop
 VERIFY_TIMEOUT_S = 120.0
 
 
@@ -267,13 +267,16 @@ class Orchestrator:
     def _verify(self, net: Network, run: RunContext) -> None:
         """Check every acknowledged page on the LUN, from the target host (not shaped)."""
         manifest = run.dir / "manifest.json"
-        if not manifest.exists() or self.scenario.storage != "iscsi":
+        if not manifest.exists():
             return
         h = net.host("target")
-        argv = [sys.executable, "-m", "nodes.verify", "--portal", f"{h.ip}:{ISCSI_PORT}",
-                "--iqn", TARGET_IQN, "--manifest", str(manifest),
+        argv = [sys.executable, "-m", "nodes.verify", "--manifest", str(manifest),
                 "--out", str(run.dir / "integrity.json"), "--timeout", str(VERIFY_TIMEOUT_S)]
-        if self.scenario.target.chap:
+        if self.scenario.storage == "local":
+            argv += ["--file", str(run.dir / "local-disk.img")]
+        else:
+            argv += ["--portal", f"{h.ip}:{ISCSI_PORT}", "--iqn", TARGET_IQN]
+        if self.scenario.target.chap and self.scenario.storage == "iscsi":
             c = self.scenario.target.chap
             argv += ["--chap-user", c.user, "--chap-secret", c.secret]
             if c.mutual_user:

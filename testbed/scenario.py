@@ -7,7 +7,7 @@ default, so the smallest scenario is ``name: x``.
 
 Variants say ``extends: other.yaml`` (a path relative to the file): the base is loaded
 first, then the variant's keys are merged over it (mappings key by key, lists and
-scalars replaced). Command-line overrides (``--set client.policy=none``) are applied
+scalars replaced; an empty mapping ``{}`` clears the base's). Command-line overrides (``--set client.policy=none``) are applied
 last, the same way.
 
 Loading never starts anything. Every mistake in the file (wrong type, unknown key,
@@ -224,8 +224,12 @@ def _compose_with_extends(path: Path, chain: tuple[Path, ...]) -> yaml.Node:
 
 
 def _merge(base: yaml.Node, over: yaml.Node) -> yaml.Node:
-    """Merge ``over`` into a copy of ``base``: mappings key by key, anything else replaced."""
-    if not (isinstance(base, yaml.MappingNode) and isinstance(over, yaml.MappingNode)):
+    """Merge ``over`` into a copy of ``base``: mappings key by key, anything else replaced.
+
+    An empty mapping replaces (clears) the base's mapping.
+    """
+    if not (isinstance(base, yaml.MappingNode) and isinstance(over, yaml.MappingNode)) \
+            or not over.value:
         return over
     merged = copy.copy(base)
     merged.value = list(base.value)

@@ -46,6 +46,7 @@ from testbed.netdev.flows import FlowKey
 from testbed.netdev.handler import PacketHandler
 
 INITIATOR_NAME = "iqn.2026-11.org.testbed:storage-client"
+CLOSE_TIMEOUT_S = 3.0      # logout at the end; a locked-up machine may never get the reply
 
 
 @dataclass
@@ -226,8 +227,10 @@ class StorageClient:
                 manifest = self.machine.manifest()
                 manifest.save(self.cfg.manifest_path)
                 result["manifest_pages"] = manifest.pages
-            self.stop()
+            # The outcome is written before the clean-up, which may be slow when the
+            # emulated machine is locked up (the logout itself needs memory).
             Path(self.cfg.outcome_path).write_text(json.dumps(result, indent=1, default=str))
+            self.stop()
         return result
 
     def stop(self) -> None:
@@ -236,7 +239,7 @@ class StorageClient:
             self.machine.stop()
         if self.device is not None:
             try:
-                self.device.close()
+                self.device.close(timeout=CLOSE_TIMEOUT_S)
             except TestbedError:
                 pass
         if self.handler is not None:

@@ -1,11 +1,12 @@
-"""python -m nodes.verify --portal IP:PORT --iqn IQN --manifest FILE --out FILE.json
+"""python -m nodes.verify (--portal IP:PORT --iqn IQN | --file DISK) --manifest FILE --out FILE.json
 
 Logs in to the target with the project's initiator (a fresh session, from whichever
 host it runs in: the orchestrator runs it in the target host, so the read-back is not
 slowed by the client's shaped link), reads every page the storage client's manifest
 lists and compares CRC-32s. Writes ``{"bytes_checked", "pages_checked", "mismatches",
 "examples"}`` to ``--out``; exit status 0 when every page matched, 1 when some did not,
-2 when the check could not be done.
+2 when the check could not be done. With ``--file`` it reads a local disk's backing
+file instead (the local-disk baseline).
 """
 
 from __future__ import annotations
@@ -15,19 +16,36 @@ import json
 import sys
 from pathlib import Path
 
+from testbed.blockdev import BlockDevice
 from testbed.errors import TestbedError
 from testbed.integrity import Manifest, verify
 from testbed.iscsi.blockdev import IscsiBlockDevice
 from testbed.iscsi.chap import ChapCredentials
 from testbed.iscsi.session import SessionConfig
+from testbed.mm.localdisk import LocalDisk
 
 INITIATOR_NAME = "iqn.2026-11.org.testbed:verify"
 
 
+def open_device(args: argparse.Namespace) -> BlockDevice:
+    if args.file is not None:
+        return LocalDisk(str(args.file), args.file.stat().st_size)
+    if not args.iqn:
+        raise ValueError("--portal needs --iqn")
+    chap = None
+    if args.chap_user:
+        chap = ChapCredentials(user=args.chap_user, secret=args.chap_secret,
+                               mutual_user=args.mutual_user, mutual_secret=args.mutual_secret)
+    config = SessionConfig(initiator_name=INITIATOR_NAME, target_name=args.iqn, chap=chap)
+    return IscsiBlockDevice.open(args.portal, args.iqn, lun=args.lun, config=config)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="verify", description=__doc__.splitlines()[0])
-    ap.add_argument("--portal", required=True)
-    ap.add_argument("--iqn", required=True)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--portal", help="iSCSI target portal IP:PORT (with --iqn)")
+    where.add_argument("--file", type=Path, help="a local disk's backing file")
+    ap.add_argument("--iqn")
     ap.add_argument("--lun", type=int, default=1)
     ap.add_argument("--manifest", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
@@ -39,12 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         manifest = Manifest.load(args.manifest)
-        chap = None
-        if args.chap_user:
-            chap = ChapCredentials(user=args.chap_user, secret=args.chap_secret,
-                                   mutual_user=args.mutual_user, mutual_secret=args.mutual_secret)
-        config = SessionConfig(initiator_name=INITIATOR_NAME, target_name=args.iqn, chap=chap)
-        dev = IscsiBlockDevice.open(args.portal, args.iqn, lun=args.lun, config=config)
+        dev = open_device(args)
         try:
             result = verify(dev, manifest, timeout=args.timeout)
         finally:

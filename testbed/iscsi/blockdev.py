@@ -151,6 +151,7 @@ class IscsiBlockDevice:
         except IscsiError as exc:
             raise BlockDeviceError(f"flush (SYNCHRONIZE CACHE) of LUN {self.lun}: {exc}") from exc
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Log out (bounded by ``timeout``) if the session is ours."""
         if self.own_session:
-            self.session.close()
+            self.session.close(timeout)

@@ -150,8 +150,8 @@ class LocalDisk:
         if result[0] is not None:
             raise result[0]
 
-    def close(self) -> None:
-        """Stop the I/O thread; queued requests fail. Idempotent."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the I/O thread (waiting at most ``timeout``); queued requests fail. Idempotent."""
         with self._cond:
             if self._closed:
                 return
@@ -159,7 +159,7 @@ class LocalDisk:
             failed = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
-        self._thread.join(timeout=5.0)
+        self._thread.join(timeout=timeout)
         for req in failed:
             self._complete(req, None, BlockDeviceError(f"LocalDisk {self.path}: device closed"))
         os.close(self._fd)

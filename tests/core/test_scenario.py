@@ -142,3 +142,9 @@ client: {policy: none}
     with pytest.raises(SchemaError) as e:
         scenario.load(bad)
     assert [pr.key for pr in e.value.problems] == ["expect_by_policy", "expect_by_policy.gorman-3.6"]
+
+
+def test_an_empty_mapping_clears_the_base(tmp_path):
+    write(tmp_path, "base.yaml", "name: b\nexpect_by_policy: {none: lockup}\n")
+    v = scenario.load(write(tmp_path, "v.yaml", "extends: base.yaml\nname: v\nexpect_by_policy: {}\n"))
+    assert v.expect_by_policy == {}
