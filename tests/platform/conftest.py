@@ -123,6 +123,20 @@ def assert_nothing_left(run_id: str) -> None:
     assert not [n for n in snapshot()["netns"] if n.startswith(f"tb-{run_id}")]
 
 
+def other_runs() -> set[str]:
+    """Ids of runs with a state file now (other areas' tests may be running next to ours)."""
+    return {p.stem for p in STATE_DIR.glob("*.json")} if STATE_DIR.is_dir() else set()
+
+
+def assert_clean_removed(stdout: str, run_id: str, others: set[str]) -> None:
+    """`testbed clean` removed the dead run, unless another run's start-up sweep (which
+    removes dead runs too) got there first: only possible if other runs were about."""
+    if f"removed run {run_id}" in stdout:
+        return
+    assert others - {run_id}, f"testbed clean did not remove run {run_id}: {stdout}"
+    assert "no dead runs" in stdout or "removed run" in stdout
+
+
 def run_id_from_dir(runs_dir: Path) -> str:
     dirs = list(runs_dir.iterdir())
     assert len(dirs) == 1, dirs

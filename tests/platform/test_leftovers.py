@@ -19,8 +19,8 @@ from testbed.backends.base import ContentionParams
 from testbed.backends.mininet import MininetBackend
 from testbed.runctx import STATE_DIR, RunContext
 
-from .conftest import (TESTBED, assert_nothing_left, assert_untouched, run_id_from_dir,
-                       snapshot)
+from .conftest import (TESTBED, assert_clean_removed, assert_nothing_left, assert_untouched,
+                       other_runs, run_id_from_dir, snapshot)
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet]
 
@@ -86,12 +86,14 @@ def check_sigkill_then_clean(tmp_path, bystanders):
     before = snapshot()
     proc = start_up(tmp_path / "runs", bulk=2)
     run_id = wait_up(proc)
+    left = cleanup.find_run(run_id)
+    assert left.netns and left.processes and left.state    # what the kill will leave behind
+    others = other_runs()
     proc.kill()
     proc.wait(timeout=10)
-    left = cleanup.find_run(run_id)
-    assert left.netns and left.processes and left.state    # the kill left things behind
     r = subprocess.run(TESTBED + ["clean"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and f"removed run {run_id}" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0, r.stderr
+    assert_clean_removed(r.stdout, run_id, others | other_runs())
     assert_nothing_left(run_id)
     assert_untouched(before, snapshot())
     bystanders.assert_alive()
