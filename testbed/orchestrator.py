@@ -195,13 +195,17 @@ class Orchestrator:
                     "--stats", str(run.dir / f"{h.name}.ndjson")]
             if b.mode == "udp":
                 argv += ["--dest", f"{client_ip}:{FLOOD_PORT}", "--size", str(b.udp_size)]
+            elif b.mode == "spoof":
+                argv += ["--dest", f"{client_ip}:{self.scenario.target.initiator_port}",
+                         "--spoof-src", f"{net.host('target').ip}:{ISCSI_PORT}",
+                         "--size", str(b.udp_size), "--seed", str(len(self.procs))]
             else:
                 argv += ["--port", str(BULK_PORTS[b.mode]), "--bind", h.ip]
             self._spawn(h.name, h, argv)
 
     def bulk_servers(self) -> list[tuple[str, int]]:
         mode = self.scenario.bulk.mode
-        if mode == "udp":
+        if mode not in BULK_PORTS:
             return []
         return [(h.ip, BULK_PORTS[mode]) for h in self.net.bulk_hosts]
 
@@ -222,7 +226,7 @@ class Orchestrator:
             "storage": s.storage,
             "target": {"portal": f"{net.host('target').ip}:{ISCSI_PORT}", "iqn": TARGET_IQN,
                        "chap": asdict(s.target.chap) if s.target.chap else None,
-                       "digests": s.target.digests},
+                       "digests": s.target.digests, "initiator_port": s.target.initiator_port},
             "local_disk": {"path": str(run.dir / "local-disk.img"),
                            "capacity_mb": s.target.lun_mb,
                            "latency_ms": s.local_disk.latency_ms,

@@ -96,13 +96,16 @@ class TargetSection:
     block_size: Literal[512, 4096] = 512
     chap: Optional[ChapSection] = None
     digests: bool = False
+    initiator_port: Optional[int] = field(default=None, metadata={"min": 1024, "max": 65535})
+    # the client's iSCSI source port; None: the kernel picks one (a spoofer must know it)
 
 
 @dataclass
 class BulkSection:
-    """What the bulk hosts do: serve downloads (tcp, http) or flood the client (udp)."""
+    """What the bulk hosts do: serve downloads (tcp, http), flood the client (udp), or
+    forge segments of the client's iSCSI flow (spoof; needs target.initiator_port)."""
 
-    mode: Literal["tcp", "http", "udp"] = "tcp"
+    mode: Literal["tcp", "http", "udp", "spoof"] = "tcp"
     rate_mbit: float = field(default=0.0, metadata={"min": 0})  # 0: as fast as the link allows
     udp_size: int = field(default=1400, metadata={"min": 64, "max": 1472})
 
@@ -145,6 +148,9 @@ class Scenario:
     bounds: BoundsSection = field(default_factory=BoundsSection)
 
     def validate(self) -> None:
+        if self.bulk.mode == "spoof" and self.target.initiator_port is None:
+            raise ConfigError("scenario.bulk.mode: spoof needs target.initiator_port (the "
+                              "port of the flow the bulk hosts claim)")
         if self.deadline_s < self.duration_s:
             raise ConfigError(f"scenario.deadline_s: {self.deadline_s} must not be shorter "
                               f"than duration_s ({self.duration_s})")

@@ -5,6 +5,7 @@ Runs in each bulk host::
     python -m nodes.bulk_source --mode tcp  [--port 5001] [--rate-mbit R]
     python -m nodes.bulk_source --mode http [--port 8080] [--rate-mbit R]
     python -m nodes.bulk_source --mode udp  --dest IP:PORT [--rate-mbit R] [--size 1400]
+    python -m nodes.bulk_source --mode spoof --dest IP:PORT --spoof-src IP:PORT [--rate-mbit R]
         common: [--bind ADDR] [--stats FILE.ndjson] [--interval 1.0] [--duration S]
 
 - ``tcp``: every client that connects gets an endless stream of generated data until
@@ -14,6 +15,9 @@ Runs in each bulk host::
   answered 400/404/405 with a one-line reason.
 - ``udp``: an unsolicited flood of ``--size``-byte datagrams to ``--dest``: nobody
   asked for it, which is the point (traffic a receiver must still allocate for).
+- ``spoof``: forged TCP segments claiming another host's flow (``--spoof-src`` ->
+  ``--dest``), e.g. the storage client's iSCSI connection: what can a SOCK_MEMALLOC
+  filter do against traffic that looks like the flow it protects?
 
 ``--rate-mbit`` is per flow, in payload megabits per second; 0 means as fast as the
 link allows. The :class:`Pacer` schedules each write at the time the bytes sent so far
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import signal
 import socket
@@ -45,6 +50,7 @@ PAYLOAD = memoryview(bytes(range(256)) * (CHUNK // 256))
 MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 10.0
 POLL = 0.2             # how often blocked loops look at the stop flag
+SPOOF_SEGMENTS = 256   # forged segments built ahead, sent in turn
 
 
 class Pacer:
@@ -266,14 +272,44 @@ def listen(args: argparse.Namespace, counters: Counters, stop: Stop,
     return join
 
 
-def flood(args: argparse.Namespace, counters: Counters, stop: Stop) -> Callable[[], None]:
-    """Send datagrams to ``--dest`` in a thread; returns a joiner."""
-    host, port = args.dest
+def udp_sender(args: argparse.Namespace) -> tuple[Callable[[], int], Callable[[], None]]:
+    """``send()`` one datagram of ``--size`` bytes to ``--dest``; and ``close()``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if args.bind != "0.0.0.0":
         sock.bind((args.bind, 0))
-    flow = counters.new_flow(f"{host}:{port}")
     payload = PAYLOAD[:args.size]
+    return (lambda: sock.sendto(payload, args.dest)), sock.close
+
+
+def spoof_sender(args: argparse.Namespace) -> tuple[Callable[[], int], Callable[[], None]]:
+    """``send()`` one forged TCP segment that claims the flow ``--spoof-src`` -> ``--dest``.
+
+    The segments carry the real flow's addresses and ports but sequence numbers the
+    real sender never used (the attacker cannot see the flow), with ACK|PSH set and
+    ``--size`` bytes of payload. They are built once, with scapy, and sent in turn
+    through a raw socket: forging costs nothing per segment.
+    """
+    from scapy.layers.inet import IP, TCP
+    (src, sport), (dst, dport) = args.spoof_src, args.dest
+    rng = random.Random(args.seed)
+    segments = [bytes(IP(src=src, dst=dst, id=rng.getrandbits(16)) /
+                      TCP(sport=sport, dport=dport, flags="PA", seq=rng.getrandbits(32),
+                          ack=rng.getrandbits(32), window=502) / bytes(PAYLOAD[:args.size]))
+                for _ in range(SPOOF_SEGMENTS)]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    turn = iter(range(1 << 62))
+
+    def send() -> int:
+        sock.sendto(segments[next(turn) % SPOOF_SEGMENTS], (dst, 0))
+        return args.size
+    return send, sock.close
+
+
+def flood(args: argparse.Namespace, counters: Counters, stop: Stop) -> Callable[[], None]:
+    """Send unsolicited packets to ``--dest`` in a thread (udp, spoof); returns a joiner."""
+    host, port = args.dest
+    send, close = (spoof_sender if args.mode == "spoof" else udp_sender)(args)
+    flow = counters.new_flow(f"{host}:{port}")
 
     def loop() -> None:
         pacer = Pacer(args.rate_mbit)
@@ -283,13 +319,13 @@ def flood(args: argparse.Namespace, counters: Counters, stop: Stop) -> Callable[
                 if wait and stop.event.wait(wait):
                     break
                 try:
-                    flow.bytes_sent += sock.sendto(payload, (host, port))
+                    flow.bytes_sent += send()
                     flow.datagrams += 1
                 except OSError:
                     flow.errors += 1     # e.g. ENOBUFS when the qdisc is full
         finally:
             flow.open = False
-            sock.close()
+            close()
 
     t = threading.Thread(target=loop, daemon=True)
     t.start()
@@ -309,12 +345,14 @@ def _dest(value: str) -> tuple[str, int]:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nodes.bulk_source",
                                 description="Bulk TCP/HTTP download servers and UDP floods.")
-    p.add_argument("--mode", required=True, choices=("tcp", "http", "udp"))
+    p.add_argument("--mode", required=True, choices=("tcp", "http", "udp", "spoof"))
     p.add_argument("--port", type=int, help="listen port (tcp: 5001, http: 8080)")
     p.add_argument("--bind", default="0.0.0.0", help="local address")
     p.add_argument("--rate-mbit", type=float, default=0.0, help="per flow; 0 = link speed")
-    p.add_argument("--dest", type=_dest, help="udp: IP:PORT to flood")
-    p.add_argument("--size", type=int, default=1400, help="udp: datagram payload bytes")
+    p.add_argument("--dest", type=_dest, help="udp, spoof: IP:PORT to flood")
+    p.add_argument("--spoof-src", type=_dest, help="spoof: IP:PORT the segments claim to be from")
+    p.add_argument("--seed", type=int, default=1, help="spoof: seed of the forged numbers")
+    p.add_argument("--size", type=int, default=1400, help="udp, spoof: payload bytes")
     p.add_argument("--stats", help="NDJSON file for counters")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between counters")
     p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: never)")
@@ -323,11 +361,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error(f"--rate-mbit must be 0 or positive, got {args.rate_mbit:g}")
     if args.interval <= 0 or args.duration < 0:
         p.error("--interval must be positive and --duration 0 or positive")
-    if args.mode == "udp":
+    if args.mode in ("udp", "spoof"):
         if args.dest is None:
-            p.error("--mode udp needs --dest IP:PORT")
-        if not 1 <= args.size <= 65507:
-            p.error(f"--size must be 1..65507 bytes, got {args.size}")
+            p.error(f"--mode {args.mode} needs --dest IP:PORT")
+        if args.mode == "spoof" and args.spoof_src is None:
+            p.error("--mode spoof needs --spoof-src IP:PORT (the flow to claim)")
+        most = 1400 if args.mode == "spoof" else 65507
+        if not 1 <= args.size <= most:
+            p.error(f"--size must be 1..{most} bytes, got {args.size}")
     else:
         args.port = args.port if args.port is not None else {"tcp": 5001, "http": 8080}[args.mode]
         if not 0 < args.port < 65536:
@@ -347,7 +388,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             out.write(json.dumps({"t": round(time.monotonic() - start, 3), "event": event,
                                   "mode": args.mode, **fields}) + "\n")
     try:
-        if args.mode == "udp":
+        if args.mode in ("udp", "spoof"):
             join = flood(args, counters, stop)
             write("ready", dest=f"{args.dest[0]}:{args.dest[1]}", rate_mbit=args.rate_mbit,
                   size=args.size)

@@ -56,6 +56,7 @@ class TargetConfig:
     lun: int = 1
     chap: Optional[dict[str, str]] = None   # user, secret, mutual_user, mutual_secret
     digests: bool = False
+    initiator_port: Optional[int] = None
 
 
 @dataclass
@@ -197,7 +198,8 @@ class StorageClient:
                                    mutual_user=t.chap.get("mutual_user"),
                                    mutual_secret=t.chap.get("mutual_secret"))
         config = SessionConfig(initiator_name=INITIATOR_NAME, target_name=t.iqn, chap=chap,
-                               header_digest=t.digests, data_digest=t.digests)
+                               header_digest=t.digests, data_digest=t.digests,
+                               source_port=t.initiator_port or 0)
         return IscsiBlockDevice.open(t.portal, t.iqn, lun=t.lun, config=config, hooks=self.hooks)
 
     def _downloader_socket(self, sock: socket.socket, sk: Any, server: tuple[str, int]) -> None:

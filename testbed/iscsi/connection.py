@@ -101,9 +101,10 @@ class Connection:
     """A connected socket to one portal, with framing and the send queue."""
 
     def __init__(self, target: tuple[str, int], hooks: Any = None,
-                 source: Optional[str] = None, tick: float = 0.2) -> None:
+                 source: Optional[str] = None, tick: float = 0.2, source_port: int = 0) -> None:
         self.target = target
         self.source = source
+        self.source_port = source_port
         self.tick = tick
         self.hooks = hooks
         self._on_bound = hook(hooks, "socket_bound")
@@ -133,7 +134,10 @@ class Connection:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind((self.source or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))
+            if self.source_port:            # reconnecting from the same port after recovery
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.source or ("::" if family == socket.AF_INET6 else "0.0.0.0"),
+                       self.source_port))
             if self._on_bound:
                 self._on_bound(sock, (host, port))
             sock.settimeout(timeout)

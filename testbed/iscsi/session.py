@@ -83,6 +83,7 @@ class SessionConfig(LoginConfig):
     max_task_retries: int = 3           # times one command may be re-issued
     max_ua_retries: int = 10            # UNIT ATTENTIONs one command may absorb
     source_address: Optional[str] = None
+    source_port: int = 0                # 0: the kernel picks (a fixed one is reused after recovery)
     tick: float = 0.2                   # how often timers are checked when idle
 
 
@@ -210,7 +211,8 @@ class Session:
 
     def _connect(self) -> Connection:
         cfg = self.config
-        conn = Connection(self.portal, self.hooks, source=cfg.source_address, tick=cfg.tick)
+        conn = Connection(self.portal, self.hooks, source=cfg.source_address,
+                          source_port=cfg.source_port, tick=cfg.tick)
         conn.send_timeout = cfg.command_timeout
         conn.open(cfg.login_timeout)
         try:
