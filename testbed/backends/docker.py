@@ -18,7 +18,10 @@ Each host of the topology (client, target, bulk1..N) is a container of the node 
 ``tb-<id>-lan``, without NAT. It is only the fabric: inside each container, Docker's
 ``eth0`` is a port of a small bridge ``s1`` that also holds ``s1-eth<k>``, the switch
 port of that host's link, whose veth peer ``<host>-eth0`` carries the topology's own
-address and MAC (``10.0.0.1``, ...; see ``topologies/contention.py``)::
+address and MAC (``10.0.0.1``, ...; see ``topologies/contention.py``). The bridge only
+forwards: an nft rule of the bridge family drops whatever would be delivered to the
+bridge itself, else the host's stack (weak host model) would answer ARP on it and take
+frames from the fabric past the shaped port::
 
     tb-<id>-lan ---- eth0 --[ s1 ]-- s1-eth1 ======= client-eth0  10.0.0.1/24
      (Docker)         container tb-<id>-client  (htb)   veth   (htb)
@@ -78,6 +81,7 @@ IMAGE = os.environ.get("TESTBED_IMAGE", "testbed-node:latest")
 IMAGE_PYTHON = "/opt/testbed/bin/python"     # the project's interpreter in the image
 TRUNK = "eth0"                 # Docker's interface in each container
 SWITCH = "s1"                  # the bridge inside each container
+SWITCH_TABLE = "tb_switch"     # nft bridge table: nothing is delivered to the bridge itself
 EXEC_TOKEN = "TESTBED_EXEC"    # environment variable that finds a popen'ed command
 ENGINE_TIMEOUT = 60.0          # seconds per engine request
 CONFIG_TIMEOUT = 30.0          # one container's link script
@@ -108,6 +112,12 @@ def plumbing_commands(spec: LinkSpec, cidr: str, mac: str) -> list[str]:
             f"ip link set dev {host_if} mtu \"$(cat /sys/class/net/{TRUNK}/mtu)\"",
             f"ip link set dev {port} mtu \"$(cat /sys/class/net/{TRUNK}/mtu)\"",
             f"ip link add {SWITCH} type bridge",
+            # The bridge is also an interface of this namespace: with the weak host model
+            # the host's stack would answer ARP on it and take frames straight from the
+            # fabric, past the switch port's shaper (and the client's packet handler).
+            f"nft add table bridge {SWITCH_TABLE}",
+            f"nft add chain bridge {SWITCH_TABLE} local_in "
+            f"'{{ type filter hook input priority 0; policy drop; }}'",
             f"ip link set dev {TRUNK} master {SWITCH}",
             f"ip link set dev {port} master {SWITCH}",
             f"ip link set dev {host_if} address {mac}",
@@ -392,8 +402,12 @@ class DockerBackend(Backend):
 
     name = "docker"
 
+    def __init__(self, run: RunContext, image: str = IMAGE):
+        super().__init__(run)
+        self.image = image
+
     def up(self, params: ContentionParams) -> DockerNetwork:
-        client, docker_cli = check_environment()
+        client, docker_cli = check_environment(self.image)
         topo = params.topo()
         specs, effects = plan_links(topo, params, probe())
         net = DockerNetwork(self.run, client, params, effects, docker_cli)
@@ -426,7 +440,7 @@ class DockerBackend(Backend):
         name = spec.node1
         if net.stopping.is_set():
             raise TestbedError(f"host {name}: bring-up cancelled")
-        container = net.client.containers.run(IMAGE, **self._container_options(net, name))
+        container = net.client.containers.run(self.image, **self._container_options(net, name))
         self.run.register("container", container.name)
         if name == ContentionParams.userspace_host:
             writable_net_sysctls(container)
@@ -490,7 +504,7 @@ def engine() -> Any:
     return client
 
 
-def check_environment() -> tuple[Any, str]:
+def check_environment(image: str = IMAGE) -> tuple[Any, str]:
     """(engine client, docker CLI path), or EnvironmentProblem for what blocks a run."""
     if os.geteuid() != 0:
         raise EnvironmentProblem("the Docker backend needs root: run as root (sudo)")
@@ -503,9 +517,9 @@ def check_environment() -> tuple[Any, str]:
     client = engine()
     import docker.errors
     try:
-        client.images.get(IMAGE)
+        client.images.get(image)
     except docker.errors.ImageNotFound:
-        raise EnvironmentProblem(f"the node image {IMAGE} does not exist: build it with "
+        raise EnvironmentProblem(f"the node image {image} does not exist: build it with "
                                  f"`make images`") from None
     return client, docker_cli
 
