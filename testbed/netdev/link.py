@@ -31,7 +31,9 @@ from .errors import HandlerConfigError
 from .flows import FlowKey
 
 DIRS = ("rx", "tx", "both")
-MAX_SLACK = 0.001           # never release a frame more than 1 ms early
+# Never release a frame more than 0.2 ms early: the typical wake-up lateness here is
+# 50-150 us; a loaded machine wakes later still, and then frames are late, never early.
+MAX_SLACK = 0.0002
 
 
 def _check_pct(value: float, name: str) -> float:
@@ -120,7 +122,7 @@ class DelayLine:
                     if wait <= 0:
                         break
                     if not cond.wait(wait):            # timed out: learn the oversleep
-                        over = monotonic() - target
+                        over = min(monotonic() - target, 2 * MAX_SLACK)   # clip outliers
                         self.slack = min(MAX_SLACK, max(0.0, 0.9 * self.slack + 0.1 * over))
                 if self._stopping:
                     return
