@@ -13,19 +13,21 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
 from ..errors import ConfigError
 from .policy import POLICIES
 
 WORKLOAD_KINDS = ("writer", "mmap_writer", "downloader")
+WorkloadKind = Literal[WORKLOAD_KINDS]
+PolicyName = Literal[tuple(POLICIES)]
 
 
 @dataclass
 class WorkloadConfig:
     """One workload thread on the storage client."""
 
-    kind: str = "writer"            # writer | mmap_writer | downloader
+    kind: WorkloadKind = "writer"   # writer | mmap_writer | downloader
     rate_mbps: float = 0.0          # MiB/s the workload tries to write; 0 = as fast as it can
     total_mb: float = 16.0          # MiB written (downloader: at most this much, or until EOF)
     files: int = 1                  # files the bytes are spread over (round robin by chunk)
@@ -59,7 +61,7 @@ class MachineConfig:
     memory_mb: int = 64
     min_free_kbytes: Optional[int] = None       # None: clamp(int_sqrt(kbytes * 16), 128, 262144)
     watermark_scale_factor: int = 10
-    policy: str = "gorman-3.6"
+    policy: PolicyName = "gorman-3.6"
     rx_reserve: int = 50                        # per-device cap of reserve skbs (phillips)
     threshold: float = 0.5                      # fraction of rx_reserve (phillips-2005-threshold)
     reserve_pages: Optional[int] = None         # per device; None: estimate_skb_pages(rx_reserve, buffer)
@@ -146,6 +148,8 @@ def _check_types(obj: Any, where: str) -> None:
             if not isinstance(value, list) or not all(isinstance(w, WorkloadConfig) for w in value):
                 raise ConfigError(f"{where}.workloads: must be a list of workloads")
             continue
+        if typing.get_origin(expected) is Literal:
+            continue                    # checked against its choices by validate()
         optional = typing.get_origin(expected) is typing.Union
         base = [a for a in typing.get_args(expected) if a is not type(None)][0] if optional else expected
         if value is None and optional:
