@@ -14,6 +14,9 @@ For each: iperf3 TCP throughput into the client (``-R``: the receive path carrie
 data, the transmit path the ACKs) and out of it, and the ICMP round-trip time (p50 of
 200 pings). Rounds alternate plain and handler so that drift hits both; the median of
 the rounds is printed, with the ratio handler/plain and the RTT each adds over direct.
+Throughput on a shared 2-core machine swings with its load, so the CPU time the
+forwarding thread spends per frame (user + system, from /proc, frames from the wire's
+counters) is printed too: it moves much less, and its user part is the Python cost.
 
 Usage: ``bench/bench_netdev.py [--seconds 4] [--rounds 2]`` (root).
 """
@@ -25,6 +28,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -34,6 +38,20 @@ from testbed.netdev import PacketHandler, PlainForwarder, probe  # noqa: E402
 from testbed.netdev.lab import Topo  # noqa: E402
 
 PORT = 5201
+
+
+def thread_cpu(prefix: str) -> tuple[float, float]:
+    """(user + system, user) seconds of our thread whose name starts with ``prefix``."""
+    tid = next(t.native_id for t in threading.enumerate() if t.name.startswith(prefix))
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tck, int(fields[11]) / tck
+
+
+def wire_frames(topo: Topo) -> int:
+    link = json.loads(topo.exec("client", "ip", "-j", "-s", "link", "show", "client-eth0"))[0]
+    return link["stats64"]["rx"]["packets"] + link["stats64"]["tx"]["packets"]
 
 
 def iperf(topo: Topo, seconds: float, reverse: bool) -> float:
@@ -56,9 +74,16 @@ def rtt_p50(topo: Topo) -> float:
     return probe.p50(probe.ping(topo.ns["client"], topo.ip["peer"], 200, 0.002)) * 1e3
 
 
-def measure(topo: Topo, seconds: float) -> dict:
-    return {"rx": iperf(topo, seconds, True), "tx": iperf(topo, seconds, False),
-            "rtt": rtt_p50(topo)}
+def measure(topo: Topo, seconds: float, thread: str) -> dict:
+    out = {}
+    for d, reverse in (("rx", True), ("tx", False)):
+        c0, f0 = thread_cpu(thread), wire_frames(topo)
+        out[d] = iperf(topo, seconds, reverse)
+        c1, frames = thread_cpu(thread), wire_frames(topo) - f0
+        out[d + "_cpu"] = (c1[0] - c0[0]) / frames * 1e6
+        out[d + "_user"] = (c1[1] - c0[1]) / frames * 1e6
+    out["rtt"] = rtt_p50(topo)
+    return out
 
 
 def main() -> int:
@@ -76,17 +101,17 @@ def main() -> int:
         counters = None
         for _ in range(args.rounds):
             with PlainForwarder("client-eth0", "tap0", run_id=topo.run, netns=topo.ns["client"]):
-                runs["plain"].append(measure(topo, args.seconds))
+                runs["plain"].append(measure(topo, args.seconds, "plain-forwarder"))
             mm = MemoryManager(262144, policy="gorman-3.6")
             with PacketHandler(mm, "client-eth0", "tap0", run_id=topo.run,
                                netns=topo.ns["client"]) as h:
-                runs["handler"].append(measure(topo, args.seconds))
+                runs["handler"].append(measure(topo, args.seconds, "netdev-io"))
                 counters = h.counters()
             assert mm.check_invariants() == [], mm.check_invariants()
     finally:
         topo.close()
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("rx", "tx", "rtt")}
-           for k, v in runs.items()}
+    keys = ("rx", "tx", "rtt", "rx_cpu", "rx_user", "tx_cpu", "tx_user")
+    med = {k: {m: statistics.median(r[m] for r in v) for m in keys} for k, v in runs.items()}
     print(f"bench_netdev: iperf3 TCP through the client's user-space NIC, {args.rounds} "
           f"rounds x {args.seconds:g} s, median")
     print(f"{'':10s} {'rx Mbit/s':>10s} {'tx Mbit/s':>10s} {'RTT p50 ms':>11s} {'added RTT ms':>13s}")
@@ -96,6 +121,10 @@ def main() -> int:
         print(f"{k:10s} {m['rx']:10.0f} {m['tx']:10.0f} {m['rtt']:11.3f} {m['rtt'] - direct:13.3f}")
     for d in ("rx", "tx"):
         print(f"ratio handler/plain ({d}): {med['handler'][d] / med['plain'][d]:.2f}")
+    print("forwarding thread CPU per frame, us (user + system / user):")
+    for k in ("plain", "handler"):
+        m = med[k]
+        print(f"  {k:8s} rx {m['rx_cpu']:5.2f} / {m['rx_user']:5.2f}   tx {m['tx_cpu']:5.2f} / {m['tx_user']:5.2f}")
     if counters is not None:
         rx, tx = counters["rx"], counters["tx"]
         print(f"handler counters (last round): rx {rx['received']['frames']} frames, "
