@@ -21,7 +21,8 @@ Runs in each bulk host::
 
 ``--rate-mbit`` is per flow, in payload megabits per second; 0 means as fast as the
 link allows. The :class:`Pacer` schedules each write at the time the bytes sent so far
-are due, so the long-run rate is exact and short stalls are not made up in a burst.
+are due, so the long-run rate is exact; a lag of up to 0.2 s (a CPU stall) is made up,
+a longer one (a slow receiver, an idle flow) restarts the schedule instead of bursting.
 The payload is one pre-built 64 KiB buffer, sent as memoryview slices: generating data
 costs nothing per byte.
 
@@ -56,7 +57,7 @@ SPOOF_SEGMENTS = 256   # forged segments built ahead, sent in turn
 class Pacer:
     """Releases bytes at ``rate_mbit`` (0 = unpaced), never more than a short burst ahead."""
 
-    MAX_LAG = 0.05     # seconds of lag after which the schedule restarts (no catch-up burst)
+    MAX_LAG = 0.2      # seconds of lag after which the schedule restarts (no catch-up burst)
 
     def __init__(self, rate_mbit: float, clock: Callable[[], float] = time.monotonic):
         self.bytes_per_s = rate_mbit * 1e6 / 8

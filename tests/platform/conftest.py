@@ -27,7 +27,9 @@ from testbed.runctx import STATE_DIR
 ROOT = Path(__file__).resolve().parents[2]
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 # what dockerd and other runs (other areas' tests, next to ours) may add and remove
-OTHERS = re.compile(r"docker|\bbr-[0-9a-f]{12}\b|\bveth[0-9a-f]{7}\b|\btb-[0-9a-f]{8}-", re.I)
+# (and the bystanders of other areas' tests)
+OTHERS = re.compile(r"docker|\bbr-[0-9a-f]{12}\b|\bveth[0-9a-f]{7}\b|\btb-[0-9a-f]{8}-"
+                    r"|\btb-bystander-", re.I)
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 20) -> str:
@@ -102,7 +104,7 @@ def assert_untouched(before: dict, after: dict) -> None:
         gone = set(before[key]) - set(after[key])
         # dockerd adds and removes its own chains, bridges and veths as containers and
         # networks come and go; other runs' things come and go with those runs
-        gone = {item for item in gone if not OTHERS.search(item)}
+        gone = {item for item in gone if not (isinstance(item, str) and OTHERS.search(item))}
         assert not gone, f"{key}: gone since before the run: {sorted(gone)}"
     added_links = set(after["links"]) - set(before["links"])
     assert not [l for l in added_links if re.search(r"-eth\d+$|^s1$", l)], added_links

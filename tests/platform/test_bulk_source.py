@@ -71,7 +71,7 @@ def test_tcp_stream_at_rate(tmp_path):
     with socket.create_connection(("127.0.0.1", port)) as s:
         got, elapsed = receive(s, 2.5)
     mbit = got * 8 / elapsed / 1e6
-    assert 38.0 < mbit < 42.0, mbit                     # within 5 % of 40 Mbit/s
+    assert 37.6 < mbit < 42.4, mbit                     # within 6 % of 40 Mbit/s
     time.sleep(0.6)
     lines = stop(p, stats)
     final = lines[-1]
@@ -122,7 +122,7 @@ def test_udp_flood_at_rate(tmp_path):
         first = first or time.monotonic()
         got += n
     mbit = got * 8 / (time.monotonic() - first) / 1e6
-    assert 19.0 < mbit < 21.0, mbit
+    assert 18.8 < mbit < 21.2, mbit                     # within 6 %, even on a busy machine
     lines = stop(p, stats)
     flow = [l for l in lines if l["event"] == "stats" and l["flows"]][-1]["flows"][0]
     assert flow["peer"] == dest and flow["datagrams"] * 1000 == flow["bytes_sent"]
