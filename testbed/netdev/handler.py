@@ -4,7 +4,7 @@ Every frame between the client's wire and its kernel stack passes here, and the
 handler does with it what a NIC driver and the protocol code of the emulated kernel
 would do, charging every buffer to the emulated memory (:mod:`testbed.mm`).
 
-Receive path, per frame read from the wire (thread ``netdev-rx``)::
+Receive path, per frame read from the wire's rx ring::
 
     link     paused / fault hooks / random loss   -> drop FAULT or LINK_LOSS (no skb)
     driver   skb = mm.netdev_alloc_skb(dev, len)  -> drop NOMEM / RESERVE_CAP (reason from mm)
@@ -15,9 +15,10 @@ Receive path, per frame read from the wire (thread ``netdev-rx``)::
              write the frame to the TAP              (the stack gets it: delivered)
     socket   TCP: new in-order payload of a registered flow -> sk.queue_rcv(skb, new bytes)
              UDP datagram of a registered flow      -> sk.queue_rcv(skb, payload)
-             anything else (ACKs, ARP, duplicates)  -> mm.kfree_skb(skb)
+             (charged before the write: the reader must not see bytes not yet queued)
+             anything else (ACKs, ARP, duplicates)  -> mm.kfree_skb(skb) after the write
 
-Transmit path, per frame the stack sends (read from the TAP, thread ``netdev-tx``)::
+Transmit path, per frame the stack sends (read from the TAP)::
 
     skb = mm.alloc_tx_skb(dev, len, sk of the flow) -> drop NOMEM (TCP retransmits)
     link effects (as above; delay line keeps the skb), write to the wire, kfree_skb
@@ -26,10 +27,11 @@ An skb stays charged while its bytes sit unread in the socket: the storage clien
 calls ``sk.consume(n)`` as its reader reads. Counting: see :mod:`.counters`; every
 frame is received once and delivered or dropped once, per direction.
 
-Threads: ``netdev-rx`` and ``netdev-tx`` each own one end (non-blocking descriptors,
-``poll`` with a wake-up pipe, so :meth:`stop` is prompt and bounded), and
-``netdev-delay`` finishes delayed frames when a delay is set. The three touch the
-memory manager (thread-safe by contract) and their own counter cells only.
+Threads: ``netdev-io`` serves both ends in bursts (the rx ring needs no system call
+per frame; the TAP is non-blocking; ``poll`` with a wake-up pipe when both are idle, so
+:meth:`stop` is prompt and bounded), and ``netdev-delay`` finishes delayed frames when a
+delay is set. Both touch the memory manager (thread-safe by contract) and their own
+counter cells only.
 
 Namespaces: the handler runs inside the storage client's process in the client's
 namespace (``netns=None``). Tests and the benchmark run it from the root namespace
