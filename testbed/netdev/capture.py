@@ -5,7 +5,9 @@ Two files per handler, in ``capture_dir``:
 - ``wire.pcapng``: every frame on the wire side, both directions (the EPB ``flags``
   option says inbound or outbound, so Wireshark shows the direction). A frame the
   handler dropped carries a packet comment ``dropped: <REASON> (<class>)``; a
-  received frame it delivered carries none.
+  received frame it delivered carries none. An outbound frame dropped before the wire
+  (no transmit skb, a fault) is written there too, with its comment, so that every
+  drop of either direction is in one file.
 - ``delivered.pcapng``: what went on: frames handed to the client's stack (inbound,
   written to the TAP) and frames sent on the wire (outbound).
 

@@ -16,7 +16,7 @@ from testbed.netdev import FlowKey, FlowRegistry, HandlerConfigError
 from testbed.netdev.capture import INBOUND, OUTBOUND, Capture
 from testbed.netdev.counters import DELIVERED, MEMALLOC, OTHER, RECEIVED, RX, Counters
 from testbed.netdev.flows import Flow, SEQ_MOD
-from testbed.netdev.link import DelayLine, Faults, Loss
+from testbed.netdev.link import MAX_SLACK, DelayLine, Faults, Loss
 
 
 # -- flows --------------------------------------------------------------------------------
@@ -146,7 +146,9 @@ def test_delay_line_keeps_order_and_time():
             time.sleep(0.005)
         assert [i for i, _ in done] == [1, 3, 2, 0]
         for (i, at), ms in zip(sorted(done), (30, 10, 20, 10)):
-            assert ms / 1000 <= at < ms / 1000 + 0.004, (i, at)
+            # never more than MAX_SLACK early; late only by scheduling (bounded loosely:
+            # the accuracy itself is measured end to end in test_link_effects.py)
+            assert ms / 1000 - MAX_SLACK <= at < ms / 1000 + 0.02, (i, at)
         line.put(time.monotonic() + 5, lambda: None)
     finally:
         left = line.stop()
