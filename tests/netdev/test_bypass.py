@@ -136,3 +136,19 @@ def test_wire_deleted_under_a_running_handler(topo, handler_factory):
     h.stop()
     h.detach()
     h.detach()
+
+
+def test_attach_errors_name_the_place_and_leave_nothing(topo):
+    from testbed.netdev import NetdevError, PacketHandler
+    mm = MemoryManager(16384)
+    h = PacketHandler(mm, wire="nosuch0", tap="tap0", run_id=topo.run, netns=topo.ns["client"])
+    with pytest.raises(NetdevError, match="nosuch0"):
+        h.attach()
+    assert mm.netdevs == {}
+    busy = PacketHandler(mm, wire="client-eth0", tap="lo", run_id=topo.run, netns=topo.ns["client"])
+    with pytest.raises(NetdevError, match="lo"):
+        busy.attach()                       # "lo" exists and is no TAP: TUNSETIFF refuses
+    assert topo.exec("client", "nft", "list", "tables").strip() == ""
+    addrs = json.loads(topo.exec("client", "ip", "-j", "addr", "show", "client-eth0"))[0]
+    assert [a["local"] for a in addrs["addr_info"] if a["family"] == "inet"] == ["10.0.0.1"]
+    assert mm.netdevs == {}
