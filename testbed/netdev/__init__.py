@@ -15,7 +15,8 @@ delivers to the stack or drops, counting everything. See ``docs/architecture.md`
 - :mod:`.capture`  pcapng capture with drops marked;
 - :mod:`.dissect`  the scapy slow path;
 - :mod:`.forwarder` the plain forwarder (benchmark baseline);
-- :mod:`.netns`, :mod:`.probe`  namespace entry and an ICMP RTT probe.
+- :mod:`.netns`, :mod:`.probe`  namespace entry and an ICMP RTT probe;
+- :mod:`.lab`      small namespace topologies for the tests and the benchmark.
 """
 
 from .errors import AttachError, HandlerConfigError, NetdevError
