@@ -7,8 +7,8 @@ stops the dockerd it started, by pid, with ``scripts/docker-down.sh``, and nothi
 
 "Nothing left behind" is checked by label (no container, network or volume with
 ``org.testbed.run=<id>``) and by tag (``testbed.cleanup.find_run``), and "nothing
-else touched" by bystanders: an unlabelled container, network and volume, and the
-platform tests' untagged process, namespace, veth and iptables rule.
+else touched" by bystanders: an unlabelled container, network and volume, and an
+untagged process, namespace, veth and iptables rule.
 """
 
 from __future__ import annotations
@@ -119,10 +119,39 @@ def docker_bystanders(engine):
         b.remove()
 
 
+class Bystanders:
+    """An untagged process, namespace, veth and iptables rule (names unique to the test)."""
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.netns = f"tb-bystander-{tag}"       # tb- prefix, but no run id
+        self.veth = f"tbby{tag}a"
+        self.rule = ["-t", "raw", "-A", "OUTPUT", "-d", "127.0.0.254/32", "-m", "comment",
+                     "--comment", f"bystander{tag}", "-j", "ACCEPT"]
+        sh("ip", "netns", "add", self.netns)
+        sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", f"tbby{tag}b")
+        sh("ip", "link", "set", self.veth, "alias", "testbed:not-a-run")
+        sh("iptables", *self.rule)
+        self.proc = subprocess.Popen(["sleep", "600"], env=untagged_env())
+
+    def assert_alive(self) -> None:
+        assert self.proc.poll() is None, "bystander process was killed"
+        assert self.netns in os.listdir("/run/netns"), "bystander namespace was removed"
+        assert sh("ip", "link", "show", self.veth, check=False).returncode == 0, \
+            "bystander veth was removed"
+        assert sh("iptables", "-t", "raw", "-C", *self.rule[3:], check=False).returncode == 0, \
+            "bystander iptables rule was removed"
+
+    def remove(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        sh("iptables", "-t", "raw", "-D", *self.rule[3:], check=False)
+        sh("ip", "link", "del", self.veth, check=False)
+        sh("ip", "netns", "delete", self.netns, check=False)
+
+
 @pytest.fixture
 def bystanders():
-    """The platform tests' untagged process, namespace, veth and iptables rule."""
-    from tests.platform.conftest import Bystanders
     b = Bystanders()
     try:
         yield b

@@ -58,7 +58,8 @@ def test_stack_deploys_runs_and_is_removed(engine, swarm, tmp_path):
     stack = f"tb{run}"
     shutil.copy(ROOT / "docker-compose.yml", tmp_path / "docker-compose.yml")
     (tmp_path / "runs").mkdir()
-    env = untagged_env(TESTBED_COMPOSE_RUN=run, SCENARIO="baseline")
+    env = untagged_env(TESTBED_COMPOSE_RUN=run, SCENARIO="baseline",
+                       TESTBED_SET="topology.bulk_hosts=3")
     try:
         out = sh("docker", "stack", "deploy", "-c", str(tmp_path / "docker-compose.yml"),
                  stack, env=env, cwd=tmp_path).stdout
