@@ -26,9 +26,10 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Callable, Iterator, Optional, TextIO
 
 from .backends.base import Host, Network
 from .errors import TestbedError, TimeoutExpired
@@ -110,6 +111,7 @@ class Orchestrator:
         self.base_dir = base_dir
         self.progress = progress or Progress()
         self.procs: dict[str, subprocess.Popen] = {}
+        self.timings: dict[str, float] = {}
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -122,26 +124,46 @@ class Orchestrator:
                               f"expect {s.expected}) -> {run.dir}")
             started = time.monotonic()
             try:
-                net = self._bring_up(run)
-                self._start_target(net, run)
-                self._start_bulk(net, run)
-                self._start_client(net, run)
-                self._watch(run, started)
-                self._stop_client()
-                self._verify(net, run)
-                self._stop_nodes()
+                with self._timed("bring_up"):
+                    net = self._bring_up(run)
+                with self._timed("start_nodes"):
+                    self._start_target(net, run)
+                    self._start_bulk(net, run)
+                    self._start_client(net, run)
+                with self._timed("run"):
+                    self._watch(run, started)
+                    self._stop_client()
+                with self._timed("verify"):
+                    self._verify(net, run)
+                with self._timed("stop_nodes"):
+                    self._stop_nodes()
                 summary = summarize(run.dir, s, duration_s=time.monotonic() - started)
-            except KeyboardInterrupt:
-                self.progress.say("interrupted: stopping nodes, keeping what was collected")
+            except (KeyboardInterrupt, TestbedError) as exc:
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                self.progress.say("interrupted: stopping nodes, keeping what was collected"
+                                  if interrupted else f"error: {exc}")
                 self._stop_nodes()
                 summary = summarize(run.dir, s, duration_s=time.monotonic() - started,
-                                    interrupted=True)
+                                    interrupted=interrupted)
+                if not interrupted:
+                    summary.update(status="error", detail=str(exc))
                 self._finish(run.dir, summary)
                 raise
-            self._finish(run.dir, summary)
+            with self._timed("report"):
+                self._finish(run.dir, summary)
         return RunResult(run.dir, summary)
 
+    @contextmanager
+    def _timed(self, step: str) -> Iterator[None]:
+        """Record how long a step took (``timings`` in summary.json; bench/ prints them)."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[step] = round(time.monotonic() - t0, 3)
+
     def _finish(self, run_dir: Path, summary: dict[str, Any]) -> None:
+        summary["timings"] = self.timings
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         build_report(run_dir)
 
@@ -177,7 +199,7 @@ class Orchestrator:
         argv = ["nodes.iscsi_target", "--portal", f"{h.ip}:{ISCSI_PORT}", "--iqn", TARGET_IQN,
                 "--backing-file", str(run.dir / "lun.img"), "--size-mb", str(s.target.lun_mb),
                 "--block-size", str(s.target.block_size), "--stats", str(run.dir / "target.ndjson"),
-                "--workdir", str(run.dir / "tgtd")]
+                "--workdir", str(run.scratch / "tgtd")]
         if s.target.chap:
             c = s.target.chap
             argv += ["--chap-user", c.user, "--chap-secret", c.secret]
@@ -289,21 +311,24 @@ class Orchestrator:
         with open(run.dir / "verify.log", "ab") as log:
             h.run(argv, timeout=VERIFY_TIMEOUT_S + 30, stdout=log, stderr=subprocess.STDOUT)
 
-    def _stop(self, name: str) -> None:
-        p = self.procs.get(name)
-        if p is None or p.poll() is not None:
-            return
-        p.terminate()
-        try:
-            p.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+    def _stop(self, *names: str) -> None:
+        """SIGTERM the named nodes together, then wait for each (SIGKILL after the timeout)."""
+        procs = [p for n in names if (p := self.procs.get(n)) is not None and p.poll() is None]
+        for p in procs:
+            p.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
 
     def _stop_nodes(self) -> None:
-        """Stop the client first (it logs out), then bulk sources, then the target."""
-        for name in ["client"] + [n for n in self.procs if n.startswith("bulk")] + ["target"]:
-            self._stop(name)
+        """Stop the client first (it logs out), then the bulk sources, then the target."""
+        self._stop("client")
+        self._stop(*(n for n in self.procs if n.startswith("bulk")))
+        self._stop("target")
 
     def _wait_for(self, ready: Callable[[], bool], proc: subprocess.Popen, what: str,
                   timeout: float) -> None:

@@ -63,6 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key, e.g. --set client.policy=none (repeatable)")
+    p.add_argument("--backend", choices=("mininet", "docker"),
+                   help="where the nodes run (default: the scenario's backend, mininet)")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """--set options, with --backend as one more (it is the scenario key `backend`)."""
+    return args.overrides + ([f"backend={args.backend}"] if args.backend else [])
 
 
 def _require_root() -> None:
@@ -82,7 +89,7 @@ def _print_result(res: RunResult) -> None:
 # -- run -----------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    sc = scenario_mod.load(args.scenario, args.overrides)
+    sc = scenario_mod.load(args.scenario, _overrides(args))
     _require_root()
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"--out {args.out}: folder exists and is not empty")
@@ -133,7 +140,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--repeat: must be at least 1, got {args.repeat}")
     jobs = []
     for p in policies:   # load every variant first: a mistake starts nothing
-        sc = scenario_mod.load(args.scenario, args.overrides + [f"client.policy={p}"])
+        sc = scenario_mod.load(args.scenario, _overrides(args) + [f"client.policy={p}"])
         for k in range(args.repeat):
             jobs.append((p if args.repeat == 1 else f"{p}#{k + 1}", sc))
     _require_root()
@@ -159,7 +166,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     jobs = []
     for combo in itertools.product(*(vals for _, vals in params)):
         sets = [f"{k}={v}" for (k, _), v in zip(params, combo)]
-        sc = scenario_mod.load(args.scenario, args.overrides + sets)
+        sc = scenario_mod.load(args.scenario, _overrides(args) + sets)
         jobs.append((" ".join(sets), sc))
     _require_root()
     base = _batch_dir(args.out, "sweep", jobs[0][1].name)

@@ -87,10 +87,19 @@ def test_lockup_evidence_is_the_seed_signature(contention_runs):
         assert s["drops"]["memalloc"].get("NOMEM", 0) + s["drops"]["other"].get("NOMEM", 0) > 0
 
 
-def test_reserve_only_holds_out_longer_than_none(contention_runs):
-    t_none = sorted(s["lockup"]["t"] for s in contention_runs["none"])
-    t_reserve = sorted(s["lockup"]["t"] for s in contention_runs["reserve-only"])
-    assert t_reserve[len(t_reserve) // 2] > t_none[len(t_none) // 2]
+def test_none_stops_at_the_atomic_floor_reserve_only_drains_the_reserve(contention_runs):
+    """``none``: GFP_ATOMIC may dip to 3/8 of min and no further, so free memory stops
+    there and atomic allocations fail. ``reserve-only``: frames went on into the reserve
+    (__GFP_MEMALLOC) until it was empty: free memory reached zero."""
+    for s in contention_runs["none"]:
+        lk = s["lockup"]
+        assert 0 < lk["free"] <= lk["wmark_min"] * 3 / 8 + 2, lk
+        assert lk["alloc_fail"]["atomic"] > 0 and lk["alloc_fail"]["memalloc"] == 0
+        assert lk["reserve"]["client-eth0"] == 0
+    for s in contention_runs["reserve-only"]:
+        lk = s["lockup"]
+        assert lk["free"] <= 2, lk
+        assert lk["alloc_fail"]["memalloc"] > 0 and lk["reserve"]["client-eth0"] > 0
 
 
 def test_the_filter_drops_other_traffic_not_storage(contention_runs):
