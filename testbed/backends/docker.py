@@ -12,7 +12,9 @@ Each host of the topology (client, target, bulk1..N) is a container of the node 
 - the run folder (and the run's scratch folder) bind-mounted at the same path as on
   the machine, so the orchestrator's paths work unchanged inside;
 - PID 1 is Docker's init with ``sleep infinity``: the nodes are started later, by
-  :meth:`DockerHost.popen`.
+  :meth:`DockerHost.popen`;
+- the client's ``/proc/sys/net`` writable (:func:`writable_net_sysctls`): its packet
+  handler sets sysctls of its wire, and Docker mounts ``/proc/sys`` read-only.
 
 **The switch.** All containers of a run sit on one Docker bridge network,
 ``tb-<id>-lan``, without NAT. It is only the fabric: inside each container, Docker's
@@ -342,7 +344,7 @@ class DockerNetwork(Network):
                 try:
                     p.wait(timeout=5)
                 except subprocess.TimeoutExpired:
-                    subprocess.Popen.kill(p)     # the CLI itself; rm -f ends the rest
+                    os.kill(p.pid, signal.SIGKILL)   # the CLI itself; rm -f ends the rest
                     p.wait(timeout=5)
 
 
