@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "testbed.commands.clean",
     "testbed.commands.doctor",
     "testbed.iscsi.cli",
+    "testbed.commands.lab",
 )
 
 
