@@ -24,7 +24,7 @@ RUN_TIMEOUT = 300
 
 def run_on(backend: str, scenario: str, policy: str | None, out) -> dict:
     argv = [*TESTBED, "run", str(ROOT / "scenarios" / f"{scenario}.yaml"),
-            "--set", f"backend={backend}", "--out", str(out)]
+            "--backend", backend, "--out", str(out)]
     if policy:
         argv += ["--set", f"client.policy={policy}"]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT,
