@@ -58,7 +58,7 @@ ANSWERS = "answers.yaml"
 NOT_COPIED = {"solution", GRADER, "__pycache__", ".pytest_cache"}
 GRADE_TIMEOUT_S = 120.0
 
-_LAB_FOLDER = re.compile(r"^(\d{2})-([a-z0-9][a-z0-9-]*)$")
+_LAB_FOLDER = re.compile(r"^(\d{2})-([a-z0-9][a-z0-9.-]*)$")
 _TITLE = re.compile(r"^#\s+Lab\s+(\d+)\s*:\s*(.+?)\s*$")
 _FENCE = re.compile(r"^```\s*([\w-]*)\s*$")
 
@@ -596,19 +596,18 @@ class Grade:
     def lines(self) -> Iterator[str]:
         """The result as a student reads it: one line per check, then the count."""
         yield f"lab {self.lab.number}: {self.lab.title} - checking {self.work.resolve()}"
-        shown: dict[str, list[str]] = {}      # a failure shared by several checks: once
+        same: dict[str, list[str]] = {}       # a failure shared by several checks: once
+        for c in self.failed:
+            same.setdefault(c.sentence, []).append(c.name)
         for c in self.checks:
             if c.passed:
                 yield f"  PASS  {c.sentence}"
-            elif c.sentence in shown:
-                shown[c.sentence].append(c.name)
-            else:
-                shown[c.sentence] = []
+            elif same.get(c.sentence, [None])[0] == c.name:
                 yield f"  FAIL  {c.sentence}"
-        for sentence, names in shown.items():
-            if names:
-                yield (f"  FAIL  ({len(names)} more check{'s' if len(names) > 1 else ''} "
-                       f"failed for the same reason: {', '.join(names)})")
+                others = same[c.sentence][1:]
+                if others:
+                    yield (f"        (and {len(others)} more check{'s' if len(others) > 1 else ''}"
+                           f" for the same reason: {', '.join(others)})")
         ok = sum(c.passed for c in self.checks)
         yield f"{ok} of {len(self.checks)} checks passed" + (
             "." if self.passed else "; fix what FAIL says and check again.")
