@@ -202,3 +202,15 @@ def test_no_engine_is_named(engine, tmp_path, monkeypatch):
     with RunContext.create(base_dir=tmp_path, name="docker") as run:
         with pytest.raises(EnvironmentProblem, match="scripts/docker-up.sh"):
             DockerBackend(run).up(ContentionParams(n=1))
+
+
+def test_prompt_runs_commands_in_hosts(net2, capsys):
+    _run, net = net2
+    from testbed.backends.docker import DockerCli
+    cli = DockerCli(net)
+    cli.onecmd("target cat /etc/hostname")
+    cli.onecmd("hosts")
+    cli.onecmd("nosuchhost ls")
+    out = capsys.readouterr().out
+    assert "target\n" in out and "bulk2    10.0.0.12" in out and "usage: <host> <command>" in out
+    assert cli.onecmd("exit") is True
