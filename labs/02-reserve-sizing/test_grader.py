@@ -85,7 +85,7 @@ def test_buffer_size_and_default_reserve(answers: Answers) -> None:
 
 
 def test_frames_in_flight(sweep: BatchFolder, answers: Answers) -> None:
-    """The frames in flight on one direction of the link agree with its rate and delay (within 1)."""
+    """The frames in flight one way agree with the link's rate and delay (within 1)."""
     run = sweep.runs[0].run
     bw, delay = run.setting("topology.client_bw_mbit"), run.setting("topology.delay_ms")
     frames = math.ceil(bw * 1e6 * delay / 1000 / (MTU * 8))

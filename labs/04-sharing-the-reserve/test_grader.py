@@ -62,7 +62,7 @@ def trend(low: float, high: float) -> str:
 
 
 def test_the_sweep_shows_the_trade(sweep: BatchFolder) -> None:
-    """Your sweep shows the trade: at threshold 1, fewer other drops and less free memory left than at 0."""
+    """Your sweep shows the trade: threshold 1 drops less other traffic, leaves less free memory."""
     r0, r1 = at(sweep, 0).run, at(sweep, 1).run
     expect(r1.drops("other") < r0.drops("other"),
            f"in your sweep threshold 1 dropped {r1.drops('other')} frames of other traffic "

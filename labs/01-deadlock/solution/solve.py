@@ -19,7 +19,7 @@ def solve(work: Path) -> dict:
     lk = run.summary["lockup"]
     fails = lk["alloc_fail"]
     reasons = {k: v for k, v in run.summary["drops"]["memalloc"].items() if k != "total"}
-    first = next(s for s in run.all_samples if s.get("lockup"))
+    first = [s for s in run.all_samples if s["t"] <= lk["t"]][-1]     # step 3's last line
     return {
         # the middle panel of memory.png: the last time written-back bytes grew
         "writeback_stopped_s": round(run.last_progress_t(), 1),

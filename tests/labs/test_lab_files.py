@@ -1,0 +1,241 @@
+"""The labs as files: every handout, scenario, answers template, grader and solution.
+
+No runs here (no root needed): handouts parse and follow the conventions, every
+command of a handout is a valid ``testbed`` command whose scenario loads with its
+overrides, every question of ``answers.yaml`` is checked by the grader, and a grader
+given a work folder with no runs fails every check with a sentence, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testbed import labs, scenario
+from testbed.cli import build_parser
+
+LABS = labs.find_labs()
+SECTIONS = ("Goal", "Background", "Start", "Steps", "Questions",
+            "What a correct result looks like", "Check")
+TESTBED = [sys.executable, "-m", "testbed.cli"]
+
+
+def test_there_are_five_labs_numbered_in_order():
+    assert [lab.number for lab in LABS] == [1, 2, 3, 4, 5]
+    assert [lab.slug for lab in LABS] == ["deadlock", "reserve-sizing", "sock-memalloc",
+                                          "sharing-the-reserve", "linux-3.6"]
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
+def test_handout_follows_the_conventions(lab: labs.Lab):
+    h = lab.handout
+    assert h.number == lab.number
+    for s in SECTIONS:
+        assert h.sections.get(s), f"{lab.name}/README.md has no (or an empty) '## {s}'"
+    cmds = h.commands()
+    assert cmds[:2] == [f"testbed lab start {lab.number}", f"cd {lab.default_dir}"]
+    assert cmds[-1] == f"testbed lab check {lab.number}"
+    assert h.steps() and all(step.title.startswith("Step ") for step in h.steps())
+    assert all(not c.startswith("sudo") for c in cmds), "a student works in a root shell"
+    assert len(h.goal) > 40
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
+def test_lab_folder_has_grader_solution_and_scenarios(lab: labs.Lab):
+    for name in ("README.md", "answers.yaml", "test_grader.py", "solution/solve.py",
+                 "solution/README.md", "solution/answers.yaml"):
+        assert (lab.path / name).is_file(), f"{lab.name}/{name} is missing"
+    files = {p.name for p in lab.student_files()}
+    assert "test_grader.py" not in files and "solution" not in files
+    for p in lab.path.glob("*.yaml"):
+        if p.name != "answers.yaml":
+            scenario.load(p)         # raises SchemaError naming file, line and key
+
+
+def answer_keys(path: Path) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"^([a-z_][a-z0-9_]*):", path.read_text(), re.M)]
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
+def test_every_question_is_graded_and_answered_by_the_solution(lab: labs.Lab):
+    keys = answer_keys(lab.path / "answers.yaml")
+    assert keys and all(v is None for v in yaml.safe_load((lab.path / "answers.yaml")
+                                                          .read_text()).values())
+    grader = (lab.path / "test_grader.py").read_text()
+    solve = (lab.path / "solution" / "solve.py").read_text()
+    for k in keys:
+        assert f'"{k}"' in grader, f"{lab.name}: answers.yaml asks {k}, the grader never reads it"
+        assert f'"{k}"' in solve, f"{lab.name}: the solution does not answer {k}"
+    ref = yaml.safe_load((lab.path / "solution" / "answers.yaml").read_text())
+    assert set(ref) == set(keys) and all(v is not None for v in ref.values())
+
+
+def handout_testbed_argv(lab: labs.Lab) -> list[list[str]]:
+    return [shlex.split(c)[1:] for c in lab.handout.commands() if c.startswith("testbed ")]
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
+def test_handout_commands_parse_and_their_scenarios_load(lab: labs.Lab):
+    """Each ``testbed`` command parses; run/compare/sweep load every variant they would run."""
+    parser = build_parser()
+    for argv in handout_testbed_argv(lab):
+        args = parser.parse_args(argv)
+        if args.command not in ("run", "compare", "sweep"):
+            continue
+        path = lab.path / args.scenario
+        assert path.exists(), f"{lab.name}: `{' '.join(argv)}` names a file the lab lacks"
+        assert args.out is not None and str(args.out).startswith("runs/")
+        for sets in variants(args):
+            scenario.load(path, args.overrides + sets)
+
+
+def variants(args: argparse.Namespace) -> list[list[str]]:
+    if args.command == "compare":
+        return [[f"client.policy={p}"] for p in args.policies.split(",")]
+    if args.command == "sweep":
+        params = [(k, v.split(",")) for k, _, v in (p.partition("=") for p in args.param)]
+        return [[f"{k}={v}" for (k, _), v in zip(params, combo)]
+                for combo in itertools.product(*(vals for _, vals in params))]
+    return [[]]
+
+
+def test_handout_parser_joins_continuations_and_skips_comments(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Lab 7: Test\n\n## Goal\n\nA goal\nover two lines.\n\nMore.\n\n"
+                      "## Steps\n\n### Step 1: one\n\n```sh\n# a comment\ntestbed run a.yaml \\\n"
+                      "  --out runs/a\n\nls\n```\n\n```text\nnot a command\n```\n\n"
+                      "### Step 2: two\n\n```sh\ncat x\n```\n")
+    h = labs.Handout.parse(readme)
+    assert (h.number, h.title, h.goal) == (7, "Test", "A goal over two lines.")
+    assert h.commands() == ["testbed run a.yaml --out runs/a", "ls", "cat x"]
+    assert [(s.title, s.commands) for s in h.steps()] == [
+        ("Step 1: one", ["testbed run a.yaml --out runs/a", "ls"]), ("Step 2: two", ["cat x"])]
+
+
+@pytest.mark.parametrize("text, where", [
+    ("Lab 1 without a hash\n", ":1: a handout starts with '# Lab N: Title'"),
+    ("# Lab 1: x\n\n```sh\nls\n", ":3: a ``` block is never closed"),
+    ("# Lab 1: x\n\n```sh\nls \\\n```\n", ":3: the last command of this block ends with"),
+])
+def test_handout_mistakes_name_the_line(tmp_path, text, where):
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    with pytest.raises(labs.LabError, match=re.escape(f"{readme}{where}")):
+        labs.Handout.parse(readme)
+
+
+def cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(TESTBED + list(argv), capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_lab_list_names_every_lab(tmp_path):
+    r = cli("lab", "list", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for lab in LABS:
+        assert f"{lab.number}  {lab.title}" in r.stdout
+
+
+def test_lab_start_copies_the_student_files_and_prints_the_first_step(tmp_path):
+    r = cli("lab", "start", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    work = tmp_path / "lab1"
+    assert sorted(p.name for p in work.iterdir()) == ["README.md", "answers.yaml", "deadlock.yaml"]
+    assert "testbed run deadlock.yaml --out runs/none" in r.stdout
+    assert "cd lab1" in r.stdout
+    again = cli("lab", "start", "1", cwd=tmp_path)       # would overwrite a student's work
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        "testbed: error: lab1: already exists and is not empty; choose another folder with "
+        "--dir, or remove it to start lab 1 again"]
+    other = cli("lab", "start", "deadlock", "--dir", "elsewhere/lab", cwd=tmp_path)
+    assert other.returncode == 0 and (tmp_path / "elsewhere/lab/deadlock.yaml").exists()
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["lab", "start", "9"], "lab '9': no such lab in"),
+    (["lab", "check", "2", "no/such/folder"], "no/such/folder: no such work folder"),
+    (["lab", "check", "nope"], "lab 'nope': no such lab in"),
+])
+def test_lab_mistakes_are_one_line(tmp_path, argv, text):
+    r = cli(*argv, cwd=tmp_path)
+    assert r.returncode == 1
+    assert text in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
+def test_grader_on_a_folder_without_runs_explains_every_failure(tmp_path, lab: labs.Lab):
+    work = labs.start(lab, tmp_path / "work")
+    grade = labs.check(lab, work)
+    assert not grade.passed and grade.checks
+    for c in grade.checks:
+        assert not c.passed
+        assert "could not check" not in c.sentence, c.sentence      # a grader bug
+        assert "run" in c.sentence or "answer" in c.sentence, c.sentence
+    lines = list(grade.lines())
+    assert lines[0].startswith(f"lab {lab.number}: {lab.title} - checking ")
+    assert lines[-1].startswith(f"0 of {len(grade.checks)} checks passed")
+    # a failure shared by every check is said once, with the checks it stopped
+    assert len([ln for ln in lines if "FAIL" in ln]) < len(grade.checks)
+
+
+@pytest.mark.parametrize("content, sentence", [
+    ("lockup_s: [1\n", "answers.yaml:2 is not valid YAML"),
+    ("- 1\n- 2\n", "answers.yaml must be a list of 'key: answer' lines"),
+    ("other: 1\n", "answers.yaml has no key lockup_s"),
+    ("lockup_s:\n", "lockup_s in answers.yaml is still empty: answer it"),
+    ("lockup_s: soon\n", "lockup_s in answers.yaml must be a number (got 'soon')"),
+    ("lockup_s: .nan\n", "lockup_s in answers.yaml must be a finite number"),
+])
+def test_answers_mistakes_are_sentences(tmp_path, content, sentence):
+    (tmp_path / "answers.yaml").write_text(content)
+    with pytest.raises(labs.CheckFailed) as exc:
+        labs.Answers.load(tmp_path / "answers.yaml", tmp_path).number("lockup_s")
+    assert sentence in str(exc.value)
+
+
+def test_answers_read_numbers_with_units_and_choices_in_any_case(tmp_path):
+    (tmp_path / "answers.yaml").write_text("a: 3.5 s\nb: BELOW\nc: 4.0\nd: '12'\n")
+    a = labs.Answers.load(tmp_path / "answers.yaml")
+    assert a.number("a") == 3.5 and a.choice("b", ("above", "below")) == "below"
+    assert a.integer("c") == 4 and a.integer("d") == 12
+    with pytest.raises(labs.CheckFailed, match="must be one of above, below"):
+        a.choice("a", ("above", "below"))
+    with pytest.raises(labs.CheckFailed, match="must be a whole number"):
+        a.integer("a")
+
+
+def test_fill_answers_keeps_the_comments_and_refuses_unknown_keys(tmp_path):
+    path = tmp_path / "answers.yaml"
+    path.write_text("# Q1\nx:\n# Q2\nm:\n")
+    labs.fill_answers(path, {"x": 1.5, "m": {1: 200, 3: 400}})
+    assert path.read_text() == "# Q1\nx: 1.5\n# Q2\nm: {1: 200, 3: 400}\n"
+    with pytest.raises(labs.LabError, match="no key.* y in the answers template"):
+        labs.fill_answers(path, {"y": 1})
+
+
+def test_agrees_says_what_was_compared():
+    labs.agrees(3.4, 3.3, "the lockup", "runs/x", abs_=0.3, unit=" s")
+    with pytest.raises(labs.CheckFailed) as exc:
+        labs.agrees(5.0, 3.3, "the time of the lockup (lockup_s)", "the red line of runs/none",
+                    abs_=0.3, unit=" s")
+    assert str(exc.value) == ("the time of the lockup (lockup_s): you wrote 5 s, but the red "
+                              "line of runs/none shows 3.3 s (tolerance 0.3 s); read it again "
+                              "from that run folder")
+
+
+def test_missing_run_folders_are_named_as_typed(tmp_path):
+    with pytest.raises(labs.CheckFailed, match="there is no run folder runs/none: run the step"):
+        labs.RunFolder.open(tmp_path / "runs/none", tmp_path)
+    (tmp_path / "runs/sweep").mkdir(parents=True)
+    with pytest.raises(labs.CheckFailed, match="runs/sweep has no readable runs.json"):
+        labs.BatchFolder.open(tmp_path / "runs/sweep", tmp_path)
