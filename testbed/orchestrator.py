@@ -105,8 +105,15 @@ class Orchestrator:
     """Runs one scenario; see the module docstring for the steps."""
 
     def __init__(self, scenario: Scenario, out_dir: Optional[Path] = None,
-                 base_dir: Path = Path("runs"), progress: Optional[Progress] = None):
+                 base_dir: Path = Path("runs"), progress: Optional[Progress] = None,
+                 network: Optional[Network] = None, verify_host: Optional[Host] = None):
+        """``network``: run on nodes something else brought up and started (compose,
+        swarm): no bring-up, and its target and bulk hosts already serve; only the storage
+        client is started. ``verify_host``: where the read-back runs (default: the
+        target host, which must then have the run folder)."""
         self.scenario = scenario
+        self.given_network = network
+        self.verify_host = verify_host
         self.out_dir = out_dir
         self.base_dir = base_dir
         self.progress = progress or Progress()
@@ -127,8 +134,9 @@ class Orchestrator:
                 with self._timed("bring_up"):
                     net = self._bring_up(run)
                 with self._timed("start_nodes"):
-                    self._start_target(net, run)
-                    self._start_bulk(net, run)
+                    if self.given_network is None:
+                        self._start_target(net, run)
+                        self._start_bulk(net, run)
                     self._start_client(net, run)
                 with self._timed("run"):
                     self._watch(run, started)
@@ -171,6 +179,12 @@ class Orchestrator:
 
     def _bring_up(self, run: RunContext) -> Network:
         s = self.scenario
+        if self.given_network is not None:
+            self.net = self.given_network
+            self._write_hosts(run)
+            self.progress.say(f"  nodes found: client {self.net.host('client').ip}, target "
+                              f"{self.net.host('target').ip}, {len(self.net.bulk_hosts)} bulk hosts")
+            return self.net
         if s.backend == "docker":
             from .backends.docker import DockerBackend as backend
         else:
@@ -178,11 +192,15 @@ class Orchestrator:
         t0 = time.monotonic()
         net = backend(run).up(s.topology.params())
         self.net = net
-        (run.dir / "hosts.json").write_text(json.dumps({n: h.ip for n, h in net.hosts.items()}))
+        self._write_hosts(run)
         self.progress.say(f"  topology up in {time.monotonic() - t0:.1f}s: client "
                           f"{net.host('client').ip}, target {net.host('target').ip}, "
                           f"{len(net.bulk_hosts)} bulk hosts")
         return net
+
+    def _write_hosts(self, run: RunContext) -> None:
+        hosts = {n: h.ip for n, h in self.net.hosts.items()}
+        (run.dir / "hosts.json").write_text(json.dumps(hosts))
 
     def _spawn(self, name: str, host: Host, argv: list[str]) -> subprocess.Popen:
         log = open(self.run_ctx.dir / f"{name}.log", "ab")
@@ -295,13 +313,13 @@ class Orchestrator:
         manifest = run.dir / "manifest.json"
         if not manifest.exists():
             return
-        h = net.host("target")
+        h = self.verify_host or net.host("target")
         argv = [sys.executable, "-m", "nodes.verify", "--manifest", str(manifest),
                 "--out", str(run.dir / "integrity.json"), "--timeout", str(VERIFY_TIMEOUT_S)]
         if self.scenario.storage == "local":
             argv += ["--file", str(run.dir / "local-disk.img")]
         else:
-            argv += ["--portal", f"{h.ip}:{ISCSI_PORT}", "--iqn", TARGET_IQN]
+            argv += ["--portal", f"{net.host('target').ip}:{ISCSI_PORT}", "--iqn", TARGET_IQN]
         if self.scenario.target.chap and self.scenario.storage == "iscsi":
             c = self.scenario.target.chap
             argv += ["--chap-user", c.user, "--chap-secret", c.secret]
