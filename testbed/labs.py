@@ -127,8 +127,8 @@ class Handout:
                     fence = None
                 else:
                     body.append(line)
-            elif fm and fm.group(1):
-                fence, fence_line, body = fm.group(1), no, []
+            elif fm:                                    # a fence opens (``` alone: text)
+                fence, fence_line, body = fm.group(1) or "text", no, []
             elif line.startswith("## "):
                 section, step = line[3:].strip(), ""
                 sections.setdefault(section, [])
@@ -396,12 +396,12 @@ class BatchFolder:
                               f"sweep folder, or the command did not finish")
         self.runs: list[BatchRun] = []
         for r in index["runs"]:
-            run = RunFolder.open(self.path / r["dir"]) if (self.path / r["dir"]).is_dir() else None
-            if run is None:
-                raise CheckFailed(f"{name}/{r['dir']} is listed in runs.json but missing: "
-                                  f"run the command again")
-            run.name = f"{name}/{r['dir']}"
-            self.runs.append(BatchRun(r["label"], dict(r.get("params") or {}), run))
+            where = f"{name}/{r['dir']}"
+            if not (self.path / r["dir"]).is_dir():
+                raise CheckFailed(f"{where} is listed in runs.json but missing: run the "
+                                  f"command again")
+            self.runs.append(BatchRun(r["label"], dict(r.get("params") or {}),
+                                      RunFolder(self.path / r["dir"], where)))
 
     @classmethod
     def open(cls, path: Path, work: Optional[Path] = None) -> "BatchFolder":
@@ -428,10 +428,9 @@ class BatchFolder:
                 seen.append(v)
         return seen
 
-    def select(self, **params: Any) -> list[BatchRun]:
-        """The runs whose parameters match (keys with dots given as ``__``)."""
-        want = {k.replace("__", "."): str(v) for k, v in params.items()}
-        return [r for r in self.runs if all(_same(r.params.get(k), v) for k, v in want.items())]
+    def select(self, key: str, value: Any) -> list[BatchRun]:
+        """The runs of a sweep whose parameter ``key`` is ``value`` (numbers compared as such)."""
+        return [r for r in self.runs if _same(r.params.get(key), str(value))]
 
 
 def _same(a: Optional[str], b: str) -> bool:

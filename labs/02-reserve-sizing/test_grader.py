@@ -44,7 +44,7 @@ def smallest_clean(b: BatchFolder) -> dict[int, float]:
     """Per bulk-host count: the smallest reserve from which every larger one ran clean."""
     out = {}
     for hosts in b.values(HOSTS):
-        runs = sorted(b.select(**{HOSTS.replace(".", "__"): hosts}),
+        runs = sorted(b.select(HOSTS, hosts),
                       key=lambda r: float(r.params[RESERVE]))
         best = None
         for r in reversed(runs):
@@ -125,7 +125,7 @@ def test_smallest_clean_reserve(sweep: BatchFolder, answers: Answers) -> None:
 def test_storage_drops_without_reserve(sweep: BatchFolder, answers: Answers) -> None:
     """The storage drops with no added reserve agree with your runs (within 2 %)."""
     said = stated_mapping(answers, "storage_drops_without_reserve")
-    for r in sweep.select(**{RESERVE.replace(".", "__"): 0}):
+    for r in sweep.select(RESERVE, 0):
         hosts = int(float(r.params[HOSTS]))
         expect(hosts in said, f"storage_drops_without_reserve has no entry for {hosts} "
                f"bulk host(s)")

@@ -38,7 +38,7 @@ def sweep(batch_folder) -> BatchFolder:
 
 
 def at(b: BatchFolder, value: float) -> BatchRun:
-    return b.select(**{KEY.replace(".", "__"): value})[0]
+    return b.select(KEY, value)[0]
 
 
 def per_threshold(b: BatchFolder, answers: Answers, key: str, measure: Callable[[RunFolder], float],

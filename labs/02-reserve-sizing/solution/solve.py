@@ -30,7 +30,7 @@ def solve(work: Path) -> dict:
     frames = math.ceil(bw * 1e6 * delay / 1000 / (1500 * 8))     # 40 Mbit/s x 20 ms: 67
     smallest, at_zero = {}, {}
     for hosts in sweep.values(HOSTS):
-        runs = sorted(sweep.select(**{HOSTS.replace(".", "__"): hosts}),
+        runs = sorted(sweep.select(HOSTS, hosts),
                       key=lambda r: float(r.params[RESERVE]))
         best = None
         for r in reversed(runs):                 # from the largest reserve down
