@@ -23,7 +23,11 @@ from .. import labs
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lab", help="course labs: list, start one, check your answers")
     lab_sub = p.add_subparsers(dest="lab_command", metavar="ACTION")
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    def usage(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+    p.set_defaults(func=usage)
 
     q = lab_sub.add_parser("list", help="the labs, with their goals")
     q.set_defaults(func=cmd_list)
