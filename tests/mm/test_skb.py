@@ -177,20 +177,22 @@ def test_phillips_leaves_arp_and_ipv6_alone():
     assert dev.rx_reserve_used == 1
 
 
-@pytest.mark.parametrize("threshold, taken, dropped", [
-    (0.5, 26, True), (0.5, 22, False), (0.5, 0, False), (0.0, 0, True), (1.0, 50, False)])
-def test_threshold_variant_drops_only_past_the_fraction_of_reserve_pages(threshold, taken, dropped):
-    """Non-memalloc packets are kept while the reserve pages in use (below the GFP_ATOMIC
-    floor) are at most threshold * reserve_pages (53 here); dropped beyond."""
+@pytest.mark.parametrize("threshold, fraction_taken, dropped", [
+    (0.5, 0.55, True), (0.5, 0.4, False), (0.5, 0.0, False), (0.0, 0.0, True),
+    (1.0, 0.95, False)])
+def test_threshold_variant_drops_only_past_the_fraction_of_the_reserve(
+        threshold, fraction_taken, dropped):
+    """Non-memalloc packets are kept while the pages taken below the GFP_ATOMIC floor (the
+    reserve: only __GFP_MEMALLOC goes there) are at most threshold of it; dropped beyond."""
     mm, dev = below_atomic("phillips-2005-threshold", threshold=threshold)
-    assert dev.reserve_pages == 53
-    set_free(mm, mm.zone.mark_atomic - taken)
+    floor = mm.zone.mark_atomic
+    set_free(mm, floor - int(fraction_taken * floor))
     skb = mm.netdev_alloc_skb(dev, 1514)          # from the reserve: 1 data page (+ a head page)
-    in_use = mm.zone.mark_atomic - mm.zone.free
-    assert skb.reserve and taken < in_use <= taken + 2
+    taken = floor - mm.zone.free
+    assert skb.reserve and taken <= int(fraction_taken * floor) + 2
     verdict = mm.sk_filter(skb, mm.sock_create("bulk"), ETH_P_IP)
     assert verdict is (DropReason.NOT_MEMALLOC if dropped else None)
-    assert (in_use > threshold * 53) is dropped
+    assert (taken > threshold * floor) is dropped
     assert dev.rx_reserve_used == 0               # credited back by the protocol step either way
 
 

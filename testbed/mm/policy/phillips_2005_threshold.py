@@ -4,11 +4,12 @@
 effectively giving non-vm traffic access to part of the reserve." The posted
 code had no such knob (its threshold is effectively 0: any reserve skb
 outstanding starts the drops). Here the threshold is a fraction of the
-device's reserve *pages*: non-memalloc packets are kept while the reserve in
-use - the pages taken below the ``GFP_ATOMIC`` floor, where only
-``__GFP_MEMALLOC`` may go - is at most ``threshold * reserve_pages``, and
-dropped beyond it. ``threshold`` (default 0.5) is a sweep parameter; 0 behaves
-as ``phillips-2005``, 1 lets other traffic take the whole reserve.
+reserve, which is the memory below the ``GFP_ATOMIC`` floor (3/8 of a min
+watermark that ``adjust_memalloc_reserve`` raised), where only
+``__GFP_MEMALLOC`` may go: non-memalloc packets are kept while the pages taken
+there are at most ``threshold`` of it, and dropped beyond. ``threshold``
+(default 0.5) is a sweep parameter; 0 behaves as ``phillips-2005``, 1 lets
+other traffic take the whole reserve.
 
 It is measured in pages, not in ``rx_reserve_used``, because the posted
 patch credits a reserve skb back once per delivered packet
@@ -29,6 +30,6 @@ class Phillips2005Threshold(Phillips2005):
     description = "phillips-2005, non-memalloc traffic may use a fraction of the reserve"
 
     def drops_non_memalloc(self, dev: NetDev, used: int) -> bool:
-        zone = self.mm.zone
-        in_use = zone.mark_atomic - zone.free      # reserve pages taken (mm lock held)
-        return in_use > self.threshold * dev.reserve_pages
+        zone = self.mm.zone                         # (mm lock held)
+        taken = zone.mark_atomic - zone.free        # pages of the reserve in use
+        return taken > self.threshold * zone.mark_atomic
