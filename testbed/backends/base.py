@@ -128,10 +128,32 @@ class Host(ABC):
     def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen:
         """Start a process in the host: tracked, tagged, ended by pid at teardown."""
 
-    @abstractmethod
     def run(self, argv: list[str], timeout: float = 10.0,
             **kwargs: Any) -> subprocess.CompletedProcess:
-        """Run a command in the host to completion (HostCommandTimeout on timeout)."""
+        """Run a command in the host to completion; output captured as text unless told
+        otherwise. On timeout the command is killed (:meth:`kill`) and HostCommandTimeout
+        raised."""
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        proc = self.popen(argv, **kwargs)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(proc)
+            out, err = proc.communicate()
+            raise HostCommandTimeout(self.name, list(argv), timeout, out, err) from None
+        finally:
+            self.forget(proc)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """End a command started by :meth:`popen` at once (its children too, where the
+        backend can)."""
+        proc.kill()
+
+    def forget(self, proc: subprocess.Popen) -> None:
+        """A command that ended: no need to end it at teardown."""
 
 
 class Network(ABC):

@@ -249,22 +249,8 @@ class DockerHost(Host):
         self._network.track(proc)
         return proc
 
-    def run(self, argv: list[str], timeout: float = 10.0,
-            **kwargs: Any) -> subprocess.CompletedProcess:
-        """Run ``argv`` in this host; output captured as text unless told otherwise."""
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        kwargs.setdefault("text", True)
-        proc = self.popen(argv, **kwargs)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            raise HostCommandTimeout(self.name, list(argv), timeout, out, err) from None
-        finally:
-            self._network.untrack(proc)
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    def forget(self, proc: subprocess.Popen) -> None:
+        self._network.untrack(proc)
 
     def __repr__(self) -> str:
         return f"<DockerHost {self.name} {self.ip} {self.intf} ({self.container.name})>"
@@ -316,7 +302,8 @@ class DockerNetwork(Network):
             self.pool.shutdown(wait=True, cancel_futures=True)
         self._end_tracked()
         problems = []
-        containers = self.client.containers.list(all=True, filters={"label": self.label})
+        containers = self.client.containers.list(all=True, filters={"label": self.label},
+                                              ignore_removed=True)
         with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
             for c, exc in zip(containers, pool.map(_remove_container, containers)):
                 if exc:

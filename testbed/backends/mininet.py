@@ -280,22 +280,11 @@ class MininetHost(Host):
         self._network.track(proc)
         return proc
 
-    def run(self, argv: list[str], timeout: float = 10.0,
-            **kwargs: Any) -> subprocess.CompletedProcess:
-        """Run ``argv`` in this host; output captured as text unless told otherwise."""
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        kwargs.setdefault("text", True)
-        proc = self.popen(argv, **kwargs)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            raise HostCommandTimeout(self.name, list(argv), timeout, out, err) from None
-        finally:
-            self._network.untrack(proc)
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    def kill(self, proc: subprocess.Popen) -> None:
+        _kill_group(proc.pid, signal.SIGKILL)
+
+    def forget(self, proc: subprocess.Popen) -> None:
+        self._network.untrack(proc)
 
     def __repr__(self) -> str:
         return f"<MininetHost {self.name} {self.ip} {self.intf}>"

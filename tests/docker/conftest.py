@@ -68,7 +68,8 @@ def engine(tmp_path_factory):
 def labelled(client, run: str) -> list[str]:
     """Containers, networks and volumes labelled with run ``run``, as 'kind name'."""
     f = {"label": f"{LABEL_RUN}={run}"}
-    return ([f"container {c.name}" for c in client.containers.list(all=True, filters=f)]
+    containers = client.containers.list(all=True, filters=f, ignore_removed=True)
+    return ([f"container {c.name}" for c in containers]
             + [f"network {n.name}" for n in client.networks.list(filters=f)]
             + [f"volume {v.name}" for v in client.volumes.list(filters=f)])
 

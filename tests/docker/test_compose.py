@@ -50,7 +50,8 @@ def test_compose_up_runs_the_scenario_to_a_verdict(engine, tmp_path):
         # every node built its link, shaped and verified it, and the run ended by itself
         assert out.count("link up,") == 4 and out.count("shaped and verified") == 4, out[-3000:]
         assert "verdict: completed (expected completed)" in out
-        for c in engine.containers.list(all=True, filters={"label": f"org.testbed.run={run}"}):
+        for c in engine.containers.list(all=True, filters={"label": f"org.testbed.run={run}"},
+                                        ignore_removed=True):
             assert c.status == "exited" and c.attrs["State"]["ExitCode"] == 0, c.name
         folder = the_run_folder(tmp_path)
         summary = json.loads((folder / "summary.json").read_text())

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 # what dockerd and other runs (other areas' tests, next to ours) may add and remove
 # (and the bystanders of other areas' tests)
-OTHERS = re.compile(r"docker|\bbr-[0-9a-f]{12}\b|\bveth[0-9a-f]{7}\b|\btb-[0-9a-f]{8}-"
+OTHERS = re.compile(r"docker|containerd|\bbr-[0-9a-f]{12}\b|\bveth[0-9a-f]{7}\b|\btb-[0-9a-f]{8}-"
                     r"|\btb-bystander-", re.I)
 
 
@@ -52,8 +52,9 @@ def run_tag_of(pid: int) -> str:
                  if e.startswith(b"TESTBED_RUN=")), "")
 
 
-def settled_processes() -> set[tuple[int, int]]:
-    """(pid, start time) of user processes older than a minute, not started by this test.
+def settled_processes() -> set[tuple[int, int, str]]:
+    """(pid, start time, program) of user processes older than a minute, not started by
+    this test.
 
     Younger ones and our own descendants may come and go by themselves; these must not.
     """
@@ -72,7 +73,8 @@ def settled_processes() -> set[tuple[int, int]]:
         ppid, start = int(fields[1]), int(fields[19])
         if not cmdline or ppid == mine or uptime - start / ticks < 60:
             continue                     # kernel thread, our child, or young
-        out.add((int(entry), start))
+        name = cmdline.split(b"\0")[0].rsplit(b"/", 1)[-1].decode(errors="replace")
+        out.add((int(entry), start, name))
     return out
 
 
@@ -104,7 +106,8 @@ def assert_untouched(before: dict, after: dict) -> None:
         gone = set(before[key]) - set(after[key])
         # dockerd adds and removes its own chains, bridges and veths as containers and
         # networks come and go; other runs' things come and go with those runs
-        gone = {item for item in gone if not (isinstance(item, str) and OTHERS.search(item))}
+        gone = {item for item in gone
+                if not OTHERS.search(item if isinstance(item, str) else item[-1])}
         assert not gone, f"{key}: gone since before the run: {sorted(gone)}"
     added_links = set(after["links"]) - set(before["links"])
     assert not [l for l in added_links if re.search(r"-eth\d+$|^s1$", l)], added_links
