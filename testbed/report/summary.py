@@ -43,7 +43,7 @@ def read_ndjson(path: Path) -> Iterator[dict[str, Any]]:
 def until_end(samples: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The samples up to the outcome (later ones show the client shutting down)."""
     end = summary.get("end_t")
-    return samples if end is None else [s for s in samples if s.get("t", 0) <= end + 0.05]
+    return samples if end is None else [s for s in samples if s.get("t", 0) <= end]
 
 
 def read_json(path: Path) -> Optional[dict[str, Any]]:
