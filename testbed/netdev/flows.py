@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .errors import HandlerConfigError
@@ -32,10 +32,6 @@ from .errors import HandlerConfigError
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP,
            socket.IPPROTO_TCP: socket.IPPROTO_TCP, socket.IPPROTO_UDP: socket.IPPROTO_UDP}
 SEQ_MOD = 1 << 32
-# The largest TCP window assumed here: how far past rcv_nxt an out-of-order segment may
-# start (the receive window) and how far behind snd_max an acknowledgement may be (the
-# peer's window: tcp_ack() drops older ones as "too old").
-WINDOW = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -118,88 +114,43 @@ class FlowKey:
 
 @dataclass(eq=False)
 class Flow:
-    """One registered flow: its socket and its receive sequence state.
-
-    Sequence numbers are turned into stream offsets from the first one seen, so that
-    ranges compare without modular arithmetic: ``rcv_off`` is where in-order data ends
-    (``rcv_nxt``), ``ofo`` the ranges received beyond a hole (the kernel's out-of-order
-    queue, which holds socket memory too).
-    """
+    """One registered flow: its socket and its receive sequence state."""
 
     key: FlowKey
     sk: Any
     rcv_nxt: Optional[int] = None      # next in-order sequence number expected
     charged_bytes: int = 0
-    uncharged_segments: int = 0        # duplicates, and segments outside the window
-    rcv_off: int = 0
-    ofo: list = field(default_factory=list)     # sorted, disjoint [start, end) offsets
-    snd_max: Optional[int] = None      # highest sequence number the local side has sent
+    uncharged_segments: int = 0        # duplicates and out-of-order segments
 
     @property
     def memalloc(self) -> bool:
         """Whether the socket is SOCK_MEMALLOC now (it may be set after registering)."""
         return bool(getattr(self.sk, "memalloc", False))
 
-    def sent(self, seq: int, flags: int, paylen: int) -> None:
-        """Note an outgoing segment (the transmit path): what the peer may acknowledge."""
-        end = (seq + paylen + (1 if flags & 0x03 else 0)) % SEQ_MOD    # SYN/FIN count one
-        if self.snd_max is None or 0 < (end - self.snd_max) % SEQ_MOD < SEQ_MOD // 2:
-            self.snd_max = end
+    def new_bytes(self, seq: int, flags: int, paylen: int) -> int:
+        """Account one delivered TCP segment; the payload bytes that are new and in order.
 
-    def new_bytes(self, seq: int, flags: int, paylen: int, ack: Optional[int] = None) -> int:
-        """Account one delivered TCP segment; the payload bytes received for the first time.
-
-        SYN/SYN-ACK set ``rcv_nxt``; without one (registered mid-connection) the first
-        segment seen sets it. Bytes beyond a hole count when they arrive (they wait in
-        the out-of-order queue) if they fall within :data:`WINDOW` of ``rcv_nxt``, as
-        the receive window bounds what the kernel keeps; a hole's bytes count when the
-        retransmission fills it. Duplicates count nothing, and neither does a segment whose
-        acknowledgement the kernel rejects (``tcp_ack()`` < 0): one for data the local side
-        never sent (after ``snd_max``) or older than a window: a blind spoofer's segments.
+        SYN/SYN-ACK set ``rcv_nxt``; without one (registered mid-connection) the
+        first segment seen sets it.
         """
         if flags & 0x02:                           # SYN (or SYN-ACK): ISN + 1
-            self.rcv_nxt, self.rcv_off, self.ofo = (seq + 1) % SEQ_MOD, 0, []
+            self.rcv_nxt = (seq + 1) % SEQ_MOD
             seq = self.rcv_nxt
         if paylen <= 0:
             return 0
-        if (ack is not None and flags & 0x10 and self.snd_max is not None
-                and (self.snd_max - ack) % SEQ_MOD > WINDOW):
-            self.uncharged_segments += 1            # unsent data, or too old: discarded
-            return 0
         if self.rcv_nxt is None:
             self.rcv_nxt = seq
-        dist = (seq - self.rcv_nxt) % SEQ_MOD
-        if dist >= SEQ_MOD // 2:
-            dist -= SEQ_MOD                        # starts before rcv_nxt
-        start, end = self.rcv_off + max(dist, 0), self.rcv_off + dist + paylen
-        if end <= start or start - self.rcv_off >= WINDOW:
+        ahead = (seq - self.rcv_nxt) % SEQ_MOD     # > 0: starts after rcv_nxt
+        if ahead and ahead < SEQ_MOD // 2:         # out of order: a hole before it
             self.uncharged_segments += 1
             return 0
-        new = self._add_range(start, end)
-        if new == 0:
+        behind = (self.rcv_nxt - seq) % SEQ_MOD    # bytes already received
+        new = paylen - behind
+        if new <= 0:
             self.uncharged_segments += 1
             return 0
-        if self.ofo[0][0] <= self.rcv_off:         # in order (a hole filled): advance
-            old = self.rcv_off
-            self.rcv_off = max(old, self.ofo.pop(0)[1])
-            self.rcv_nxt = (self.rcv_nxt + self.rcv_off - old) % SEQ_MOD
+        self.rcv_nxt = (self.rcv_nxt + new) % SEQ_MOD
         self.charged_bytes += new
-        return new
-
-    def _add_range(self, start: int, end: int) -> int:
-        """Merge [start, end) into ``ofo``; return how many of its bytes were not there."""
-        new = end - start
-        merged_start, merged_end = start, end
-        keep = []
-        for a, b in self.ofo:
-            if b < start or a > end:
-                keep.append((a, b))
-                continue
-            new -= max(0, min(b, end) - max(a, start))
-            merged_start, merged_end = min(merged_start, a), max(merged_end, b)
-        keep.append((merged_start, merged_end))
-        keep.sort()
-        self.ofo = keep
         return new
 
 

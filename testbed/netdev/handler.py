@@ -325,7 +325,7 @@ class PacketHandler:
             poller.register(fd, select.POLLIN)
         mm, dev, DropReason = self.mm, self.dev, self.DropReason
         rx_alloc, tx_alloc, kfree = mm.netdev_alloc_skb, mm.alloc_tx_skb, mm.kfree_skb
-        parse, tcp_segment = headers.parse, headers.tcp_segment
+        parse = headers.parse
         lookup_in, lookup_out = self.flows.lookup_inbound, self.flows.lookup_outbound
         faults, rx_loss, tx_loss = self.faults, bool(self._loss[RX]), bool(self._loss[TX])
         rx_finish, tx_finish, drop = self._rx_finish, self._tx_finish, self._drop
@@ -408,8 +408,6 @@ class PacketHandler:
                         key = info[1]
                         if key is not None:
                             flow = lookup_out(key)
-                            if flow is not None and key[0] == IPPROTO_TCP:
-                                flow.sent(*tcp_segment(data, info[2], info[3]))
                     cls = MEMALLOC if flow is not None and flow.sk.memalloc else OTHER
                     i = tx_m if cls == MEMALLOC else tx_o
                     t[i] += 1
@@ -472,7 +470,7 @@ class PacketHandler:
             proto, l4, l4_end = info[1][0], info[2], info[3]
             if proto == IPPROTO_TCP:
                 seq, flags, paylen = headers.tcp_segment(buf, l4, l4_end)
-                new = flow.new_bytes(seq, flags, paylen, headers.tcp_ack(buf, l4))
+                new = flow.new_bytes(seq, flags, paylen)
             elif proto == IPPROTO_UDP:
                 new = headers.udp_payload_len(buf, l4)
                 flow.charged_bytes += max(new, 0)

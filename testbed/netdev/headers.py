@@ -105,7 +105,6 @@ _V6_ADDRS_AT = IPV6.offset("saddr")
 _TCP_DOFF = struct.Struct("!H")
 _TCP_DOFF_AT = TCP.offset("doff_flags")
 _TCP_SEQ_FLAGS = struct.Struct("!4xI4xH")   # seq, doff_flags
-_TCP_ACK = struct.Struct("!8xI")             # ack
 _UDP_LEN = struct.Struct("!H")
 _UDP_LEN_AT = UDP.offset("len")
 _IP_MF_OFFSET = 0x3FFF                  # more-fragments flag | fragment offset
@@ -198,11 +197,6 @@ def tcp_segment(buf: Buffer, l4: int, l4_end: int) -> tuple[int, int, int]:
     """(seq, flags, payload length) of a TCP header that :func:`parse` accepted."""
     seq, doff_flags = _TCP_SEQ_FLAGS.unpack_from(buf, l4)
     return seq, doff_flags & 0x3F, l4_end - l4 - ((doff_flags >> 12) << 2)
-
-
-def tcp_ack(buf: Buffer, l4: int) -> int:
-    """The acknowledgement number of a TCP header that :func:`parse` accepted."""
-    return _TCP_ACK.unpack_from(buf, l4)[0]
 
 
 def udp_payload_len(buf: Buffer, l4: int) -> int:
