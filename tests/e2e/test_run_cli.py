@@ -12,17 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.machine import snapshot
 from tests.platform.conftest import assert_nothing_left, assert_untouched
-from tests.platform.conftest import snapshot as machine_snapshot
-
-
-def snapshot() -> dict:
-    """Namespaces, links, iptables and nft rules of the machine. Processes are left out:
-    over minutes some of the machine's own end by themselves; the run's are found by
-    their tag (assert_nothing_left)."""
-    state = machine_snapshot()
-    state.pop("processes")
-    return state
 
 pytestmark = [pytest.mark.mininet, pytest.mark.root]
 
