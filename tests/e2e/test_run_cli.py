@@ -22,7 +22,6 @@ TESTBED = [sys.executable, "-m", "testbed.cli"]
 
 def test_a_malformed_scenario_names_file_line_key_and_starts_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nextends: ../nowhere.yaml\n")
     bad.write_text("name: bad\nclient:\n  policy: gorman-36\n  memory_mb: -4\n"
                    "topology: {bulk_hosts: 2, client_bw_mbit: fast}\n")
     before = snapshot()
