@@ -243,10 +243,12 @@ class Downloader(Workload):
                 self.files.append(self.pc.create(f"{self.name}-{file_no}"))
                 self.crcs.append(array("L"))
             data = bytes(pending[:n])
-            self.pc.write(self.files[file_no], offset, data)
+            # The checksums first: a write interrupted half-way (the machine stopped) may
+            # already have put some of these pages in the cache, to be written back.
             crcs = self.crcs[file_no]
             for start in range(0, n, PAGE_SIZE):
                 crcs.append(zlib.crc32(data[start:start + PAGE_SIZE]))
+            self.pc.write(self.files[file_no], offset, data)
             del pending[:n]
             self.bytes_written += n
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.mm.gfp import AllocFlags, slowpath_mark
 from tests.e2e.machine import snapshot
 from tests.platform.conftest import assert_nothing_left, assert_untouched
 
@@ -94,7 +95,10 @@ def test_none_stops_at_the_atomic_floor_reserve_only_drains_the_reserve(contenti
     (__GFP_MEMALLOC) until it was empty: free memory reached zero."""
     for s in contention_runs["none"]:
         lk = s["lockup"]
-        assert 0 < lk["free"] <= lk["wmark_min"] * 3 / 8 + 2, lk
+        floor = slowpath_mark(lk["wmark_min"], AllocFlags.HIGH | AllocFlags.HARDER)
+        # a few pages may come back between the last failed allocation and the snapshot
+        # (a frame freed on drop, a page read by the agent): near the floor, not under min
+        assert 0 < lk["free"] <= floor + 8 < lk["wmark_min"], (floor, lk)
         assert lk["alloc_fail"]["atomic"] > 0 and lk["alloc_fail"]["memalloc"] == 0
         assert lk["reserve"]["client-eth0"] == 0
     for s in contention_runs["reserve-only"]:

@@ -72,11 +72,12 @@ def test_tcp_bytes_charged_once_until_read(topo, handler_factory, loss):
         srv.close()
     settle(h, 0)
     assert peak > 0
-    if loss == 0.0:
-        assert flow.charged_bytes == TOTAL and flow.uncharged_segments == 0
+    missed = h.counters()["rx"]["missed"]      # frames lost before the handler saw them
+    if loss == 0.0 and missed == 0:
+        assert flow.charged_bytes == TOTAL and flow.uncharged_segments == 0, h.counters()["rx"]
     else:   # out-of-order segments after a loss are delivered but never charged
         assert 0 < flow.charged_bytes <= TOTAL and flow.uncharged_segments > 0
-        assert h.counters()["rx"]["reasons"]["LINK_LOSS"]["frames"] > 0
+        assert h.counters()["rx"]["reasons"]["LINK_LOSS"]["frames"] > 0 or missed > 0
     cls = h.counters()["rx"]["classes"]["memalloc"]
     assert cls["received"]["bytes"] > TOTAL
     sk.close()
