@@ -14,9 +14,15 @@ so each lookup on the hot path is a single dict probe on the tuple that
 need one (a dict probe is atomic under the GIL).
 
 Each registered flow keeps ``rcv_nxt``, learnt from the SYN-ACK (or SYN) it sees, so
-only new in-order payload bytes are charged to the socket: a retransmitted duplicate
-or an out-of-order segment is handed to the stack but charged to no one, because the
-reader will never read those bytes twice.
+that each byte of the stream is charged to the socket once: a retransmitted duplicate
+is handed to the stack but charged to no one, because the reader will never read those
+bytes twice. A segment beyond a hole is charged when it arrives, as the kernel charges
+its out-of-order queue; the flow remembers the ranges it has charged beyond the hole
+(``ofo``), so that their retransmissions are not charged again and, once the hole is
+filled, ``rcv_nxt`` moves past them. The kernel queues such a segment only when it
+lies in the receive window the client advertised and acknowledges nothing the client
+has not sent (RFC 5961); the flow learns both from the client's own frames
+(:meth:`Flow.sent`), so a blind spoofer's random sequence numbers are charged to no one.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .errors import HandlerConfigError
@@ -112,6 +118,14 @@ class FlowKey:
         return f"{name} {self.local_ip}:{self.local_port}<->{self.remote_ip}:{self.remote_port}"
 
 
+OFO_MAX_RANGES = 256        # ranges beyond a hole remembered per flow (bounded, as the
+                            # kernel prunes its out-of-order queue)
+DEFAULT_WINDOW = 65535      # the receive window assumed before the client's first frame
+ACK_SLACK = 1 << 24         # how far behind snd_nxt an acceptable ACK may be (the kernel
+                            # uses snd_una - max_window; the flow does not track snd_una)
+TCP_FIN, TCP_SYN, TCP_ACK = 0x01, 0x02, 0x10
+
+
 @dataclass(eq=False)
 class Flow:
     """One registered flow: its socket and its receive sequence state."""
@@ -119,22 +133,49 @@ class Flow:
     key: FlowKey
     sk: Any
     rcv_nxt: Optional[int] = None      # next in-order sequence number expected
-    charged_bytes: int = 0
-    uncharged_segments: int = 0        # duplicates and out-of-order segments
+    charged_bytes: int = 0             # each byte of the stream, once
+    ofo_bytes: int = 0                 # of which arrived beyond a hole
+    uncharged_segments: int = 0        # duplicates: nothing new in them
+    # Ranges already charged beyond rcv_nxt: sorted, disjoint (start, end) offsets
+    # relative to rcv_nxt, so sequence wrap-around never enters the comparisons.
+    ofo: list = field(default_factory=list)
+    # Learnt from the client's frames: the right edge of the window it advertised, its
+    # window scale, and the next sequence number it will send.
+    rcv_wnd_end: Optional[int] = None
+    rcv_wscale: int = 0
+    snd_nxt: Optional[int] = None
 
     @property
     def memalloc(self) -> bool:
         """Whether the socket is SOCK_MEMALLOC now (it may be set after registering)."""
         return bool(getattr(self.sk, "memalloc", False))
 
-    def new_bytes(self, seq: int, flags: int, paylen: int) -> int:
-        """Account one delivered TCP segment; the payload bytes that are new and in order.
+    def sent(self, seq: int, ack: int, flags: int, window: int, paylen: int,
+             wscale: Optional[int] = None) -> None:
+        """Note a segment the client sent: its advertised window and its snd_nxt.
+
+        A SYN's window is never scaled; its window-scale option (``wscale``) applies to
+        every later window (both ends of the testbed's connections are Linux, which
+        always answers the option).
+        """
+        if flags & TCP_SYN:
+            self.rcv_wscale = wscale or 0
+        if flags & TCP_ACK:
+            shift = 0 if flags & TCP_SYN else self.rcv_wscale
+            self.rcv_wnd_end = (ack + (window << shift)) % SEQ_MOD
+        end = (seq + paylen + (1 if flags & TCP_SYN else 0) + (1 if flags & TCP_FIN else 0)) % SEQ_MOD
+        if self.snd_nxt is None or 0 < (end - self.snd_nxt) % SEQ_MOD < SEQ_MOD // 2:
+            self.snd_nxt = end
+
+    def new_bytes(self, seq: int, flags: int, paylen: int, ack: Optional[int] = None) -> int:
+        """Account one delivered TCP segment; its payload bytes not seen before.
 
         SYN/SYN-ACK set ``rcv_nxt``; without one (registered mid-connection) the
         first segment seen sets it.
         """
-        if flags & 0x02:                           # SYN (or SYN-ACK): ISN + 1
+        if flags & TCP_SYN:                        # SYN (or SYN-ACK): ISN + 1
             self.rcv_nxt = (seq + 1) % SEQ_MOD
+            self.ofo.clear()
             seq = self.rcv_nxt
         if paylen <= 0:
             return 0
@@ -142,15 +183,61 @@ class Flow:
             self.rcv_nxt = seq
         ahead = (seq - self.rcv_nxt) % SEQ_MOD     # > 0: starts after rcv_nxt
         if ahead and ahead < SEQ_MOD // 2:         # out of order: a hole before it
-            self.uncharged_segments += 1
-            return 0
-        behind = (self.rcv_nxt - seq) % SEQ_MOD    # bytes already received
-        new = paylen - behind
+            new = self._remember(ahead, ahead + paylen) if self._acceptable(ahead, ack) else 0
+            self.ofo_bytes += new
+        else:
+            behind = (self.rcv_nxt - seq) % SEQ_MOD    # bytes already received
+            new = self._advance(paylen - behind) if paylen > behind else 0
         if new <= 0:
             self.uncharged_segments += 1
             return 0
-        self.rcv_nxt = (self.rcv_nxt + new) % SEQ_MOD
         self.charged_bytes += new
+        return new
+
+    def _acceptable(self, ahead: int, ack: Optional[int]) -> bool:
+        """Would the kernel queue a segment starting ``ahead`` bytes past rcv_nxt?"""
+        if self.rcv_wnd_end is None:
+            window = DEFAULT_WINDOW
+        else:
+            window = (self.rcv_wnd_end - self.rcv_nxt) % SEQ_MOD
+            window = window if window < SEQ_MOD // 2 else 0
+        if ahead >= window:                        # beyond the window: dropped
+            return False
+        if ack is None or self.snd_nxt is None:
+            return True
+        return (self.snd_nxt - ack) % SEQ_MOD <= ACK_SLACK   # not ahead of what was sent
+
+    def _remember(self, start: int, end: int) -> int:
+        """Add an out-of-order range; the bytes in it that were not already there."""
+        new = end - start
+        lo, hi, rest = start, end, []
+        for s, e in self.ofo:                      # disjoint ranges: overlaps add up
+            new -= max(0, min(e, end) - max(s, start))
+            if e < lo or s > hi:                   # neither overlapping nor touching
+                rest.append((s, e))
+            else:
+                lo, hi = min(s, lo), max(e, hi)
+        if len(rest) >= OFO_MAX_RANGES:            # full: not charged, nor remembered, so
+            return 0                               # its retransmission is charged instead
+        rest.append((lo, hi))
+        rest.sort()
+        self.ofo = rest
+        return new
+
+    def _advance(self, n: int) -> int:
+        """``n`` bytes arrived in order: move rcv_nxt past them and any range they reach.
+
+        Returns the bytes among the ``n`` not charged before (the new ones).
+        """
+        new, pos, rest = n, n, []
+        for s, e in self.ofo:
+            if s <= pos:
+                new -= max(0, min(e, n) - s)       # already charged, out of order
+                pos = max(pos, e)
+            else:
+                rest.append((s - pos, e - pos))
+        self.ofo = rest
+        self.rcv_nxt = (self.rcv_nxt + pos) % SEQ_MOD
         return new
 
 
@@ -202,4 +289,5 @@ class FlowRegistry:
         with self._lock:
             flows = list(self._flows.values())
         return [{"flow": str(f.key), "memalloc": f.memalloc, "charged_bytes": f.charged_bytes,
-                 "uncharged_segments": f.uncharged_segments} for f in flows]
+                 "ofo_bytes": f.ofo_bytes, "uncharged_segments": f.uncharged_segments}
+                for f in flows]

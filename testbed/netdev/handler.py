@@ -59,7 +59,7 @@ from .device import (BUF_LEN, TP_STATUS_COPY, TP_STATUS_CSUMNOTREADY, TP_STATUS_
                      TPACKET2_HDR, VNET_HDR_LEN, Attachment)
 from .dissect import summary
 from .errors import HandlerConfigError, NetdevError
-from .flows import FlowRegistry
+from .flows import TCP_SYN, FlowRegistry
 from .link import DelayLine, Faults, Loss, check_delay_ms, per_direction
 
 log = logging.getLogger(__name__)
@@ -408,6 +408,8 @@ class PacketHandler:
                         key = info[1]
                         if key is not None:
                             flow = lookup_out(key)
+                            if flow is not None and key[0] == IPPROTO_TCP:
+                                self._tcp_sent(flow, data, info[2], info[3])
                     cls = MEMALLOC if flow is not None and flow.sk.memalloc else OTHER
                     i = tx_m if cls == MEMALLOC else tx_o
                     t[i] += 1
@@ -469,8 +471,8 @@ class PacketHandler:
         if flow is not None:
             proto, l4, l4_end = info[1][0], info[2], info[3]
             if proto == IPPROTO_TCP:
-                seq, flags, paylen = headers.tcp_segment(buf, l4, l4_end)
-                new = flow.new_bytes(seq, flags, paylen)
+                seq, ack, flags, _, paylen = headers.tcp_segment(buf, l4, l4_end)
+                new = flow.new_bytes(seq, flags, paylen, ack)
             elif proto == IPPROTO_UDP:
                 new = headers.udp_payload_len(buf, l4)
                 flow.charged_bytes += max(new, 0)
@@ -494,6 +496,13 @@ class PacketHandler:
             self._capture.received(bytes(buf[start + VNET_HDR_LEN:end]), True)
         if not queued:
             mm.kfree_skb(skb)
+
+    @staticmethod
+    def _tcp_sent(flow: Any, data: bytes, l4: int, l4_end: int) -> None:
+        """The client's window and snd_nxt, for the out-of-order check on receive."""
+        seq, ack, flags, window, paylen = headers.tcp_segment(data, l4, l4_end)
+        wscale = headers.tcp_wscale(data, l4) if flags & TCP_SYN else None
+        flow.sent(seq, ack, flags, window, paylen, wscale)
 
     def _tx_finish(self, t: list, data: bytes, skb: Any, cls: int) -> None:
         """Write one frame to the wire and free its skb."""

@@ -104,7 +104,9 @@ _V6_HEAD = struct.Struct("!xxxxHB")     # payload_len, nexthdr
 _V6_ADDRS_AT = IPV6.offset("saddr")
 _TCP_DOFF = struct.Struct("!H")
 _TCP_DOFF_AT = TCP.offset("doff_flags")
-_TCP_SEQ_FLAGS = struct.Struct("!4xI4xH")   # seq, doff_flags
+_TCP_SEGMENT = struct.Struct("!4xIIHH")    # seq, ack_seq, doff_flags, window
+assert _TCP_SEGMENT.size == TCP.offset("check")
+TCPOPT_EOL, TCPOPT_NOP, TCPOPT_WINDOW = 0, 1, 3
 _UDP_LEN = struct.Struct("!H")
 _UDP_LEN_AT = UDP.offset("len")
 _IP_MF_OFFSET = 0x3FFF                  # more-fragments flag | fragment offset
@@ -193,10 +195,29 @@ def parse(buf: Buffer, start: int, end: int) -> Optional[Parsed]:
     return (ethertype, (proto, addrs, bytes(buf[l4:l4 + 4])), l4, l4_end)
 
 
-def tcp_segment(buf: Buffer, l4: int, l4_end: int) -> tuple[int, int, int]:
-    """(seq, flags, payload length) of a TCP header that :func:`parse` accepted."""
-    seq, doff_flags = _TCP_SEQ_FLAGS.unpack_from(buf, l4)
-    return seq, doff_flags & 0x3F, l4_end - l4 - ((doff_flags >> 12) << 2)
+def tcp_segment(buf: Buffer, l4: int, l4_end: int) -> tuple[int, int, int, int, int]:
+    """(seq, ack_seq, flags, window, payload length) of a TCP header :func:`parse` accepted."""
+    seq, ack, doff_flags, window = _TCP_SEGMENT.unpack_from(buf, l4)
+    return seq, ack, doff_flags & 0x3F, window, l4_end - l4 - ((doff_flags >> 12) << 2)
+
+
+def tcp_wscale(buf: Buffer, l4: int) -> Optional[int]:
+    """The window-scale option's shift in a SYN's options, or None (slow path: SYNs only)."""
+    end = l4 + ((buf[l4 + 12] >> 4) << 2)
+    i = l4 + TCP_MIN
+    while i < end:
+        kind = buf[i]
+        if kind == TCPOPT_EOL:
+            break
+        if kind == TCPOPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= end or buf[i + 1] < 2:        # truncated or a zero length: stop
+            break
+        if kind == TCPOPT_WINDOW and buf[i + 1] == 3 and i + 2 < end:
+            return min(buf[i + 2], 14)            # RFC 7323: larger shifts are read as 14
+        i += buf[i + 1]
+    return None
 
 
 def udp_payload_len(buf: Buffer, l4: int) -> int:

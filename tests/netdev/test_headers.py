@@ -28,9 +28,19 @@ def test_tcp_ipv4_key_matches_flowkey():
     assert info[0] == headers.ETH_P_IP
     key = FlowKey("tcp", "10.0.0.1", 40000, "10.0.0.2", 3260)
     assert info[1] == key.raw(inbound=True)
-    assert headers.tcp_segment(buf, info[2], info[3]) == (7, 0x18, 100)
+    assert headers.tcp_segment(buf, info[2], info[3]) == (7, 0, 0x18, 8192, 100)
     out, _ = parse(bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=3260)))
     assert out[1] == key.raw(inbound=False)
+
+
+def test_tcp_window_scale_option():
+    opts = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
+    info, buf = parse(bytes(Ether() / IP() / TCP(flags="S", options=opts)))
+    assert headers.tcp_wscale(buf, info[2]) == 7
+    info, buf = parse(bytes(Ether() / IP() / TCP(flags="S", options=[("MSS", 1460)])))
+    assert headers.tcp_wscale(buf, info[2]) is None
+    info, buf = parse(bytes(Ether() / IP() / TCP(flags="S", options=[("WScale", 20)])))
+    assert headers.tcp_wscale(buf, info[2]) == 14                # RFC 7323 caps the shift
 
 
 def test_udp_ipv6_vlan_and_padding():

@@ -15,7 +15,8 @@ from testbed.mm import DropReason
 from testbed.netdev import FlowKey, FlowRegistry, HandlerConfigError
 from testbed.netdev.capture import INBOUND, OUTBOUND, Capture
 from testbed.netdev.counters import DELIVERED, MEMALLOC, OTHER, RECEIVED, RX, Counters
-from testbed.netdev.flows import Flow, SEQ_MOD
+from testbed.netdev.flows import (DEFAULT_WINDOW, OFO_MAX_RANGES, SEQ_MOD, TCP_ACK, TCP_SYN,
+                                   Flow)
 from testbed.netdev.link import MAX_SLACK, DelayLine, Faults, Loss
 
 
@@ -78,20 +79,73 @@ def test_registry_is_thread_safe():
     assert len(reg) == 0 and not reg._inbound and not reg._outbound
 
 
-def test_rcv_nxt_charges_only_new_in_order_bytes():
+def test_rcv_nxt_charges_each_byte_once():
     f = Flow(FlowKey("tcp", "10.0.0.1", 1, "10.0.0.2", 2), sk=None)
     isn = SEQ_MOD - 150                                  # the sequence space wraps on the way
     assert f.new_bytes(isn, 0x12, 0) == 0                # SYN-ACK: rcv_nxt = isn + 1
     s = (isn + 1) % SEQ_MOD
     assert f.new_bytes(s, 0x18, 100) == 100              # in order
     assert f.new_bytes(s, 0x18, 100) == 0                # duplicate
-    assert f.new_bytes((s + 200) % SEQ_MOD, 0x18, 100) == 0   # out of order: a hole before it
     assert f.new_bytes((s + 50) % SEQ_MOD, 0x18, 100) == 50   # overlaps: only the new half
     assert f.new_bytes((s + 150) % SEQ_MOD, 0x10, 0) == 0     # pure ACK
     assert f.rcv_nxt == (s + 150) % SEQ_MOD and f.charged_bytes == 150
-    assert f.uncharged_segments == 2
+    assert f.uncharged_segments == 1
     g = Flow(f.key, sk=None)                             # registered mid-connection
     assert g.new_bytes(777, 0x18, 10) == 10 and g.rcv_nxt == 787
+
+
+def test_out_of_order_bytes_are_charged_once_and_the_hole_fill_moves_rcv_nxt():
+    """Beyond a hole, bytes are charged on arrival (the kernel's out-of-order queue);
+    their retransmissions are not charged again, and filling the hole moves rcv_nxt past
+    them."""
+    f = Flow(FlowKey("tcp", "10.0.0.1", 1, "10.0.0.2", 2), sk=None)
+    s = SEQ_MOD - 1000                                   # wraps inside the ranges
+    assert f.new_bytes(s, 0x18, 100) == 100
+    assert f.new_bytes(s + 200, 0x18, 100) == 100        # beyond a hole of 100
+    assert f.new_bytes((s + 400) % SEQ_MOD, 0x18, 100) == 100  # beyond a second hole
+    assert f.new_bytes((s + 250) % SEQ_MOD, 0x18, 100) == 50   # overlaps the first range
+    assert f.new_bytes(s + 200, 0x18, 100) == 0          # a retransmission of it
+    assert f.ofo_bytes == 250 and f.ofo == [(100, 250), (300, 400)]
+    assert f.new_bytes(s + 100, 0x18, 100) == 100        # fills the first hole...
+    assert f.rcv_nxt == (s + 350) % SEQ_MOD              # ...and reaches past the range
+    assert f.new_bytes((s + 300) % SEQ_MOD, 0x18, 150) == 50   # half old, half new
+    assert f.rcv_nxt == (s + 500) % SEQ_MOD and f.ofo == []
+    assert f.new_bytes((s + 500) % SEQ_MOD, 0x18, 10) == 10    # in order again
+    assert f.charged_bytes == 510 and f.uncharged_segments == 1
+
+
+def test_out_of_order_outside_the_window_or_with_a_bogus_ack_is_not_charged():
+    """The kernel queues an out-of-order segment only inside the receive window the
+    client advertised and with an ACK of something the client sent (RFC 5961)."""
+    f = Flow(FlowKey("tcp", "10.0.0.1", 1, "10.0.0.2", 2), sk=None)
+    f.sent(5000, 0, TCP_SYN, 64240, 0, wscale=7)         # the client's SYN
+    assert f.rcv_wscale == 7 and f.snd_nxt == 5001
+    assert f.new_bytes(999, TCP_SYN | TCP_ACK, 0) == 0   # SYN-ACK: rcv_nxt = 1000
+    f.sent(5001, 1000, TCP_ACK, 501, 0)                  # window 501 << 7 = 64128
+    assert f.rcv_wnd_end == 1000 + 64128
+    assert f.new_bytes(1000 + 64000, 0x18, 100, ack=5001) == 100   # in the window
+    assert f.new_bytes(1000 + 64128, 0x18, 100, ack=5001) == 0     # just past it
+    assert f.new_bytes(1000 + 3000, 0x18, 100, ack=9999) == 0      # acks unsent data
+    assert f.new_bytes(1000 + 3000, 0x18, 100, ack=4000) == 100    # an old ACK is fine
+    assert f.uncharged_segments == 2 and f.ofo_bytes == 200
+    g = Flow(f.key, sk=None)                             # nothing sent yet: a default window
+    assert g.new_bytes(0, 0x18, 10) == 10
+    assert g.new_bytes(DEFAULT_WINDOW + 10, 0x18, 10) == 0
+    assert g.new_bytes(DEFAULT_WINDOW, 0x18, 10) == 10
+
+
+def test_out_of_order_ranges_are_bounded():
+    """With the range list full, a new range is neither charged nor remembered, so that
+    its retransmission is charged exactly once."""
+    f = Flow(FlowKey("tcp", "10.0.0.1", 1, "10.0.0.2", 2), sk=None)
+    assert f.new_bytes(0, 0x18, 10) == 10
+    for k in range(OFO_MAX_RANGES):
+        assert f.new_bytes(20 + 20 * k, 0x18, 10) == 10
+    far = 20 + 20 * OFO_MAX_RANGES
+    assert f.new_bytes(far, 0x18, 10) == 0 and len(f.ofo) == OFO_MAX_RANGES
+    assert f.new_bytes(10, 0x18, 10) == 10               # the first hole: ranges merge
+    assert f.new_bytes(far, 0x18, 10) == 10              # now remembered, charged once
+    assert f.charged_bytes == 10 * (OFO_MAX_RANGES + 3)
 
 
 # -- counters -----------------------------------------------------------------------------
