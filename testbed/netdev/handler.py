@@ -13,7 +13,7 @@ Receive path, per frame read from the wire's rx ring::
     (delay line: the frame waits here, keeping its skb)
     protocol mm.sk_filter(skb, sk, ethertype)     -> drop NOT_MEMALLOC / PFMEMALLOC / ...
              write the frame to the TAP              (the stack gets it: delivered)
-    socket   TCP: new in-order payload of a registered flow -> sk.queue_rcv(skb, new bytes)
+    socket   TCP: new payload of a registered flow     -> sk.queue_rcv(skb, new bytes)
              UDP datagram of a registered flow      -> sk.queue_rcv(skb, payload)
              (charged before the write: the reader must not see bytes not yet queued)
              anything else (ACKs, ARP, duplicates)  -> mm.kfree_skb(skb) after the write

@@ -5,7 +5,7 @@
   red line marks the lockup;
 - ``drops.png``: received frames dropped so far, per flow class (storage = memalloc
   flows, other) and per reason;
-- ``goodput.png``: each bulk flow's goodput (in-order bytes the client received).
+- ``goodput.png``: each bulk flow's goodput (stream bytes the client received, once each).
 
 Samples are in 4 KiB pages; the plots show MiB.
 """

@@ -79,7 +79,7 @@ def drops_by_reason(net: Optional[dict[str, Any]]) -> dict[str, Any]:
 
 
 def goodput(samples: list[dict[str, Any]], hosts: dict[str, str]) -> dict[str, Any]:
-    """Per bulk host: bytes the client received in order on its flows, and Mbit/s.
+    """Per bulk host: bytes of its flows' streams the client received (each once), and Mbit/s.
 
     The rate is over the time the flow was registered (first to last sample it was in).
     """
