@@ -543,6 +543,14 @@ def expect(condition: bool, sentence: str) -> None:
         raise CheckFailed(sentence)
 
 
+def expect_finished(run: RunFolder, again: str) -> None:
+    """Fail unless ``run`` ran to its end; ``again`` tells the student what to rerun."""
+    why = str(run.summary.get("status"))
+    if run.summary.get("detail"):
+        why += f": {run.summary['detail']}"
+    expect(run.finished, f"{run.name} did not finish ({why}); {again}")
+
+
 def within(stated: float, measured: float, rel: float = 0.0, abs_: float = 0.0) -> bool:
     """Is ``stated`` within ``rel`` (fraction) or ``abs_`` of ``measured``?"""
     return abs(stated - measured) <= max(abs_, rel * abs(measured))

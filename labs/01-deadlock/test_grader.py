@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.labs import Answers, CheckFailed, RunFolder, agrees, expect
+from testbed.labs import (Answers, CheckFailed, RunFolder, agrees, expect,
+                          expect_finished)
 
 RUN = "runs/none"
 ALLOC_CLASSES = ("kernel", "nofs", "noio", "nowait", "atomic", "memalloc")
@@ -20,8 +21,7 @@ def run(run_folder) -> RunFolder:
     expect(r.policy == "none",
            f"{r.name} is a run of policy {r.policy}, but lab 1 is about the 2005 vanilla "
            f"kernel: run step 1 as written (deadlock.yaml, policy none)")
-    expect(r.finished, f"{r.name} did not finish ({r.summary.get('status')}: "
-           f"{r.summary.get('detail')}); run step 1 again")
+    expect_finished(r, "run step 1 again")
     expect(r.verdict == "lockup",
            f"{r.name} ended '{r.verdict}', not 'lockup': this lab needs a run that locked "
            f"up; check that deadlock.yaml is unchanged and run step 1 again")

@@ -10,7 +10,8 @@ import math
 
 import pytest
 
-from testbed.labs import Answers, BatchFolder, CheckFailed, agrees, expect
+from testbed.labs import (Answers, BatchFolder, CheckFailed, agrees, expect,
+                          expect_finished)
 from testbed.mm.skbuff import NET_IP_ALIGN, estimate_skb_pages, rx_buffer_len
 
 SWEEP = "runs/sweep"
@@ -26,8 +27,7 @@ def sweep(batch_folder) -> BatchFolder:
         expect(r.run.policy == "phillips-2005",
                f"{r.run.name} is a run of policy {r.run.policy}: lab 2 sweeps phillips-2005 "
                f"(reserve.yaml as given)")
-        expect(r.run.finished, f"{r.run.name} did not finish ({r.run.summary.get('status')}); "
-               f"run the sweep again")
+        expect_finished(r.run, "run the sweep again")
     for key in (RESERVE, HOSTS):
         expect(len(b.values(key)) >= 2, f"{b.name} does not vary {key}: run step 2 as "
                f"written (--param {RESERVE}=... --param {HOSTS}=...)")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from testbed.labs import (Answers, BatchFolder, CheckFailed, RunFolder, agrees, expect,
-                          within)
+                          expect_finished, within)
 
 COMPARE, SPOOF = "runs/compare", "runs/spoof"
 HOSTS = "topology.bulk_hosts"
@@ -25,8 +25,7 @@ def compare(batch_folder) -> dict[str, RunFolder]:
     b: BatchFolder = batch_folder(COMPARE)
     runs = {p: b.by_policy(p) for p in ("reserve-only", "phillips-2005")}
     for r in runs.values():
-        expect(r.finished, f"{r.name} did not finish ({r.summary.get('status')}); run the "
-               f"compare again into a fresh folder")
+        expect_finished(r, "run the compare again into a fresh folder")
     return runs
 
 
@@ -47,7 +46,7 @@ def spoof(batch_folder) -> dict[int, RunFolder]:
     b: BatchFolder = batch_folder(SPOOF)
     runs = {}
     for r in b.runs:
-        expect(r.run.finished, f"{r.run.name} did not finish; run the spoof sweep again")
+        expect_finished(r.run, "run the spoof sweep again")
         expect(r.run.setting("bulk.mode") == "spoof",
                f"{r.run.name} was not a spoof run (bulk mode {r.run.setting('bulk.mode')}): "
                f"run step 2 as written (spoof.yaml)")

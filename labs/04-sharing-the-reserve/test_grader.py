@@ -11,7 +11,8 @@ from typing import Callable
 
 import pytest
 
-from testbed.labs import Answers, BatchFolder, BatchRun, CheckFailed, RunFolder, agrees, expect
+from testbed.labs import (Answers, BatchFolder, BatchRun, CheckFailed, RunFolder, agrees, expect,
+                          expect_finished)
 
 SWEEP = "runs/threshold"
 KEY = "client.threshold"
@@ -28,8 +29,7 @@ def sweep(batch_folder) -> BatchFolder:
         expect(r.run.policy == "phillips-2005-threshold",
                f"{r.run.name} is a run of policy {r.run.policy}: lab 4 sweeps "
                f"phillips-2005-threshold (threshold.yaml as given)")
-        expect(r.run.finished, f"{r.run.name} did not finish ({r.run.summary.get('status')}); "
-               f"run the sweep again")
+        expect_finished(r.run, "run the sweep again")
     values = [float(v) for v in b.values(KEY)]
     expect(0.0 in values and 1.0 in values,
            f"{b.name} must include threshold 0 and threshold 1 (it has "
