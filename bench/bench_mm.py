@@ -25,7 +25,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from testbed.mm import (GFP_KERNEL, POLICIES, LocalDisk, Machine, MachineConfig,  # noqa: E402
+from testbed.blockdev.local import LocalDisk  # noqa: E402
+from testbed.mm import (GFP_KERNEL, POLICIES, Machine, MachineConfig,  # noqa: E402
                         MemoryManager, WorkloadConfig)
 from testbed.mm.page_writeback import DirtyThrottle  # noqa: E402
 from testbed.mm.pagecache import PageCache  # noqa: E402

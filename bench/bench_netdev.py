@@ -34,8 +34,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from testbed.mm import MemoryManager  # noqa: E402
-from testbed.netdev import PacketHandler, PlainForwarder, probe  # noqa: E402
-from testbed.netdev.lab import Topo  # noqa: E402
+from testbed.netdev import PacketHandler  # noqa: E402
+from tests.support import pinger as probe  # noqa: E402
+from tests.support.forwarder import PlainForwarder  # noqa: E402
+from tests.support.vethnet import VethNet  # noqa: E402
 
 PORT = 5201
 
@@ -49,12 +51,12 @@ def thread_cpu(prefix: str) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tck, int(fields[11]) / tck
 
 
-def wire_frames(topo: Topo) -> int:
+def wire_frames(topo: VethNet) -> int:
     link = json.loads(topo.exec("client", "ip", "-j", "-s", "link", "show", "client-eth0"))[0]
     return link["stats64"]["rx"]["packets"] + link["stats64"]["tx"]["packets"]
 
 
-def iperf(topo: Topo, seconds: float, reverse: bool) -> float:
+def iperf(topo: VethNet, seconds: float, reverse: bool) -> float:
     srv = topo.popen("peer", "iperf3", "-s", "-1", "-p", str(PORT))
     try:
         time.sleep(0.3)
@@ -69,12 +71,12 @@ def iperf(topo: Topo, seconds: float, reverse: bool) -> float:
     return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
 
 
-def rtt_p50(topo: Topo) -> float:
+def rtt_p50(topo: VethNet) -> float:
     probe.ping(topo.ns["client"], topo.ip["peer"], 5, 0.002)          # ARP, caches
     return probe.p50(probe.ping(topo.ns["client"], topo.ip["peer"], 200, 0.002)) * 1e3
 
 
-def measure(topo: Topo, seconds: float, thread: str) -> dict:
+def measure(topo: VethNet, seconds: float, thread: str) -> dict:
     out = {}
     for d, reverse in (("rx", True), ("tx", False)):
         c0, f0 = thread_cpu(thread), wire_frames(topo)
@@ -94,7 +96,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_netdev: needs root (namespaces); skipped")
         return 0
-    topo = Topo(["peer"])
+    topo = VethNet(["peer"])
     runs: dict[str, list[dict]] = {"plain": [], "handler": []}
     try:
         direct = rtt_p50(topo)

@@ -3,15 +3,15 @@
 ``testbed lab check N [DIR]`` runs ``labs/NN-slug/test_grader.py`` with
 ``--work DIR`` (the student's work folder) and ``--grade-json FILE``; this file
 gives every grader its fixtures and writes, per test, whether it passed and the
-sentence to show (see :func:`testbed.labs.check_sentence`):
+sentence to show (see :func:`testbed.grading.check_sentence`):
 
 * ``work``: the work folder (a :class:`pathlib.Path`);
-* ``answers``: the student's ``answers.yaml`` (:class:`testbed.labs.Answers`);
+* ``answers``: the student's ``answers.yaml`` (:class:`testbed.grading.Answers`);
 * ``run_folder(rel)`` / ``batch_folder(rel)``: a run, or a compare/sweep folder,
   of the work folder, whose absence is a sentence, not a traceback.
 
 A grader is a plain pytest file: one test function per check, its docstring the
-sentence shown when it passes, a :class:`testbed.labs.CheckFailed` (or an
+sentence shown when it passes, a :class:`testbed.grading.CheckFailed` (or an
 ``assert`` with a message) the sentence shown when it fails.
 """
 
@@ -23,7 +23,7 @@ from typing import Callable
 
 import pytest
 
-from testbed.labs import Answers, BatchFolder, RunFolder, check_name, check_sentence
+from testbed.grading import Answers, BatchFolder, RunFolder, check_name, check_sentence
 
 _results: list[dict] = []
 

@@ -25,7 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "testbed.commands.up",
     "testbed.commands.clean",
     "testbed.commands.doctor",
-    "testbed.iscsi.cli",
+    "testbed.commands.iscsi",
     "testbed.commands.lab",
 )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.labs import (Answers, CheckFailed, RunFolder, agrees, expect,
+from testbed.grading import (Answers, CheckFailed, RunFolder, agrees, expect,
                           expect_finished)
 
 RUN = "runs/none"

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from testbed.labs import (Answers, BatchFolder, CheckFailed, agrees, expect,
+from testbed.grading import (Answers, BatchFolder, CheckFailed, agrees, expect,
                           expect_finished)
 from testbed.mm.skbuff import NET_IP_ALIGN, estimate_skb_pages, rx_buffer_len
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from testbed.labs import (Answers, BatchFolder, CheckFailed, RunFolder, agrees, expect,
+from testbed.grading import (Answers, BatchFolder, CheckFailed, RunFolder, agrees, expect,
                           expect_finished, within)
 
 COMPARE, SPOOF = "runs/compare", "runs/spoof"

@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from testbed.labs import (Answers, BatchFolder, BatchRun, CheckFailed, RunFolder, agrees, expect,
+from testbed.grading import (Answers, BatchFolder, BatchRun, CheckFailed, RunFolder, agrees, expect,
                           expect_finished)
 
 SWEEP = "runs/threshold"

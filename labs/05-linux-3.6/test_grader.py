@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from testbed.labs import Answers, BatchFolder, CheckFailed, RunFolder, agrees, expect
+from testbed.grading import Answers, BatchFolder, CheckFailed, RunFolder, agrees, expect
 
 COMPARE = "runs/compare"
 POLICIES = ("phillips-2005", "gorman-3.6")

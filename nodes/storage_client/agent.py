@@ -35,7 +35,7 @@ from typing import Any, Optional
 
 from testbed.blockdev import BlockDevice
 from testbed.errors import TestbedError
-from testbed.iscsi.blockdev import IscsiBlockDevice
+from testbed.blockdev.iscsi import IscsiBlockDevice
 from testbed.iscsi.chap import ChapCredentials
 from testbed.iscsi.connection import SessionHooks
 from testbed.iscsi.session import SessionConfig
@@ -185,7 +185,7 @@ class StorageClient:
 
     def _open_device(self) -> BlockDevice:
         if self.cfg.storage == "local":
-            from testbed.mm.localdisk import LocalDisk
+            from testbed.blockdev.local import LocalDisk
             d = self.cfg.local_disk
             bw = d.get("bandwidth_mbps")
             return LocalDisk(d["path"], int(d["capacity_mb"]) << 20,

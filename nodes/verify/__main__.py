@@ -19,10 +19,10 @@ from pathlib import Path
 from testbed.blockdev import BlockDevice
 from testbed.errors import TestbedError
 from testbed.integrity import Manifest, verify
-from testbed.iscsi.blockdev import IscsiBlockDevice
+from testbed.blockdev.iscsi import IscsiBlockDevice
 from testbed.iscsi.chap import ChapCredentials
 from testbed.iscsi.session import SessionConfig
-from testbed.mm.localdisk import LocalDisk
+from testbed.blockdev.local import LocalDisk
 
 INITIATOR_NAME = "iqn.2026-11.org.testbed:verify"
 

@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import EnvironmentProblem, TestbedError
-from ..probe import probe
+from ..capabilities import probe
 from ..runctx import RunContext
 from .base import Backend, ContentionParams, Host, HostCommandTimeout, Network
 from .docker_labels import LABEL_MANAGED, LABEL_ROLE, LABEL_RUN

@@ -54,7 +54,7 @@ from mininet.nodelib import LinuxBridge
 from mininet.moduledeps import pathCheck
 
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
-from ..probe import Capabilities, probe
+from ..capabilities import Capabilities, probe
 from ..runctx import RunContext
 from .base import Backend, ContentionParams, Host, HostCommandTimeout, Network
 

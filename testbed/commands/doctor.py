@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass
 
 from .. import cleanup
-from ..probe import Capabilities, probe
+from ..capabilities import Capabilities, probe
 
 
 @dataclass(frozen=True)

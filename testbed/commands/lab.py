@@ -8,7 +8,7 @@
   folder) and prints each check as PASS or FAIL with one sentence; the exit status is
   0 only when every check passed.
 
-The labs themselves are in ``labs/``; :mod:`testbed.labs` finds, copies and grades them.
+The labs themselves are in ``labs/``; :mod:`testbed.grading` finds, copies and grades them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from .. import labs
+from .. import grading
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,9 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    found = labs.find_labs()
+    found = grading.find_labs()
     if not found:
-        print(f"no labs in {labs.LABS_DIR}")
+        print(f"no labs in {grading.LABS_DIR}")
         return 1
     for lab in found:
         h = lab.handout
@@ -59,9 +59,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    lab = labs.get_lab(args.lab)
+    lab = grading.get_lab(args.lab)
     handout = lab.handout
-    dest = labs.start(lab, args.dir)
+    dest = grading.start(lab, args.dir)
     print(f"lab {lab.number}: {handout.title}")
     print(f"copied to {dest}/: " + ", ".join(p.name for p in sorted(dest.iterdir())))
     print(f"read {dest}/README.md, then, from that folder:")
@@ -71,13 +71,13 @@ def cmd_start(args: argparse.Namespace) -> int:
         print(f"  cd {dest}")
         for c in steps[0].commands:
             print(f"  {c}")
-    print(f"\nwhen you have answered {labs.ANSWERS}: testbed lab check {lab.number}")
+    print(f"\nwhen you have answered {grading.ANSWERS}: testbed lab check {lab.number}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    lab = labs.get_lab(args.lab)
-    grade = labs.check(lab, args.dir)
+    lab = grading.get_lab(args.lab)
+    grade = grading.check(lab, args.dir)
     for line in grade.lines():
         print(line)
     return 0 if grade.passed else 1

@@ -12,22 +12,20 @@ The layers, bottom up:
 ``login``          login stages, discovery (SendTargets)
 ``session``        full feature phase, CmdSN window, R2T, keepalive, ERL 0 recovery
 ``scsi``           CDBs, sense decoding
-``blockdev``       :class:`testbed.blockdev.BlockDevice` on one LUN
-``cli``, ``perf``  ``testbed iscsi ...`` and its load generator
+``perf``           the load generator of ``testbed iscsi perf``
 ``errors``         the typed errors
 =================  ============================================================
 
 Typical use::
 
-    from testbed.iscsi import Session, SessionConfig, IscsiBlockDevice
+    from testbed.blockdev.iscsi import IscsiBlockDevice
     dev = IscsiBlockDevice.open("10.0.0.2", "iqn.2026-11.org.testbed:t1", lun=1)
 """
 
-from .blockdev import IscsiBlockDevice
 from .chap import ChapCredentials
 from .connection import SessionHooks
 from .login import discover
 from .session import Session, SessionConfig, Task
 
-__all__ = ["ChapCredentials", "IscsiBlockDevice", "Session", "SessionConfig", "SessionHooks",
+__all__ = ["ChapCredentials", "Session", "SessionConfig", "SessionHooks",
            "Task", "discover"]

@@ -12,7 +12,7 @@ them. See docs/architecture.md, "Memory manager", for the contract.
 from .config import MachineConfig, WorkloadConfig
 from .errors import MachineStopped, MMError, NoSpace
 from .gfp import GFP_ATOMIC, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAIT, Gfp
-from .localdisk import LocalDisk
+
 from .lockup import LockupEvidence
 from ..integrity import VerifyResult
 from .machine import Machine, Outcome
@@ -27,7 +27,7 @@ from .zone import PAGE_SIZE, Watermarks, calculate_min_free_kbytes, compute_wate
 __all__ = [
     "MachineConfig", "WorkloadConfig", "MachineStopped", "MMError", "NoSpace",
     "GFP_ATOMIC", "GFP_KERNEL", "GFP_NOFS", "GFP_NOIO", "GFP_NOWAIT", "Gfp",
-    "LocalDisk", "LockupEvidence", "Machine", "Outcome", "VerifyResult", "MemoryManager",
+    "LockupEvidence", "Machine", "Outcome", "VerifyResult", "MemoryManager",
     "POLICIES", "Policy", "make_policy", "DropReason", "NetDev", "Skb", "estimate_skb_pages",
     "Sock", "PF", "current", "task_flags", "Use", "PAGE_SIZE", "Watermarks",
     "calculate_min_free_kbytes", "compute_watermarks",

@@ -14,15 +14,15 @@ delivers to the stack or drops, counting everything. See ``docs/architecture.md`
 - :mod:`.link`     user-space delay, loss and fault hooks;
 - :mod:`.capture`  pcapng capture with drops marked;
 - :mod:`.dissect`  the scapy slow path;
-- :mod:`.forwarder` the plain forwarder (benchmark baseline);
-- :mod:`.netns`, :mod:`.probe`  namespace entry and an ICMP RTT probe;
-- :mod:`.lab`      small namespace topologies for the tests and the benchmark.
+- :mod:`.netns`    namespace entry.
+
+The tests' and the benchmark's helpers (namespace networks, a pinger, the plain
+forwarder baseline) live in ``tests/support``, outside the library.
 """
 
 from .errors import AttachError, HandlerConfigError, NetdevError
 from .flows import Flow, FlowKey, FlowRegistry
-from .forwarder import PlainForwarder
 from .handler import PacketHandler
 
-__all__ = ["PacketHandler", "PlainForwarder", "FlowKey", "FlowRegistry", "Flow",
+__all__ = ["PacketHandler", "FlowKey", "FlowRegistry", "Flow",
            "NetdevError", "AttachError", "HandlerConfigError"]

@@ -16,7 +16,7 @@ import pytest
 
 from testbed.blockdev import BlockDeviceError, read_sync, write_sync
 from testbed.iscsi import scsi
-from testbed.iscsi.blockdev import IscsiBlockDevice
+from testbed.blockdev.iscsi import IscsiBlockDevice
 from testbed.iscsi.errors import ScsiError, SessionFailed
 
 pytestmark = pytest.mark.tgtd

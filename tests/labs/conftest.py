@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import labs
+from testbed import grading
 
 COMMAND_TIMEOUT_S = 420.0
 
@@ -43,7 +43,7 @@ class Command:
 class HandoutRun:
     """What following one handout left: the commands run and the work folder."""
 
-    lab: labs.Lab
+    lab: grading.Lab
     base: Path
     commands: list[Command] = field(default_factory=list)
     work: Path | None = None           # the folder the check command ran in
@@ -105,7 +105,7 @@ def run_command(text: str, cwd: Path, env: dict[str, str]) -> tuple[Command, Pat
 RUN_AGAIN = re.compile(r"run the (sweep|compare) again")
 
 
-def follow_handout(lab: labs.Lab, base: Path, stop_on_failure: bool = True,
+def follow_handout(lab: grading.Lab, base: Path, stop_on_failure: bool = True,
                    retries: int = 1) -> HandoutRun:
     """Run the handout's commands in ``base``; answer with the solution before the check.
 
@@ -134,7 +134,7 @@ def follow_handout(lab: labs.Lab, base: Path, stop_on_failure: bool = True,
     return result
 
 
-def answer(lab: labs.Lab, work: Path, env: dict[str, str]) -> None:
+def answer(lab: grading.Lab, work: Path, env: dict[str, str]) -> None:
     """Fill answers.yaml with the reference solution's method, from the runs in ``work``."""
     solve = lab.path / "solution" / "solve.py"
     c = subprocess.run([sys.executable, str(solve), str(work)], env=env, text=True,
@@ -142,7 +142,7 @@ def answer(lab: labs.Lab, work: Path, env: dict[str, str]) -> None:
     assert c.returncode == 0, f"{solve} failed on {work}:\n{c.stdout}{c.stderr}"
 
 
-def again(lab: labs.Lab, base: Path, first: HandoutRun, retries: int) -> HandoutRun:
+def again(lab: grading.Lab, base: Path, first: HandoutRun, retries: int) -> HandoutRun:
     """Follow the handout once more in a fresh folder, as the check asked."""
     fresh = base / f"again-{retries}"
     fresh.mkdir()
@@ -159,7 +159,7 @@ def handout(tmp_path_factory):
     """``handout(N)``: lab N's handout, followed once per session (see the module doc)."""
     def get(number: int) -> HandoutRun:
         if number not in _followed:
-            lab = labs.get_lab(number)
+            lab = grading.get_lab(number)
             base = tmp_path_factory.mktemp(f"lab{number}-student")
             _followed[number] = follow_handout(lab, base)
         return _followed[number]

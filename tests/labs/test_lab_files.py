@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed import labs, scenario
+from testbed import grading, scenario
 from testbed.cli import build_parser
 
-LABS = labs.find_labs()
+LABS = grading.find_labs()
 SECTIONS = ("Goal", "Background", "Start", "Steps", "Questions",
             "What a correct result looks like", "Check")
 TESTBED = [sys.executable, "-m", "testbed.cli"]
@@ -35,7 +35,7 @@ def test_there_are_five_labs_numbered_in_order():
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
-def test_handout_follows_the_conventions(lab: labs.Lab):
+def test_handout_follows_the_conventions(lab: grading.Lab):
     h = lab.handout
     assert h.number == lab.number
     for s in SECTIONS:
@@ -49,7 +49,7 @@ def test_handout_follows_the_conventions(lab: labs.Lab):
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
-def test_lab_folder_has_grader_solution_and_scenarios(lab: labs.Lab):
+def test_lab_folder_has_grader_solution_and_scenarios(lab: grading.Lab):
     for name in ("README.md", "answers.yaml", "test_grader.py", "solution/solve.py",
                  "solution/README.md", "solution/answers.yaml"):
         assert (lab.path / name).is_file(), f"{lab.name}/{name} is missing"
@@ -65,7 +65,7 @@ def answer_keys(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
-def test_every_question_is_graded_and_answered_by_the_solution(lab: labs.Lab):
+def test_every_question_is_graded_and_answered_by_the_solution(lab: grading.Lab):
     keys = answer_keys(lab.path / "answers.yaml")
     assert keys and all(v is None for v in yaml.safe_load((lab.path / "answers.yaml")
                                                           .read_text()).values())
@@ -78,12 +78,12 @@ def test_every_question_is_graded_and_answered_by_the_solution(lab: labs.Lab):
     assert set(ref) == set(keys) and all(v is not None for v in ref.values())
 
 
-def handout_testbed_argv(lab: labs.Lab) -> list[list[str]]:
+def handout_testbed_argv(lab: grading.Lab) -> list[list[str]]:
     return [shlex.split(c)[1:] for c in lab.handout.commands() if c.startswith("testbed ")]
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
-def test_handout_commands_parse_and_their_scenarios_load(lab: labs.Lab):
+def test_handout_commands_parse_and_their_scenarios_load(lab: grading.Lab):
     """Each ``testbed`` command parses; run/compare/sweep load every variant they would run."""
     parser = build_parser()
     for argv in handout_testbed_argv(lab):
@@ -113,7 +113,7 @@ def test_handout_parser_joins_continuations_and_skips_comments(tmp_path):
                       "## Steps\n\n### Step 1: one\n\n```sh\n# a comment\ntestbed run a.yaml \\\n"
                       "  --out runs/a\n\nls\n```\n\n```text\nnot a command\n```\n\n"
                       "### Step 2: two\n\n```sh\ncat x\n```\n")
-    h = labs.Handout.parse(readme)
+    h = grading.Handout.parse(readme)
     assert (h.number, h.title, h.goal) == (7, "Test", "A goal over two lines.")
     assert h.commands() == ["testbed run a.yaml --out runs/a", "ls", "cat x"]
     assert [(s.title, s.commands) for s in h.steps()] == [
@@ -128,8 +128,8 @@ def test_handout_parser_joins_continuations_and_skips_comments(tmp_path):
 def test_handout_mistakes_name_the_line(tmp_path, text, where):
     readme = tmp_path / "README.md"
     readme.write_text(text)
-    with pytest.raises(labs.LabError, match=re.escape(f"{readme}{where}")):
-        labs.Handout.parse(readme)
+    with pytest.raises(grading.LabError, match=re.escape(f"{readme}{where}")):
+        grading.Handout.parse(readme)
 
 
 def cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -173,9 +173,9 @@ def test_lab_mistakes_are_one_line(tmp_path, argv, text):
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
-def test_grader_on_a_folder_without_runs_explains_every_failure(tmp_path, lab: labs.Lab):
-    work = labs.start(lab, tmp_path / "work")
-    grade = labs.check(lab, work)
+def test_grader_on_a_folder_without_runs_explains_every_failure(tmp_path, lab: grading.Lab):
+    work = grading.start(lab, tmp_path / "work")
+    grade = grading.check(lab, work)
     assert not grade.passed and grade.checks
     for c in grade.checks:
         assert not c.passed
@@ -198,35 +198,35 @@ def test_grader_on_a_folder_without_runs_explains_every_failure(tmp_path, lab: l
 ])
 def test_answers_mistakes_are_sentences(tmp_path, content, sentence):
     (tmp_path / "answers.yaml").write_text(content)
-    with pytest.raises(labs.CheckFailed) as exc:
-        labs.Answers.load(tmp_path / "answers.yaml", tmp_path).number("lockup_s")
+    with pytest.raises(grading.CheckFailed) as exc:
+        grading.Answers.load(tmp_path / "answers.yaml", tmp_path).number("lockup_s")
     assert sentence in str(exc.value)
 
 
 def test_answers_read_numbers_with_units_and_choices_in_any_case(tmp_path):
     (tmp_path / "answers.yaml").write_text("a: 3.5 s\nb: BELOW\nc: 4.0\nd: '12'\n")
-    a = labs.Answers.load(tmp_path / "answers.yaml")
+    a = grading.Answers.load(tmp_path / "answers.yaml")
     assert a.number("a") == 3.5 and a.choice("b", ("above", "below")) == "below"
     assert a.integer("c") == 4 and a.integer("d") == 12
-    with pytest.raises(labs.CheckFailed, match="must be one of above, below"):
+    with pytest.raises(grading.CheckFailed, match="must be one of above, below"):
         a.choice("a", ("above", "below"))
-    with pytest.raises(labs.CheckFailed, match="must be a whole number"):
+    with pytest.raises(grading.CheckFailed, match="must be a whole number"):
         a.integer("a")
 
 
 def test_fill_answers_keeps_the_comments_and_refuses_unknown_keys(tmp_path):
     path = tmp_path / "answers.yaml"
     path.write_text("# Q1\nx:\n# Q2\nm:\n")
-    labs.fill_answers(path, {"x": 1.5, "m": {1: 200, 3: 400}})
+    grading.fill_answers(path, {"x": 1.5, "m": {1: 200, 3: 400}})
     assert path.read_text() == "# Q1\nx: 1.5\n# Q2\nm: {1: 200, 3: 400}\n"
-    with pytest.raises(labs.LabError, match="no key.* y in the answers template"):
-        labs.fill_answers(path, {"y": 1})
+    with pytest.raises(grading.LabError, match="no key.* y in the answers template"):
+        grading.fill_answers(path, {"y": 1})
 
 
 def test_agrees_says_what_was_compared():
-    labs.agrees(3.4, 3.3, "the lockup", "runs/x", abs_=0.3, unit=" s")
-    with pytest.raises(labs.CheckFailed) as exc:
-        labs.agrees(5.0, 3.3, "the time of the lockup (lockup_s)", "the red line of runs/none",
+    grading.agrees(3.4, 3.3, "the lockup", "runs/x", abs_=0.3, unit=" s")
+    with pytest.raises(grading.CheckFailed) as exc:
+        grading.agrees(5.0, 3.3, "the time of the lockup (lockup_s)", "the red line of runs/none",
                     abs_=0.3, unit=" s")
     assert str(exc.value) == ("the time of the lockup (lockup_s): you wrote 5 s, but the red "
                               "line of runs/none shows 3.3 s (tolerance 0.3 s); read it again "
@@ -234,8 +234,8 @@ def test_agrees_says_what_was_compared():
 
 
 def test_missing_run_folders_are_named_as_typed(tmp_path):
-    with pytest.raises(labs.CheckFailed, match="there is no run folder runs/none: run the step"):
-        labs.RunFolder.open(tmp_path / "runs/none", tmp_path)
+    with pytest.raises(grading.CheckFailed, match="there is no run folder runs/none: run the step"):
+        grading.RunFolder.open(tmp_path / "runs/none", tmp_path)
     (tmp_path / "runs/sweep").mkdir(parents=True)
-    with pytest.raises(labs.CheckFailed, match="runs/sweep has no readable runs.json"):
-        labs.BatchFolder.open(tmp_path / "runs/sweep", tmp_path)
+    with pytest.raises(grading.CheckFailed, match="runs/sweep has no readable runs.json"):
+        grading.BatchFolder.open(tmp_path / "runs/sweep", tmp_path)

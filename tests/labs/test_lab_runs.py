@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed import labs
+from testbed import grading
 from tests.labs.conftest import HandoutRun
 from tests.platform.conftest import assert_nothing_left
 
@@ -38,7 +38,7 @@ def test_handout_runs_as_written_and_the_reference_solution_passes(handout, numb
     check = h.commands[-1]
     assert check.text == f"testbed lab check {number}"
     assert f"checks passed." in check.output and "FAIL" not in check.output, check.output
-    grade = labs.check(h.lab, h.work)
+    grade = grading.check(h.lab, h.work)
     assert grade.passed, "\n".join(grade.lines())
     assert len(grade.checks) >= 6
     # every run of the lab cleaned up after itself (a first try's too, if the check
@@ -51,7 +51,7 @@ def test_handout_runs_as_written_and_the_reference_solution_passes(handout, numb
 
 def hand_in(tmp_path: Path, number: int, runs: dict[str, Path], answers: Path) -> Path:
     """A work folder of lab ``number`` with the given run folders and answers."""
-    work = labs.start(labs.get_lab(number), tmp_path / f"lab{number}")
+    work = grading.start(grading.get_lab(number), tmp_path / f"lab{number}")
     for rel, src in runs.items():
         shutil.copytree(src, work / rel)
     shutil.copy(answers, work / "answers.yaml")
@@ -64,7 +64,7 @@ def test_a_phillips_run_handed_in_for_lab_1_fails_with_a_helpful_message(handout
     assert_followed(lab5)
     work = hand_in(tmp_path, 1, {"runs/none": lab5.work / "runs/compare/phillips-2005"},
                    lab1.work / "answers.yaml")
-    grade = labs.check(labs.get_lab(1), work)
+    grade = grading.check(grading.get_lab(1), work)
     assert not grade.passed and not any(c.passed for c in grade.checks)
     first = grade.failed[0].sentence
     assert first == ("runs/none is a run of policy phillips-2005, but lab 1 is about the 2005 "
@@ -79,7 +79,7 @@ def test_a_compare_without_gorman_handed_in_for_lab_5_names_what_is_missing(hand
     assert_followed(lab3)
     work = hand_in(tmp_path, 5, {"runs/compare": lab3.work / "runs/compare"},
                    lab5.work / "answers.yaml")
-    grade = labs.check(labs.get_lab(5), work)
+    grade = grading.check(grading.get_lab(5), work)
     assert not grade.passed
     assert grade.failed[0].sentence == (
         "runs/compare has no gorman-3.6 run (it has: phillips-2005, reserve-only): run the "
@@ -96,7 +96,7 @@ def test_wrong_answers_fail_with_sentences_that_compare_with_the_run(handout, tm
     bad = tmp_path / "answers.yaml"
     bad.write_text(yaml.safe_dump(answers))
     work = hand_in(tmp_path, 1, {"runs/none": h.work / "runs/none"}, bad)
-    grade = labs.check(labs.get_lab(1), work)
+    grade = grading.check(grading.get_lab(1), work)
     by_name = {c.name: c for c in grade.checks}
     lk = summary["lockup"]
     assert not by_name["lockup time"].passed

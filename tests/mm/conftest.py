@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from testbed.mm import Gfp, LocalDisk, MemoryManager, Use
+from testbed.blockdev.local import LocalDisk
+from testbed.mm import Gfp, MemoryManager, Use
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from testbed.mm import (GFP_ATOMIC, GFP_KERNEL, GFP_NOIO, DropReason, Gfp, LocalDisk, Machine,
+from testbed.mm import (GFP_ATOMIC, GFP_KERNEL, GFP_NOIO, DropReason, Gfp, Machine,
                         MachineConfig, MachineStopped, Skb, Use, WorkloadConfig)
+from testbed.blockdev.local import LocalDisk
 from testbed.mm.skbuff import ETH_P_IP
 
 DURATION_S = 60.0

@@ -10,7 +10,7 @@ import pytest
 
 from testbed.blockdev import BlockDevice, BlockDeviceError, read_sync, write_sync
 from testbed.errors import ConfigError, TimeoutExpired
-from testbed.mm import LocalDisk
+from testbed.blockdev.local import LocalDisk
 
 
 def test_is_a_block_device_that_keeps_bytes(disk):

@@ -19,7 +19,7 @@ import pytest
 from testbed.mm import MemoryManager, Use
 from testbed.netdev import PacketHandler, netns
 
-from testbed.netdev.lab import Topo
+from tests.support.vethnet import VethNet
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> Any:
@@ -84,7 +84,7 @@ class Injector:
 
 @pytest.fixture
 def topo():
-    t = Topo(["peer"])
+    t = VethNet(["peer"])
     try:
         yield t
     finally:
@@ -118,12 +118,12 @@ def injector(topo):
     inj.close()
 
 
-def client_mac(topo: Topo) -> str:
+def client_mac(topo: VethNet) -> str:
     import json
     return json.loads(topo.exec("client", "ip", "-j", "link", "show", "tap0"))[0]["address"]
 
 
-def peer_mac(topo: Topo) -> str:
+def peer_mac(topo: VethNet) -> str:
     import json
     return json.loads(topo.exec("peer", "ip", "-j", "link", "show", "peer-eth0"))[0]["address"]
 

@@ -14,7 +14,7 @@ import socket
 import pytest
 
 from testbed.mm import MemoryManager
-from testbed.netdev import probe
+from tests.support import pinger as probe
 
 from .conftest import in_ns, settle
 

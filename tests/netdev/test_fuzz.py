@@ -21,7 +21,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw, fuzz
 
 from testbed.mm import MemoryManager, Use
-from testbed.netdev import FlowKey, probe
+from testbed.netdev import FlowKey
+from tests.support import pinger as probe
 
 from .conftest import client_mac, settle
 

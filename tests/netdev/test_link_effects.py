@@ -15,7 +15,8 @@ import time
 import pytest
 
 from testbed.mm import MemoryManager
-from testbed.netdev import FlowKey, probe
+from testbed.netdev import FlowKey
+from tests.support import pinger as probe
 
 from .conftest import in_ns, settle, wait_for
 

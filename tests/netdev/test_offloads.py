@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from testbed.mm import MemoryManager, Use
-from testbed.netdev.lab import Topo
+from tests.support.vethnet import VethNet
 
 from .conftest import in_ns, settle, wait_for
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def offload_topo():
-    t = Topo(["peer"], offloads_off=False)
+    t = VethNet(["peer"], offloads_off=False)
     try:
         yield t
     finally:

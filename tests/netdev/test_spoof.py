@@ -35,34 +35,34 @@ from testbed.mm import MemoryManager, Use
 from testbed.netdev import FlowKey
 
 from .conftest import Injector, in_ns, release, set_free, settle, wait_for
-from testbed.netdev.lab import Topo
+from tests.support.vethnet import VethNet
 
 pytestmark = pytest.mark.root
 
 N_SPOOF = 2000
 
 
-def _nstat(topo: Topo) -> dict[str, int]:
+def _nstat(topo: VethNet) -> dict[str, int]:
     out = topo.exec("client", "nstat", "-az", "--json")
     data = json.loads(out)
     return {k: v for d in data.values() for k, v in d.items()}
 
 
-def _mac(topo: Topo, host: str) -> str:
+def _mac(topo: VethNet, host: str) -> str:
     dev = "tap0" if host == "client" else f"{host}-eth0"
     return json.loads(topo.exec(host, "ip", "-j", "link", "show", dev))[0]["address"]
 
 
 @pytest.fixture
 def three():
-    t = Topo(["target", "bulk"])
+    t = VethNet(["target", "bulk"])
     try:
         yield t
     finally:
         t.close()
 
 
-def _echo_server(topo: Topo) -> socket.socket:
+def _echo_server(topo: VethNet) -> socket.socket:
     srv = in_ns(topo.ns["target"], lambda: socket.socket())
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", 3260))

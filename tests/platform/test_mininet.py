@@ -15,7 +15,7 @@ from testbed.backends.base import ContentionParams, HostCommandTimeout
 from testbed.backends.mininet import LinkSpec, MininetBackend, ShapingError, verify_interface
 from testbed.commands.up import wait_ready
 from testbed.errors import ConfigError, TimeoutExpired
-from testbed.probe import probe
+from testbed.capabilities import probe
 from testbed.runctx import RunContext
 
 from .conftest import assert_nothing_left, run_tag_of, sh

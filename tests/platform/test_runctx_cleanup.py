@@ -11,7 +11,7 @@ import time
 import pytest
 
 from testbed import cleanup
-from testbed.probe import probe
+from testbed.capabilities import probe
 from testbed.runctx import ENV_VAR, STATE_DIR, RunContext, proc_starttime
 
 from .conftest import (TESTBED, assert_clean_removed, assert_nothing_left, other_runs,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from testbed.labs import RunFolder, fill_answers
+from testbed.grading import RunFolder, fill_answers
 
 
 def solve(work: Path) -> dict:

@@ -11,7 +11,7 @@ import math
 import sys
 from pathlib import Path
 
-from testbed.labs import BatchFolder, fill_answers
+from testbed.grading import BatchFolder, fill_answers
 from testbed.mm.skbuff import NET_IP_ALIGN, estimate_skb_pages, rx_buffer_len
 
 RESERVE, HOSTS = "client.reserve_pages", "topology.bulk_hosts"

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from testbed.labs import BatchFolder, fill_answers
+from testbed.grading import BatchFolder, fill_answers
 
 
 def storage_frames(run, direction: str) -> int:

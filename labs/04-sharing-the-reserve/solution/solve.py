@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from testbed.labs import BatchFolder, fill_answers
+from testbed.grading import BatchFolder, fill_answers
 
 KEY = "client.threshold"
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
-from ..blockdev import Buffer, BlockDeviceError, ReadCallback, WriteCallback, check_range
-from . import scsi
-from .errors import IscsiError, ScsiError
-from .session import Session, SessionConfig, Task
+from . import Buffer, BlockDeviceError, ReadCallback, WriteCallback, check_range
+from ..iscsi import scsi
+from ..iscsi.errors import IscsiError, ScsiError
+from ..iscsi.session import Session, SessionConfig, Task
 
 
 class _Request:

@@ -1,8 +1,10 @@
 """Block devices: the contract between the page cache and whatever stores the blocks.
 
 The emulated page cache (``testbed.mm``) writes dirty pages back through a
-:class:`BlockDevice`; the iSCSI initiator (``testbed.iscsi``) and the local,
-file-backed stand-in both implement it. The interface is asynchronous, as the
+:class:`BlockDevice`. This package holds the contract and both of its kinds:
+:mod:`.iscsi` (a LUN over the project's initiator, ``testbed.iscsi``) and
+:mod:`.local` (a file-backed disk with a latency and a bandwidth, the "buy a local
+disk" baseline). The interface is asynchronous, as the
 kernel's block layer is: ``submit_*`` queue a request and return at once, and the
 callback runs when it completes (on the device's own I/O thread, so it must be
 short and must not block). The synchronous helpers wait with a timeout.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional, Protocol, Union, runtime_checkable
 
-from .errors import TestbedError, TimeoutExpired
+from ..errors import TestbedError, TimeoutExpired
 
 Buffer = Union[bytes, bytearray, memoryview]
 WriteCallback = Callable[[Optional[BaseException]], None]

@@ -1,10 +1,10 @@
 """Small real networks for the handler's tests and benchmark: namespaces and veths.
 
-``Topo(["peer"])`` gives ``tb-<run>-client`` and ``tb-<run>-peer`` joined by one veth
+``VethNet(["peer"])`` gives ``tb-<run>-client`` and ``tb-<run>-peer`` joined by one veth
 (``client-eth0`` <-> ``peer-eth0``); with more hosts, a bridge in its own namespace
 ``tb-<run>-sw`` joins them all. Addresses: client 10.0.0.1, then 10.0.0.2, ... in
 host order, /24. Offloads are off on every host interface, as the backend sets them.
-Everything is removed by :meth:`Topo.close` (deleting a namespace deletes its veths).
+Everything is removed by :meth:`VethNet.close` (deleting a namespace deletes its veths).
 
 Each topology is a run of its own (:class:`testbed.runctx.RunContext`): its state file
 marks the namespaces as alive, so another test's ``testbed clean`` leaves them alone,
@@ -31,7 +31,7 @@ def sh(*argv: str, check: bool = True, timeout: float = 20) -> str:
     return p.stdout
 
 
-class Topo:
+class VethNet:
     def __init__(self, hosts: Sequence[str] = ("peer",), offloads_off: bool = True,
                  ipv6: bool = False):
         self.ipv6 = ipv6

@@ -14,7 +14,7 @@ import struct
 import time
 from typing import Optional
 
-from . import netns
+from testbed.netdev import netns
 
 ICMP_ECHO, ICMP_ECHOREPLY = 8, 0
 ECHO = struct.Struct("!BBHHH")      # type, code, checksum, id, sequence

@@ -13,10 +13,10 @@ import select
 import threading
 from typing import Any, Optional
 
-from . import netns
-from .device import (BUF_LEN, TP_STATUS_COPY, TP_STATUS_USER, TPACKET2_HDR, VNET_HDR_LEN,
+from testbed.netdev import netns
+from testbed.netdev.device import (BUF_LEN, TP_STATUS_COPY, TP_STATUS_USER, TPACKET2_HDR, VNET_HDR_LEN,
                      Attachment)
-from .handler import BURST, POLL_MS, TP_KERNEL
+from testbed.netdev.handler import BURST, POLL_MS, TP_KERNEL
 
 
 class PlainForwarder:

@@ -22,11 +22,11 @@ import sys
 from typing import Optional
 
 from ..errors import ConfigError
-from .chap import ChapCredentials
-from .connection import parse_portal
-from .login import DEFAULT_INITIATOR, discover
-from .perf import run_load
-from .session import Session, SessionConfig
+from ..iscsi.chap import ChapCredentials
+from ..iscsi.connection import parse_portal
+from ..iscsi.login import DEFAULT_INITIATOR, discover
+from ..iscsi.perf import run_load
+from ..iscsi.session import Session, SessionConfig
 
 
 def _size(text: str) -> int:

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import Optional
 
-from ..blockdev import BlockDeviceError, Buffer, ReadCallback, WriteCallback, check_range
+from . import BlockDeviceError, Buffer, ReadCallback, WriteCallback, check_range
 from ..errors import ConfigError, TimeoutExpired
 
 IO_POLL_S = 0.1
