@@ -19,38 +19,14 @@ in ``status`` and ``detail``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
+
+# the file readers are testbed.results' (the one reader of run folders); until_end is
+# imported here too so that older ``report.summary`` imports of it keep working
+from ..results import read_json, read_ndjson, until_end  # noqa: F401
 
 CLASSES = ("memalloc", "other")
-
-
-def read_ndjson(path: Path) -> Iterator[dict[str, Any]]:
-    """The objects of an NDJSON file; a torn last line (a killed writer) is skipped."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError:
-                        continue
-    except FileNotFoundError:
-        return
-
-
-def until_end(samples: list[dict[str, Any]], summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The samples up to the outcome (later ones show the client shutting down)."""
-    end = summary.get("end_t")
-    return samples if end is None else [s for s in samples if s.get("t", 0) <= end]
-
-
-def read_json(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def rx_drops(net: Optional[dict[str, Any]]) -> dict[str, int]:
