@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import NamedTuple, Optional
 
+from .. import results
 from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem
 from ..orchestrator import Orchestrator, RunResult
-from ..report import build_compare_report, build_report, table_rows
+from ..report import build_compare_report, build_report
 from ..report.summary import evidence
 from ..scenario import Scenario
-
-INDEX = "runs.json"     # a compare/sweep folder's list of runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -106,29 +104,34 @@ def _batch_dir(out: Optional[Path], kind: str, name: str) -> Path:
     return d
 
 
-def _run_batch(base: Path, jobs: list[tuple[str, Scenario]], title: str) -> tuple[int, Path]:
-    """Run each (label, scenario) in turn into ``base``; then the combined report."""
-    index: list[dict[str, Any]] = []
+class Job(NamedTuple):
+    """One run of a batch: its label, the scenario as loaded, and (for a sweep) the
+    parameter values it was loaded with, which runs.json keeps as they were given."""
+    label: str
+    scenario: Scenario
+    params: results.Params
+
+
+def _run_batch(base: Path, jobs: list[Job], title: str) -> tuple[int, Path]:
+    """Run each job in turn into ``base``; then the combined report."""
+    index: list[results.BatchEntry] = []
     ok = True
-    for i, (label, sc) in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] {label}", flush=True)
-        res = Orchestrator(sc, out_dir=base / _slug(label)).run()
+    for i, job in enumerate(jobs, 1):
+        print(f"[{i}/{len(jobs)}] {job.label}", flush=True)
+        res = Orchestrator(job.scenario, out_dir=base / _slug(job.label)).run()
         _print_result(res)
         ok &= res.ok
-        index.append({"label": label, "dir": res.run_dir.name, "params": _params_of(label)})
-        (base / INDEX).write_text(json.dumps({"title": title, "runs": index}, indent=2))
-    report = build_compare_report(base, [base / r["dir"] for r in index],
-                                  [r["label"] for r in index], title)
-    return (0 if ok else 1), report
+        index.append(results.BatchEntry(job.label, res.run_dir.name, dict(job.params)))
+        results.write_index(base, title, index)
+    return (0 if ok else 1), build_compare_report(base)
 
 
 def _print_table(base: Path) -> None:
-    summaries = json.loads((base / "summaries.json").read_text())
-    header, rows = table_rows(summaries)
-    strip = lambda c: c.replace("<b class='", "").split("'>")[-1].replace("</b>", "")  # noqa: E731
-    rows = [[strip(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    for r in [header] + rows:
+    """The batch's table as plain-text columns."""
+    table = results.table(results.open_batch(base).runs())
+    lines = [table.header] + table.rows
+    widths = [max(len(r[i]) for r in lines) for i in range(len(table.header))]
+    for r in lines:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
@@ -142,10 +145,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for p in policies:   # load every variant first: a mistake starts nothing
         sc = scenario_mod.load(args.scenario, _overrides(args) + [f"client.policy={p}"])
         for k in range(args.repeat):
-            jobs.append((p if args.repeat == 1 else f"{p}#{k + 1}", sc))
+            jobs.append(Job(p if args.repeat == 1 else f"{p}#{k + 1}", sc, {}))
     _require_root()
-    base = _batch_dir(args.out, "compare", jobs[0][1].name)
-    status, report = _run_batch(base, jobs, f"{jobs[0][1].name}: policies compared")
+    base = _batch_dir(args.out, "compare", jobs[0].scenario.name)
+    status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: policies compared")
     _print_table(base)
     print(f"report: {report}")
     return status
@@ -167,17 +170,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for combo in itertools.product(*(vals for _, vals in params)):
         sets = [f"{k}={v}" for (k, _), v in zip(params, combo)]
         sc = scenario_mod.load(args.scenario, _overrides(args) + sets)
-        jobs.append((" ".join(sets), sc))
+        jobs.append(Job(" ".join(sets), sc, {k: v for (k, _), v in zip(params, combo)}))
     _require_root()
-    base = _batch_dir(args.out, "sweep", jobs[0][1].name)
-    status, report = _run_batch(base, jobs, f"{jobs[0][1].name}: sweep over "
-                                            f"{' x '.join(k for k, _ in params)}")
-    from ..report.plots import sweep_plot
-    summaries = json.loads((base / "summaries.json").read_text())
-    sweep_plot(summaries, [k for k, _ in params], base / "sweep.png")
-    index = json.loads((base / INDEX).read_text())
-    report = build_compare_report(base, [base / r["dir"] for r in index["runs"]],
-                                  [r["label"] for r in index["runs"]], index["title"])
+    name = jobs[0].scenario.name
+    base = _batch_dir(args.out, "sweep", name)
+    status, report = _run_batch(base, jobs, f"{name}: sweep over {' x '.join(k for k, _ in params)}")
     _print_table(base)
     print(f"report: {report}")
     return status
@@ -187,27 +184,14 @@ def _slug(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
 
 
-def _params_of(label: str) -> dict[str, str]:
-    return dict(p.split("=", 1) for p in label.split() if "=" in p)
-
-
 # -- report --------------------------------------------------------------------------------
 
 def cmd_report(args: argparse.Namespace) -> int:
     d: Path = args.dir
-    if (d / INDEX).exists():
-        index = json.loads((d / INDEX).read_text())
-        for r in index["runs"]:
-            if (d / r["dir"] / "summary.json").exists():
-                build_report(d / r["dir"])
-        report = build_compare_report(d, [d / r["dir"] for r in index["runs"]],
-                                      [r["label"] for r in index["runs"]], index["title"])
-        if any(r["params"] for r in index["runs"]):
-            from ..report.plots import sweep_plot
-            summaries = json.loads((d / "summaries.json").read_text())
-            sweep_plot(summaries, list(index["runs"][0]["params"]), d / "sweep.png")
-            report = build_compare_report(d, [d / r["dir"] for r in index["runs"]],
-                                          [r["label"] for r in index["runs"]], index["title"])
+    if results.is_batch(d):
+        for run in results.open_batch(d).runs():
+            build_report(run.path)
+        report = build_compare_report(d)    # with the sweep's plot when runs have params
     else:
         report = build_report(d)
     print(f"report: {report}")

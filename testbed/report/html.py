@@ -1,6 +1,8 @@
 """``report.html``: the summary and the plots of a run, or of runs side by side.
 
 Plain HTML with the PNGs beside it (relative links), readable offline and printable.
+Everything shown that comes from a folder (labels, values, the summary) is escaped here;
+callers pass plain text, never markup.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import html
 import json
 from typing import Any
+
+from ..results import Table
 
 STYLE = """body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
@@ -33,7 +37,7 @@ def run_page(summary: dict[str, Any], evidence: list[str], images: list[str]) ->
             ("expected", _esc(summary.get("expected"))),
             ("policy", _esc(summary.get("policy"))),
             ("status", _esc(summary.get("status"))),
-            ("duration", f"{summary.get('duration_s')} s")]
+            ("duration", f"{_esc(summary.get('duration_s'))} s")]
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     ev = "".join(f"<li>{_esc(line)}</li>" for line in evidence)
     imgs = "".join(f"<p><img src='{_esc(i)}' alt='{_esc(i)}'></p>" for i in images)
@@ -43,10 +47,20 @@ def run_page(summary: dict[str, Any], evidence: list[str], images: list[str]) ->
                 f"<h2>summary.json</h2><pre>{raw}</pre>")
 
 
-def compare_page(title: str, header: list[str], rows: list[list[str]], images: list[str],
+def table_html(table: Table) -> str:
+    """The comparison table, every cell escaped; the verdict cell coloured."""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in table.header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(table, i, c)}</td>" for i, c in enumerate(r))
+                   + "</tr>" for r in table.rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(table: Table, column: int, text: str) -> str:
+    return verdict_cell(text) if column == table.verdict_column else _esc(text)
+
+
+def compare_page(title: str, table: Table, images: list[str],
                  links: list[tuple[str, str]]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
     imgs = "".join(f"<p><img src='{_esc(i)}' alt='{_esc(i)}'></p>" for i in images)
     lk = "".join(f"<li><a href='{_esc(h)}'>{_esc(t)}</a></li>" for t, h in links)
-    return page(title, f"<table><tr>{head}</tr>{body}</table>{imgs}<h2>Runs</h2><ul>{lk}</ul>")
+    return page(title, f"{table_html(table)}{imgs}<h2>Runs</h2><ul>{lk}</ul>")

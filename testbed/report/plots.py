@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..results import RunOutcome, param_values  # noqa: E402
+
 PAGE_MIB = 4096 / 2**20
 COLOURS = {"free": "tab:green", "dirty": "tab:orange", "writeback": "tab:purple"}
 
@@ -142,18 +144,17 @@ def goodput_plot(samples: list[dict[str, Any]], hosts: dict[str, str], path: Pat
     plt.close(fig)
 
 
-def compare_plot(runs: list[tuple[str, list[dict[str, Any]], dict[str, Any]]], path: Path) -> None:
+def compare_plot(runs: list[tuple[RunOutcome, list[dict[str, Any]]]], path: Path) -> None:
     """Several runs side by side: free memory, written back, and other-traffic drops."""
     fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
-    for label, samples, summary in runs:
+    for run, samples in runs:
         t = series(samples, "t")
-        line, = axes[0].plot(t, series(samples, "free", PAGE_MIB), label=f"{label}: {summary.get('verdict')}")
+        line, = axes[0].plot(t, series(samples, "free", PAGE_MIB), label=f"{run.label}: {run.verdict}")
         axes[1].plot(t, series(samples, "writeback_bytes", 1 / 2**20), color=line.get_color())
         axes[2].plot(t, [rx_dropped(s, "other") for s in samples], color=line.get_color())
-        lk = summary.get("lockup")
-        if lk:
+        if run.lockup_t is not None:
             for a in axes:
-                a.axvline(lk["t"], color=line.get_color(), ls=":", lw=1)
+                a.axvline(run.lockup_t, color=line.get_color(), ls=":", lw=1)
     axes[0].set_ylabel("free (MiB)")
     axes[0].legend(fontsize=8)
     axes[1].set_ylabel("written back (MiB)")
@@ -169,36 +170,31 @@ def compare_plot(runs: list[tuple[str, list[dict[str, Any]], dict[str, Any]]], p
 VERDICT_COLOURS = {"completed": "tab:green", "lockup": "tab:red", "degraded": "tab:orange", None: "grey"}
 
 
-def outcome_time(s: dict[str, Any]) -> float:
-    """Seconds to the lockup, or to the end of writeback."""
-    lk = s.get("lockup")
-    return lk["t"] if s.get("verdict") == "lockup" and lk else s["writeback"]["time_s"] or 0.0
-
-
-def sweep_plot(summaries: list[dict[str, Any]], keys: list[str], path: Path) -> None:
+def sweep_plot(runs: list[RunOutcome], keys: list[str], path: Path) -> None:
     """One parameter: time to lockup/completion against its values, coloured by verdict.
-    Two: a grid of cells coloured by verdict, each with its time."""
-    def params(s: dict[str, Any]) -> dict[str, str]:
-        return dict(p.split("=", 1) for p in s.get("label", "").split() if "=" in p)
+    Two: a grid of cells coloured by verdict, each with its time.
 
+    Values and times are the results reader's (``runs.json`` params, ``RunOutcome.time_s``);
+    a run that recorded no time gets a bar of height 0.
+    """
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if len(keys) == 1:
-        xs = [params(s).get(keys[0], "?") for s in summaries]
-        for i, s in enumerate(summaries):
-            ax.bar(i, outcome_time(s), color=VERDICT_COLOURS.get(s.get("verdict"), "grey"))
-            ax.text(i, outcome_time(s), str(s.get("verdict")), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(xs)), xs)
+        for i, run in enumerate(runs):
+            t = run.time_s or 0.0
+            ax.bar(i, t, color=VERDICT_COLOURS.get(run.verdict, "grey"))
+            ax.text(i, t, str(run.verdict), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(runs)), [run.params.get(keys[0], "?") for run in runs])
         ax.set_xlabel(keys[0])
         ax.set_ylabel("time to lockup / completion (s)")
     else:
-        xs = list(dict.fromkeys(params(s).get(keys[0]) for s in summaries))
-        ys = list(dict.fromkeys(params(s).get(keys[1]) for s in summaries))
-        for s in summaries:
-            p = params(s)
-            x, y = xs.index(p.get(keys[0])), ys.index(p.get(keys[1]))
+        xs, ys = param_values(runs, keys[0]), param_values(runs, keys[1])
+        for run in runs:
+            if keys[0] not in run.params or keys[1] not in run.params:
+                continue          # not a point of this grid
+            x, y = xs.index(run.params[keys[0]]), ys.index(run.params[keys[1]])
             ax.add_patch(plt.Rectangle((x - 0.45, y - 0.45), 0.9, 0.9,
-                                       color=VERDICT_COLOURS.get(s.get("verdict"), "grey"), alpha=0.7))
-            ax.text(x, y, f"{s.get('verdict')}\n{outcome_time(s):.1f}s", ha="center", va="center",
+                                       color=VERDICT_COLOURS.get(run.verdict, "grey"), alpha=0.7))
+            ax.text(x, y, f"{run.verdict}\n{run.time_s or 0.0:.1f}s", ha="center", va="center",
                     fontsize=8)
         ax.set_xlim(-0.5, len(xs) - 0.5)
         ax.set_ylim(-0.5, len(ys) - 0.5)
