@@ -1,7 +1,9 @@
 """What graders and solutions read: a run folder, a compare or sweep folder, the answers.
 
 Everything that can be missing or wrong raises :class:`~.errors.CheckFailed` with one
-sentence a student understands.
+sentence a student understands. The folders are read by :mod:`testbed.results` (the
+testbed's one reader of run, compare and sweep folders): these classes add the sentences
+and the views graders need, and compute nothing that reader already does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import yaml
 
-from ..report.summary import read_json, read_ndjson, until_end
+from .. import results
 from .errors import CheckFailed, LabError
 
 # -- what graders read -------------------------------------------------------------------
@@ -35,11 +37,12 @@ class RunFolder:
     def __init__(self, path: Path, name: Optional[str] = None):
         self.path = Path(path)
         self.name = name or str(path)
-        summary = read_json(self.path / "summary.json")
-        if summary is None:
+        outcome = results.read_run(self.path)
+        if outcome is None:
             raise CheckFailed(f"{self.name} is not a finished run folder (no readable "
                               f"summary.json): run the step that makes it, and let it finish")
-        self.summary: dict[str, Any] = summary
+        self.outcome: results.RunOutcome = outcome
+        self.summary: dict[str, Any] = outcome.summary
         self._samples: Optional[list[dict[str, Any]]] = None
         self._scenario: Optional[dict[str, Any]] = None
 
@@ -55,45 +58,42 @@ class RunFolder:
     # the summary
     @property
     def verdict(self) -> Optional[str]:
-        return self.summary.get("verdict")
+        return self.outcome.verdict
 
     @property
     def policy(self) -> str:
-        return str(self.summary.get("policy"))
+        return self.outcome.policy
 
     @property
     def finished(self) -> bool:
-        return self.summary.get("status") == "finished" and self.verdict is not None
+        return self.outcome.finished
 
     def drops(self, cls: str, reason: Optional[str] = None) -> int:
         """Received frames dropped of class ``memalloc`` (storage) or ``other``."""
-        d = self.summary.get("drops", {}).get(cls, {})
-        return int(d.get(reason or "total", 0))
+        return self.outcome.drops(cls, reason)
 
     @property
     def time_s(self) -> float:
-        """Seconds to the outcome: the lockup, or the completion of writeback."""
-        lk = self.summary.get("lockup")
-        if self.verdict == "lockup" and lk:
-            return float(lk["t"])
-        return float(self.summary.get("writeback", {}).get("time_s") or 0.0)
+        """Seconds to the outcome: the lockup, or the completion of writeback (0 if the
+        run recorded neither)."""
+        return self.outcome.time_s or 0.0
 
     # the client's metric stream, up to the outcome
     @property
     def samples(self) -> list[dict[str, Any]]:
         if self._samples is None:
-            got = list(read_ndjson(self.path / "client.ndjson"))
+            got = self.outcome.samples(until_outcome=False)
             if not got:
                 raise CheckFailed(f"{self.name}/client.ndjson is missing or empty: the run "
                                   f"did not record the client's memory; run it again")
-            self._samples = until_end(got, self.summary)
+            self._samples = results.until_end(got, self.summary)
         return self._samples
 
     @property
     def all_samples(self) -> list[dict[str, Any]]:
         """Every sample, also those after the outcome (the client shutting down)."""
         self.samples                      # noqa: B018  (raises if there are none)
-        return list(read_ndjson(self.path / "client.ndjson"))
+        return self.outcome.samples(until_outcome=False)
 
     def series(self, key: str) -> list[tuple[float, Any]]:
         return [(s["t"], s.get(key, 0)) for s in self.samples]
@@ -149,18 +149,18 @@ class BatchFolder:
     def __init__(self, path: Path, name: str):
         self.path = Path(path)
         self.name = name
-        index = read_json(self.path / "runs.json")
-        if index is None or not isinstance(index.get("runs"), list):
+        batch = results.read_batch(self.path)
+        if batch is None:
             raise CheckFailed(f"{name} has no readable runs.json: it is not a compare or "
                               f"sweep folder, or the command did not finish")
+        self.batch: results.Batch = batch
         self.runs: list[BatchRun] = []
-        for r in index["runs"]:
-            where = f"{name}/{r['dir']}"
-            if not (self.path / r["dir"]).is_dir():
+        for e in batch.entries:
+            where = f"{name}/{e.dir}"
+            if not batch.run_path(e).is_dir():
                 raise CheckFailed(f"{where} is listed in runs.json but missing: run the "
                                   f"command again")
-            self.runs.append(BatchRun(r["label"], dict(r.get("params") or {}),
-                                      RunFolder(self.path / r["dir"], where)))
+            self.runs.append(BatchRun(e.label, dict(e.params), RunFolder(batch.run_path(e), where)))
 
     @classmethod
     def open(cls, path: Path, work: Optional[Path] = None) -> "BatchFolder":
@@ -180,12 +180,7 @@ class BatchFolder:
 
     def values(self, key: str) -> list[str]:
         """The values a sweep took for ``key``, in order of first appearance."""
-        seen: list[str] = []
-        for r in self.runs:
-            v = r.params.get(key)
-            if v is not None and v not in seen:
-                seen.append(v)
-        return seen
+        return results.param_values(self.runs, key)
 
     def select(self, key: str, value: Any) -> list[BatchRun]:
         """The runs of a sweep whose parameter ``key`` is ``value`` (numbers compared as such)."""
