@@ -34,74 +34,56 @@ names (``bw`` in Mbit/s, ``delay`` as a string, ``loss`` in percent,
 (On a machine where dockerd has run, its FORWARD DROP stops a root-namespace bridge:
 prefix ``unshare --net --``. The testbed's own backend keeps its bridge in a namespace.)
 
-This file imports only ``mininet``: Debian's ``/usr/bin/mn`` runs it with the
-system Python. Parameter checking with one-line errors lives in the testbed
-package (``testbed.backends.base.ContentionParams``), which builds this Topo.
+The hosts, addresses, ports and link options are not written here but in
+``contention_layout.py``, plain data without Mininet that the testbed's Docker
+backend reads as well; this file turns them into a Mininet ``Topo``. Besides that
+file and the standard library it imports ``mininet`` only: Debian's
+``/usr/bin/mn`` runs it with the system Python. Parameter checking with one-line
+errors lives in the testbed package (``testbed.backends.base.ContentionParams``),
+which builds this Topo.
 """
+
+import os
+import sys
 
 from mininet.topo import Topo
 
-MAX_BULK = 64
-SUBNET = '10.0.0.0/24'
+
+def _checkout() -> str:
+    "The folder that holds topologies/, from the name this code was compiled with."
+    here = os.path.abspath( _checkout.__code__.co_filename )
+    return os.path.dirname( os.path.dirname( here ) )
 
 
-def host_ip( name ):
-    "Fixed IPv4 address (without prefix) of a host of this topology."
-    if name == 'client':
-        return '10.0.0.1'
-    if name == 'target':
-        return '10.0.0.2'
-    if name.startswith( 'bulk' ) and name[ 4: ].isdigit():
-        return '10.0.0.%d' % ( 10 + int( name[ 4: ] ) )
-    raise ValueError( 'contention topology has no host %r' % name )
+try:
+    import topologies.contention_layout as layout
+except ImportError:
+    # `mn --custom` exec()s this file alone, with Debian's Python: no package and
+    # no __file__. Its checkout goes on the path, and the import is made again.
+    sys.path.insert( 0, _checkout() )
+    import topologies.contention_layout as layout
 
-
-def host_mac( name ):
-    "Fixed, locally administered MAC address of a host of this topology."
-    last = int( host_ip( name ).rsplit( '.', 1 )[ 1 ] )
-    return '02:00:00:00:00:%02x' % last
+MAX_BULK, SUBNET = layout.MAX_BULK, layout.SUBNET
+host_ip, host_mac = layout.host_ip, layout.host_mac
 
 
 class ContentionTopo( Topo ):
     "Client, target and n bulk hosts on one switch; the client link is the bottleneck."
 
-    # pylint: disable=arguments-differ,too-many-arguments
-    def build( self, n=2, bw_client=10, bw=100, delay=0, loss=0, queue=None,
-               trunk_delay=0, trunk_loss=0 ):
-        """n: number of bulk hosts (0..64)
-           bw_client: Mbit/s of the client's access link (the bottleneck)
-           bw: Mbit/s of every other link
-           delay: one-way delay of the client link, ms
-           loss: random loss on the client link, percent
-           queue: queue length of every shaped interface, packets (None: default)
-           trunk_delay, trunk_loss: the same for the target and bulk links"""
-        n, bw_client, bw = int( n ), float( bw_client ), float( bw )
-        switch = self.addSwitch( 's1' )
-        self.addLink( self._host( 'client' ), switch, port1=0, port2=1,
-                      **self.linkOpts( bw_client, delay, loss, queue ) )
-        trunk = self.linkOpts( bw, trunk_delay, trunk_loss, queue )
-        self.addLink( self._host( 'target' ), switch, port1=0, port2=2,
-                      **trunk )
-        for i in range( 1, n + 1 ):
-            self.addLink( self._host( 'bulk%d' % i ), switch,
-                          port1=0, port2=2 + i, **trunk )
+    # pylint: disable=arguments-differ
+    def build( self, *args, **params ):
+        """The parameters are contention_layout.contention_links's:
+           n, bw_client, bw, delay, loss, queue, trunk_delay, trunk_loss
+           (mn --topo contention,N passes n by position)."""
+        switch = self.addSwitch( layout.SWITCH )
+        for host, _switch, opts in layout.contention_links( *args, **params ):
+            self.addLink( self._host( host ), switch, **opts )
 
-    def _host( self, name ):
+    def _host( self, name: str ) -> str:
         "Add a host with its fixed addresses."
-        return self.addHost( name, ip=host_ip( name ) + '/24',
-                             mac=host_mac( name ) )
+        return self.addHost( name, ip=layout.host_cidr( name ), mac=host_mac( name ) )
 
-    @staticmethod
-    def linkOpts( bw, delay, loss, queue ):
-        "TCLink options for one link; zero delay/loss are left out."
-        opts = { 'bw': bw }
-        if delay:
-            opts[ 'delay' ] = '%gms' % float( delay )
-        if loss:
-            opts[ 'loss' ] = float( loss )
-        if queue is not None:
-            opts[ 'max_queue_size' ] = int( queue )
-        return opts
+    linkOpts = staticmethod( layout.link_opts )    # kept for code that called it
 
 
 topos = { 'contention': ContentionTopo }
