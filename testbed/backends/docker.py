@@ -36,11 +36,14 @@ of any ingress qdisc, so the shaper sits on ``s1-eth1``'s egress, as on Mininet'
 topology's addresses exist only on the hosts' interfaces, several runs can use them
 at once (one bridge each), and the machine has no route to them.
 
-**Shaping** is exactly the Mininet backend's (:func:`testbed.backends.mininet.plan_links`,
-``node_script``, ``verify_interface``): one script per container, run through the
-engine, configures both ends of the link (htb root ``5:``, class ``5:1`` at the link's
-rate, optional pfifo child, offloads off), reads them back, and any difference is a
-ShapingError naming the link. Delay and loss follow the kernel as there.
+**Shaping** is the Mininet backend's, from the module both use
+(:mod:`testbed.backends.shaping`: ``plan_links``, ``node_script``,
+``verify_readback``): one script per container, run through the engine, configures
+both ends of the link (htb root ``5:``, class ``5:1`` at the link's rate, optional
+pfifo child, offloads off), reads them back, and any difference is a ShapingError
+naming the link. Delay and loss follow the kernel as there. The hosts, addresses and
+links come from the topology's plain description (``topologies/contention_layout.py``):
+nothing here, nor in the node image, imports Mininet.
 
 **Processes.** :meth:`DockerHost.popen` runs ``docker exec`` and returns that
 :class:`subprocess.Popen` (a :class:`DockerProcess`): its output and exit status are the
@@ -71,13 +74,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from topologies.contention_layout import host_cidr, host_mac
+
 from ..errors import EnvironmentProblem, TestbedError
 from ..capabilities import probe
 from ..runctx import RunContext
 from .base import Backend, ContentionParams, Host, HostCommandTimeout, Network
 from .docker_labels import LABEL_MANAGED, LABEL_ROLE, LABEL_RUN
-from .mininet import (LinkSpec, ShapingError, node_script, parse_readback, plan_links,
-                      verify_interface)
+from .shaping import (LinkSpec, ShapingError, node_script, plan_links,
+                      report_userspace_effects, verify_readback)
 
 IMAGE = os.environ.get("TESTBED_IMAGE", "testbed-node:latest")
 IMAGE_PYTHON = "/opt/testbed/bin/python"     # the project's interpreter in the image
@@ -143,9 +148,7 @@ def configure_link(run_script: Callable[[str], tuple[int, str, str]], where: str
     if status != 0:
         last = err.strip().splitlines()[-1] if err.strip() else f"status {status}"
         raise ShapingError(f"{where}: link configuration failed: {last}")
-    blocks = parse_readback(out)
-    for intf, _ in work:
-        verify_interface(intf, spec, blocks.get(intf, ""))
+    verify_readback(work, out)
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -397,8 +400,7 @@ class DockerBackend(Backend):
 
     def up(self, params: ContentionParams) -> DockerNetwork:
         client, docker_cli = check_environment(self.image)
-        topo = params.topo()
-        specs, effects = plan_links(topo, params, probe())
+        specs, effects = plan_links(params, probe())
         net = DockerNetwork(self.run, client, params, effects, docker_cli)
         self.run.register("network", f"docker {params.topology} n={params.n}", net.stop)
         net.lan = client.networks.create(
@@ -407,26 +409,21 @@ class DockerBackend(Backend):
             options={"com.docker.network.bridge.name": f"tb-{self.run.id}-lan"[:15],
                      "com.docker.network.bridge.enable_ip_masquerade": "false"})
         self.run.register("docker-network", net.lan.name)
-        info = {name: topo.nodeInfo(name) for name in topo.hosts()}
         net.pool = concurrent.futures.ThreadPoolExecutor(WORKERS)
         try:
-            futures = {spec.node1: net.pool.submit(self._host, net, spec, info[spec.node1])
-                       for spec in specs}
+            futures = {spec.node1: net.pool.submit(self._host, net, spec) for spec in specs}
             hosts = {name: f.result() for name, f in futures.items()}
         finally:
             net.pool.shutdown(wait=True, cancel_futures=True)
             net.pool = None
         net.hosts = {name: hosts[name] for name in params.host_names}
-        if effects:
-            parts = [f"{host}: delay {e['delay_ms']:g} ms, loss {e['loss_pct']:g} %"
-                     for host, e in effects.items()]
-            print(f"testbed: no sch_netem in this kernel; left to the packet handler in user "
-                  f"space: {'; '.join(parts)}", file=sys.stderr)
+        report_userspace_effects(effects)
         return net
 
-    def _host(self, net: DockerNetwork, spec: LinkSpec, info: dict[str, Any]) -> DockerHost:
+    def _host(self, net: DockerNetwork, spec: LinkSpec) -> DockerHost:
         """Make, start and wire one host's container (runs in the bring-up pool)."""
         name = spec.node1
+        cidr, mac = host_cidr(name), host_mac(name)
         if net.stopping.is_set():
             raise TestbedError(f"host {name}: bring-up cancelled")
         container = net.client.containers.run(self.image, **self._container_options(net, name))
@@ -440,9 +437,9 @@ class DockerBackend(Backend):
             status, (out, err) = container.exec_run(["sh", "-c", script], demux=True)
             return status, (out or b"").decode(), (err or b"").decode()
 
-        configure_link(run_script, f"host {name} ({container.name})", spec, info["ip"],
-                       info["mac"], self.run.tag)
-        return DockerHost(name, spec, info["ip"], info["mac"], container, net)
+        configure_link(run_script, f"host {name} ({container.name})", spec, cidr, mac,
+                       self.run.tag)
+        return DockerHost(name, spec, cidr, mac, container, net)
 
     def _container_options(self, net: DockerNetwork, name: str) -> dict[str, Any]:
         role = role_of(name)

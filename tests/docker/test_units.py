@@ -8,7 +8,7 @@ import pytest
 
 from testbed.backends import docker_labels
 from testbed.backends.docker import configure_link, plumbing_commands, role_of
-from testbed.backends.mininet import LinkSpec, ShapingError, readback_commands
+from testbed.backends.shaping import LinkSpec, ShapingError, readback_commands
 
 SPEC = LinkSpec("client", "client-eth0", "s1", "s1-eth1", 20.0, queue=50)
 

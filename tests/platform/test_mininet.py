@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import testbed.backends.mininet as mnb
+import testbed.backends.shaping as shaping
 from testbed.backends.base import ContentionParams, HostCommandTimeout
-from testbed.backends.mininet import LinkSpec, MininetBackend, ShapingError, verify_interface
+from testbed.backends.mininet import MininetBackend
+from testbed.backends.shaping import LinkSpec, ShapingError, verify_interface
 from testbed.commands.up import wait_ready
 from testbed.errors import ConfigError, TimeoutExpired
 from testbed.capabilities import probe
@@ -160,13 +161,13 @@ def test_delay_and_loss_without_netem(tmp_path, capfd):
 
 
 def test_missing_shaping_fails_naming_the_link(tmp_path, monkeypatch):
-    real = mnb.shaping_commands
+    real = shaping.shaping_commands
 
     def without_class_on_s1_eth2(intf, spec, tag):
         cmds = real(intf, spec, tag)
         return [c for c in cmds if " htb" not in c] if intf == "s1-eth2" else cmds
 
-    monkeypatch.setattr(mnb, "shaping_commands", without_class_on_s1_eth2)
+    monkeypatch.setattr(shaping, "shaping_commands", without_class_on_s1_eth2)
     with RunContext.create(base_dir=tmp_path, name="bad") as run:
         with pytest.raises(ShapingError, match=r"link target-eth0<->s1-eth2, interface s1-eth2: "
                                                r"root qdisc is noqueue 0:, expected htb"):
