@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import EnvironmentProblem, TestbedError, TimeoutExpired
+from .iscsi.pdu import ISCSI_PORT
 
 TGTD = "/usr/sbin/tgtd"
 TGTADM = "/usr/sbin/tgtadm"
-ISCSI_PORT = 3260
 
 Spawn = Callable[..., subprocess.Popen]
 

@@ -37,7 +37,7 @@ from .errors import DigestError, ProtocolError
 BHS_LEN = 48
 DIGEST_LEN = 4
 RESERVED_TAG = 0xFFFFFFFF          # ITT/TTT value meaning "none"
-ISCSI_PORT = 3260
+ISCSI_PORT = 3260                  # IANA's iSCSI port: the one definition, all import it
 
 
 # --------------------------------------------------------------------------- description
