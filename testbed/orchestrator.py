@@ -5,7 +5,8 @@ A run goes through fixed steps, each bounded in time:
 1. **bring-up**: a :class:`~testbed.runctx.RunContext` (run id, folder, tags, teardown
    on any exit), then the backend builds and shapes the topology;
 2. **nodes**: the iSCSI target (tgtd serving a LUN file in the run folder), the bulk
-   sources, then the storage client, each a program of ``nodes/`` started in its host;
+   sources, then the storage client, each a program of ``nodes/`` started in its host
+   by :mod:`testbed.launch` (the target and the bulk sources are waited for until ready);
 3. **watch**: the storage client's metrics stream is followed and shown as one
    progress line (elapsed time, free and dirty memory, writeback done, drops) until
    the client reports its outcome or the deadline passes;
@@ -29,20 +30,18 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TextIO
+from typing import Any, Iterator, Optional, TextIO
 
+from . import launch
 from .backends.base import Host, Network
-from .errors import TestbedError, TimeoutExpired
+from .errors import TestbedError
+from .iscsi.pdu import ISCSI_PORT  # noqa: F401  (docker/tb-node still imports it from here)
+from .launch import BULK_PORTS, TARGET_IQN, BulkSource, Program, StorageClient, Target, Verify
 from .report import build_report
 from .report.summary import rx_drops, summarize
 from .runctx import RunContext
 from .scenario import Scenario, dump
 
-TARGET_IQN = "iqn.2026-11.org.testbed:lun"
-ISCSI_PORT = 3260
-BULK_PORTS = {"tcp": 5001, "http": 8080}
-FLOOD_PORT = 9            # udp flood: the discard port, no socket listens on the client
-READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 GRACE_S = 30.0            # beyond the deadline, for the client to stop
 VERIFY_TIMEOUT_S = 120.0
@@ -202,46 +201,26 @@ class Orchestrator:
         hosts = {n: h.ip for n, h in self.net.hosts.items()}
         (run.dir / "hosts.json").write_text(json.dumps(hosts))
 
-    def _spawn(self, name: str, host: Host, argv: list[str]) -> subprocess.Popen:
-        log = open(self.run_ctx.dir / f"{name}.log", "ab")
-        try:
-            p = host.popen([sys.executable, "-m", *argv], stdin=subprocess.DEVNULL,
-                           stdout=log, stderr=subprocess.STDOUT)
-        finally:
-            log.close()
-        self.procs[name] = p
-        return p
+    def _spawn(self, name: str, host: Host, program: Program) -> launch.Node:
+        node = launch.start(host, name, program, self.run_ctx.dir)
+        self.procs[name] = node.proc
+        return node
 
     def _start_target(self, net: Network, run: RunContext) -> None:
-        s, h = self.scenario, net.host("target")
-        argv = ["nodes.iscsi_target", "--portal", f"{h.ip}:{ISCSI_PORT}", "--iqn", TARGET_IQN,
-                "--backing-file", str(run.dir / "lun.img"), "--size-mb", str(s.target.lun_mb),
-                "--block-size", str(s.target.block_size), "--stats", str(run.dir / "target.ndjson"),
-                "--workdir", str(run.scratch / "tgtd")]
-        if s.target.chap:
-            c = s.target.chap
-            argv += ["--chap-user", c.user, "--chap-secret", c.secret]
-            if c.mutual_user:
-                argv += ["--mutual-user", c.mutual_user, "--mutual-secret", c.mutual_secret]
-        p = self._spawn("target", h, argv)
-        self._wait_for(lambda: _has_event(run.dir / "target.ndjson", "ready"), p, "target",
-                       READY_TIMEOUT_S)
+        t, h = self.scenario.target, net.host("target")
+        self._spawn("target", h, Target(ip=h.ip, backing_file=run.dir / "lun.img",
+                                        size_mb=t.lun_mb, block_size=t.block_size,
+                                        workdir=run.scratch / "tgtd", chap=t.chap)).wait_ready()
 
     def _start_bulk(self, net: Network, run: RunContext) -> None:
-        b = self.scenario.bulk
-        client_ip = net.host("client").ip
-        for h in net.bulk_hosts:
-            argv = ["nodes.bulk_source", "--mode", b.mode, "--rate-mbit", str(b.rate_mbit),
-                    "--stats", str(run.dir / f"{h.name}.ndjson")]
-            if b.mode == "udp":
-                argv += ["--dest", f"{client_ip}:{FLOOD_PORT}", "--size", str(b.udp_size)]
-            elif b.mode == "spoof":
-                argv += ["--dest", f"{client_ip}:{self.scenario.target.initiator_port}",
-                         "--spoof-src", f"{net.host('target').ip}:{ISCSI_PORT}",
-                         "--size", str(b.udp_size), "--seed", str(len(self.procs))]
-            else:
-                argv += ["--port", str(BULK_PORTS[b.mode]), "--bind", h.ip]
-            self._spawn(h.name, h, argv)
+        """Start every bulk source, then wait for each (they start in parallel)."""
+        b, s = self.scenario.bulk, self.scenario
+        nodes = [self._spawn(h.name, h, BulkSource(
+            mode=b.mode, rate_mbit=b.rate_mbit, bind=h.ip, client_ip=net.host("client").ip,
+            target_ip=net.host("target").ip, initiator_port=s.target.initiator_port,
+            size=b.udp_size, seed=i)) for i, h in enumerate(net.bulk_hosts, 1)]
+        for node in nodes:
+            node.wait_ready()
 
     def bulk_servers(self) -> list[tuple[str, int]]:
         mode = self.scenario.bulk.mode
@@ -264,7 +243,7 @@ class Orchestrator:
             "outcome_path": str(run.dir / "client-outcome.json"),
             "manifest_path": str(run.dir / "manifest.json"),
             "storage": s.storage,
-            "target": {"portal": f"{net.host('target').ip}:{ISCSI_PORT}", "iqn": TARGET_IQN,
+            "target": {"portal": launch.portal(net.host("target").ip), "iqn": TARGET_IQN,
                        "chap": asdict(s.target.chap) if s.target.chap else None,
                        "digests": s.target.digests, "initiator_port": s.target.initiator_port},
             "local_disk": {"path": str(run.dir / "local-disk.img"),
@@ -281,7 +260,7 @@ class Orchestrator:
         }
         path = run.dir / "client-config.json"
         path.write_text(json.dumps(cfg, indent=1))
-        self._spawn("client", net.host("client"), ["nodes.storage_client", "--config", str(path)])
+        self._spawn("client", net.host("client"), StorageClient(path))
 
     def _watch(self, run: RunContext, started: float) -> None:
         """Follow the client until it exits or the deadline (plus grace) passes."""
@@ -314,20 +293,16 @@ class Orchestrator:
         if not manifest.exists():
             return
         h = self.verify_host or net.host("target")
-        argv = [sys.executable, "-m", "nodes.verify", "--manifest", str(manifest),
-                "--out", str(run.dir / "integrity.json"), "--timeout", str(VERIFY_TIMEOUT_S)]
-        if self.scenario.storage == "local":
-            argv += ["--file", str(run.dir / "local-disk.img")]
-        else:
-            argv += ["--portal", f"{net.host('target').ip}:{ISCSI_PORT}", "--iqn", TARGET_IQN]
-        if self.scenario.target.chap and self.scenario.storage == "iscsi":
-            c = self.scenario.target.chap
-            argv += ["--chap-user", c.user, "--chap-secret", c.secret]
-            if c.mutual_user:
-                argv += ["--mutual-user", c.mutual_user, "--mutual-secret", c.mutual_secret]
+        local = self.scenario.storage == "local"
+        program = Verify(manifest=manifest, out=run.dir / "integrity.json",
+                         timeout_s=VERIFY_TIMEOUT_S,
+                         disk_file=run.dir / "local-disk.img" if local else None,
+                         target_ip=None if local else net.host("target").ip,
+                         chap=self.scenario.target.chap)
         self.progress.say("  checking what the target acknowledged, on the LUN...")
         with open(run.dir / "verify.log", "ab") as log:
-            h.run(argv, timeout=VERIFY_TIMEOUT_S + 30, stdout=log, stderr=subprocess.STDOUT)
+            h.run(launch.command(program), timeout=VERIFY_TIMEOUT_S + 30, stdout=log,
+                  stderr=subprocess.STDOUT)
 
     def _stop(self, *names: str) -> None:
         """SIGTERM the named nodes together, then wait for each (SIGKILL after the timeout)."""
@@ -347,18 +322,6 @@ class Orchestrator:
         self._stop("client")
         self._stop(*(n for n in self.procs if n.startswith("bulk")))
         self._stop("target")
-
-    def _wait_for(self, ready: Callable[[], bool], proc: subprocess.Popen, what: str,
-                  timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if proc.poll() is not None:
-                raise TestbedError(f"the {what} node exited with status {proc.returncode} while "
-                                   f"starting; see {what}.log in the run folder")
-            if time.monotonic() > deadline:
-                raise TimeoutExpired(f"the {what} node was not ready after {timeout:g}s; "
-                                     f"see {what}.log in the run folder")
-            time.sleep(0.05)
 
 
 class NdjsonTail:
@@ -388,11 +351,3 @@ class NdjsonTail:
                 except ValueError:
                     continue
         return self.latest
-
-
-def _has_event(path: Path, event: str) -> bool:
-    try:
-        with open(path) as f:
-            return any(f'"event": "{event}"' in line or f'"event":"{event}"' in line for line in f)
-    except FileNotFoundError:
-        return False

@@ -11,22 +11,16 @@ Ctrl-C or SIGTERM, for scripts.
 from __future__ import annotations
 
 import argparse
-import select
 import signal
-import subprocess
-import sys
-import time
-from typing import Optional
 
+from .. import launch
 from ..backends.base import Network, make_params
 from ..backends.mininet import MininetBackend
-from ..errors import TestbedError, TimeoutExpired
+from ..errors import TestbedError
+from ..launch import BULK_PORTS, TARGET_IQN, BulkSource, Target
 from ..runctx import RunContext
 
-IQN = "iqn.2026-11.org.testbed:lun"
-ISCSI_PORT = 3260
-BULK_PORT = 5001
-READY_TIMEOUT = 15.0
+BULK_MODE = "tcp"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,53 +65,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def start_services(net: Network, run_ctx: RunContext, lun_mb: int) -> None:
-    """tgtd with one LUN in the target host; a TCP bulk source in every bulk host."""
+    """tgtd with one LUN in the target host; a TCP bulk source in every bulk host.
+
+    Each is ready when this returns; the run's teardown ends them."""
     target = net.host("target")
-    workdir = run_ctx.scratch / "target"     # short path: tgtd's socket lives there
-    workdir.mkdir(exist_ok=True)
-    with open(run_ctx.dir / "target.log", "ab") as log:
-        proc = target.popen([sys.executable, "-m", "nodes.iscsi_target",
-                             "--portal", f"{target.ip}:{ISCSI_PORT}", "--iqn", IQN,
-                             "--backing-file", str(run_ctx.dir / "lun.img"),
-                             "--size-mb", str(lun_mb),
-                             "--workdir", str(workdir), "--stats",
-                             str(run_ctx.dir / "target.ndjson")],
-                            stdout=subprocess.PIPE, stderr=log)
-    wait_ready(proc, "iscsi_target in target", run_ctx.dir / "target.log")
-    for host in net.bulk_hosts:
-        with open(run_ctx.dir / f"{host.name}.log", "ab") as log:
-            proc = host.popen([sys.executable, "-m", "nodes.bulk_source", "--mode", "tcp",
-                               "--port", str(BULK_PORT), "--stats",
-                               str(run_ctx.dir / f"{host.name}.ndjson")],
-                              stdout=subprocess.PIPE, stderr=log)
-        wait_ready(proc, f"bulk_source in {host.name}", run_ctx.dir / f"{host.name}.log")
-
-
-def wait_ready(proc: subprocess.Popen, what: str, log: Optional[object] = None,
-               timeout: float = READY_TIMEOUT) -> None:
-    """Wait until ``proc`` prints READY on stdout; TimeoutExpired / TestbedError if not."""
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while b"READY" not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutExpired(f"{what}: not READY after {timeout:g}s (log: {log})")
-        ready, _, _ = select.select([proc.stdout], [], [], min(left, 0.2))
-        if ready:
-            chunk = proc.stdout.read1(4096) if hasattr(proc.stdout, "read1") else b""
-            if not chunk:
-                proc.wait(timeout=5)
-                raise TestbedError(f"{what}: exited with status {proc.returncode} before "
-                                   f"READY (log: {log})")
-            buf += chunk
+    launch.start(target, "target", Target(
+        ip=target.ip, backing_file=run_ctx.dir / "lun.img", size_mb=lun_mb,
+        workdir=run_ctx.scratch / "target"), run_ctx.dir).wait_ready()
+    bulk = [launch.start(h, h.name, BulkSource(BULK_MODE), run_ctx.dir) for h in net.bulk_hosts]
+    for node in bulk:
+        node.wait_ready()
 
 
 def print_hosts(net: Network, run_ctx: RunContext) -> None:
     print(f"{'host':10} {'address':12} {'interface':14} {'mac':18} namespace")
     for name, h in net.hosts.items():
         print(f"{name:10} {h.ip:12} {h.intf:14} {h.mac:18} {run_ctx.netns_name(name)}")
-    print(f"services: iscsi://{net.host('target').ip}:{ISCSI_PORT}/{IQN}/1; "
-          f"bulk TCP streams on port {BULK_PORT} of every bulk host")
+    print(f"services: iscsi://{launch.portal(net.host('target').ip)}/{TARGET_IQN}/1; "
+          f"bulk TCP streams on port {BULK_PORTS[BULK_MODE]} of every bulk host")
     for host, eff in net.userspace_link_effects.items():
         print(f"note: {host} link delay {eff['delay_ms']:g} ms / loss {eff['loss_pct']:g} % "
               f"are not in the kernel (no sch_netem); the packet handler applies them")

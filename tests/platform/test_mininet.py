@@ -14,8 +14,8 @@ import testbed.backends.shaping as shaping
 from testbed.backends.base import ContentionParams, HostCommandTimeout
 from testbed.backends.mininet import MininetBackend
 from testbed.backends.shaping import LinkSpec, ShapingError, verify_interface
-from testbed.commands.up import wait_ready
 from testbed.errors import ConfigError, TimeoutExpired
+from testbed.launch import BULK_PORTS, BulkSource, Target, portal, start
 from testbed.capabilities import probe
 from testbed.runctx import RunContext
 
@@ -93,23 +93,18 @@ def test_iscsi_inq_from_the_client_and_bulk_stream(tmp_path):
     with RunContext.create(base_dir=tmp_path, name="svc") as run:
         net = MininetBackend(run).up(ContentionParams(n=2, bw_client=20, bw=100))
         target = net.host("target")
-        node = target.popen([sys.executable, "-m", "nodes.iscsi_target", "--portal",
-                             f"{target.ip}:3260", "--iqn", IQN, "--backing-file",
-                             str(run.dir / "lun.img"), "--size-mb", "16",
-                             "--workdir", str(run.dir / "tgt")], stdout=subprocess.PIPE)
-        wait_ready(node, "iscsi_target")
-        r = net.host("client").run(["iscsi-inq", f"iscsi://{target.ip}:3260/{IQN}/1"],
+        start(target, "target", Target(ip=target.ip, iqn=IQN, backing_file=run.dir / "lun.img",
+                                       size_mb=16, workdir=run.dir / "tgt"), run.dir).wait_ready()
+        r = net.host("client").run(["iscsi-inq", f"iscsi://{portal(target.ip)}/{IQN}/1"],
                                    timeout=20)
         assert r.returncode == 0, r.stderr
         assert "Peripheral Device Type:DIRECT_ACCESS" in r.stdout
 
         bulk = net.host("bulk2")
-        src = bulk.popen([sys.executable, "-m", "nodes.bulk_source", "--mode", "tcp",
-                          "--port", "5001"], stdout=subprocess.PIPE)
-        wait_ready(src, "bulk_source")
+        start(bulk, "bulk2", BulkSource("tcp"), run.dir).wait_ready()
         reader = textwrap.dedent(f"""
             import socket, time
-            s = socket.create_connection(("{bulk.ip}", 5001), timeout=5)
+            s = socket.create_connection(("{bulk.ip}", {BULK_PORTS["tcp"]}), timeout=5)
             n, first, end = 0, None, time.monotonic() + 2.0
             while time.monotonic() < end:
                 d = s.recv(65536)
