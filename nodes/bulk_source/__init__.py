@@ -26,10 +26,10 @@ a longer one (a slow receiver, an idle flow) restarts the schedule instead of bu
 The payload is one pre-built 64 KiB buffer, sent as memoryview slices: generating data
 costs nothing per byte.
 
-NDJSON to ``--stats``: a ``ready`` line, then every ``--interval`` seconds ``t``,
-``bytes_sent`` (total), ``connections`` (open now), ``accepted`` and per-flow figures,
-and a final ``stop`` line after SIGTERM/SIGINT or ``--duration``. ``READY`` is printed
-on stdout once the source listens (or starts sending).
+NDJSON to ``--stats``: a ``ready`` line once the source listens (or starts sending),
+the readiness signal :mod:`testbed.launch` waits for; then every ``--interval`` seconds
+``t``, ``bytes_sent`` (total), ``connections`` (open now), ``accepted`` and per-flow
+figures, and a final ``stop`` line after SIGTERM/SIGINT or ``--duration``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Callable, Optional
+
+from testbed.launch import BULK_PORTS
 
 CHUNK = 64 * 1024
 PAYLOAD = memoryview(bytes(range(256)) * (CHUNK // 256))
@@ -347,7 +349,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nodes.bulk_source",
                                 description="Bulk TCP/HTTP download servers and UDP floods.")
     p.add_argument("--mode", required=True, choices=("tcp", "http", "udp", "spoof"))
-    p.add_argument("--port", type=int, help="listen port (tcp: 5001, http: 8080)")
+    p.add_argument("--port", type=int, help="listen port (default: "
+                   + ", ".join(f"{mode} {port}" for mode, port in BULK_PORTS.items()) + ")")
     p.add_argument("--bind", default="0.0.0.0", help="local address")
     p.add_argument("--rate-mbit", type=float, default=0.0, help="per flow; 0 = link speed")
     p.add_argument("--dest", type=_dest, help="udp, spoof: IP:PORT to flood")
@@ -371,7 +374,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         if not 1 <= args.size <= most:
             p.error(f"--size must be 1..{most} bytes, got {args.size}")
     else:
-        args.port = args.port if args.port is not None else {"tcp": 5001, "http": 8080}[args.mode]
+        args.port = args.port if args.port is not None else BULK_PORTS[args.mode]
         if not 0 < args.port < 65536:
             p.error(f"--port must be 1..65535, got {args.port}")
     return args
@@ -400,7 +403,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"bulk_source: error: {args.mode} on {args.bind}:{args.port}: {exc}",
               file=sys.stderr)
         return 1
-    print("READY", flush=True)
     last = time.monotonic()
     while not stop.is_set():
         stop.event.wait(max(0.0, last + args.interval - time.monotonic()))

@@ -10,10 +10,11 @@ Runs inside the target host (``host.popen([python, "-m", "nodes.iscsi_target", .
 It starts tgtd through :class:`testbed.tgt.TgtDaemon` with its own control socket,
 creates target 1 with the file on LUN 1 (LUN 0 is tgtd's controller), binds it to
 every initiator, adds the CHAP accounts (incoming; ``--mutual-*`` is the outgoing
-account of mutual CHAP), then prints ``READY`` on stdout: logins are accepted from
-then on. NDJSON lines go to ``--stats``: ``{"t": 0.0, "event": "ready", ...}``, then
-every ``--interval`` seconds the counters (connections, sessions, tgtd CPU seconds and
-RSS, the backing file's size and allocated bytes), and a last ``"stop"`` line.
+account of mutual CHAP). NDJSON lines go to ``--stats``: ``{"t": 0.0, "event":
+"ready", ...}`` once logins are accepted (the readiness signal :mod:`testbed.launch`
+waits for), then every ``--interval`` seconds the counters (connections, sessions, tgtd
+CPU seconds and RSS, the backing file's size and allocated bytes), and a last
+``"stop"`` line.
 
 SIGTERM or SIGINT shuts tgtd down through tgtadm (it ignores SIGTERM while it has
 targets) and exits 0. A configuration error prints one line and exits 1.
@@ -165,7 +166,6 @@ def serve(args: argparse.Namespace, stop: StopFlag, stats: Stats) -> None:
                     tgtd_workdir=str(workdir),
                     size_bytes=size, block_size=args.block_size,
                     chap=bool(args.chap_user), mutual_chap=bool(args.mutual_user))
-        print("READY", flush=True)
         while not stop.sleep(args.interval):
             stats.write("stats", **counters(daemon, backing))
     finally:

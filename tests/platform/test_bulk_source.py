@@ -10,6 +10,7 @@ import time
 import pytest
 
 from nodes.bulk_source import Pacer
+from testbed.launch import has_ready_event, wait_ready
 
 NODE = [sys.executable, "-m", "nodes.bulk_source"]
 
@@ -27,7 +28,7 @@ def start(args, tmp_path):
     p = subprocess.Popen(NODE + args + ["--bind", "127.0.0.1", "--stats", str(stats),
                                         "--interval", "0.5"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "READY"
+    wait_ready(p, "bulk_source", stats)
     return p, stats
 
 
@@ -134,7 +135,7 @@ def test_duration_ends_by_itself(tmp_path):
     p = subprocess.run(NODE + ["--mode", "tcp", "--port", str(port), "--bind", "127.0.0.1",
                                "--duration", "0.5", "--stats", str(tmp_path / "s.ndjson")],
                        capture_output=True, text=True, timeout=10)
-    assert p.returncode == 0 and p.stdout.strip() == "READY"
+    assert p.returncode == 0 and has_ready_event(tmp_path / "s.ndjson")
     assert json.loads((tmp_path / "s.ndjson").read_text().splitlines()[-1])["event"] == "stop"
 
 

@@ -9,19 +9,21 @@ import time
 
 import pytest
 
+from testbed.launch import wait_ready
+
 pytestmark = [pytest.mark.tgtd, pytest.mark.root]
 IQN = "iqn.2026-11.org.testbed:test"
 NODE = [sys.executable, "-m", "nodes.iscsi_target"]
 
 
 def start(tmp_path, *extra):
-    stats = tmp_path / "target.ndjson"
-    p = subprocess.Popen(NODE + ["--portal", "127.0.0.1:0", "--iqn", IQN, "--backing-file",
-                                 str(tmp_path / "lun.img"), "--size-mb", "8", "--stats",
-                                 str(stats), "--interval", "0.3", *extra],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = p.stdout.readline().strip()
-    assert line == "READY", p.stderr.read()
+    stats, log = tmp_path / "target.ndjson", tmp_path / "target.log"
+    with open(log, "wb") as err:
+        p = subprocess.Popen(NODE + ["--portal", "127.0.0.1:0", "--iqn", IQN, "--backing-file",
+                                     str(tmp_path / "lun.img"), "--size-mb", "8", "--stats",
+                                     str(stats), "--interval", "0.3", *extra],
+                             stdout=subprocess.DEVNULL, stderr=err)
+    wait_ready(p, "iscsi_target", stats, log)
     ready = json.loads(stats.read_text().splitlines()[0])
     return p, stats, ready
 
@@ -33,7 +35,7 @@ def inq(portal: str, creds: str = "") -> subprocess.CompletedProcess:
 
 def stop(p, stats):
     p.send_signal(signal.SIGTERM)
-    assert p.wait(timeout=20) == 0, p.stderr.read()
+    assert p.wait(timeout=20) == 0, (stats.parent / "target.log").read_text()
     return [json.loads(l) for l in stats.read_text().splitlines()]
 
 
