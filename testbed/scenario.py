@@ -12,16 +12,19 @@ last, the same way.
 
 Loading never starts anything. Every mistake in the file (wrong type, unknown key,
 impossible value, a misspelt policy) is reported at once, each with the file, the line
-and the dotted key, by :class:`testbed.schema.SchemaError`.
+and the dotted key, by :class:`testbed.schema.SchemaError`. The sections are dataclasses
+whose fields declare their constraints (:mod:`testbed.schema`); the ``topology:`` keys
+mirror :class:`~testbed.backends.base.ContentionParams`, where their ranges live.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -29,7 +32,8 @@ from .backends.base import ContentionParams, make_params
 from .errors import ConfigError
 from .mm.config import MachineConfig
 from .mm.policy import POLICIES
-from .schema import Problem, SchemaError, build, scalar_value
+from .schema import (Problem, SchemaError, bounded, build, check_mirrors, mirror, mirrored,
+                     scalar_value)
 
 POLICY_NAMES = tuple(POLICIES)
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
@@ -38,38 +42,30 @@ Verdict = Literal["completed", "lockup", "degraded"]
 Policy = Literal[POLICY_NAMES]
 
 
+def _param(name: str, default: Any = dataclasses.MISSING) -> Any:
+    """A scenario key that is ContentionParams' parameter ``name``: its range (and, unless
+    given, its default) are declared there once."""
+    return mirror(ContentionParams, name, default)
+
+
+@check_mirrors
 @dataclass
 class TopologySection:
     """The contention topology: client, target and N bulk hosts on one switch.
 
-    The ranges are those of :class:`testbed.backends.base.ContentionParams`, which
-    checks them (one rule, one place).
+    Each key mirrors a parameter of :class:`testbed.backends.base.ContentionParams`,
+    which declares its range; :meth:`params` hands the values over by those names.
     """
 
-    bulk_hosts: int = 3
-    client_bw_mbit: float = 20.0   # the client's access link: the bottleneck
-    bw_mbit: float = 100.0         # every other link
-    delay_ms: float = 0.0          # client link, one way (user space where no sch_netem)
-    loss_pct: float = 0.0          # client link (user space where no sch_netem)
-    queue_pkts: Optional[int] = None
-
-    # scenario key -> ContentionParams parameter
-    PARAMS: ClassVar[dict[str, str]] = {"bulk_hosts": "n", "client_bw_mbit": "bw_client",
-                                        "bw_mbit": "bw", "delay_ms": "delay",
-                                        "loss_pct": "loss", "queue_pkts": "queue"}
+    bulk_hosts: int = _param("n", 3)
+    client_bw_mbit: float = _param("bw_client", 20.0)   # the client's access link: the bottleneck
+    bw_mbit: float = _param("bw")                # every other link
+    delay_ms: float = _param("delay")            # client link, one way (user space where no sch_netem)
+    loss_pct: float = _param("loss")             # client link (user space where no sch_netem)
+    queue_pkts: Optional[int] = _param("queue")
 
     def params(self) -> ContentionParams:
-        return make_params("contention", **{p: getattr(self, k) for k, p in self.PARAMS.items()})
-
-    def validate(self) -> None:
-        try:
-            self.params()
-        except ConfigError as exc:
-            text = str(exc)
-            for key, param in self.PARAMS.items():
-                if f"parameter {param} " in text:
-                    raise ConfigError(f"topology.{key}: {text.split(f'parameter {param} ', 1)[1]}")
-            raise
+        return make_params("contention", **mirrored(self))
 
 
 @dataclass
@@ -81,22 +77,22 @@ class ChapSection:
     mutual_user: Optional[str] = None
     mutual_secret: Optional[str] = None
 
-    def validate(self) -> None:
+    def rules(self) -> Iterator[tuple[str, str]]:
         if not 12 <= len(self.secret) <= 16:
-            raise ConfigError("chap.secret: must be 12 to 16 characters (RFC 7143 CHAP)")
+            yield ("secret", "must be 12 to 16 characters (RFC 7143 CHAP)")
         if (self.mutual_user is None) != (self.mutual_secret is None):
-            raise ConfigError("chap.mutual_secret: mutual_user and mutual_secret go together")
+            yield ("mutual_secret", "mutual_user and mutual_secret go together")
 
 
 @dataclass
 class TargetSection:
     """The iSCSI target: tgtd serving one file-backed LUN."""
 
-    lun_mb: int = field(default=512, metadata={"min": 1, "max": 65536})
+    lun_mb: int = bounded(512, min=1, max=65536)
     block_size: Literal[512, 4096] = 512
     chap: Optional[ChapSection] = None
     digests: bool = False
-    initiator_port: Optional[int] = field(default=None, metadata={"min": 1024, "max": 65535})
+    initiator_port: Optional[int] = bounded(None, min=1024, max=65535)
     # the client's iSCSI source port; None: the kernel picks one (a spoofer must know it)
 
 
@@ -106,25 +102,25 @@ class BulkSection:
     forge segments of the client's iSCSI flow (spoof; needs target.initiator_port)."""
 
     mode: Literal["tcp", "http", "udp", "spoof"] = "tcp"
-    rate_mbit: float = field(default=0.0, metadata={"min": 0})  # 0: as fast as the link allows
-    udp_size: int = field(default=1400, metadata={"min": 64, "max": 1472})
+    rate_mbit: float = bounded(0.0, min=0)     # 0: as fast as the link allows
+    udp_size: int = bounded(1400, min=64, max=1472)
 
 
 @dataclass
 class LocalDiskSection:
     """The "buy a local disk" baseline: a file-backed disk in the client instead of iSCSI."""
 
-    latency_ms: float = field(default=0.5, metadata={"min": 0})
-    bandwidth_mbps: Optional[float] = field(default=None, metadata={"min_exclusive": 0})  # MiB/s
+    latency_ms: float = bounded(0.5, min=0)
+    bandwidth_mbps: Optional[float] = bounded(None, gt=0)  # MiB/s
 
 
 @dataclass
 class BoundsSection:
     """The scenario's own bounds; missing one turns a finished run into ``degraded``."""
 
-    max_stall_s: float = field(default=10.0, metadata={"min_exclusive": 0})
-    max_other_drops: Optional[int] = field(default=None, metadata={"min": 0})
-    min_goodput_mbit: Optional[float] = field(default=None, metadata={"min": 0})
+    max_stall_s: float = bounded(10.0, gt=0)
+    max_other_drops: Optional[int] = bounded(None, min=0)
+    min_goodput_mbit: Optional[float] = bounded(None, min=0)
 
 
 @dataclass
@@ -135,8 +131,8 @@ class Scenario:
     description: str = ""
     expect: Verdict = "completed"
     expect_by_policy: dict[Policy, Verdict] = field(default_factory=dict)  # overrides expect
-    duration_s: float = field(default=30.0, metadata={"min_exclusive": 0})
-    deadline_s: float = field(default=90.0, metadata={"min_exclusive": 0})
+    duration_s: float = bounded(30.0, gt=0)
+    deadline_s: float = bounded(90.0, gt=0)
     backend: Literal["mininet", "docker"] = "mininet"
     capture: bool = False
     storage: Literal["iscsi", "local"] = "iscsi"
@@ -147,13 +143,13 @@ class Scenario:
     local_disk: LocalDiskSection = field(default_factory=LocalDiskSection)
     bounds: BoundsSection = field(default_factory=BoundsSection)
 
-    def validate(self) -> None:
+    def rules(self) -> Iterator[tuple[str, str]]:
         if self.bulk.mode == "spoof" and self.target.initiator_port is None:
-            raise ConfigError("scenario.bulk.mode: spoof needs target.initiator_port (the "
-                              "port of the flow the bulk hosts claim)")
+            yield ("bulk.mode", "spoof needs target.initiator_port (the port of the flow "
+                                "the bulk hosts claim)")
         if self.deadline_s < self.duration_s:
-            raise ConfigError(f"scenario.deadline_s: {self.deadline_s} must not be shorter "
-                              f"than duration_s ({self.duration_s})")
+            yield ("deadline_s", f"{self.deadline_s} must not be shorter than duration_s "
+                                 f"({self.duration_s})")
 
     @property
     def expected(self) -> str:

@@ -1,27 +1,37 @@
-"""Typed configuration from YAML, with errors that name the file, the line and the key.
+"""Typed configuration: constraints declared once, on dataclass fields; one checker.
 
-The model of a scenario is a tree of dataclasses (``testbed.scenario`` and the memory
-manager's ``testbed.mm.config``): their fields, type hints and defaults *are* the schema.
-This module walks a YAML node tree (``yaml.compose``, which keeps the line of every node)
-against that tree of types and builds the instances, collecting *every* mistake instead
-of stopping at the first: an unknown key (with a suggestion), a wrong type, a value out
-of range, a misspelt choice.
+The model of a scenario is a tree of dataclasses (``testbed.scenario``, the memory
+manager's ``testbed.mm.config``, the topology's ``testbed.backends.base.ContentionParams``):
+their fields, type hints and defaults *are* the schema. What a type cannot say is declared
+on the field as well, in one place:
 
-Constraints beyond the type come from field metadata (``min``, ``max``,
-``min_exclusive``) and from a dataclass's own ``validate()`` method, which raises
-:class:`testbed.errors.ConfigError` whose first word may name the offending field.
-A dataclass that stands for one of several kinds (a workload: writer, downloader...)
-declares ``__variants__`` (kind -> dataclass) and ``__discriminator__`` ("kind").
+- :func:`bounded` (``min``, ``gt``, ``max``, ``multiple_of``) for numbers; ``int`` hints
+  make integers; ``Literal[...]`` makes choices; ``Optional[X]`` allows null;
+- ``__variants__`` (kind -> dataclass) and ``__discriminator__`` for a dataclass that
+  stands for one of several kinds;
+- :func:`mirror` for a field that *is* another class's field under another key (a
+  scenario's ``topology.delay_ms`` is ContentionParams' ``delay``);
+- a ``rules()`` method for what spans fields, yielding ``(relative key, message)`` pairs.
+
+One checker, :class:`Builder`, applies all of it, collecting *every* problem rather than
+stopping at the first, to one of two sources: a YAML node tree (``yaml.compose`` keeps
+every node's line, so problems name the file, the line and the dotted key) or plain
+Python data (a mapping read from JSON, or a dataclass instance checked in place by
+:func:`validate`). Problems are structured (:class:`Problem`): no layer parses another's
+message text.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import math
 import types
 
-from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
+from collections.abc import Iterator, Mapping
+from dataclasses import MISSING, dataclass
+from typing import Any, Literal, Optional, Protocol, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -32,16 +42,19 @@ from .errors import ConfigError
 class Problem:
     """One mistake: where it is and what is wrong."""
 
-    file: str
+    file: str  # "" when the data came from no file (a mapping, an object)
     line: int  # 1-based; 0 when the place has no line (e.g. --set)
     key: str   # dotted path, e.g. client.workloads[1].rate_mbps
     message: str
+    # What the value must be, as a phrase ("an integer", "at least 0 and at most 64"),
+    # for callers that word their own sentence (topology parameters); "" if none.
+    requirement: str = ""
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         if self.file == f"--set {self.key}":   # the option already names the key
             return f"{where}: {self.message}"
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return ": ".join([part for part in (where, self.key) if part] + [self.message])
 
 
 class SchemaError(ConfigError):
@@ -52,6 +65,122 @@ class SchemaError(ConfigError):
         lines = [str(p) for p in problems]
         head = lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n  " + "\n  ".join(lines)
         super().__init__(head)
+
+
+# -- declaring constraints ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a number must be beyond its type: ``min <= v``, ``gt < v``, ``v <= max``,
+    ``v % multiple_of == 0``. The messages are the ones scenario files have always shown."""
+
+    min: Optional[float] = None
+    gt: Optional[float] = None
+    max: Optional[float] = None
+    multiple_of: Optional[int] = None
+
+    def problems(self, value: Any) -> Iterator[str]:
+        if not _is_number(value):
+            return
+        if self.min is not None and value < self.min:
+            yield f"{value} is below the minimum {self.min}"
+        if self.gt is not None and value <= self.gt:
+            yield f"must be greater than {self.gt}, got {value}"
+        if self.max is not None and value > self.max:
+            yield f"{value} is above the maximum {self.max}"
+        if self.multiple_of and value % self.multiple_of:
+            yield f"must be a multiple of {self.multiple_of}, got {value}"
+
+    def describe(self) -> str:
+        """The whole requirement as a phrase: ``at least 0 and at most 64``."""
+        parts = []
+        if self.gt is not None:
+            parts.append(f"greater than {self.gt:g}")
+        if self.min is not None:
+            parts.append(f"at least {self.min:g}")
+        if self.max is not None:
+            parts.append(f"at most {self.max:g}")
+        if self.multiple_of:
+            parts.append(f"a multiple of {self.multiple_of}")
+        return " and ".join(parts)
+
+
+_UNBOUNDED = Bounds()
+_BOUNDS = "bounds"
+_MIRROR = "mirror"
+
+
+def bounded(default: Any = MISSING, *, default_factory: Any = MISSING,
+            min: Optional[float] = None, gt: Optional[float] = None,
+            max: Optional[float] = None, multiple_of: Optional[int] = None) -> Any:
+    """A dataclass field whose number must lie within the given bounds."""
+    bounds = Bounds(min=min, gt=gt, max=max, multiple_of=multiple_of)
+    if bounds == _UNBOUNDED:
+        raise TypeError("bounded(): give at least one of min, gt, max, multiple_of")
+    if multiple_of is not None and (not isinstance(multiple_of, int) or multiple_of < 1):
+        raise TypeError(f"bounded(): multiple_of must be a positive int, not {multiple_of!r}")
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={_BOUNDS: bounds})
+
+
+def bounds_of(f: dataclasses.Field) -> Bounds:
+    """The bounds declared on a field (none: every value of its type)."""
+    if {"min", "max", "min_exclusive"} & set(f.metadata):
+        # The old spelling would be ignored silently: say so instead.
+        raise TypeError(f"field {f.name}: declare ranges with schema.bounded(), not metadata")
+    return f.metadata.get(_BOUNDS, _UNBOUNDED)
+
+
+def mirror(owner: type, name: str, default: Any = MISSING) -> Any:
+    """A field that is ``owner``'s field ``name`` under another key.
+
+    Its bounds are the owner field's (declared there only) and so is its default unless
+    one is given; :func:`mirrored` maps an instance back to the owner's field names. The
+    type hint must be written again on the new field (a dataclass needs it):
+    :func:`check_mirrors` makes sure it is the same.
+    """
+    source = _init_fields(owner)[name]
+    if default is MISSING:
+        default = source.default
+    if default is MISSING:
+        raise TypeError(f"mirror({owner.__name__}, {name!r}): give a default, {name} has none")
+    return dataclasses.field(default=default,
+                             metadata={**source.metadata, _MIRROR: (owner, name)})
+
+
+def check_mirrors(cls: type) -> type:
+    """Class decorator: every :func:`mirror` field of ``cls`` has its owner field's type."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if _MIRROR in f.metadata:
+            owner, name = f.metadata[_MIRROR]
+            if hints[f.name] != _hints(owner)[name]:
+                raise TypeError(f"{cls.__name__}.{f.name} is {hints[f.name]}, but mirrors "
+                                f"{owner.__name__}.{name}, which is {_hints(owner)[name]}")
+    return cls
+
+
+def mirrored(obj: Any) -> dict[str, Any]:
+    """The values of ``obj``'s :func:`mirror` fields, by their owner's field names."""
+    return {f.metadata[_MIRROR][1]: getattr(obj, f.name)
+            for f in dataclasses.fields(obj) if _MIRROR in f.metadata}
+
+
+# -- where the data comes from --------------------------------------------------------
+
+MAPPING, LIST, SCALAR = "mapping", "list", "scalar"
+
+
+class Source(Protocol):
+    """What the Builder needs of its input; a *handle* is one place in it."""
+
+    def shape(self, h: Any) -> str: ...
+    def entries(self, h: Any) -> list[tuple[Any, Any, Any]]: ...   # (key, key handle, value handle)
+    def elements(self, h: Any) -> list[Any]: ...
+    def scalar(self, h: Any) -> Any: ...
+    def plain(self, h: Any) -> Any: ...
+    def place(self, h: Any) -> tuple[str, int]: ...                  # (file, line)
+    def find(self, h: Any, parts: list[str]) -> Any: ...             # a handle below h, or None
 
 
 _constructor = yaml.SafeLoader("")
@@ -67,191 +196,305 @@ def where(node: yaml.Node) -> tuple[str, int]:
     return (mark.name or "<string>", mark.line + 1)
 
 
-class Builder:
-    """Builds dataclass instances from YAML nodes, collecting problems."""
+class Nodes:
+    """A YAML node tree: handles are nodes, which know their file and line."""
 
-    def __init__(self) -> None:
+    def shape(self, h: yaml.Node) -> str:
+        if isinstance(h, yaml.MappingNode):
+            return MAPPING
+        return LIST if isinstance(h, yaml.SequenceNode) else SCALAR
+
+    def entries(self, h: yaml.MappingNode) -> list[tuple[Any, Any, Any]]:
+        return [(scalar_value(k), k, v) for k, v in h.value]
+
+    def elements(self, h: yaml.SequenceNode) -> list[Any]:
+        return list(h.value)
+
+    def scalar(self, h: yaml.Node) -> Any:
+        return scalar_value(h)
+
+    def plain(self, h: yaml.Node) -> Any:
+        if isinstance(h, yaml.ScalarNode):
+            return scalar_value(h)
+        if isinstance(h, yaml.SequenceNode):
+            return [self.plain(n) for n in h.value]
+        return {scalar_value(k): self.plain(v) for k, v in h.value}
+
+    def place(self, h: yaml.Node) -> tuple[str, int]:
+        return where(h)
+
+    def find(self, h: yaml.Node, parts: list[str]) -> Optional[yaml.Node]:
+        """The node at a relative path of mapping keys and [index]es, or None."""
+        for p in parts:
+            if p.startswith("[") and isinstance(h, yaml.SequenceNode):
+                i = int(p[1:-1])
+                if i >= len(h.value):
+                    return None
+                h = h.value[i]
+            elif isinstance(h, yaml.MappingNode):
+                h = next((v for k, v in h.value if scalar_value(k) == p), None)
+                if h is None:
+                    return None
+            else:
+                return None
+        return h
+
+
+class Values:
+    """Plain Python data: mappings, lists, scalars, and dataclass instances (seen as the
+    mapping of their fields). Handles are the values themselves; nothing has a line."""
+
+    def shape(self, h: Any) -> str:
+        if isinstance(h, Mapping) or _is_instance(h):
+            return MAPPING
+        return LIST if isinstance(h, (list, tuple)) else SCALAR
+
+    def entries(self, h: Any) -> list[tuple[Any, Any, Any]]:
+        if isinstance(h, Mapping):
+            return [(k, k, v) for k, v in h.items()]
+        return [(name, name, getattr(h, name)) for name in _init_fields(type(h))]
+
+    def elements(self, h: Any) -> list[Any]:
+        return list(h)
+
+    def scalar(self, h: Any) -> Any:
+        return h
+
+    def plain(self, h: Any) -> Any:
+        return h
+
+    def place(self, h: Any) -> tuple[str, int]:
+        return ("", 0)
+
+    def find(self, h: Any, parts: list[str]) -> Any:
+        return h          # no line to point at: the key says it all
+
+
+# -- the checker ----------------------------------------------------------------------
+
+class Builder:
+    """Builds dataclasses from a source, or checks instances in place; collects problems.
+
+    ``in_place``: the data is objects already (``Values`` only), so a dataclass-typed
+    place must hold an instance, which is checked and kept, not rebuilt from a mapping.
+    """
+
+    def __init__(self, source: Optional[Source] = None, in_place: bool = False) -> None:
+        self.src: Source = source if source is not None else Nodes()
+        self.in_place = in_place
         self.problems: list[Problem] = []
 
-    def problem(self, node: Optional[yaml.Node], key: str, message: str) -> None:
-        file, line = where(node) if node is not None else ("<unknown>", 0)
-        self.problems.append(Problem(file, line, key, message))
+    def problem(self, h: Any, key: str, message: str, requirement: str = "") -> None:
+        file, line = self.src.place(h)
+        self.problems.append(Problem(file, line, key, message, requirement))
 
     # -- entry point ------------------------------------------------------------------
 
-    def build(self, tp: Any, node: yaml.Node, key: str = "") -> Any:
+    def build(self, tp: Any, h: Any, key: str = "") -> Any:
         origin = get_origin(tp)
         if origin in (Union, types.UnionType):
-            return self._union(tp, node, key)
+            return self._union(tp, h, key)
         if origin is Literal:
-            return self._literal(tp, node, key)
+            return self._literal(tp, h, key)
         if origin is list:
-            return self._list(get_args(tp)[0], node, key)
+            return self._list(get_args(tp)[0], h, key)
         if origin is dict:
-            return self._dict(get_args(tp), node, key)
+            return self._dict(get_args(tp), h, key)
         if dataclasses.is_dataclass(tp):
-            return self._dataclass(tp, node, key)
+            return self._dataclass(tp, h, key)
         if tp is Any:
-            return self._plain(node)
-        return self._scalar(tp, node, key)
+            return self.src.plain(h)
+        return self._scalar(tp, h, key)
 
     # -- kinds of types -----------------------------------------------------------------
 
-    def _union(self, tp: Any, node: yaml.Node, key: str) -> Any:
+    def _union(self, tp: Any, h: Any, key: str) -> Any:
         args = [a for a in get_args(tp) if a is not type(None)]
-        if isinstance(node, yaml.ScalarNode) and scalar_value(node) is None:
+        if self.src.shape(h) == SCALAR and self.src.scalar(h) is None:
             if len(args) < len(get_args(tp)):
                 return None
         if len(args) != 1:
             raise TypeError(f"schema: only Optional[X] unions are supported, not {tp}")
-        return self.build(args[0], node, key)
+        return self.build(args[0], h, key)
 
-    def _literal(self, tp: Any, node: yaml.Node, key: str) -> Any:
+    def _literal(self, tp: Any, h: Any, key: str) -> Any:
         choices = get_args(tp)
-        value = scalar_value(node) if isinstance(node, yaml.ScalarNode) else None
+        value = self.src.scalar(h) if self.src.shape(h) == SCALAR else None
         if value in choices and isinstance(value, str) == isinstance(choices[0], str):
             return value
         hint = _suggest(str(value), [str(c) for c in choices])
-        self.problem(node, key, f"{value!r} is not one of {', '.join(map(str, choices))}{hint}")
+        listed = ", ".join(map(str, choices))
+        self.problem(h, key, f"{value!r} is not one of {listed}{hint}", f"one of {listed}")
         return choices[0]
 
-    def _list(self, item: Any, node: yaml.Node, key: str) -> list:
-        if not isinstance(node, yaml.SequenceNode):
-            self.problem(node, key, f"expected a list, got {_describe(node)}")
+    def _list(self, item: Any, h: Any, key: str) -> list:
+        if self.src.shape(h) != LIST:
+            self.problem(h, key, f"expected a list, got {self._describe(h)}", "a list")
             return []
-        return [self.build(item, n, f"{key}[{i}]") for i, n in enumerate(node.value)]
+        return [self.build(item, e, f"{key}[{i}]") for i, e in enumerate(self.src.elements(h))]
 
-    def _dict(self, kv: tuple, node: yaml.Node, key: str) -> dict:
-        if not isinstance(node, yaml.MappingNode):
-            self.problem(node, key, f"expected a mapping, got {_describe(node)}")
+    def _dict(self, kv: tuple, h: Any, key: str) -> dict:
+        if self.src.shape(h) != MAPPING:
+            self.problem(h, key, f"expected a mapping, got {self._describe(h)}", "a mapping")
             return {}
         out = {}
-        for knode, vnode in node.value:
-            k = self.build(kv[0], knode, key)
-            out[k] = self.build(kv[1], vnode, f"{key}.{k}")
+        for _, kh, vh in self.src.entries(h):
+            k = self.build(kv[0], kh, key)
+            out[k] = self.build(kv[1], vh, f"{key}.{k}")
         return out
 
-    def _scalar(self, tp: type, node: yaml.Node, key: str) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            self.problem(node, key, f"expected {tp.__name__}, got {_describe(node)}")
+    def _scalar(self, tp: type, h: Any, key: str) -> Any:
+        if self.src.shape(h) != SCALAR:
+            self._wrong_type(tp, h, key)
             return None
-        value = scalar_value(node)
+        value = self.src.scalar(h)
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         if type(value) is not tp:
-            self.problem(node, key, f"expected {tp.__name__}, got {_describe(node)}")
+            self._wrong_type(tp, h, key)
+            return None
+        if tp is float and not math.isfinite(value):
+            self.problem(h, key, f"must be a finite number, got {value!r}", _NOUNS[float])
             return None
         return value
 
-    def _plain(self, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            return scalar_value(node)
-        if isinstance(node, yaml.SequenceNode):
-            return [self._plain(n) for n in node.value]
-        return {scalar_value(k): self._plain(v) for k, v in node.value}
+    def _wrong_type(self, tp: type, h: Any, key: str) -> None:
+        self.problem(h, key, f"expected {tp.__name__}, got {self._describe(h)}",
+                     _NOUNS.get(tp, tp.__name__))
 
-    def _dataclass(self, tp: type, node: yaml.Node, key: str) -> Any:
-        if not isinstance(node, yaml.MappingNode):
-            self.problem(node, key, f"expected a mapping of {tp.__name__} keys, got {_describe(node)}")
+    def _dataclass(self, tp: type, h: Any, key: str) -> Any:
+        if self.src.shape(h) != MAPPING:
+            self.problem(h, key, f"expected a mapping of {tp.__name__} keys, got {self._describe(h)}")
             return None
         variants = getattr(tp, "__variants__", None)
         if variants:
-            tp = self._variant(tp, variants, node, key)
+            tp = self._variant(tp, variants, h, key)
             if tp is None:
                 return None
-        hints = get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
-        given: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for knode, vnode in node.value:
-            name = scalar_value(knode)
+        if (self.in_place or _is_instance(h)) and not isinstance(h, tp):
+            self.problem(h, key, f"expected {tp.__name__}, got {type(h).__name__}")
+            return None
+        hints, fields = _hints(tp), _init_fields(tp)
+        given: dict[str, Any] = {}
+        for name, kh, vh in self.src.entries(h):
             sub = f"{key}.{name}" if key else str(name)
             if name not in fields:
-                hint = _suggest(str(name), list(fields))
-                self.problem(knode, sub, f"unknown key{hint}")
+                self.problem(kh, sub, f"unknown key{_suggest(str(name), list(fields))}")
                 continue
-            given[name] = (knode, vnode)
+            given[name] = vh
         kwargs = {}
         before = len(self.problems)
         for name, f in fields.items():
             sub = f"{key}.{name}" if key else name
             if name in given:
-                value = self.build(hints[name], given[name][1], sub)
-                if value is not None:
-                    self._check_range(f, value, given[name][1], sub)
-                kwargs[name] = value
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                self.problem(node, sub, "is required")
+                kwargs[name] = self._field(f, hints[name], given[name], sub)
+            elif f.default is MISSING and f.default_factory is MISSING:
+                self.problem(h, sub, "is required")
         if len(self.problems) > before:
-            return None
-        try:
-            obj = tp(**{k: v for k, v in kwargs.items() if v is not None or _optional(hints[k])})
-        except TypeError as exc:
-            self.problem(node, key, str(exc))
-            return None
-        self._validate(obj, node, key)
+            return None     # the rules below may assume well-formed fields
+        if isinstance(h, tp):
+            obj = h         # an instance is checked in place, not copied
+        else:
+            try:
+                obj = tp(**{k: v for k, v in kwargs.items() if v is not None or _optional(hints[k])})
+            except (TypeError, ConfigError) as exc:
+                self.problem(h, key, str(exc))
+                return None
+        self._rules(obj, h, key)
         return obj
 
-    def _variant(self, tp: type, variants: dict, node: yaml.MappingNode, key: str) -> Optional[type]:
+    def _field(self, f: dataclasses.Field, tp: Any, h: Any, key: str) -> Any:
+        value = self.build(tp, h, key)
+        if value is not None:
+            bounds = bounds_of(f)
+            for message in bounds.problems(value):
+                self.problem(h, key, message, bounds.describe())
+        return value
+
+    def _variant(self, tp: type, variants: dict, h: Any, key: str) -> Optional[type]:
         disc = getattr(tp, "__discriminator__", "kind")
-        for knode, vnode in node.value:
-            if scalar_value(knode) == disc:
-                kind = scalar_value(vnode) if isinstance(vnode, yaml.ScalarNode) else None
+        for name, _, vh in self.src.entries(h):
+            if name == disc:
+                kind = self.src.scalar(vh) if self.src.shape(vh) == SCALAR else None
                 if kind in variants:
                     return variants[kind]
                 hint = _suggest(str(kind), list(variants))
-                self.problem(vnode, f"{key}.{disc}", f"{kind!r} is not one of {', '.join(variants)}{hint}")
+                self.problem(vh, f"{key}.{disc}", f"{kind!r} is not one of {', '.join(variants)}{hint}")
                 return None
-        self.problem(node, f"{key}.{disc}", f"is required (one of {', '.join(variants)})")
+        self.problem(h, f"{key}.{disc}", f"is required (one of {', '.join(variants)})")
         return None
 
-    def _check_range(self, f: dataclasses.Field, value: Any, node: yaml.Node, key: str) -> None:
-        meta = f.metadata
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+    def _rules(self, obj: Any, h: Any, key: str) -> None:
+        """The object's cross-field rules; each names its key relative to the object."""
+        rules = getattr(obj, "rules", None)
+        if not callable(rules):
             return
-        if "min" in meta and value < meta["min"]:
-            self.problem(node, key, f"{value} is below the minimum {meta['min']}")
-        if "min_exclusive" in meta and value <= meta["min_exclusive"]:
-            self.problem(node, key, f"must be greater than {meta['min_exclusive']}, got {value}")
-        if "max" in meta and value > meta["max"]:
-            self.problem(node, key, f"{value} is above the maximum {meta['max']}")
+        for rel, message in rules():
+            parts = _split_path(rel)
+            self.problem(self.src.find(h, parts) or h, _join(key, parts), message)
 
-    def _validate(self, obj: Any, node: yaml.MappingNode, key: str) -> None:
-        """Run the object's own ``validate()`` and place its complaint on the right line.
-
-        The convention: the message starts with a dotted path and a colon, whose first
-        component is whatever the object calls itself (``client.workloads[1].rate_mbps:
-        must be >= 0``); the rest of the path is looked up under ``node``.
-        """
-        check = getattr(obj, "validate", None)
-        if not callable(check):
-            return
-        try:
-            check()
-        except ConfigError as exc:
-            path, sep, message = str(exc).partition(": ")
-            if not sep or " " in path:
-                self.problem(node, key, str(exc))
-                return
-            parts = _split_path(path)[1:]
-            target = _find(node, parts) or node
-            self.problem(target, _join(key, parts), message)
+    def _describe(self, h: Any) -> str:
+        shape = self.src.shape(h)
+        if shape != SCALAR:
+            return f"a {shape}"
+        value = self.src.scalar(h)
+        return "nothing (null)" if value is None else f"{type(value).__name__} {value!r}"
 
 
-def build(tp: type, node: yaml.Node, key: str = "") -> Any:
-    """Build ``tp`` from ``node`` or raise :class:`SchemaError` listing every problem."""
-    b = Builder()
-    obj = b.build(tp, node, key)
+def build(tp: Any, data: Any, key: str = "") -> Any:
+    """Build ``tp`` from a YAML node tree or from plain data (a mapping, e.g. from JSON);
+    raise :class:`SchemaError` listing every problem."""
+    b = Builder(Nodes() if isinstance(data, yaml.Node) else Values())
+    obj = b.build(tp, data, key)
     if b.problems:
         raise SchemaError(b.problems)
     return obj
 
 
+def problems(obj: Any, key: str = "") -> list[Problem]:
+    """Every problem of a dataclass instance (types, bounds, choices, nested instances,
+    rules), each under ``key``."""
+    b = Builder(Values(), in_place=True)
+    b.build(type(obj), obj, key)
+    return b.problems
+
+
+def validate(obj: Any, key: str = "") -> None:
+    """Raise :class:`SchemaError` listing every problem of a dataclass instance."""
+    found = problems(obj, key)
+    if found:
+        raise SchemaError(found)
+
+
+# -- helpers --------------------------------------------------------------------------
+
+_NOUNS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+@functools.cache
+def _hints(tp: type) -> dict[str, Any]:
+    return get_type_hints(tp)
+
+
+@functools.cache
+def _init_fields(tp: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(tp) if f.init}
+
+
+def _is_instance(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _split_path(path: str) -> list[str]:
     """``a.b[1].c`` -> ``["a", "b", "[1]", "c"]``."""
     out: list[str] = []
-    for part in path.split("."):
+    for part in path.split(".") if path else []:
         name, bracket, rest = part.partition("[")
         if name:
             out.append(name)
@@ -267,26 +510,6 @@ def _join(key: str, parts: list[str]) -> str:
     return out
 
 
-def _find(node: yaml.Node, parts: list[str]) -> Optional[yaml.Node]:
-    """The node at a relative path of mapping keys and [index]es, or None."""
-    for p in parts:
-        if p.startswith("[") and isinstance(node, yaml.SequenceNode):
-            i = int(p[1:-1])
-            if i >= len(node.value):
-                return None
-            node = node.value[i]
-        elif isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if scalar_value(k) == p:
-                    node = v
-                    break
-            else:
-                return None
-        else:
-            return None
-    return node
-
-
 def _optional(tp: Any) -> bool:
     return get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
 
@@ -296,13 +519,6 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _describe(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "a mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "a list"
-    value = scalar_value(node)
-    return "nothing (null)" if value is None else f"{type(value).__name__} {value!r}"
-
-
-__all__ = ["Builder", "Problem", "SchemaError", "build", "scalar_value", "where"]
+__all__ = ["Bounds", "Builder", "Nodes", "Problem", "SchemaError", "Source", "Values",
+           "bounded", "bounds_of", "build", "check_mirrors", "mirror", "mirrored",
+           "problems", "scalar_value", "validate", "where"]

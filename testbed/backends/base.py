@@ -3,8 +3,9 @@
 A backend turns *parameters* into a running *network* of *hosts* inside a
 :class:`testbed.runctx.RunContext`, and removes it when the run closes:
 
-- :class:`ContentionParams` is the contention topology's parameters, checked when the
-  object is made: a bad value raises a one-line :class:`ConfigError` that names the
+- :class:`ContentionParams` is the contention topology's parameters, whose ranges are
+  declared on its fields (:func:`testbed.schema.bounded`) and checked by the schema when
+  the object is made: a bad value raises a one-line :class:`ConfigError` that names the
   parameter, before anything exists on the machine. :func:`make_params` builds the
   parameters of a topology named by a string (scenario files, the command line).
 - :class:`Backend` is what the orchestrator calls: ``Backend(run).up(params)``.
@@ -17,65 +18,43 @@ The Mininet backend (:mod:`testbed.backends.mininet`) is the default.
 
 from __future__ import annotations
 
-import math
 import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Optional
 
+from .. import schema
 from ..errors import ConfigError, TimeoutExpired
 from ..runctx import RunContext
-
-
-def _check_number(topology: str, name: str, value: Any, low: float, high: float,
-                  low_open: bool = False, integer: bool = False) -> None:
-    """Raise a one-line ConfigError unless low <= value <= high (low < value if low_open)."""
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (not integer and not math.isfinite(value)):
-        raise ConfigError(f"{topology}: parameter {name} must be {kind}, got {value!r}")
-    if value < low or value > high or (low_open and value == low):
-        lo = f"greater than {low:g}" if low_open else f"at least {low:g}"
-        raise ConfigError(f"{topology}: parameter {name} must be {lo} and at most {high:g},"
-                          f" got {value!r}")
+from ..schema import bounded
 
 
 @dataclass(frozen=True)
 class ContentionParams:
     """Parameters of the contention topology (see topologies/contention.py).
 
-    n: bulk hosts (0..64); bw_client: Mbit/s of the client's access link, the
-    bottleneck; bw: Mbit/s of the other links; delay (ms, one way) and loss (%) of the
-    client link; queue: packets per shaped interface (None: the qdisc's default);
-    trunk_delay, trunk_loss: delay and loss on the target and bulk links.
+    n: bulk hosts; bw_client: Mbit/s of the client's access link, the bottleneck; bw:
+    Mbit/s of the other links; delay (ms, one way) and loss (%) of the client link;
+    queue: packets per shaped interface (None: the qdisc's default); trunk_delay,
+    trunk_loss: delay and loss on the target and bulk links. The ranges are declared
+    here only: a scenario's ``topology:`` keys mirror these fields.
     """
 
-    n: int = 2
-    bw_client: float = 10.0
-    bw: float = 100.0
-    delay: float = 0.0
-    loss: float = 0.0
-    queue: Optional[int] = None
-    trunk_delay: float = 0.0
-    trunk_loss: float = 0.0
+    n: int = bounded(2, min=0, max=64)
+    bw_client: float = bounded(10.0, gt=0, max=1000)    # Mbit/s, at most as Mininet's TCIntf
+    bw: float = bounded(100.0, gt=0, max=1000)
+    delay: float = bounded(0.0, min=0, max=60_000)
+    loss: float = bounded(0.0, min=0, max=100)
+    queue: Optional[int] = bounded(None, min=1, max=1_000_000)
+    trunk_delay: float = bounded(0.0, min=0, max=60_000)
+    trunk_loss: float = bounded(0.0, min=0, max=100)
 
     topology: ClassVar[str] = "contention"
     # The host whose packet handler can add delay and loss in user space.
     userspace_host: ClassVar[str] = "client"
-    MAX_BULK: ClassVar[int] = 64
-    MAX_BW: ClassVar[float] = 1000.0        # Mbit/s, as Mininet's TCIntf
 
     def __post_init__(self) -> None:
-        t = self.topology
-        _check_number(t, "n", self.n, 0, self.MAX_BULK, integer=True)
-        _check_number(t, "bw", self.bw, 0, self.MAX_BW, low_open=True)
-        _check_number(t, "bw_client", self.bw_client, 0, self.MAX_BW, low_open=True)
-        for name in ("delay", "trunk_delay"):
-            _check_number(t, name, getattr(self, name), 0, 60_000)
-        for name in ("loss", "trunk_loss"):
-            _check_number(t, name, getattr(self, name), 0, 100)
-        if self.queue is not None:
-            _check_number(t, "queue", self.queue, 1, 1_000_000, integer=True)
+        _check_params(self)
 
     def topo(self):
         """The Mininet Topo for these parameters."""
@@ -88,6 +67,21 @@ class ContentionParams:
 
 
 TOPOLOGIES: dict[str, type] = {"contention": ContentionParams}
+
+
+def _check_params(params: Any) -> None:
+    """Raise a one-line ConfigError naming every bad parameter and its requirement.
+
+    The schema checks the declared fields; the sentence is worded for the command line
+    (``contention: parameter n must be at least 0 and at most 64, got -1``).
+    """
+    first: dict[str, schema.Problem] = {}
+    for problem in schema.problems(params):
+        first.setdefault(problem.key, problem)     # one clause per parameter
+    if first:
+        clauses = [f"parameter {key} must be {p.requirement}, got {getattr(params, key)!r}"
+                   for key, p in first.items()]
+        raise ConfigError(f"{params.topology}: " + "; ".join(clauses))
 
 
 def make_params(topology: str, **values: Any) -> ContentionParams:

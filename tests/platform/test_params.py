@@ -33,6 +33,14 @@ def test_bad_value_names_the_parameter(values, name):
     assert f"parameter {name} " in msg and "\n" not in msg
 
 
+def test_every_bad_parameter_is_named_on_one_line():
+    with pytest.raises(ConfigError) as err:
+        make_params("contention", n=70, bw_client=0, bw=0)
+    assert str(err.value) == ("contention: parameter n must be at least 0 and at most 64, got 70; "
+                              "parameter bw_client must be greater than 0 and at most 1000, got 0; "
+                              "parameter bw must be greater than 0 and at most 1000, got 0")
+
+
 def test_unknown_topology_and_parameter():
     with pytest.raises(ConfigError, match=r"topology 'ring' is unknown \(known: contention\)"):
         make_params("ring", n=1)
