@@ -1,9 +1,9 @@
 """Scenario files: what a run is, as YAML, with defaults for everything.
 
-A scenario names a topology (bulk hosts, link rates, delay, loss), the storage client
-(memory, policy and its knobs, dirty ratios, workloads), the target (LUN, CHAP), the bulk
-traffic, how long to run, and the verdict it is expected to reach. Every key has a
-default, so the smallest scenario is ``name: x``.
+A scenario names a topology (bulk hosts, link rates, delay and loss of the client's link
+and of the trunks), the storage client (memory, policy and its knobs, dirty ratios,
+workloads), the target (LUN, CHAP), the bulk traffic, how long to run, and the verdict it
+is expected to reach. Every key has a default, so the smallest scenario is ``name: x``.
 
 Variants say ``extends: other.yaml`` (a path relative to the file): the base is loaded
 first, then the variant's keys are merged over it (mappings key by key, lists and
@@ -63,6 +63,8 @@ class TopologySection:
     delay_ms: float = _param("delay")            # client link, one way (user space where no sch_netem)
     loss_pct: float = _param("loss")             # client link (user space where no sch_netem)
     queue_pkts: Optional[int] = _param("queue")
+    trunk_delay_ms: float = _param("trunk_delay")    # target and bulk links, one way (needs sch_netem)
+    trunk_loss_pct: float = _param("trunk_loss")     # target and bulk links (needs sch_netem)
 
     def params(self) -> ContentionParams:
         return make_params("contention", **mirrored(self))

@@ -1,10 +1,12 @@
 """Scenario files: defaults, extends, --set, and errors that name file, line and key."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from testbed import scenario
+from testbed import scenario, schema
+from testbed.backends.base import ContentionParams
 from testbed.errors import ConfigError
 from testbed.schema import SchemaError
 
@@ -148,3 +150,22 @@ def test_an_empty_mapping_clears_the_base(tmp_path):
     write(tmp_path, "base.yaml", "name: b\nexpect_by_policy: {none: lockup}\n")
     v = scenario.load(write(tmp_path, "v.yaml", "extends: base.yaml\nname: v\nexpect_by_policy: {}\n"))
     assert v.expect_by_policy == {}
+
+
+def test_trunk_links_are_scenario_keys_checked_where_the_topology_declares_them(tmp_path):
+    bad = write(tmp_path, "bad.yaml", "name: t\ntopology:\n  bulk_hosts: 2\n  trunk_loss_pct: 150\n")
+    with pytest.raises(SchemaError) as e:
+        scenario.load(bad)
+    (pr,) = e.value.problems
+    assert (pr.file, pr.line, pr.key) == (str(bad), 4, "topology.trunk_loss_pct")
+    assert pr.message == "150.0 is above the maximum 100"
+    assert str(pr) == f"{bad}:4: topology.trunk_loss_pct: 150.0 is above the maximum 100"
+    good = write(tmp_path, "good.yaml", "name: t\ntopology: {trunk_delay_ms: 5, trunk_loss_pct: 0.5}\n")
+    params = scenario.load(good).topology.params()
+    assert (params.trunk_delay, params.trunk_loss) == (5.0, 0.5)
+    assert scenario.load(write(tmp_path, "s.yaml", "name: s\n")).topology.params().trunk_loss == 0.0
+
+
+def test_every_topology_parameter_is_a_scenario_key():
+    names = {f.name for f in dataclasses.fields(ContentionParams)}
+    assert set(schema.mirrored(scenario.TopologySection())) == names
