@@ -35,7 +35,6 @@ from typing import Any, Iterator, Optional, TextIO
 from . import launch
 from .backends.base import Host, Network
 from .errors import TestbedError
-from .iscsi.pdu import ISCSI_PORT  # noqa: F401  (docker/tb-node still imports it from here)
 from .launch import BULK_PORTS, TARGET_IQN, BulkSource, Program, StorageClient, Target, Verify
 from .report import build_report
 from .report.summary import rx_drops, summarize
