@@ -31,6 +31,9 @@ QDISCS: dict[str, str] = {
     "pfifo": "pfifo limit 100",
     "bfifo": "bfifo limit 15000",
 }
+# br_netfilter's switch: 1 sends frames bridged in this namespace through iptables (the
+# file exists only while br_netfilter is loaded; dockerd loads it and sets it to 1)
+BRIDGE_NF_CALL_IPTABLES = "net.bridge.bridge-nf-call-iptables"
 TOOLS = ("mnexec", "tgtd", "tgtadm", "brctl", "bridge", "ip", "tc", "ethtool",
          "iptables", "nft", "iperf3", "iscsi-inq", "iscsi-ls", "ping", "dockerd")
 
@@ -42,7 +45,8 @@ class DockerState:
     running: bool
     pid: Optional[int]
     forward_policy: Optional[str]          # "ACCEPT", "DROP", or None if unknown
-    bridge_nf_call_iptables: Optional[int]  # 1 makes bridged frames pass iptables
+    bridge_nf_call_iptables: Optional[int]  # 1 makes bridged frames pass iptables;
+                                            # None: br_netfilter not loaded
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def _docker_state() -> DockerState:
         pid = None
     running = pid is not None and _socket_answers("/var/run/docker.sock")
     return DockerState(running, pid, _forward_policy(), _sysctl_int(
-        "/proc/sys/net/bridge/bridge-nf-call-iptables"))
+        "/proc/sys/" + BRIDGE_NF_CALL_IPTABLES.replace(".", "/")))
 
 
 def _socket_answers(path: str) -> bool:
