@@ -13,6 +13,7 @@ untagged process, namespace, veth and iptables rule.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shutil
@@ -37,6 +38,23 @@ def sh(*argv: str, timeout: float = 60, check: bool = True, **kw) -> subprocess.
     if check and r.returncode:
         raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
     return r
+
+
+@functools.lru_cache(maxsize=1)
+def compose_command() -> tuple[str, ...]:
+    """Compose v2 (`docker compose`) where the machine has it, else v1 (`docker-compose`,
+    the one Debian 12 packages): both run docker-compose.yml with the same options."""
+    try:
+        v2 = subprocess.run(["docker", "compose", "version"], capture_output=True,
+                            timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        v2 = False
+    if v2:
+        return ("docker", "compose")
+    if shutil.which("docker-compose"):
+        return ("docker-compose",)
+    pytest.fail("no Compose: neither `docker compose` (v2) nor `docker-compose` (v1); "
+                "scripts/setup.sh installs docker-compose")
 
 
 def untagged_env(**extra: str) -> dict[str, str]:

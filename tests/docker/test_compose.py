@@ -1,7 +1,9 @@
-"""docker-compose.yml as users run it: `docker-compose up` to a verdict, and Ctrl-C.
+"""docker-compose.yml as users run it: `docker compose up` to a verdict, and Ctrl-C.
 
-The project's own compose file is used, with ``--project-directory`` pointing at a
-temporary folder so that its ``./runs`` bind mount lands there.
+Compose v2 (`docker compose`) where the machine has it, else v1 (`docker-compose`):
+see :func:`compose_command`. The project's own compose file is used, with
+``--project-directory`` pointing at a temporary folder so that its ``./runs`` bind
+mount lands there.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, TESTBED, labelled, sh, untagged_env
+from .conftest import ROOT, TESTBED, compose_command, labelled, sh, untagged_env
 
 pytestmark = [pytest.mark.root, pytest.mark.docker, pytest.mark.slow]
 
@@ -23,7 +25,7 @@ COMPOSE_TIMEOUT = 240
 
 
 def compose_argv(tmp_path: Path, project: str, *args: str) -> list[str]:
-    return ["docker-compose", "-f", str(ROOT / "docker-compose.yml"),
+    return [*compose_command(), "-f", str(ROOT / "docker-compose.yml"),
             "--project-directory", str(tmp_path), "-p", project, *args]
 
 
