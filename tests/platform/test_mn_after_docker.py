@@ -244,6 +244,10 @@ def settings() -> tuple[str, Optional[str]]:
     return forward_policy(), NF.read_text().strip() if NF.exists() else None
 
 
+def test_the_example_is_the_readmes():
+    assert " ".join(MN) in (ROOT / "README.md").read_text()
+
+
 def test_doctor_names_the_problem_and_its_fix_works():
     before = {k: v for k, v in snapshot().items() if k in COMPARED}
     settings_before = settings()
