@@ -1,0 +1,161 @@
+"""The statistics of repeated runs: one module, used by results, the report, the CLI, the
+claims and the graders.
+
+A run of the testbed is one sample of a noisy process (thread scheduling, tc queues,
+when memory runs out relative to the bulk data in flight), so a figure is given as the
+median of N runs with a 95 % interval, and a claim as a test with its p-value:
+
+- :func:`median_ci`: a distribution-free confidence interval for the median from order
+  statistics, its coverage computed from ``scipy.stats.binom``. Chosen over the
+  bootstrap because the figures are skewed, discrete (drop counts, many zeros) and N is
+  small (10): the order-statistic interval's coverage holds for any continuous
+  distribution and is computed exactly (conservative with ties), while a bootstrap
+  interval with N = 10 under-covers and collapses on tied values. Below N = 6 no pair of
+  order statistics reaches 95 %; the interval is then the range, with the coverage it
+  does have (:attr:`Estimate.confidence`), and renderers mark it.
+- :func:`rate_test`: an exact one-sided binomial test (``scipy.stats.binomtest``) of
+  "this happens more often than ``p0``", with the exact (Clopper-Pearson) one-sided lower
+  bound of the rate: with 10 of 10 runs, p = 0.001 and the rate is >= 74 % at 95 %.
+- :func:`less_test`: a one-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``) that
+  one sample tends to be smaller than another, its p-value from the permutation
+  distribution of U (``scipy.stats.PermutationMethod``): exact for N = 10 per side
+  (184 756 arrangements), and correct with tied values, where scipy's ``exact`` method
+  assumes none and the normal approximation is rough at this size.
+
+Nothing here knows about runs: :mod:`testbed.results` turns runs into numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from scipy import stats as sps
+
+CONFIDENCE = 0.95       # of every interval
+ALPHA = 0.05            # a claim is supported when its p-value is below this
+PERMUTATIONS = 200_000  # exact permutation p-values up to C(n + m, n) of this size
+SEED = 20050811         # Monte Carlo beyond that is still reproducible (the seed's date)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The median of ``n`` values with a distribution-free interval ``[low, high]`` that
+    covers the true median with probability ``confidence`` (None for ``n`` = 0)."""
+
+    n: int
+    median: Optional[float]
+    low: Optional[float]
+    high: Optional[float]
+    confidence: float
+
+    @property
+    def short(self) -> bool:
+        """Too few values for the interval to reach :data:`CONFIDENCE`."""
+        return self.n > 0 and self.confidence < CONFIDENCE - 1e-12
+
+    def to_json(self) -> dict[str, object]:
+        return {"n": self.n, "median": self.median, "low": self.low, "high": self.high,
+                "confidence": round(self.confidence, 4)}
+
+
+def order_statistic_coverage(n: int, k: int) -> float:
+    """P(X(k) <= median <= X(n+1-k)) for n values of a continuous distribution: the
+    number of values below the median is Binomial(n, 1/2)."""
+    if n == 0 or not 1 <= k <= (n + 1) // 2:
+        return 0.0
+    return float(1.0 - 2.0 * sps.binom.cdf(k - 1, n, 0.5))
+
+
+def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
+    """The median and the narrowest symmetric order-statistic interval that reaches
+    ``confidence``; the range (k = 1) when none does (see the module docstring)."""
+    xs = sorted(float(v) for v in values)
+    n = len(xs)
+    if n == 0:
+        return Estimate(0, None, None, None, 0.0)
+    median = float(np.median(xs))
+    # the largest k whose interval still covers: binom.ppf gives the lower tail's quantile
+    k = int(sps.binom.ppf((1.0 - confidence) / 2.0, n, 0.5))
+    while k >= 1 and order_statistic_coverage(n, k) < confidence:
+        k -= 1
+    k = max(k, 1)
+    return Estimate(n, median, xs[k - 1], xs[n - k], order_statistic_coverage(n, k))
+
+
+@dataclass(frozen=True)
+class RateTest:
+    """``successes`` of ``n`` runs against H0: rate <= ``p0`` (one-sided, exact)."""
+
+    successes: int
+    n: int
+    p0: float
+    pvalue: float
+    lower_bound: float      # the rate is at least this, at CONFIDENCE (one-sided exact)
+
+    @property
+    def supported(self) -> bool:
+        return self.n > 0 and self.pvalue < ALPHA
+
+    @property
+    def best_pvalue(self) -> float:
+        """The smallest p-value ``n`` runs can give (all succeed): what N can support."""
+        return p0_floor(self.n, self.p0)
+
+    def to_json(self) -> dict[str, object]:
+        return {"test": "exact one-sided binomial", "successes": self.successes, "n": self.n,
+                "h0": f"rate <= {self.p0:g}", "pvalue": self.pvalue,
+                "rate_lower_bound": round(self.lower_bound, 4), "confidence": CONFIDENCE,
+                "best_possible_pvalue": self.best_pvalue}
+
+
+def p0_floor(n: int, p0: float) -> float:
+    """The p-value of n successes in n runs against H0: rate <= p0."""
+    return float(sps.binom.sf(n - 1, n, p0)) if n > 0 else 1.0
+
+
+def rate_test(successes: int, n: int, p0: float = 0.5) -> RateTest:
+    """Exact one-sided binomial test that the rate of success exceeds ``p0``."""
+    if n == 0:
+        return RateTest(0, 0, p0, 1.0, 0.0)
+    r = sps.binomtest(successes, n, p0, alternative="greater")
+    low = r.proportion_ci(confidence_level=CONFIDENCE, method="exact").low
+    return RateTest(successes, n, p0, float(r.pvalue), float(low))
+
+
+@dataclass(frozen=True)
+class LessTest:
+    """H1: values of ``a`` tend to be smaller than values of ``b`` (one-sided U test)."""
+
+    a: Estimate
+    b: Estimate
+    u: Optional[float]
+    pvalue: float
+
+    @property
+    def supported(self) -> bool:
+        return self.pvalue < ALPHA
+
+    def to_json(self) -> dict[str, object]:
+        return {"test": "one-sided Mann-Whitney U (permutation p-value)", "u": self.u,
+                "pvalue": self.pvalue, "a": self.a.to_json(), "b": self.b.to_json()}
+
+
+def less_test(a: Sequence[float], b: Sequence[float]) -> LessTest:
+    """One-sided Mann-Whitney U test of ``a`` < ``b``; p = 1 when a side is empty."""
+    ea, eb = median_ci(a), median_ci(b)
+    if not a or not b:
+        return LessTest(ea, eb, None, 1.0)
+    if len(set(a) | set(b)) == 1:        # every value equal: no evidence either way
+        return LessTest(ea, eb, len(a) * len(b) / 2.0, 1.0)
+    method = sps.PermutationMethod(n_resamples=PERMUTATIONS, rng=np.random.default_rng(SEED))
+    r = sps.mannwhitneyu(a, b, alternative="less", method=method)
+    return LessTest(ea, eb, float(r.statistic), float(r.pvalue))
+
+
+def format_pvalue(p: float) -> str:
+    """A p-value as people write it: two significant digits, ``< 0.0001`` below that."""
+    return "< 0.0001" if p < 1e-4 else f"{p:.2g}"
