@@ -29,7 +29,11 @@ costs nothing per byte.
 NDJSON to ``--stats``: a ``ready`` line once the source listens (or starts sending),
 the readiness signal :mod:`testbed.launch` waits for; then every ``--interval`` seconds
 ``t``, ``bytes_sent`` (total), ``connections`` (open now), ``accepted`` and per-flow
-figures, and a final ``stop`` line after SIGTERM/SIGINT or ``--duration``.
+figures, and a final ``stop`` line after SIGTERM/SIGINT or ``--duration``. A TCP flow's
+figures include its socket's retransmission counts from ``TCP_INFO`` (:func:`tcp_info`):
+``retrans`` segments retransmitted, ``rto`` retransmission timeouts and ``rto_ms`` time
+spent recovering from them (None on kernels before 6.7, which do not count timeouts) --
+how long the download's user waited because frames were lost.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import random
 import re
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -54,6 +59,26 @@ MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 10.0
 POLL = 0.2             # how often blocked loops look at the stop flag
 SPOOF_SEGMENTS = 256   # forged segments built ahead, sent in turn
+
+# struct tcp_info (include/uapi/linux/tcp.h): byte offsets of the fields read here
+TCPI_TOTAL_RETRANS = 100   # __u32, since the first tcp_info
+TCPI_TOTAL_RTO = 240       # __u16 tcpi_total_rto, __u16 recoveries, __u32 rto_time (ms): 6.7
+TCP_INFO_LEN = 248
+
+
+def tcp_info(sock: socket.socket) -> Optional[dict[str, Optional[int]]]:
+    """The retransmission figures of a TCP socket, or None when it has none (closed)."""
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+    except OSError:
+        return None
+    if len(raw) < TCPI_TOTAL_RETRANS + 4:
+        return None
+    (retrans,) = struct.unpack_from("=I", raw, TCPI_TOTAL_RETRANS)
+    rto = rto_ms = None
+    if len(raw) >= TCP_INFO_LEN:       # the kernel filled the RTO fields
+        rto, _, rto_ms = struct.unpack_from("=HHI", raw, TCPI_TOTAL_RTO)
+    return {"retrans": retrans, "rto": rto, "rto_ms": rto_ms}
 
 
 class Pacer:
@@ -96,6 +121,13 @@ class Flow:
     errors: int = 0
     open: bool = True
     last_bytes: int = 0      # at the previous report, for the per-interval rate
+    sock: Optional[socket.socket] = None            # a TCP flow's, for its TCP_INFO
+    tcp: Optional[dict[str, Optional[int]]] = None  # its figures when last read
+
+    def read_tcp(self) -> None:
+        """Refresh :attr:`tcp` from the socket (kept as it was once the socket closed)."""
+        if self.sock is not None:
+            self.tcp = tcp_info(self.sock) or self.tcp
 
 
 @dataclass
@@ -124,6 +156,10 @@ class Counters:
                         "mbit_s": round((sent - f.last_bytes) * 8 / interval / 1e6, 3)}
                 if f.datagrams or f.errors:
                     item.update(datagrams=f.datagrams, errors=f.errors)
+                if f.open:
+                    f.read_tcp()
+                if f.tcp is not None:
+                    item.update(f.tcp)
                 report.append(item)
                 f.last_bytes = sent
                 if not f.open:
@@ -250,6 +286,7 @@ def listen(args: argparse.Namespace, counters: Counters, stop: Stop,
         try:
             handler(conn, flow, args, stop)
         finally:
+            flow.read_tcp()          # the final figures, before the socket goes
             flow.open = False
             conn.close()
 
@@ -260,6 +297,7 @@ def listen(args: argparse.Namespace, counters: Counters, stop: Stop,
             except socket.timeout:
                 continue
             flow = counters.new_flow(f"{peer[0]}:{peer[1]}")
+            flow.sock = conn
             t = threading.Thread(target=handle, args=(conn, flow), daemon=True)
             workers.append(t)
             t.start()

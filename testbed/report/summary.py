@@ -6,12 +6,18 @@ read-back result), ``client.ndjson`` (memory and packet-handler samples every 10
 ``bulk*.ndjson`` and ``target.ndjson`` (what the servers sent and served) and
 ``hosts.json`` (name -> address). This module reads them and decides the verdict:
 
-- ``lockup``: the client's lockup detector fired (its evidence is the proof);
+- ``lockup``: the client's lockup detector proved the state stuck past the recovery
+  horizon and named the wait-for cycle that holds it (``lockup.cycle``); a lockup
+  reported without a cycle is not one;
 - ``completed``: everything written was written back and flushed, the read-back through
   the initiator matched, and the scenario's bounds (longest writeback stall, drops of
   other traffic, goodput) were kept;
 - ``degraded``: it finished, but a bound was missed, or the deadline came first without
-  a lockup, or the read-back found mismatches.
+  a lockup, or a stall stayed stuck past the horizon with no cycle (the reason is
+  given), or a proven lockup recovered after all, or the read-back found mismatches.
+
+``stalls`` lists the client's stall episodes: when each began, how long it lasted and
+what ended it.
 
 An interrupted run, or one whose client failed, has no verdict (``null``) and says why
 in ``status`` and ``detail``.
@@ -40,18 +46,26 @@ def rx_drops(net: Optional[dict[str, Any]]) -> dict[str, int]:
 
 
 def drops_by_reason(net: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """``{memalloc: {total, REASON: frames}, other: {...}, tx: {...}}`` (non-zero reasons)."""
+    """Dropped frames with their non-zero reasons: received ``{memalloc: {total, REASON:
+    frames}, other: {...}}``, and transmitted ``tx: {total, REASON: frames, memalloc:
+    {...}, other: {...}}`` (by class too: a client ACK of a download dropped for want of
+    memory stalls that download; a storage frame's is the writeback's)."""
     out: dict[str, Any] = {}
     if not net or "rx" not in net:
-        return {c: {"total": 0} for c in CLASSES}
+        return {**{c: {"total": 0} for c in CLASSES},
+                "tx": {"total": 0, **{c: {"total": 0} for c in CLASSES}}}
     for c in CLASSES:
-        cls = net["rx"]["classes"][c]
-        out[c] = {"total": cls["dropped"]["frames"],
-                  **{r: v["frames"] for r, v in cls["reasons"].items() if v["frames"]}}
+        out[c] = _dropped(net["rx"]["classes"][c])
     tx = net.get("tx", {})
-    out["tx"] = {"total": tx.get("dropped", {}).get("frames", 0),
-                 **{r: v["frames"] for r, v in tx.get("reasons", {}).items() if v["frames"]}}
+    out["tx"] = {**_dropped(tx), **{c: _dropped(tx.get("classes", {}).get(c, {}))
+                                    for c in CLASSES}}
     return out
+
+
+def _dropped(block: dict[str, Any]) -> dict[str, int]:
+    """``{total, REASON: frames}`` of one counters block (non-zero reasons)."""
+    return {"total": block.get("dropped", {}).get("frames", 0),
+            **{r: v["frames"] for r, v in block.get("reasons", {}).items() if v["frames"]}}
 
 
 def goodput(samples: list[dict[str, Any]], hosts: dict[str, str]) -> dict[str, Any]:
@@ -74,6 +88,81 @@ def goodput(samples: list[dict[str, Any]], hosts: dict[str, str]) -> dict[str, A
         first, last, total = seen.get(name, (0.0, 0.0, 0))
         span = last - first
         out[name] = {"bytes": total, "mbit_s": round(total * 8 / span / 1e6, 3) if span > 0 else 0.0}
+    return out
+
+
+def bulk_flows(run_dir: Path, samples: list[dict[str, Any]], hosts: dict[str, str],
+               end_t: Optional[float]) -> dict[str, Any]:
+    """Per bulk host, what its user feels: :func:`goodput`, the longest stall
+    (:func:`longest_stalls`) and the server's retransmissions (:func:`bulk_tcp`)."""
+    out = goodput(samples, hosts)
+    stalls = longest_stalls(samples, hosts, end_t)
+    tcp = bulk_tcp(run_dir, out)
+    for name, g in out.items():
+        g["longest_stall_s"] = stalls.get(name)
+        g.update(tcp[name])
+    return out
+
+
+def _host_bytes(samples: list[dict[str, Any]], hosts: dict[str, str]
+                ) -> dict[str, list[tuple[float, int]]]:
+    """Per bulk host: (t, stream bytes of its flows charged so far) at each sample."""
+    by_ip = {ip: name for name, ip in hosts.items() if name.startswith("bulk")}
+    out: dict[str, list[tuple[float, int]]] = {}
+    for s in samples:
+        per: dict[str, int] = {}
+        for f in (s.get("net") or {}).get("flows", []):
+            name = by_ip.get(f["flow"].split("<->")[-1].rsplit(":", 1)[0])
+            if name is not None:
+                per[name] = per.get(name, 0) + f["charged_bytes"]
+        for name, b in per.items():
+            out.setdefault(name, []).append((s["t"], b))
+    return out
+
+
+def longest_stalls(samples: list[dict[str, Any]], hosts: dict[str, str],
+                   end_t: Optional[float]) -> dict[str, float]:
+    """Per bulk host: the longest time its flows went without a new byte, from the
+    flow's first sample to its last progress before the outcome (``end_t``).
+
+    Resolution: the sample interval (100 ms). A flow that never moves again is not
+    counted past its last progress: a finished download looks the same, and a run that
+    locked up is measured by its lockup.
+    """
+    out = {}
+    for name, pts in _host_bytes(samples, hosts).items():
+        pts = [p for p in pts if end_t is None or p[0] <= end_t]
+        if not pts:
+            continue
+        progress, most = [pts[0][0]], pts[0][1]
+        for t, b in pts[1:]:
+            if b > most:
+                progress.append(t)
+                most = b
+        out[name] = round(max((b - a for a, b in zip(progress, progress[1:])), default=0.0), 3)
+    return out
+
+
+TCP_FIGURES = ("retrans", "rto", "rto_ms")    # per flow in bulk*.ndjson (nodes.bulk_source)
+
+
+def bulk_tcp(run_dir: Path, hosts: Any) -> dict[str, dict[str, Any]]:
+    """Per bulk host: its server's TCP_INFO counts over its flows, from ``<host>.ndjson``:
+    ``retrans`` (segments retransmitted), ``rto`` (retransmission timeouts) and
+    ``rto_time_s`` (time in RTO recovery); None where the server did not record them
+    (a kernel before 6.7 has no RTO counts)."""
+    out = {}
+    for name in hosts:
+        last: dict[Any, dict[str, Any]] = {}      # each flow's latest report
+        for line in read_ndjson(run_dir / f"{name}.ndjson"):
+            for f in line.get("flows") or []:
+                last[f.get("id")] = f
+        sums: dict[str, Any] = {}
+        for k in TCP_FIGURES:
+            got = [f.get(k) for f in last.values()]
+            sums[k] = sum(got) if got and None not in got else None
+        ms = sums.pop("rto_ms")
+        out[name] = {**sums, "rto_time_s": None if ms is None else round(ms / 1000, 3)}
     return out
 
 
@@ -114,6 +203,7 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
         "detail": outcome.get("detail", ""),
         "duration_s": round(duration_s, 2),
         "lockup": outcome.get("lockup"),
+        "stalls": outcome.get("stalls") or [],
         "integrity": integrity(run_dir),
         "writeback": {"bytes": written_back,
                       "mb_s": round(written_back / 2**20 / wb_time, 3) if wb_time else 0.0,
@@ -121,7 +211,7 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
                       "longest_stall_s": outcome.get("longest_stall_s", last.get("stalled_for_s")),
                       "time_s": wb_time},
         "drops": drops_by_reason(net),
-        "goodput": goodput(samples, hosts),
+        "goodput": bulk_flows(run_dir, samples, hosts, outcome.get("t")),
         "client_verdict": outcome.get("verdict"),
         "end_t": outcome.get("t"),     # the client's clock when its outcome was decided
     }
@@ -138,9 +228,11 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
         summary["status"] = "error"
         summary["detail"] = outcome.get("detail") or "the storage client left no outcome; see client.log"
         return
-    if client == "lockup":
+    lockup = outcome.get("lockup") or {}
+    if client == "lockup" and lockup.get("cycle"):
         summary["verdict"] = "lockup"
         return
+    reasons.extend(_stuck_reasons(client, lockup, summary["stalls"]))
     if client != "completed":
         reasons.append(f"writeback did not finish: {client} ({outcome.get('detail', '')})")
     checked = summary["integrity"]
@@ -162,6 +254,46 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
     summary["verdict"] = "degraded" if reasons else "completed"
 
 
+def _stuck_reasons(client: Optional[str], lockup: dict[str, Any],
+                   stalls: list[dict[str, Any]]) -> list[str]:
+    """Why a run that is no lockup was still stuck: a lockup without a cycle, a stall
+    stuck past the horizon without one, a proven lockup that recovered."""
+    out = []
+    if client == "lockup":
+        out.append("the client reported a lockup without a wait-for cycle: not proven")
+    elif lockup.get("recovered_at") is not None:
+        out.append(f"the lockup proven at t={lockup['t']:.1f}s recovered at "
+                   f"t={lockup['recovered_at']:.1f}s ({lockup.get('recovered_by')})")
+    for st in stalls:
+        if st.get("not_lockup") and not st.get("lockup"):
+            out.append(f"stuck from t={st['stuck_since']:.1f}s past the recovery horizon "
+                       f"without a wait-for cycle: {st['not_lockup']}")
+    return out
+
+
+def cycle_lines(summary: dict[str, Any]) -> list[str]:
+    """The wait-for cycle of a lockup as lines (empty when there is none)."""
+    lk = summary.get("lockup") or {}
+    text = (lk.get("cycle") or {}).get("text") or []
+    if not text:
+        return []
+    horizon = (lk.get("horizon") or {}).get("seconds")
+    head = (f"wait-for cycle (stuck {lk.get('stuck_for_s', 0):.1f}s from t={lk.get('stuck_since', 0):.1f}s"
+            + (f", recovery horizon {horizon:g}s" if horizon else "") + "):")
+    return [head] + [f"  {line}" for line in text]
+
+
+def stall_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per recorded stall: when, how long, what ended it."""
+    out = []
+    for st in summary.get("stalls") or []:
+        end = st.get("ended_by") or "still stalled at the end"
+        dur = st.get("duration_s")
+        out.append(f"stall from t={st['began_at']:.1f}s, {dur if dur is not None else '?'}s: {end}"
+                   + (" (the lockup)" if st.get("lockup") else ""))
+    return out
+
+
 def evidence(summary: dict[str, Any]) -> list[str]:
     """The verdict's evidence as lines a person reads (printed after a run)."""
     v = summary.get("verdict")
@@ -174,7 +306,8 @@ def evidence(summary: dict[str, Any]) -> list[str]:
         lines.append(f"lockup at t={lk['t']:.1f}s: no writeback progress for "
                      f"{lk['stalled_for_s']:.1f}s with {lk['dirty']} dirty and {lk['writeback']} "
                      f"under-writeback pages, {lk['free']} free pages (min watermark "
-                     f"{lk['wmark_min']}), reserve in use {lk.get('reserve')}")
+                     f"{lk['wmark_min']}), reserve in use {lk.get('reserve')}; stuck for "
+                     f"{lk.get('stuck_for_s', 0):.1f}s, past the recovery horizon")
     elif v == "completed":
         i = summary["integrity"]
         lines.append(f"completed in {summary['writeback']['time_s']:.1f}s: "
@@ -183,6 +316,7 @@ def evidence(summary: dict[str, Any]) -> list[str]:
                      f"{i.get('bytes_checked', 0) / 2**20:.1f} MiB, {i.get('mismatches', 0)} mismatches")
     for r in summary.get("reasons", []):
         lines.append(f"degraded: {r}")
+    lines += stall_lines(summary)
     d = summary["drops"]
     lines.append(f"drops: storage {d['memalloc']['total']}, other {d['other']['total']} "
                  f"({', '.join(f'{k} {v}' for k, v in d['other'].items() if k != 'total') or 'none'})")

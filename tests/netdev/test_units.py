@@ -14,7 +14,7 @@ from scapy.utils import rdpcap
 from testbed.mm import DropReason
 from testbed.netdev import FlowKey, FlowRegistry, HandlerConfigError
 from testbed.netdev.capture import INBOUND, OUTBOUND, Capture
-from testbed.netdev.counters import DELIVERED, MEMALLOC, OTHER, RECEIVED, RX, Counters
+from testbed.netdev.counters import DELIVERED, MEMALLOC, OTHER, RECEIVED, RX, TX, Counters
 from testbed.netdev.flows import (DEFAULT_WINDOW, OFO_MAX_RANGES, SEQ_MOD, TCP_ACK, TCP_SYN,
                                    Flow)
 from testbed.netdev.link import MAX_SLACK, DelayLine, Faults, Loss
@@ -173,6 +173,30 @@ def test_counters_add_up_across_tallies():
     assert snap["tx"]["received"]["frames"] == 0
     import json
     json.dumps(snap)
+
+
+def test_transmit_drops_are_counted_per_class():
+    """A client ACK of a download dropped for want of memory is other traffic's loss; a
+    storage frame's is the writeback's: the tx counters keep them apart."""
+    c = Counters(list(DropReason))
+    t = c.tally()
+    for cls, sent, reason, lost in ((OTHER, 20, DropReason.NOMEM, 6),
+                                    (MEMALLOC, 10, DropReason.LINK_LOSS, 1)):
+        i = c.cell(TX, cls, RECEIVED)
+        t[i] += sent
+        t[i + 1] += 66 * sent
+        j = c.cell(TX, cls, c.reason_slot[reason])
+        t[j] += lost
+        t[j + 1] += 66 * lost
+        k = c.cell(TX, cls, DELIVERED)
+        t[k] += sent - lost
+    tx = c.snapshot()["tx"]
+    other, storage = tx["classes"]["other"], tx["classes"]["memalloc"]
+    assert other["dropped"] == {"frames": 6, "bytes": 396}
+    assert other["reasons"]["NOMEM"]["frames"] == 6 and other["reasons"]["LINK_LOSS"]["frames"] == 0
+    assert storage["dropped"]["frames"] == 1 and storage["reasons"]["LINK_LOSS"]["frames"] == 1
+    assert tx["dropped"]["frames"] == 7 and tx["in_flight"]["frames"] == 0
+    assert c.snapshot()["rx"]["dropped"]["frames"] == 0
 
 
 # -- link effects -------------------------------------------------------------------------
