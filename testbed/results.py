@@ -9,6 +9,13 @@ the lockup's, or the end of writeback", is written once here; the report, the pl
 CLI and the graders' readers call it. Runs group by policy or by grid point
 (:func:`verdict_counts`), which is how repeated runs are counted. The comparison table is
 data (:class:`Table`, plain strings); ``report/html.py`` and the CLI each render it.
+
+Repeated runs are described by their statistics: each :class:`Figure` (time to the
+outcome, drops per class and direction, writeback goodput, lowest free memory, the bulk
+flows' goodput, longest stall and retransmission timeouts) is one function of a run, and
+:func:`group_stats` gives per group the verdict counts and each figure's median with its
+95 % interval (:mod:`testbed.stats`); :func:`stats_table` is that as a :class:`Table`,
+:func:`stats_document` as ``stats.json``.
 """
 
 from __future__ import annotations
@@ -17,13 +24,16 @@ import json
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional, Protocol, TypeVar
 
+from . import stats
 from .errors import ConfigError
 
 SUMMARY = "summary.json"     # a run folder's outcome (written by report.summary.summarize)
 INDEX = "runs.json"          # a compare/sweep folder's list of runs
+STATS = "stats.json"         # a compare/sweep folder's statistics per group (stats_document)
 
 Params = dict[str, str]     # a sweep point: scenario key -> value as given on the command line
 K = TypeVar("K", bound=Hashable)
@@ -120,6 +130,51 @@ class RunOutcome:
         """Received frames dropped of class ``memalloc`` (storage) or ``other``, in all or
         for one reason (``PFMemallocDrop``, ...)."""
         return int(self.summary.get("drops", {}).get(cls, {}).get(reason or "total", 0))
+
+    def tx_drops(self, cls: str, reason: Optional[str] = None) -> Optional[int]:
+        """Transmitted frames dropped of class ``memalloc`` or ``other``; None for a run
+        summarised before transmit drops were split by class."""
+        by_class = self.summary.get("drops", {}).get("tx", {}).get(cls)
+        return None if by_class is None else int(by_class.get(reason or "total", 0))
+
+    @property
+    def other_drops(self) -> Optional[int]:
+        """Frames of other traffic dropped, received and transmitted: what its users feel
+        (a lost ACK stalls a download as surely as a lost segment)."""
+        tx = self.tx_drops("other")
+        return None if tx is None else self.drops("other") + tx
+
+    @property
+    def writeback_mb_s(self) -> float:
+        return float(self.summary.get("writeback", {}).get("mb_s") or 0.0)
+
+    @property
+    def bulk_flows(self) -> dict[str, dict[str, Any]]:
+        """Per bulk host: goodput (``bytes``, ``mbit_s``), ``longest_stall_s`` and the
+        server's TCP figures (``retrans``, ``rto``, ``rto_time_s``) where recorded."""
+        return dict(self.summary.get("goodput") or {})
+
+    def _bulk_figure(self, key: str) -> list[Optional[float]]:
+        return [f.get(key) for f in self.bulk_flows.values()]
+
+    @property
+    def longest_bulk_stall_s(self) -> Optional[float]:
+        """The longest time any bulk flow went without new bytes (None: not recorded)."""
+        got = self._bulk_figure("longest_stall_s")
+        return None if not got or None in got else float(max(got))  # type: ignore[type-var]
+
+    @property
+    def bulk_timeouts(self) -> Optional[int]:
+        """Retransmission timeouts of the bulk flows, all together, as their servers'
+        TCP_INFO counted them (None: not recorded, e.g. a kernel before 6.7)."""
+        got = self._bulk_figure("rto")
+        return None if not got or None in got else int(sum(got))  # type: ignore[arg-type]
+
+    @cached_property
+    def lowest_free_pages(self) -> Optional[int]:
+        """The fewest free pages the client had before the outcome (client.ndjson)."""
+        free = [s["free"] for s in self.samples() if isinstance(s.get("free"), int)]
+        return min(free) if free else None
 
     @property
     def mismatches(self) -> int:
@@ -248,6 +303,29 @@ def by_point(run: RunOutcome) -> tuple[tuple[str, str], ...]:
     return tuple(run.params.items())
 
 
+def by_scenario_policy(run: RunOutcome) -> str:
+    """Scenario and policy: a batch of several scenarios (``testbed claims``: the
+    contention load and the baseline) must not pool the baseline with a policy's runs."""
+    return f"{run.scenario} ({run.policy})"
+
+
+def grouping(batch: "Batch", runs: Sequence[RunOutcome]) -> Callable[[RunOutcome], Hashable]:
+    """How a batch's runs group for counting: by grid point in a sweep, by scenario and
+    policy when it ran several scenarios, by policy otherwise."""
+    if batch.is_sweep:
+        return by_point
+    if len({r.scenario for r in runs}) > 1:
+        return by_scenario_policy
+    return by_policy
+
+
+def group_label(key: Hashable) -> str:
+    """A group's name as people read it (a grid point as ``key=value`` pairs)."""
+    if isinstance(key, tuple):
+        return " ".join(f"{k}={v}" for k, v in key)
+    return str(key)
+
+
 def group(runs: Iterable[RunOutcome], key: Callable[[RunOutcome], K]) -> dict[K, list[RunOutcome]]:
     """Runs by ``key`` (:func:`by_policy`, :func:`by_point`), groups in order of first run."""
     out: dict[K, list[RunOutcome]] = {}
@@ -283,7 +361,7 @@ class Table:
 
     header: list[str]
     rows: list[list[str]]
-    verdict_column: int
+    verdict_column: Optional[int] = None
 
 
 TABLE_HEADER = ["run", "policy", "verdict", "expected", "time to lockup / completion (s)",
@@ -301,3 +379,143 @@ def _row(r: RunOutcome) -> list[str]:
     return [r.label, r.policy, str(r.verdict), str(r.expected),
             f"{t:.1f}" if t else "-", f"{r.written_back_bytes / 2**20:.1f}",
             str(r.drops("memalloc")), str(r.drops("other")), str(r.mismatches)]
+
+
+# -- statistics of repeated runs -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Figure:
+    """One number of a run (None when the run did not record it), with its name in
+    stats.json (``key``), in tables (``label``) and the decimals to show."""
+
+    key: str
+    label: str
+    digits: int
+    value: Callable[[RunOutcome], Optional[float]]
+
+
+FIGURES: tuple[Figure, ...] = (
+    Figure("time_s", "time to lockup / completion (s)", 1, lambda r: r.time_s),
+    Figure("rx_storage_drops", "storage frames dropped, received", 0, lambda r: r.drops("memalloc")),
+    Figure("rx_other_drops", "other frames dropped, received", 0, lambda r: r.drops("other")),
+    Figure("tx_storage_drops", "storage frames dropped, transmitted", 0,
+           lambda r: r.tx_drops("memalloc")),
+    Figure("tx_other_drops", "other frames dropped, transmitted", 0, lambda r: r.tx_drops("other")),
+    Figure("other_drops", "other frames dropped, rx + tx", 0, lambda r: r.other_drops),
+    Figure("writeback_mb_s", "writeback goodput (MiB/s)", 2, lambda r: r.writeback_mb_s),
+    Figure("lowest_free_pages", "lowest free memory (pages)", 0, lambda r: r.lowest_free_pages),
+    Figure("bulk_longest_stall_s", "longest bulk-flow stall (s)", 1,
+           lambda r: r.longest_bulk_stall_s),
+    Figure("bulk_timeouts", "bulk retransmission timeouts", 0, lambda r: r.bulk_timeouts),
+)
+
+
+def _goodput_of(host: str) -> Callable[[RunOutcome], Optional[float]]:
+    def value(r: RunOutcome) -> Optional[float]:
+        flow = r.bulk_flows.get(host)
+        return None if flow is None else float(flow.get("mbit_s") or 0.0)
+    return value
+
+
+def figures(runs: Iterable[RunOutcome]) -> list[Figure]:
+    """:data:`FIGURES`, then the goodput of each bulk host any of ``runs`` had."""
+    hosts = dict.fromkeys(h for r in runs for h in r.bulk_flows)
+    return list(FIGURES) + [Figure(f"goodput_{h}", f"goodput {h} (Mbit/s)", 2, _goodput_of(h))
+                            for h in hosts]
+
+
+def figure_values(runs: Iterable[RunOutcome], figure: Figure) -> list[float]:
+    """The figure of each run that recorded it."""
+    got = (figure.value(r) for r in runs)
+    return [float(v) for v in got if v is not None]
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """One policy's (or grid point's) runs: how many, their verdicts, and per figure the
+    median with its interval (:class:`testbed.stats.Estimate`)."""
+
+    label: str
+    params: Params
+    runs: int
+    verdicts: Counter[Optional[str]]
+    estimates: dict[str, stats.Estimate]
+    values: dict[str, list[float]]
+
+
+def group_stats(runs: Sequence[RunOutcome], key: Callable[[RunOutcome], Hashable] = by_policy
+                ) -> list[GroupStats]:
+    """Per group (in order of its first run), the statistics of every figure."""
+    figs = figures(runs)
+    out = []
+    for k, rs in group(runs, key).items():
+        values = {f.key: figure_values(rs, f) for f in figs}
+        out.append(GroupStats(group_label(k), dict(rs[0].params), len(rs),
+                              Counter(r.verdict for r in rs),
+                              {f: stats.median_ci(v) for f, v in values.items()}, values))
+    return out
+
+
+def verdict_text(counts: Counter[Optional[str]]) -> str:
+    """``lockup 10`` or ``completed 9, degraded 1`` (``no verdict`` for None)."""
+    return ", ".join(f"{v or 'no verdict'} {n}" for v, n in counts.most_common())
+
+
+def estimate_text(e: stats.Estimate, digits: int, runs: int) -> str:
+    """``5.7 [5.5, 6.0]``; ``*`` when the interval is below 95 % (too few runs), and
+    ``n=`` when some runs did not record the figure."""
+    if e.n == 0 or e.median is None:
+        return "-"
+    text = f"{e.median:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
+    if e.short:
+        text += "*"
+    if e.n < runs:
+        text += f" n={e.n}"
+    return text
+
+
+STATS_NOTE = ("median [95 % interval] over the runs of each group; * marks an interval "
+              "that covers the median with less than 95 % (too few runs: the range)")
+
+
+def stats_table(groups: Sequence[GroupStats], runs: Iterable[RunOutcome]) -> Table:
+    """Figures down, groups across: the verdict counts, then each figure's median and
+    interval (the shape reads well for a handful of policies or grid points)."""
+    figs = figures(runs)
+    rows = [["runs"] + [str(g.runs) for g in groups],
+            ["verdicts"] + [verdict_text(g.verdicts) for g in groups]]
+    for f in figs:
+        rows.append([f.label] + [estimate_text(g.estimates[f.key], f.digits, g.runs)
+                                 for g in groups])
+    return Table(["figure"] + [g.label for g in groups], rows)
+
+
+def batch_groups(batch: Batch, runs: Sequence[RunOutcome]) -> list[GroupStats]:
+    """The statistics of a batch's runs (``batch.runs()``), grouped as :func:`grouping` says."""
+    return group_stats(runs, grouping(batch, runs))
+
+
+def stats_document(batch: Batch, runs: Sequence[RunOutcome],
+                   groups: Sequence[GroupStats]) -> dict[str, Any]:
+    """``stats.json``: per group its runs, verdict counts and, per figure, the values and
+    their median with its interval; the methods are named so that a reader can redo it."""
+    labels = {f.key: f.label for f in figures(runs)}
+    return {
+        "title": batch.title,
+        "method": {"median_interval": "distribution-free, order statistics, coverage from "
+                                      "the binomial distribution (testbed.stats.median_ci)",
+                   "confidence": stats.CONFIDENCE},
+        "figures": labels,
+        "groups": [{"group": g.label, "params": g.params, "runs": g.runs,
+                    "verdicts": {str(v): n for v, n in g.verdicts.items()},
+                    "figures": {k: {**g.estimates[k].to_json(), "values": g.values[k]}
+                                for k in labels}}
+                   for g in groups],
+    }
+
+
+def write_stats(batch: Batch, runs: Sequence[RunOutcome], groups: Sequence[GroupStats]) -> Path:
+    """Write the batch's ``stats.json``; returns its path."""
+    out = batch.path / STATS
+    out.write_text(json.dumps(stats_document(batch, runs, groups), indent=2))
+    return out

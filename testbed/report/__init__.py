@@ -3,8 +3,8 @@
 ``build_report(run_dir)`` (re)builds the plots and ``report.html`` of one run folder from
 what is in it (``summary.json`` and the metric streams), so ``testbed report DIR`` can
 redo it at any time; ``build_compare_report(batch_dir)`` puts the runs of a compare or
-sweep folder side by side. Folders are read through :mod:`testbed.results`; this
-package only draws and writes.
+sweep folder side by side, with the statistics of its groups (``stats.json``). Folders
+are read through :mod:`testbed.results`; this package only draws and writes.
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ def build_compare_report(batch_dir: Path) -> Path:
     links = [(e.label, f"{e.dir}/report.html") for e in batch.entries
              if (batch.run_path(e) / "report.html").exists()]
     images = [i for i in ("sweep.png", "compare.png") if (batch.path / i).exists()]
+    groups = results.batch_groups(batch, runs)
+    results.write_stats(batch, runs, groups)     # per policy or point: medians, intervals
+    stats = results.stats_table(groups, runs)
     out = batch.path / "report.html"
-    out.write_text(html.compare_page(batch.title, results.table(runs), images, links))
+    out.write_text(html.compare_page(batch.title, results.table(runs), images, links,
+                                     stats, results.STATS_NOTE))
     return out

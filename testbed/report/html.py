@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Any
+from typing import Any, Optional
 
 from ..results import Table
 
@@ -60,7 +60,17 @@ def _cell(table: Table, column: int, text: str) -> str:
 
 
 def compare_page(title: str, table: Table, images: list[str],
-                 links: list[tuple[str, str]]) -> str:
+                 links: list[tuple[str, str]], stats: Optional[Table] = None,
+                 stats_note: str = "") -> str:
     imgs = "".join(f"<p><img src='{_esc(i)}' alt='{_esc(i)}'></p>" for i in images)
     lk = "".join(f"<li><a href='{_esc(h)}'>{_esc(t)}</a></li>" for t, h in links)
-    return page(title, f"{table_html(table)}{imgs}<h2>Runs</h2><ul>{lk}</ul>")
+    return page(title, f"{table_html(table)}{stats_section(stats, stats_note)}{imgs}"
+                       f"<h2>Runs</h2><ul>{lk}</ul>")
+
+
+def stats_section(stats: Optional[Table], note: str) -> str:
+    """The statistics of repeated runs (``stats.json``), when the batch has them."""
+    if stats is None:
+        return ""
+    return (f"<h2>Statistics</h2><p>{_esc(note)} (also in <a href='stats.json'>stats.json</a>)"
+            f"</p>{table_html(stats)}")
