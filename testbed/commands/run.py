@@ -1,11 +1,17 @@
 """``testbed run | compare | sweep | report``: scenarios end to end, and their reports.
 
 - ``run SCENARIO``: one run; exit status 0 when the verdict is the expected one.
-- ``compare SCENARIO --policies a,b``: the same load under each policy, one table and
-  one report (exit 0 when every run reached its expected verdict).
-- ``sweep SCENARIO --param key=v1,v2 [--param key2=w1,w2]``: a grid of runs over one or
-  two parameters, with a plot of the outcome.
+- ``compare SCENARIO --policies a,b [--repeat N]``: the same load under each policy, one
+  table and one report (exit 0 when every run reached its expected verdict).
+- ``sweep SCENARIO --param key=v1,v2 [--param key2=w1,w2] [--repeat N]``: a grid of runs
+  over one or two parameters, with a plot of the outcome.
 - ``report DIR``: rebuild the report of a run folder, or of a compare/sweep folder.
+
+With ``--repeat N`` every policy (or grid point) runs N times, interleaved (a, b, a, b,
+...: a machine that slows down during the batch slows every group alike), and the
+batch's statistics follow the table: per group the count of each verdict and each
+figure's median with its 95 % interval (:func:`testbed.results.group_stats`), also in
+``stats.json`` and the batch's report.html.
 
 A scenario is loaded and checked completely before anything starts: a mistake in it
 is reported with file, line and key, and nothing is created.
@@ -26,7 +32,7 @@ from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem
 from ..orchestrator import Orchestrator, RunResult
 from ..report import build_compare_report, build_report
-from ..report.summary import evidence
+from ..report.summary import cycle_lines, evidence
 from ..scenario import Scenario
 
 
@@ -49,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scenario")
     p.add_argument("--param", action="append", required=True, metavar="KEY=V1,V2,...",
                    help="a scenario key and its values (once or twice)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per grid point (default 1)")
     _common(p)
     p.add_argument("--out", type=Path, help="folder for the runs and the sweep report")
     p.set_defaults(func=cmd_sweep)
@@ -80,6 +87,8 @@ def _print_result(res: RunResult) -> None:
     s = res.summary
     print(f"verdict: {s.get('verdict')} (expected {s['expected']})")
     for line in evidence(s):
+        print(f"  {line}")
+    for line in cycle_lines(s):         # a lockup's proof: what holds the machine
         print(f"  {line}")
     print(f"report: {res.run_dir / 'report.html'}")
 
@@ -126,32 +135,64 @@ def _run_batch(base: Path, jobs: list[Job], title: str) -> tuple[int, Path]:
     return (0 if ok else 1), build_compare_report(base)
 
 
-def _print_table(base: Path) -> None:
-    """The batch's table as plain-text columns."""
-    table = results.table(results.open_batch(base).runs())
+def print_columns(table: results.Table) -> None:
+    """A table as plain-text columns."""
     lines = [table.header] + table.rows
     widths = [max(len(r[i]) for r in lines) for i in range(len(table.header))]
     for r in lines:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _print_table(base: Path) -> None:
+    """The batch's table as plain-text columns."""
+    print_columns(results.table(results.open_batch(base).runs()))
+
+
+def print_stats(base: Path) -> None:
+    """The batch's statistics per policy or grid point (as in stats.json)."""
+    batch = results.open_batch(base)
+    runs = batch.runs()
+    print(f"\n{results.STATS_NOTE}:")
+    print_columns(results.stats_table(results.batch_groups(batch, runs), runs))
+
+
+def _check_repeat(n: int) -> None:
+    if n < 1:
+        raise ConfigError(f"--repeat: must be at least 1, got {n}")
+
+
+def repeated(variants: list[Job], n: int) -> list[Job]:
+    """Each variant ``n`` times, interleaved (a, b, a, b), labelled ``label#k`` when n > 1."""
+    if n == 1:
+        return list(variants)
+    return [j._replace(label=f"{j.label}#{k + 1}") for k in range(n) for j in variants]
+
+
+def _finish_batch(base: Path, status: int, report: Path) -> int:
+    _print_table(base)
+    print_stats(base)
+    print(f"report: {report}")
+    return status
+
+
+def compare_jobs(scenario: str, policies: list[str], overrides: list[str], n: int) -> list[Job]:
+    """The jobs of a compare: every policy's scenario loaded first (a mistake starts
+    nothing), each run ``n`` times."""
+    _check_repeat(n)
+    variants = [Job(p, scenario_mod.load(scenario, overrides + [f"client.policy={p}"]), {})
+                for p in policies]
+    return repeated(variants, n)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies:
         raise ConfigError("--policies: give at least one policy")
-    if args.repeat < 1:
-        raise ConfigError(f"--repeat: must be at least 1, got {args.repeat}")
-    jobs = []
-    for p in policies:   # load every variant first: a mistake starts nothing
-        sc = scenario_mod.load(args.scenario, _overrides(args) + [f"client.policy={p}"])
-        for k in range(args.repeat):
-            jobs.append(Job(p if args.repeat == 1 else f"{p}#{k + 1}", sc, {}))
+    jobs = compare_jobs(args.scenario, policies, _overrides(args), args.repeat)
     _require_root()
     base = _batch_dir(args.out, "compare", jobs[0].scenario.name)
     status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: policies compared")
-    _print_table(base)
-    print(f"report: {report}")
-    return status
+    return _finish_batch(base, status, report)
 
 
 def _parse_param(text: str) -> tuple[str, list[str]]:
@@ -165,19 +206,19 @@ def _parse_param(text: str) -> tuple[str, list[str]]:
 def cmd_sweep(args: argparse.Namespace) -> int:
     if len(args.param) > 2:
         raise ConfigError("--param: a sweep takes one or two parameters")
+    _check_repeat(args.repeat)
     params = [_parse_param(p) for p in args.param]
-    jobs = []
+    points = []
     for combo in itertools.product(*(vals for _, vals in params)):
         sets = [f"{k}={v}" for (k, _), v in zip(params, combo)]
         sc = scenario_mod.load(args.scenario, _overrides(args) + sets)
-        jobs.append(Job(" ".join(sets), sc, {k: v for (k, _), v in zip(params, combo)}))
+        points.append(Job(" ".join(sets), sc, {k: v for (k, _), v in zip(params, combo)}))
+    jobs = repeated(points, args.repeat)
     _require_root()
     name = jobs[0].scenario.name
     base = _batch_dir(args.out, "sweep", name)
     status, report = _run_batch(base, jobs, f"{name}: sweep over {' x '.join(k for k, _ in params)}")
-    _print_table(base)
-    print(f"report: {report}")
-    return status
+    return _finish_batch(base, status, report)
 
 
 def _slug(label: str) -> str:
