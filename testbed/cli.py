@@ -22,6 +22,7 @@ from .errors import TestbedError
 # Modules that provide subcommands, in the order `testbed --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "testbed.commands.run",
+    "testbed.commands.claims",
     "testbed.commands.up",
     "testbed.commands.clean",
     "testbed.commands.doctor",

@@ -1,0 +1,155 @@
+"""The article's claims as hypotheses, each with its test, evaluated on a batch of runs.
+
+A batch written by ``testbed claims`` holds every policy's runs of the contention load
+and the baseline's runs (:mod:`testbed.results` reads it). Each :class:`Claim` picks its
+runs and says what it tests:
+
+- "X locks up" / "X completes": an exact one-sided binomial test of the rate of that
+  verdict against H0: rate <= 1/2 (``testbed.stats.rate_test``), among the runs that
+  reached a verdict. All of N runs give p = 2^-N (N = 10: 0.001); the exact lower bound
+  of the rate says how often it happens at least, at 95 %.
+- "the threshold drops fewer frames of other traffic / stalls the downloads less than
+  phillips-2005": a one-sided Mann-Whitney U test on the runs' figures
+  (``testbed.stats.less_test``): what other traffic's users feel is frames dropped
+  either way (a lost ACK stalls a download like a lost segment) and the longest time a
+  download went without a byte. The received-only count, the figure the earlier tests
+  summed, is stated too, so the difference shows.
+
+Each claim is tested at 5 %; the claims are separate statements of the article, not one
+family (for all 9 at once, Bonferroni would ask p < 0.0056, which 10 of 10 runs give).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+from . import stats
+from .errors import ConfigError
+from .results import Batch, RunOutcome, by_policy, estimate_text, group
+
+BASELINE = "baseline"     # the built-in reference scenario's name (scenarios/baseline.yaml)
+POLICIES = ("none", "reserve-only", "phillips-2005", "phillips-2005-threshold", "gorman-3.6")
+P0 = 0.5                  # H0 of the rate claims: the verdict happens at most half the time
+
+
+@dataclass(frozen=True)
+class Runs:
+    """A claims batch's runs: the contention load's per policy, and the baseline's."""
+
+    scenario: str
+    by_policy: dict[str, list[RunOutcome]]
+    baseline: list[RunOutcome]
+
+    def policy(self, name: str) -> list[RunOutcome]:
+        return self.by_policy.get(name, [])
+
+
+def split(batch: Batch) -> Runs:
+    """The batch's runs: the baseline's by name, the rest must be one scenario."""
+    runs = batch.runs()
+    base = [r for r in runs if r.scenario == BASELINE]
+    load = [r for r in runs if r.scenario != BASELINE]
+    names = sorted({r.scenario for r in load})
+    if len(names) > 1:
+        raise ConfigError(f"{batch.path}: runs of {', '.join(names)}: a claims batch holds "
+                          f"one contention scenario (and {BASELINE})")
+    return Runs(names[0] if names else "?", group(load, by_policy), base)
+
+
+@dataclass(frozen=True)
+class Result:
+    """A claim, evaluated: the figures behind it, the test's p-value, the decision."""
+
+    claim: str
+    hypothesis: str
+    figures: str
+    pvalue: float
+    supported: bool
+    detail: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"claim": self.claim, "hypothesis": self.hypothesis, "figures": self.figures,
+                "pvalue": self.pvalue, "supported": self.supported, **self.detail}
+
+
+# -- rate claims ------------------------------------------------------------------------------
+
+Predicate = Callable[[RunOutcome], bool]
+
+
+def verdict_is(verdict: str) -> Predicate:
+    return lambda r: r.verdict == verdict
+
+
+def reserve_drained(r: RunOutcome) -> bool:
+    """Locked up after the reserve ran dry: the lockup's evidence counts failed
+    __GFP_MEMALLOC allocations (only an empty reserve refuses those)."""
+    lk = r.summary.get("lockup") or {}
+    return r.verdict == "lockup" and (lk.get("alloc_fail") or {}).get("memalloc", 0) > 0
+
+
+def rate_claim(claim: str, event: str, runs: Sequence[RunOutcome], happens: Predicate) -> Result:
+    """``claim`` holds if ``event`` happens in more than P0 of the runs with a verdict."""
+    judged = [r for r in runs if r.verdict is not None]
+    k = sum(1 for r in judged if happens(r))
+    t = stats.rate_test(k, len(judged), P0)
+    unjudged = len(runs) - len(judged)
+    figures = (f"{k} of {len(judged)} runs {event}; rate >= {t.lower_bound:.0%} at "
+               f"{stats.CONFIDENCE:.0%}" + (f" ({unjudged} without a verdict)" if unjudged else ""))
+    return Result(claim, f"H1: rate of '{event}' > {P0:g} (H0: <= {P0:g}); exact one-sided "
+                         f"binomial test", figures, t.pvalue, t.supported, t.to_json())
+
+
+# -- comparison claims --------------------------------------------------------------------------
+
+Value = Callable[[RunOutcome], Optional[Union[int, float]]]
+
+
+def less_claim(claim: str, what: str, digits: int, a_name: str, a: Sequence[RunOutcome],
+               b_name: str, b: Sequence[RunOutcome], value: Value) -> Result:
+    """``claim`` holds if ``value`` tends to be smaller over ``a`` than over ``b``."""
+    xa = [float(v) for v in map(value, a) if v is not None]
+    xb = [float(v) for v in map(value, b) if v is not None]
+    t = stats.less_test(xa, xb)
+    figures = (f"{what}: {a_name} {estimate_text(t.a, digits, len(a))} vs "
+               f"{b_name} {estimate_text(t.b, digits, len(b))}")
+    return Result(claim, f"H1: {what} of {a_name} tend to be smaller than of {b_name}; "
+                         f"one-sided Mann-Whitney U test", figures, t.pvalue, t.supported,
+                  t.to_json())
+
+
+# -- the article's claims -------------------------------------------------------------------------
+
+def evaluate(runs: Runs) -> list[Result]:
+    """Every claim on ``runs``, in the article's order."""
+    ph, th = runs.policy("phillips-2005"), runs.policy("phillips-2005-threshold")
+    compare = ("phillips-2005-threshold", th, "phillips-2005", ph)
+    return [
+        rate_claim("none locks up", "locked up", runs.policy("none"), verdict_is("lockup")),
+        rate_claim("reserve-only locks up once bulk traffic drains the reserve",
+                   "locked up with the reserve drained", runs.policy("reserve-only"),
+                   reserve_drained),
+        rate_claim("phillips-2005 completes", "completed", ph, verdict_is("completed")),
+        rate_claim("phillips-2005-threshold completes", "completed", th, verdict_is("completed")),
+        less_claim("the threshold drops fewer frames of other traffic than phillips-2005",
+                   "other frames dropped, rx + tx", 0, *compare, lambda r: r.other_drops),
+        less_claim("the threshold stalls the downloads less than phillips-2005",
+                   "longest bulk-flow stall (s)", 1, *compare, lambda r: r.longest_bulk_stall_s),
+        less_claim("the threshold drops fewer received frames of other traffic "
+                   "(the earlier, receive-only count)",
+                   "other frames dropped, received", 0, *compare, lambda r: r.drops("other")),
+        rate_claim("gorman-3.6 completes", "completed", runs.policy("gorman-3.6"),
+                   verdict_is("completed")),
+        rate_claim("the baseline completes", "completed", runs.baseline, verdict_is("completed")),
+    ]
+
+
+def document(batch: Batch, runs: Runs, results: Sequence[Result]) -> dict[str, Any]:
+    """``claims.json``: what was tested on which runs, and the outcome of each claim."""
+    return {"title": batch.title, "scenario": runs.scenario, "baseline": BASELINE,
+            "runs": {**{p: len(rs) for p, rs in runs.by_policy.items()},
+                     BASELINE: len(runs.baseline)},
+            "alpha": stats.ALPHA, "rate_h0": P0,
+            "claims": [r.to_json() for r in results]}
