@@ -170,6 +170,13 @@ class RunOutcome:
         got = self._bulk_figure("rto")
         return None if not got or None in got else int(sum(got))  # type: ignore[arg-type]
 
+    @property
+    def bulk_rto_time_s(self) -> Optional[float]:
+        """Time the bulk flows spent recovering from retransmission timeouts, summed over
+        flows (TCP_INFO's tcpi_total_rto_time; None: not recorded)."""
+        got = self._bulk_figure("rto_time_s")
+        return None if not got or None in got else float(sum(got))  # type: ignore[arg-type]
+
     @cached_property
     def lowest_free_pages(self) -> Optional[int]:
         """The fewest free pages the client had before the outcome (client.ndjson)."""
@@ -407,6 +414,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("bulk_longest_stall_s", "longest bulk-flow stall (s)", 1,
            lambda r: r.longest_bulk_stall_s),
     Figure("bulk_timeouts", "bulk retransmission timeouts", 0, lambda r: r.bulk_timeouts),
+    Figure("bulk_rto_time_s", "bulk time in RTO recovery (s)", 1, lambda r: r.bulk_rto_time_s),
 )
 
 

@@ -119,7 +119,9 @@ def longest_stalls(samples: list[dict[str, Any]], hosts: dict[str, str],
     """Per bulk host: the longest time its flows went without a new byte, from the
     flow's first sample to its last progress before the outcome (``end_t``).
 
-    Resolution: the sample interval (100 ms). A flow that never moves again is not
+    Whatever stopped the flow counts: frames dropped, or its reader blocked by the dirty
+    limits until the window closed. Resolution: the sample interval (100 ms). A flow
+    that never moves again is not
     counted past its last progress: a finished download looks the same, and a run that
     locked up is measured by its lockup.
     """

@@ -98,8 +98,9 @@ def run_summary(policy: str, verdict: str, t: float, other: int = 0, tx_other: i
     s["scenario"] = scenario
     s["drops"]["tx"] = {"total": tx_other, "memalloc": {"total": 0},
                         "other": {"total": tx_other, "NOMEM": tx_other}}
+    # each flow's timeouts follow its stall (one per whole second of it)
     s["goodput"] = {f"bulk{i}": {"bytes": 10**6, "mbit_s": 1.5 + i, "longest_stall_s": stall - i,
-                                 "retrans": 4, "rto": 1, "rto_time_s": 0.2}
+                                 "retrans": 4, "rto": int(stall - i), "rto_time_s": 0.2}
                     for i in (1, 2)}
     if s["lockup"] is not None:
         s["lockup"]["alloc_fail"] = {"atomic": 9, "memalloc": 3 if drained else 0}
@@ -126,7 +127,8 @@ def test_group_statistics_of_a_compare_folder(tmp_path):
     assert gorman["figures"]["other_drops"]["median"] == pytest.approx(1045 + 4.5)
     assert gorman["figures"]["tx_other_drops"]["values"] == list(range(10))
     assert gorman["figures"]["bulk_longest_stall_s"]["median"] == 2.0       # the longer flow
-    assert gorman["figures"]["bulk_timeouts"]["median"] == 2
+    assert gorman["figures"]["bulk_timeouts"]["median"] == 3             # 2 + 1
+    assert gorman["figures"]["bulk_rto_time_s"]["median"] == pytest.approx(0.4)
     assert gorman["figures"]["goodput_bulk2"]["median"] == 3.5
     assert none["figures"]["lowest_free_pages"]["n"] == 0                    # no samples
     page = (base / "report.html").read_text()
@@ -215,6 +217,8 @@ def test_claims_that_do_not_hold_say_so(tmp_path, capsys):
     assert not got["reserve-only locks up once bulk traffic drains the reserve"]["supported"]
     assert not got["the threshold drops fewer frames of other traffic than phillips-2005"]["supported"]
     assert got["the threshold stalls the downloads less than phillips-2005"]["supported"]
+    assert got["the threshold costs the downloads fewer retransmission timeouts than "
+               "phillips-2005"]["supported"]
     assert got["none locks up"]["supported"]
     assert "not supported" in capsys.readouterr().out
 
