@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 TESTBED := .venv/bin/testbed
 
-.PHONY: setup demo test bench clean lint images
+.PHONY: setup demo test claims bench clean lint images
 
 setup:
 	@scripts/setup.sh
@@ -12,6 +12,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+# The article's claims, each tested on 10 runs of every policy and of the baseline
+# (about 20 minutes; the README's table). Not part of `make test`.
+claims: setup
+	$(TESTBED) claims scenarios/contention.yaml --repeat 10
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
