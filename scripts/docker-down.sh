@@ -38,3 +38,15 @@ else
     echo "docker-down: dockerd of $PIDFILE is already gone" >&2
 fi
 rm -f "$PIDFILE"
+
+# The forwarding settings as they were before docker-up.sh started dockerd.
+if [[ -r $PIDFILE.net ]]; then
+    { read -r policy; read -r bridge_nf; } <"$PIDFILE.net" || true
+    [[ ${policy:-} == ACCEPT || ${policy:-} == DROP ]] && iptables -P FORWARD "$policy" || true
+    [[ ${bridge_nf:-} == absent ]] && bridge_nf=0   # br_netfilter was not loaded: no bridged frame saw iptables
+    if [[ ${bridge_nf:-} == [01] && -w /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
+        echo "$bridge_nf" >/proc/sys/net/bridge/bridge-nf-call-iptables
+    fi
+    rm -f "$PIDFILE.net"
+    echo "docker-down: FORWARD policy ${policy:-unchanged}, bridge-nf-call-iptables ${bridge_nf:-unchanged}, as before dockerd" >&2
+fi

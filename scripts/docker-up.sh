@@ -9,6 +9,11 @@
 # written to PIDFILE (default /run/testbed-dockerd.pid), and scripts/docker-down.sh
 # PIDFILE later stops exactly that process. The wait for the socket is bounded
 # (DOCKERD_TIMEOUT seconds, default 60); on timeout the started dockerd is stopped again.
+#
+# dockerd sets the root namespace's FORWARD policy to DROP and loads br_netfilter with
+# bridge-nf-call-iptables=1, and leaves both after it stops (plain `mn` then loses every
+# frame). The two settings as they were are kept in PIDFILE.net, and docker-down.sh puts
+# them back.
 set -euo pipefail
 
 PIDFILE=${1:-/run/testbed-dockerd.pid}
@@ -41,6 +46,9 @@ if [[ -e $PIDFILE ]]; then
     exit 1
 fi
 
+bridge_nf=/proc/sys/net/bridge/bridge-nf-call-iptables
+{ iptables -S FORWARD 2>/dev/null | awk '$1=="-P"{print $3; exit}' || true
+  cat "$bridge_nf" 2>/dev/null || echo absent; } >"$PIDFILE.net"
 env -u TESTBED_RUN setsid dockerd >>"$LOG" 2>&1 </dev/null &
 pid=$!
 start=$(awk '{print $22}' "/proc/$pid/stat")

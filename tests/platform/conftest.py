@@ -12,12 +12,13 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -189,7 +190,7 @@ def bystanders():
         b.remove()
 
 
-def _docker_answers() -> bool:
+def docker_answers() -> bool:
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(1)
     try:
@@ -202,30 +203,48 @@ def _docker_answers() -> bool:
         s.close()
 
 
+NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+def forward_policy() -> str:
+    return next(line.split()[2] for line in sh("iptables", "-S", "FORWARD").splitlines()
+                if line.startswith("-P FORWARD "))
+
+
+@contextmanager
+def after_docker_state() -> Iterator[None]:
+    """FORWARD DROP and bridge-nf-call-iptables=1, as dockerd leaves them; then the
+    previous values again (and br_netfilter unloaded if it was loaded here)."""
+    loaded_here = not NF.exists()
+    if loaded_here:
+        sh("modprobe", "br_netfilter")      # dockerd loads it too
+    saved_policy, saved_nf = forward_policy(), NF.read_text().strip()
+    try:
+        sh("iptables", "-P", "FORWARD", "DROP")
+        NF.write_text("1")
+        yield
+    finally:
+        sh("iptables", "-P", "FORWARD", saved_policy)
+        NF.write_text(saved_nf)
+        if loaded_here:
+            sh("modprobe", "-r", "br_netfilter", check=False)
+
+
 @pytest.fixture(scope="session")
 def dockerd(tmp_path_factory):
-    """A running dockerd (started here if needed, stopped by pid afterwards)."""
-    if _docker_answers():
-        yield None
-        return
-    if not shutil.which("dockerd"):
+    """A running dockerd: ``scripts/docker-up.sh`` starts one if none answers, and
+    ``scripts/docker-down.sh`` stops exactly that one afterwards (by pid) and puts back
+    the FORWARD policy and bridge-nf-call-iptables that dockerd changed."""
+    if not docker_answers() and not shutil.which("dockerd"):
         pytest.skip("dockerd not installed (scripts/setup.sh installs docker.io)")
-    log = open(tmp_path_factory.mktemp("dockerd") / "dockerd.log", "wb")
+    pidfile = tmp_path_factory.mktemp("dockerd") / "dockerd.pid"
     env = {k: v for k, v in os.environ.items() if k != "TESTBED_RUN"}
-    proc = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 60
-    while not _docker_answers():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"dockerd did not come up (see {log.name})")
-        time.sleep(0.2)
+    up = subprocess.run([str(ROOT / "scripts/docker-up.sh"), str(pidfile)], env=env,
+                        capture_output=True, text=True, timeout=120)
+    if up.returncode:
+        pytest.fail(f"dockerd did not come up: {up.stderr.strip()}")
     try:
-        yield proc
+        yield
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+        subprocess.run([str(ROOT / "scripts/docker-down.sh"), str(pidfile)], env=env,
+                       capture_output=True, timeout=120)

@@ -30,7 +30,8 @@ from typing import Iterator, Optional
 
 import pytest
 
-from .conftest import ROOT, TESTBED, assert_untouched, sh, snapshot
+from .conftest import (NF, ROOT, TESTBED, after_docker_state, assert_untouched, forward_policy,
+                       sh, snapshot)
 
 pytestmark = [pytest.mark.root, pytest.mark.mininet, pytest.mark.slow]
 
@@ -40,37 +41,12 @@ MN = ["mn", "--custom", "topologies/contention.py", "--topo", "contention,3",
 HOSTS = 5                                   # client, target, bulk1..3
 MN_LINKS = [f"s1-eth{i}" for i in range(1, HOSTS + 1)] + ["s1"]   # ports before bridge
 FIX = "sysctl -w net.bridge.bridge-nf-call-iptables=0"             # what doctor must say
-NF = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 # with every frame dropped each ping waits 10 s: the first host's line takes ~40 s
 FIRST_LINE_TIMEOUT = 120
 RUN_TIMEOUT = 120
 # what snapshot() compares here: the processes of other tests running next to this one
 # come and go, and this test's own are followed by pid (MnRun)
 COMPARED = ("links", "netns", "iptables", "nft")
-
-
-def forward_policy() -> str:
-    return next(line.split()[2] for line in sh("iptables", "-S", "FORWARD").splitlines()
-                if line.startswith("-P FORWARD "))
-
-
-@contextmanager
-def after_docker_state() -> Iterator[None]:
-    """FORWARD DROP and bridge-nf-call-iptables=1, as dockerd leaves them; then the
-    previous values again (and br_netfilter unloaded if it was loaded here)."""
-    loaded_here = not NF.exists()
-    if loaded_here:
-        sh("modprobe", "br_netfilter")      # dockerd loads it too
-    saved_policy, saved_nf = forward_policy(), NF.read_text().strip()
-    try:
-        sh("iptables", "-P", "FORWARD", "DROP")
-        NF.write_text("1")
-        yield
-    finally:
-        sh("iptables", "-P", "FORWARD", saved_policy)
-        NF.write_text(saved_nf)
-        if loaded_here:
-            sh("modprobe", "-r", "br_netfilter", check=False)
 
 
 def children_of(pids: set[int]) -> set[int]:
