@@ -29,10 +29,10 @@ from typing import NamedTuple, Optional
 
 from .. import results
 from .. import scenario as scenario_mod
-from ..errors import ConfigError, EnvironmentProblem
+from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..orchestrator import Orchestrator, RunResult
 from ..report import build_compare_report, build_report
-from ..report.summary import evidence
+from ..report.summary import cycle_lines, evidence
 from ..scenario import Scenario
 
 
@@ -119,16 +119,39 @@ class Job(NamedTuple):
     params: results.Params
 
 
+MAX_FAILED_IN_A_ROW = 3     # then the machine, not a run, is broken: stop the batch
+
+
 def _run_batch(base: Path, jobs: list[Job], title: str) -> tuple[int, Path]:
-    """Run each job in turn into ``base``; then the combined report."""
+    """Run each job in turn into ``base``; then the combined report.
+
+    A run that fails for the testbed's own reasons (a node that did not start, a link
+    not configured) keeps its folder, marked ``error`` without a verdict, and the batch
+    goes on: one such failure must not cost the other runs of a long batch, and the
+    statistics count it as a run without a verdict. A wrong scenario or machine, or
+    several failures in a row, still stop the batch.
+    """
     index: list[results.BatchEntry] = []
-    ok = True
+    ok, failed = True, 0
     for i, job in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {job.label}", flush=True)
-        res = Orchestrator(job.scenario, out_dir=base / _slug(job.label)).run()
-        _print_result(res)
-        ok &= res.ok
-        index.append(results.BatchEntry(job.label, res.run_dir.name, dict(job.params)))
+        out = base / _slug(job.label)
+        try:
+            res = Orchestrator(job.scenario, out_dir=out).run()
+        except (ConfigError, EnvironmentProblem):
+            raise
+        except TestbedError as exc:
+            failed += 1
+            print(f"run failed: {exc}", flush=True)
+            if failed >= MAX_FAILED_IN_A_ROW:
+                raise
+            ok = False
+        else:
+            failed = 0
+            _print_result(res)
+            ok &= res.ok
+            out = res.run_dir
+        index.append(results.BatchEntry(job.label, out.name, dict(job.params)))
         results.write_index(base, title, index)
     return (0 if ok else 1), build_compare_report(base)
 

@@ -21,6 +21,8 @@ from scipy import stats as sps
 from testbed import claims, results, stats
 from testbed.cli import main
 from testbed.commands import run as run_cmd
+from testbed.errors import TestbedError
+from testbed.orchestrator import RunResult
 from testbed.report import build_compare_report
 from tests.core.test_results import batch_folder, summary
 
@@ -160,6 +162,48 @@ def test_repeats_are_interleaved_and_labelled():
     assert [(j.label, j.scenario.client.policy) for j in jobs] == [
         ("none#1", "none"), ("gorman-3.6#1", "gorman-3.6"),
         ("none#2", "none"), ("gorman-3.6#2", "gorman-3.6")]
+
+
+class FlakyOrchestrator:
+    """Stands in for the orchestrator: the runs listed in ``fail`` end as a node that
+    did not start does (summary.json with status error, then TestbedError)."""
+
+    calls: list[str] = []
+    fail: set[int] = set()
+
+    def __init__(self, scenario: Any, out_dir: Path) -> None:
+        self.out = out_dir
+
+    def run(self) -> RunResult:
+        FlakyOrchestrator.calls.append(self.out.name)
+        self.out.mkdir(parents=True)
+        s = run_summary("gorman-3.6", "completed", 30.0)
+        failing = len(FlakyOrchestrator.calls) in FlakyOrchestrator.fail
+        if failing:
+            s.update(verdict=None, status="error", detail="node client: Bad address")
+        (self.out / "summary.json").write_text(json.dumps(s))
+        if failing:
+            raise TestbedError("node client: Bad address")
+        return RunResult(self.out, s)
+
+
+def test_a_batch_goes_on_after_a_run_fails_for_the_testbeds_own_reasons(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_cmd, "Orchestrator", FlakyOrchestrator)
+    monkeypatch.setattr(run_cmd, "build_compare_report", lambda base: base / "report.html")
+    monkeypatch.setattr(FlakyOrchestrator, "calls", [])
+    monkeypatch.setattr(FlakyOrchestrator, "fail", {2})
+    jobs = [run_cmd.Job(f"gorman-3.6#{k}", None, {}) for k in (1, 2, 3)]  # type: ignore[arg-type]
+    status, _ = run_cmd._run_batch(tmp_path / "a", jobs, "t")
+    assert status == 1 and FlakyOrchestrator.calls == ["gorman-3.6_1", "gorman-3.6_2", "gorman-3.6_3"]
+    batch = results.read_batch(tmp_path / "a")
+    assert batch is not None
+    assert [r.verdict for r in batch.runs()] == ["completed", None, "completed"]
+    # failures in a row: the machine is broken, the batch stops
+    monkeypatch.setattr(FlakyOrchestrator, "calls", [])
+    monkeypatch.setattr(FlakyOrchestrator, "fail", {1, 2, 3})
+    with pytest.raises(TestbedError, match="Bad address"):
+        run_cmd._run_batch(tmp_path / "b", jobs * 2, "t")
+    assert len(FlakyOrchestrator.calls) == run_cmd.MAX_FAILED_IN_A_ROW
 
 
 # -- testbed claims --from --------------------------------------------------------------------------
