@@ -32,7 +32,7 @@ from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..orchestrator import Orchestrator, RunResult
 from ..report import build_compare_report, build_report
-from ..report.summary import cycle_lines, evidence
+from ..report.summary import evidence
 from ..scenario import Scenario
 
 
