@@ -453,11 +453,13 @@ class GroupStats:
 
 def group_stats(runs: Sequence[RunOutcome], key: Callable[[RunOutcome], Hashable] = by_policy
                 ) -> list[GroupStats]:
-    """Per group (in order of its first run), the statistics of every figure."""
+    """Per group (in order of its first run), the statistics of every figure, over the
+    runs that reached a verdict (an interrupted or failed run's figures describe the
+    testbed's failure, not the policy; it is counted among the verdicts as none)."""
     figs = figures(runs)
     out = []
     for k, rs in group(runs, key).items():
-        values = {f.key: figure_values(rs, f) for f in figs}
+        values = {f.key: figure_values([r for r in rs if r.finished], f) for f in figs}
         out.append(GroupStats(group_label(k), dict(rs[0].params), len(rs),
                               Counter(r.verdict for r in rs),
                               {f: stats.median_ci(v) for f, v in values.items()}, values))

@@ -151,6 +151,19 @@ def test_the_cli_prints_the_statistics_per_group(tmp_path, capsys):
     assert "6.0 [5.0, 7.0]*" in rows["time to lockup / completion (s)"]
 
 
+def test_a_run_without_a_verdict_is_counted_but_gives_no_figures(tmp_path):
+    failed = run_summary("none", "lockup", 1.0, other=99999)
+    failed.update(verdict=None, status="error")
+    base = batch_folder(tmp_path / "cmp", [("none#1", {}, run_summary("none", "lockup", 5.0)),
+                                           ("none#2", {}, failed)])
+    batch = results.read_batch(base)
+    assert batch is not None
+    (g,) = results.batch_groups(batch, batch.runs())
+    assert g.runs == 2 and g.verdicts == Counter({"lockup": 1, None: 1})
+    assert g.values["rx_other_drops"] == [0.0] and g.estimates["time_s"].n == 1
+    assert results.verdict_text(g.verdicts) == "lockup 1, no verdict 1"
+
+
 def test_repeats_are_interleaved_and_labelled():
     a = run_cmd.Job("a", None, {})      # type: ignore[arg-type]
     b = run_cmd.Job("b", None, {"k": "1"})  # type: ignore[arg-type]
