@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Optional
 
+from ..era import LINUX_3_6
 from ..gfp import Gfp
 from ..skbuff import ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, DropReason, NetDev, Skb
 from ..task import PF, TaskStruct
@@ -39,6 +40,7 @@ THROTTLE_STEP_S = 0.1               # re-check period of a throttled task
 class Gorman36(Policy):
     name = "gorman-3.6"
     description = "pfmemalloc skbs from under min, only for SOCK_MEMALLOC sockets; throttle_direct_reclaim"
+    era = LINUX_3_6
 
     def rx_alloc_failed(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
         mm = self.mm

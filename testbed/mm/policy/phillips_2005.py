@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+from ..era import LINUX_2_6_13
 from ..skbuff import ETH_P_IP, DropReason, NetDev, Skb
 from .base import Policy, SkbOrDrop
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 class Phillips2005(Policy):
     name = "phillips-2005"
     description = "per-device reserve capped at rx_reserve skbs; SOCK_MEMALLOC-only while in reserve"
+    era = LINUX_2_6_13
 
     def netdev_reserve_pages(self, dev: NetDev) -> int:
         return self.reserve_estimate(dev)

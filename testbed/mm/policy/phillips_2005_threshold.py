@@ -21,6 +21,7 @@ reserve unseen. Everything else - the cap, the credit-back - is
 
 from __future__ import annotations
 
+from ..era import LINUX_2_6_13
 from ..skbuff import NetDev
 from .phillips_2005 import Phillips2005
 
@@ -28,6 +29,7 @@ from .phillips_2005 import Phillips2005
 class Phillips2005Threshold(Phillips2005):
     name = "phillips-2005-threshold"
     description = "phillips-2005, non-memalloc traffic may use a fraction of the reserve"
+    era = LINUX_2_6_13
 
     def drops_non_memalloc(self, dev: NetDev, used: int) -> bool:
         zone = self.mm.zone                         # (mm lock held)

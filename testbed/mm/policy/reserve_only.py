@@ -9,6 +9,7 @@ it - the "longstanding problem" of the seed article.
 
 from __future__ import annotations
 
+from ..era import LINUX_2_6_13
 from ..skbuff import DropReason, NetDev
 from .base import Policy, SkbOrDrop
 
@@ -16,6 +17,7 @@ from .base import Policy, SkbOrDrop
 class ReserveOnly(Policy):
     name = "reserve-only"
     description = "a Phillips-sized reserve that any frame may use"
+    era = LINUX_2_6_13             # a 2005 hypothetical: 2.6.13's mechanisms
 
     def netdev_reserve_pages(self, dev: NetDev) -> int:
         return self.reserve_estimate(dev)
