@@ -12,14 +12,18 @@ On top of :class:`~testbed.mm.page_alloc.PageAllocator` (zone, counters,
   ``kfree_skb``. Each is one lock acquisition and a few integer updates; the
   policy (``testbed.mm.policy``) decides which watermark a receive allocation
   may use and which frames the protocol step drops;
-* the block device's buffers: ``pdu_alloc(nbytes)`` / ``pdu_free(nbytes)`` for
-  the request buffers the writeback path needs (charged in the flusher's
-  ``PF_MEMALLOC`` context: they may use the reserves under every policy);
+* the block device's buffers: ``pdu_alloc(nbytes, sk)`` / ``pdu_free(nbytes)`` for
+  the request buffers the writeback path needs, allocated in the context of the
+  task that makes them with the socket's ``sk_allocation``: the reserves only for
+  a ``PF_MEMALLOC`` task (reclaim's ``pageout``) or, from 3.6, a memalloc socket;
 * ``snapshot()`` for the metrics and ``check_invariants()`` for the tests.
 
-The transmit path is the same under every policy: a memalloc socket's frames
-are sent in the writeback task's ``PF_MEMALLOC`` context (``ALLOC_NO_WATERMARKS``),
-any other socket's with ``GFP_ATOMIC``.
+The transmit path: the NIC (the packet handler) cannot see which task queued a
+frame, so a frame is allocated as ``GFP_ATOMIC`` unless its socket's
+``sk_allocation`` has ``__GFP_MEMALLOC`` (3.6's ``sk_set_memalloc``) or a
+``PF_MEMALLOC`` task queued the bytes it carries (:meth:`memalloc_tx_credit`:
+``tcp_sendmsg`` allocates in the sender's context). The OOM killer of the era
+(:mod:`testbed.mm.oom_kill`) is ``mm.oom``.
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .errors import MMError
+from .gfp import GFP_NOIO, Gfp
+from .oom_kill import OomKiller
 from .page_alloc import PageAllocator
 from .policy import Policy, make_policy
 from .skbuff import NET_IP_ALIGN, SKB_HEADS_PER_SLAB, DropReason, NetDev, Skb, skb_data_pages
 from .sock import Sock
+from .task import PF, current
 from .vmstat import Use
 from .zone import PAGE_SHIFT, PAGE_SIZE, Zone
 
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
 
 USE_SKB = Use.SKB
 MIN_MTU, MAX_MTU = 68, 65535
+TCP_HEADERS = 66        # Ethernet + IPv4 + TCP with timestamps: what a frame carries besides payload
 
 
 class MemoryManager(PageAllocator):
@@ -47,7 +55,8 @@ class MemoryManager(PageAllocator):
     def __init__(self, total_pages: int, *, min_free_kbytes: Optional[int] = None,
                  watermark_scale_factor: int = 10, policy: Union[str, Policy] = "gorman-3.6",
                  rx_reserve: int = 50, threshold: float = 0.5,
-                 reserve_pages: Optional[int] = None, congestion_wait_s: float = 0.02) -> None:
+                 reserve_pages: Optional[int] = None, congestion_wait_s: float = 0.02,
+                 oom_kill: Optional[bool] = None) -> None:
         if isinstance(policy, str):
             policy = make_policy(policy, rx_reserve=rx_reserve, threshold=threshold,
                                  reserve_pages=reserve_pages)
@@ -60,16 +69,28 @@ class MemoryManager(PageAllocator):
         self.skb_head_pages = 0         # slab pages of skbuff_head_cache
         self.skb_head_room = 0          # free sk_buff heads in them
         policy.attach(self)
+        # out_of_memory(): on where the era's kernel had it, unless the config says otherwise
+        if oom_kill is None:
+            oom_kill = self.era.oom_killer != "off"
+        if oom_kill and self.era.oom_killer == "off":
+            raise MMError(f"oom_kill: the {self.era.kernel} profile has no OOM killer")
+        self.oom = OomKiller(self) if oom_kill else None
 
     @classmethod
-    def from_config(cls, config: "MachineConfig") -> "MemoryManager":
-        """The memory manager a :class:`MachineConfig` describes (validated first)."""
+    def from_config(cls, config: "MachineConfig", oom_kill: Optional[bool] = None) -> "MemoryManager":
+        """The memory manager a :class:`MachineConfig` describes (validated first).
+
+        ``oom_kill`` None: the config's ``oom_kill`` if it has one, else the era's default.
+        """
         config.validate()
+        if oom_kill is None:
+            oom_kill = getattr(config, "oom_kill", None)
         return cls(config.total_pages, min_free_kbytes=config.min_free_kbytes,
                    watermark_scale_factor=config.watermark_scale_factor, policy=config.policy,
                    rx_reserve=config.rx_reserve, threshold=config.threshold,
                    reserve_pages=config.reserve_pages,
-                   congestion_wait_s=config.congestion_wait_ms / 1000)
+                   congestion_wait_s=config.congestion_wait_ms / 1000,
+                   oom_kill=oom_kill)
 
     # ------------------------------------------------------------- reserves
     def adjust_memalloc_reserve(self, pages: int) -> None:
@@ -161,16 +182,43 @@ class MemoryManager(PageAllocator):
             return Skb(dev, length, pages)
 
     def alloc_tx_skb(self, dev: NetDev, length: int, sk: Optional[Sock]) -> Union[Skb, DropReason]:
-        """An skb to send ``length`` bytes for ``sk``: memalloc sockets may use the reserves."""
+        """An skb to send ``length`` bytes for ``sk``: ``GFP_ATOMIC``, or the reserves for a
+        socket whose ``sk_allocation`` has ``__GFP_MEMALLOC`` or whose bytes a
+        ``PF_MEMALLOC`` task queued."""
         if length <= 0:
             raise MMError(f"alloc_tx_skb({dev.name}): length {length} must be > 0")
         pages = skb_data_pages(length)
-        memalloc = sk is not None and sk.memalloc
         with self.lock:
+            memalloc = sk is not None and self.tx_memalloc_locked(sk, length)
             skb = self.skb_alloc_locked(dev, length, pages, memalloc)
             if skb is None:
                 return self.count_drop_locked(dev, DropReason.NOMEM, "memalloc" if memalloc else "atomic")
             return skb
+
+    def tx_memalloc_locked(self, sk: Sock, length: int) -> bool:
+        """May this frame of ``sk`` take the reserves? Uses up the socket's credit."""
+        if sk.sk_allocation & Gfp.MEMALLOC:
+            return True
+        credit = sk.memalloc_tx_bytes
+        if credit <= 0:
+            return False
+        sk.memalloc_tx_bytes = max(0, credit - max(0, length - TCP_HEADERS))
+        return True
+
+    def memalloc_tx_credit(self, nbytes: int) -> None:
+        """The current task is about to send ``nbytes`` of block I/O.
+
+        ``tcp_sendmsg`` allocates the transmit skbs in the sender's context: a
+        ``PF_MEMALLOC`` sender (reclaim's ``pageout``) takes them from the reserves.
+        The frames pass the NIC later, so the memalloc (block-I/O) sockets get a
+        credit of ``nbytes`` of payload that their next frames draw on.
+        """
+        if not current().flags & PF.MEMALLOC:
+            return
+        with self.lock:
+            for sk in self.socks:
+                if sk.memalloc:
+                    sk.memalloc_tx_bytes += nbytes
 
     def sk_filter(self, skb: Skb, sk: Optional[Sock], ethertype: int) -> Optional[DropReason]:
         """The policy's protocol step: None to deliver, else the reason (the caller frees)."""
@@ -224,6 +272,7 @@ class MemoryManager(PageAllocator):
         self.zone.free += pages
         self.used[USE_SKB] -= pages
         self.vm.pgfree += pages
+        self.pages_freed_locked()
         if skb.reserve:
             skb.reserve = False
             dev = skb.dev
@@ -247,16 +296,20 @@ class MemoryManager(PageAllocator):
         return sk
 
     # ----------------------------------------------------- block-device I/O
-    def pdu_alloc(self, nbytes: int) -> bool:
-        """Charge a request buffer of ``nbytes`` for writeback; False if the zone is empty."""
+    def pdu_alloc(self, nbytes: int, sk: Optional[Sock] = None) -> bool:
+        """Charge a request buffer of ``nbytes`` in the current task's context; False if not now.
+
+        It is allocated with ``sk``'s ``sk_allocation`` (``GFP_NOIO`` without a socket,
+        as ``nbd``'s ``sock_xmit`` sets it) and ``__GFP_NORETRY``: one reclaim attempt,
+        then the block device retries. The reserves are open to it only through
+        ``PF_MEMALLOC`` (reclaim's ``pageout``) or ``__GFP_MEMALLOC`` (a memalloc socket
+        from 3.6).
+        """
         pages = -(-nbytes // PAGE_SIZE)
         if pages <= 0:
             raise MMError(f"pdu_alloc: nbytes must be > 0 (got {nbytes})")
-        with self.lock:
-            if self.take_locked(pages, 0, Use.PDU):
-                return True
-            self.vm.alloc_fail["memalloc"] += 1
-            return False
+        gfp = sk.sk_allocation if sk is not None else GFP_NOIO
+        return self.alloc_pages(pages, gfp | Gfp.NORETRY, Use.PDU)
 
     def pdu_free(self, nbytes: int) -> None:
         """Give back a buffer charged with :meth:`pdu_alloc` (same ``nbytes``)."""
@@ -285,6 +338,7 @@ class MemoryManager(PageAllocator):
                 "reserve": {name: dev.rx_reserve_used for name, dev in self.netdevs.items()},
                 "reserve_pages": {name: dev.reserve_pages for name, dev in self.netdevs.items()},
                 "sk_memalloc_socks": self.memalloc_socks,
+                "all_unreclaimable": self.all_unreclaimable,
                 **self.vm.snapshot(),
             }
 

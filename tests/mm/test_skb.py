@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.mm import DropReason, MemoryManager, MMError, Skb, Use, estimate_skb_pages
+from testbed.mm import PF, DropReason, MemoryManager, MMError, Skb, Use, estimate_skb_pages, task_flags
 from testbed.mm.skbuff import (ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, SKB_HEADS_PER_SLAB,
                                ceiling_log2, kmalloc_size, rx_buffer_len)
 
@@ -239,20 +239,23 @@ def test_gorman_reserve_is_the_region_under_min():
     assert r is DropReason.NOMEM and mm.zone.free <= 1 and mm.vm.alloc_fail["memalloc"] == 1
 
 
-def test_transmit_memalloc_socket_may_use_reserves_others_may_not():
+def test_transmit_reserves_follow_the_era_socket_mark():
+    """A memalloc socket transmits from the reserves only where sk_set_memalloc() puts
+    __GFP_MEMALLOC in sk_allocation (3.6); Phillips' 2005 mark is receive-side
+    (PF_MEMALLOC senders: test_era.py)."""
     for policy in ("none", "phillips-2005", "gorman-3.6"):
         mm, dev = below_atomic(policy)
         iscsi, bulk = mm.sock_create("iscsi"), mm.sock_create("bulk")
         iscsi.set_memalloc()
         assert mm.alloc_tx_skb(dev, 1514, bulk) is DropReason.NOMEM
         tx = mm.alloc_tx_skb(dev, 1514, iscsi)
-        assert isinstance(tx, Skb)
-        mm.kfree_skb(tx)
+        assert isinstance(tx, Skb) is mm.era.sk_memalloc_tx, policy
+        if isinstance(tx, Skb):
+            mm.kfree_skb(tx)
         with pytest.raises(MMError, match="length"):
             mm.alloc_tx_skb(dev, -5, iscsi)
 
 
-# --------------------------------------------------------------- sockets
 def test_receive_queue_stays_charged_until_consumed():
     mm = MemoryManager(16384, policy="gorman-3.6")
     dev = mm.register_netdev("eth0")
@@ -321,11 +324,13 @@ def test_jumbo_frames_take_more_pages():
     assert big.pages == 2
 
 
-def test_pdu_buffers_use_the_reserves():
+def test_pdu_buffers_use_the_reserves_in_a_memalloc_context():
+    """In reclaim's PF_MEMALLOC context (outside it, the era decides: test_era.py)."""
     mm = MemoryManager(16384, policy="none")
     set_free(mm, 10)
-    assert mm.pdu_alloc(8192 + 48)                  # 3 pages, under min: PF_MEMALLOC context
-    assert mm.used[Use.PDU] == 3
-    assert not mm.pdu_alloc(65536)
+    with task_flags(PF.MEMALLOC):
+        assert mm.pdu_alloc(8192 + 48)              # 3 pages, under min
+        assert mm.used[Use.PDU] == 3
+        assert not mm.pdu_alloc(65536)
     mm.pdu_free(8192 + 48)
     assert mm.used[Use.PDU] == 0 and mm.check_invariants() == []
