@@ -78,6 +78,7 @@ class NetdevConfig:
     delay_ms: float = 0.0
     loss_pct: float = 0.0
     capture_dir: Optional[str] = None
+    rx_ring: Optional[int] = None       # receive buffers the NIC keeps posted (None: the era's)
 
 
 @dataclass
@@ -207,7 +208,7 @@ class StorageClient:
             n = self.cfg.netdev
             self.handler = PacketHandler(self.mm, wire=n.wire, tap=n.tap, delay_ms=n.delay_ms,
                                          loss_pct=n.loss_pct, capture_dir=n.capture_dir,
-                                         run_id=self.cfg.run_id)
+                                         run_id=self.cfg.run_id, rx_ring=n.rx_ring)
             self.handler.attach()
             self.handler.start()
             self.hooks.handler = self.handler

@@ -70,6 +70,11 @@ class EraProfile:
     # --- receive ring, skb truesize, Phillips' counter (part b) ---------------------
     # skb truesize: a page per 1500-byte frame (2005), page fragments (later)
     skb_truesize: Truesize
+    # posted receive buffers per NIC ring: e1000's RxDescriptors default
+    rx_ring: int = 256
+    # build_skb() marks an skb whose head is a fragment of a pfmemalloc page (4.0 on):
+    # with False, only __alloc_skb's kmalloc_reserve() and paged fragments mark skbs
+    rx_frag_pfmemalloc: bool = False
 
     def switches(self) -> dict[str, object]:
         """The switches by name (for the docs table and the summary)."""
@@ -210,3 +215,43 @@ def policy_profiles() -> dict[str, EraProfile]:
     """Each policy's profile, by policy name (imported late: policies import this module)."""
     from .policy import POLICIES
     return {name: cls.era for name, cls in POLICIES.items()}
+
+
+# --- receive ring, skb truesize (part b) ----------------------------------------------
+CITATIONS.update({
+    "skb_truesize": {
+        "2.6.13": _c("2.6.13", "drivers/net/e1000/e1000_main.c", "e1000_alloc_rx_buffers",
+                     "dev_alloc_skb(rx_buffer_len 2048 + NET_IP_ALIGN) -> alloc_skb(+16): "
+                     "kmalloc(SKB_DATA_ALIGN(2066) + skb_shared_info) is a size-4096 block, a "
+                     "page per buffer; truesize = SKB_DATA_ALIGN(size) + sizeof(struct sk_buff) "
+                     "(net/core/skbuff.c alloc_skb)"),
+        "3.6": _c("3.6", "net/core/skbuff.c", "__netdev_alloc_skb",
+                  "e1000 7.3.21 posts rx_buffer_len 1522 (MAXIMUM_ETHERNET_VLAN_SIZE); "
+                  "fragsz = SKB_DATA_ALIGN(len + NET_SKB_PAD) + SKB_DATA_ALIGN(shinfo) carved "
+                  "by __netdev_alloc_frag from a per-CPU page (two per page); build_skb takes "
+                  "the head with GFP_ATOMIC and sets truesize = SKB_TRUESIZE(size)"),
+    },
+    "rx_ring": {
+        "2.6.13": _c("2.6.13", "drivers/net/e1000/e1000_param.c", "e1000_check_options",
+                     "RxDescriptors: default 256, 80..4096 (82544+), a multiple of 8; "
+                     "e1000_alloc_rx_buffers refills every empty slot after each clean_rx_irq "
+                     "and stops at the first failed dev_alloc_skb (\"Better luck next round\")"),
+        "3.6": _c("3.6", "drivers/net/ethernet/intel/e1000/e1000.h", "E1000_DEFAULT_RXD",
+                  "256 posted buffers; a failed netdev_alloc_skb_ip_align counts "
+                  "alloc_rx_buff_failed and leaves the slot empty; the NIC drops a frame "
+                  "that finds no buffer (RNBC, rx_no_buffer_count)"),
+    },
+    "rx_frag_pfmemalloc": {
+        "2.6.13": _c("2.6.13", "net/core/skbuff.c", "alloc_skb",
+                     "no pfmemalloc mark and no page fragments in 2005"),
+        "3.6": _c("3.6", "net/core/skbuff.c", "build_skb",
+                  "sets truesize and head_frag, not pfmemalloc: an skb on a fragment of a "
+                  "page taken with ALLOC_NO_WATERMARKS is not marked, so sk_filter never "
+                  "drops it (c48a11c7ad26 marks only paged frags; build_skb looks at the "
+                  "page from 4.0, 79930f5892e1)"),
+    },
+})
+PENDING = PENDING - {"skb_truesize"}
+# The receive path's policy mechanisms (Phillips' counter and threshold, the drop rules)
+# belong to policies, not kernels: docs/kernels.md describes them under "The receive path".
+PLACEHOLDER_ROWS = ()

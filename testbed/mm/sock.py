@@ -2,9 +2,11 @@
 
 The packet handler delivers a frame to the real kernel stack and hands its skb
 to the emulated socket of the same flow with :meth:`Sock.queue_rcv`; the skb's
-pages stay charged while the payload sits unread. The reader (a downloader,
-the iSCSI initiator) calls :meth:`Sock.consume` after each ``recv()``: fully
-read skbs are freed, oldest first. ``set_memalloc()`` is ``sk_set_memalloc()``:
+pages stay charged while the payload sits unread, and the socket counts its
+``truesize`` (``sk_rmem_alloc``, as ``skb_set_owner_r`` does): in 2005 less than the
+page the buffer really takes, in 3.6 the fragment, head and shared info. The reader
+(a downloader, the iSCSI initiator) calls :meth:`Sock.consume` after each ``recv()``:
+fully read skbs are freed, oldest first. ``set_memalloc()`` is ``sk_set_memalloc()``:
 the socket becomes ``SOCK_MEMALLOC`` and counts in ``sk_memalloc_socks()``; only
 from 3.6 (``mm.era.sk_memalloc_tx``) does that also give the socket's own
 allocations the reserves (``sk_allocation |= __GFP_MEMALLOC``). In 2005 the mark is
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING
 from .errors import MMError
 from .gfp import GFP_KERNEL, Gfp
 from .skbuff import Skb
+from .zone import PAGE_SIZE
 
 if TYPE_CHECKING:
     from .manager import MemoryManager
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
 class Sock:
     """An emulated socket. Every method may be called from any thread."""
 
-    __slots__ = ("mm", "name", "memalloc", "closed", "rmem_pages", "sk_allocation",
+    __slots__ = ("mm", "name", "memalloc", "closed", "rmem_alloc", "sk_allocation",
                  "memalloc_tx_bytes", "_queue")
 
     def __init__(self, mm: "MemoryManager", name: str) -> None:
@@ -42,7 +45,7 @@ class Sock:
         self.name = name
         self.memalloc = False       # sock_flag(sk, SOCK_MEMALLOC)
         self.closed = False
-        self.rmem_pages = 0         # data pages of the skbs queued here
+        self.rmem_alloc = 0         # sk_rmem_alloc: truesize of the skbs queued here
         self.sk_allocation = GFP_KERNEL
         self.memalloc_tx_bytes = 0  # payload bytes PF_MEMALLOC senders queued here
         self._queue: deque[Skb] = deque()
@@ -85,7 +88,7 @@ class Sock:
                 return
             skb.unread = nbytes
             self._queue.append(skb)
-            self.rmem_pages += skb.pages
+            self.rmem_alloc += skb.truesize
 
     def consume(self, nbytes: int) -> None:
         """The reader read ``nbytes``: free every skb now fully read, oldest first."""
@@ -101,7 +104,7 @@ class Sock:
                     skb.unread = unread - nbytes
                     return
                 nbytes -= unread
-                self.rmem_pages -= skb.pages
+                self.rmem_alloc -= skb.truesize
                 queue.popleft()
                 mm.skb_free_locked(skb)
                 if not nbytes:
@@ -121,12 +124,17 @@ class Sock:
             free = mm.zone.free
             while queue:
                 mm.skb_free_locked(queue.popleft())
-            self.rmem_pages = 0
+            self.rmem_alloc = 0
             mm.socks.discard(self)
             return mm.zone.free - free
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def rmem_pages(self) -> int:
+        """``sk_rmem_alloc`` in pages, rounded up (the metrics' ``rmem``)."""
+        return -(-self.rmem_alloc // PAGE_SIZE)
 
     @property
     def rmem_bytes(self) -> int:

@@ -2,10 +2,16 @@
 
 * No separate reserve: the region under the min watermark is the reserve
   (the admin sizes it with ``min_free_kbytes``).
-* Receive allocation (``__alloc_skb(..., SKB_ALLOC_RX)`` / ``kmalloc_reserve``):
-  first ``GFP_ATOMIC | __GFP_NOMEMALLOC``; only if ``sk_memalloc_socks()`` may
-  it retry with ``ALLOC_NO_WATERMARKS``, and then the skb is ``pfmemalloc``.
-  Until some socket is memalloc, no receive allocation touches the reserves.
+* Receive allocation (e1000's ring refill, ``__netdev_alloc_skb``): only if
+  ``sk_memalloc_socks()`` does it add ``__GFP_MEMALLOC``, so that a refill
+  ``GFP_ATOMIC`` cannot serve retries with ``ALLOC_NO_WATERMARKS``; until some
+  socket is memalloc, no receive allocation touches the reserves. Whether the skb
+  is then ``pfmemalloc`` is the allocator's (``MemoryManager.rx_skb_alloc_locked``):
+  an skb from ``__alloc_skb``/``kmalloc_reserve`` is; one that ``build_skb`` made
+  on a fragment of a reserve page (e1000 at a 1500-byte MTU) is not, in 3.6 -
+  ``build_skb`` looks at the page only from 4.0 (the era's ``rx_frag_pfmemalloc``) -
+  and then nothing below drops it. ``rx_reserve_used`` counts the buffers the
+  retry allocated, until freed (a metric).
 * ``__netif_receive_skb``: a pfmemalloc skb whose ethertype is not ARP, IPv4,
   IPv6, 802.1Q or 802.1AD is dropped (``PFMEMALLOC_PROTO``).
 * ``sk_filter_trim_cap``: a pfmemalloc skb for a socket without
@@ -46,10 +52,9 @@ class Gorman36(Policy):
         mm = self.mm
         if not mm.memalloc_socks:
             return mm.count_drop_locked(dev, DropReason.NOMEM, "atomic")
-        skb = mm.skb_alloc_locked(dev, length, pages, True)
+        skb = mm.rx_skb_alloc_locked(dev, True)        # gfp_mask |= __GFP_MEMALLOC
         if skb is None:
             return mm.count_drop_locked(dev, DropReason.NOMEM, "memalloc")
-        skb.pfmemalloc = True
         skb.reserve = True
         dev.rx_reserve_used += 1
         return skb
