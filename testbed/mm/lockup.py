@@ -59,10 +59,11 @@ class RecoveryHorizon:
     """How long a stuck state must last before nothing on its own can undo it.
 
     The storage client's initiator (``testbed.iscsi.session``, error recovery level 0)
-    notices a dead exchange after ``command_timeout_s`` (a command unanswered), or after
-    ``keepalive_s`` (a NOP-Out ping after keepalive_interval of silence, unanswered for
-    keepalive_timeout); the later of the two is the bound, because a target whose pings
-    get through while its responses do not is only caught by the command timeout. It
+    notices a dead exchange after ``command_timeout_s`` (a command unanswered, or a send
+    the target's window does not take: the connection's send timeout is the same), or
+    after ``keepalive_s`` (a NOP-Out ping after keepalive_interval of silence, unanswered
+    for keepalive_timeout); the later of the two is the bound, because a target whose
+    pings get through while its responses do not is only caught by the command timeout. It
     then drops the connection and reinstates the session: DefaultTime2Wait
     (``time2wait_s``, as negotiated, RFC 7143 §6.3.5) and one login, bounded by
     ``login_s``. Meanwhile the target's TCP retransmits what the client dropped, its RTO
