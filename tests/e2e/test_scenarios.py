@@ -5,9 +5,9 @@ The contention load runs under each policy, and the baseline, in interleaved rou
 each run with ``testbed run`` (the command a user types) into one batch folder; then
 ``testbed claims --from`` tests the article's claims on that folder with the statistics
 ``make claims`` uses (:mod:`testbed.claims`, :mod:`testbed.stats`). ``make test`` has room
-for about 8 minutes of these runs (a lockup takes ~12 s, a completed contention run
-~35 s, a baseline run ~8 s), so the counts are set by cost, and each claim is tested at
-the confidence its count supports:
+for about 8 minutes of these runs (measured on b8da57b: a lockup takes ~12 s, a
+completed contention run ~35 s, a baseline run ~8 s; 9 minutes in all), so the counts
+are set by cost, and each claim is tested at the confidence its count supports:
 
 - ``none``, ``reserve-only`` (5 runs each) lock up, the baseline (5 runs) completes: 5 of
   5 reject H0 (rate <= 1/2) at p = 1/32 = 0.031, so these are tested at 5 %, as
