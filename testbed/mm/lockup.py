@@ -505,6 +505,7 @@ class LockupDetector(threading.Thread):
         self._pending_since: Optional[float] = None
         self._last_end = 0.0
         self._current: Optional[StallEpisode] = None
+        self._holding = False           # the stuck criteria held at the last check
         self._progress_at = 0.0         # last_progress when the open episode began
         self._stuck_t = 0.0             # monotonic start of the stuck clock
         self._stuck_tally = FlowTally()
@@ -597,6 +598,7 @@ class LockupDetector(threading.Thread):
         self.episodes.append(ep)
         self._current = ep
         self._progress_at = r.last_progress
+        self._holding = False
         self._follow(ep, r)
 
     def _end_cause(self, r: Reading) -> Optional[str]:
@@ -622,11 +624,13 @@ class LockupDetector(threading.Thread):
         ep.min_free = r.free if ep.min_free is None else min(ep.min_free, r.free)
         broken = StuckCriteria.broken(r, self._progress_at)
         if broken is not None:
-            if ep.stuck_since is not None:
+            if self._holding:           # a break is recorded where the criteria stop holding
                 ep.breaks.append({"t": self._rel(r.t), "criterion": broken[0], "detail": broken[1]})
-                if not ep.lockup:       # a proven lockup keeps its clock: it is the evidence's
-                    ep.stuck_since = None
+            self._holding = False
+            if not ep.lockup:           # a proven lockup keeps its clock: it is the evidence's
+                ep.stuck_since = None
             return
+        self._holding = True
         if ep.stuck_since is None:
             ep.stuck_since, self._stuck_t = self._rel(r.t), r.t
             self._stuck_tally, self._stuck_written = self._tally(), r.nr_written

@@ -259,7 +259,8 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
 def _stuck_reasons(client: Optional[str], lockup: dict[str, Any],
                    stalls: list[dict[str, Any]]) -> list[str]:
     """Why a run that is no lockup was still stuck: a lockup without a cycle, a stall
-    stuck past the horizon without one, a proven lockup that recovered."""
+    stuck past the horizon without one, a stall that never ended but came unstuck before
+    each horizon, a proven lockup that recovered."""
     out = []
     if client == "lockup":
         out.append("the client reported a lockup without a wait-for cycle: not proven")
@@ -267,9 +268,16 @@ def _stuck_reasons(client: Optional[str], lockup: dict[str, Any],
         out.append(f"the lockup proven at t={lockup['t']:.1f}s recovered at "
                    f"t={lockup['recovered_at']:.1f}s ({lockup.get('recovered_by')})")
     for st in stalls:
-        if st.get("not_lockup") and not st.get("lockup"):
+        if st.get("lockup"):
+            continue
+        if st.get("not_lockup"):
             out.append(f"stuck from t={st['stuck_since']:.1f}s past the recovery horizon "
                        f"without a wait-for cycle: {st['not_lockup']}")
+        elif st.get("breaks") and st.get("ended_by") is None:
+            first = st["breaks"][0]
+            out.append(f"the stall from t={st['began_at']:.1f}s never ended, but came unstuck "
+                       f"{len(st['breaks'])} times before a recovery horizon passed (first at "
+                       f"t={first['t']:.1f}s: {first['detail']}): no lockup proven")
     return out
 
 

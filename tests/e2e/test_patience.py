@@ -4,8 +4,9 @@ Each test runs ``testbed run`` (real Mininet, real tgtd, real TCP) and reads the
 ``summary.json``:
 
 - ``contention-none`` with the lockup detector told to wait two recovery horizons
-  (``TESTBED_LOCKUP_PATIENCE=2``): still a lockup, and between the first horizon and the
-  second not one page was written back;
+  (``TESTBED_LOCKUP_PATIENCE=2``): between the first horizon and the second not one page
+  was written back (a lockup with its checkpoint, or - see the test - a stall the
+  initiator's reconnects kept from being proven stuck);
 - runs that are slow but alive are not called a lockup, and each completes with its
   stalls recorded: a local disk that takes 5 s per write; a client link that loses 20 %
   of its frames (the packet handler drops them in user space), so that TCP's
@@ -80,24 +81,40 @@ def assert_alive(summary: dict[str, Any], stdout: str) -> None:
 # -- a lockup stays one ---------------------------------------------------------------------
 
 def test_contention_none_makes_no_progress_in_a_second_horizon(tmp_path):
+    """With two horizons of patience, the stall outlives both without one page written
+    back. Mostly that is a lockup, with the second horizon as a checkpoint of its
+    evidence. Some runs are not: when the initiator's send times out, closing its
+    connection frees a page of that socket's receive queue, the reconnect and the login
+    get through on it, and the re-issued writes stall again - every command timeout plus
+    DefaultTime2Wait (32 s), before any horizon (42 s) passes. Free memory then rose to
+    the storage receive mark, so the state was not stuck throughout: degraded, with the
+    breaks recorded."""
     out = tmp_path / "none"
-    r, s = run("contention-none", out, "deadline_s=240", env={"TESTBED_LOCKUP_PATIENCE": "2"})
-    assert s["verdict"] == "lockup", (s["reasons"], r.stdout, r.stderr)
-    lk = s["lockup"]
-    # the horizon is the initiator's own: command timeout, then DefaultTime2Wait (2 s, as
-    # tgtd negotiates it) and one login
-    cfg = SessionConfig()
-    assert lk["horizon"]["seconds"] == RecoveryHorizon.from_session(cfg, 2).seconds == 42
-    assert lk["horizon"]["command_timeout_s"] == cfg.command_timeout
-    assert lk["horizon"]["patience"] == 2
-    first, second = lk["checkpoints"]
-    assert (first["horizons"], second["horizons"]) == (1, 2)
-    assert second["stuck_for_s"] >= 2 * 42
-    assert second["written_pages_since"] == 0, second          # nothing in the extra time
-    assert lk["recovered_at"] is None and lk["cycle"]["edges"]
+    r, s = run("contention-none", out, "deadline_s=150", env={"TESTBED_LOCKUP_PATIENCE": "2"})
+    horizon = RecoveryHorizon.from_session(SessionConfig(), 2).seconds     # tgtd's T2W: 2 s
+    assert horizon == 42
+    stall = s["stalls"][0]
+    first, second = stall["opened_at"] + horizon, stall["opened_at"] + 2 * horizon
+    assert stall["ended_by"] is None or stall["ended_at"] > second, stall
     wb = {round(x["t"], 1): x["writeback_bytes"] for x in read_ndjson(out / "client.ndjson")}
     at = lambda t: wb[max(k for k in wb if k <= t)]             # noqa: E731
-    assert at(first["t"]) == at(second["t"]) > 0
+    assert at(first) == at(second) > 0                          # nothing in the extra time
+    if s["verdict"] != "lockup":
+        assert s["verdict"] == "degraded", (s["reasons"], r.stdout, r.stderr)
+        assert stall["breaks"], stall
+        assert {b["criterion"] for b in stall["breaks"]} == {"no memory for a storage receive"}
+        assert any("came unstuck" in reason for reason in s["reasons"]), s["reasons"]
+        return
+    lk = s["lockup"]
+    cfg = SessionConfig()                   # the horizon is the initiator's own
+    assert lk["horizon"]["seconds"] == horizon and lk["horizon"]["patience"] == 2
+    assert lk["horizon"]["command_timeout_s"] == cfg.command_timeout
+    cp1, cp2 = lk["checkpoints"]
+    assert (cp1["horizons"], cp2["horizons"]) == (1, 2)
+    assert cp2["stuck_for_s"] >= 2 * horizon
+    assert cp2["written_pages_since"] == 0, cp2
+    assert at(cp1["t"]) == at(cp2["t"])
+    assert lk["recovered_at"] is None and lk["cycle"]["edges"]
     assert "wait-for cycle" in r.stdout and "writeback -> iSCSI responses" in r.stdout
 
 

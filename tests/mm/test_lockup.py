@@ -19,7 +19,7 @@ from testbed.iscsi.session import SessionConfig
 from testbed.mm import MemoryManager
 from testbed.mm.lockup import (TCP_RTO_MIN_S, FlowTally, LockupDetector, NoCycle,
                                RecoveryHorizon, SockHold, StorageFlow, StuckState, WaitCycle,
-                               find_cycle, name_range, tally_from_counters, wchan)
+                               find_cycle, name_range, rx_need, tally_from_counters, wchan)
 from testbed.report.summary import cycle_lines, summarize
 from testbed.scenario import Scenario
 
@@ -143,7 +143,7 @@ def test_criterion_1_memory_for_a_storage_receive_restarts_the_stuck_clock():
     state was not stuck then, so the horizon counts again from when it is."""
     def rise(rig):
         if rig.t == pytest.approx(6.0):
-            rig.mm.zone.free = rig.mm.zone.mark_atomic + 3
+            rig.mm.zone.free = rig.mm.zone.mark_atomic + rx_need(rig.mm, rig.dev)
         if rig.t == pytest.approx(6.5):
             rig.mm.zone.free = rig.mm.zone.mark_atomic
 
@@ -155,6 +155,24 @@ def test_criterion_1_memory_for_a_storage_receive_restarts_the_stuck_clock():
     assert rig.episode.stuck_since == pytest.approx(6.5) and rig.episode.ended_at is None
     rig.run_until(6.5 + HORIZON.seconds + STEP)
     assert rig.det.fired.is_set()                       # a whole horizon stuck again
+
+
+def test_a_stall_that_keeps_coming_unstuck_reads_degraded_with_its_breaks(tmp_path):
+    """Every few seconds a page comes free for long enough that a storage receive could
+    have had it (an initiator's reconnect): never stuck for a horizon, never a lockup."""
+    def flap(rig):
+        need = rx_need(rig.mm, rig.dev)
+        rig.mm.zone.free = rig.mm.zone.mark_atomic + (need if round(rig.t * 10) % 40 == 0 else 0)
+
+    rig = Rig()
+    rig.run_until(4 * HORIZON.seconds, flap)
+    assert not rig.det.fired.is_set() and len(rig.episode.breaks) >= 3
+    outcome = {"verdict": "deadline", "t": 20.0, "lockup": None, "stalls": rig.det.stalls()}
+    (tmp_path / "client-outcome.json").write_text(json.dumps(outcome))
+    summary = summarize(tmp_path, Scenario(name="x"), duration_s=21.0)
+    assert summary["verdict"] == "degraded"
+    assert any(r.startswith("the stall from t=0.0s never ended, but came unstuck ")
+               and r.endswith(": no lockup proven") for r in summary["reasons"]), summary["reasons"]
 
 
 def test_criterion_2_reclaimable_pages_end_the_episode():
@@ -281,11 +299,18 @@ def test_a_lockup_reported_without_a_cycle_is_not_a_lockup(tmp_path):
 # -- patience and the record ----------------------------------------------------------------
 
 def test_patience_waits_more_horizons_and_checkpoints_the_progress():
+    def free_a_page_a_while(rig):       # after the proof: recorded once, the clock kept
+        if lockup_at() + 1.0 < rig.t < lockup_at() + 2.0:
+            rig.mm.zone.free = rig.mm.zone.mark_atomic + rx_need(rig.mm, rig.dev)
+        else:
+            rig.mm.zone.free = rig.mm.zone.mark_atomic
+
     rig = Rig(patience=2)
     rig.run_until(lockup_at() + STEP)
     assert rig.det.evidence is not None and not rig.det.fired.is_set()
-    rig.run_until(OPEN_AFTER + 2 * HORIZON.seconds + STEP)
+    rig.run_until(OPEN_AFTER + 2 * HORIZON.seconds + STEP, free_a_page_a_while)
     assert rig.det.fired.is_set()
+    assert [b["t"] for b in rig.episode.breaks] == [pytest.approx(lockup_at() + 1.1)]
     first, second = rig.det.evidence.checkpoints
     assert (first["horizons"], second["horizons"]) == (1, 2)
     assert second["written_pages_since"] == 0 and second["storage_delivered_since"] == 0
