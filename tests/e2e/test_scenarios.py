@@ -44,7 +44,9 @@ from testbed.mm.gfp import AllocFlags, slowpath_mark
 from tests.e2e.machine import snapshot
 from tests.platform.conftest import assert_nothing_left, assert_untouched
 
-pytestmark = [pytest.mark.mininet, pytest.mark.root, pytest.mark.slow]
+# The batch fixture makes every run before the first test: 20 runs, ~14 minutes, past
+# pytest-timeout's 10-minute default for one test (its setup included).
+pytestmark = [pytest.mark.mininet, pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 RUN_TIMEOUT = 300    # a 75 s deadline, bring-up, read-back and teardown, on a loaded machine
