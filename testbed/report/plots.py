@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..results import RunOutcome, param_values  # noqa: E402
+from .summary import host_bytes  # noqa: E402
 
 PAGE_MIB = 4096 / 2**20
 COLOURS = {"free": "tab:green", "dirty": "tab:orange", "writeback": "tab:purple"}
@@ -103,18 +104,8 @@ def drops_plot(samples: list[dict[str, Any]], final_drops: dict[str, Any], path:
 def goodput_series(samples: list[dict[str, Any]], hosts: dict[str, str],
                    window_s: float = 1.0) -> dict[str, tuple[list[float], list[float]]]:
     """Per bulk host: (times, Mbit/s) from the charged bytes of its flows."""
-    by_ip = {ip: name for name, ip in hosts.items() if name.startswith("bulk")}
-    totals: dict[str, list[tuple[float, int]]] = {}
-    for s in samples:
-        per: dict[str, int] = {}
-        for f in (s.get("net") or {}).get("flows", []):
-            name = by_ip.get(f["flow"].split("<->")[-1].rsplit(":", 1)[0])
-            if name:
-                per[name] = per.get(name, 0) + f["charged_bytes"]
-        for name, b in per.items():
-            totals.setdefault(name, []).append((s["t"], b))
     out = {}
-    for name, pts in totals.items():
+    for name, pts in host_bytes(samples, hosts).items():
         ts, rates, j = [], [], 0
         for i, (ti, bi) in enumerate(pts):
             while pts[j][0] < ti - window_s:

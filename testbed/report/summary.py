@@ -98,7 +98,7 @@ def bulk_flows(run_dir: Path, samples: list[dict[str, Any]], hosts: dict[str, st
     return out
 
 
-def _host_bytes(samples: list[dict[str, Any]], hosts: dict[str, str]
+def host_bytes(samples: list[dict[str, Any]], hosts: dict[str, str]
                 ) -> dict[str, list[tuple[float, int]]]:
     """Per bulk host: (t, stream bytes of its flows charged so far) at each sample."""
     by_ip = {ip: name for name, ip in hosts.items() if name.startswith("bulk")}
@@ -126,7 +126,7 @@ def longest_stalls(samples: list[dict[str, Any]], hosts: dict[str, str],
     locked up is measured by its lockup.
     """
     out = {}
-    for name, pts in _host_bytes(samples, hosts).items():
+    for name, pts in host_bytes(samples, hosts).items():
         pts = [p for p in pts if end_t is None or p[0] <= end_t]
         if not pts:
             continue
