@@ -80,6 +80,7 @@ from ..errors import EnvironmentProblem, TestbedError
 from ..capabilities import probe
 from ..runctx import RunContext
 from .base import Backend, ContentionParams, Host, HostCommandTimeout, Network
+from . import docker_labels
 from .docker_labels import LABEL_MANAGED, LABEL_ROLE, LABEL_RUN
 from .shaping import (LinkSpec, ShapingError, node_script, plan_links,
                       report_userspace_effects, verify_readback)
@@ -304,6 +305,20 @@ class DockerNetwork(Network):
         if self.pool is not None:         # a bring-up still running: let its steps end
             self.pool.shutdown(wait=True, cancel_futures=True)
         self._end_tracked()
+        problems = self._remove_containers()
+        for net in self.client.networks.list(filters={"label": self.label}):
+            try:
+                docker_labels.remove_network(self.client.api, net.id)
+            except Exception as exc:   # noqa: BLE001  reported below, the sweep retries
+                problems.append(f"network {net.name}: {exc}")
+        # A second pass: an engine call that outlived its client's timeout during a
+        # loaded bring-up may have finished making a container after the first list.
+        problems += self._remove_containers()
+        if problems:
+            raise TestbedError("; ".join(problems))
+
+    def _remove_containers(self) -> list[str]:
+        """Remove the run's labelled containers (with force); one problem line each."""
         problems = []
         containers = self.client.containers.list(all=True, filters={"label": self.label},
                                               ignore_removed=True)
@@ -311,13 +326,7 @@ class DockerNetwork(Network):
             for c, exc in zip(containers, pool.map(_remove_container, containers)):
                 if exc:
                     problems.append(f"container {c.name}: {exc}")
-        for net in self.client.networks.list(filters={"label": self.label}):
-            try:
-                net.remove()
-            except Exception as exc:   # noqa: BLE001  reported below, the sweep retries
-                problems.append(f"network {net.name}: {exc}")
-        if problems:
-            raise TestbedError("; ".join(problems))
+        return problems
 
     def _end_tracked(self) -> None:
         with self._lock:

@@ -43,6 +43,7 @@ LABEL_MANAGED = "org.testbed.managed"
 SOCKET = "/var/run/docker.sock"
 SCAN_TIMEOUT = 5.0        # seconds per engine request during a scan
 REMOVE_TIMEOUT = 30.0     # seconds per removal (a container's processes are killed first)
+ENDPOINT_GRACE = 30.0     # how long a network's "active endpoints" refusal is retried
 # seconds: a compose or stack run this young counts as alive
 COMPOSE_GRACE = float(os.environ.get("TESTBED_COMPOSE_GRACE", "120"))
 STACK_LABEL = "com.docker.stack.namespace"   # set by swarm on what a stack made
@@ -148,7 +149,7 @@ def remove(objects: list[LabelledObject], client: Optional[Any] = None) -> list[
             if obj.kind == "container":
                 client.remove_container(obj.ident, force=True, v=True)
             elif obj.kind == "network":
-                client.remove_network(obj.ident)
+                remove_network(client, obj.ident)
             else:
                 client.remove_volume(obj.ident, force=True)
         except docker.errors.NotFound:
@@ -156,3 +157,38 @@ def remove(objects: list[LabelledObject], client: Optional[Any] = None) -> list[
         except Exception as exc:   # noqa: BLE001  report it, keep removing the rest
             problems.append(f"{obj}: {exc}")
     return problems
+
+
+def remove_network(client: Any, ident: str, grace: float = ENDPOINT_GRACE) -> None:
+    """Remove network ``ident`` (low-level API ``client``), past the engine's endpoint race.
+
+    Docker 20.10 may refuse with "has active endpoints" although every container on
+    the network was removed a moment before (moby/moby#42119; seen here when Ctrl-C
+    lands during a loaded bring-up), and keeps a stale endpoint until it is
+    disconnected by force. So what the engine still lists on the network is
+    disconnected with ``force`` and the removal retried, for up to ``grace`` seconds;
+    then the refusal is raised as it came. Only the testbed's own, labelled networks
+    are passed here: whatever is attached to one is the run's.
+    """
+    import docker.errors
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            client.remove_network(ident)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            if "active endpoints" not in str(exc) or time.monotonic() > deadline:
+                raise
+        try:
+            attached = client.inspect_network(ident).get("Containers") or {}
+        except docker.errors.NotFound:
+            return
+        for ident_, endpoint in attached.items():
+            try:   # a stale endpoint is named by its endpoint name, not a container id
+                client.disconnect_container_from_network(endpoint.get("Name") or ident_,
+                                                         ident, force=True)
+            except docker.errors.APIError:
+                pass   # already gone; the next removal attempt says whether that was all
+        time.sleep(0.5)

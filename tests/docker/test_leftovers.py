@@ -131,3 +131,30 @@ def test_compose_objects_live_while_running(engine, monkeypatch):
             kind, name = obj.split()
             (engine.containers if kind == "container" else engine.networks).get(name).remove(
                 **({"force": True} if kind == "container" else {}))
+
+
+def test_a_network_with_an_endpoint_left_is_still_removed(engine):
+    """The engine's "has active endpoints" refusal (moby/moby#42119) is outlasted.
+
+    A container the run's removal did not see (an engine call that outlived its
+    client's timeout) holds an endpoint on the run's network: ``remove_network``
+    disconnects it by force and removes the network; the container itself stays, for
+    the second container pass of ``DockerNetwork.stop``.
+    """
+    run = "e0" + time.strftime("%H%M%S")
+    labels = {LABEL_RUN: run, LABEL_MANAGED: "backend"}
+    net = engine.networks.create(f"tbtest-{run}", internal=True, labels=labels)
+    c = engine.containers.run("testbed-node:latest", name=f"tbtest-{run}", detach=True,
+                              entrypoint=["sleep", "infinity"], command=[], network=net.name,
+                              labels=labels)
+    try:
+        with pytest.raises(Exception, match="active endpoints"):
+            engine.api.remove_network(net.id)      # the refusal is real
+        docker_labels.remove_network(engine.api, net.id, grace=20)
+        assert engine.networks.list(filters={"label": f"{LABEL_RUN}={run}"}) == []
+        c.reload()
+        assert c.status == "running"
+    finally:
+        c.remove(force=True)
+        for n in engine.networks.list(filters={"label": f"{LABEL_RUN}={run}"}):
+            n.remove()
