@@ -34,7 +34,7 @@ stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [[ ! -f $stamp ]]; then
     echo "setup: installing Python dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test,docker]'
+    .venv/bin/pip install -q -e '.[test,docker,results]'
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
