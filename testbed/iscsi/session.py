@@ -40,7 +40,8 @@ the target; a write that could not be done reports its error.
 
 Hooks (``docs/architecture.md``)
 --------------------------------
-``socket_bound``/``socket_closed``/``bytes_received`` come from the connection. Memory:
+``socket_bound``/``socket_closed``/``bytes_received`` come from the connection;
+``recovery_started``/``recovery_ended`` (optional) mark each recovery episode. Memory:
 a write charges ``pdu_alloc(48)`` for its command PDU when it is built: the data is
 the caller's buffer (page-cache pages, which the kernel's initiator sends without a copy),
 referenced until the target acknowledges it so it can be re-sent after recovery, and
@@ -676,6 +677,7 @@ class Session:
             self._fail(cause, FAILED)
             return False
         self.stats.recoveries += 1
+        self._recovery_hook("recovery_started", str(cause))
         expired = []
         for task in issued:
             task._reset_progress()
@@ -714,6 +716,7 @@ class Session:
                 failure = SessionFailed(f"session with {self.target} lost ({cause}) and not "
                                         f"recovered: {last}")
                 self._fail(failure, FAILED)
+            self._recovery_hook("recovery_ended", False, 0)
             return False
         with self._lock:
             self._conn = new_conn
@@ -729,7 +732,22 @@ class Session:
             self._pending = collections.deque(tur + again + waiting + list(self._pending))
             self.state = READY
             self._drain()
+        self._recovery_hook("recovery_ended", True, len(again))
         return True
+
+    def _recovery_hook(self, name: str, *args: Any) -> None:
+        """Tell the owner about a recovery episode (the storage client records it as
+        an event): ``recovery_started(cause)`` when the connection is given up,
+        ``recovery_ended(reinstated, reissued)`` when it is reinstated or given up on.
+        Optional methods of the hooks object; an error in one is counted, never raised
+        into the receiver thread."""
+        fn = getattr(self.hooks, name, None)
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:
+            self.stats.callback_errors += 1
 
     def _fail(self, error: BaseException, state: str) -> None:
         with self._lock:
