@@ -59,7 +59,7 @@ def memory_plot(samples: list[dict[str, Any]], path: Path, title: str,
     ax.legend(loc="upper right", fontsize=8)
     axes[1].plot(t, series(samples, "writeback_bytes", 1 / 2**20), color="tab:blue")
     axes[1].set_ylabel("written back\n(MiB)")
-    axes[2].plot(t, [reserve_used(s) for s in samples], color="tab:red", label="rx_reserve_used")
+    axes[2].plot(t, [reserve_used(s) for s in samples], color="tab:purple", label="rx_reserve_used")
     axes[2].plot(t, series(samples, "skb"), color="tab:brown", label="skb pages")
     axes[2].set_ylabel("reserve /\nskb pages")
     axes[2].legend(loc="upper right", fontsize=8)
