@@ -2,8 +2,8 @@
 
 A scenario names a topology (bulk hosts, link rates, delay and loss of the client's link
 and of the trunks), the storage client (memory, policy and its knobs, dirty ratios,
-workloads), the target (LUN, CHAP), the bulk traffic, how long to run, and the verdict it
-is expected to reach. Every key has a default, so the smallest scenario is ``name: x``.
+workloads), the target (LUN, CHAP), the bulk traffic, the faults to inject while the load
+runs (:mod:`testbed.faults`), how long to run, and the verdict it is expected to reach. Every key has a default, so the smallest scenario is ``name: x``.
 
 Variants say ``extends: other.yaml`` (a path relative to the file): the base is loaded
 first, then the variant's keys are merged over it (mappings key by key, lists and
@@ -30,6 +30,7 @@ import yaml
 
 from .backends.base import ContentionParams, make_params
 from .errors import ConfigError
+from .faults import Fault, scenario_rules as fault_rules
 from .mm.config import MachineConfig
 from .mm.policy import POLICIES
 from .schema import (Problem, SchemaError, bounded, build, check_mirrors, mirror, mirrored,
@@ -144,8 +145,11 @@ class Scenario:
     bulk: BulkSection = field(default_factory=BulkSection)
     local_disk: LocalDiskSection = field(default_factory=LocalDiskSection)
     bounds: BoundsSection = field(default_factory=BoundsSection)
+    faults: list[Fault] = field(default_factory=list)   # injected during the load (testbed.faults)
 
     def rules(self) -> Iterator[tuple[str, str]]:
+        yield from fault_rules(self.faults, self.topology.bulk_hosts, self.backend,
+                               self.storage, self.deadline_s)
         if self.bulk.mode == "spoof" and self.target.initiator_port is None:
             yield ("bulk.mode", "spoof needs target.initiator_port (the port of the flow "
                                 "the bulk hosts claim)")

@@ -1,0 +1,497 @@
+"""Faults inside scenarios: the ``faults:`` list, and the injector that carries it out.
+
+A scenario may list faults to inject while its load runs::
+
+    faults:
+      - {kind: target_restart, at_s: 12, pause_s: 1}      # tgtd killed, started again
+      - {kind: target_pause, at_s: 20, for_s: 3}          # SIGSTOP, SIGCONT 3 s later
+      - {kind: link_down, host: client, at_s: 5, for_s: 2}
+      - {kind: link_up, host: bulk1, at_s: 9}
+      - {kind: bulk_crash, host: bulk2, when: free_at_min}
+
+**Time.** ``at_s`` counts from the start of the load (the client's clock: ``t`` of
+its metric samples, 0 when the machine starts). With a trigger (``when``) it counts
+from the trigger instead (default 0): ``free_at_min`` is the first sample with free
+memory at or below the min watermark, ``first_storage_drop`` the first sample with a
+storage (``SOCK_MEMALLOC``) frame dropped on receive. The injector reads the client's
+stream itself; its first sample carries a ``load_started`` event with the client's
+``CLOCK_MONOTONIC`` start, which every process of the machine shares (the nodes run in
+network namespaces, not time namespaces), so fault times are on the client's axis.
+
+**Kinds.** ``target_restart``: tgtd SIGKILLed by the pid of its node's ``ready``
+event, its node stopped, and after ``pause_s`` a new target node started on the same
+LUN file (its size is kept, so are its bytes). ``target_pause``: tgtd SIGSTOPped, and
+SIGCONTed after ``for_s``. ``link_down`` / ``link_up``: the switch's port of the host's
+link is set down or up (``ip link`` in the switch's namespace): the cable is pulled, the
+host's own interface only loses its carrier, and the client's packet handler keeps its
+device. ``link_down`` with ``for_s`` comes back up by itself. ``bulk_crash``: a bulk
+host's source process SIGKILLed by pid. Processes are always ended by pid.
+
+**Undo.** Each fault in progress is a resource of the run (:meth:`RunContext.register`,
+listed in its state file): a paused tgtd is resumed and a link put back up by the run's
+teardown, also on Ctrl-C or an error, before the network goes. At the normal end,
+:meth:`Injector.finish` undoes what is still in progress, so the read-back finds a
+target serving (a target still down is started again).
+
+**Records.** Every start and end of a fault is a line of ``faults.ndjson`` in the run
+folder (``t`` on the client's axis, ``index``, ``kind``, ``phase``, ``params``,
+``outcome``); :mod:`testbed.report.summary` turns them into ``summary.json``'s
+``faults`` list and the plots' markers. A fault that could not be done says why in its
+``outcome`` and the run is ``degraded``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Literal, Optional
+
+from .errors import TestbedError
+from .schema import bounded
+
+TRIGGERS = ("free_at_min", "first_storage_drop")
+Trigger = Literal[TRIGGERS]
+STOP_TIMEOUT_S = 10.0       # a stopped node: SIGTERM, this long, then SIGKILL
+GONE_TIMEOUT_S = 5.0        # a SIGKILLed process leaves /proc within this
+LINK_TIMEOUT_S = 10.0       # one ``ip link`` in the switch's namespace
+# The target node polls tgtd through tgtadm, which gives up after 10 s (testbed.tgt):
+# a longer pause would end the node, not just delay it.
+MAX_TARGET_PAUSE_S = 8.0
+
+
+class FaultError(TestbedError):
+    """A fault could not be done (the process or link was not there)."""
+
+
+# -- the scenario's ``faults:`` list ------------------------------------------------------
+
+@dataclass
+class FaultBase:
+    """When a fault happens: ``at_s`` from the start of the load, or from a trigger."""
+
+    at_s: Optional[float] = bounded(None, min=0)
+    when: Optional[Trigger] = None
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        if self.at_s is None and self.when is None:
+            yield ("at_s", "is required (seconds from the start of the load), or give a "
+                           f"trigger: when: {' | '.join(TRIGGERS)}")
+
+    def params(self) -> dict[str, Any]:
+        """The kind's own parameters (what is recorded with the fault)."""
+        skip = {"kind", "at_s", "when"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The hosts the fault acts on (checked against the topology by the scenario)."""
+        return ()
+
+
+@dataclass
+class TargetRestart(FaultBase):
+    """tgtd killed (SIGKILL), then a new target on the same LUN file after ``pause_s``."""
+
+    kind: Literal["target_restart"] = "target_restart"
+    pause_s: float = bounded(1.0, min=0, max=600)
+
+
+@dataclass
+class TargetPause(FaultBase):
+    """tgtd stopped (SIGSTOP), then resumed (SIGCONT) after ``for_s``."""
+
+    kind: Literal["target_pause"] = "target_pause"
+    for_s: float = bounded(3.0, gt=0, max=MAX_TARGET_PAUSE_S)
+
+
+@dataclass
+class LinkDown(FaultBase):
+    """The host's link down; up again after ``for_s`` (None: at a link_up, or the end)."""
+
+    kind: Literal["link_down"] = "link_down"
+    host: str = "client"
+    for_s: Optional[float] = bounded(None, gt=0, max=600)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
+@dataclass
+class LinkUp(FaultBase):
+    """The host's link up again."""
+
+    kind: Literal["link_up"] = "link_up"
+    host: str = "client"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
+@dataclass
+class BulkCrash(FaultBase):
+    """A bulk host's source process killed (SIGKILL, by pid); it stays dead."""
+
+    kind: Literal["bulk_crash"] = "bulk_crash"
+    host: str = "bulk1"
+
+    def rules(self) -> Iterator[tuple[str, str]]:
+        yield from super().rules()
+        if not re.fullmatch(r"bulk[1-9][0-9]*", self.host):
+            yield ("host", f"{self.host!r} is not a bulk host (bulk1, bulk2, ...)")
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
+@dataclass
+class Fault(FaultBase):
+    """One fault of a scenario; ``kind`` picks which (schema.__variants__)."""
+
+    __variants__: ClassVar[dict[str, type]] = {
+        "target_restart": TargetRestart, "target_pause": TargetPause,
+        "link_down": LinkDown, "link_up": LinkUp, "bulk_crash": BulkCrash}
+    kind: str = "target_restart"
+
+
+KINDS = tuple(Fault.__variants__)
+
+
+def host_problem(host: str, bulk_hosts: int) -> Optional[str]:
+    """Why ``host`` is not a host of a topology with ``bulk_hosts`` bulk hosts, or None."""
+    names = ["client", *(f"bulk{i}" for i in range(1, bulk_hosts + 1))]
+    if host in names:
+        return None
+    return f"{host!r} is not a host whose link can fail here (hosts: {', '.join(names)})"
+
+
+# -- the injector --------------------------------------------------------------------------
+
+class NdjsonLines:
+    """The complete lines another process appended to an NDJSON file since last asked."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.pos = 0
+        self.buf = b""
+
+    def new(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        self.pos += len(chunk)
+        *lines, self.buf = (self.buf + chunk).split(b"\n")
+        out = []
+        for line in lines:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+
+def last_ready(events: Path) -> dict[str, Any]:
+    """The newest ``ready`` event of a node's NDJSON file (a restarted node appends)."""
+    ready = [e for e in NdjsonLines(events).new() if e.get("event") == "ready"]
+    if not ready:
+        raise FaultError(f"{events.name} has no ready event: the node is not serving")
+    return ready[-1]
+
+
+@dataclass
+class Plant:
+    """What the injector acts on, as the orchestrator hands it over."""
+
+    run_dir: Path
+    network: Any                                   # testbed.backends.base.Network
+    procs: dict[str, subprocess.Popen]             # the orchestrator's nodes, by name
+    start_target: Callable[[], None]               # start the target node, wait until ready
+    register: Callable[..., Any]                   # RunContext.register
+    unregister: Callable[[Any], None]              # RunContext.unregister
+
+
+@dataclass
+class Active:
+    """A fault's state in the run."""
+
+    index: int
+    spec: FaultBase
+    started_t: Optional[float] = None
+    end_due: Optional[float] = None               # client time of its end (None: no end)
+    ended: bool = False
+    resource: Any = None                          # the run's record of what to undo
+    undo: Optional[Callable[[], str]] = None      # what ends it (returns its outcome)
+
+
+class Injector:
+    """Carries out a scenario's faults on a running plant; see the module docstring.
+
+    :meth:`poll` is called from the orchestrator's watch loop (every 0.2 s): it reads
+    the client's new samples and starts or ends every fault that is due. Actions run on
+    that thread, so nothing here races with the orchestrator's own use of its nodes.
+    """
+
+    def __init__(self, faults: list[FaultBase], plant: Plant):
+        self.plant = plant
+        self.faults = [Active(i, f) for i, f in enumerate(faults)]
+        self.client = NdjsonLines(plant.run_dir / "client.ndjson")
+        self.records = plant.run_dir / "faults.ndjson"
+        self.load_start: Optional[float] = None    # the client's CLOCK_MONOTONIC at t = 0
+        self.triggered: dict[str, float] = {}      # trigger -> client time it first held
+
+    # -- the schedule -------------------------------------------------------------------
+
+    def now(self) -> float:
+        return round(time.monotonic() - (self.load_start or time.monotonic()), 3)
+
+    def poll(self) -> None:
+        self._read_client()
+        if self.load_start is None:
+            return
+        for a in self.faults:
+            now = self.now()
+            if a.started_t is None:
+                due = self._due(a.spec)
+                if due is not None and now >= due:
+                    self._start(a)
+            elif not a.ended and a.end_due is not None and now >= a.end_due:
+                self._end(a)
+
+    def _due(self, spec: FaultBase) -> Optional[float]:
+        if spec.when is None:
+            return spec.at_s
+        seen = self.triggered.get(spec.when)
+        return None if seen is None else seen + (spec.at_s or 0.0)
+
+    def _read_client(self) -> None:
+        from .report.summary import rx_drops     # the one rule of what a storage drop is
+        for s in self.client.new():
+            for e in s.get("events") or []:
+                if e.get("event") == "load_started" and self.load_start is None:
+                    self.load_start = float(e["monotonic"])
+            t = s.get("t")
+            if t is None or "free" not in s:
+                continue
+            if "free_at_min" not in self.triggered and s["free"] <= s.get("wmark_min", -1):
+                self.triggered["free_at_min"] = float(t)
+            if "first_storage_drop" not in self.triggered and rx_drops(s.get("net"))["memalloc"]:
+                self.triggered["first_storage_drop"] = float(t)
+
+    def finish(self) -> None:
+        """The load is over: end every fault still in progress (a target still down is
+        started again, so the read-back finds it serving)."""
+        for a in self.faults:
+            if a.started_t is not None and not a.ended and a.undo is not None:
+                self._end(a)
+
+    def abort(self) -> None:
+        """Interrupted or failed: resume what is paused and put links back up at once
+        (a stopped target will not let its node stop); a target that is down stays down."""
+        for a in self.faults:
+            if a.started_t is not None and not a.ended and a.resource is not None:
+                self._end(a)
+
+    # -- start and end --------------------------------------------------------------------
+
+    def _start(self, a: Active) -> None:
+        a.started_t = self.now()
+        action = getattr(self, f"_start_{a.spec.kind}")
+        try:
+            outcome = action(a)
+        except (TestbedError, OSError, subprocess.SubprocessError) as exc:
+            outcome = f"failed: {exc}"
+            a.undo, a.end_due = None, None
+            self._forget(a)
+            a.ended = True
+        self._record(a, "start", outcome)
+        if a.undo is None:
+            a.ended = True
+
+    def _end(self, a: Active) -> None:
+        a.ended = True
+        try:
+            outcome = a.undo() if a.undo is not None else "ok"
+        except (TestbedError, OSError, subprocess.SubprocessError) as exc:
+            outcome = f"failed: {exc}"
+        self._forget(a)
+        self._record(a, "end", outcome)
+
+    def _hold(self, a: Active, what: str, undo: Callable[[], str], for_s: Optional[float]) -> None:
+        """The fault is in progress until ``undo``: due ``for_s`` after its start, and
+        a resource of the run, so its teardown undoes it if nothing else does."""
+        a.undo = undo
+        a.end_due = None if for_s is None else a.started_t + for_s
+        a.resource = self.plant.register("fault", f"{a.spec.kind} {what}",
+                                         lambda: self._teardown(a))
+
+    def _teardown(self, a: Active) -> None:
+        """The run's teardown undoes a fault still in progress (its record stays: the
+        run context is iterating over its resources, so this one is not removed)."""
+        if a.ended:
+            return
+        a.resource = None
+        self._end(a)
+
+    def _forget(self, a: Active) -> None:
+        if a.resource is not None:
+            self.plant.unregister(a.resource)
+            a.resource = None
+
+    def _record(self, a: Active, phase: str, outcome: str) -> None:
+        line = {"t": self.now(), "event": "fault", "index": a.index, "kind": a.spec.kind,
+                "phase": phase, "at_s": a.spec.at_s, "when": a.spec.when,
+                "params": a.spec.params(), "outcome": outcome}
+        with open(self.records, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    # -- the kinds ------------------------------------------------------------------------
+
+    def _tgtd_pid(self) -> int:
+        pid = last_ready(self.plant.run_dir / "target.ndjson").get("tgtd_pid")
+        if not isinstance(pid, int) or pid <= 1:
+            raise FaultError(f"the target's ready event names no tgtd pid ({pid!r})")
+        return pid
+
+    def _start_target_restart(self, a: Active) -> str:
+        pid = self._tgtd_pid()
+        node = self.plant.procs.pop("target", None)   # its exit is the fault, not an error
+        os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid)
+        if node is not None:
+            _stop_process(node)
+        spec = a.spec
+        assert isinstance(spec, TargetRestart)
+
+        def restart() -> str:
+            self.plant.start_target()
+            return f"ok: tgtd pid {self._tgtd_pid()} serving the same LUN file"
+        # not a run resource: at teardown there is nothing to restart it for
+        a.undo, a.end_due = restart, a.started_t + spec.pause_s
+        return f"ok: tgtd pid {pid} killed, its node stopped"
+
+    def _start_target_pause(self, a: Active) -> str:
+        pid = self._tgtd_pid()
+        os.kill(pid, signal.SIGSTOP)
+
+        def resume() -> str:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                return f"tgtd pid {pid} was gone"
+            return f"ok: tgtd pid {pid} resumed"
+        self._hold(a, f"tgtd pid {pid}", resume, a.spec.for_s)
+        return f"ok: tgtd pid {pid} stopped"
+
+    def _start_link_down(self, a: Active) -> str:
+        port = switch_port(self.plant.network, a.spec.host)
+        port.set(False)
+        self._hold(a, f"{a.spec.host} {port.name}", lambda: port.set(True), a.spec.for_s)
+        return f"ok: {port.name} (the switch's port of {a.spec.host}) down"
+
+    def _start_link_up(self, a: Active) -> str:
+        port = switch_port(self.plant.network, a.spec.host)
+        for other in self.faults:       # a link_down of this host in progress ends here
+            if other.spec.kind == "link_down" and other.spec.hosts == a.spec.hosts \
+                    and other.started_t is not None and not other.ended:
+                self._end(other)
+        return port.set(True)
+
+    def _start_bulk_crash(self, a: Active) -> str:
+        host = a.spec.host
+        proc = self.plant.procs.pop(host, None)
+        if proc is None or proc.poll() is not None:
+            raise FaultError(f"{host} runs no bulk source to crash")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(GONE_TIMEOUT_S)
+        return f"ok: {host}'s source pid {proc.pid} killed"
+
+
+# -- processes and links ------------------------------------------------------------------
+
+def _wait_gone(pid: int, timeout: float = GONE_TIMEOUT_S) -> None:
+    """Wait until ``pid`` is no longer running (reaped, or a zombie of its parent)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("Z", "X"):
+            return
+        if time.monotonic() > deadline:
+            raise FaultError(f"pid {pid} still runs {timeout:g}s after SIGKILL")
+        time.sleep(0.02)
+
+
+def _stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM by pid, wait, SIGKILL: a node whose service was killed under it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+            return
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait(GONE_TIMEOUT_S)
+
+
+@dataclass
+class SwitchPort:
+    """The switch's end of a host's link, in the switch's network namespace."""
+
+    name: str
+    ns_pid: int         # a process in the switch's namespace (its Mininet shell)
+
+    def set(self, up: bool) -> str:
+        state = "up" if up else "down"
+        argv = ["mnexec", "-a", str(self.ns_pid), "ip", "link", "set", "dev", self.name, state]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=LINK_TIMEOUT_S)
+        if r.returncode != 0:
+            raise FaultError(f"ip link set dev {self.name} {state}: {r.stderr.strip()}")
+        return f"ok: {self.name} {state}"
+
+
+def switch_port(network: Any, host: str) -> SwitchPort:
+    """The switch's port of ``host``'s link (Mininet backend: the veth peer)."""
+    node = getattr(network.host(host), "node", None)
+    link = getattr(node.defaultIntf(), "link", None) if node is not None else None
+    if link is None:
+        raise FaultError(f"{host}: link faults need the Mininet backend")
+    peer = link.intf2 if link.intf1.node is node else link.intf1
+    return SwitchPort(peer.name, peer.node.pid)
+
+
+def scenario_rules(faults: list[FaultBase], bulk_hosts: int, backend: str, storage: str,
+                   deadline_s: float) -> Iterator[tuple[str, str]]:
+    """What a fault list needs of the rest of the scenario: (key, message) pairs."""
+    for i, f in enumerate(faults):
+        key = f"faults[{i}]"
+        if backend != "mininet":
+            yield (f"{key}.kind", f"faults are injected on the Mininet backend only, "
+                                  f"not {backend}")
+        if f.kind.startswith("target_") and storage != "iscsi":
+            yield (f"{key}.kind", f"{f.kind} needs storage: iscsi (there is no target)")
+        for h in f.hosts:
+            problem = host_problem(h, bulk_hosts)
+            if problem:
+                yield (f"{key}.host", problem)
+        if f.at_s is not None and f.when is None and f.at_s >= deadline_s:
+            yield (f"{key}.at_s", f"{f.at_s} is not before deadline_s ({deadline_s})")
+
+
+def describe(spec: FaultBase) -> dict[str, Any]:
+    """A fault as data (for the run folder's scenario.yaml and the summary)."""
+    return asdict(spec)
