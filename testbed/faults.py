@@ -221,6 +221,7 @@ class Plant:
     start_target: Callable[[], None]               # start the target node, wait until ready
     register: Callable[..., Any]                   # RunContext.register
     unregister: Callable[[Any], None]              # RunContext.unregister
+    say: Optional[Callable[[str], None]] = None    # one line per fault action, for people
 
 
 @dataclass
@@ -316,7 +317,7 @@ class Injector:
             a.undo, a.end_due = None, None
             self._forget(a)
             a.ended = True
-        self._record(a, "start", outcome)
+        self._record(a, "start", outcome, a.started_t)
         if a.undo is None:
             a.ended = True
 
@@ -350,12 +351,16 @@ class Injector:
             self.plant.unregister(a.resource)
             a.resource = None
 
-    def _record(self, a: Active, phase: str, outcome: str) -> None:
-        line = {"t": self.now(), "event": "fault", "index": a.index, "kind": a.spec.kind,
+    def _record(self, a: Active, phase: str, outcome: str, t: Optional[float] = None) -> None:
+        """One line of faults.ndjson: a start is stamped when it began (its action may
+        take a while: a node to stop), an end when it is done."""
+        line = {"t": self.now() if t is None else t, "event": "fault", "index": a.index, "kind": a.spec.kind,
                 "phase": phase, "at_s": a.spec.at_s, "when": a.spec.when,
                 "params": a.spec.params(), "outcome": outcome}
         with open(self.records, "a") as f:
             f.write(json.dumps(line) + "\n")
+        if self.plant.say is not None:
+            self.plant.say(f"  t={line['t']:5.1f}s fault {a.index} {a.spec.kind} {phase}: {outcome}")
 
     # -- the kinds ------------------------------------------------------------------------
 

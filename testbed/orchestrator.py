@@ -9,7 +9,9 @@ A run goes through fixed steps, each bounded in time:
    by :mod:`testbed.launch` (the target and the bulk sources are waited for until ready);
 3. **watch**: the storage client's metrics stream is followed and shown as one
    progress line (elapsed time, free and dirty memory, writeback done, drops) until
-   the client reports its outcome or the deadline passes;
+   the client reports its outcome or the deadline passes; the scenario's faults are
+   injected from the same loop (:mod:`testbed.faults`), and whatever of them is still
+   in progress is undone when the load is over;
 4. **collect**: the nodes are stopped (the target through tgtadm), and the run folder
    gets the summary (verdict and evidence), the plots and ``report.html``;
 5. **teardown**: leaving the run context removes every namespace, link, process and
@@ -35,6 +37,7 @@ from typing import Any, Iterator, Optional, TextIO
 from . import launch
 from .backends.base import Host, Network
 from .errors import TestbedError
+from .faults import Injector, Plant
 from .launch import BULK_PORTS, TARGET_IQN, BulkSource, Program, StorageClient, Target, Verify
 from .report import build_report
 from .report.summary import rx_drops, summarize
@@ -117,6 +120,7 @@ class Orchestrator:
         self.progress = progress or Progress()
         self.procs: dict[str, subprocess.Popen] = {}
         self.timings: dict[str, float] = {}
+        self.faults: Optional[Injector] = None
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -136,9 +140,12 @@ class Orchestrator:
                         self._start_target(net, run)
                         self._start_bulk(net, run)
                     self._start_client(net, run)
+                    self._plan_faults(net, run)
                 with self._timed("run"):
                     self._watch(run, started)
                     self._stop_client()
+                    if self.faults is not None:
+                        self.faults.finish()
                 with self._timed("verify"):
                     self._verify(net, run)
                 with self._timed("stop_nodes"):
@@ -148,6 +155,8 @@ class Orchestrator:
                 interrupted = isinstance(exc, KeyboardInterrupt)
                 self.progress.say("interrupted: stopping nodes, keeping what was collected"
                                   if interrupted else f"error: {exc}")
+                if self.faults is not None:
+                    self.faults.abort()
                 self._stop_nodes()
                 summary = summarize(run.dir, s, duration_s=time.monotonic() - started,
                                     interrupted=interrupted)
@@ -261,6 +270,15 @@ class Orchestrator:
         path.write_text(json.dumps(cfg, indent=1))
         self._spawn("client", net.host("client"), StorageClient(path))
 
+    def _plan_faults(self, net: Network, run: RunContext) -> None:
+        """The scenario's faults, injected from the watch loop (testbed.faults)."""
+        if not self.scenario.faults:
+            return
+        self.faults = Injector(self.scenario.faults, Plant(
+            run_dir=run.dir, network=net, procs=self.procs,
+            start_target=lambda: self._start_target(net, run),
+            register=run.register, unregister=run.unregister, say=self.progress.say))
+
     def _watch(self, run: RunContext, started: float) -> None:
         """Follow the client until it exits or the deadline (plus grace) passes."""
         client = self.procs["client"]
@@ -271,6 +289,8 @@ class Orchestrator:
             if time.monotonic() > limit:
                 self.progress.say("  the client did not finish by the deadline: stopping it")
                 break
+            if self.faults is not None:
+                self.faults.poll()
             self._check_alive()
             self.progress.show(time.monotonic() - started, tail.last())
             time.sleep(0.2)

@@ -14,6 +14,13 @@ One process, in the client host, composes the parts of ``testbed``:
   too), the lockup detector and the metrics stream, into which the handler's counters
   are merged.
 
+Events go into the same stream: a sample's ``events`` list holds what happened since the
+one before, each with its ``t`` on the samples' clock. An early sample says
+``load_started`` with the machine's ``CLOCK_MONOTONIC`` start (the orchestrator's fault
+injector lines its clock up by it); each recovery of the initiator is
+``iscsi_connection_lost`` (its cause) then ``iscsi_reinstated`` (commands re-issued) or
+``iscsi_recovery_failed``, from the session's recovery hooks.
+
 It runs until the workloads are written back (``completed``), the lockup detector
 fires (``lockup``) or the deadline passes, then writes its outcome as JSON and the
 manifest of every acknowledged page (``testbed.integrity``), which the orchestrator
@@ -119,6 +126,7 @@ class KernelSocketHooks(SessionHooks):
         self.mm = mm
         self.handler = handler
         self.local_ip = local_ip
+        self.events = Events()
         self._socks: dict[int, tuple[Optional[FlowKey], Any]] = {}
         self._lock = threading.Lock()
 
@@ -151,6 +159,42 @@ class KernelSocketHooks(SessionHooks):
     def pdu_free(self, nbytes: int) -> None:
         self.mm.pdu_free(nbytes)
 
+    def recovery_started(self, cause: str) -> None:
+        self.events.note("iscsi_connection_lost", cause=cause)
+
+    def recovery_ended(self, reinstated: bool, reissued: int) -> None:
+        if reinstated:
+            self.events.note("iscsi_reinstated", reissued=reissued)
+        else:
+            self.events.note("iscsi_recovery_failed")
+
+
+class Events:
+    """Events noted by any thread, handed to the metrics stream with the next sample.
+
+    Each is stamped with ``CLOCK_MONOTONIC`` when noted and given its ``t`` (seconds
+    since the machine started) when handed over, so events from before the machine
+    started (a recovery while the device opens) are placed right too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[float, dict[str, Any]]] = []
+        self.started: Optional[float] = None     # the machine's start, once known
+
+    def note(self, event: str, **fields: Any) -> None:
+        with self._lock:
+            self._pending.append((time.monotonic(), {"event": event, **fields}))
+
+    def source(self) -> dict[str, Any]:
+        """A metric source: ``{"events": [...]}`` when there are any."""
+        if self.started is None:
+            return {}
+        with self._lock:
+            pending, self._pending = self._pending, []
+        events = [{"t": round(mono - self.started, 3), **e} for mono, e in pending]
+        return {"events": events} if events else {}
+
 
 class StorageClient:
     """Composes memory manager, packet handler, initiator and machine for one run."""
@@ -175,13 +219,18 @@ class StorageClient:
             self.handler.start()
             self.hooks.handler = self.handler
         self.device = self._open_device()
-        sources = [self._net_metrics] if self.handler is not None else []
+        sources = [self.hooks.events.source]
+        if self.handler is not None:
+            sources.append(self._net_metrics)
         self.machine = Machine(self.cfg.client, self.device, mm=self.mm,
                                socket_hook=self._downloader_socket,
                                metric_sources=sources,
                                download_servers=self.cfg.download_servers,
                                metrics_path=self.cfg.metrics_path)
         self.machine.start()
+        # the first sample may go out before this: the event carries its own t (0.0)
+        self.hooks.events.note("load_started", monotonic=self.machine.started)
+        self.hooks.events.started = self.machine.started
 
     def _open_device(self) -> BlockDevice:
         if self.cfg.storage == "local":
@@ -225,6 +274,10 @@ class StorageClient:
             result.update(verdict="error", detail=str(exc))
         finally:
             result["net"] = self.handler.counters() if self.handler is not None else None
+            session = getattr(self.device, "session", None)
+            if session is not None:     # the initiator's own counts, beside the events
+                result["iscsi"] = {"recoveries": session.stats.recoveries,
+                                   "reissued": session.stats.reissued}
             if self.machine is not None:
                 manifest = self.machine.manifest()
                 manifest.save(self.cfg.manifest_path)

@@ -24,9 +24,11 @@ def build_report(run_dir: Path) -> Path:
     title = f"{run.scenario} ({run.policy})"
     images = []
     if samples:
-        plots.memory_plot(samples, run.path / "memory.png", title, run.lockup_t)
-        plots.drops_plot(samples, run.summary["drops"], run.path / "drops.png", title)
-        plots.goodput_plot(samples, run.hosts(), run.path / "goodput.png", title)
+        marks = {"markers": plots.fault_markers(run.summary),
+                 "spans": plots.recovery_spans(run.summary)}
+        plots.memory_plot(samples, run.path / "memory.png", title, run.lockup_t, **marks)
+        plots.drops_plot(samples, run.summary["drops"], run.path / "drops.png", title, **marks)
+        plots.goodput_plot(samples, run.hosts(), run.path / "goodput.png", title, **marks)
         images = ["memory.png", "drops.png", "goodput.png"]
     out = run.path / "report.html"
     out.write_text(html.run_page(run.summary, evidence(run.summary), images))

@@ -7,6 +7,10 @@
   flows, other) and per reason;
 - ``goodput.png``: each bulk flow's goodput (stream bytes the client received, once each).
 
+Each plot of a run marks the scenario's faults (a dashed vertical line at the time a
+fault started, labelled with its kind; a dotted one where it ended) and the initiator's
+recovery episodes (a shaded band from the connection's loss to the reinstatement).
+
 Samples are in 4 KiB pages; the plots show MiB.
 """
 
@@ -44,8 +48,49 @@ def rx_dropped(s: dict[str, Any], cls: str) -> int:
         return 0
 
 
+Marker = tuple[float, str, str]     # (t, label, line style)
+
+
+def fault_markers(summary: dict[str, Any]) -> list[Marker]:
+    """The faults of a run's summary as markers: each start, and each end it reached."""
+    out: list[Marker] = []
+    for f in summary.get("faults") or []:
+        if f.get("t") is not None:
+            out.append((f["t"], f"{f['kind']}", "--"))
+        if f.get("end_t") is not None:
+            out.append((f["end_t"], f"{f['kind']} ends", ":"))
+    return out
+
+
+def recovery_spans(summary: dict[str, Any]) -> list[tuple[float, float]]:
+    """(lost, reinstated) of each recovery episode that ended in a reinstatement."""
+    return [(r["lost_t"], r["reinstated_t"]) for r in summary.get("recoveries") or []
+            if r.get("reinstated_t") is not None]
+
+
+def mark(axes: Any, markers: list[Marker], spans: list[tuple[float, float]]) -> None:
+    """Faults as vertical lines (labelled on the first axes), recoveries as bands."""
+    axes = list(axes)
+    for a in axes:
+        for t, _, style in markers:
+            a.axvline(t, color="black", ls=style, lw=1)
+        for lost, back in spans:
+            a.axvspan(lost, back, color="tab:red", alpha=0.12, lw=0)
+    if not axes:
+        return
+    top = axes[0]
+    for t, label, style in markers:
+        if style == "--":
+            top.annotate(f" {label}", (t, 1.0), xycoords=("data", "axes fraction"),
+                         va="top", ha="left", fontsize=8, rotation=90)
+    for lost, _ in spans:
+        top.annotate(" iSCSI recovery", (lost, 0.0), xycoords=("data", "axes fraction"),
+                     va="bottom", ha="left", fontsize=8, color="tab:red")
+
+
 def memory_plot(samples: list[dict[str, Any]], path: Path, title: str,
-                lockup_t: Optional[float] = None) -> None:
+                lockup_t: Optional[float] = None, markers: Optional[list[Marker]] = None,
+                spans: Optional[list[tuple[float, float]]] = None) -> None:
     t = series(samples, "t")
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True,
                              gridspec_kw={"height_ratios": [3, 1.4, 1.4]})
@@ -71,13 +116,15 @@ def memory_plot(samples: list[dict[str, Any]], path: Path, title: str,
     if lockup_t is not None:
         axes[0].annotate("lockup ", (lockup_t, axes[0].get_ylim()[1] * 0.5), color="red",
                          ha="right", fontsize=10, fontweight="bold")
+    mark(axes, markers or [], spans or [])
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def drops_plot(samples: list[dict[str, Any]], final_drops: dict[str, Any], path: Path,
-               title: str) -> None:
+               title: str, markers: Optional[list[Marker]] = None,
+               spans: Optional[list[tuple[float, float]]] = None) -> None:
     t = series(samples, "t")
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
     for cls, label, colour in (("memalloc", "storage (memalloc)", "tab:blue"),
@@ -88,6 +135,7 @@ def drops_plot(samples: list[dict[str, Any]], final_drops: dict[str, Any], path:
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    mark([ax], markers or [], spans or [])
     reasons = sorted({r for c in ("memalloc", "other") for r in final_drops.get(c, {}) if r != "total"})
     x = range(len(reasons))
     for i, (cls, colour) in enumerate((("memalloc", "tab:blue"), ("other", "tab:orange"))):
@@ -118,7 +166,8 @@ def goodput_series(samples: list[dict[str, Any]], hosts: dict[str, str],
 
 
 def goodput_plot(samples: list[dict[str, Any]], hosts: dict[str, str], path: Path,
-                 title: str) -> None:
+                 title: str, markers: Optional[list[Marker]] = None,
+                 spans: Optional[list[tuple[float, float]]] = None) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for name, (ts, rates) in sorted(goodput_series(samples, hosts).items()):
         ax.plot(ts, rates, label=name)
@@ -130,6 +179,7 @@ def goodput_plot(samples: list[dict[str, Any]], hosts: dict[str, str], path: Pat
     else:
         ax.text(0.5, 0.5, "no bulk downloads in this run", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
+    mark([ax], markers or [], spans or [])
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

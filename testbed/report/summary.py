@@ -4,7 +4,9 @@ A run folder holds what the nodes wrote: ``client-outcome.json`` (the storage cl
 own account: completed, lockup or deadline, with the lockup detector's evidence and the
 read-back result), ``client.ndjson`` (memory and packet-handler samples every 100 ms),
 ``bulk*.ndjson`` and ``target.ndjson`` (what the servers sent and served) and
-``hosts.json`` (name -> address). This module reads them and decides the verdict:
+``hosts.json`` (name -> address), and for a scenario with faults ``faults.ndjson`` (each
+fault's start and end, :mod:`testbed.faults`). This module reads them and decides the
+verdict:
 
 - ``lockup``: the client's lockup detector fired (its evidence is the proof);
 - ``completed``: everything written was written back and flushed, the read-back through
@@ -12,6 +14,12 @@ read-back result), ``client.ndjson`` (memory and packet-handler samples every 10
   other traffic, goodput) were kept;
 - ``degraded``: it finished, but a bound was missed, or the deadline came first without
   a lockup, or the read-back found mismatches.
+
+Faults and recovery: ``faults`` lists each injected fault (kind, when it started and
+ended, its parameters and outcome, and the bytes written back before and after it), and
+``recoveries`` each recovery episode of the initiator, from the client's events (the
+connection lost, the session reinstated, the commands re-issued, and when writeback
+made progress again). A fault that could not be done makes the run ``degraded``.
 
 An interrupted run, or one whose client failed, has no verdict (``null``) and says why
 in ``status`` and ``detail``.
@@ -173,6 +181,82 @@ def integrity(run_dir: Path) -> dict[str, Any]:
     return {"checked": True, **got}
 
 
+def events(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The client's events, in order (each sample carries those since the one before)."""
+    return [e for s in samples for e in s.get("events") or []]
+
+
+def _written_back_at(samples: list[dict[str, Any]], t: float) -> int:
+    """Bytes written back by time ``t`` (the last sample at or before it)."""
+    got = 0
+    for s in samples:
+        if s.get("t", 0.0) > t:
+            break
+        got = s.get("writeback_bytes", got)
+    return got
+
+
+def _resumed_after(samples: list[dict[str, Any]], t: float) -> Optional[float]:
+    """The first sample after ``t`` whose written-back bytes grew past their value at
+    ``t``: when writeback made progress again (None: never, in this stream)."""
+    base = _written_back_at(samples, t)
+    for s in samples:
+        if s.get("t", 0.0) > t and s.get("writeback_bytes", 0) > base:
+            return s["t"]
+    return None
+
+
+def recoveries(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The initiator's recovery episodes: ``lost_t`` and ``cause``, then ``reinstated_t``
+    and ``reissued`` (or ``failed``), ``writeback_resumed_t`` and ``resumed_after_s``
+    (from the loss to writeback's first progress after the reinstatement)."""
+    out: list[dict[str, Any]] = []
+    for e in events(samples):
+        kind = e.get("event")
+        if kind == "iscsi_connection_lost":
+            out.append({"lost_t": e["t"], "cause": e.get("cause", ""), "reinstated_t": None,
+                        "reissued": 0, "failed": False, "writeback_resumed_t": None,
+                        "resumed_after_s": None})
+        elif kind in ("iscsi_reinstated", "iscsi_recovery_failed") and out \
+                and out[-1]["reinstated_t"] is None and not out[-1]["failed"]:
+            ep = out[-1]
+            if kind == "iscsi_recovery_failed":
+                ep["failed"] = True
+                continue
+            ep.update(reinstated_t=e["t"], reissued=e.get("reissued", 0))
+            resumed = _resumed_after(samples, e["t"])
+            if resumed is not None:
+                ep.update(writeback_resumed_t=resumed,
+                          resumed_after_s=round(resumed - ep["lost_t"], 3))
+    return out
+
+
+def faults(run_dir: Path, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each injected fault from ``faults.ndjson``: ``kind``, ``at_s``/``when`` as asked,
+    ``t`` it started and ``end_t`` it ended (None: it has no end, or none was reached),
+    ``params``, ``outcome`` (of its start, and ``end_outcome``), and the bytes written
+    back before it started and after (so the read-back is seen to cover both)."""
+    by_index: dict[int, dict[str, Any]] = {}
+    for line in read_ndjson(run_dir / "faults.ndjson"):
+        i = line.get("index")
+        if line.get("phase") == "start":
+            by_index[i] = {"index": i, "kind": line.get("kind"), "at_s": line.get("at_s"),
+                           "when": line.get("when"), "t": line.get("t"), "end_t": None,
+                           "params": line.get("params", {}), "outcome": line.get("outcome"),
+                           "end_outcome": None}
+        elif line.get("phase") == "end" and i in by_index:
+            by_index[i].update(end_t=line.get("t"), end_outcome=line.get("outcome"))
+    total = samples[-1].get("writeback_bytes", 0) if samples else 0
+    for f in by_index.values():
+        before = _written_back_at(samples, f["t"] or 0.0)
+        f.update(written_back_before_bytes=before, written_back_after_bytes=total - before)
+    return [by_index[i] for i in sorted(by_index)]
+
+
+def _failed(text: Optional[str]) -> bool:
+    return bool(text) and str(text).startswith("failed")
+
+
 def _host_order(name: str) -> tuple[int, str]:
     digits = "".join(ch for ch in name if ch.isdigit())
     return (int(digits) if digits else 0, name)
@@ -209,6 +293,8 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
         "goodput": bulk_flows(run_dir, samples, hosts, outcome.get("t")),
         "client_verdict": outcome.get("verdict"),
         "end_t": outcome.get("t"),     # the client's clock when its outcome was decided
+        "faults": faults(run_dir, samples),
+        "recoveries": recoveries(samples),
     }
     if not interrupted:
         _decide(summary, outcome, scenario)
@@ -228,6 +314,10 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
         return
     if client != "completed":
         reasons.append(f"writeback did not finish: {client} ({outcome.get('detail', '')})")
+    for f in summary.get("faults", []):
+        for text in (f["outcome"], f["end_outcome"]):
+            if _failed(text):
+                reasons.append(f"fault {f['index']} ({f['kind']}) {text}")
     checked = summary["integrity"]
     if checked.get("mismatches"):
         reasons.append(f"read-back found {checked['mismatches']} mismatched pages")
@@ -266,9 +356,35 @@ def evidence(summary: dict[str, Any]) -> list[str]:
                      f"{summary['writeback']['bytes'] / 2**20:.1f} MiB written back "
                      f"({summary['writeback']['mb_s']:.2f} MiB/s), read-back checked "
                      f"{i.get('bytes_checked', 0) / 2**20:.1f} MiB, {i.get('mismatches', 0)} mismatches")
+    lines += fault_lines(summary)
     for r in summary.get("reasons", []):
         lines.append(f"degraded: {r}")
     d = summary["drops"]
     lines.append(f"drops: storage {d['memalloc']['total']}, other {d['other']['total']} "
                  f"({', '.join(f'{k} {v}' for k, v in d['other'].items() if k != 'total') or 'none'})")
+    return lines
+
+
+def fault_lines(summary: dict[str, Any]) -> list[str]:
+    """The faults and the initiator's recovery episodes, one line each."""
+    lines = []
+    for f in summary.get("faults") or []:
+        params = ", ".join(f"{k} {v}" for k, v in f["params"].items() if v is not None)
+        end = f"; ended t={f['end_t']:.1f}s: {f['end_outcome']}" if f["end_t"] is not None else ""
+        lines.append(f"fault {f['index']} {f['kind']} at t={f['t']:.1f}s ({params or 'no parameters'})"
+                     f": {f['outcome']}{end}; written back before it "
+                     f"{f['written_back_before_bytes'] / 2**20:.1f} MiB, after "
+                     f"{f['written_back_after_bytes'] / 2**20:.1f} MiB")
+    for r in summary.get("recoveries") or []:
+        if r["failed"]:
+            lines.append(f"iSCSI connection lost at t={r['lost_t']:.1f}s ({r['cause']}): "
+                         f"not recovered")
+        elif r["reinstated_t"] is None:
+            lines.append(f"iSCSI connection lost at t={r['lost_t']:.1f}s ({r['cause']}): "
+                         f"still recovering at the end")
+        else:
+            resumed = (f", writeback resumed {r['resumed_after_s']:.1f}s after the loss"
+                       if r["resumed_after_s"] is not None else ", writeback never resumed")
+            lines.append(f"iSCSI connection lost at t={r['lost_t']:.1f}s, session reinstated at "
+                         f"t={r['reinstated_t']:.1f}s, {r['reissued']} commands re-issued{resumed}")
     return lines
