@@ -1,0 +1,253 @@
+"""A scenario's ``faults:`` list: checked like every key (file, line, key); the injector's
+schedule, records and undo on real processes; the summary's faults and recoveries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed import faults, scenario
+from testbed.report import summary as summ
+from testbed.runctx import RunContext
+from testbed.schema import SchemaError
+
+HEAD = ("name: f\ndeadline_s: 60\ntopology: {bulk_hosts: 2}\n"
+        "client:\n  workloads: [{kind: writer}]\n")
+
+
+def load(tmp_path: Path, text: str) -> scenario.Scenario:
+    p = tmp_path / "s.yaml"
+    p.write_text(HEAD + text)
+    return scenario.load(p)
+
+
+def problems(tmp_path: Path, text: str) -> list[tuple[int, str, str]]:
+    with pytest.raises(SchemaError) as e:
+        load(tmp_path, text)
+    assert all(p.file.endswith("s.yaml") for p in e.value.problems)
+    return [(p.line, p.key, p.message) for p in e.value.problems]
+
+
+def test_every_kind_with_its_defaults(tmp_path):
+    s = load(tmp_path, """faults:
+  - {kind: target_restart, at_s: 12}
+  - {kind: target_pause, at_s: 1.5, for_s: 2}
+  - {kind: link_down, at_s: 3}
+  - {kind: link_up, host: bulk2, at_s: 9}
+  - {kind: bulk_crash, when: free_at_min}
+  - {kind: bulk_crash, host: bulk2, when: first_storage_drop, at_s: 1}
+""")
+    kinds = [type(f) for f in s.faults]
+    assert kinds == [faults.TargetRestart, faults.TargetPause, faults.LinkDown, faults.LinkUp,
+                     faults.BulkCrash, faults.BulkCrash]
+    assert s.faults[0].pause_s == 1.0 and s.faults[1].for_s == 2.0
+    assert (s.faults[2].host, s.faults[2].for_s) == ("client", None)
+    assert (s.faults[4].host, s.faults[4].at_s, s.faults[4].when) == ("bulk1", None, "free_at_min")
+    assert s.faults[0].params() == {"pause_s": 1.0}
+    assert "kind: bulk_crash" in scenario.dump(s)      # the run folder keeps them
+
+
+def test_no_faults_is_the_default(tmp_path):
+    assert load(tmp_path, "").faults == []
+
+
+def test_field_mistakes_are_all_reported_with_line_and_key(tmp_path):
+    got = problems(tmp_path, """faults:
+  - {kind: target_restrat, at_s: 12}
+  - {kind: target_pause, at_s: 1, for_s: 30}
+  - {kind: link_down, at_s: 5, for_s: -2}
+  - {kind: bulk_crash, when: later}
+  - {at_s: 3}
+  - 5
+  - {kind: target_restart, at_s: 1, pause: 3}
+  - {kind: target_restart, at_s: -1}
+""")
+    assert [(line, key) for line, key, _ in got] == [
+        (7, "faults[0].kind"), (8, "faults[1].for_s"), (9, "faults[2].for_s"),
+        (10, "faults[3].when"), (11, "faults[4].kind"), (12, "faults[5]"),
+        (13, "faults[6].pause"), (14, "faults[7].at_s")]
+    text = dict(((line, key), msg) for line, key, msg in got)
+    assert "did you mean 'target_restart'" in text[(7, "faults[0].kind")]
+    assert "above the maximum 8" in text[(8, "faults[1].for_s")]
+    assert "did you mean 'pause_s'" in text[(13, "faults[6].pause")]
+
+
+def test_a_fault_needs_a_time_or_a_trigger(tmp_path):
+    assert problems(tmp_path, "faults: [{kind: target_restart}]\n") == [
+        (6, "faults[0].at_s", "is required (seconds from the start of the load), or give a "
+                              "trigger: when: free_at_min | first_storage_drop")]
+
+
+def test_what_faults_need_of_the_rest_of_the_scenario(tmp_path):
+    got = problems(tmp_path, """faults:
+  - {kind: link_down, host: bulk3, at_s: 1}
+  - {kind: bulk_crash, host: client, at_s: 2}
+  - {kind: link_up, at_s: 60}
+""")
+    got.sort()        # a fault's own rules come before the scenario's, which span sections
+    assert [(line, key) for line, key, _ in got] == [
+        (7, "faults[0].host"), (8, "faults[1].host"), (9, "faults[2].at_s")]
+    assert "hosts: client, bulk1, bulk2" in got[0][2]
+    assert "'client' is not a bulk host" in got[1][2]
+    assert "not before deadline_s (60.0)" in got[2][2]
+    got = problems(tmp_path, "storage: local\nbackend: docker\n"
+                             "faults: [{kind: target_pause, at_s: 1}]\n")
+    assert {m for _, _, m in got} == {
+        "faults are injected on the Mininet backend only, not docker",
+        "target_pause needs storage: iscsi (there is no target)"}
+
+
+def test_built_in_fault_scenarios_load():
+    restart = scenario.load("faults-target-restart")
+    assert restart.client.policy == "gorman-3.6" and restart.expected == "completed"
+    assert [f.kind for f in restart.faults] == ["target_restart"]
+    assert restart.client.workloads == scenario.load("contention").client.workloads
+    flap = scenario.load("faults-link-flap")
+    assert [f.kind for f in flap.faults] == ["link_down", "link_down", "link_up"]
+
+
+# -- the injector, on real processes -------------------------------------------------------
+
+def sample(t: float, free: int = 100, drops: int = 0, **extra) -> dict:
+    net = {"rx": {"classes": {"memalloc": {"dropped": {"frames": drops}},
+                              "other": {"dropped": {"frames": 0}}}}}
+    return {"t": t, "free": free, "wmark_min": 50, "net": net, "writeback_bytes": 0, **extra}
+
+
+def append(path: Path, *lines: dict) -> None:
+    with open(path, "a") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+
+
+def state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.fixture
+def run(tmp_path):
+    ctx = RunContext.create(base_dir=tmp_path, name="faults", clean_stale=False,
+                            state_dir=tmp_path / "state")
+    yield ctx
+    ctx.close()
+
+
+def plant(run: RunContext, procs: dict) -> faults.Plant:
+    return faults.Plant(run_dir=run.dir, network=None, procs=procs,
+                        start_target=lambda: None, register=run.register,
+                        unregister=run.unregister)
+
+
+def records(run: RunContext) -> list[dict]:
+    return [json.loads(line) for line in (run.dir / "faults.ndjson").read_text().splitlines()]
+
+
+@pytest.mark.root
+def test_a_trigger_starts_a_fault_and_the_process_is_killed_by_pid(run):
+    bulk = subprocess.Popen(["sleep", "60"])
+    procs = {"bulk1": bulk}
+    spec = faults.BulkCrash(when="free_at_min", at_s=0.5)
+    inj = faults.Injector([spec], plant(run, procs))
+    client = run.dir / "client.ndjson"
+    start = time.monotonic()
+    append(client, sample(0.0, events=[{"t": 0.0, "event": "load_started", "monotonic": start}]),
+           sample(0.1, free=80))
+    inj.poll()
+    assert bulk.poll() is None and not (run.dir / "faults.ndjson").exists()
+    append(client, sample(0.2, free=50))          # at min: the trigger holds from t = 0.2
+    inj.poll()
+    assert bulk.poll() is None                    # due at 0.7 on the client's clock
+    while time.monotonic() - start < 0.75:
+        time.sleep(0.05)
+    inj.poll()
+    assert bulk.wait(5) == -9 and "bulk1" not in procs
+    [rec] = records(run)
+    assert rec["kind"] == "bulk_crash" and rec["phase"] == "start" and rec["t"] >= 0.7
+    assert rec["outcome"] == f"ok: bulk1's source pid {bulk.pid} killed"
+    assert rec["when"] == "free_at_min" and rec["params"] == {"host": "bulk1"}
+
+
+@pytest.mark.root
+def test_a_pause_is_resumed_when_due_and_by_the_run_teardown(run):
+    # not one of the run's processes (its sweep would end it): a daemon it acts on
+    tgtd = subprocess.Popen(["sleep", "60"], env={"PATH": os.environ["PATH"]})
+    try:
+        append(run.dir / "target.ndjson", {"t": 0.0, "event": "ready", "tgtd_pid": tgtd.pid})
+        short = faults.TargetPause(at_s=0.0, for_s=0.3)
+        long = faults.TargetPause(at_s=0.4, for_s=8.0)
+        inj = faults.Injector([short, long], plant(run, {}))
+        append(run.dir / "client.ndjson", sample(0.0, events=[
+            {"t": 0.0, "event": "load_started", "monotonic": time.monotonic()}]))
+        inj.poll()
+        assert state(tgtd.pid) == "T"
+        assert any(r["kind"] == "fault" for r in json.loads(run.state_path.read_text())["resources"])
+        time.sleep(0.45)
+        inj.poll()                                  # the first ends, the second starts
+        assert state(tgtd.pid) == "T"
+        phases = [(r["index"], r["phase"]) for r in records(run)]
+        assert phases == [(0, "start"), (0, "end"), (1, "start")]
+        run.close()                                 # Ctrl-C, an error: the teardown resumes it
+        assert state(tgtd.pid) in ("S", "R")
+        assert records(run)[-1]["phase"] == "end" and records(run)[-1]["index"] == 1
+    finally:
+        tgtd.kill()
+        tgtd.wait()
+
+
+@pytest.mark.root
+def test_a_fault_that_cannot_be_done_is_recorded_and_degrades_the_run(run, tmp_path):
+    inj = faults.Injector([faults.BulkCrash(at_s=0.0, host="bulk2")], plant(run, {}))
+    append(run.dir / "client.ndjson", sample(0.0, events=[
+        {"t": 0.0, "event": "load_started", "monotonic": time.monotonic()}]))
+    inj.poll()
+    inj.finish()
+    [rec] = records(run)
+    assert rec["outcome"] == "failed: bulk2 runs no bulk source to crash"
+    s = load(tmp_path, "")
+    append(run.dir / "client-outcome.json", {})
+    (run.dir / "client-outcome.json").write_text(json.dumps({"verdict": "completed", "t": 1.0}))
+    (run.dir / "integrity.json").write_text(json.dumps({"bytes_checked": 4096, "mismatches": 0}))
+    got = summ.summarize(run.dir, s, duration_s=1.0)
+    assert got["verdict"] == "degraded"
+    assert got["reasons"] == ["fault 0 (bulk_crash) failed: bulk2 runs no bulk source to crash"]
+
+
+# -- the summary ------------------------------------------------------------------------
+
+def test_recovery_episodes_from_the_client_events():
+    samples = [sample(0.0, writeback_bytes=0), sample(1.0, writeback_bytes=100),
+               sample(2.0, writeback_bytes=100, events=[
+                   {"t": 1.5, "event": "iscsi_connection_lost", "cause": "reset"}]),
+               sample(3.0, writeback_bytes=100, events=[
+                   {"t": 2.9, "event": "iscsi_reinstated", "reissued": 4}]),
+               sample(3.1, writeback_bytes=100), sample(3.2, writeback_bytes=300),
+               sample(4.0, writeback_bytes=300, events=[
+                   {"t": 3.9, "event": "iscsi_connection_lost", "cause": "timeout"},
+                   {"t": 3.95, "event": "iscsi_recovery_failed"}])]
+    got = summ.recoveries(samples)
+    assert got[0] == {"lost_t": 1.5, "cause": "reset", "reinstated_t": 2.9, "reissued": 4,
+                      "failed": False, "writeback_resumed_t": 3.2, "resumed_after_s": 1.7}
+    assert got[1]["failed"] and got[1]["reinstated_t"] is None
+    lines = summ.fault_lines({"recoveries": got})
+    assert lines[0] == ("iSCSI connection lost at t=1.5s, session reinstated at t=2.9s, "
+                        "4 commands re-issued, writeback resumed 1.7s after the loss")
+    assert lines[1].endswith("not recovered")
+
+
+def test_faults_in_the_summary_with_bytes_before_and_after(tmp_path):
+    append(tmp_path / "faults.ndjson",
+           {"t": 1.0, "event": "fault", "index": 0, "kind": "target_restart", "phase": "start",
+            "at_s": 1.0, "when": None, "params": {"pause_s": 1.0}, "outcome": "ok: killed"},
+           {"t": 2.0, "event": "fault", "index": 0, "kind": "target_restart", "phase": "end",
+            "at_s": 1.0, "when": None, "params": {"pause_s": 1.0}, "outcome": "ok: back"})
+    samples = [sample(0.5, writeback_bytes=10), sample(1.0, writeback_bytes=40),
+               sample(3.0, writeback_bytes=100)]
+    [f] = summ.faults(tmp_path, samples)
+    assert (f["t"], f["end_t"], f["outcome"], f["end_outcome"]) == (1.0, 2.0, "ok: killed", "ok: back")
+    assert (f["written_back_before_bytes"], f["written_back_after_bytes"]) == (40, 60)
+    assert summ.faults(tmp_path / "none", samples) == []
