@@ -4,7 +4,8 @@ A run folder's ``summary.json`` (and its metric streams) and a batch folder's
 ``runs.json`` are read here, and only here, into typed values: :class:`RunOutcome` is one
 run (verdict, time to the outcome, drops, its label and parameters), :class:`Batch` is a
 compare or sweep folder (its title and the runs ``runs.json`` lists, with the parameters
-stored there, never parsed back from labels). Each rule, such as "the time of a run is
+stored there, never parsed back from labels); a run's ``provenance.json`` (the command,
+code version and machine that :mod:`testbed.store` records) is read here too. Each rule, such as "the time of a run is
 the lockup's, or the end of writeback", is written once here; the report, the plots, the
 CLI and the graders' readers call it. Runs group by policy or by grid point
 (:func:`verdict_counts`), which is how repeated runs are counted. The comparison table is
@@ -34,6 +35,7 @@ from .errors import ConfigError
 SUMMARY = "summary.json"     # a run folder's outcome (written by report.summary.summarize)
 INDEX = "runs.json"          # a compare/sweep folder's list of runs
 STATS = "stats.json"         # a compare/sweep folder's statistics per group (stats_document)
+PROVENANCE = "provenance.json"  # a run folder's command, code version and machine (testbed.store)
 
 Params = dict[str, str]     # a sweep point: scenario key -> value as given on the command line
 K = TypeVar("K", bound=Hashable)
@@ -102,6 +104,38 @@ class RunOutcome:
     @property
     def policy(self) -> str:
         return str(self.summary.get("policy"))
+
+    @property
+    def status(self) -> Optional[str]:
+        """``finished``, ``interrupted`` or ``error`` (then ``detail`` says why)."""
+        return self.summary.get("status")
+
+    @property
+    def detail(self) -> str:
+        return str(self.summary.get("detail") or "")
+
+    @property
+    def duration_s(self) -> Optional[float]:
+        """Wall-clock seconds from the run's start to its summary."""
+        d = self.summary.get("duration_s")
+        return None if d is None else float(d)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per step of the orchestrator (bring_up, start_nodes, run, ...)."""
+        got = self.summary.get("timings") or {}
+        return {str(k): float(v) for k, v in got.items() if isinstance(v, (int, float))}
+
+    @property
+    def summarized_at(self) -> float:
+        """When summary.json was last written (its mtime, seconds since the epoch)."""
+        return (self.path / SUMMARY).stat().st_mtime
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """``provenance.json``: the command that made the run, the code version and the
+        machine, as the results store wrote them (empty for an older folder)."""
+        return read_json(self.path / PROVENANCE) or {}
 
     @property
     def finished(self) -> bool:
@@ -291,6 +325,11 @@ def open_batch(path: Path) -> Batch:
 def is_batch(path: Path) -> bool:
     """Does ``path`` claim to be a compare or sweep folder (it has a runs.json)?"""
     return (Path(path) / INDEX).exists()
+
+
+def write_provenance(path: Path, doc: dict[str, Any]) -> None:
+    """Write a run folder's ``provenance.json`` (see :attr:`RunOutcome.provenance`)."""
+    (Path(path) / PROVENANCE).write_text(json.dumps(doc, indent=2))
 
 
 def write_index(path: Path, title: str, entries: Sequence[BatchEntry]) -> None:

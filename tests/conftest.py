@@ -10,6 +10,21 @@ import os
 import pytest
 
 
+@pytest.fixture(autouse=True, scope="session")
+def results_db(tmp_path_factory):
+    """Runs the tests make (and the ``testbed`` commands they start, which inherit the
+    environment) are recorded in a results database of the session's own, never in
+    the working tree's ``runs/results.db``."""
+    path = tmp_path_factory.getbasetemp() / "results.db"
+    old = os.environ.get("TESTBED_RESULTS_DB")
+    os.environ["TESTBED_RESULTS_DB"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("TESTBED_RESULTS_DB", None)
+    else:
+        os.environ["TESTBED_RESULTS_DB"] = old
+
+
 def pytest_collection_modifyitems(config, items):
     if os.geteuid() == 0:
         return

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source", type=Path, metavar="DIR",
                    help="evaluate an existing claims folder instead of running")
     run_cmd._common(p)
-    p.add_argument("--out", type=Path, help="folder for the runs, report and claims.json")
+    run_cmd.out_option(p, "folder for the runs, report and claims.json")
     p.set_defaults(func=cmd_claims)
 
 
@@ -50,8 +50,9 @@ def cmd_claims(args: argparse.Namespace) -> int:
     jobs = claim_jobs(args.scenario, run_cmd._overrides(args), args.backend, args.repeat)
     run_cmd._require_root()
     name = jobs[0].scenario.name
-    base = run_cmd._batch_dir(args.out, "claims", name)
-    run_cmd._run_batch(base, jobs, f"{name}: the article's claims, {args.repeat} runs each")
+    base = run_cmd._batch_dir(args.out, "claims", name, args.force)
+    run_cmd._run_batch(base, jobs, f"{name}: the article's claims, {args.repeat} runs each",
+                       "claims")
     run_cmd.print_stats(base)
     return report(base)
 

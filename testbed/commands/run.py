@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from .. import results
+from .. import results, store
 from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..orchestrator import Orchestrator, RunResult
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policies", required=True, help="comma-separated, e.g. none,gorman-3.6")
     p.add_argument("--repeat", type=int, default=1, help="runs per policy (default 1)")
     _common(p)
-    p.add_argument("--out", type=Path, help="folder for the runs and the combined report")
+    out_option(p, "folder for the runs and the combined report")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", help="a grid of runs over one or two parameters")
@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a scenario key and its values (once or twice)")
     p.add_argument("--repeat", type=int, default=1, help="runs per grid point (default 1)")
     _common(p)
-    p.add_argument("--out", type=Path, help="folder for the runs and the sweep report")
+    out_option(p, "folder for the runs and the sweep report")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="rebuild the report of a run, compare or sweep folder")
@@ -70,6 +70,15 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override a scenario key, e.g. --set client.policy=none (repeatable)")
     p.add_argument("--backend", choices=("mininet", "docker"),
                    help="where the nodes run (default: the scenario's backend, mininet)")
+
+
+def out_option(p: argparse.ArgumentParser, what: str) -> None:
+    """A batch's --out, and --force to move an existing one aside (see _batch_dir)."""
+    p.add_argument("--out", type=Path, help=f"{what} (new or empty; default: "
+                                            f"runs/<time>-<command>-<scenario>)")
+    p.add_argument("--force", action="store_true",
+                   help="if --out exists and is not empty, move it aside to OUT.old-<time> "
+                        "first (nothing is deleted)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -98,17 +107,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     _require_root()
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"--out {args.out}: folder exists and is not empty")
-    res = Orchestrator(sc, out_dir=args.out).run()
+    orch = Orchestrator(sc, out_dir=args.out)
+    try:
+        res = orch.run()
+    finally:
+        # an interrupted or failed run keeps its folder and summary: it is indexed too
+        ctx = getattr(orch, "run_ctx", None)
+        if ctx is not None:
+            store.record_run(ctx.dir, "run")
     _print_result(res)
     return 0 if res.ok else 1
 
 
 # -- compare and sweep ---------------------------------------------------------------------
 
-def _batch_dir(out: Optional[Path], kind: str, name: str) -> Path:
-    d = out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{name}"
+def _batch_dir(out: Optional[Path], kind: str, name: str, force: bool = False) -> Path:
+    """The batch's folder, made. A batch never writes into a folder that holds
+    something: its runs.json and report would mix the runs there with its own. An
+    existing non-empty ``--out`` is refused, or with ``force`` moved aside (renamed,
+    nothing deleted; the results store follows it); a default name taken in the same
+    second gets a suffix."""
+    if out is None:
+        d = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{name}"
+        d = _free_name(d, "-")
+    else:
+        d = out
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"--out {d}: exists and is not a folder")
+        if d.exists() and any(d.iterdir()):
+            if not force:
+                raise ConfigError(
+                    f"--out {d}: folder exists and is not empty (the {kind} would mix its "
+                    f"runs with the ones there): give a new folder, or add --force to move "
+                    f"this one aside to {d}.old-<time> first")
+            aside = _free_name(d.with_name(f"{d.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"), "-")
+            d.rename(aside)
+            store.record_moved(d, aside)
+            print(f"--force: moved the old {d} aside to {aside}", flush=True)
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def _free_name(d: Path, sep: str) -> Path:
+    """``d``, or ``d-2``, ``d-3``, ... whichever does not exist yet."""
+    k, got = 1, d
+    while got.exists():
+        k += 1
+        got = d.with_name(f"{d.name}{sep}{k}")
+    return got
 
 
 class Job(NamedTuple):
@@ -122,7 +168,8 @@ class Job(NamedTuple):
 MAX_FAILED_IN_A_ROW = 3     # then the machine, not a run, is broken: stop the batch
 
 
-def _run_batch(base: Path, jobs: list[Job], title: str) -> tuple[int, Path]:
+def _run_batch(base: Path, jobs: list[Job], title: str,
+               command: Optional[str] = None) -> tuple[int, Path]:
     """Run each job in turn into ``base``; then the combined report.
 
     A run that fails for the testbed's own reasons (a node that did not start, a link
@@ -130,7 +177,11 @@ def _run_batch(base: Path, jobs: list[Job], title: str) -> tuple[int, Path]:
     goes on: one such failure must not cost the other runs of a long batch, and the
     statistics count it as a run without a verdict. A wrong scenario or machine, or
     several failures in a row, still stop the batch.
+
+    Each run is recorded in the results store as it ends (``command``: compare, sweep,
+    claims; by default sweep when the jobs have parameters, else compare).
     """
+    command = command or ("sweep" if any(j.params for j in jobs) else "compare")
     index: list[results.BatchEntry] = []
     ok, failed = True, 0
     for i, job in enumerate(jobs, 1):
@@ -153,6 +204,7 @@ def _run_batch(base: Path, jobs: list[Job], title: str) -> tuple[int, Path]:
             out = res.run_dir
         index.append(results.BatchEntry(job.label, out.name, dict(job.params)))
         results.write_index(base, title, index)
+        store.record_run(out, command, job.label, dict(job.params), batch=base)
     return (0 if ok else 1), build_compare_report(base)
 
 
@@ -211,8 +263,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError("--policies: give at least one policy")
     jobs = compare_jobs(args.scenario, policies, _overrides(args), args.repeat)
     _require_root()
-    base = _batch_dir(args.out, "compare", jobs[0].scenario.name)
-    status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: policies compared")
+    base = _batch_dir(args.out, "compare", jobs[0].scenario.name, args.force)
+    status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: policies compared",
+                                "compare")
     return _finish_batch(base, status, report)
 
 
@@ -237,8 +290,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     jobs = repeated(points, args.repeat)
     _require_root()
     name = jobs[0].scenario.name
-    base = _batch_dir(args.out, "sweep", name)
-    status, report = _run_batch(base, jobs, f"{name}: sweep over {' x '.join(k for k, _ in params)}")
+    base = _batch_dir(args.out, "sweep", name, args.force)
+    status, report = _run_batch(base, jobs, f"{name}: sweep over {' x '.join(k for k, _ in params)}",
+                                "sweep")
     return _finish_batch(base, status, report)
 
 
