@@ -5,24 +5,35 @@ source address) so that the storage client's ``socket_bound`` hook sees the flow
 before the first SYN, connects, and then moves PDUs:
 
 * **out**: callers :meth:`queue` the buffers of whole PDUs (see
-  :func:`testbed.iscsi.pdu.frame`) and :meth:`flush` sends everything queued with
-  as few ``sendmsg`` calls as the kernel allows. Whoever holds the send lock sends
-  the PDUs the others queued too, so a busy session batches naturally: the receiver
-  thread queues the Data-Out and the commands its callbacks submit while it works
-  through what it received, and flushes once before it waits for more.
+  :func:`testbed.iscsi.pdu.frame`) and :meth:`flush` sends what the socket takes now,
+  with as few ``sendmsg`` calls as the kernel allows, and never waits: what does not
+  fit stays queued, in order. The reader sends the rest as the socket drains: while
+  anything is unsent it waits for the socket to be writable as well as readable. So
+  the receive side never stops reading because the send side is stuck, as in Linux's
+  initiator, where responses are read in softirq context (``iscsi_sw_tcp_data_ready``)
+  and a full send buffer only parks the transmit work until ``sk_write_space``
+  (``iscsi_sw_tcp_write_space``, drivers/scsi/iscsi_tcp.c). A busy session batches
+  naturally: the receiver thread queues the Data-Out and the commands its callbacks
+  submit while it works through what it received, and flushes once before it waits.
+  Only the login exchange (:meth:`send`, before the receiver runs) waits for its PDUs
+  to go out, up to ``send_timeout``.
 * **in**: :class:`PduReader` reads into one preallocated buffer with ``recv_into``
   (one call brings in as many PDUs as the socket holds), checks digests and bounds,
   and hands out each PDU with its data segment as a ``memoryview`` into that buffer,
   valid until the next read: the session copies read data straight from there into
   the command's buffer.
 
-Every wait is bounded: the socket has a short timeout (the *tick*), on which the
-reader calls the owner's ``on_tick`` (keepalive, command timeouts) or raises
-:class:`IscsiTimeout` once the caller's deadline passed.
+Every wait is bounded: the socket is non-blocking and the reader waits in ``select``
+for at most a short *tick*, on which it calls the owner's ``on_tick`` (keepalive,
+command timeouts) or raises :class:`IscsiTimeout` once the caller's deadline passed,
+or once queued data made no progress for ``send_timeout`` (the target's window stayed
+shut).
 """
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import threading
 import time
@@ -116,8 +127,13 @@ class Connection:
         self.exp_statsn = 0
         self._send_lock = threading.Lock()
         self._outq_lock = threading.Lock()
-        self._outq: list = []
-        self._out_charged = 0
+        self._outq: list = []             # views of the PDUs not yet sent, in order
+        self._queued = self._sent = 0     # bytes ever queued, ever sent
+        self._charges: list[tuple[int, int]] = []   # (queued bytes at a PDU's end, charge)
+        self._send_progress = time.monotonic()   # when the socket last took data
+        self._wake_r: Optional[int] = None     # a pipe that wakes the reader's select
+        self._wake_w: Optional[int] = None
+        self._waiting = False             # the reader waits without write interest
         self.send_timeout = 30.0
         self.reader: Optional[PduReader] = None
         self.closed = False
@@ -148,7 +164,8 @@ class Connection:
         except OSError as exc:
             self._close_sock(sock)
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
-        sock.settimeout(self.tick)
+        sock.setblocking(False)           # every wait is the reader's select (module doc)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sock = sock
         self.reader = PduReader(self)
 
@@ -174,7 +191,12 @@ class Connection:
             self._close_sock(sock)
         with self._outq_lock:
             self._outq = []
-            charged, self._out_charged = self._out_charged, 0
+            charged = sum(c for _, c in self._charges)
+            self._charges = []
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                os.close(fd)
+        self._wake_r = self._wake_w = None
         if charged and self._pdu_free:
             self._pdu_free(charged)
 
@@ -189,57 +211,98 @@ class Connection:
     # ---- sending
 
     def queue(self, parts: list, charged: int = 0) -> None:
-        """Queue the buffers of whole PDUs; ``charged`` bytes are freed once sent."""
+        """Queue the buffers of whole PDUs; ``charged`` bytes are freed once they are sent."""
+        views = [p if isinstance(p, bytes) else memoryview(p).cast("B") for p in parts]
         with self._outq_lock:
-            self._outq.extend(parts)
-            self._out_charged += charged
+            if not self._outq:
+                self._send_progress = time.monotonic()   # the wait for the window starts now
+            self._outq.extend(views)
+            self._queued += sum(len(v) for v in views)
+            if charged:
+                self._charges.append((self._queued, charged))
+
+    @property
+    def unsent(self) -> bool:
+        """Queued data the socket has not taken yet."""
+        return bool(self._outq)
 
     def flush(self) -> None:
-        """Send everything queued (also what other threads queued meanwhile)."""
+        """Send what the socket takes now (also what other threads queued); never waits.
+
+        Raises :class:`IscsiTimeout` when queued data made no progress for
+        ``send_timeout``, and :class:`ConnectionLost` when the socket failed.
+        """
         with self._send_lock:
-            while True:
-                with self._outq_lock:
-                    parts, self._outq = self._outq, []
-                    charged, self._out_charged = self._out_charged, 0
-                if not parts:
-                    return
-                try:
-                    self._sendmsg_all(parts)
-                finally:
-                    if charged and self._pdu_free:
-                        self._pdu_free(charged)
+            try:
+                self._send_some()
+            finally:
+                freed = self._sent_charges()
+        if freed and self._pdu_free:
+            self._pdu_free(freed)
 
-    def send(self, parts: list, charged: int = 0) -> None:
-        self.queue(parts, charged)
-        self.flush()
-
-    def _sendmsg_all(self, parts: list) -> None:
+    def _send_some(self) -> None:
+        """Send until the queue is empty or the socket is full (send lock held)."""
         if self.closed or self.sock is None:
             raise ConnectionLost("connection is closed")
         sock = self.sock
-        views = [memoryview(p).cast("B") if not isinstance(p, bytes) else p for p in parts]
-        deadline = time.monotonic() + self.send_timeout
-        i = 0
-        while i < len(views):
-            batch = views[i:i + IOV_MAX]
+        while True:
+            with self._outq_lock:
+                batch = self._outq[:IOV_MAX]
+            if not batch:
+                return
             try:
                 sent = sock.sendmsg(batch)
-            except socket.timeout:
-                if time.monotonic() > deadline:
-                    raise IscsiTimeout(f"target {self.target[0]}:{self.target[1]} accepted no data "
-                                       f"for {self.send_timeout:.0f}s") from None
-                continue
+            except BlockingIOError:
+                if time.monotonic() - self._send_progress > self.send_timeout:
+                    raise IscsiTimeout(f"target {self.target[0]}:{self.target[1]} accepted no "
+                                       f"data for {self.send_timeout:.0f}s") from None
+                self._wake_reader()
+                return
             except OSError as exc:
                 raise ConnectionLost(f"send to {self.target[0]}:{self.target[1]} failed: "
                                      f"{exc.strerror or exc}") from None
-            while sent:
-                n = len(views[i])
-                if sent >= n:
-                    sent -= n
-                    i += 1
-                else:
-                    views[i] = memoryview(views[i])[sent:]
-                    sent = 0
+            self._send_progress = time.monotonic()
+            with self._outq_lock:
+                self._consume(sent)
+
+    def _wake_reader(self) -> None:
+        """Data is left for the reader to send: make its select look at writability."""
+        if self._waiting and self._wake_w is not None:
+            try:
+                os.write(self._wake_w, b"w")
+            except (BlockingIOError, OSError):
+                pass                      # a wake-up is pending already, or we are closing
+
+    def _sent_charges(self) -> int:
+        """Take the charges of the PDUs sent in full; their sum."""
+        with self._outq_lock:
+            done = [c for end, c in self._charges if end <= self._sent]
+            if done:
+                self._charges = self._charges[len(done):]
+        return sum(done)
+
+    def _consume(self, sent: int) -> None:
+        """Drop ``sent`` bytes from the front of the queue (both locks held)."""
+        self._sent += sent
+        q, i = self._outq, 0
+        while sent and i < len(q):
+            n = len(q[i])
+            if sent >= n:
+                sent -= n
+                i += 1
+            else:
+                q[i] = memoryview(q[i])[sent:]
+                sent = 0
+        del q[:i]
+
+    def send(self, parts: list, charged: int = 0) -> None:
+        """Queue ``parts`` and wait until they are all sent (the login exchange)."""
+        self.queue(parts, charged)
+        while True:
+            self.flush()
+            if not self.unsent:
+                return
+            select.select([], [self.sock], [], self.tick)
 
 
 class PduReader:
@@ -281,32 +344,68 @@ class PduReader:
             n = self.end - self.start
             self.buf[:n] = self.mv[self.start:self.end]
             self.start, self.end = 0, n
+        conn = self.conn
         while self.end - self.start < need:
             if self.before_wait is not None:
                 self.before_wait()
+            if not self._wait_readable(sock, deadline):
+                continue
             try:
                 n = sock.recv_into(self.mv[self.end:])
-            except socket.timeout:
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise IscsiTimeout(f"target {self.conn.target[0]}:{self.conn.target[1]} "
-                                       "sent nothing before the deadline") from None
-                if self.on_tick is not None:
-                    self.on_tick()
+            except BlockingIOError:
                 continue
             except OSError as exc:
-                if self.conn.closed:
+                if conn.closed:
                     raise ConnectionLost("connection closed locally") from None
-                raise ConnectionLost(f"receive from {self.conn.target[0]}:{self.conn.target[1]} "
+                raise ConnectionLost(f"receive from {conn.target[0]}:{conn.target[1]} "
                                      f"failed: {exc.strerror or exc}") from None
             if n == 0:
                 have = self.end - self.start
                 where = f" in the middle of a PDU ({have} of {need} bytes)" if have else ""
-                raise ConnectionLost(f"target {self.conn.target[0]}:{self.conn.target[1]} "
+                raise ConnectionLost(f"target {conn.target[0]}:{conn.target[1]} "
                                      f"closed the connection{where}")
             self.end += n
             self.last_rx = time.monotonic()
             if self._on_recv is not None:
                 self._on_recv(sock, n)
+
+    def _wait_readable(self, sock: socket.socket, deadline: Optional[float]) -> bool:
+        """Wait up to a tick for data; send queued data as the socket drains meanwhile.
+
+        True when the socket is readable. On a tick with nothing to read: the caller's
+        deadline is checked, then the owner's ``on_tick`` runs.
+        """
+        conn = self.conn
+        conn._waiting = not conn.unsent   # flush() in another thread wakes us (_wake_reader)
+        writers = [] if conn._waiting else [sock]
+        wake = conn._wake_r
+        try:
+            readable, writable, _ = select.select([sock] if wake is None else [sock, wake],
+                                                  writers, [], conn.tick)
+        except (OSError, ValueError) as exc:      # closed under us by another thread
+            raise ConnectionLost(f"connection to {conn.target[0]}:{conn.target[1]}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
+        finally:
+            conn._waiting = False
+        if wake is not None and wake in readable:
+            try:
+                os.read(wake, 512)
+            except (BlockingIOError, OSError):
+                pass
+            return sock in readable
+        if readable:
+            return True
+        if writable:
+            conn.flush()                  # the window opened: send more, then wait again
+            return False
+        if deadline is not None and time.monotonic() >= deadline:
+            raise IscsiTimeout(f"target {conn.target[0]}:{conn.target[1]} "
+                               "sent nothing before the deadline")
+        if conn.unsent:
+            conn.flush()                  # raises once the window stayed shut send_timeout
+        if self.on_tick is not None:
+            self.on_tick()
+        return False
 
     def read_pdu(self, deadline: Optional[float] = None) -> Any:
         """The next PDU; its ``data`` is a memoryview valid until the next call."""

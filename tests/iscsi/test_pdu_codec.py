@@ -3,6 +3,7 @@ survives anything (property-based, hypothesis)."""
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import pytest
@@ -137,20 +138,30 @@ def test_fuzz_decoder_raises_only_project_errors(raw, hd, dd):
     assert p.spec.opcode == raw[0] & 0x3F
 
 
-class _FakeSock:
-    """Feeds bytes to a PduReader as a socket would, in random-size pieces."""
+class _PieceSock:
+    """A real socket that hands a PduReader its bytes in random-size pieces.
+
+    The bytes are in the receive queue of one end of a socket pair, whose peer has shut
+    down its sending side (so the reader sees the end of the stream); each
+    ``recv_into`` takes at most the next cut.
+    """
 
     def __init__(self, data: bytes, cuts: list[int]) -> None:
-        self.data, self.cuts, self.pos = data, cuts, 0
+        self.sock, peer = socket.socketpair()
+        peer.sendall(data)
+        peer.close()
+        self.sock.setblocking(False)
+        self.cuts = cuts
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
     def recv_into(self, view: memoryview) -> int:
-        if self.pos >= len(self.data):
-            return 0
-        step = self.cuts.pop() if self.cuts else len(self.data)
-        n = max(1, min(step, len(view), len(self.data) - self.pos))
-        view[:n] = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return n
+        step = self.cuts.pop() if self.cuts else len(view)
+        return self.sock.recv_into(view[:max(1, min(step, len(view)))])
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -158,7 +169,7 @@ class _FakeSock:
        st.booleans(), st.integers(0, 1000))
 def test_fuzz_stream_reader_raises_only_project_errors(raw, cuts, hd, dd, max_dsl):
     conn = Connection(("127.0.0.1", 9))
-    conn.sock = _FakeSock(raw, cuts)
+    conn.sock = sock = _PieceSock(raw, cuts)
     conn.header_digest, conn.data_digest = hd, dd
     reader = PduReader(conn, max_dsl=max_dsl)
     try:
@@ -166,6 +177,8 @@ def test_fuzz_stream_reader_raises_only_project_errors(raw, cuts, hd, dd, max_ds
             reader.read_pdu()
     except IscsiError:
         return
+    finally:
+        sock.close()
     pytest.fail("the reader consumed 50 PDUs from 400 bytes")
 
 
@@ -173,6 +186,7 @@ def test_reader_rejects_absurd_data_segment_length():
     conn = Connection(("127.0.0.1", 9))
     raw = bytearray(pdu.encode_pdu(pdu.DATA_IN, itt=1))
     raw[5:8] = b"\xff\xff\xff"
-    conn.sock = _FakeSock(bytes(raw), [])
+    conn.sock = sock = _PieceSock(bytes(raw), [])
     with pytest.raises(ProtocolError, match="DataSegmentLength"):
         PduReader(conn, max_dsl=262144).read_pdu()
+    sock.close()
