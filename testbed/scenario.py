@@ -3,7 +3,9 @@
 A scenario names a topology (bulk hosts, link rates, delay and loss of the client's link
 and of the trunks), the storage client (memory, policy and its knobs, dirty ratios,
 workloads), the target (LUN, CHAP), the bulk traffic, the faults to inject while the load
-runs (:mod:`testbed.faults`), how long to run, and the verdict it is expected to reach. Every key has a default, so the smallest scenario is ``name: x``.
+runs (:mod:`testbed.faults`), how long to run, and the verdict it is expected to reach. Every key
+but ``name`` and ``client.workloads`` has a default, so the smallest scenario is a name and
+one workload (a run without one would end at once, having done nothing).
 
 Variants say ``extends: other.yaml`` (a path relative to the file): the base is loaded
 first, then the variant's keys are merged over it (mappings key by key, lists and
@@ -33,8 +35,8 @@ from .errors import ConfigError
 from .faults import Fault, scenario_rules as fault_rules
 from .mm.config import MachineConfig
 from .mm.policy import POLICIES
-from .schema import (Problem, SchemaError, bounded, build, check_mirrors, mirror, mirrored,
-                     scalar_value)
+from .schema import (Problem, SchemaError, bounded, build, check_mirrors, compose_file, mirror,
+                     mirrored, scalar_value, unreadable)
 
 POLICY_NAMES = tuple(POLICIES)
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
@@ -148,6 +150,9 @@ class Scenario:
     faults: list[Fault] = field(default_factory=list)   # injected during the load (testbed.faults)
 
     def rules(self) -> Iterator[tuple[str, str]]:
+        if not self.client.workloads:   # the run would "complete" at once, having done nothing
+            yield ("client.workloads", "a scenario needs at least one workload, e.g. "
+                                       "[{kind: writer, total_mb: 16}]")
         yield from fault_rules(self.faults, self.topology.bulk_hosts, self.backend,
                                self.storage, self.deadline_s)
         if self.bulk.mode == "spoof" and self.target.initiator_port is None:
@@ -190,17 +195,10 @@ def load(name: str | Path, overrides: Optional[list[str]] = None) -> Scenario:
 
 
 def _compose(path: Path) -> yaml.Node:
-    try:
-        with open(path) as f:
-            node = yaml.compose(f, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark else 0
-        raise SchemaError([Problem(str(path), line, "", f"not valid YAML: {exc.problem}")])
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}")
-    if node is None:
-        return yaml.MappingNode("tag:yaml.org,2002:map", [])
+    node = compose_file(path)
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.value == ""):  # "" or "---"
+        raise SchemaError([Problem(str(path), 0, "", "the file is empty: a scenario needs at "
+                                   "least name: and client: workloads:")])
     if not isinstance(node, yaml.MappingNode):
         raise SchemaError([Problem(str(path), node.start_mark.line + 1, "",
                                    "a scenario is a mapping of keys (name:, client:, ...)")])
@@ -260,7 +258,9 @@ def _override_node(item: str) -> yaml.Node:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. client.policy=none")
     try:
         value = yaml.compose(raw or '""', Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
+        raise ConfigError(f"--set {key}: {raw!r} is not a valid value")
+    if value is None or unreadable(value):
         raise ConfigError(f"--set {key}: {raw!r} is not a valid value")
     _rename_marks(value, f"--set {key}")
     node = value

@@ -27,6 +27,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
 import types
 
 from collections.abc import Iterator, Mapping
@@ -187,13 +188,153 @@ _constructor = yaml.SafeLoader("")
 
 
 def scalar_value(node: yaml.Node) -> Any:
-    """The Python value of a YAML scalar node (int, float, bool, str or None)."""
-    return _constructor.construct_object(node, deep=True)
+    """The Python value of a YAML scalar node (int, float, bool, str or None).
+
+    The constructor's caches are emptied after each call: they would keep every node
+    ever read alive, and a failed call would leave the node marked as being built.
+    """
+    try:
+        return _constructor.construct_object(node, deep=True)
+    finally:
+        _constructor.constructed_objects.clear()
+        _constructor.recursive_objects.clear()
 
 
 def where(node: yaml.Node) -> tuple[str, int]:
+    """(file, 1-based line) of a node; line 0 for a node made in code without a mark."""
     mark = node.start_mark
+    if mark is None:
+        return ("<string>", 0)
     return (mark.name or "<string>", mark.line + 1)
+
+
+def compose_file(path: Union[str, "os.PathLike[str]"]) -> Optional[yaml.Node]:
+    """The node tree of one YAML file (None if it holds no document), every node marked
+    with the file and its line; whatever cannot be read raises :class:`SchemaError`
+    naming the file and the line: a syntax error, a broken alias, several documents,
+    bytes that are not UTF-8 or a control character, nesting deeper than the reader's
+    stack, and what :func:`unreadable` finds. A file that cannot be opened raises
+    :class:`ConfigError`."""
+    name = str(path)
+    try:
+        with open(path, "rb") as f:     # bytes: PyYAML decodes, and names a bad byte
+            node = yaml.compose(f, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        # The context says what the reader was doing ("expected a single document in
+        # the stream"), the problem what it found ("but found another document").
+        what = "; ".join(part for part in (exc.context, exc.problem) if part)
+        raise SchemaError([Problem(name, line, "", f"not valid YAML: {what}")]) from None
+    except yaml.reader.ReaderError as exc:
+        raise SchemaError([Problem(name, _reader_line(path, exc), "",
+                                   f"not valid YAML: {_first_line(exc)}")]) from None
+    except RecursionError:
+        raise SchemaError([Problem(name, _too_deep_line(path), "",
+                                   "not valid YAML: nested too deeply")]) from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
+    found = unreadable(node) if node is not None else []
+    if found:
+        raise SchemaError(found)
+    return node
+
+
+_READER_DEPTH = 64      # far deeper than any section of a configuration
+
+
+def _reader_line(path: Any, exc: yaml.reader.ReaderError) -> int:
+    """The line of a ReaderError: its position counts characters of the decoded text
+    (a control character) or bytes (an undecodable byte)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    if exc.encoding == "unicode":
+        return data.decode("utf-8", errors="replace")[:exc.position].count("\n") + 1
+    return data[:exc.position].count(b"\n") + 1
+
+
+def _too_deep_line(path: Any) -> int:
+    """The line where a file's nesting first goes deeper than :data:`_READER_DEPTH`
+    (the parser's events come without recursion, unlike the composer's nodes)."""
+    depth = 0
+    try:
+        with open(path, "rb") as f:
+            for event in yaml.parse(f, Loader=yaml.SafeLoader):
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+                    if depth > _READER_DEPTH:
+                        return event.start_mark.line + 1
+                elif isinstance(event, yaml.CollectionEndEvent):
+                    depth -= 1
+    except (yaml.YAMLError, OSError, RecursionError):
+        pass
+    return 0
+
+
+def unreadable(root: yaml.Node) -> list[Problem]:
+    """What in a composed node tree the checker cannot even read, each with its place:
+    a scalar no constructor accepts (``!!bool maybe``, ``!!python/name:...``), a key that
+    is a mapping or a list, a key given twice in one mapping, an alias inside the node it
+    names (a cycle). The tree is walked once, without recursion, so aliases that share
+    nodes cost nothing extra and no depth of nesting can exhaust the stack."""
+    found: list[Problem] = []
+
+    def problem(node: yaml.Node, key: str, message: str) -> None:
+        found.append(Problem(*where(node), key, message))
+
+    state: dict[int, bool] = {}        # id -> True while its subtree is walked, then False
+    stack: list[tuple[yaml.Node, str, bool]] = [(root, "", False)]
+    while stack:
+        node, key, leaving = stack.pop()
+        if leaving:
+            state[id(node)] = False
+            continue
+        if id(node) in state:
+            if state[id(node)]:
+                problem(node, key, "an alias refers to a node that contains it (a cycle)")
+            continue
+        state[id(node)] = True
+        stack.append((node, key, True))
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                scalar_value(node)
+            except Exception as exc:   # any constructor failure is the input's fault
+                problem(node, key, f"cannot read the value {node.value[:40]!r} as {node.tag}: "
+                                   f"{_first_line(exc)}")
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{key}[{i}]", False) for i, item in reversed(list(enumerate(node.value))))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(reversed(list(_key_problems(node, key, problem))))
+    return found
+
+
+def _key_problems(node: yaml.MappingNode, key: str, problem: Any) -> Iterator[tuple[yaml.Node, str, bool]]:
+    """Check one mapping's keys; yield its values to walk, each with its dotted key."""
+    seen: dict[Any, int] = {}
+    for knode, vnode in node.value:
+        if not isinstance(knode, yaml.ScalarNode):
+            problem(knode, key, "a key must be a plain name, not a mapping or a list")
+            continue
+        try:
+            name = scalar_value(knode)
+            hash(name)
+        except Exception as exc:
+            problem(knode, key, f"cannot read the key {knode.value[:40]!r}: {_first_line(exc)}")
+            continue
+        sub = f"{key}.{name}" if key else str(name)
+        if name in seen:
+            problem(knode, sub, f"given twice (first on line {seen[name]})")
+        else:
+            seen[name] = where(knode)[1]
+        yield (vnode, sub, False)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 class Nodes:
@@ -272,6 +413,36 @@ class Values:
 
 # -- the checker ----------------------------------------------------------------------
 
+class Unknown(Exception):
+    """Raised when a cross-field rule reads a field whose value is :data:`INVALID`."""
+
+
+class _Invalid:
+    """The value of a field that is already reported as wrong, while the rules run.
+
+    Reading it in any way (an attribute, a comparison, arithmetic, truth, length)
+    raises :class:`Unknown`, which ends that object's rules quietly: a rule must not
+    report a second, misleading problem from a value that is not there.
+    """
+
+    __slots__ = ()
+
+    def _unknown(self, *args: Any) -> Any:
+        raise Unknown()
+
+    __getattr__ = __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = _unknown
+    __bool__ = __len__ = __iter__ = __contains__ = __getitem__ = __hash__ = _unknown
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _unknown
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _unknown
+    __neg__ = __abs__ = __int__ = __float__ = __index__ = _unknown
+
+    def __repr__(self) -> str:
+        return "<invalid>"
+
+
+INVALID = _Invalid()
+
+
 class Builder:
     """Builds dataclasses from a source, or checks instances in place; collects problems.
 
@@ -331,7 +502,12 @@ class Builder:
         if self.src.shape(h) != LIST:
             self.problem(h, key, f"expected a list, got {self._describe(h)}", "a list")
             return []
-        return [self.build(item, e, f"{key}[{i}]") for i, e in enumerate(self.src.elements(h))]
+        out = []
+        for i, e in enumerate(self.src.elements(h)):
+            before = len(self.problems)
+            value = self.build(item, e, f"{key}[{i}]")
+            out.append(INVALID if value is None and len(self.problems) > before else value)
+        return out
 
     def _dict(self, kv: tuple, h: Any, key: str) -> dict:
         if self.src.shape(h) != MAPPING:
@@ -385,23 +561,31 @@ class Builder:
                 continue
             given[name] = vh
         kwargs = {}
-        before = len(self.problems)
+        start = len(self.problems)
         for name, f in fields.items():
             sub = f"{key}.{name}" if key else name
             if name in given:
-                kwargs[name] = self._field(f, hints[name], given[name], sub)
+                before = len(self.problems)
+                value = self._field(f, hints[name], given[name], sub)
+                if len(self.problems) > before and not _is_partial(value):
+                    value = INVALID     # a rule that reads it is skipped, not misled
+                kwargs[name] = value
             elif f.default is MISSING and f.default_factory is MISSING:
                 self.problem(h, sub, "is required")
-        if len(self.problems) > before:
-            return None     # the rules below may assume well-formed fields
+                kwargs[name] = INVALID
         if isinstance(h, tp):
-            obj = h         # an instance is checked in place, not copied
+            if len(self.problems) > start:
+                return None     # an instance's bad values are real: its rules could trip
+            obj = h             # an instance is checked in place, not copied
         else:
             try:
                 obj = tp(**{k: v for k, v in kwargs.items() if v is not None or _optional(hints[k])})
-            except (TypeError, ConfigError) as exc:
-                self.problem(h, key, str(exc))
+            except (TypeError, ConfigError, Unknown) as exc:
+                if len(self.problems) == start:
+                    self.problem(h, key, str(exc))
                 return None
+        # The rules run even when a field is wrong, so that every mistake of a file is
+        # reported at once; a rule stops where it reads a field that is INVALID.
         self._rules(obj, h, key)
         return obj
 
@@ -431,9 +615,25 @@ class Builder:
         rules = getattr(obj, "rules", None)
         if not callable(rules):
             return
-        for rel, message in rules():
-            parts = _split_path(rel)
-            self.problem(self.src.find(h, parts) or h, _join(key, parts), message)
+        try:
+            for rel, message in rules():
+                parts = _split_path(rel)
+                self.problem(self._nearest(h, parts), _join(key, parts), message)
+        except Unknown:
+            pass        # the rule read a field already reported as wrong
+
+    def _nearest(self, h: Any, parts: list[str]) -> Any:
+        """The handle of a relative key, or of its nearest ancestor that is there and in
+        the same file (a rule may name a key the file left out: its section's line is
+        the place, unless that section came from elsewhere, e.g. a --set)."""
+        found = self.src.find(h, parts)
+        if found is not None:
+            return found
+        for n in range(len(parts) - 1, 0, -1):
+            found = self.src.find(h, parts[:n])
+            if found is not None and self.src.place(found)[0] == self.src.place(h)[0]:
+                return found
+        return h
 
     def _describe(self, h: Any) -> str:
         shape = self.src.shape(h)
@@ -487,6 +687,11 @@ def _is_instance(value: Any) -> bool:
     return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
+def _is_partial(value: Any) -> bool:
+    """A built section or list that holds wrong parts: its right parts stay readable."""
+    return _is_instance(value) or isinstance(value, (list, dict))
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -521,4 +726,4 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 __all__ = ["Bounds", "Builder", "Nodes", "Problem", "SchemaError", "Source", "Values",
            "bounded", "bounds_of", "build", "check_mirrors", "mirror", "mirrored",
-           "problems", "scalar_value", "validate", "where"]
+           "compose_file", "problems", "scalar_value", "unreadable", "validate", "where"]

@@ -48,7 +48,11 @@ class WorkloadConfig:
 class MachineConfig:
     """Memory, policy, writeback and workloads of the storage client."""
 
-    memory_mb: int = bounded(64, min=4)
+    # At most 16 GiB: a large machine of the 2005-2012 era these policies come from (a
+    # 2012 server had 8-32 GiB, a 2005 desktop 0.5-2). The page cache keeps each page's
+    # bytes in the storage client's process, so memory_mb is real RAM here too, and this
+    # project's development machine has 24 GiB for the client, tgtd and everything else.
+    memory_mb: int = bounded(64, min=4, max=16384)
     min_free_kbytes: Optional[int] = bounded(None, min=16)  # None: clamp(int_sqrt(kbytes * 16), 128, 262144)
     watermark_scale_factor: int = bounded(10, min=1, max=3000)
     policy: PolicyName = "gorman-3.6"

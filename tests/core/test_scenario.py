@@ -11,6 +11,10 @@ from testbed.errors import ConfigError
 from testbed.schema import SchemaError
 
 
+# Every scenario needs a workload (a run without one would do nothing).
+WORK = "client:\n  workloads: [{kind: writer}]\n"
+
+
 def write(tmp_path: Path, name: str, text: str) -> Path:
     p = tmp_path / name
     p.write_text(text)
@@ -22,7 +26,7 @@ def problems(exc: SchemaError) -> list[tuple[int, str]]:
 
 
 def test_smallest_scenario_gets_every_default(tmp_path):
-    s = scenario.load(write(tmp_path, "s.yaml", "name: tiny\n"))
+    s = scenario.load(write(tmp_path, "s.yaml", "name: tiny\n" + WORK))
     assert s.name == "tiny" and s.expect == "completed"
     assert s.topology.bulk_hosts == 3 and s.client.policy == "gorman-3.6"
     assert s.topology.params().n == 3
@@ -50,7 +54,7 @@ client:
 
 
 def test_overrides_apply_last_and_are_typed(tmp_path):
-    p = write(tmp_path, "s.yaml", "name: s\n")
+    p = write(tmp_path, "s.yaml", "name: s\n" + WORK)
     s = scenario.load(p, ["client.policy=none", "topology.bulk_hosts=5", "capture=true"])
     assert (s.client.policy, s.topology.bulk_hosts, s.capture) == ("none", 5, True)
     with pytest.raises(SchemaError) as e:
@@ -87,7 +91,7 @@ bulk: {mode: udpp}
 
 
 def test_policy_typo_is_named(tmp_path):
-    p = write(tmp_path, "s.yaml", "name: s\nclient:\n  policy: philips-2005\n")
+    p = write(tmp_path, "s.yaml", "name: s\nclient:\n  policy: philips-2005\n  workloads: [{kind: writer}]\n")
     with pytest.raises(SchemaError) as e:
         scenario.load(p)
     assert problems(e.value) == [(3, "client.policy")]
@@ -95,7 +99,7 @@ def test_policy_typo_is_named(tmp_path):
 
 
 def test_error_in_base_file_names_the_base(tmp_path):
-    base = write(tmp_path, "base.yaml", "name: b\nduration_s: soon\n")
+    base = write(tmp_path, "base.yaml", "name: b\nduration_s: soon\n" + WORK)
     v = write(tmp_path, "v.yaml", "extends: base.yaml\nname: v\n")
     with pytest.raises(SchemaError) as e:
         scenario.load(v)
@@ -136,34 +140,34 @@ def test_expect_by_policy_overrides_expect(tmp_path):
     p = write(tmp_path, "s.yaml", """name: s
 expect: completed
 expect_by_policy: {none: lockup, reserve-only: lockup}
-client: {policy: none}
+client: {policy: none, workloads: [{kind: writer}]}
 """)
     assert scenario.load(p).expected == "lockup"
     assert scenario.load(p, ["client.policy=gorman-3.6"]).expected == "completed"
-    bad = write(tmp_path, "b.yaml", "name: b\nexpect_by_policy: {nnoe: lockup, gorman-3.6: fine}\n")
+    bad = write(tmp_path, "b.yaml", "name: b\nexpect_by_policy: {nnoe: lockup, gorman-3.6: fine}\n" + WORK)
     with pytest.raises(SchemaError) as e:
         scenario.load(bad)
     assert [pr.key for pr in e.value.problems] == ["expect_by_policy", "expect_by_policy.gorman-3.6"]
 
 
 def test_an_empty_mapping_clears_the_base(tmp_path):
-    write(tmp_path, "base.yaml", "name: b\nexpect_by_policy: {none: lockup}\n")
+    write(tmp_path, "base.yaml", "name: b\nexpect_by_policy: {none: lockup}\n" + WORK)
     v = scenario.load(write(tmp_path, "v.yaml", "extends: base.yaml\nname: v\nexpect_by_policy: {}\n"))
     assert v.expect_by_policy == {}
 
 
 def test_trunk_links_are_scenario_keys_checked_where_the_topology_declares_them(tmp_path):
-    bad = write(tmp_path, "bad.yaml", "name: t\ntopology:\n  bulk_hosts: 2\n  trunk_loss_pct: 150\n")
+    bad = write(tmp_path, "bad.yaml", "name: t\ntopology:\n  bulk_hosts: 2\n  trunk_loss_pct: 150\n" + WORK)
     with pytest.raises(SchemaError) as e:
         scenario.load(bad)
     (pr,) = e.value.problems
     assert (pr.file, pr.line, pr.key) == (str(bad), 4, "topology.trunk_loss_pct")
     assert pr.message == "150.0 is above the maximum 100"
     assert str(pr) == f"{bad}:4: topology.trunk_loss_pct: 150.0 is above the maximum 100"
-    good = write(tmp_path, "good.yaml", "name: t\ntopology: {trunk_delay_ms: 5, trunk_loss_pct: 0.5}\n")
+    good = write(tmp_path, "good.yaml", "name: t\ntopology: {trunk_delay_ms: 5, trunk_loss_pct: 0.5}\n" + WORK)
     params = scenario.load(good).topology.params()
     assert (params.trunk_delay, params.trunk_loss) == (5.0, 0.5)
-    assert scenario.load(write(tmp_path, "s.yaml", "name: s\n")).topology.params().trunk_loss == 0.0
+    assert scenario.load(write(tmp_path, "s.yaml", "name: s\n" + WORK)).topology.params().trunk_loss == 0.0
 
 
 def test_every_topology_parameter_is_a_scenario_key():
