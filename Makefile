@@ -7,8 +7,9 @@ TESTBED := .venv/bin/testbed
 setup:
 	@scripts/setup.sh
 
+# A previous runs/demo is moved aside to runs/demo.old-<time> (--force), never deleted.
 demo: setup
-	$(TESTBED) compare scenarios/contention.yaml --policies none,reserve-only,phillips-2005,phillips-2005-threshold,gorman-3.6 --out runs/demo
+	$(TESTBED) compare scenarios/contention.yaml --policies none,reserve-only,phillips-2005,phillips-2005-threshold,gorman-3.6 --out runs/demo --force
 
 test: setup
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -102,3 +103,37 @@ def test_compare_and_report(tmp_path):
     assert r.returncode == 0 and (out / "report.html").exists() and (out / "compare.png").exists()
     html = (out / "report.html").read_text()
     assert "none/report.html" in html and "gorman-3.6/report.html" in html
+
+
+def test_a_run_is_recorded_in_the_results_store(tmp_path):
+    """A real run's row: what its folder says, with the code and the machine; the same
+    row again after --rebuild from the folders."""
+    db = tmp_path / "runs" / "results.db"
+    out = tmp_path / "runs" / "baseline"
+    env = {**os.environ, "TESTBED_RESULTS_DB": str(db)}
+    r = subprocess.run(TESTBED + ["run", "baseline", "--out", str(out)], capture_output=True,
+                       text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning" not in r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    rows = []
+    for argv in ([], ["--rebuild"]):
+        export = tmp_path / f"runs{len(rows)}.csv"
+        r = subprocess.run(TESTBED + ["results", "--scenario", "baseline", "--export",
+                                      str(export)] + argv,
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 0, r.stderr
+        with open(export, newline="") as f:
+            rows.append(list(csv.DictReader(f)))
+    before, after = rows
+    assert len(before) == 1
+    (row,) = before
+    assert row["path"] == str(out.resolve()) and row["command"] == "run"
+    assert (row["scenario"], row["policy"], row["verdict"]) == (
+        "baseline", summary["policy"], summary["verdict"])
+    assert float(row["duration_s"]) == summary["duration_s"]
+    assert float(row["time_s"]) == summary["writeback"]["time_s"]
+    assert row["code_version"] and row["hostname"] == os.uname().nodename
+    assert float(row["timing.run"]) == summary["timings"]["run"]
+    assert [{k: v for k, v in r.items() if k != "recorded"} for r in after] == \
+        [{k: v for k, v in row.items() if k != "recorded"}]
