@@ -5,9 +5,10 @@ A run folder's ``summary.json`` (and its metric streams) and a batch folder's
 run (verdict, time to the outcome, drops, its label and parameters), :class:`Batch` is a
 compare or sweep folder (its title and the runs ``runs.json`` lists, with the parameters
 stored there, never parsed back from labels); a run's ``provenance.json`` (the command,
-code version and machine that :mod:`testbed.store` records) is read here too. Each rule, such as "the time of a run is
-the lockup's, or the end of writeback", is written once here; the report, the plots, the
-CLI and the graders' readers call it. Runs group by policy or by grid point
+code version and machine that :mod:`testbed.store` records) is read here too. Each
+rule, such as "the time of a run is the lockup's, or the end of writeback", is written
+once here; the report, the plots, the CLI, the graders' readers and the results store
+call it. Runs group by policy or by grid point
 (:func:`verdict_counts`), which is how repeated runs are counted. The comparison table is
 data (:class:`Table`, plain strings); ``report/html.py`` and the CLI each render it.
 
