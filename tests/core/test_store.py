@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import re
 import sqlite3
@@ -84,7 +85,8 @@ def test_a_run_is_recorded_with_its_figures_provenance_and_timings(tmp_path, cap
     (rec,) = query(db)
     run = results.read_run(folder)
     assert run is not None
-    assert (rec.path, rec.batch, rec.command, rec.label) == (str(folder.resolve()), None, "run", "tiny")
+    assert (rec.path, rec.batch, rec.command, rec.label) == (
+        str(folder.resolve()), None, "run", "tiny")
     assert (rec.scenario, rec.policy, rec.verdict, rec.expected, rec.status) == (
         "tiny", "none", "lockup", "completed", "finished")
     # every figure is the one testbed.results computes from the folder
@@ -104,7 +106,7 @@ def test_a_run_is_recorded_with_its_figures_provenance_and_timings(tmp_path, cap
     assert rec.started < rec.ended
 
 
-def test_recording_a_folder_again_replaces_its_row_and_a_run_never_started_is_not_recorded(tmp_path):
+def test_recording_again_replaces_the_row_and_a_run_never_started_is_left_out(tmp_path):
     db = tmp_path / "results.db"
     folder = run_folder(tmp_path / "r", full_summary("completed"))
     assert store.record_run(folder, "run", db=db)
@@ -118,7 +120,8 @@ def test_recording_a_folder_again_replaces_its_row_and_a_run_never_started_is_no
 def test_a_batch_is_queried_by_scenario_policy_param_verdict_and_date(tmp_path):
     db = tmp_path / "runs" / "results.db"
     record_batch(sweep_folder(tmp_path / "runs" / "sweep"), db)
-    other = run_folder(tmp_path / "runs" / "base", full_summary("completed", "none", scenario="baseline"))
+    other = run_folder(tmp_path / "runs" / "base",
+                       full_summary("completed", "none", scenario="baseline"))
     store.record_run(other, "run", db=db)
     assert len(query(db)) == 5
     assert [r.scenario for r in query(db, scenario="baseline")] == ["baseline"]
@@ -136,7 +139,8 @@ def test_a_batch_is_queried_by_scenario_policy_param_verdict_and_date(tmp_path):
     # dates: everything started after yesterday, nothing after tomorrow
     assert len(query(db, since=store.utc(time.time() - 86400))) == 5
     assert query(db, since=store.utc(time.time() + 86400)) == []
-    assert {r.batch for r in query(db, command="sweep")} == {str((tmp_path / "runs" / "sweep").resolve())}
+    assert {r.batch for r in query(db, command="sweep")} == {
+        str((tmp_path / "runs" / "sweep").resolve())}
 
 
 def test_the_cli_prints_the_matching_runs_and_refuses_bad_filters(tmp_path, capsys):
@@ -149,7 +153,8 @@ def test_the_cli_prints_the_matching_runs_and_refuses_bad_filters(tmp_path, caps
     rows = {line.split()[5]: line for line in out[1:3]}     # params: key=value pairs
     assert " lockup " in rows["client.reserve_pages=0"]
     assert " none " in rows["client.reserve_pages=100"]      # the run without a verdict
-    for argv, text in ((["--param", "topology.bulk_hosts"], "--param 'topology.bulk_hosts': expected KEY=VALUE"),
+    for argv, text in ((["--param", "topology.bulk_hosts"],
+                        "--param 'topology.bulk_hosts': expected KEY=VALUE"),
                        (["--since", "yesterday"], "--since 'yesterday': expected an ISO 8601 date"),
                        (["--export", str(tmp_path / "x.xlsx")], "must end in .csv or .parquet")):
         assert main(["results", "--db", str(db)] + argv) == 1
@@ -206,7 +211,8 @@ def test_parquet_export_reads_back_as_the_run_folders(tmp_path):
     base = sweep_folder(tmp_path / "runs" / "sweep")
     record_batch(base, db)
     out = tmp_path / "campaign.parquet"
-    assert main(["results", "--db", str(db), "--policy", "phillips-2005", "--export", str(out)]) == 0
+    assert main(["results", "--db", str(db), "--policy", "phillips-2005",
+                 "--export", str(out)]) == 0
     table = pq.read_table(out)
     got = sorted(table.to_pylist(), key=lambda row: row["path"])
     assert str(table.schema.field("lowest_free_pages").type) == "double"
@@ -339,10 +345,31 @@ def test_a_locked_database_costs_one_warning_and_the_run_stands(tmp_path, monkey
         holder.close()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "database is locked" in err[0] and "--rebuild" in err[0], err
-    assert all(results.read_run(f).verdict == "lockup" for f in folders)    # type: ignore[union-attr]
+    assert [r.verdict for r in map(results.open_run, folders)] == ["lockup"] * 3
     assert len(query(db)) == 1
     store.rebuild(db, extra_roots=[tmp_path])
     assert len(query(db)) == 4
+
+
+def _record_all(folders: list[Path], db: Path) -> None:
+    """A child process: record each folder; exit 1 if any was not recorded."""
+    ok = all(store.record_run(f, "sweep", db=db) for f in folders)
+    os._exit(0 if ok else 1)
+
+
+def test_runs_that_end_at_the_same_time_are_all_recorded(tmp_path):
+    """Parallel writers (workers of one campaign) wait for the write lock in turn."""
+    db = tmp_path / "results.db"
+    groups = [[run_folder(tmp_path / f"w{w}" / f"r{i}", full_summary()) for i in range(15)]
+              for w in range(4)]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_record_all, args=(g, db)) for g in groups]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert len(query(db)) == 60
 
 
 def test_an_unwritable_database_costs_one_warning(tmp_path, capsys):
