@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Literal, Optional
 
 from .errors import TestbedError
-from .schema import bounded
+from .schema import Unknown, bounded
 
 TRIGGERS = ("free_at_min", "first_storage_drop")
 Trigger = Literal[TRIGGERS]
@@ -144,7 +144,7 @@ class BulkCrash(FaultBase):
 
     def rules(self) -> Iterator[tuple[str, str]]:
         yield from super().rules()
-        if not re.fullmatch(r"bulk[1-9][0-9]*", self.host):
+        if isinstance(self.host, str) and not re.fullmatch(r"bulk[1-9][0-9]*", self.host):
             yield ("host", f"{self.host!r} is not a bulk host (bulk1, bulk2, ...)")
 
     @property
@@ -481,20 +481,48 @@ def switch_port(network: Any, host: str) -> SwitchPort:
 
 def scenario_rules(faults: list[FaultBase], bulk_hosts: int, backend: str, storage: str,
                    deadline_s: float) -> Iterator[tuple[str, str]]:
-    """What a fault list needs of the rest of the scenario: (key, message) pairs."""
-    for i, f in enumerate(faults):
-        key = f"faults[{i}]"
-        if backend != "mininet":
-            yield (f"{key}.kind", f"faults are injected on the Mininet backend only, "
-                                  f"not {backend}")
-        if f.kind.startswith("target_") and storage != "iscsi":
-            yield (f"{key}.kind", f"{f.kind} needs storage: iscsi (there is no target)")
-        for h in f.hosts:
-            problem = host_problem(h, bulk_hosts)
-            if problem:
-                yield (f"{key}.host", problem)
-        if f.at_s is not None and f.when is None and f.at_s >= deadline_s:
-            yield (f"{key}.at_s", f"{f.at_s} is not before deadline_s ({deadline_s})")
+    """What a fault list needs of the rest of the scenario: (key, message) pairs.
+
+    A value already reported as wrong (``schema.INVALID``) skips the checks that read
+    it, one fault at a time, so the other faults and the scenario's other rules are
+    still checked.
+    """
+    try:
+        listed = list(faults)
+    except Unknown:
+        return
+    for i, f in enumerate(listed):
+        yield from _fault_rules(f"faults[{i}]", f, bulk_hosts, backend, storage, deadline_s)
+
+
+def _fault_rules(key: str, f: FaultBase, bulk_hosts: int, backend: str, storage: str,
+                 deadline_s: float) -> list[tuple[str, str]]:
+    checks: list[Callable[[], Optional[tuple[str, str]]]] = [
+        lambda: (f"{key}.kind", f"faults are injected on the Mininet backend only, not "
+                                f"{backend}") if backend != "mininet" else None,
+        lambda: (f"{key}.kind", f"{f.kind} needs storage: iscsi (there is no target)")
+        if f.kind.startswith("target_") and storage != "iscsi" else None,
+        lambda: (f"{key}.at_s", f"{f.at_s} is not before deadline_s ({deadline_s})")
+        if f.at_s is not None and f.when is None and f.at_s >= deadline_s else None,
+    ]
+    checks += [lambda h=h: (f"{key}.host", host_problem(h, bulk_hosts))
+               if host_problem(h, bulk_hosts) else None for h in _hosts(f)]
+    out = []
+    for check in checks:
+        try:
+            got = check()
+        except Unknown:       # it reads a value already reported
+            continue
+        if got is not None:
+            out.append(got)
+    return out
+
+
+def _hosts(f: FaultBase) -> tuple[str, ...]:
+    try:
+        return tuple(f.hosts)
+    except (Unknown, AttributeError):
+        return ()
 
 
 def describe(spec: FaultBase) -> dict[str, Any]:

@@ -153,14 +153,15 @@ class Scenario:
         if not self.client.workloads:   # the run would "complete" at once, having done nothing
             yield ("client.workloads", "a scenario needs at least one workload, e.g. "
                                        "[{kind: writer, total_mb: 16}]")
-        yield from fault_rules(self.faults, self.topology.bulk_hosts, self.backend,
-                               self.storage, self.deadline_s)
         if self.bulk.mode == "spoof" and self.target.initiator_port is None:
             yield ("bulk.mode", "spoof needs target.initiator_port (the port of the flow "
                                 "the bulk hosts claim)")
         if self.deadline_s < self.duration_s:
             yield ("deadline_s", f"{self.deadline_s} must not be shorter than duration_s "
                                  f"({self.duration_s})")
+        # last: a fault list already reported as wrong ends only its own checks
+        yield from fault_rules(self.faults, self.topology.bulk_hosts, self.backend,
+                               self.storage, self.deadline_s)
 
     @property
     def expected(self) -> str:

@@ -251,3 +251,26 @@ def test_faults_in_the_summary_with_bytes_before_and_after(tmp_path):
     assert (f["t"], f["end_t"], f["outcome"], f["end_outcome"]) == (1.0, 2.0, "ok: killed", "ok: back")
     assert (f["written_back_before_bytes"], f["written_back_after_bytes"]) == (40, 60)
     assert summ.faults(tmp_path / "none", samples) == []
+
+
+def test_broken_faults_come_with_every_other_mistake(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("""name: f
+deadline_s: 10
+duration_s: 20
+topology: {bulk_hosts: 2}
+client:
+  workloads: [{kind: writer}]
+faults:
+  - {kind: bulk_crash, host: [1], at_s: 1}
+  - {kind: link_down, host: {a: 1}, at_s: 1}
+  - {kind: target_pause, at_s: x}
+  - 7
+  - {kind: link_up, host: bulk9, at_s: 30}
+""")
+    with pytest.raises(SchemaError) as e:
+        scenario.load(p)
+    got = sorted((x.line, x.key) for x in e.value.problems)
+    assert got == [(2, "deadline_s"), (8, "faults[0].host"), (9, "faults[1].host"),
+                   (10, "faults[2].at_s"), (11, "faults[3]"), (12, "faults[4].at_s"),
+                   (12, "faults[4].host")]
