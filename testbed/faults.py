@@ -360,7 +360,8 @@ class Injector:
         with open(self.records, "a") as f:
             f.write(json.dumps(line) + "\n")
         if self.plant.say is not None:
-            self.plant.say(f"  t={line['t']:5.1f}s fault {a.index} {a.spec.kind} {phase}: {outcome}")
+            self.plant.say(f"  fault {a.index} {a.spec.kind} {phase} at load t={line['t']:.1f}s: "
+                           f"{outcome}")
 
     # -- the kinds ------------------------------------------------------------------------
 

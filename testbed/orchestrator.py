@@ -274,6 +274,8 @@ class Orchestrator:
         """The scenario's faults, injected from the watch loop (testbed.faults)."""
         if not self.scenario.faults:
             return
+        if self.given_network is not None:     # compose, swarm: its nodes are not ours
+            raise TestbedError("faults are injected only on a network this run brings up")
         self.faults = Injector(self.scenario.faults, Plant(
             run_dir=run.dir, network=net, procs=self.procs,
             start_target=lambda: self._start_target(net, run),
