@@ -29,7 +29,8 @@ EXPORTERS = {".csv": store.export_csv, ".parquet": store.export_parquet}
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="query, export or rebuild the results database",
-                       description=__doc__.split("\n\n")[0])
+                       description="Query, export (CSV, Parquet) or rebuild the database "
+                                   "that records every run (docs/results.md).")
     p.add_argument("--db", type=Path, help=f"the database (default: ${store.ENV}, else "
                                            f"runs/{store.DB_NAME})")
     p.add_argument("--scenario", help="the scenario's name, e.g. contention")
