@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 TESTBED := .venv/bin/testbed
 
-.PHONY: setup demo test claims bench clean lint images
+.PHONY: setup demo test claims fuzz bench clean lint images
 
 setup:
 	@scripts/setup.sh
@@ -18,6 +18,11 @@ test: setup
 # (about 20 minutes; the README's table). Not part of `make test`.
 claims: setup
 	$(TESTBED) claims scenarios/contention.yaml --repeat 10
+
+# 10,000 broken scenario files and 10,000 broken frames, with the counts (about 2 minutes;
+# make test runs a few hundred of each).
+fuzz: setup
+	$(PY) -m tests.support.fuzz --cases 10000 --frames 10000
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

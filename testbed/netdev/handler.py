@@ -7,6 +7,7 @@ would do, charging every buffer to the emulated memory (:mod:`testbed.mm`).
 Receive path, per frame read from the wire's rx ring::
 
     link     paused / fault hooks / random loss   -> drop FAULT or LINK_LOSS (no skb)
+             shorter than an Ethernet header      -> drop MALFORMED (no skb)
     driver   skb = mm.netdev_alloc_skb(dev, len)  -> drop NOMEM / RESERVE_CAP (reason from mm)
              fast header parse                    -> drop MALFORMED (skb freed)
              flow = flows.lookup(5-tuple)            class memalloc if sk is SOCK_MEMALLOC
@@ -71,6 +72,7 @@ BURST = 64                  # frames taken from one end before serving the other
 OFFLOADED = TP_STATUS_CSUMNOTREADY | TP_STATUS_COPY
 TP_KERNEL = bytes(4)        # tp_status = TP_STATUS_KERNEL: the slot is the kernel's again
 MALFORMED_SAMPLES = 8       # explanations of recent malformed frames kept for the metrics
+RUNT = headers.ETH_LEN      # shorter frames are dropped before an skb is allocated
 
 
 class PacketHandler:
@@ -368,6 +370,12 @@ class PacketHandler:
                             continue
                     if status & OFFLOADED:       # partial checksum or a GSO frame
                         self._note_offload(RX, fbuf[start], fbuf[start + 1])
+                    if flen < RUNT:
+                        # No Ethernet header (only a failed oversize read gives one): a
+                        # runt, dropped before an skb is allocated for it, as a NIC does.
+                        drop(t, RX, cls, DropReason.MALFORMED, flen, fbuf[start:end])
+                        self._malformed(bytes(fbuf[start + VH:end]))
+                        continue
                     skb = rx_alloc(dev, flen)
                     if skb.__class__ is DropReason:
                         drop(t, RX, cls, skb, flen, fbuf[start:end])

@@ -250,6 +250,8 @@ def explain(frame: Buffer) -> str:
             return f"ipv4: tot_len {ip['tot_len']} < header length {hlen}"
         if l3 + ip["tot_len"] > end:
             return f"ipv4: tot_len {ip['tot_len']} beyond the frame ({end - l3} bytes)"
+        if ip["frag_off"] & _IP_MF_OFFSET:
+            return ""       # a fragment: its transport header is checked after reassembly
         proto, l4, l4_end = ip["proto"], l3 + hlen, l3 + ip["tot_len"]
     elif etype == ETH_P_IPV6:
         if end - l3 < IPV6_LEN:
