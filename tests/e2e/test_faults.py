@@ -146,3 +146,27 @@ def test_ctrl_c_while_the_target_is_stopped_resumes_it_and_leaves_nothing(tmp_pa
     assert fault["kind"] == "target_pause" and fault["end_outcome"].endswith("resumed")
     assert_nothing_left(run_id(out))
     assert_untouched(before, snapshot())
+
+
+def test_a_trigger_free_at_min_on_the_built_in_restart_scenario(tmp_path):
+    """faults-target-restart with its restart moved to the moment free memory first
+    reaches min: the session is reinstated with memory at min, and under gorman-3.6
+    the run still completes with nothing lost (the reconnected socket is SOCK_MEMALLOC,
+    as every connection of the initiator)."""
+    out = tmp_path / "trigger"
+    r = subprocess.run(TESTBED + ["run", "faults-target-restart", "--out", str(out), "--set",
+                                  "faults=[{kind: target_restart, when: free_at_min, pause_s: 1}]"],
+                       capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    [fault] = summary["faults"]
+    assert fault["when"] == "free_at_min" and fault["outcome"].startswith("ok")
+    at_min = next(s["t"] for s in read_ndjson(out / "client.ndjson")
+                  if "free" in s and s["free"] <= s["wmark_min"])
+    assert at_min <= fault["t"] <= at_min + 1.0       # the injector polls every 0.2 s
+    [episode] = summary["recoveries"]
+    assert episode["reinstated_t"] is not None and episode["resumed_after_s"] is not None
+    assert summary["integrity"]["mismatches"] == 0 and summary["integrity"]["checked"]
+    assert fault["written_back_before_bytes"] > 0 and fault["written_back_after_bytes"] > 0
+    assert summary["verdict"] == "completed"
+    assert_nothing_left(run_id(out))
