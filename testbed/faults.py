@@ -33,8 +33,8 @@ teardown, also on Ctrl-C or an error, before the network goes. At the normal end
 :meth:`Injector.finish` undoes what is still in progress, so the read-back finds a
 target serving (a target still down is started again).
 
-**Records.** Every start and end of a fault is a line of ``faults.ndjson`` in the run
-folder (``t`` on the client's axis, ``index``, ``kind``, ``phase``, ``params``,
+**Records.** Every start and end of a fault, and a fault the load never reached
+(``phase: skipped``), is a line of ``faults.ndjson`` in the run folder (``t`` on the client's axis, ``index``, ``kind``, ``phase``, ``params``,
 ``outcome``); :mod:`testbed.report.summary` turns them into ``summary.json``'s
 ``faults`` list and the plots' markers. A fault that could not be done says why in its
 ``outcome`` and the run is ``degraded``.
@@ -293,10 +293,17 @@ class Injector:
 
     def finish(self) -> None:
         """The load is over: end every fault still in progress (a target still down is
-        started again, so the read-back finds it serving)."""
+        started again, so the read-back finds it serving), and record those it never
+        reached (a trigger that never held, a time after the end)."""
+        self._read_client()
         for a in self.faults:
             if a.started_t is not None and not a.ended and a.undo is not None:
                 self._end(a)
+            elif a.started_t is None:
+                a.ended = True
+                why = (f"trigger {a.spec.when} never held" if a.spec.when is not None
+                       and a.spec.when not in self.triggered else "the load ended first")
+                self._record(a, "skipped", f"not reached: {why}")
 
     def abort(self) -> None:
         """Interrupted or failed: resume what is paused and put links back up at once

@@ -246,10 +246,16 @@ def faults(run_dir: Path, samples: list[dict[str, Any]]) -> list[dict[str, Any]]
                            "end_outcome": None}
         elif line.get("phase") == "end" and i in by_index:
             by_index[i].update(end_t=line.get("t"), end_outcome=line.get("outcome"))
+        elif line.get("phase") == "skipped":      # never started: no time, its reason
+            by_index[i] = {"index": i, "kind": line.get("kind"), "at_s": line.get("at_s"),
+                           "when": line.get("when"), "t": None, "end_t": None,
+                           "params": line.get("params", {}), "outcome": line.get("outcome"),
+                           "end_outcome": None}
     total = samples[-1].get("writeback_bytes", 0) if samples else 0
     for f in by_index.values():
-        before = _written_back_at(samples, f["t"] or 0.0)
-        f.update(written_back_before_bytes=before, written_back_after_bytes=total - before)
+        before = None if f["t"] is None else _written_back_at(samples, f["t"])
+        f.update(written_back_before_bytes=before,
+                 written_back_after_bytes=None if before is None else total - before)
     return [by_index[i] for i in sorted(by_index)]
 
 
@@ -369,6 +375,9 @@ def fault_lines(summary: dict[str, Any]) -> list[str]:
     """The faults and the initiator's recovery episodes, one line each."""
     lines = []
     for f in summary.get("faults") or []:
+        if f["t"] is None:
+            lines.append(f"fault {f['index']} {f['kind']}: {f['outcome']}")
+            continue
         params = ", ".join(f"{k} {v}" for k, v in f["params"].items() if v is not None)
         end = f"; ended t={f['end_t']:.1f}s: {f['end_outcome']}" if f["end_t"] is not None else ""
         lines.append(f"fault {f['index']} {f['kind']} at t={f['t']:.1f}s ({params or 'no parameters'})"

@@ -274,3 +274,20 @@ faults:
     assert got == [(2, "deadline_s"), (8, "faults[0].host"), (9, "faults[1].host"),
                    (10, "faults[2].at_s"), (11, "faults[3]"), (12, "faults[4].at_s"),
                    (12, "faults[4].host")]
+
+
+@pytest.mark.root
+def test_a_fault_never_reached_is_recorded_as_skipped(run):
+    inj = faults.Injector([faults.BulkCrash(when="first_storage_drop"),
+                           faults.TargetRestart(at_s=50)], plant(run, {}))
+    append(run.dir / "client.ndjson", sample(0.0, events=[
+        {"t": 0.0, "event": "load_started", "monotonic": time.monotonic()}]))
+    inj.poll()
+    inj.finish()
+    assert [(r["phase"], r["outcome"]) for r in records(run)] == [
+        ("skipped", "not reached: trigger first_storage_drop never held"),
+        ("skipped", "not reached: the load ended first")]
+    got = summ.faults(run.dir, [sample(0.0)])
+    assert [(f["t"], f["written_back_before_bytes"]) for f in got] == [(None, None)] * 2
+    assert summ.fault_lines({"faults": got})[1] == ("fault 1 target_restart: not reached: "
+                                                     "the load ended first")
