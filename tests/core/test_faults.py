@@ -291,3 +291,45 @@ def test_a_fault_never_reached_is_recorded_as_skipped(run):
     assert [(f["t"], f["written_back_before_bytes"]) for f in got] == [(None, None)] * 2
     assert summ.fault_lines({"faults": got})[1] == ("fault 1 target_restart: not reached: "
                                                      "the load ended first")
+
+
+@pytest.mark.root
+@pytest.mark.tgtd
+def test_the_storage_client_hears_of_each_recovery_from_the_session(tmp_path):
+    """The session's recovery hooks, through the storage client's KernelSocketHooks, on a
+    real tgtd killed and started again on the same port and LUN file."""
+    from nodes.storage_client.agent import KernelSocketHooks
+    from testbed.iscsi.session import Session, SessionConfig
+    from testbed.mm.config import MachineConfig
+    from testbed.mm.manager import MemoryManager
+    from testbed.tgt import TgtDaemon
+
+    iqn = "iqn.2026-11.org.testbed:faults"
+    hooks = KernelSocketHooks(MemoryManager.from_config(MachineConfig(memory_mb=64)), None,
+                              "127.0.0.1")
+    first = TgtDaemon(tmp_path / "a", portal="127.0.0.1:0").start()
+    second = None
+    try:
+        first.add_target(1, iqn, tmp_path / "lun.img", size_bytes=4 << 20)
+        cfg = SessionConfig(login_timeout=5, command_timeout=5, max_reconnects=10,
+                            reconnect_backoff_max=0.5)
+        s = Session(("127.0.0.1", first.port), iqn, cfg, hooks=hooks).open()
+        try:
+            s.test_unit_ready(1)
+            hooks.events.started = time.monotonic()
+            first.kill()
+            second = TgtDaemon(tmp_path / "b", portal=f"127.0.0.1:{first.port}").start()
+            second.add_target(1, iqn, tmp_path / "lun.img")
+            s.write(1, 0, b"\x5a" * 4096, 512)        # goes through once reinstated
+            assert (tmp_path / "lun.img").read_bytes()[:4096] == b"\x5a" * 4096
+            got = hooks.events.source()["events"]
+            assert [e["event"] for e in got] == ["iscsi_connection_lost", "iscsi_reinstated"]
+            assert got[0]["t"] <= got[1]["t"] and got[0]["cause"]
+            assert got[1]["reissued"] == s.stats.reissued and s.stats.recoveries == 1
+            assert hooks.events.source() == {}             # handed over once
+        finally:
+            s.close(timeout=5)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
