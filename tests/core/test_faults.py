@@ -179,15 +179,18 @@ def test_a_pause_is_resumed_when_due_and_by_the_run_teardown(run):
     try:
         append(run.dir / "target.ndjson", {"t": 0.0, "event": "ready", "tgtd_pid": tgtd.pid})
         short = faults.TargetPause(at_s=0.0, for_s=0.3)
-        long = faults.TargetPause(at_s=0.4, for_s=8.0)
+        long = faults.TargetPause(at_s=1.0, for_s=8.0)
         inj = faults.Injector([short, long], plant(run, {}))
         append(run.dir / "client.ndjson", sample(0.0, events=[
             {"t": 0.0, "event": "load_started", "monotonic": time.monotonic()}]))
         inj.poll()
         assert state(tgtd.pid) == "T"
         assert any(r["kind"] == "fault" for r in json.loads(run.state_path.read_text())["resources"])
-        time.sleep(0.45)
-        inj.poll()                                  # the first ends, the second starts
+        deadline = time.monotonic() + 10
+        while len(records(run)) < 3:                # the first ends, then the second starts
+            assert time.monotonic() < deadline, records(run)
+            time.sleep(0.05)
+            inj.poll()
         assert state(tgtd.pid) == "T"
         phases = [(r["index"], r["phase"]) for r in records(run)]
         assert phases == [(0, "start"), (0, "end"), (1, "start")]
