@@ -19,7 +19,7 @@ test: setup
 claims: setup
 	$(TESTBED) claims scenarios/contention.yaml --repeat 10
 
-# 10,000 broken scenario files and 10,000 broken frames, with the counts (about 2 minutes;
+# 10,000 broken scenario files and 10,000 broken frames, with the counts (about 3 minutes;
 # make test runs a few hundred of each).
 fuzz: setup
 	$(PY) -m tests.support.fuzz --cases 10000 --frames 10000
