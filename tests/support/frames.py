@@ -20,7 +20,10 @@ strips VLAN tags, no runt reaches a packet socket) and runs 10,000 frames in sec
 
 :meth:`RxPath.check` judges one frame: a crash is any exception; otherwise the
 frame must be counted exactly once under one outcome, the parse must not read past
-the frame's end, and :func:`~testbed.netdev.headers.explain` must agree with it.
+the frame's end, :func:`~testbed.netdev.headers.explain` must agree with it, and an
+accepted TCP header must read as a payload length >= 0 and a window scale of 0-14 or
+none, whatever its options claim (a data offset past the options, lengths of 0 or 1, a
+truncated option, a shift over 14).
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ def _l4(draw: Any) -> Any:
     if kind == "tcp":
         sport, dport = {"storage": (3260, 40000), "download": (5001, 41000)}.get(
             flow, (draw(st.integers(0, 65535)), draw(st.integers(0, 65535))))
-        opts = draw(st.lists(st.sampled_from([("MSS", 1460), ("WScale", 7), ("NOP", None),
-                                              ("SAckOK", b""), ("Timestamp", (1, 2))]), max_size=4))
+        opts = draw(st.lists(st.sampled_from([("MSS", 1460), ("WScale", 7), ("WScale", 200),
+                                              ("NOP", None), ("SAckOK", b""), ("Timestamp", (1, 2))]),
+                             max_size=4))
         tcp = TCP(sport=sport, dport=dport, seq=draw(st.integers(0, 2 ** 32 - 1)),
                   flags=draw(st.sampled_from(["S", "SA", "A", "PA", "FA", "R"])), options=opts)
         if draw(st.booleans()):
@@ -262,6 +266,15 @@ class RxPath:
             return Verdict(name, f"the parse reads past the frame's end: {frame.hex()}")
         if (parsed is None) != bool(headers.explain(frame)):
             return Verdict(name, f"explain() and parse() disagree: {frame.hex()}")
+        if parsed is not None and parsed[1] is not None and parsed[1][0] == headers.IPPROTO_TCP:
+            # What the handler reads of a TCP header it accepted (the options too, in a
+            # SYN the client sends): whatever the options claim, sane values or nothing.
+            l4, l4_end = parsed[2], parsed[3]
+            paylen = headers.tcp_segment(buf, l4, l4_end)[4]
+            wscale = headers.tcp_wscale(buf, l4)
+            if paylen < 0 or not (wscale is None or 0 <= wscale <= 14):
+                return Verdict(name, f"TCP header read as payload {paylen}, wscale {wscale}: "
+                                     f"{frame.hex()}")
         return Verdict(f"{name} {CLASSES[cls % len(CLASSES)]}" if outcome == DELIVERED else name)
 
     def _outcome_name(self, outcome: int, frame: bytes) -> str:
