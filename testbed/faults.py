@@ -48,7 +48,7 @@ import re
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Literal, Optional
 
@@ -531,8 +531,3 @@ def _hosts(f: FaultBase) -> tuple[str, ...]:
         return tuple(f.hosts)
     except (Unknown, AttributeError):
         return ()
-
-
-def describe(spec: FaultBase) -> dict[str, Any]:
-    """A fault as data (for the run folder's scenario.yaml and the summary)."""
-    return asdict(spec)
