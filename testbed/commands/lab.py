@@ -5,15 +5,27 @@
   work folder (``./labN`` unless ``--dir``) and prints the first step; every command
   of the handout is then run from that folder.
 - ``check N [DIR]``: runs the lab's grader on the work folder (default: the current
-  folder) and prints each check as PASS or FAIL with one sentence; the exit status is
-  0 only when every check passed.
+  folder) and prints each check as PASS or FAIL with one sentence, and the points; the
+  exit status is 0 only with full marks. ``--format gradescope`` writes Gradescope's
+  ``results.json`` instead (``--results FILE``, default ``results.json``; on Gradescope
+  ``/autograder/results/results.json``), ``--junit FILE`` also writes JUnit XML (GitHub
+  Classroom, CI). A failure names the answer and the tolerance, never the figures;
+  ``--show-values`` (or ``TESTBED_LAB_SHOW_VALUES=1``), for instructors after the
+  deadline, adds the figures compared.
+- ``student-copy DEST``: writes the course's student tree (``DEST/labs``: handouts,
+  scenarios, blank answers, graders; nothing of ``instructor/``). Students point
+  ``TESTBED_LABS`` at it, or get the project without ``instructor/``.
 
-The labs themselves are in ``labs/``; :mod:`testbed.grading` finds, copies and grades them.
+The labs themselves are in ``labs/`` (or ``$TESTBED_LABS``), the instructor's tree in
+``instructor/labs/``; :mod:`testbed.grading` finds, copies and grades them. Grading reads
+files only: it needs neither root nor Mininet.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -41,7 +53,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("lab", help="lab number (or folder name)")
     q.add_argument("dir", nargs="?", type=Path, default=Path("."),
                    help="the work folder (default: the current folder)")
+    q.add_argument("--format", choices=("text", "gradescope"), default="text",
+                   help="text (default) or gradescope (writes results.json)")
+    q.add_argument("--results", type=Path, default=Path("results.json"),
+                   help="where --format gradescope writes (default: results.json)")
+    q.add_argument("--junit", type=Path, help="also write JUnit XML here")
+    q.add_argument("--show-values", action="store_true",
+                   help=f"instructors: show the figures each failure compared "
+                        f"(also {grading.SHOW_VALUES_ENV}=1)")
     q.set_defaults(func=cmd_check)
+
+    q = lab_sub.add_parser("student-copy", help="write the labs for students (no solutions)")
+    q.add_argument("dest", type=Path, help="a new (or empty) folder")
+    q.set_defaults(func=cmd_student_copy)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -78,6 +102,24 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     lab = grading.get_lab(args.lab)
     grade = grading.check(lab, args.dir)
-    for line in grade.lines():
-        print(line)
+    show = args.show_values or os.environ.get(grading.SHOW_VALUES_ENV, "") not in ("", "0")
+    if args.format == "gradescope":
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(grade.gradescope(show), indent=1))
+        print(f"lab {lab.number}: {grade.score:g} of {grade.max_score:g} points; "
+              f"wrote {args.results}")
+    else:
+        for line in grade.lines(show):
+            print(line)
+    if args.junit:
+        args.junit.parent.mkdir(parents=True, exist_ok=True)
+        args.junit.write_text(grade.junit(show))
     return 0 if grade.passed else 1
+
+
+def cmd_student_copy(args: argparse.Namespace) -> int:
+    out = grading.student_copy(args.dest)
+    labs = grading.find_labs(out)
+    print(f"wrote {len(labs)} labs to {out}/ (no solutions, keys or reference figures)")
+    print(f"students run the labs from it with: export TESTBED_LABS={out.resolve()}")
+    return 0

@@ -1,13 +1,23 @@
-"""The course's labs as the project holds them: folders, handouts, and a student's copy.
+"""The course's labs as the project holds them: folders, handouts, and the copies made of them.
 
 :class:`Lab` is one folder ``labs/NN-slug/``; :class:`Handout` its README.md parsed
 (title, goal, steps and their fenced ```sh commands); :func:`find_labs` and
 :func:`get_lab` look them up; :func:`start` copies the student's files into a work
-folder (never the grader or the solution).
+folder (never the grader).
+
+The instructor's tree, ``instructor/labs/NN-slug/`` next to ``labs/``, holds what a
+student must not see: the reference solution (``solve.py``, the reference
+``answers.yaml`` and ``README.md`` with the reasoning and the reference machine's
+figures) and ``key.yaml``, the multiple-choice key with the explanation of each wrong
+option. :func:`student_copy` writes a course's student tree: the labs folder without it
+(handouts, scenarios, blank answers and the graders, which compute every figure from
+the student's runs and hold no answers). ``TESTBED_LABS`` names another labs folder
+(a student copy) for ``testbed lab``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -16,10 +26,14 @@ from typing import Optional
 
 from .errors import LabError
 
-LABS_DIR = Path(__file__).resolve().parents[2] / "labs"
+PROJECT_LABS = Path(__file__).resolve().parents[2] / "labs"
+LABS_DIR = Path(os.environ.get("TESTBED_LABS") or PROJECT_LABS).resolve()
 GRADER = "test_grader.py"
 ANSWERS = "answers.yaml"
+KEY = "key.yaml"
+PLUGIN_FILES = ("conftest.py", "pytest.ini")     # the labs folder's own: the graders' plugin
 NOT_COPIED = {"solution", GRADER, "__pycache__", ".pytest_cache"}
+INSTRUCTOR_ONLY = {"solution", KEY, "solve.py"}   # never in a student copy, whatever the tree
 
 _LAB_FOLDER = re.compile(r"^(\d{2})-([a-z0-9][a-z0-9.-]*)$")
 _TITLE = re.compile(r"^#\s+Lab\s+(\d+)\s*:\s*(.+?)\s*$")
@@ -162,6 +176,11 @@ class Lab:
         return self.path / GRADER
 
     @property
+    def instructor(self) -> Path:
+        """The lab's folder in the instructor's tree (it may not exist: a student copy)."""
+        return instructor_dir(self.path)
+
+    @property
     def default_dir(self) -> str:
         """The work folder ``testbed lab start N`` makes when no --dir is given."""
         return f"lab{self.number}"
@@ -170,6 +189,12 @@ class Lab:
         """What a student gets: everything but the grader and the solution."""
         return sorted(p for p in self.path.iterdir() if p.name not in NOT_COPIED
                       and not p.name.startswith("."))
+
+
+def instructor_dir(lab_path: Path) -> Path:
+    """``<labs>/NN-slug`` -> ``<labs>/../instructor/labs/NN-slug``."""
+    lab_path = Path(lab_path).resolve()
+    return lab_path.parent.parent / "instructor" / "labs" / lab_path.name
 
 
 def find_labs(root: Path = LABS_DIR) -> list[Lab]:
@@ -211,3 +236,23 @@ def start(lab: Lab, dest: Optional[Path] = None) -> Path:
         else:
             shutil.copy2(src, dest / src.name)
     return dest
+
+
+def student_copy(dest: Path, root: Path = LABS_DIR) -> Path:
+    """Write a course's student tree into ``dest``: ``dest/labs/`` with the graders'
+    plugin and, per lab, the student's files and the grader; nothing of the
+    instructor's tree. Returns ``dest/labs``; a non-empty ``dest`` is refused."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise LabError(f"{dest}: already exists and is not empty; choose a new folder")
+    labs = find_labs(root)
+    if not labs:
+        raise LabError(f"{root}: no labs to copy")
+    out = dest / "labs"
+    out.mkdir(parents=True)
+    for name in PLUGIN_FILES:
+        shutil.copy2(root / name, out / name)
+    skip = shutil.ignore_patterns(*(NOT_COPIED | INSTRUCTOR_ONLY) - {GRADER})
+    for lab in labs:
+        shutil.copytree(lab.path, out / lab.name, ignore=skip)
+    return out

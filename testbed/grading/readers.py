@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Optional
 import yaml
 
 from .. import results
-from .errors import CheckFailed, LabError
+from .errors import CheckFailed, LabError, NotGradedHere
 
 # -- what graders read -------------------------------------------------------------------
 
@@ -85,7 +85,8 @@ class RunFolder:
             got = self.outcome.samples(until_outcome=False)
             if not got:
                 raise CheckFailed(f"{self.name}/client.ndjson is missing or empty: the run "
-                                  f"did not record the client's memory; run it again")
+                                  f"did not record the client's memory (a run that did "
+                                  f"not finish?); ask your TA")
             self._samples = results.until_end(got, self.summary)
         return self._samples
 
@@ -122,7 +123,7 @@ class RunFolder:
                 self._scenario = yaml.safe_load((self.path / "scenario.yaml").read_text()) or {}
             except (OSError, yaml.YAMLError):
                 raise CheckFailed(f"{self.name}/scenario.yaml is missing or unreadable: "
-                                  f"run the step again")
+                                  f"hand in the run folder as the run left it")
         return self._scenario
 
     def setting(self, dotted: str) -> Any:
@@ -158,8 +159,8 @@ class BatchFolder:
         for e in batch.entries:
             where = f"{name}/{e.dir}"
             if not batch.run_path(e).is_dir():
-                raise CheckFailed(f"{where} is listed in runs.json but missing: run the "
-                                  f"command again")
+                raise CheckFailed(f"{where} is listed in runs.json but missing: hand in "
+                                  f"the folder as the command left it")
             self.runs.append(BatchRun(e.label, dict(e.params), RunFolder(batch.run_path(e), where)))
 
     @classmethod
@@ -177,6 +178,11 @@ class BatchFolder:
             raise CheckFailed(f"{self.name} has no {policy} run (it has: {have}): run the "
                               f"compare step with --policies as the handout gives it")
         return got[0]
+
+    def policy_runs(self, policy: str) -> list[RunFolder]:
+        """Every run of ``policy`` (``--repeat N`` makes N), in the order of runs.json."""
+        self.by_policy(policy)                  # says which policies there are, if none
+        return [r.run for r in self.runs if r.run.policy == policy]
 
     def values(self, key: str) -> list[str]:
         """The values a sweep took for ``key``, in order of first appearance."""
@@ -261,6 +267,10 @@ class Answers:
         raise CheckFailed(f"{key} in {self.name} must be one of {', '.join(opts)} "
                           f"(got {value!r})")
 
+    def conclusion(self, key: str) -> str:
+        """``supported`` or ``not supported``: a hypothesis judged on the student's runs."""
+        return self.choice(key, ("supported", "not supported"))
+
     def mapping(self, key: str) -> dict[str, Any]:
         value = self._get(key)
         if not isinstance(value, dict):
@@ -287,3 +297,51 @@ def fill_answers(path: Path, values: dict[str, Any]) -> None:
     if todo:
         raise LabError(f"{path}: no key(s) {', '.join(todo)} in the answers template")
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+class Key:
+    """A lab's multiple-choice key (``key.yaml`` of the instructor's tree)::
+
+        why_no_progress:
+          answer: b
+          why: {a: "the target did answer: ...", c: "...", d: "..."}
+
+    Absent in a student copy: a check that needs it is then not graded locally
+    (:class:`NotGradedHere`), and the course's autograder, which runs on the
+    instructor's tree, grades it.
+    """
+
+    def __init__(self, data: Optional[dict[str, Any]], path: Path):
+        self.data = data
+        self.path = path
+
+    @classmethod
+    def load(cls, path: Path) -> "Key":
+        path = Path(path)
+        if not path.exists():
+            return cls(None, path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise LabError(f"{path}: not valid YAML: {exc}")
+        if not isinstance(data, dict):
+            raise LabError(f"{path}: must map each question's key to its answer and why")
+        for k, v in data.items():
+            if not isinstance(v, dict) or "answer" not in v:
+                raise LabError(f"{path}: {k}: needs 'answer:' (and 'why:' per wrong option)")
+        return cls(data, path)
+
+    def answer(self, key: str) -> str:
+        """The right option of question ``key``."""
+        if self.data is None:
+            raise NotGradedHere(f"{key}: graded by your instructor (the key is not in the "
+                                f"student copy)")
+        if key not in self.data:
+            raise LabError(f"{self.path}: no entry for {key}")
+        return str(self.data[key]["answer"]).strip().lower()
+
+    def why(self, key: str, said: str) -> str:
+        """Why option ``said`` of question ``key`` is wrong (for instructors)."""
+        if self.data is None:
+            return ""
+        return str((self.data.get(key, {}).get("why") or {}).get(said, ""))

@@ -4,7 +4,9 @@
 blocks, in order and as written, in a fresh folder (each command in its own ``bash``
 started in the folder the previous one left, so ``cd lab1`` carries over). Just before
 the first ``testbed lab check``, it fills ``answers.yaml`` with the lab's reference
-solution (``solution/solve.py``) applied to the runs just made. The ``testbed`` on PATH
+solution (``instructor/labs/NN-slug/solve.py``) applied to the runs just made. The runs
+are never made again: the handouts ask for their repeats up front, and the graders
+accept what those runs support. The ``testbed`` on PATH
 is the one of the interpreter running the tests (the project's venv), as for a student
 who activated it.
 
@@ -47,7 +49,6 @@ class HandoutRun:
     base: Path
     commands: list[Command] = field(default_factory=list)
     work: Path | None = None           # the folder the check command ran in
-    first_try: "HandoutRun | None" = None   # when the check asked for the runs again
 
     def failed(self) -> list[Command]:
         return [c for c in self.commands if not succeeded(c)]
@@ -102,18 +103,8 @@ def run_command(text: str, cwd: Path, env: dict[str, str]) -> tuple[Command, Pat
     return Command(text, cwd, rc, out, time.monotonic() - t0), after
 
 
-RUN_AGAIN = re.compile(r"run the (sweep|compare) again")
-
-
-def follow_handout(lab: grading.Lab, base: Path, stop_on_failure: bool = True,
-                   retries: int = 1) -> HandoutRun:
-    """Run the handout's commands in ``base``; answer with the solution before the check.
-
-    When the check says that the runs did not show the lab's result and to run them
-    again (the handouts tell students the same: runs vary), that is done, as a student
-    would: the work folder's runs are removed and the steps followed again, at most
-    ``retries`` times.
-    """
+def follow_handout(lab: grading.Lab, base: Path, stop_on_failure: bool = True) -> HandoutRun:
+    """Run the handout's commands in ``base``; answer with the solution before the check."""
     env = student_env()
     result = HandoutRun(lab, base)
     cwd = base
@@ -126,9 +117,6 @@ def follow_handout(lab: grading.Lab, base: Path, stop_on_failure: bool = True,
             result.work = cwd
         cmd, cwd = run_command(text, cwd, env)
         result.commands.append(cmd)
-        if (text.startswith("testbed lab check") and cmd.returncode and retries
-                and RUN_AGAIN.search(cmd.output)):
-            return again(lab, base, result, retries)
         if not succeeded(cmd) and stop_on_failure:
             break
     return result
@@ -136,19 +124,10 @@ def follow_handout(lab: grading.Lab, base: Path, stop_on_failure: bool = True,
 
 def answer(lab: grading.Lab, work: Path, env: dict[str, str]) -> None:
     """Fill answers.yaml with the reference solution's method, from the runs in ``work``."""
-    solve = lab.path / "solution" / "solve.py"
+    solve = lab.instructor / "solve.py"
     c = subprocess.run([sys.executable, str(solve), str(work)], env=env, text=True,
                        capture_output=True, timeout=60)
     assert c.returncode == 0, f"{solve} failed on {work}:\n{c.stdout}{c.stderr}"
-
-
-def again(lab: grading.Lab, base: Path, first: HandoutRun, retries: int) -> HandoutRun:
-    """Follow the handout once more in a fresh folder, as the check asked."""
-    fresh = base / f"again-{retries}"
-    fresh.mkdir()
-    result = follow_handout(lab, fresh, retries=retries - 1)
-    result.first_try = first
-    return result
 
 
 _followed: dict[int, HandoutRun] = {}

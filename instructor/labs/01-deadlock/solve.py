@@ -1,8 +1,8 @@
 """Reference solution of lab 1: the answers, computed from a work folder's runs.
 
-    python labs/01-deadlock/solution/solve.py WORK_FOLDER
+    python instructor/labs/01-deadlock/solve.py WORK_FOLDER
 
-fills WORK_FOLDER/answers.yaml the way a careful student would read the run folder
+fills WORK_FOLDER/answers.yaml the way a careful student would read the runs of
 runs/none (see README.md here for the reasoning behind each answer).
 """
 
@@ -11,16 +11,24 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from testbed.grading import RunFolder, fill_answers
+from testbed.grading import BatchFolder, evidence, fill_answers
 
 
 def solve(work: Path) -> dict:
-    run = RunFolder.open(work / "runs/none", work)
+    runs = BatchFolder.open(work / "runs/none", work).policy_runs("none")
+    out = {"lockups": sum(r.verdict == "lockup" for r in runs),
+           "none_locks_up": evidence.word(evidence.verdict_test(runs, "lockup").supported),
+           "why_no_progress": "b"}
+    run = next((r for r in runs if r.finished and r.verdict == "lockup"), None)
+    if run is None:                        # nothing to read: the figures stay blank
+        return {**out, "lockup_run": "none"}
     lk = run.summary["lockup"]
     fails = lk["alloc_fail"]
     reasons = {k: v for k, v in run.summary["drops"]["memalloc"].items() if k != "total"}
-    first = [s for s in run.all_samples if s["t"] <= lk["t"]][-1]     # step 3's last line
+    last = [s for s in run.all_samples if s["t"] <= lk["t"]][-1]     # step 3's last line
     return {
+        **out,
+        "lockup_run": run.path.name,
         # the middle panel of memory.png: the last time written-back bytes grew
         "writeback_stopped_s": round(run.last_progress_t(), 1),
         "lockup_s": round(lk["t"], 1),
@@ -29,10 +37,9 @@ def solve(work: Path) -> dict:
         "free_vs_min": "below" if lk["free"] < lk["wmark_min"] else "above",
         "failed_allocation": max(fails, key=fails.get),
         "storage_frames_dropped": run.drops("memalloc"),
-        "storage_drop_reason": max(reasons, key=reasons.get) if reasons else "none",
-        "skb_mib_at_lockup": round(first["skb"] / 256, 2),
-        "dirty_mib_at_lockup": round(first["dirty"] / 256, 2),
-        "why_no_progress": "b",
+        "storage_drop_reason": max(reasons, key=reasons.get) if any(reasons.values()) else "none",
+        "skb_pages_at_lockup": last["skb"],
+        "dirty_pages_at_lockup": last["dirty"],
     }
 
 

@@ -1,6 +1,6 @@
 """Reference solution of lab 2: the answers, computed from a work folder's runs.
 
-    python labs/02-reserve-sizing/solution/solve.py WORK_FOLDER
+    python instructor/labs/02-reserve-sizing/solve.py WORK_FOLDER
 
 fills WORK_FOLDER/answers.yaml from runs/sweep (see README.md here for the reasoning).
 """
@@ -37,10 +37,11 @@ def solve(work: Path) -> dict:
             if not clean(r.run):
                 break
             best = int(float(r.params[RESERVE]))
-        smallest[int(hosts)] = best
+        smallest[int(hosts)] = best if best is not None else "none"   # not reached
         at_zero[int(hosts)] = next(r.run.drops("memalloc") for r in runs
                                    if float(r.params[RESERVE]) == 0)
     counts = sorted(smallest)
+    need = {h: math.inf if v == "none" else v for h, v in smallest.items()}
     return {
         "rx_buffer_bytes": size,
         "default_reserve_pages": estimate_skb_pages(50, size),
@@ -48,7 +49,7 @@ def solve(work: Path) -> dict:
         "link_reserve_pages": estimate_skb_pages(frames, size),
         "smallest_clean_reserve": smallest,
         "storage_drops_without_reserve": at_zero,
-        "more_hosts_need_more": "yes" if smallest[counts[-1]] > smallest[counts[0]] else "no",
+        "more_hosts_need_more": "yes" if need[counts[-1]] > need[counts[0]] else "no",
     }
 
 

@@ -1,0 +1,51 @@
+"""Reference solution of lab 5: the answers, computed from a work folder's runs.
+
+    python instructor/labs/05-linux-3.6/solve.py WORK_FOLDER
+
+fills WORK_FOLDER/answers.yaml from runs/compare (see README.md here).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from testbed.grading import BatchFolder, evidence, fill_answers
+
+POLICIES = ("phillips-2005", "gorman-3.6")
+FILTER_REASON = {"phillips-2005": "NOT_MEMALLOC", "gorman-3.6": "PFMEMALLOC"}
+
+
+def solve(work: Path) -> dict:
+    compare = BatchFolder.open(work / "runs/compare", work)
+    runs = {p: compare.policy_runs(p) for p in POLICIES}
+    done = {p: [r for r in rs if r.finished] for p, rs in runs.items()}
+    median = evidence.median
+
+    def throttled(r) -> bool:
+        return bool(r.all_samples[-1]["pgscan_direct_throttle"])
+
+    gorman = next((r for r in done["gorman-3.6"] if throttled(r)), None)
+    first = (next(s["t"] for s in gorman.all_samples if s["pgscan_direct_throttle"])
+             if gorman else "none")
+    return {
+        "completions": {p: sum(r.verdict == "completed" for r in rs) for p, rs in runs.items()},
+        "gorman_completes": evidence.word(
+            evidence.verdict_test(runs["gorman-3.6"], "completed").supported),
+        "min_watermark": {p: rs[0].samples[0]["wmark_min"] for p, rs in runs.items()},
+        "added_reserve_pages": {p: sum(rs[0].samples[-1]["reserve_pages"].values())
+                                for p, rs in runs.items()},
+        "filter_drops": {p: median([r.drops("other", FILTER_REASON[p]) for r in rs])
+                         for p, rs in done.items()},
+        "completion_s": {p: round(median([r.time_s for r in rs if r.verdict == "completed"])
+                                  or 0.0, 2) for p, rs in runs.items()},
+        "throttled_runs": {p: sum(throttled(r) for r in rs) for p, rs in done.items()},
+        "first_throttle_s": first,
+        "throttle_limit_pages": runs["gorman-3.6"][0].samples[0]["wmark_min"] // 2,
+        "who_is_throttled": "c",
+    }
+
+if __name__ == "__main__":
+    work = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    fill_answers(work / "answers.yaml", solve(work))
+    print(f"filled {work / 'answers.yaml'}")

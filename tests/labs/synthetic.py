@@ -1,0 +1,179 @@
+"""Synthetic hand-ins: run, compare and sweep folders written as the testbed writes them,
+with figures the test chooses, so that graders can be tested without root or Mininet.
+
+A run folder gets the files graders read: ``summary.json`` (verdict, lockup evidence,
+drops by class and reason, writeback), ``client.ndjson`` (a sample every 100 ms: free,
+skb, dirty, written-back bytes, min watermark, reserve pages, throttle counters),
+``scenario.yaml`` and, for the spoof runs, ``client-outcome.json``. A batch folder gets
+``runs.json`` and the ``stats.json`` that :mod:`testbed.results` writes, both through
+the testbed's own writers. :data:`HANDINS` makes lab N's runs as its handout asks for
+them, with ``scale`` changing every measured figure (two hand-ins whose figures differ)
+and ``verdicts`` the outcomes a student's machine happened to give.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from testbed import results
+
+
+@dataclass
+class Run:
+    """One synthetic run's figures."""
+
+    policy: str
+    verdict: str = "completed"
+    t_end: float = 8.0
+    free_floor: int = 48
+    wmark_min: int = 128
+    skb: int = 1200
+    dirty: int = 2600
+    reserve_pages: int = 0
+    storage_drops: int = 0
+    other: dict[str, int] = field(default_factory=dict)     # reason -> frames
+    lockup_reserve: int = 0
+    throttle_t: Optional[float] = None
+    throttles: int = 0
+    scenario: dict[str, Any] = field(default_factory=dict)
+    outcome: Optional[dict[str, Any]] = None
+
+
+def samples(r: Run) -> list[dict[str, Any]]:
+    out = []
+    n = int(round(r.t_end * 10))
+    stop = n // 4 if r.verdict == "lockup" else n          # writeback goes flat at 1/4
+    for i in range(n + 1):
+        t = round(i / 10, 1)
+        free = max(r.free_floor, 2000 - 100 * i)
+        throttled = r.throttles if r.throttle_t is not None and t >= r.throttle_t else 0
+        out.append({"t": t, "free": free, "skb": r.skb, "dirty": r.dirty,
+                    "writeback_bytes": 65536 * min(i, stop), "wmark_min": r.wmark_min,
+                    "reserve_pages": {"client-eth0": r.reserve_pages},
+                    "pgscan_direct_throttle": throttled, "nr_throttled_reclaim": 0})
+    return out
+
+
+def write_run(path: Path, r: Run) -> Path:
+    path.mkdir(parents=True)
+    other = {"total": sum(r.other.values()), **r.other}
+    summary: dict[str, Any] = {
+        "scenario": "synthetic", "policy": r.policy, "expected": "completed",
+        "verdict": r.verdict, "status": "finished", "end_t": r.t_end,
+        "drops": {"memalloc": {"total": r.storage_drops, "NOMEM": r.storage_drops},
+                  "other": other},
+        "writeback": {"bytes": 2**24, "time_s": r.t_end, "mb_s": 2.0},
+    }
+    if r.verdict == "lockup":
+        summary["lockup"] = {"t": r.t_end, "free": r.free_floor, "wmark_min": r.wmark_min,
+                             "dirty": r.dirty, "reserve": {"client-eth0": r.lockup_reserve},
+                             "alloc_fail": {"kernel": 0, "atomic": 40 + r.storage_drops}}
+    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "client.ndjson").write_text("".join(json.dumps(s) + "\n" for s in samples(r)))
+    (path / "scenario.yaml").write_text(yaml.safe_dump(r.scenario or {"name": "synthetic"}))
+    if r.outcome is not None:
+        (path / "client-outcome.json").write_text(json.dumps(r.outcome))
+    return path
+
+
+def write_batch(path: Path, runs: list[tuple[str, dict[str, str], Run]]) -> Path:
+    """A compare/sweep folder: each (label, params, run), runs.json and stats.json."""
+    path.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for label, params, r in runs:
+        d = label.replace("#", "_").replace(" ", "_").replace("=", "_")
+        write_run(path / d, r)
+        entries.append(results.BatchEntry(label, d, dict(params)))
+    results.write_index(path, "synthetic", entries)
+    batch = results.open_batch(path)
+    outcomes = batch.runs()
+    results.write_stats(batch, outcomes, results.batch_groups(batch, outcomes))
+    return path
+
+
+def compare(path: Path, policies: dict[str, list[Run]]) -> Path:
+    """Interleaved as ``compare --repeat`` makes them: a_1, b_1, a_2, b_2, ..."""
+    n = max(len(v) for v in policies.values())
+    runs = [(f"{p}#{k + 1}", {}, rs[k]) for k in range(n) for p, rs in policies.items()
+            if k < len(rs)]
+    return write_batch(path, runs)
+
+
+def lab1(work: Path, scale: float = 1.0, verdicts: tuple[str, ...] = ("lockup",) * 5) -> None:
+    runs = [Run("none", v, t_end=round(3.8 * scale + 0.1 * k, 1), free_floor=int(48 * scale),
+                skb=int(1200 * scale), dirty=int(2600 * scale),
+                storage_drops=int(45 * scale) + k)
+            for k, v in enumerate(verdicts)]
+    compare(work / "runs/none", {"none": runs})
+
+
+LINK = {"topology": {"client_bw_mbit": 40, "delay_ms": 20}}
+
+
+def lab2(work: Path, scale: float = 1.0) -> None:
+    runs = []
+    for reserve in (0, 100, 200, 400, 800):
+        for hosts in (1, 3):
+            clean = reserve >= (200 if hosts == 1 else 400)
+            drops = 0 if clean else int((30 + hosts * 10) * scale) + reserve // 100
+            r = Run("phillips-2005", "completed", storage_drops=drops, scenario=LINK)
+            runs.append((f"client.reserve_pages={reserve} topology.bulk_hosts={hosts}",
+                         {"client.reserve_pages": str(reserve), "topology.bulk_hosts": str(hosts)},
+                         r))
+    write_batch(work / "runs/sweep", runs)
+
+
+def net(rx: int, tx: int) -> dict[str, Any]:
+    def direction(n: int) -> dict[str, Any]:
+        return {"classes": {"memalloc": {"received": {"frames": n}}}}
+    return {"net": {"rx": direction(rx), "tx": direction(tx)}}
+
+
+def lab3(work: Path, scale: float = 1.0, verdicts: tuple[str, ...] = ("lockup",) * 5) -> None:
+    ro = [Run("reserve-only", v, t_end=5.0 + k / 10, lockup_reserve=int(100 * scale) + k,
+              storage_drops=int(24 * scale) + k) for k, v in enumerate(verdicts)]
+    ph = [Run("phillips-2005", "completed", other={"NOT_MEMALLOC": int(75 * scale) + 3 * k,
+                                                   "NOMEM": 4})
+          for k in range(5)]
+    compare(work / "runs/compare", {"reserve-only": ro, "phillips-2005": ph})
+    spoof = {"bulk": {"mode": "spoof"}}
+    forged = int(21880 * scale)
+    write_batch(work / "runs/spoof", [
+        ("topology.bulk_hosts=0", {"topology.bulk_hosts": "0"},
+         Run("phillips-2005", scenario=spoof, outcome=net(3000, 2500))),
+        ("topology.bulk_hosts=2", {"topology.bulk_hosts": "2"},
+         Run("phillips-2005", scenario=spoof, outcome=net(3000 + forged, 2500 + forged - 200))),
+    ])
+
+
+def lab4(work: Path, scale: float = 1.0, overlap: bool = False) -> None:
+    base = {0: (280, 78), 0.5: (92, 41), 1: (20, 1)}
+    if overlap:                       # a machine where threshold 1 shows no trade
+        base[1] = (280, 78)
+    runs = []
+    for k in range(4):
+        for t, (drops, free) in base.items():
+            r = Run("phillips-2005-threshold", t_end=8.5 + k / 10, free_floor=int(free * scale) + k,
+                    other={"NOT_MEMALLOC": int(drops * scale) + 5 * k},
+                    storage_drops=1 if (t == 1 and k == 0 and not overlap) else 0)
+            runs.append((f"client.threshold={t:g}#{k + 1}", {"client.threshold": f"{t:g}"}, r))
+    write_batch(work / "runs/threshold", runs)
+
+
+def lab5(work: Path, scale: float = 1.0,
+         gorman_verdicts: tuple[str, ...] = ("completed",) * 5) -> None:
+    ph = [Run("phillips-2005", t_end=round(8.1 * scale + k / 10, 1), wmark_min=181,
+              reserve_pages=53, other={"NOT_MEMALLOC": int(88 * scale) + k}) for k in range(5)]
+    go = [Run("gorman-3.6", v, t_end=round(8.2 * scale + k / 10, 1), wmark_min=128,
+              other={"PFMEMALLOC": int(120 * scale) + k},
+              throttle_t=None if k == 0 else round(0.8 * scale, 1), throttles=2)
+          for k, v in enumerate(gorman_verdicts)]
+    compare(work / "runs/compare", {"phillips-2005": ph, "gorman-3.6": go})
+
+
+HANDINS: dict[int, Callable[..., None]] = {1: lab1, 2: lab2, 3: lab3, 4: lab4, 5: lab5}
