@@ -38,6 +38,7 @@ from . import launch
 from .backends.base import Host, Network
 from .errors import TestbedError
 from .faults import Injector, Plant
+from .guest import node as guest
 from .launch import BULK_PORTS, TARGET_IQN, BulkSource, Program, StorageClient, Target, Verify
 from .report import build_report
 from .report.summary import rx_drops, summarize
@@ -243,6 +244,8 @@ class Orchestrator:
             for w in client["workloads"]:
                 if w["kind"] == "downloader" and not w["request"]:
                     w["request"] = "GET /stream HTTP/1.1\r\nHost: bulk\r\n\r\n"
+        if s.client.kind == "kernel":
+            return self._start_kernel_client(net, run, client["workloads"])
         effects = net.userspace_link_effects.get("client", {})
         cfg = {
             "client": client,
@@ -270,6 +273,17 @@ class Orchestrator:
         path.write_text(json.dumps(cfg, indent=1))
         self._spawn("client", net.host("client"), StorageClient(path))
 
+    def _start_kernel_client(self, net: Network, run: RunContext,
+                             workloads: list[dict[str, Any]]) -> None:
+        """A Linux guest as the client, behind the client's wire (testbed.guest.node)."""
+        image, accel = guest.prepare(self.progress.say)
+        cfg = guest.client_config(self.scenario, net, run, image, accel,
+                                  launch.portal(net.host("target").ip), TARGET_IQN,
+                                  self.bulk_servers(), workloads)
+        path = run.dir / "client-config.json"
+        path.write_text(json.dumps(cfg, indent=1))
+        self._spawn("client", net.host("client"), guest.KernelClient(path))
+
     def _plan_faults(self, net: Network, run: RunContext) -> None:
         """The scenario's faults, injected from the watch loop (testbed.faults)."""
         if not self.scenario.faults:
@@ -286,6 +300,8 @@ class Orchestrator:
         client = self.procs["client"]
         metrics = run.dir / "client.ndjson"
         limit = started + self.scenario.deadline_s + GRACE_S
+        if self.scenario.client.kind == "kernel":      # the guest boots and logs in first
+            limit += guest.BOOT_ALLOWANCE_S
         tail = NdjsonTail(metrics)
         while client.poll() is None:
             if time.monotonic() > limit:

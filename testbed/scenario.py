@@ -33,6 +33,7 @@ import yaml
 from .backends.base import ContentionParams, make_params
 from .errors import ConfigError
 from .faults import Fault, scenario_rules as fault_rules
+from .guest.qemu import scenario_rules as kernel_client_rules
 from .mm.config import MachineConfig
 from .mm.policy import POLICIES
 from .schema import (Problem, SchemaError, bounded, build, check_mirrors, compose_file, mirror,
@@ -159,6 +160,7 @@ class Scenario:
         if self.deadline_s < self.duration_s:
             yield ("deadline_s", f"{self.deadline_s} must not be shorter than duration_s "
                                  f"({self.duration_s})")
+        yield from kernel_client_rules(self)       # client.kind: kernel (testbed.guest)
         # last: a fault list already reported as wrong ends only its own checks
         yield from fault_rules(self.faults, self.topology.bulk_hosts, self.backend,
                                self.storage, self.deadline_s)

@@ -53,6 +53,9 @@ class MachineConfig:
     # bytes in the storage client's process, so memory_mb is real RAM here too, and this
     # project's development machine has 24 GiB for the client, tgtd and everything else.
     memory_mb: int = bounded(64, min=4, max=16384)
+    # emulated: this package's model (nodes/storage_client); kernel: a Linux guest under
+    # QEMU with these memory and writeback knobs as its sysctls (testbed.guest)
+    kind: Literal["emulated", "kernel"] = "emulated"
     min_free_kbytes: Optional[int] = bounded(None, min=16)  # None: clamp(int_sqrt(kbytes * 16), 128, 262144)
     watermark_scale_factor: int = bounded(10, min=1, max=3000)
     policy: PolicyName = "gorman-3.6"
