@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 TESTBED := .venv/bin/testbed
 
-.PHONY: setup demo test claims fuzz bench clean lint images
+.PHONY: setup demo test claims fuzz killpoints bench clean lint images
 
 setup:
 	@scripts/setup.sh
@@ -23,6 +23,12 @@ claims: setup
 # make test runs a few hundred of each).
 fuzz: setup
 	$(PY) -m tests.support.fuzz --cases 10000 --frames 10000
+
+# testbed run killed (SIGKILL, then testbed clean; and Ctrl-C) at 20 points of its life,
+# with and without dockerd, and what is left of each run counted (expected 0; about
+# 15 minutes; make test runs 6 of the points).
+killpoints: setup
+	$(PY) -m tests.support.killpoints --docker both
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
