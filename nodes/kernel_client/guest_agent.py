@@ -35,12 +35,15 @@ It runs on the guest's own Python (standard library only; ``tbpattern`` is
 
 from __future__ import annotations
 
+import fcntl
 import json
 import mmap
 import os
 import socket
 import subprocess
+import struct
 import sys
+import termios
 import threading
 import time
 import zlib
@@ -154,6 +157,8 @@ class Workload(threading.Thread):
         self.end = base
         self.crcs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
         self.written = 0
+        self.received = 0             # downloader: bytes read from its socket
+        self.sock: socket.socket | None = None
         self.error: str | None = None
         self.stopping = False
 
@@ -227,21 +232,41 @@ class Workload(threading.Thread):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg["rcvbuf_kb"] * 1024)
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(tuple(self.server))
+            self.sock = sock
             if self.cfg.get("request"):
                 sock.sendall(self.cfg["request"].encode())
             pending = bytearray()
-            received = 0
-            while received < self.total and not self.stopping:
-                data = sock.recv(min(65536, self.total - received))
+            while self.received < self.total and not self.stopping:
+                data = sock.recv(min(65536, self.total - self.received))
                 if not data:
                     break
-                received += len(data)
+                self.received += len(data)
                 pending += data
                 self._flush_pending(fd, pending, per, chunk, final=False)
             self._flush_pending(fd, pending, per, chunk, final=True)
         finally:
+            self.sock = None
             sock.close()
             os.close(fd)
+
+    def flow(self) -> dict | None:
+        """The download's flow as the emulated client's handler names it: bytes that
+        reached the socket (read, plus still queued: FIONREAD)."""
+        sock = self.sock
+        if sock is None and not self.received:
+            return None
+        queued = 0
+        try:
+            if sock is not None:
+                queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
+                                                        b"\0\0\0\0"))[0]
+                self.local = "%s:%d" % sock.getsockname()
+        except OSError:
+            pass
+        local = getattr(self, "local", "?")
+        return {"flow": f"tcp {local}<->{self.server[0]}:{self.server[1]}",
+                "charged_bytes": self.received + queued, "read_bytes": self.received,
+                "memalloc": False}
 
     def _flush_pending(self, fd: int, pending: bytearray, per: int, chunk: int,
                        final: bool) -> None:
@@ -371,7 +396,8 @@ class Sampler:
                  "pgpgout": vm.get("pgpgout", 0), "hung_tasks": len(self.hung)},
              "tcp": {k.split(".", 1)[1]: v for k, v in snmp.items() if k.startswith("Tcp.")
                      and k.split(".", 1)[1] in ("InSegs", "OutSegs", "RetransSegs", "InErrs")},
-             "disk": disk}
+             "disk": disk,
+             "net": {"flows": [f for w in self.workloads if (f := w.flow()) is not None]}}
         if self.events:
             s["events"], self.events = self.events, []
         return s

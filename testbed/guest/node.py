@@ -44,6 +44,8 @@ BOOT_ALLOWANCE_S = 150.0     # boot, iscsid and login under TCG, beyond the dead
 HANG_AFTER_S = 20.0          # no sample for this long: the guest is not running its agent
 QEMU_STOP_S = 10.0           # after the outcome: time for the guest's own power-off
 POLL_S = 0.2
+HUNG_MARK = "blocked for more than"         # khungtaskd: "task X blocked for more than N seconds"
+OOM_MARK = "Out of memory: Killed process"  # the OOM killer
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,9 @@ class GuestRunner:
         out: dict[str, Any] = {"verdict": verdict, "detail": detail, "t": last.get("t"),
                                "bytes_written": last.get("workload_bytes", 0),
                                "bytes_written_back": last.get("writeback_bytes", 0)}
+        oom = console_lines(Path(self.cfg["console_path"]), OOM_MARK)
+        if oom:                 # the emulated client has no OOM killer: say it plainly
+            out["detail"] += f"; the guest's OOM killer ran: {oom[0]}"
         if hung:
             out["verdict"] = "lockup"
             out["lockup"] = {"t": last.get("t") or 0.0,
@@ -284,13 +289,18 @@ class GuestRunner:
         return outcome
 
 
-def hung_tasks(console: Path) -> list[str]:
-    """The kernel's hung-task warnings on the guest's console."""
+def console_lines(console: Path, mark: str) -> list[str]:
+    """Lines of the guest's console that contain ``mark``."""
     try:
         text = console.read_text(errors="replace")
     except OSError:
         return []
-    return [ln.strip() for ln in text.splitlines() if "blocked for more than" in ln]
+    return [ln.strip() for ln in text.splitlines() if mark in ln]
+
+
+def hung_tasks(console: Path) -> list[str]:
+    """The kernel's hung-task warnings on the guest's console."""
+    return console_lines(console, HUNG_MARK)
 
 
 def _last_sample(path: Path) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from ..schema import Unknown
 from .image import GuestImage
 
 QEMU = "qemu-system-x86_64"
-MIN_MEMORY_MB = 96          # measured: see docs/kernel-client.md
+MIN_MEMORY_MB = 112         # measured: see docs/kernel-client.md
 PROBE_TIMEOUT_S = 20.0
 ACCELS = ("kvm", "tcg")
 # KVM's CPU models to try, in order: the host's, then the host's without the MSR that
