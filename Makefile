@@ -35,9 +35,14 @@ bench: setup
 
 # The node image for the Docker backend and docker-compose.yml (docker/build-images.sh);
 # dockerd is started for the build if it is not running, and only that one is stopped.
-images: setup
+images: setup guest-image
 	@pf=$$(mktemp -u /run/testbed-dockerd.XXXXXX.pid); scripts/docker-up.sh $$pf && \
 	  { docker/build-images.sh; rc=$$?; scripts/docker-down.sh $$pf 2>/dev/null; exit $$rc; }
+
+# The kernel client's guest (testbed/guest/image.py): built once, about 2 minutes, then
+# cached under /var/cache/testbed/guest; tests/guest builds it on first use too.
+guest-image: setup
+	$(PY) -m testbed.guest.image
 
 clean: setup
 	$(TESTBED) clean

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(mininet tgt libiscsi-bin bridge-utils iperf3 iptables ethtool iproute2
               nftables tcpdump python3-venv python3-dev gcc procps
-              iputils-ping docker.io docker-compose debootstrap)
+              iputils-ping docker.io docker-compose debootstrap
+              qemu-system-x86 busybox-static cpio)     # the last three: the kernel client
 if [[ "${1:-}" == "--docker" ]]; then
     APT_PACKAGES+=(docker.io docker-compose debootstrap)
 fi
