@@ -8,6 +8,7 @@ A scenario may list faults to inject while its load runs::
       - {kind: link_down, host: client, at_s: 5, for_s: 2}
       - {kind: link_up, host: bulk1, at_s: 9}
       - {kind: bulk_crash, host: bulk2, when: free_at_min}
+      - {kind: loss_burst, host: client, at_s: 8, for_s: 4, loss_pct: 20}
 
 **Time.** ``at_s`` counts from the start of the load (the client's clock: ``t`` of
 its metric samples, 0 when the machine starts). With a trigger (``when``) it counts
@@ -25,7 +26,20 @@ SIGCONTed after ``for_s``. ``link_down`` / ``link_up``: the switch's port of the
 link is set down or up (``ip link`` in the switch's namespace): the cable is pulled, the
 host's own interface only loses its carrier, and the client's packet handler keeps its
 device. ``link_down`` with ``for_s`` comes back up by itself. ``bulk_crash``: a bulk
-host's source process SIGKILLed by pid. Processes are always ended by pid.
+host's source process SIGKILLed by pid. ``loss_burst``: each frame through the switch's
+port of the host's link, both ways, is lost with probability ``loss_pct`` for ``for_s``.
+Processes are always ended by pid.
+
+**Where a loss burst is made.** The packet handler's own loss (``testbed.netdev.link``,
+the client link's loss where the kernel has no ``sch_netem``) is set once, from the
+client's configuration, and the storage client offers no way to change it while it
+runs. The burst is made in the kernel instead, on the same switch port the link faults
+use: an nftables ``netdev`` table with a chain on the port's ``ingress`` hook (frames
+from the host) and one on its ``egress`` hook (frames to it), each counting every frame
+and dropping those for which ``numgen random mod 10000`` falls under ``loss_pct`` x 100.
+tc cannot do it here: this kernel has neither ``sch_netem`` nor the tc actions
+(``act_gact``, ``act_police``) that a filter would need to drop. Its end deletes the
+table and records how many frames went through the port and how many were lost.
 
 **Undo.** Each fault in progress is a resource of the run (:meth:`RunContext.register`,
 listed in its state file): a paused tgtd is resumed and a link put back up by the run's
@@ -53,6 +67,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Literal, Optional
 
 from .errors import TestbedError
+from .runctx import ENV_VAR, TAG_PREFIX
 from .schema import Unknown, bounded
 
 TRIGGERS = ("free_at_min", "first_storage_drop")
@@ -153,12 +168,28 @@ class BulkCrash(FaultBase):
 
 
 @dataclass
+class LossBurst(FaultBase):
+    """Random loss of ``loss_pct`` % on the host's link, both ways, for ``for_s``."""
+
+    kind: Literal["loss_burst"] = "loss_burst"
+    host: str = "client"
+    for_s: float = bounded(5.0, gt=0, max=600)
+    # numgen's resolution: the threshold is a whole number of 1/10,000
+    loss_pct: float = bounded(10.0, min=0.01, max=100)
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
+@dataclass
 class Fault(FaultBase):
     """One fault of a scenario; ``kind`` picks which (schema.__variants__)."""
 
     __variants__: ClassVar[dict[str, type]] = {
         "target_restart": TargetRestart, "target_pause": TargetPause,
-        "link_down": LinkDown, "link_up": LinkUp, "bulk_crash": BulkCrash}
+        "link_down": LinkDown, "link_up": LinkUp, "bulk_crash": BulkCrash,
+        "loss_burst": LossBurst}
     kind: str = "target_restart"
 
 
@@ -431,6 +462,15 @@ class Injector:
         proc.wait(GONE_TIMEOUT_S)
         return f"ok: {host}'s source pid {proc.pid} killed"
 
+    def _start_loss_burst(self, a: Active) -> str:
+        spec = a.spec
+        assert isinstance(spec, LossBurst)
+        loss = PortLoss(switch_port(self.plant.network, spec.host), spec.loss_pct,
+                        table=f"tb_loss{a.index}", tag=TAG_PREFIX + os.environ.get(ENV_VAR, ""))
+        loss.add()
+        self._hold(a, f"{spec.host} {loss.port.name}", loss.remove, spec.for_s)
+        return f"ok: {spec.loss_pct:g}% loss on {loss.port.name} (the switch's port of {spec.host})"
+
 
 # -- processes and links ------------------------------------------------------------------
 
@@ -468,13 +508,63 @@ class SwitchPort:
     name: str
     ns_pid: int         # a process in the switch's namespace (its Mininet shell)
 
+    def run(self, argv: list[str], stdin: Optional[str] = None) -> str:
+        """A tool in the switch's namespace; its output, or a FaultError naming it."""
+        r = subprocess.run(["mnexec", "-a", str(self.ns_pid), *argv], input=stdin,
+                           capture_output=True, text=True, timeout=LINK_TIMEOUT_S)
+        if r.returncode != 0:
+            raise FaultError(f"{' '.join(argv[:4])} on {self.name}: {r.stderr.strip()}")
+        return r.stdout
+
     def set(self, up: bool) -> str:
         state = "up" if up else "down"
-        argv = ["mnexec", "-a", str(self.ns_pid), "ip", "link", "set", "dev", self.name, state]
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=LINK_TIMEOUT_S)
-        if r.returncode != 0:
-            raise FaultError(f"ip link set dev {self.name} {state}: {r.stderr.strip()}")
+        self.run(["ip", "link", "set", "dev", self.name, state])
         return f"ok: {self.name} {state}"
+
+
+@dataclass
+class PortLoss:
+    """Random loss on a switch port, both ways, with nftables (see the module docstring)."""
+
+    port: SwitchPort
+    loss_pct: float
+    table: str
+    tag: str             # the run's tag, as every rule of a run carries it
+
+    def script(self) -> str:
+        """The table, for ``nft -f -``: per hook a counter of every frame, then the drop."""
+        under = round(self.loss_pct * 100)
+        chains = []
+        for chain, hook in (("from_host", "ingress"), ("to_host", "egress")):
+            chains.append(
+                f"  chain {chain} {{\n"
+                f'    type filter hook {hook} device "{self.port.name}" priority filter; policy accept;\n'
+                f'    counter comment "{self.tag}"\n'
+                f'    numgen random mod 10000 < {under} counter drop comment "{self.tag}"\n'
+                f"  }}\n")
+        return f"table netdev {self.table} {{\n{''.join(chains)}}}\n"
+
+    def add(self) -> None:
+        self.port.run(["nft", "-f", "-"], stdin=self.script())
+
+    def counts(self) -> tuple[int, int]:
+        """(frames through the port, frames lost) since the table was added."""
+        doc = json.loads(self.port.run(["nft", "-j", "list", "table", "netdev", self.table]))
+        seen = lost = 0
+        for item in doc.get("nftables", []):
+            exprs = (item.get("rule") or {}).get("expr") or []
+            packets = sum(e["counter"]["packets"] for e in exprs if "counter" in e)
+            if any("drop" in e for e in exprs):
+                lost += packets
+            elif exprs:
+                seen += packets
+        return seen, lost
+
+    def remove(self) -> str:
+        seen, lost = self.counts()
+        self.port.run(["nft", "delete", "table", "netdev", self.table])
+        share = f" ({100 * lost / seen:.1f} %)" if seen else ""
+        return f"ok: loss ended on {self.port.name}: {lost} of {seen} frames lost{share}"
 
 
 def switch_port(network: Any, host: str) -> SwitchPort:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -343,3 +344,52 @@ def test_the_storage_client_hears_of_each_recovery_from_the_session(tmp_path):
         first.stop()
         if second is not None:
             second.stop()
+
+
+# -- loss bursts ------------------------------------------------------------------------------
+
+def test_a_loss_burst_is_checked_like_every_fault(tmp_path):
+    s = load(tmp_path, "faults: [{kind: loss_burst, at_s: 2}, "
+                       "{kind: loss_burst, host: bulk2, at_s: 1, for_s: 3, loss_pct: 0.5}]\n")
+    assert [(f.host, f.for_s, f.loss_pct) for f in s.faults] == [("client", 5.0, 10.0),
+                                                                 ("bulk2", 3.0, 0.5)]
+    assert s.faults[1].params() == {"host": "bulk2", "for_s": 3.0, "loss_pct": 0.5}
+    got = problems(tmp_path, """faults:
+  - {kind: loss_burst, at_s: 1, loss_pct: 0}
+  - {kind: loss_burst, at_s: 1, loss_pct: 101}
+  - {kind: loss_burst, at_s: 1, for_s: 0}
+  - {kind: loss_burst, at_s: 1, host: bulk7}
+""")
+    assert [(line, key) for line, key, _ in got] == [
+        (7, "faults[0].loss_pct"), (8, "faults[1].loss_pct"), (9, "faults[2].for_s"),
+        (10, "faults[3].host")]
+
+
+@pytest.mark.root
+def test_a_loss_burst_drops_its_share_both_ways_and_goes_away():
+    """PortLoss on a real veth port: about loss_pct of the frames each way are lost
+    and counted, and its end removes the table (pings then all come back)."""
+    from tests.support.vethnet import VethNet
+    net = VethNet(["peer"])
+    inside = net.popen("peer", "sleep", "120")       # a process in the port's namespace
+    try:
+        port = faults.SwitchPort("peer-eth0", inside.pid)
+        loss = faults.PortLoss(port, 30.0, table="tb_loss_test", tag="testbed:test")
+        loss.add()
+        assert "tb_loss_test" in port.run(["nft", "list", "tables"])
+        net.exec("client", "ping", "-c", "400", "-i", "0.002", "-W", "0.2", "10.0.0.2",
+                 check=False, timeout=60)
+        seen, lost = loss.counts()
+        assert seen >= 600          # 400 requests in, about 280 replies out, and ARP
+        assert 0.22 <= lost / seen <= 0.38, (lost, seen)    # 30 % within 4 sd
+        outcome = loss.remove()
+        m = re.fullmatch(r"ok: loss ended on peer-eth0: (\d+) of (\d+) frames lost \(.* %\)",
+                         outcome)
+        assert m and int(m[1]) >= lost and int(m[2]) >= seen, outcome
+        assert "tb_loss_test" not in port.run(["nft", "list", "tables"])
+        after = net.exec("client", "ping", "-c", "50", "-i", "0.002", "-W", "1", "10.0.0.2")
+        assert " 0% packet loss" in after
+    finally:
+        inside.kill()
+        inside.wait()
+        net.close()

@@ -5,6 +5,7 @@ and nothing is left behind, also when Ctrl-C comes while a fault is in progress.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -170,3 +171,24 @@ def test_a_trigger_free_at_min_on_the_built_in_restart_scenario(tmp_path):
     assert fault["written_back_before_bytes"] > 0 and fault["written_back_after_bytes"] > 0
     assert summary["verdict"] == "completed"
     assert_nothing_left(run_id(out))
+
+
+def test_a_loss_burst_on_the_client_link_is_counted_and_loses_nothing(tmp_path):
+    before = snapshot()
+    r, out = run(tmp_path, "loss", 0, "", "faults: [{kind: loss_burst, at_s: 2, for_s: 2, "
+                                         "loss_pct: 20}]\n")
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    [fault] = summary["faults"]
+    assert fault["kind"] == "loss_burst" and fault["outcome"].startswith("ok: 20% loss on ")
+    assert fault["end_t"] - fault["t"] >= 2.0
+    m = re.fullmatch(r"ok: loss ended on \S+: (\d+) of (\d+) frames lost \(.* %\)",
+                     fault["end_outcome"])
+    assert m and int(m[2]) > 0 and int(m[1]) > 0, fault["end_outcome"]
+    # writeback went on across the burst (TCP retransmitted what was lost)
+    assert fault["written_back_before_bytes"] > 0 and fault["written_back_after_bytes"] > 0
+    integrity = summary["integrity"]
+    assert integrity["checked"] and integrity["mismatches"] == 0 and integrity["bytes_checked"] > 0
+    assert summary["verdict"] == "completed"
+    assert_nothing_left(run_id(out))
+    assert_untouched(before, snapshot())
