@@ -137,8 +137,9 @@ class Scenario:
     description: str = ""
     expect: Verdict = "completed"
     expect_by_policy: dict[Policy, Verdict] = field(default_factory=dict)  # overrides expect
-    duration_s: float = bounded(30.0, gt=0)
-    deadline_s: float = bounded(90.0, gt=0)
+    # At most a day: no experiment here runs longer, and a wait of 1e300 s overflows.
+    duration_s: float = bounded(30.0, gt=0, max=86400)
+    deadline_s: float = bounded(90.0, gt=0, max=86400)
     backend: Literal["mininet", "docker"] = "mininet"
     capture: bool = False
     storage: Literal["iscsi", "local"] = "iscsi"

@@ -31,10 +31,15 @@ class WorkloadConfig:
 
     kind: WorkloadKind = "writer"   # writer | mmap_writer | downloader
     rate_mbps: float = bounded(0.0, min=0)      # MiB/s the workload tries to write; 0 = as fast as it can
-    total_mb: float = bounded(16.0, gt=0)       # MiB written (downloader: at most this much, or until EOF)
+    # MiB written (downloader: at most this much, or until EOF). At most 1 TiB: room for
+    # "more than it can write in the time" (tests do that), while a float near 1e308
+    # would overflow total_bytes
+    total_mb: float = bounded(16.0, gt=0, max=1048576)
     files: int = bounded(1, min=1)              # files the bytes are spread over (round robin by chunk)
     seed: int = 1                               # fixes the written data (writers)
-    chunk_kb: int = bounded(64, min=4, multiple_of=4)   # bytes per write() call: whole pages
+    # KiB per write() call, whole pages; at most 64 MiB: a larger buffer only costs this
+    # machine's memory (the call is split into pages anyway)
+    chunk_kb: int = bounded(64, min=4, max=65536, multiple_of=4)
     start_after_s: float = bounded(0.0, min=0)  # delay after the machine starts
     request: str = ""                           # downloader: sent to the server after connecting
     rcvbuf_kb: int = bounded(0, min=0)          # downloader: socket receive buffer (0 = kernel default)
