@@ -38,6 +38,7 @@ from .image import GuestImage
 QEMU = "qemu-system-x86_64"
 MIN_MEMORY_MB = 112         # measured: see docs/kernel-client.md
 PROBE_TIMEOUT_S = 20.0
+KERNEL_POLICY = "gorman-3.6"   # what the guest's kernel does: the series is mainline since 3.6
 ACCELS = ("kvm", "tcg")
 # KVM's CPU models to try, in order: the host's, then the host's without the MSR that
 # nested KVM refuses here (QEMU aborts on MSR 0x10a with the first)
@@ -182,6 +183,9 @@ def scenario_rules(scenario: Any) -> Iterator[tuple[str, str]]:
 def _kernel_rules(scenario: Any) -> Iterator[tuple[str, str]]:
     if scenario.client.kind != "kernel":
         return
+    if scenario.client.policy != KERNEL_POLICY:
+        yield ("client.policy", f"the kernel client's policy is its kernel's: Linux 6.1 has "
+                                f"Gorman's series ({KERNEL_POLICY}), not {scenario.client.policy}")
     if scenario.backend != "mininet":
         yield ("backend", "client.kind: kernel runs on the mininet backend only")
     if scenario.storage != "iscsi":

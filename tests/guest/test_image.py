@@ -132,11 +132,13 @@ def test_the_scenario_knobs_become_the_kernels_sysctls():
 def test_client_kind_defaults_to_emulated_and_kernel_has_its_rules():
     assert scenario.load("baseline").client.kind == "emulated"
     with pytest.raises(SchemaError) as e:
-        scenario.load("contention", ["client.kind=kernel", "backend=docker", "storage=local"])
+        scenario.load("contention", ["client.kind=kernel", "backend=docker", "storage=local",
+                                     "client.policy=none"])
     text = str(e.value)
     assert f"client.memory_mb: 32 is below the kernel client's smallest memory, " \
            f"{qemu.MIN_MEMORY_MB} MiB" in text
     assert "backend: client.kind: kernel runs on the mininet backend only" in text
     assert "storage: client.kind: kernel writes to the iSCSI LUN" in text
+    assert "client.policy: the kernel client's policy is its kernel's" in text
     with pytest.raises(SchemaError, match="client.kind: 'vm' is not one of emulated, kernel"):
         scenario.load("baseline", ["client.kind=vm"])

@@ -6,7 +6,9 @@ on the LUN from the target host."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -80,3 +82,39 @@ def test_the_contention_load_on_a_real_kernel_completes_and_reads_back(tmp_path,
     assert_untouched(before, snapshot())
     print(f"kernel client run: {took:.1f}s wall, boot to first sample "
           f"{outcome['kernel']['first_sample_s']}s, {outcome['t']}s of load")
+
+
+def test_ctrl_c_while_the_guest_runs_stops_qemu_and_leaves_nothing(tmp_path, guest_image):
+    path = tmp_path / "kernel.yaml"
+    path.write_text(SCENARIO.replace("rate_mbps: 4", "rate_mbps: 0.5"))   # still running at ^C
+    out = tmp_path / "run"
+    before = snapshot()
+    p = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(path), "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("free" in s for s in read_ndjson(out / "client.ndjson")):
+            assert time.monotonic() < deadline and p.poll() is None, "no sample from the guest"
+            time.sleep(0.5)
+        run_id = json.loads((out / "client-config.json").read_text())["run_id"]
+        qemu = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                and _cmdline(pid).startswith("qemu-system-x86_64") and f"tb-{run_id}-client" in _cmdline(pid)]
+        assert len(qemu) == 1, "the guest runs as one QEMU process named for the run"
+        p.send_signal(signal.SIGINT)
+        output, _ = p.communicate(timeout=90)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["verdict"] is None
+    assert not Path(f"/proc/{qemu[0]}").exists()
+    assert_nothing_left(run_id)
+    assert_untouched(before, snapshot())
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
