@@ -509,7 +509,18 @@ class SwitchPort:
     ns_pid: int         # a process in the switch's namespace (its Mininet shell)
 
     def run(self, argv: list[str], stdin: Optional[str] = None) -> str:
-        """A tool in the switch's namespace; its output, or a FaultError naming it."""
+        """A tool in the switch's namespace; its output, or a FaultError naming it.
+
+        The switch never lives in the namespace the testbed runs in (NamespacedBridge): a
+        process found there is not the switch's, and nothing is done to the machine's own
+        network."""
+        try:
+            ns = os.stat(f"/proc/{self.ns_pid}/ns/net").st_ino
+        except OSError:
+            raise FaultError(f"{self.name}: pid {self.ns_pid} of its namespace is gone") from None
+        if ns == os.stat("/proc/self/ns/net").st_ino:     # the testbed runs in the root
+            raise FaultError(f"{self.name}: pid {self.ns_pid} is in the root network "
+                             f"namespace (the testbed's own), not the switch's")
         r = subprocess.run(["mnexec", "-a", str(self.ns_pid), *argv], input=stdin,
                            capture_output=True, text=True, timeout=LINK_TIMEOUT_S)
         if r.returncode != 0:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -365,6 +366,14 @@ def test_a_loss_burst_is_checked_like_every_fault(tmp_path):
         (10, "faults[3].host")]
 
 
+UDP_FRAMES = 1000
+SEND_UDP = f"""import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range({UDP_FRAMES}):
+    s.sendto(b"x" * 64, (sys.argv[1], 9))
+"""
+
+
 @pytest.mark.root
 def test_a_loss_burst_drops_its_share_both_ways_and_goes_away():
     """PortLoss on a real veth port: about loss_pct of the frames each way are lost
@@ -374,14 +383,23 @@ def test_a_loss_burst_drops_its_share_both_ways_and_goes_away():
     inside = net.popen("peer", "sleep", "120")       # a process in the port's namespace
     try:
         port = faults.SwitchPort("peer-eth0", inside.pid)
+        ns = os.stat(f"/run/netns/{net.ns['peer']}").st_ino
+        deadline = time.monotonic() + 5
+        while os.stat(f"/proc/{inside.pid}/ns/net").st_ino != ns:   # ip netns exec: setns
+            with pytest.raises(faults.FaultError, match="root network namespace"):
+                port.run(["nft", "list", "tables"])      # not yet: refused, never done there
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        port = faults.SwitchPort("peer-eth0", inside.pid)
         loss = faults.PortLoss(port, 30.0, table="tb_loss_test", tag="testbed:test")
         loss.add()
         assert "tb_loss_test" in port.run(["nft", "list", "tables"])
-        net.exec("client", "ping", "-c", "400", "-i", "0.002", "-W", "0.2", "10.0.0.2",
-                 check=False, timeout=60)
+        for src, dst in (("client", "10.0.0.2"), ("peer", "10.0.0.1")):    # in, then out
+            net.exec(src, sys.executable, "-c", SEND_UDP, dst, timeout=60)
         seen, lost = loss.counts()
-        assert seen >= 600          # 400 requests in, about 280 replies out, and ARP
-        assert 0.22 <= lost / seen <= 0.38, (lost, seen)    # 30 % within 4 sd
+        # and a few more: ARP (retried when lost) and rate-limited ICMP port unreachables
+        assert 2 * UDP_FRAMES <= seen <= 2 * UDP_FRAMES + 60
+        assert 0.25 <= lost / seen <= 0.35, (lost, seen)          # 30 % within 5 sd
         outcome = loss.remove()
         m = re.fullmatch(r"ok: loss ended on peer-eth0: (\d+) of (\d+) frames lost \(.* %\)",
                          outcome)
