@@ -159,6 +159,7 @@ class Workload(threading.Thread):
         self.written = 0
         self.received = 0             # downloader: bytes read from its socket
         self.sock: socket.socket | None = None
+        self.local = "?"              # downloader: its socket's address, once connected
         self.error: str | None = None
         self.stopping = False
 
@@ -232,6 +233,7 @@ class Workload(threading.Thread):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg["rcvbuf_kb"] * 1024)
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(tuple(self.server))
+            self.local = "%s:%d" % sock.getsockname()
             self.sock = sock
             if self.cfg.get("request"):
                 sock.sendall(self.cfg["request"].encode())
@@ -260,11 +262,9 @@ class Workload(threading.Thread):
             if sock is not None:
                 queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
                                                         b"\0\0\0\0"))[0]
-                self.local = "%s:%d" % sock.getsockname()
-        except OSError:
+        except OSError:           # closed by the workload meanwhile
             pass
-        local = getattr(self, "local", "?")
-        return {"flow": f"tcp {local}<->{self.server[0]}:{self.server[1]}",
+        return {"flow": f"tcp {self.local}<->{self.server[0]}:{self.server[1]}",
                 "charged_bytes": self.received + queued, "read_bytes": self.received,
                 "memalloc": False}
 

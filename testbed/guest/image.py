@@ -26,6 +26,7 @@ so two runs never build at once and a killed build leaves nothing that looks usa
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import json
 import os
@@ -363,7 +364,6 @@ def _make_initramfs(root: Path, release: str, wanted: tuple[str, ...], work: Pat
                           capture_output=True, timeout=STEP_TIMEOUT_S)
     if cpio.returncode != 0:
         raise ImageBuildError(f"guest image, initramfs: cpio failed: {cpio.stderr.decode().strip()}")
-    import gzip
     (work / "initrd.img").write_bytes(gzip.compress(cpio.stdout, 6))
     shutil.rmtree(tree)
 

@@ -95,7 +95,8 @@ def client_config(scenario: Any, net: Any, run: Any, image: GuestImage, accel: A
                           "kernel has no sch_netem, and the guest has no user-space handler")
     host = net.host("client")
     c, d = scenario.client, run.dir
-    guest = {"ip": f"{host.ip}/{_prefix_len(host)}", "initiator_name": INITIATOR_NAME,
+    guest = {"ip": None,             # the wire's address, taken over by GuestRunner.attach
+             "initiator_name": INITIATOR_NAME,
              "target": {"portal": target_portal, "iqn": target_iqn,
                         "chap": asdict(scenario.target.chap) if scenario.target.chap else None},
              "sysctl": sysctls(c), "workloads": workloads,
@@ -113,11 +114,6 @@ def client_config(scenario: Any, net: Any, run: Any, image: GuestImage, accel: A
             "deadline_s": scenario.deadline_s, "guest": guest}
 
 
-def _prefix_len(host: Any) -> int:
-    from topologies.contention_layout import PREFIX_LEN
-    return PREFIX_LEN
-
-
 # -- the client host's side -----------------------------------------------------------------
 
 
@@ -131,6 +127,7 @@ class GuestRunner:
         self.saved: Optional[dict[str, Any]] = None
         self.started = 0.0
         self.first_sample: Optional[float] = None
+        self.manifest: dict[str, Any] = {"page_size": 4096, "extents": []}
 
     # network --------------------------------------------------------------------------
 
@@ -140,6 +137,10 @@ class GuestRunner:
         self.saved = {"mac": addrs["address"],
                       "addrs": [f"{a['local']}/{a['prefixlen']}" for a in addrs["addr_info"]
                                 if a["family"] == "inet"]}
+        if len(self.saved["addrs"]) != 1:
+            raise TestbedError(f"kernel client: {wire} has {len(self.saved['addrs'])} IPv4 "
+                               f"addresses; the guest takes over exactly one")
+        self.cfg["guest"]["ip"] = self.saved["addrs"][0]
         mac = self.cfg["mac"]
         wire_mac = "06" + mac[2:]          # another locally administered address
         cmds = [["addr", "flush", "dev", wire], ["link", "set", wire, "address", wire_mac],
@@ -236,7 +237,6 @@ class GuestRunner:
 
     def _host_outcome(self, verdict: str, detail: str) -> dict[str, Any]:
         """No outcome from the guest: hung-task warnings on its console make it a lockup."""
-        self.manifest = {"page_size": 4096, "extents": []}
         hung = hung_tasks(Path(self.cfg["console_path"]))
         last = _last_sample(Path(self.cfg["metrics_path"]))
         out: dict[str, Any] = {"verdict": verdict, "detail": detail, "t": last.get("t"),
@@ -263,8 +263,7 @@ class GuestRunner:
                              "first_sample_s": round(self.first_sample - self.started, 2)
                              if self.first_sample else None,
                              "console_hung_tasks": len(hung_tasks(Path(c["console_path"])))}
-        Path(c["manifest_path"]).write_text(json.dumps(getattr(self, "manifest", None) or
-                                                       {"page_size": 4096, "extents": []}))
+        Path(c["manifest_path"]).write_text(json.dumps(self.manifest))
         Path(c["outcome_path"]).write_text(json.dumps(outcome, indent=1))
 
     def stop(self) -> None:
