@@ -111,6 +111,12 @@ def test_built_in_fault_scenarios_load():
     assert restart.client.workloads == scenario.load("contention").client.workloads
     flap = scenario.load("faults-link-flap")
     assert [f.kind for f in flap.faults] == ["link_down", "link_down", "link_up"]
+    pressure = scenario.load("faults-restart-under-pressure")
+    [restart] = pressure.faults
+    assert (restart.kind, restart.when, restart.pause_s) == ("target_restart", "free_at_min", 1.0)
+    assert pressure.client.workloads == scenario.load("contention").client.workloads
+    assert pressure.expected == "completed"
+    assert scenario.load("faults-restart-under-pressure", ["client.policy=none"]).expected == "lockup"
 
 
 # -- the injector, on real processes -------------------------------------------------------
