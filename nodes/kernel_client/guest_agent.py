@@ -360,6 +360,9 @@ class Sampler:
     def __init__(self, disk: str, started: float, workloads: list[Workload]):
         self.disk, self.started, self.workloads = disk, started, workloads
         self.base = disk_stat(disk)["sectors_written"]
+        # fixed once the sysctls are written (min_free_kbytes, watermark_scale_factor);
+        # /proc/zoneinfo is the costliest file to read, and TCG makes every read dear
+        self.wm = watermarks()
         self.events: list[dict] = []
         self.hung: list[str] = []
 
@@ -369,7 +372,7 @@ class Sampler:
             if HUNG_MARK in line:
                 self.hung.append(line)
                 self.events.append({"t": t, "event": "hung_task", "message": line})
-        mi, vm, wm = read_keyed("/proc/meminfo"), read_keyed("/proc/vmstat"), watermarks()
+        mi, vm, wm = read_keyed("/proc/meminfo"), read_keyed("/proc/vmstat"), self.wm
         net = read_paired("/proc/net/netstat")
         snmp = read_paired("/proc/net/snmp")
         disk = disk_stat(self.disk)

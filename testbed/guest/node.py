@@ -262,7 +262,8 @@ class GuestRunner:
                              "accel_detail": c["accel_detail"], "memory_mb": c["memory_mb"],
                              "first_sample_s": round(self.first_sample - self.started, 2)
                              if self.first_sample else None,
-                             "console_hung_tasks": len(hung_tasks(Path(c["console_path"])))}
+                             "console_hung_tasks": len(hung_tasks(Path(c["console_path"]))),
+                             **sample_rate(Path(c["metrics_path"]))}
         Path(c["manifest_path"]).write_text(json.dumps(self.manifest))
         Path(c["outcome_path"]).write_text(json.dumps(outcome, indent=1))
 
@@ -302,19 +303,34 @@ def hung_tasks(console: Path) -> list[str]:
     return console_lines(console, HUNG_MARK)
 
 
-def _last_sample(path: Path) -> dict[str, Any]:
+def sample_rate(path: Path) -> dict[str, Any]:
+    """How many samples the guest sent and their mean interval: under TCG the agent's
+    reads of /proc cost far more than on hardware, and the interval asked for may not
+    be kept."""
+    ts = [s["t"] for s in _samples(path)]
+    mean = round((ts[-1] - ts[0]) / (len(ts) - 1), 3) if len(ts) > 1 else None
+    return {"samples": len(ts), "mean_interval_s": mean}
+
+
+def _samples(path: Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text().splitlines()
     except OSError:
-        return {}
-    for line in reversed(lines):
+        return []
+    out = []
+    for line in lines:
         try:
             s = json.loads(line)
         except ValueError:
             continue
         if "free" in s:
-            return s
-    return {}
+            out.append(s)
+    return out
+
+
+def _last_sample(path: Path) -> dict[str, Any]:
+    samples = _samples(path)
+    return samples[-1] if samples else {}
 
 
 def _ip(argv: list[str], out: bool = False, check: bool = True) -> str:
