@@ -84,31 +84,61 @@ def test_the_contention_load_on_a_real_kernel_completes_and_reads_back(tmp_path,
           f"{outcome['kernel']['first_sample_s']}s, {outcome['t']}s of load")
 
 
-def test_ctrl_c_while_the_guest_runs_stops_qemu_and_leaves_nothing(tmp_path, guest_image):
+def start_slow_run(tmp_path: Path) -> tuple[subprocess.Popen, Path, str, str]:
+    """A kernel client run whose load is still going: (process, folder, run id, QEMU's pid)."""
     path = tmp_path / "kernel.yaml"
-    path.write_text(SCENARIO.replace("rate_mbps: 4", "rate_mbps: 0.5"))   # still running at ^C
+    path.write_text(SCENARIO.replace("rate_mbps: 4", "rate_mbps: 0.5"))
     out = tmp_path / "run"
-    before = snapshot()
     p = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(path), "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not any("free" in s for s in read_ndjson(out / "client.ndjson")):
+        assert time.monotonic() < deadline and p.poll() is None, "no sample from the guest"
+        time.sleep(0.5)
+    run_id = json.loads((out / "client-config.json").read_text())["run_id"]
+    qemu = [pid for pid in os.listdir("/proc") if pid.isdigit()
+            and _cmdline(pid).startswith("qemu-system-x86_64") and f"tb-{run_id}-client" in _cmdline(pid)]
+    assert len(qemu) == 1, "the guest runs as one QEMU process named for the run"
+    return p, out, run_id, qemu[0]
+
+
+def test_ctrl_c_while_the_guest_runs_stops_qemu_and_leaves_nothing(tmp_path, guest_image):
+    before = snapshot()
+    p = None
     try:
-        deadline = time.monotonic() + 120
-        while not any("free" in s for s in read_ndjson(out / "client.ndjson")):
-            assert time.monotonic() < deadline and p.poll() is None, "no sample from the guest"
-            time.sleep(0.5)
-        run_id = json.loads((out / "client-config.json").read_text())["run_id"]
-        qemu = [pid for pid in os.listdir("/proc") if pid.isdigit()
-                and _cmdline(pid).startswith("qemu-system-x86_64") and f"tb-{run_id}-client" in _cmdline(pid)]
-        assert len(qemu) == 1, "the guest runs as one QEMU process named for the run"
+        p, out, run_id, qemu = start_slow_run(tmp_path)
         p.send_signal(signal.SIGINT)
         output, _ = p.communicate(timeout=90)
     finally:
-        if p.poll() is None:
+        if p is not None and p.poll() is None:
             p.kill()
     assert p.returncode == 130, output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["verdict"] is None
-    assert not Path(f"/proc/{qemu[0]}").exists()
+    assert not Path(f"/proc/{qemu}").exists()
+    assert_nothing_left(run_id)
+    assert_untouched(before, snapshot())
+
+
+def test_testbed_clean_removes_the_guest_of_a_killed_run(tmp_path, guest_image):
+    before = snapshot()
+    p = None
+    try:
+        p, out, run_id, qemu = start_slow_run(tmp_path)
+        p.kill()                                  # SIGKILL: no teardown ran
+        p.communicate(timeout=30)
+        assert Path(f"/proc/{qemu}").exists(), "QEMU outlives the killed run"
+    finally:
+        if p is not None and p.poll() is None:
+            p.kill()
+    # (another run starting meanwhile may clean it first: the end state is what counts)
+    r = subprocess.run([sys.executable, "-m", "testbed.cli", "clean"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{qemu}").exists():
+        assert time.monotonic() < deadline, "QEMU of the killed run is still there"
+        time.sleep(0.2)
     assert_nothing_left(run_id)
     assert_untouched(before, snapshot())
 
