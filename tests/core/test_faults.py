@@ -373,10 +373,13 @@ def test_a_loss_burst_is_checked_like_every_fault(tmp_path):
 
 
 UDP_FRAMES = 1000
-SEND_UDP = f"""import socket, sys
+# paced: a burst would overflow the receiving veth's backlog, before the ingress hook
+SEND_UDP = f"""import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for _ in range({UDP_FRAMES}):
+for i in range({UDP_FRAMES}):
     s.sendto(b"x" * 64, (sys.argv[1], 9))
+    if i % 20 == 19:
+        time.sleep(0.002)
 """
 
 
@@ -392,18 +395,22 @@ def test_a_loss_burst_drops_its_share_both_ways_and_goes_away():
         ns = os.stat(f"/run/netns/{net.ns['peer']}").st_ino
         deadline = time.monotonic() + 5
         while os.stat(f"/proc/{inside.pid}/ns/net").st_ino != ns:   # ip netns exec: setns
-            with pytest.raises(faults.FaultError, match="root network namespace"):
-                port.run(["nft", "list", "tables"])      # not yet: refused, never done there
             assert time.monotonic() < deadline
             time.sleep(0.01)
+        # a process still in the testbed's own namespace: refused, nothing done there
+        with pytest.raises(faults.FaultError, match="root network namespace"):
+            faults.SwitchPort("peer-eth0", os.getpid()).run(["nft", "list", "tables"])
         port = faults.SwitchPort("peer-eth0", inside.pid)
+        # neighbours resolved first: a lost ARP would hold frames back in the sender
+        net.exec("client", "ping", "-c", "1", "-W", "2", "10.0.0.2")
+        net.exec("peer", "ping", "-c", "1", "-W", "2", "10.0.0.1")
         loss = faults.PortLoss(port, 30.0, table="tb_loss_test", tag="testbed:test")
         loss.add()
         assert "tb_loss_test" in port.run(["nft", "list", "tables"])
         for src, dst in (("client", "10.0.0.2"), ("peer", "10.0.0.1")):    # in, then out
             net.exec(src, sys.executable, "-c", SEND_UDP, dst, timeout=60)
         seen, lost = loss.counts()
-        # and a few more: ARP (retried when lost) and rate-limited ICMP port unreachables
+        # and a few more: rate-limited ICMP port unreachables, ARP
         assert 2 * UDP_FRAMES <= seen <= 2 * UDP_FRAMES + 60
         assert 0.25 <= lost / seen <= 0.35, (lost, seen)          # 30 % within 5 sd
         outcome = loss.remove()
