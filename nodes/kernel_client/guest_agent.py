@@ -55,6 +55,10 @@ REGION_ALIGN = 1 << 20
 LOGIN_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 30.0
 HUNG_MARK = "blocked for more than"
+# /proc/vmstat counters sampled under their own names (the emulated client's too)
+VMSTAT_FIELDS = ("pgscan_direct_throttle", "pgscan_direct", "pgscan_kswapd", "pgsteal_direct",
+                 "pgsteal_kswapd", "nr_dirtied", "nr_written", "nr_dirty", "nr_writeback",
+                 "pgpgout", "pgfree")
 
 
 def log(text: str) -> None:
@@ -360,9 +364,6 @@ class Sampler:
     def __init__(self, disk: str, started: float, workloads: list[Workload]):
         self.disk, self.started, self.workloads = disk, started, workloads
         self.base = disk_stat(disk)["sectors_written"]
-        # fixed once the sysctls are written (min_free_kbytes, watermark_scale_factor);
-        # /proc/zoneinfo is the costliest file to read, and TCG makes every read dear
-        self.wm = watermarks()
         self.events: list[dict] = []
         self.hung: list[str] = []
 
@@ -372,7 +373,9 @@ class Sampler:
             if HUNG_MARK in line:
                 self.hung.append(line)
                 self.events.append({"t": t, "event": "hung_task", "message": line})
-        mi, vm, wm = read_keyed("/proc/meminfo"), read_keyed("/proc/vmstat"), self.wm
+        # per sample: zoneinfo's watermarks include the kernel's watermark_boost, which
+        # comes and goes, and the allocator checks the boosted ones
+        mi, vm, wm = read_keyed("/proc/meminfo"), read_keyed("/proc/vmstat"), watermarks()
         net = read_paired("/proc/net/netstat")
         snmp = read_paired("/proc/net/snmp")
         disk = disk_stat(self.disk)
@@ -386,17 +389,13 @@ class Sampler:
              "thresh": vm.get("nr_dirty_threshold", 0),
              "writeback_bytes": (disk["sectors_written"] - self.base) * 512,
              "workload_bytes": sum(w.written for w in self.workloads),
-             "counters": {
-                 "PFMemallocDrop": net.get("TcpExt.PFMemallocDrop", 0),
-                 "TCPBacklogDrop": net.get("TcpExt.TCPBacklogDrop", 0),
-                 "pgscan_direct_throttle": vm.get("pgscan_direct_throttle", 0),
-                 "allocstall": sum(v for k, v in vm.items() if k.startswith("allocstall")),
-                 "pgscan_direct": vm.get("pgscan_direct", 0),
-                 "pgscan_kswapd": vm.get("pgscan_kswapd", 0),
-                 "pgsteal_direct": vm.get("pgsteal_direct", 0),
-                 "pgsteal_kswapd": vm.get("pgsteal_kswapd", 0),
-                 "nr_dirtied": vm.get("nr_dirtied", 0), "nr_written": vm.get("nr_written", 0),
-                 "pgpgout": vm.get("pgpgout", 0), "hung_tasks": len(self.hung)},
+             # the counters, top level as the emulated client's (kernel names)
+             "PFMemallocDrop": net.get("TcpExt.PFMemallocDrop", 0),
+             "TCPBacklogDrop": net.get("TcpExt.TCPBacklogDrop", 0),
+             "allocstall": sum(v for k, v in vm.items() if k.startswith("allocstall_")),
+             "pgalloc": sum(v for k, v in vm.items() if k.startswith("pgalloc_")),
+             **{k: vm.get(k, 0) for k in VMSTAT_FIELDS},
+             "hung_tasks": len(self.hung),
              "tcp": {k.split(".", 1)[1]: v for k, v in snmp.items() if k.startswith("Tcp.")
                      and k.split(".", 1)[1] in ("InSegs", "OutSegs", "RetransSegs", "InErrs")},
              "disk": disk,
@@ -409,7 +408,9 @@ class Sampler:
 def evidence(s: dict, stalled: float, hung: list[str]) -> dict:
     return {"t": s["t"], "stalled_for_s": round(stalled, 2), "dirty": s["dirty"],
             "writeback": s["writeback"], "free": s["free"], "wmark_min": s["wmark_min"],
-            "reserve": None, "hung_tasks": hung[-5:], "counters": s["counters"]}
+            "reserve": None, "hung_task_messages": hung[-5:],
+            "counters": {k: s[k] for k in ("PFMemallocDrop", "TCPBacklogDrop", "allocstall",
+                                           "pgscan_direct_throttle", "nr_dirty", "nr_writeback")}}
 
 
 def main(cfg: dict) -> int:

@@ -252,8 +252,10 @@ class GuestRunner:
                              "stalled_for_s": last.get("stalled_for_s") or 0.0,
                              "dirty": last.get("dirty"), "writeback": last.get("writeback"),
                              "free": last.get("free"), "wmark_min": last.get("wmark_min"),
-                             "reserve": None, "hung_tasks": hung[-5:],
-                             "counters": last.get("counters")}
+                             "reserve": None, "hung_task_messages": hung[-5:],
+                             "counters": {k: last.get(k) for k in (
+                                 "PFMemallocDrop", "TCPBacklogDrop", "allocstall",
+                                 "pgscan_direct_throttle", "nr_dirty", "nr_writeback")}}
         return out
 
     def finish(self, outcome: dict[str, Any]) -> None:
