@@ -26,6 +26,13 @@ fires (``lockup``) or the deadline passes, then writes its outcome as JSON and t
 manifest of every acknowledged page (``testbed.integrity``), which the orchestrator
 checks on the LUN from the target host.
 
+The lockup detector is given what it needs to prove a lockup: the recovery horizon of
+this initiator (its own timeouts and the DefaultTime2Wait the login negotiated:
+:meth:`RecoveryHorizon.from_session`), and the storage flow - the interface and the
+packet handler's counters of the SOCK_MEMALLOC class. ``TESTBED_LOCKUP_PATIENCE=N`` in
+the environment makes it wait N horizons before it fires (the patience tests use 2 to
+show that nothing moves in the extra time); the outcome records the value.
+
 The ``local`` storage mode replaces the initiator with a file-backed disk (the "buy a
 local disk" baseline) and may run without the packet handler.
 """
@@ -33,6 +40,7 @@ local disk" baseline) and may run without the packet handler.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -47,6 +55,7 @@ from testbed.iscsi.chap import ChapCredentials
 from testbed.iscsi.connection import SessionHooks
 from testbed.iscsi.session import SessionConfig
 from testbed.mm.config import MachineConfig
+from testbed.mm.lockup import RecoveryHorizon, StorageFlow, tally_from_counters
 from testbed.mm.machine import Machine
 from testbed.mm.manager import MemoryManager
 from testbed.netdev.flows import FlowKey
@@ -54,6 +63,7 @@ from testbed.netdev.handler import PacketHandler
 
 INITIATOR_NAME = "iqn.2026-11.org.testbed:storage-client"
 CLOSE_TIMEOUT_S = 3.0      # logout at the end; a locked-up machine may never get the reply
+PATIENCE_ENV = "TESTBED_LOCKUP_PATIENCE"    # recovery horizons before a lockup is called
 
 
 @dataclass
@@ -196,6 +206,18 @@ class Events:
         return {"events": events} if events else {}
 
 
+def lockup_patience() -> int:
+    """``TESTBED_LOCKUP_PATIENCE`` (default 1): horizons a lockup must last before it is called."""
+    text = os.environ.get(PATIENCE_ENV, "1")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise TestbedError(f"{PATIENCE_ENV}={text!r}: must be an integer >= 1")
+    return value
+
+
 class StorageClient:
     """Composes memory manager, packet handler, initiator and machine for one run."""
 
@@ -226,11 +248,34 @@ class StorageClient:
                                socket_hook=self._downloader_socket,
                                metric_sources=sources,
                                download_servers=self.cfg.download_servers,
-                               metrics_path=self.cfg.metrics_path)
+                               metrics_path=self.cfg.metrics_path,
+                               storage_flow=self._storage_flow(), horizon=self._horizon(),
+                               patience=lockup_patience())
         self.machine.start()
         # the first sample may go out before this: the event carries its own t (0.0)
         self.hooks.events.note("load_started", monotonic=self.machine.started)
         self.hooks.events.started = self.machine.started
+
+    def _horizon(self) -> Optional[RecoveryHorizon]:
+        """The recovery horizon of the initiator in use: its timeouts, the negotiated T2W."""
+        session = getattr(self.device, "session", None)
+        if session is None:
+            return None                 # a local disk: the detector's default applies
+        return RecoveryHorizon.from_session(session.config, session.params.default_time2wait)
+
+    def _storage_flow(self) -> Optional[StorageFlow]:
+        """The iSCSI flow as the detector sees it; None without the handler or the initiator."""
+        session = getattr(self.device, "session", None)
+        handler = self.handler
+        if handler is None or session is None or handler.dev is None:
+            return None
+
+        def status() -> str:
+            failure = f": {session.failure}" if session.failure is not None else ""
+            return f"session {session.state}, {session.stats.recoveries} recoveries{failure}"
+
+        return StorageFlow("iSCSI", handler.dev, lambda: tally_from_counters(handler.counters()),
+                           status)
 
     def _open_device(self) -> BlockDevice:
         if self.cfg.storage == "local":

@@ -32,7 +32,7 @@ from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..orchestrator import Orchestrator, RunResult
 from ..report import build_compare_report, build_report
-from ..report.summary import evidence
+from ..report.summary import cycle_lines, evidence
 from ..scenario import Scenario
 
 
@@ -96,6 +96,8 @@ def _print_result(res: RunResult) -> None:
     s = res.summary
     print(f"verdict: {s.get('verdict')} (expected {s['expected']})")
     for line in evidence(s):
+        print(f"  {line}")
+    for line in cycle_lines(s):         # a lockup's proof: what holds the machine
         print(f"  {line}")
     print(f"report: {res.run_dir / 'report.html'}")
 

@@ -1,40 +1,448 @@
-"""The lockup detector: writeback stuck while memory is exhausted.
+"""The lockup detector: a stall is watched until it is proven stuck, then explained.
 
-Every ``period_s`` it looks at three things:
+A *stall* is writeback pending with no completion for ``lockup_after_s`` while free
+memory is at or under ``WMARK_MIN``. It opens a :class:`StallEpisode` and the run goes
+on. The episode ends, and is recorded with what ended it, when a writeback completes,
+nothing is left to write back, free memory rises above min, or pages become
+reclaimable. ``lockup_after_s`` therefore means "open an episode after this long", no
+longer "declare a lockup".
 
-* *pending*: dirty pages or pages under writeback exist;
-* *stalled for*: time since the last completed writeback, or since writeback
-  became pending, whichever is later;
-* *exhausted*: free pages at or under ``WMARK_MIN`` - no ``GFP_KERNEL``
-  allocation can succeed (the slow path needs free - 1 >= min).
+Inside an episode the *stuck clock* runs while :class:`StuckCriteria` hold at every
+check (every ``period_s``). When one breaks the clock stops, the break is recorded, and
+it starts again from zero if the criteria hold again. Once the state has been stuck for
+the :class:`RecoveryHorizon` - the time the iSCSI initiator and the target's TCP need
+to have tried everything they try on their own - the detector asks two more questions:
+were the storage flow's frames dropped for lack of memory meanwhile (criterion 4), and
+does the emulated state hold a wait-for cycle (:func:`find_cycle`, lockdep's habit:
+show the cycle, not the symptom)? Both yes: a lockup, whose :class:`LockupEvidence`
+carries the cycle with a counter on every edge. Otherwise the episode is marked stuck
+with the reason it is not a lockup, and the run goes on (a report calls it degraded).
 
-When writeback has been pending and stalled for ``lockup_after_s`` while memory
-is exhausted, it declares a lockup and records :class:`LockupEvidence`: the
-time, the memory state (free, min, dirty, writeback, reclaimable, reserve use
-per device), allocation failures per class, throttled and stalled tasks, and
-the kernel counters. When writeback progresses again, the episode gets its
-``recovered_at``. Independently it keeps the longest stall seen (``degraded``
-verdicts are judged by it).
+``patience`` horizons (default 1) may be asked for: the lockup is proven after one, and
+each further horizon adds a checkpoint to the evidence (writeback completed since the
+previous one, storage frames dropped and delivered) before the detector fires. A lockup
+that recovers in that time keeps its ``recovered_at``, and the detector never fires.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
+
+from .skbuff import NetDev
+from .vmstat import Use
 
 if TYPE_CHECKING:
+    from ..iscsi.session import SessionConfig
     from .manager import MemoryManager
     from .pagecache import PageCache
+
+# The target's TCP (Linux, the same as the client's):
+TCP_RTO_MIN_S = 0.2           # TCP_RTO_MIN (HZ/5), include/net/tcp.h: RTO of a fast LAN path
+TCP_TIMEOUT_INIT_S = 1.0      # TCP_TIMEOUT_INIT, include/net/tcp.h; RFC 6298 §2.1 initial RTO
+TCP_RETRIES1 = 3              # net.ipv4.tcp_retries1 (ip-sysctl.rst): retransmissions after
+                              # which TCP takes the path for broken, not for a lost segment
+# DefaultTime2Wait when no login negotiated it: RFC 7143 §13.15 (tgtd answers 2 too)
+RFC_DEFAULT_TIME2WAIT_S = 2
+
+# Drop reasons that mean "no memory for the frame" (by name: the receive path's list grows)
+MEMORY_DROPS = ("NOMEM", "RESERVE_CAP", "RX_NO_BUFFER")
+
+
+# -- the horizon ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecoveryHorizon:
+    """How long a stuck state must last before nothing on its own can undo it.
+
+    The storage client's initiator (``testbed.iscsi.session``, error recovery level 0)
+    notices a dead exchange after ``command_timeout_s`` (a command unanswered, or a send
+    the target's window does not take: the connection's send timeout is the same), or
+    after ``keepalive_s`` (a NOP-Out ping after keepalive_interval of silence, unanswered
+    for keepalive_timeout); the later of the two is the bound, because a target whose
+    pings get through while its responses do not is only caught by the command timeout. It
+    then drops the connection and reinstates the session: DefaultTime2Wait
+    (``time2wait_s``, as negotiated, RFC 7143 §6.3.5) and one login, bounded by
+    ``login_s``. Meanwhile the target's TCP retransmits what the client dropped, its RTO
+    doubling from ``tcp_rto_s`` (RFC 6298 §5.5); ``tcp_retransmits`` attempts and the
+    wait after the last take ``tcp_rto_s * (2**(n+1) - 1)``. With the initiator's
+    defaults (30 s; 5 + 5 s; 2 s; 10 s) and the 1 s initial RTO of a connection with no
+    RTT sample (three retransmissions: 1 + 2 + 4 + 8 = 15 s; 3 s from TCP_RTO_MIN) the
+    horizon is max(30 + 2 + 10, 15) = 42 s.
+    """
+
+    command_timeout_s: float
+    keepalive_s: float
+    time2wait_s: float
+    login_s: float
+    tcp_rto_s: float = TCP_TIMEOUT_INIT_S
+    tcp_retransmits: int = TCP_RETRIES1
+
+    @classmethod
+    def from_session(cls, config: "SessionConfig",
+                     time2wait_s: float = RFC_DEFAULT_TIME2WAIT_S) -> "RecoveryHorizon":
+        """The horizon of an initiator with ``config`` and the negotiated DefaultTime2Wait."""
+        return cls(command_timeout_s=config.command_timeout,
+                   keepalive_s=config.keepalive_interval + config.keepalive_timeout,
+                   time2wait_s=float(time2wait_s), login_s=config.login_timeout)
+
+    @classmethod
+    def default(cls) -> "RecoveryHorizon":
+        """The horizon of the project's initiator with its default configuration."""
+        from ..iscsi.session import SessionConfig      # the mm does not need iscsi otherwise
+        return cls.from_session(SessionConfig())
+
+    @property
+    def detect_s(self) -> float:
+        """The longest the initiator takes to give up on the connection."""
+        return max(self.command_timeout_s, self.keepalive_s)
+
+    @property
+    def reinstatement_s(self) -> float:
+        """One ERL 0 session reinstatement: DefaultTime2Wait, then a login."""
+        return self.time2wait_s + self.login_s
+
+    @property
+    def tcp_backoff_s(self) -> float:
+        """The target's ``tcp_retransmits`` retransmissions and the RTO after the last."""
+        return self.tcp_rto_s * (2 ** (self.tcp_retransmits + 1) - 1)
+
+    @property
+    def seconds(self) -> float:
+        return max(self.detect_s + self.reinstatement_s, self.tcp_backoff_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "detect_s": self.detect_s, "reinstatement_s": self.reinstatement_s,
+                "tcp_backoff_s": self.tcp_backoff_s, "seconds": self.seconds}
+
+
+# -- the storage flow -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FlowTally:
+    """Cumulative frames of the storage flow (the SOCK_MEMALLOC class)."""
+
+    rx_dropped: int = 0       # received, dropped for lack of memory (:data:`MEMORY_DROPS`)
+    delivered: int = 0        # received and handed to the stack
+    tx_dropped: int = 0       # to be sent, dropped for lack of memory
+
+    @property
+    def dropped(self) -> int:
+        return self.rx_dropped + self.tx_dropped
+
+    def __sub__(self, other: "FlowTally") -> "FlowTally":
+        return FlowTally(self.rx_dropped - other.rx_dropped, self.delivered - other.delivered,
+                         self.tx_dropped - other.tx_dropped)
+
+
+@dataclass
+class StorageFlow:
+    """What the detector may ask of the network storage: its device, its frames, its state.
+
+    ``dev`` is the interface its frames arrive on (the policy's receive mark is per
+    device); ``tally`` counts its frames; ``status`` says how the initiator is doing
+    (for the evidence only).
+    """
+
+    name: str
+    dev: NetDev
+    tally: Callable[[], FlowTally]
+    status: Callable[[], str] = lambda: ""
+
+
+def tally_from_counters(net: dict[str, Any]) -> FlowTally:
+    """The storage flow's :class:`FlowTally` from the packet handler's counters."""
+    def dropped(direction: str) -> int:
+        reasons = net[direction]["classes"]["memalloc"]["reasons"]
+        return sum(reasons[r]["frames"] for r in MEMORY_DROPS if r in reasons)
+
+    delivered = net["rx"]["classes"]["memalloc"]["delivered"]["frames"]
+    return FlowTally(dropped("rx"), delivered, dropped("tx"))
+
+
+# -- one look at the machine ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Reading:
+    """What one check reads under the mm lock (``t`` is ``time.monotonic()``)."""
+
+    t: float
+    free: int
+    wmark_min: int
+    rx_mark: int              # the lowest free count a storage receive may leave (policy)
+    rx_need: int              # pages one storage receive takes now (:func:`rx_need`)
+    dirty: int
+    writeback: int
+    reclaimable: int
+    last_progress: float      # when a writeback last completed
+    nr_written: int
+
+    @property
+    def pending(self) -> bool:
+        return self.dirty + self.writeback > 0
+
+
+class StuckCriteria:
+    """The four conditions a stuck state keeps, each one broken alone defeats a lockup.
+
+    1. *No memory for a storage receive*: a receive buffer for the storage flow
+       (:func:`rx_need` pages) would take the zone under the mark such an allocation may
+       take it to (``Policy.storage_rx_mark``: the GFP_ATOMIC floor, or zero where the
+       flow may use the reserves), so none can be had for its frames. With no network
+       storage the mark is min and the need one page (no GFP_KERNEL allocation either).
+    2. *Nothing reclaimable*: no clean page on the LRU, so reclaim cannot free any.
+    3. *No writeback completed*: the episode ends at the first completion.
+    4. *The storage flow starved*: its frames were dropped (received or sent) for lack
+       of memory while stuck; judged once the horizon is reached, over the whole stuck
+       time (the target retransmits with a doubling RTO, so drops come ever more rarely).
+
+    ``broken`` checks 1-3 on one reading; ``starved`` is 4.
+    """
+
+    @staticmethod
+    def broken(r: Reading, progress_at: float) -> Optional[tuple[str, str]]:
+        """The first of criteria 1-3 that ``r`` breaks: (name, detail), or None."""
+        if r.last_progress > progress_at:
+            return "no writeback completed", "a writeback completed"
+        if r.free - r.rx_need >= r.rx_mark:
+            return ("no memory for a storage receive",
+                    f"{r.free} free pages: a receive of {r.rx_need} stays at or above the "
+                    f"storage receive mark of {r.rx_mark}")
+        if r.reclaimable:
+            return "nothing reclaimable", f"{r.reclaimable} clean pages are reclaimable"
+        return None
+
+    @staticmethod
+    def starved(flow: Optional[StorageFlow], delta: FlowTally) -> Optional[str]:
+        """Why criterion 4 does not hold (None when it does)."""
+        if flow is None:
+            return "no network storage: writeback waits for no received frame"
+        if delta.dropped <= 0:
+            return (f"no {flow.name} frame was dropped for lack of memory while stuck: "
+                    f"the stall is not the receive path's ({flow.status() or 'no status'})")
+        return None
+
+
+# -- the wait-for cycle ---------------------------------------------------------------------
+
+# Where a task sleeps (its emulated wchan): function in this package -> the kernel's name.
+# With nothing reclaimable (criterion 2) each of them waits for writeback in the end.
+WAIT_POINTS = {
+    "balance_dirty_pages": "balance_dirty_pages",
+    "throttle_direct_reclaim": "throttle_direct_reclaim",
+    "congestion_wait": "congestion_wait",
+    "_alloc_pages_slowpath": "__alloc_pages_slowpath",
+}
+
+
+def wchan(thread: threading.Thread) -> Optional[str]:
+    """The kernel name of the innermost wait point ``thread`` is in, or None (running,
+    or waiting on something else). Read from its Python stack, as /proc/PID/wchan is."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        name = WAIT_POINTS.get(frame.f_code.co_name)
+        if name is not None:
+            return name
+        frame = frame.f_back
+    return None
+
+
+@dataclass(frozen=True)
+class SockHold:
+    """A socket receive queue holding memory, and where its reader is."""
+
+    name: str
+    pages: int
+    reader_wchan: Optional[str]
+
+
+@dataclass(frozen=True)
+class StuckState:
+    """The emulated state a cycle is looked for in (built by the detector, or by a test)."""
+
+    storage: str              # the storage flow's name; "" when there is none
+    free: int
+    rx_mark: int
+    mark_name: str            # what the mark is: "the GFP_ATOMIC floor", ...
+    dirty: int
+    writeback: int
+    requests: int             # writeback requests at the device
+    storage_dropped: int      # storage frames dropped for lack of memory while stuck
+    storage_tx_dropped: int = 0   # of which frames it was sending (data, ACKs)
+    pdu: int = 0              # request buffers, freed when the responses come
+    rx_need: int = 1          # pages one storage receive takes
+    sockets: tuple[SockHold, ...] = ()
+    tasks: tuple[tuple[str, Optional[str]], ...] = ()     # (task, wchan) of the workloads
+
+
+@dataclass(frozen=True)
+class WaitEdge:
+    """``waiter`` cannot go on until ``waits_for`` does; ``counter`` says how much."""
+
+    waiter: str
+    waits_for: str
+    counter: int
+    unit: str
+    note: str = ""
+
+    def __str__(self) -> str:
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.waiter} -> {self.waits_for}: {self.counter:,} {self.unit}{note}"
+
+
+@dataclass(frozen=True)
+class WaitCycle:
+    """A wait-for cycle: each edge's ``waits_for`` is the next one's ``waiter``; the last
+    edges lead back to the first waiter."""
+
+    edges: tuple[WaitEdge, ...]
+
+    def lines(self) -> list[str]:
+        return [str(e) for e in self.edges]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"edges": [asdict(e) for e in self.edges], "text": self.lines()}
+
+
+@dataclass(frozen=True)
+class NoCycle:
+    """Why a stuck state holds no wait-for cycle."""
+
+    reason: str
+
+
+def name_range(names: Iterable[str]) -> str:
+    """``downloader1..3`` for downloader1, downloader2, downloader3; else joined by commas."""
+    names = sorted(names)
+    stems = {n.rstrip("0123456789") for n in names}
+    nums = [n[len(n.rstrip("0123456789")):] for n in names]
+    if len(names) > 2 and len(stems) == 1 and all(nums):
+        ints = sorted(int(x) for x in nums)
+        if ints == list(range(ints[0], ints[0] + len(ints))):
+            return f"{stems.pop()}{ints[0]}..{ints[-1]}"
+    return ", ".join(names)
+
+
+def find_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
+    """The cycle that holds the machine, built edge by edge from ``s``, or why there is none.
+
+    writeback -> the storage responses (pages under writeback) -> an skb (frames dropped,
+    free memory at the mark) -> the memory held by what only writeback can free (dirty
+    and under-writeback pages, request buffers, socket queues whose readers wait in a
+    writeback-bound wait point) -> back to writeback.
+    """
+    if not s.storage:
+        return NoCycle("no network storage: writeback waits for no received frame")
+    if s.writeback <= 0:
+        return NoCycle(f"no page is under writeback: writeback is not waiting for "
+                       f"{s.storage} responses")
+    if s.storage_dropped <= 0:
+        return NoCycle(f"no {s.storage} frame was dropped for lack of memory: the responses "
+                       f"are not held up by memory")
+    bound = [h for h in s.sockets if h.reader_wchan is not None]
+    held = {"dirty pages": s.dirty, "pages under writeback": s.writeback,
+            f"{s.storage} request buffers": s.pdu}
+    if bound:
+        held[f"the socket queues of {name_range(h.name for h in bound)}"] = sum(h.pages for h in bound)
+    held = {k: v for k, v in held.items() if v > 0}
+    need = s.rx_mark + s.rx_need - s.free
+    freed = sum(held.values())
+    if freed < need:
+        others = [f"{h.name} ({h.pages} pages, reader not waiting for writeback)"
+                  for h in s.sockets if h.reader_wchan is None and h.pages]
+        return NoCycle(f"writeback would free at most {freed} pages but a receive needs {need} "
+                       f"more: the memory is held elsewhere ({', '.join(others) or 'not by a socket queue'})")
+    edges = [
+        WaitEdge("writeback", f"{s.storage} responses", s.writeback, "pages under writeback",
+                 f"{s.requests} requests at the device"),
+        WaitEdge(f"{s.storage} responses", "an skb", s.storage_dropped,
+                 f"{s.storage} frames dropped for lack of memory", _where(s)),
+        WaitEdge("an skb", "memory held by " + _and(held), freed, "pages",
+                 ", ".join(f"{k} {v:,}" for k, v in held.items())),
+    ]
+    for wc in sorted({h.reader_wchan for h in bound}):
+        readers = [h.name for h in bound if h.reader_wchan == wc]
+        edges.append(WaitEdge(name_range(readers), "writeback", len(readers), "tasks",
+                              f"in {wc}, their socket queues unread"))
+    if s.dirty:
+        edges.append(WaitEdge("dirty pages", "writeback", s.dirty, "pages",
+                              "freed only once written back"))
+    return WaitCycle(tuple(edges))
+
+
+def _where(s: StuckState) -> str:
+    """Where free memory stands against the mark a storage receive may go to."""
+    received = s.storage_dropped - s.storage_tx_dropped
+    split = f"{received} received, {s.storage_tx_dropped} sent; " if s.storage_tx_dropped else ""
+    if s.rx_mark == 0:
+        return f"{split}free {s.free} pages: the reserves are used up"
+    if s.free <= s.rx_mark:
+        return f"{split}free {s.free} pages, at {s.mark_name} of {s.rx_mark}"
+    return (f"{split}free {s.free} pages, a receive needs {s.rx_need} above {s.mark_name} "
+            f"of {s.rx_mark}")
+
+
+def _and(items: Iterable[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def rx_need(mm: "MemoryManager", dev: NetDev) -> int:
+    """Pages one receive buffer for ``dev`` may take now (mm lock held): its data pages (a
+    page for the fragment cache in frag mode), and a page of ``sk_buff`` heads when the
+    ``skbuff_head_cache`` slab has no free head."""
+    data = getattr(dev, "skb_pages", 1) or 1
+    return data + (0 if mm.skb_head_room else 1)
+
+
+def mark_name(mark: int, mm: "MemoryManager") -> str:
+    zone = mm.zone
+    if mark == zone.mark_atomic:
+        return "the GFP_ATOMIC floor"
+    if mark == 0:
+        return "zero (ALLOC_NO_WATERMARKS)"
+    if mark == zone.wmark_min:
+        return "the min watermark"
+    return "the storage receive mark"
+
+
+# -- what is recorded -----------------------------------------------------------------------
+
+@dataclass
+class StallEpisode:
+    """One stall: when it began (the last completion), when it opened, how and when it
+    ended; the stuck clock's start, its breaks, and whether it was a lockup."""
+
+    began_at: float
+    opened_at: float
+    ended_at: Optional[float] = None
+    ended_by: Optional[str] = None
+    stuck_since: Optional[float] = None
+    breaks: list[dict[str, Any]] = field(default_factory=list)
+    not_lockup: Optional[str] = None      # stuck past the horizon, but why it is no lockup
+    lockup: bool = False
+    min_free: Optional[int] = None
+
+    @property
+    def recovered_at(self) -> Optional[float]:
+        return self.ended_at
+
+    def to_dict(self, now: Optional[float] = None) -> dict[str, Any]:
+        end = self.ended_at if self.ended_at is not None else now
+        out = asdict(self)
+        out["duration_s"] = None if end is None else round(end - self.began_at, 3)
+        return out
 
 
 @dataclass
 class LockupEvidence:
-    """The state of the machine when the detector fired."""
+    """The state of the machine when the lockup was proven, and how it was proven."""
 
     t: float                        # seconds since the machine started
-    stalled_for_s: float
+    stalled_for_s: float            # since the last completed writeback
     free: int
     wmark_min: int
     dirty: int
@@ -47,79 +455,263 @@ class LockupEvidence:
     alloc_stalled: int
     counters: dict[str, Any] = field(default_factory=dict)
     recovered_at: Optional[float] = None
+    recovered_by: Optional[str] = None
+    began_at: float = 0.0
+    opened_at: float = 0.0
+    stuck_since: float = 0.0
+    stuck_for_s: float = 0.0
+    storage_rx_mark: int = 0
+    storage_rx_need: int = 0
+    horizon: dict[str, Any] = field(default_factory=dict)
+    storage: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, Optional[str]] = field(default_factory=dict)    # workload -> wchan
+    cycle: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+# -- the detector ---------------------------------------------------------------------------
+
 class LockupDetector(threading.Thread):
-    """Watches writeback progress and memory; fires once per lockup episode."""
+    """Watches writeback and memory; records stalls; fires once a lockup is proven and
+    has lasted ``patience`` horizons."""
 
     COUNTERS = ("PFMemallocDrop", "pgscan_direct_throttle", "kswapd_failures", "allocstall",
                 "writeback_errors", "nr_written", "drops")
 
     def __init__(self, mm: "MemoryManager", page_cache: "PageCache", lockup_after_s: float = 5.0,
-                 period_s: float = 0.1, started: Optional[float] = None) -> None:
+                 period_s: float = 0.1, started: Optional[float] = None, *,
+                 horizon: Optional[RecoveryHorizon] = None, storage: Optional[StorageFlow] = None,
+                 tasks: Sequence[threading.Thread] = (), patience: int = 1) -> None:
         super().__init__(name="lockup-detector", daemon=True)
+        if patience < 1:
+            raise ValueError(f"lockup detector: patience must be >= 1 (got {patience})")
         self.mm = mm
         self.pc = page_cache
         self.lockup_after_s = lockup_after_s
         self.period_s = period_s
         self.started = time.monotonic() if started is None else started
-        self.episodes: list[LockupEvidence] = []
+        self.horizon = horizon or RecoveryHorizon.default()
+        self.storage = storage
+        self.tasks = list(tasks)
+        self.patience = patience
+        self.episodes: list[StallEpisode] = []
+        self.lockups: list[LockupEvidence] = []
         self.fired = threading.Event()
         self.longest_stall_s = 0.0
         self.stalled_for_s = 0.0
         self._pending_since: Optional[float] = None
-        self._in_lockup = False
-        self._progress_at_fire = 0.0
+        self._last_end = 0.0
+        self._current: Optional[StallEpisode] = None
+        self._holding = False           # the stuck criteria held at the last check
+        self._progress_at = 0.0         # last_progress when the open episode began
+        self._stuck_t = 0.0             # monotonic start of the stuck clock
+        self._stuck_tally = FlowTally()
+        self._stuck_written = 0
+        self._next_horizon = 1          # the multiple of the horizon checked next
+        self._checkpoint = (0, FlowTally())     # nr_written, tally at the last checkpoint
+
+    # -- state for the machine -----------------------------------------------------------
 
     @property
     def evidence(self) -> Optional[LockupEvidence]:
-        """The first lockup, if there was one."""
-        return self.episodes[0] if self.episodes else None
+        """The first lockup proven, if there was one."""
+        return self.lockups[0] if self.lockups else None
 
     @property
     def locked_up(self) -> bool:
-        """A lockup is going on now."""
-        return self._in_lockup
+        """A proven lockup is going on now."""
+        return bool(self.lockups) and self.lockups[-1].recovered_at is None
+
+    @property
+    def stuck_for_s(self) -> float:
+        ep = self._current
+        if ep is None or ep.stuck_since is None:
+            return 0.0
+        return max(0.0, time.monotonic() - self._stuck_t)
+
+    def stalls(self) -> list[dict[str, Any]]:
+        """Every episode so far as a dict (an open one with its duration up to now)."""
+        now = self._rel(time.monotonic())
+        return [ep.to_dict(now) for ep in self.episodes]
 
     def run(self) -> None:
         while not self.mm.wait_stopping(self.period_s):
             self.check()
 
+    # -- one check ------------------------------------------------------------------------
+
     def check(self, now: Optional[float] = None) -> None:
-        now = time.monotonic() if now is None else now
+        r = self._read(time.monotonic() if now is None else now)
+        self._track_stall(r)
+        ep = self._current
+        if ep is not None:
+            cause = self._end_cause(r)
+            if cause is not None:
+                self._close(ep, r, cause)
+            else:
+                self._follow(ep, r)
+        elif self._may_open(r):
+            self._open(r)
+
+    def _read(self, now: float) -> Reading:
         mm = self.mm
         with mm.lock:
-            vm, zone = mm.vm, mm.zone
-            pending = vm.nr_dirty + vm.nr_writeback > 0
-            last = self.pc.last_progress
-            exhausted = zone.free <= zone.wmark_min
-        if self._in_lockup and last > self._progress_at_fire:
-            self._in_lockup = False
-            self.episodes[-1].recovered_at = round(now - self.started, 3)
-        if not pending:
+            zone, vm = mm.zone, mm.vm
+            if self.storage is not None:
+                dev = self.storage.dev
+                mark, need = mm.policy.storage_rx_mark(dev), rx_need(mm, dev)
+            else:
+                mark, need = zone.wmark_min, 1
+            return Reading(t=now, free=zone.free, wmark_min=zone.wmark_min, rx_mark=mark, rx_need=need,
+                           dirty=vm.nr_dirty, writeback=vm.nr_writeback,
+                           reclaimable=self.pc.nr_reclaimable, last_progress=self.pc.last_progress,
+                           nr_written=vm.nr_written)
+
+    def _track_stall(self, r: Reading) -> None:
+        if not r.pending:
             self._pending_since = None
             self.stalled_for_s = 0.0
             return
         if self._pending_since is None:
-            self._pending_since = now
-        self.stalled_for_s = now - max(last, self._pending_since)
+            self._pending_since = r.t
+        self.stalled_for_s = r.t - self._stall_start(r)
         self.longest_stall_s = max(self.longest_stall_s, self.stalled_for_s)
-        if self.stalled_for_s >= self.lockup_after_s and exhausted and not self._in_lockup:
-            self._in_lockup = True
-            self._progress_at_fire = last
-            self.episodes.append(self._evidence(now))
+
+    def _may_open(self, r: Reading) -> bool:
+        """A stall of ``lockup_after_s`` (counted from the previous episode's end too, so
+        that one long stall is not cut into many) with free memory at or under min."""
+        if not r.pending or r.free > r.wmark_min or r.reclaimable:
+            return False
+        since = max(self._stall_start(r), self._last_end)
+        return r.t - since >= self.lockup_after_s
+
+    def _stall_start(self, r: Reading) -> float:
+        """The last completion, or when writeback became pending, whichever is later."""
+        pending = r.t if self._pending_since is None else self._pending_since
+        return max(r.last_progress, pending)
+
+    def _open(self, r: Reading) -> None:
+        ep = StallEpisode(began_at=self._rel(self._stall_start(r)), opened_at=self._rel(r.t), min_free=r.free)
+        self.episodes.append(ep)
+        self._current = ep
+        self._progress_at = r.last_progress
+        self._holding = False
+        self._follow(ep, r)
+
+    def _end_cause(self, r: Reading) -> Optional[str]:
+        if r.last_progress > self._progress_at:
+            return "writeback completed"
+        if not r.pending:
+            return "nothing left to write back"
+        if r.free > r.wmark_min:
+            return f"memory freed: {r.free} free pages, above min {r.wmark_min}"
+        if r.reclaimable:
+            return f"reclaim: {r.reclaimable} clean pages became reclaimable"
+        return None
+
+    def _close(self, ep: StallEpisode, r: Reading, cause: str) -> None:
+        ep.ended_at, ep.ended_by = self._rel(r.t), cause
+        if ep.lockup:
+            self.lockups[-1].recovered_at, self.lockups[-1].recovered_by = ep.ended_at, cause
+        self._current = None
+        self._last_end = r.t
+
+    def _follow(self, ep: StallEpisode, r: Reading) -> None:
+        """Run the stuck clock; at each multiple of the horizon, judge or checkpoint."""
+        ep.min_free = r.free if ep.min_free is None else min(ep.min_free, r.free)
+        broken = StuckCriteria.broken(r, self._progress_at)
+        if broken is not None:
+            if self._holding:           # a break is recorded where the criteria stop holding
+                ep.breaks.append({"t": self._rel(r.t), "criterion": broken[0], "detail": broken[1]})
+            self._holding = False
+            if not ep.lockup:           # a proven lockup keeps its clock: it is the evidence's
+                ep.stuck_since = None
+            return
+        self._holding = True
+        if ep.stuck_since is None:
+            ep.stuck_since, self._stuck_t = self._rel(r.t), r.t
+            self._stuck_tally, self._stuck_written = self._tally(), r.nr_written
+            self._checkpoint = (r.nr_written, self._stuck_tally)
+            self._next_horizon = 1
+        k = self._next_horizon
+        if r.t - self._stuck_t < k * self.horizon.seconds:
+            return
+        self._next_horizon = k + 1
+        if ep.lockup:
+            self._add_checkpoint(r, k)
+        else:
+            self._judge(ep, r)
+
+    def _judge(self, ep: StallEpisode, r: Reading) -> None:
+        """Stuck for a horizon (or more): criterion 4 and the cycle decide."""
+        delta = self._tally() - self._stuck_tally
+        why = StuckCriteria.starved(self.storage, delta)
+        state = self._state(r, delta)
+        found: Union[WaitCycle, NoCycle] = NoCycle(why) if why else find_cycle(state)
+        if isinstance(found, NoCycle):
+            ep.not_lockup = found.reason
+            return
+        ep.lockup, ep.not_lockup = True, None
+        self.lockups.append(self._evidence(ep, r, found, state, delta))
+        self._add_checkpoint(r, 1)
+
+    def _add_checkpoint(self, r: Reading, k: int) -> None:
+        written, tally = self._checkpoint
+        now_tally = self._tally()
+        d = now_tally - tally
+        self.lockups[-1].checkpoints.append({
+            "t": self._rel(r.t), "horizons": k, "stuck_for_s": round(r.t - self._stuck_t, 3),
+            "written_pages_since": r.nr_written - written, "storage_dropped_since": d.dropped,
+            "storage_delivered_since": d.delivered, "free": r.free,
+            "storage_status": self.storage.status() if self.storage else ""})
+        self._checkpoint = (r.nr_written, now_tally)
+        if k >= self.patience:
             self.fired.set()
 
-    def _evidence(self, now: float) -> LockupEvidence:
+    # -- the state, the evidence ----------------------------------------------------------
+
+    def _tally(self) -> FlowTally:
+        return self.storage.tally() if self.storage is not None else FlowTally()
+
+    def _state(self, r: Reading, delta: FlowTally) -> StuckState:
+        mm = self.mm
+        readers = {id(getattr(t, "mm_sock", None)): t for t in self.tasks}
+        with mm.lock:
+            socks = [(sk.name, sk.rmem_pages, readers.get(id(sk))) for sk in mm.socks
+                     if not sk.memalloc and sk.rmem_pages > 0]
+            pdu, requests = mm.used[Use.PDU], self.pc.nr_inflight
+            name = mark_name(r.rx_mark, mm)
+        holds = tuple(SockHold(n, p, wchan(t) if t is not None else None) for n, p, t in socks)
+        return StuckState(storage=self.storage.name if self.storage else "", free=r.free,
+                          rx_mark=r.rx_mark, rx_need=r.rx_need, mark_name=name, dirty=r.dirty, writeback=r.writeback,
+                          requests=requests, storage_dropped=delta.dropped,
+                          storage_tx_dropped=delta.tx_dropped, pdu=pdu, sockets=holds,
+                          tasks=tuple((t.name, wchan(t)) for t in self.tasks))
+
+    def _evidence(self, ep: StallEpisode, r: Reading, cycle: WaitCycle, state: StuckState,
+                  delta: FlowTally) -> LockupEvidence:
         snap = self.mm.snapshot()
+        storage = {} if self.storage is None else {
+            "name": self.storage.name, "dropped_while_stuck": delta.dropped,
+            "received_dropped_while_stuck": delta.rx_dropped,
+            "sent_dropped_while_stuck": delta.tx_dropped,
+            "delivered_while_stuck": delta.delivered, "status": self.storage.status()}
         return LockupEvidence(
-            t=round(now - self.started, 3), stalled_for_s=round(self.stalled_for_s, 3),
+            t=self._rel(r.t), stalled_for_s=round(r.t - r.last_progress, 3),
             free=snap["free"], wmark_min=snap["wmark_min"], dirty=snap["dirty"],
             writeback=snap["writeback"], reclaimable=snap["reclaimable"],
             reserve=snap["reserve"], alloc_fail=snap["alloc_fail"],
             throttled_dirty=snap["nr_throttled_dirty"], throttled_reclaim=snap["nr_throttled_reclaim"],
             alloc_stalled=snap["nr_alloc_stalled"],
-            counters={k: snap[k] for k in self.COUNTERS})
+            counters={k: snap[k] for k in self.COUNTERS if k in snap},
+            began_at=ep.began_at, opened_at=ep.opened_at, stuck_since=ep.stuck_since or 0.0,
+            stuck_for_s=round(r.t - self._stuck_t, 3), storage_rx_mark=r.rx_mark,
+            storage_rx_need=r.rx_need,
+            horizon={**self.horizon.to_dict(), "patience": self.patience},
+            storage=storage, tasks=dict(state.tasks), cycle=cycle.to_dict())
+
+    def _rel(self, t: float) -> float:
+        return round(t - self.started, 3)

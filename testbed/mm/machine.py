@@ -13,7 +13,8 @@
 Life cycle::
 
     m = Machine(config, device, mm=mm, netdevs=[("eth0", 1500)], socket_hook=hook,
-                download_servers=[("10.0.0.2", 5001)], metrics_path="client.ndjson")
+                download_servers=[("10.0.0.2", 5001)], metrics_path="client.ndjson",
+                storage_flow=flow, horizon=RecoveryHorizon.from_session(session_config))
     m.start()
     outcome = m.wait(deadline_s=60)      # completed | lockup | deadline | stopped
     m.stop()                             # bounded, even while the machine is locked up
@@ -21,8 +22,11 @@ Life cycle::
 
 ``completed`` means every workload wrote all its bytes, the flusher wrote every
 dirty page back, and the device's ``flush()`` (SYNCHRONIZE CACHE) returned.
-``lockup`` carries the detector's evidence. A workload or kernel thread that
-failed on a bug or a bad parameter makes ``wait`` raise it, named.
+``lockup`` carries the detector's evidence: the state proven stuck for the recovery
+``horizon`` of the storage's initiator, and the wait-for cycle (``storage_flow`` is
+what the detector asks of the network storage; without one there is no lockup, only
+stalls). Every outcome lists the stalls recorded on the way. A workload or kernel
+thread that failed on a bug or a bad parameter makes ``wait`` raise it, named.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from ..errors import TimeoutExpired
 from .config import MachineConfig
 from .errors import MMError
 from .flusher import Flusher
-from .lockup import LockupDetector, LockupEvidence
+from .lockup import LockupDetector, LockupEvidence, RecoveryHorizon, StorageFlow
 from .manager import MemoryManager
 from .metrics import MetricSource, Metrics
 from .page_writeback import DirtyThrottle
@@ -60,8 +64,8 @@ class Outcome:
     bytes_written: int              # by the workloads into the page cache
     bytes_written_back: int         # completed writeback
     longest_stall_s: float
-    lockup: Optional[LockupEvidence] = None
-    episodes: list[LockupEvidence] = field(default_factory=list)
+    lockup: Optional[LockupEvidence] = None     # the first lockup proven (even if it recovered)
+    stalls: list[dict[str, Any]] = field(default_factory=list)     # every stall episode
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,7 +82,10 @@ class Machine:
                  netdevs: Iterable[tuple[str, int]] = (),
                  download_servers: Sequence[tuple[str, int]] = (),
                  metrics_path: Optional[str] = None,
-                 metrics_stream: Optional[IO[str]] = None) -> None:
+                 metrics_stream: Optional[IO[str]] = None,
+                 storage_flow: Optional[StorageFlow] = None,
+                 horizon: Optional[RecoveryHorizon] = None,
+                 patience: int = 1) -> None:
         config.validate()
         self.config = config
         self.device = device
@@ -97,13 +104,15 @@ class Machine:
                                inflight=config.writeback_inflight,
                                batch_pages=config.writeback_batch_kb // 4)
         self.kswapd = Kswapd(self.mm)
-        self.lockup = LockupDetector(self.mm, self.page_cache, config.lockup_after_s)
+        self.lockup = LockupDetector(self.mm, self.page_cache, config.lockup_after_s,
+                                     horizon=horizon, storage=storage_flow, patience=patience)
         self.metrics = Metrics(self.mm, config.metrics_interval_ms / 1000,
                                path=metrics_path, stream=metrics_stream)
         self.metrics.add_source(self._own_metrics)
         for source in metric_sources:
             self.metrics.add_source(source)
         self.workloads = self._build_workloads(download_servers, socket_hook)
+        self.lockup.tasks = list(self.workloads)        # their wchan and sockets: the cycle
         self.netdevs: dict[str, NetDev] = {}
         for name, mtu in netdevs:
             self.netdevs[name] = self.mm.register_netdev(name, mtu)
@@ -153,8 +162,9 @@ class Machine:
     def wait(self, deadline_s: float, stop_on_lockup: bool = True) -> Outcome:
         """Wait until the workloads are done and written back, a lockup, or ``deadline_s``.
 
-        ``deadline_s`` counts from :meth:`start`. With ``stop_on_lockup`` False
-        a lockup is recorded and waiting goes on (to watch a recovery).
+        ``deadline_s`` counts from :meth:`start`. A lockup ends the wait once the
+        detector fires (proven, and lasted its ``patience`` horizons); with
+        ``stop_on_lockup`` False it is recorded and waiting goes on (to watch a recovery).
         """
         if self.started is None:
             raise MMError("machine: wait() before start()")
@@ -177,7 +187,7 @@ class Machine:
     def _check(self, deadline: float, stop_on_lockup: bool) -> Optional[Outcome]:
         self._raise_errors()
         if stop_on_lockup and self.lockup.fired.is_set():
-            return self._outcome("lockup", "writeback made no progress while memory was exhausted")
+            return self._outcome("lockup", "stuck for the recovery horizon, held by a wait-for cycle")
         if self.mm.stopping:
             return self._outcome("stopped", "the machine was stopped")
         if time.monotonic() >= deadline:
@@ -197,7 +207,7 @@ class Machine:
                        bytes_written=sum(w.bytes_written for w in self.workloads),
                        bytes_written_back=written_back,
                        longest_stall_s=round(self.lockup.longest_stall_s, 3),
-                       lockup=self.lockup.evidence, episodes=list(self.lockup.episodes),
+                       lockup=self.lockup.evidence, stalls=self.lockup.stalls(),
                        detail=detail)
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -246,5 +256,6 @@ class Machine:
         return {"bg_thresh": limits.bg_thresh, "thresh": limits.thresh,
                 "write_bandwidth_kbps": round(self.throttle.write_bandwidth * PAGE_SIZE / 1024),
                 "lockup": self.lockup.locked_up, "stalled_for_s": round(self.lockup.stalled_for_s, 3),
+                "stuck_for_s": round(self.lockup.stuck_for_s, 3),
                 "workload_bytes": sum(w.bytes_written for w in self.workloads),
                 "device_inflight": self.page_cache.nr_inflight}

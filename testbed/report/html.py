@@ -43,8 +43,27 @@ def run_page(summary: dict[str, Any], evidence: list[str], images: list[str]) ->
     imgs = "".join(f"<p><img src='{_esc(i)}' alt='{_esc(i)}'></p>" for i in images)
     raw = _esc(json.dumps(summary, indent=2))
     return page(f"{summary.get('scenario')}: {summary.get('verdict')}",
-                f"<table>{table}</table><h2>Evidence</h2><ul>{ev}</ul><h2>Plots</h2>{imgs}"
-                f"<h2>summary.json</h2><pre>{raw}</pre>")
+                f"<table>{table}</table><h2>Evidence</h2><ul>{ev}</ul>{cycle_section(summary)}"
+                f"<h2>Plots</h2>{imgs}<h2>summary.json</h2><pre>{raw}</pre>")
+
+
+def _count(n: Any) -> str:
+    return f"{n:,}" if isinstance(n, int) else str(n)
+
+
+def cycle_section(summary: dict[str, Any]) -> str:
+    """A lockup's wait-for cycle, one row per edge with its counter ('' when none)."""
+    lk = summary.get("lockup") or {}
+    edges = (lk.get("cycle") or {}).get("edges") or []
+    if not edges:
+        return ""
+    rows = "".join(f"<tr><td>{_esc(e['waiter'])}</td><td>{_esc(e['waits_for'])}</td>"
+                   f"<td>{_esc(_count(e['counter']))} {_esc(e['unit'])}</td>"
+                   f"<td>{_esc(e.get('note', ''))}</td></tr>" for e in edges)
+    return ("<h2>Wait-for cycle</h2><p>What holds the machine, from the emulated state at "
+            f"t={_esc(lk.get('t'))} s (stuck for {_esc(lk.get('stuck_for_s'))} s):</p>"
+            "<table><tr><th>waiter</th><th>waits for</th><th>counter</th><th>note</th></tr>"
+            f"{rows}</table>")
 
 
 def table_html(table: Table) -> str:

@@ -8,12 +8,18 @@ read-back result), ``client.ndjson`` (memory and packet-handler samples every 10
 fault's start and end, :mod:`testbed.faults`). This module reads them and decides the
 verdict:
 
-- ``lockup``: the client's lockup detector fired (its evidence is the proof);
+- ``lockup``: the client's lockup detector proved the state stuck past the recovery
+  horizon and named the wait-for cycle that holds it (``lockup.cycle``); a lockup
+  reported without a cycle is not one;
 - ``completed``: everything written was written back and flushed, the read-back through
   the initiator matched, and the scenario's bounds (longest writeback stall, drops of
   other traffic, goodput) were kept;
 - ``degraded``: it finished, but a bound was missed, or the deadline came first without
-  a lockup, or the read-back found mismatches.
+  a lockup, or a stall stayed stuck past the horizon with no cycle (the reason is
+  given), or a proven lockup recovered after all, or the read-back found mismatches.
+
+``stalls`` lists the client's stall episodes: when each began, how long it lasted and
+what ended it.
 
 Faults and recovery: ``faults`` lists each injected fault (kind, when it started and
 ended, its parameters and outcome, and the bytes written back before and after it), and
@@ -289,6 +295,7 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
         "detail": outcome.get("detail", ""),
         "duration_s": round(duration_s, 2),
         "lockup": outcome.get("lockup"),
+        "stalls": outcome.get("stalls") or [],
         "integrity": integrity(run_dir),
         "writeback": {"bytes": written_back,
                       "mb_s": round(written_back / 2**20 / wb_time, 3) if wb_time else 0.0,
@@ -315,9 +322,11 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
         summary["status"] = "error"
         summary["detail"] = outcome.get("detail") or "the storage client left no outcome; see client.log"
         return
-    if client == "lockup":
+    lockup = outcome.get("lockup") or {}
+    if client == "lockup" and lockup.get("cycle"):
         summary["verdict"] = "lockup"
         return
+    reasons.extend(_stuck_reasons(client, lockup, summary["stalls"]))
     if client != "completed":
         reasons.append(f"writeback did not finish: {client} ({outcome.get('detail', '')})")
     for f in summary.get("faults", []):
@@ -343,6 +352,54 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
     summary["verdict"] = "degraded" if reasons else "completed"
 
 
+def _stuck_reasons(client: Optional[str], lockup: dict[str, Any],
+                   stalls: list[dict[str, Any]]) -> list[str]:
+    """Why a run that is no lockup was still stuck: a lockup without a cycle, a stall
+    stuck past the horizon without one, a stall that never ended but came unstuck before
+    each horizon, a proven lockup that recovered."""
+    out = []
+    if client == "lockup":
+        out.append("the client reported a lockup without a wait-for cycle: not proven")
+    elif lockup.get("recovered_at") is not None:
+        out.append(f"the lockup proven at t={lockup['t']:.1f}s recovered at "
+                   f"t={lockup['recovered_at']:.1f}s ({lockup.get('recovered_by')})")
+    for st in stalls:
+        if st.get("lockup"):
+            continue
+        if st.get("not_lockup"):
+            out.append(f"stuck from t={st['stuck_since']:.1f}s past the recovery horizon "
+                       f"without a wait-for cycle: {st['not_lockup']}")
+        elif st.get("breaks") and st.get("ended_by") is None:
+            first = st["breaks"][0]
+            out.append(f"the stall from t={st['began_at']:.1f}s never ended, but came unstuck "
+                       f"{len(st['breaks'])} times before a recovery horizon passed (first at "
+                       f"t={first['t']:.1f}s: {first['detail']}): no lockup proven")
+    return out
+
+
+def cycle_lines(summary: dict[str, Any]) -> list[str]:
+    """The wait-for cycle of a lockup as lines (empty when there is none)."""
+    lk = summary.get("lockup") or {}
+    text = (lk.get("cycle") or {}).get("text") or []
+    if not text:
+        return []
+    horizon = (lk.get("horizon") or {}).get("seconds")
+    head = (f"wait-for cycle (stuck {lk.get('stuck_for_s', 0):.1f}s from t={lk.get('stuck_since', 0):.1f}s"
+            + (f", recovery horizon {horizon:g}s" if horizon else "") + "):")
+    return [head] + [f"  {line}" for line in text]
+
+
+def stall_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per recorded stall: when, how long, what ended it."""
+    out = []
+    for st in summary.get("stalls") or []:
+        end = st.get("ended_by") or "still stalled at the end"
+        dur = st.get("duration_s")
+        out.append(f"stall from t={st['began_at']:.1f}s, {'?' if dur is None else f'{dur:.1f}'}s: {end}"
+                   + (" (the lockup)" if st.get("lockup") else ""))
+    return out
+
+
 def evidence(summary: dict[str, Any]) -> list[str]:
     """The verdict's evidence as lines a person reads (printed after a run)."""
     v = summary.get("verdict")
@@ -355,7 +412,8 @@ def evidence(summary: dict[str, Any]) -> list[str]:
         lines.append(f"lockup at t={lk['t']:.1f}s: no writeback progress for "
                      f"{lk['stalled_for_s']:.1f}s with {lk['dirty']} dirty and {lk['writeback']} "
                      f"under-writeback pages, {lk['free']} free pages (min watermark "
-                     f"{lk['wmark_min']}), reserve in use {lk.get('reserve')}")
+                     f"{lk['wmark_min']}), reserve in use {lk.get('reserve')}; stuck for "
+                     f"{lk.get('stuck_for_s', 0):.1f}s, past the recovery horizon")
     elif v == "completed":
         i = summary["integrity"]
         lines.append(f"completed in {summary['writeback']['time_s']:.1f}s: "
@@ -365,6 +423,7 @@ def evidence(summary: dict[str, Any]) -> list[str]:
     lines += fault_lines(summary)
     for r in summary.get("reasons", []):
         lines.append(f"degraded: {r}")
+    lines += stall_lines(summary)
     d = summary["drops"]
     lines.append(f"drops: storage {d['memalloc']['total']}, other {d['other']['total']} "
                  f"({', '.join(f'{k} {v}' for k, v in d['other'].items() if k != 'total') or 'none'})")

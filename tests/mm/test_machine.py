@@ -1,18 +1,21 @@
-"""The Machine: completion and read-back, the lockup signature and recovery, metrics, stop."""
+"""The Machine: completion and read-back, the lockup and its cycle, stalls, metrics, stop."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import socket
 import threading
 import time
+from typing import Optional
 
 import pytest
 
 from testbed.errors import ConfigError
-from testbed.mm import Machine, MachineConfig, MemoryManager, MMError, Sock, WorkloadConfig
+from testbed.mm import Machine, MachineConfig, MemoryManager, MMError, Skb, Sock, WorkloadConfig
+from testbed.mm.lockup import FlowTally, RecoveryHorizon, StorageFlow
 
 
 def writer(**kw) -> WorkloadConfig:
@@ -43,25 +46,88 @@ def test_verify_catches_a_corrupted_block(disk):
     assert result.mismatches == 1 and result.examples == [f"{inode.name} page 17"]
 
 
+SHORT = RecoveryHorizon(command_timeout_s=1.0, keepalive_s=1.0, time2wait_s=0.5, login_s=0.5,
+                        tcp_rto_s=0.1)     # max(1 + 0.5 + 0.5, 0.1 * 15) = 2 s: a test's patience
+
+
+class Frames(threading.Thread):
+    """The network of a storage client, without a network: every 10 ms frames of a bulk
+    download, then one of the storage flow (a target's retransmission), arrive on ``dev``.
+    A bulk frame that gets an skb is queued to a socket nobody reads, up to ``rcvbuf``
+    pages (a reader held back); a storage frame that gets one is delivered and freed, one
+    that gets none is dropped: that is the storage flow's tally."""
+
+    BULK_PER_STORAGE = 4
+
+    def __init__(self, mm: MemoryManager, dev, rcvbuf_pages: int = 800) -> None:
+        super().__init__(name="frames", daemon=True)
+        self.mm, self.dev, self.rcvbuf = mm, dev, rcvbuf_pages
+        self.bulk = mm.sock_create("bulk")
+        self.dropped = self.delivered = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.01):
+            for _ in range(self.BULK_PER_STORAGE):
+                if self.bulk.rmem_pages < self.rcvbuf:
+                    skb = self.mm.netdev_alloc_skb(self.dev, 1500)
+                    if isinstance(skb, Skb):
+                        self.bulk.queue_rcv(skb, 1448)
+            skb = self.mm.netdev_alloc_skb(self.dev, 1500)
+            if isinstance(skb, Skb):
+                self.mm.kfree_skb(skb)
+                self.delivered += 1
+            else:
+                self.dropped += 1
+
+    def flow(self) -> StorageFlow:
+        return StorageFlow("iSCSI", self.dev, lambda: FlowTally(self.dropped, self.delivered),
+                           lambda: "a test's target")
+
+
+@contextlib.contextmanager
+def networked(cfg: MachineConfig, disk, horizon: Optional[RecoveryHorizon] = SHORT):
+    """A started Machine whose storage flow is :class:`Frames`'."""
+    mm = MemoryManager.from_config(cfg)
+    frames = Frames(mm, mm.register_netdev("eth0"))
+    m = Machine(cfg, disk, mm=mm, storage_flow=frames.flow(), horizon=horizon)
+    frames.start()
+    try:
+        with m:
+            yield m
+    finally:
+        frames.stop.set()
+        frames.join(5)
+        frames.bulk.close()
+
+
 def lockup_config(**kw) -> MachineConfig:
-    return MachineConfig(memory_mb=32, lockup_after_s=1.0, workloads=[
+    return MachineConfig(memory_mb=32, policy="none", lockup_after_s=1.0, workloads=[
         writer(total_mb=16, files=2, seed=1),
         WorkloadConfig(kind="mmap_writer", total_mb=48, seed=2)], **kw)
 
 
 def assert_lockup_signature(m: Machine, ev) -> None:
-    assert ev is not None and ev.stalled_for_s >= 1.0
-    assert ev.free <= ev.wmark_min == m.mm.zone.wmark_min            # memory exhausted
+    assert ev is not None and ev.stalled_for_s >= 1.0 + SHORT.seconds
+    assert ev.stuck_for_s >= SHORT.seconds and ev.horizon["seconds"] == SHORT.seconds
+    floor = m.mm.zone.mark_atomic
+    assert ev.free - ev.storage_rx_need < ev.storage_rx_mark == floor < ev.wmark_min  # at the floor
     assert ev.dirty + ev.writeback > 0.8 * m.mm.zone.managed_pages    # filled with dirty pages
     assert ev.reclaimable == 0
     assert ev.throttled_dirty >= 1                                    # the writer is held back
-    assert ev.alloc_stalled >= 1                                      # the mmap writer waits for a page
     assert ev.counters["nr_written"] < 2048
+    assert ev.storage["dropped_while_stuck"] > 0 and ev.storage["delivered_while_stuck"] == 0
+    assert ev.tasks["writer0"] == "balance_dirty_pages"
+    text = ev.cycle["text"]
+    assert text[0].startswith(f"writeback -> iSCSI responses: {ev.writeback:,} pages under writeback")
+    assert text[1].startswith("iSCSI responses -> an skb: ")
+    assert text[1].endswith(f"the GFP_ATOMIC floor of {floor})")
+    assert text[-1].startswith("dirty pages -> writeback: ")
 
 
-def test_a_stalled_disk_locks_the_machine_up_and_it_recovers(disk):
+def test_a_stalled_disk_behind_the_network_locks_up_names_its_cycle_and_recovers(disk):
     disk.stall()
-    with Machine(lockup_config(), disk) as m:
+    with networked(lockup_config(), disk) as m:
         out = m.wait(deadline_s=30)
         assert out.verdict == "lockup", out
         assert_lockup_signature(m, out.lockup)
@@ -71,31 +137,55 @@ def test_a_stalled_disk_locks_the_machine_up_and_it_recovers(disk):
         out = m.wait(deadline_s=60, stop_on_lockup=False)
         assert out.verdict == "completed", out
         assert out.lockup.recovered_at is not None and out.lockup.recovered_at > out.lockup.t
-        assert not m.lockup.locked_up
+        assert out.lockup.recovered_by == "writeback completed" and not m.lockup.locked_up
+        assert [s["ended_by"] for s in out.stalls if s["lockup"]] == ["writeback completed"]
     assert m.verify().ok and m.mm.check_invariants() == []
 
 
-def test_a_slow_disk_shows_the_same_signature(disk):
-    disk.set_latency(2.5)                                 # each writeback takes longer than lockup_after_s
-    with Machine(lockup_config(), disk) as m:
-        out = m.wait(deadline_s=30)
-        assert out.verdict == "lockup", out
-        assert_lockup_signature(m, out.lockup)
-        disk.set_latency(0.0)
-        assert m.wait(deadline_s=60, stop_on_lockup=False).verdict == "completed"
+def test_a_stalled_local_disk_is_a_stall_not_a_lockup(disk):
+    """No network storage, no receive deadlock: stuck past the horizon, it is recorded
+    as stuck with the reason, and the run waits on."""
+    disk.stall()
+    with Machine(lockup_config(), disk, horizon=SHORT) as m:
+        out = m.wait(deadline_s=1.0 + 2 * SHORT.seconds + 2.0)
+        assert out.verdict == "deadline" and out.lockup is None, out
+        stall = out.stalls[0]
+        assert stall["ended_by"] is None and not stall["lockup"]
+        assert stall["not_lockup"] == "no network storage: writeback waits for no received frame"
+        disk.resume()
+        out = m.wait(deadline_s=60)
+        assert out.verdict == "completed" and out.stalls[0]["ended_by"] == "writeback completed"
+    assert m.verify().ok
+
+
+def test_a_slow_disk_is_slow_not_locked_up(disk):
+    """Each write takes 2.5 s, longer than lockup_after_s: every pause is a stall with
+    memory exhausted and storage frames dropped - the old detector called it a lockup. It
+    completes, its stalls recorded, each ended by a writeback completing."""
+    disk.set_latency(2.5)
+    cfg = MachineConfig(memory_mb=16, policy="none", lockup_after_s=1.0, writeback_inflight=64,
+                        writeback_batch_kb=512, workloads=[
+                            writer(total_mb=8, files=2, seed=1),
+                            WorkloadConfig(kind="mmap_writer", total_mb=16, seed=2)])
+    with networked(cfg, disk, horizon=None) as m:     # the initiator's own horizon, 42 s
+        out = m.wait(deadline_s=120)
+        assert out.verdict == "completed", out
+    assert out.lockup is None and out.stalls
+    assert all(s["ended_by"] == "writeback completed" and not s["lockup"] for s in out.stalls)
+    assert all(1.0 <= s["duration_s"] < 2.5 + 1.0 for s in out.stalls), out.stalls
+    disk.set_latency(0.0)                                 # the read-back need not be slow
     assert m.verify().ok
 
 
 def test_stop_is_bounded_while_the_machine_is_locked_up(disk):
     disk.stall()
-    m = Machine(lockup_config(), disk)
-    m.start()
-    assert m.wait(deadline_s=30).verdict == "lockup"
-    t = time.monotonic()
-    assert m.stop(timeout=3.0) is True
-    assert time.monotonic() - t < 3.0
-    assert m.wait(deadline_s=30, stop_on_lockup=False).verdict == "stopped"
-    assert m.stop() is True                               # idempotent
+    with networked(lockup_config(), disk) as m:
+        assert m.wait(deadline_s=30).verdict == "lockup"
+        t = time.monotonic()
+        assert m.stop(timeout=3.0) is True
+        assert time.monotonic() - t < 3.0
+        assert m.wait(deadline_s=30, stop_on_lockup=False).verdict == "stopped"
+        assert m.stop() is True                           # idempotent
     disk.resume()
 
 

@@ -17,6 +17,10 @@ these hooks, and each policy module overrides only what it changes:
     drop. Default: deliver everything.
 ``throttle_direct_reclaim(gfp, task)``
     called before direct reclaim by a task that may sleep. Default: nothing.
+``storage_rx_mark(dev)``
+    the lowest free count a receive allocation for a memalloc (storage) flow on
+    ``dev`` may take the zone to, now (mm lock held); the lockup detector asks it.
+    Default: the ``GFP_ATOMIC`` floor, 3/8 of min.
 
 Helpers for subclasses: :meth:`Policy.reserve_estimate` (Phillips' sizing).
 """
@@ -64,6 +68,9 @@ class Policy:
 
     def throttle_direct_reclaim(self, gfp: Gfp, task: TaskStruct) -> None:
         return None
+
+    def storage_rx_mark(self, dev: NetDev) -> int:
+        return self.mm.zone.mark_atomic
 
     # -------------------------------------------------------------- helpers
     def reserve_estimate(self, dev: NetDev) -> int:

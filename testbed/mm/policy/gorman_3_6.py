@@ -52,6 +52,10 @@ class Gorman36(Policy):
         dev.rx_reserve_used += 1
         return skb
 
+    def storage_rx_mark(self, dev: NetDev) -> int:
+        """Down to zero once a socket is memalloc; before that, GFP_ATOMIC only."""
+        return 0 if self.mm.memalloc_socks else self.mm.zone.mark_atomic
+
     def sk_filter(self, skb: Skb, sk: Optional["Sock"], ethertype: int) -> Optional[DropReason]:
         if not skb.pfmemalloc:
             return None

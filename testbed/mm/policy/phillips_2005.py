@@ -47,6 +47,10 @@ class Phillips2005(Policy):
         dev.rx_reserve_used += 1
         return skb
 
+    def storage_rx_mark(self, dev: NetDev) -> int:
+        """Down to zero while the device is under its cap; at the cap, GFP_ATOMIC only."""
+        return 0 if dev.rx_reserve_used < dev.rx_reserve else self.mm.zone.mark_atomic
+
     def drops_non_memalloc(self, dev: NetDev, used: int) -> bool:
         """With ``used`` reserve skbs outstanding, are non-memalloc packets dropped?"""
         return True

@@ -28,3 +28,6 @@ class ReserveOnly(Policy):
         skb.reserve = True
         dev.rx_reserve_used += 1
         return skb
+
+    def storage_rx_mark(self, dev: NetDev) -> int:
+        return 0                                    # every frame may empty the reserve

@@ -1,0 +1,208 @@
+"""Patience, end to end: a lockup is called only once nothing on its own can undo it.
+
+Each test runs ``testbed run`` (real Mininet, real tgtd, real TCP) and reads the run's
+``summary.json``:
+
+- ``contention-none`` with the lockup detector told to wait two recovery horizons
+  (``TESTBED_LOCKUP_PATIENCE=2``): between the first horizon and the second not one page
+  was written back (a lockup with its checkpoint, or - see the test - a stall the
+  initiator's reconnects kept from being proven stuck);
+- runs that are slow but alive are not called a lockup, and each completes with its
+  stalls recorded: a local disk that takes 5 s per write; a client link that loses 20 %
+  of its frames (the packet handler drops them in user space), so that TCP's
+  retransmission timeouts back off for seconds; a target whose tgtd is stopped
+  (SIGSTOP) for 10 s and then continued. Every one of them has a stall longer than
+  ``lockup_after_s`` with memory exhausted, which the old timer called a lockup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from testbed.iscsi.session import SessionConfig
+from testbed.mm.lockup import RecoveryHorizon
+from testbed.results import read_ndjson
+from testbed.scenario import SCENARIO_DIR
+from tests.platform.conftest import assert_nothing_left
+
+pytestmark = [pytest.mark.mininet, pytest.mark.root, pytest.mark.slow]
+
+TESTBED = [sys.executable, "-m", "testbed.cli"]
+RUN_TIMEOUT = 300
+STOP_S = 10.0                  # how long the target is stopped
+
+
+def run(scenario: str, out: Path, *sets: str, env: Optional[dict[str, str]] = None
+        ) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
+    argv = TESTBED + ["run", scenario, "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                       env={**os.environ, **(env or {})})
+    return r, finished(out)
+
+
+def finished(out: Path) -> dict[str, Any]:
+    """The run's summary, once nothing of it is left on the machine."""
+    summary = json.loads((out / "summary.json").read_text())
+    assert_nothing_left(json.loads((out / "client-config.json").read_text())["run_id"])
+    return summary
+
+
+def scenario_file(tmp_path: Path, name: str, text: str) -> str:
+    """A scenario that extends a built-in one (``{scenarios}`` is their folder)."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text.format(scenarios=SCENARIO_DIR))
+    return str(path)
+
+
+def assert_alive(summary: dict[str, Any], stdout: str) -> None:
+    """Slow but alive: written back to the end, no lockup, every stall recorded and ended
+    by a writeback completing; degraded only by the scenario's stall bound."""
+    assert summary["client_verdict"] == "completed", (summary["detail"], stdout)
+    assert summary["verdict"] in ("completed", "degraded"), summary["reasons"]
+    assert all(r.startswith("writeback stalled for") for r in summary["reasons"]), summary["reasons"]
+    assert summary["lockup"] is None
+    stalls = summary["stalls"]
+    assert stalls, "no stall recorded"
+    for st in stalls:
+        assert st["ended_by"] == "writeback completed" and not st["lockup"], st
+        assert st["duration_s"] >= 4.0, st                  # each lasted lockup_after_s
+    assert summary["integrity"]["mismatches"] == 0 and summary["integrity"]["checked"]
+
+
+# -- a lockup stays one ---------------------------------------------------------------------
+
+def test_contention_none_makes_no_progress_in_a_second_horizon(tmp_path):
+    """With two horizons of patience, the stall outlives both without one page written
+    back. Mostly that is a lockup, with the second horizon as a checkpoint of its
+    evidence. Some runs are not: when the initiator's send times out, closing its
+    connection frees a page of that socket's receive queue, the reconnect and the login
+    get through on it, and the re-issued writes stall again - every command timeout plus
+    DefaultTime2Wait (32 s), before any horizon (42 s) passes. Free memory then rose to
+    the storage receive mark, so the state was not stuck throughout: degraded, with the
+    breaks recorded."""
+    out = tmp_path / "none"
+    r, s = run("contention-none", out, "deadline_s=150", env={"TESTBED_LOCKUP_PATIENCE": "2"})
+    horizon = RecoveryHorizon.from_session(SessionConfig(), 2).seconds     # tgtd's T2W: 2 s
+    assert horizon == 42
+    stall = s["stalls"][0]
+    first, second = stall["opened_at"] + horizon, stall["opened_at"] + 2 * horizon
+    assert stall["ended_by"] is None or stall["ended_at"] > second, stall
+    wb = {round(x["t"], 1): x["writeback_bytes"] for x in read_ndjson(out / "client.ndjson")}
+    at = lambda t: wb[max(k for k in wb if k <= t)]             # noqa: E731
+    assert at(first) == at(second) > 0                          # nothing in the extra time
+    if s["verdict"] != "lockup":
+        assert s["verdict"] == "degraded", (s["reasons"], r.stdout, r.stderr)
+        assert stall["breaks"], stall
+        assert {b["criterion"] for b in stall["breaks"]} == {"no memory for a storage receive"}
+        assert any("came unstuck" in reason for reason in s["reasons"]), s["reasons"]
+        return
+    lk = s["lockup"]
+    cfg = SessionConfig()                   # the horizon is the initiator's own
+    assert lk["horizon"]["seconds"] == horizon and lk["horizon"]["patience"] == 2
+    assert lk["horizon"]["command_timeout_s"] == cfg.command_timeout
+    cp1, cp2 = lk["checkpoints"]
+    assert (cp1["horizons"], cp2["horizons"]) == (1, 2)
+    assert cp2["stuck_for_s"] >= 2 * horizon
+    assert cp2["written_pages_since"] == 0, cp2
+    assert at(cp1["t"]) == at(cp2["t"])
+    assert lk["recovered_at"] is None and lk["cycle"]["edges"]
+    assert "wait-for cycle" in r.stdout and "writeback -> iSCSI responses" in r.stdout
+
+
+# -- slow but alive -------------------------------------------------------------------------
+
+def test_a_slow_local_disk_is_no_lockup(tmp_path):
+    """Every write takes 5 s (64 requests of up to 1 MiB in flight): the first stall with
+    memory full lasts longer than lockup_after_s."""
+    slow = scenario_file(tmp_path, "slow-disk", """
+extends: {scenarios}/local-disk.yaml
+name: slow-disk
+local_disk: {{latency_ms: 5000, bandwidth_mbps: null}}
+client: {{writeback_inflight: 64, writeback_batch_kb: 1024}}
+""")
+    r, s = run(slow, tmp_path / "slow")
+    assert_alive(s, r.stdout)
+
+
+def test_a_lossy_client_link_is_no_lockup(tmp_path):
+    """20 % of the client's frames lost in each direction: runs of losses back TCP's
+    retransmission timeout off for seconds while the mmap writer holds memory at min.
+    No bulk hosts: ARP under such loss can fail a connect (EHOSTUNREACH), and each peer
+    is one more chance of that; a run the testbed itself could not set up (no verdict)
+    is run again once."""
+    lossy = scenario_file(tmp_path, "lossy-link", """
+extends: {scenarios}/contention-phillips-2005.yaml
+name: lossy-link
+topology: {{bulk_hosts: 0, loss_pct: 20}}
+client:
+  memory_mb: 16
+  workloads:
+    - {{kind: mmap_writer, total_mb: 24, rate_mbps: 16, files: 2, seed: 1}}
+""")
+    r, s = run(lossy, tmp_path / "lossy")
+    if s["status"] == "error":
+        r, s = run(lossy, tmp_path / "lossy-again")
+    assert_alive(s, r.stdout)
+    assert s["drops"]["memalloc"].get("LINK_LOSS", 0) > 0
+
+
+def test_a_target_stopped_for_10_s_is_no_lockup(tmp_path):
+    """tgtd is stopped (SIGSTOP) once writeback is under way and continued 10 s later:
+    its TCP still accepts data while its buffers last, then nothing is answered. The
+    process is found by the pid the target node recorded in its ready event, checked
+    to be this run's tgtd (its TESTBED_RUN tag), never by name."""
+    out = tmp_path / "stopped"
+    argv = TESTBED + ["run", "contention-phillips-2005", "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid = None
+    try:
+        pid = tgtd_of(out)
+        wait_for(lambda: written_back(out) >= 2 << 20, 60, "writeback to start")
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(STOP_S)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+    stdout, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    s = finished(out)
+    assert_alive(s, stdout)
+    assert max(st["duration_s"] for st in s["stalls"]) >= STOP_S - 4.0    # the stop was seen
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def events(path: Path, name: str) -> list[dict[str, Any]]:
+    return [e for e in read_ndjson(path) if e.get("event") == name]
+
+
+def tgtd_of(out: Path) -> int:
+    """The run's tgtd: the pid in the target's ready event, tagged with the run's id."""
+    wait_for(lambda: events(out / "target.ndjson", "ready"), 60, "the target to be ready")
+    wait_for(lambda: (out / "client-config.json").exists(), 60, "the client to start")
+    pid = int(events(out / "target.ndjson", "ready")[0]["tgtd_pid"])
+    run_id = json.loads((out / "client-config.json").read_text())["run_id"]
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "tgtd"
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"TESTBED_RUN={run_id}".encode() in environ, "not this run's tgtd"
+    return pid
+
+
+def written_back(out: Path) -> int:
+    samples = list(read_ndjson(out / "client.ndjson"))
+    return samples[-1].get("writeback_bytes", 0) if samples else 0

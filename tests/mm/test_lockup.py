@@ -1,0 +1,395 @@
+"""The lockup detector: the horizon, each stuck criterion, the wait-for cycle, the record.
+
+The detector is driven here with its own clock (``check(now=...)``) over a real memory
+manager whose state the tests set by hand, a stand-in for the page cache and a storage
+flow whose frame counts the tests advance: every rule is seen at work without waiting
+for a real horizon.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from testbed.iscsi.session import SessionConfig
+from testbed.mm import MemoryManager
+from testbed.mm.lockup import (TCP_RTO_MIN_S, FlowTally, LockupDetector, NoCycle,
+                               RecoveryHorizon, SockHold, StorageFlow, StuckState, WaitCycle,
+                               find_cycle, name_range, rx_need, tally_from_counters, wchan)
+from testbed.report.summary import cycle_lines, summarize
+from testbed.scenario import Scenario
+
+STEP = 0.1
+OPEN_AFTER = 4.0                     # lockup_after_s of contention.yaml
+# a short horizon for the tests: max(3 + 1 + 1, 0.2 * 15) = 5 s
+HORIZON = RecoveryHorizon(command_timeout_s=3.0, keepalive_s=2.0, time2wait_s=1.0,
+                          login_s=1.0, tcp_rto_s=TCP_RTO_MIN_S)
+
+
+# -- the horizon ----------------------------------------------------------------------------
+
+def test_the_horizon_comes_from_the_initiators_configuration():
+    h = RecoveryHorizon.from_session(SessionConfig(), time2wait_s=2)
+    assert (h.command_timeout_s, h.keepalive_s, h.time2wait_s, h.login_s) == (30, 10, 2, 10)
+    assert h.detect_s == 30                 # the command timeout outlasts the keepalive
+    assert h.reinstatement_s == 12          # DefaultTime2Wait + one login
+    assert h.tcp_backoff_s == 15            # 1 + 2 + 4 + 8 s: three retransmissions and a wait
+    assert h.seconds == 42
+    assert RecoveryHorizon.default() == h
+    slow = SessionConfig(command_timeout=60, keepalive_interval=50, keepalive_timeout=20,
+                         login_timeout=5)
+    assert RecoveryHorizon.from_session(slow, time2wait_s=10).seconds == 70 + 10 + 5
+
+
+def test_the_targets_tcp_backoff_bounds_a_horizon_of_short_timeouts():
+    quick = RecoveryHorizon(command_timeout_s=1, keepalive_s=1, time2wait_s=0, login_s=1)
+    assert quick.seconds == quick.tcp_backoff_s == 15
+    assert RecoveryHorizon(1, 1, 0, 1, tcp_rto_s=TCP_RTO_MIN_S, tcp_retransmits=5).seconds == \
+        pytest.approx(0.2 * 63)
+    assert HORIZON.seconds == 5 and HORIZON.to_dict()["seconds"] == 5
+
+
+# -- a rig ----------------------------------------------------------------------------------
+
+class Cache:
+    """What the detector reads of the page cache."""
+
+    def __init__(self) -> None:
+        self.nr_reclaimable = 0
+        self.last_progress = 0.0
+        self.nr_inflight = 8
+
+
+class Flow:
+    """The storage flow's counters, advanced by the test."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+        self.delivered = 0
+
+    def tally(self) -> FlowTally:
+        return FlowTally(self.dropped, self.delivered)          # dropped as received
+
+
+class Rig:
+    """A ``none`` machine at the GFP_ATOMIC floor with writeback in flight (the lockup)."""
+
+    def __init__(self, patience: int = 1, storage: bool = True) -> None:
+        self.mm = MemoryManager(8192, policy="none")
+        self.dev = self.mm.register_netdev("eth0")
+        self.pc = Cache()
+        self.flow = Flow()
+        flow = StorageFlow("iSCSI", self.dev, self.flow.tally, lambda: "session recovering")
+        self.det = LockupDetector(self.mm, self.pc, OPEN_AFTER, started=0.0, horizon=HORIZON,
+                                  storage=flow if storage else None, patience=patience)
+        self.t = 0.0
+        zone, vm = self.mm.zone, self.mm.vm
+        zone.free = zone.mark_atomic            # at the floor: no receive can get a page
+        vm.nr_dirty, vm.nr_writeback = 6000, 256
+        self.drop_every_s = 1.0                 # the target retransmits, the frames die
+        self.det.check(now=0.0)                 # writeback pending from t=0
+
+    def run_until(self, t: float, each=None) -> None:
+        while self.t < t - 1e-9:
+            self.t = round(self.t + STEP, 3)
+            if self.drop_every_s and abs(self.t / self.drop_every_s - round(self.t / self.drop_every_s)) < 1e-6:
+                self.flow.dropped += 1
+            if each is not None:
+                each(self)
+            self.det.check(now=self.t)
+
+    @property
+    def episode(self):
+        return self.det.episodes[-1]
+
+
+def lockup_at() -> float:
+    return OPEN_AFTER + HORIZON.seconds
+
+
+# -- the lockup, proven ---------------------------------------------------------------------
+
+def test_a_stuck_state_is_a_lockup_only_once_it_outlasts_the_horizon():
+    rig = Rig()
+    rig.run_until(OPEN_AFTER - STEP)
+    assert not rig.det.episodes                         # a stall, not yet an episode
+    rig.run_until(lockup_at() - 2 * STEP)
+    assert rig.episode.opened_at == pytest.approx(OPEN_AFTER) and rig.episode.stuck_since is not None
+    assert not rig.det.fired.is_set() and rig.det.evidence is None
+    rig.run_until(lockup_at() + STEP)
+    assert rig.det.fired.is_set() and rig.det.locked_up
+    ev = rig.det.evidence
+    assert ev.t == pytest.approx(lockup_at(), abs=STEP) and ev.stuck_for_s >= HORIZON.seconds
+    assert ev.storage_rx_mark == rig.mm.zone.mark_atomic and ev.horizon["seconds"] == 5
+    assert ev.storage["dropped_while_stuck"] >= 4 and ev.storage["status"] == "session recovering"
+    text = ev.cycle["text"]
+    assert text[0] == "writeback -> iSCSI responses: 256 pages under writeback (8 requests at the device)"
+    floor = rig.mm.zone.mark_atomic
+    assert text[1].startswith("iSCSI responses -> an skb: ")
+    assert text[1].endswith(f"(free {floor} pages, at the GFP_ATOMIC floor of {floor})")
+    assert text[2].startswith("an skb -> memory held by dirty pages and pages under writeback: 6,256")
+    assert text[-1] == "dirty pages -> writeback: 6,000 pages (freed only once written back)"
+    assert rig.episode.lockup and rig.episode.ended_at is None
+
+
+# -- each criterion, broken alone, prevents the lockup --------------------------------------
+
+def test_criterion_1_memory_for_a_storage_receive_restarts_the_stuck_clock():
+    """Free memory rose to where a storage receive gets a page (still under min): the
+    state was not stuck then, so the horizon counts again from when it is."""
+    def rise(rig):
+        if rig.t == pytest.approx(6.0):
+            rig.mm.zone.free = rig.mm.zone.mark_atomic + rx_need(rig.mm, rig.dev)
+        if rig.t == pytest.approx(6.5):
+            rig.mm.zone.free = rig.mm.zone.mark_atomic
+
+    rig = Rig()
+    rig.run_until(lockup_at() + 1.0, rise)
+    assert not rig.det.fired.is_set() and rig.det.evidence is None
+    brk = rig.episode.breaks[0]
+    assert brk["criterion"] == "no memory for a storage receive" and brk["t"] == pytest.approx(6.0)
+    assert rig.episode.stuck_since == pytest.approx(6.5) and rig.episode.ended_at is None
+    rig.run_until(6.5 + HORIZON.seconds + STEP)
+    assert rig.det.fired.is_set()                       # a whole horizon stuck again
+
+
+def test_a_stall_that_keeps_coming_unstuck_reads_degraded_with_its_breaks(tmp_path):
+    """Every few seconds a page comes free for long enough that a storage receive could
+    have had it (an initiator's reconnect): never stuck for a horizon, never a lockup."""
+    def flap(rig):
+        need = rx_need(rig.mm, rig.dev)
+        rig.mm.zone.free = rig.mm.zone.mark_atomic + (need if round(rig.t * 10) % 40 == 0 else 0)
+
+    rig = Rig()
+    rig.run_until(4 * HORIZON.seconds, flap)
+    assert not rig.det.fired.is_set() and len(rig.episode.breaks) >= 3
+    outcome = {"verdict": "deadline", "t": 20.0, "lockup": None, "stalls": rig.det.stalls()}
+    (tmp_path / "client-outcome.json").write_text(json.dumps(outcome))
+    summary = summarize(tmp_path, Scenario(name="x"), duration_s=21.0)
+    assert summary["verdict"] == "degraded"
+    assert any(r.startswith("the stall from t=0.0s never ended, but came unstuck ")
+               and r.endswith(": no lockup proven") for r in summary["reasons"]), summary["reasons"]
+
+
+def test_criterion_2_reclaimable_pages_end_the_episode():
+    def clean(rig):
+        if rig.t == pytest.approx(7.0):
+            rig.pc.nr_reclaimable = 32
+
+    rig = Rig()
+    rig.run_until(lockup_at() + 1.0, clean)
+    assert not rig.det.fired.is_set()
+    assert rig.episode.ended_at == pytest.approx(7.0)
+    assert rig.episode.ended_by == "reclaim: 32 clean pages became reclaimable"
+
+
+def test_criterion_3_a_completed_writeback_ends_the_episode():
+    def complete(rig):
+        if rig.t == pytest.approx(8.0):
+            rig.pc.last_progress = 8.0
+            rig.mm.vm.nr_writeback -= 32
+
+    rig = Rig()
+    rig.run_until(lockup_at() + 1.0, complete)
+    assert not rig.det.fired.is_set()
+    ep = rig.det.episodes[0]
+    assert (ep.began_at, ep.opened_at, ep.ended_at) == pytest.approx((0.0, OPEN_AFTER, 8.0))
+    assert ep.ended_by == "writeback completed" and ep.to_dict()["duration_s"] == pytest.approx(8.0)
+
+
+def test_criterion_4_a_storage_flow_with_no_drops_is_stuck_but_no_lockup():
+    """Memory exhausted, nothing moves, but none of the storage flow's frames were
+    dropped: its target is silent (stopped, unplugged), which is not the receive deadlock."""
+    rig = Rig()
+    rig.drop_every_s = 0
+    rig.run_until(lockup_at() + 1.0)
+    assert not rig.det.fired.is_set() and rig.det.evidence is None
+    assert rig.episode.not_lockup.startswith("no iSCSI frame was dropped for lack of memory")
+    assert "session recovering" in rig.episode.not_lockup
+
+
+def test_with_no_network_storage_there_is_no_lockup_only_a_stall():
+    rig = Rig(storage=False)
+    rig.run_until(lockup_at() + 1.0)
+    assert not rig.det.fired.is_set()
+    assert rig.episode.not_lockup == "no network storage: writeback waits for no received frame"
+
+
+# -- stuck, but no cycle --------------------------------------------------------------------
+
+def test_a_stuck_state_without_a_wait_for_cycle_is_no_lockup():
+    """Every criterion holds, but no page is under writeback: writeback does not wait
+    for the target's responses (the flusher is held elsewhere), so they close no cycle."""
+    rig = Rig()
+    rig.mm.vm.nr_writeback = 0
+    rig.run_until(lockup_at() + 1.0)
+    assert not rig.det.fired.is_set()
+    assert rig.episode.not_lockup == ("no page is under writeback: writeback is not waiting "
+                                      "for iSCSI responses")
+
+
+def test_memory_held_where_writeback_cannot_free_it_closes_no_cycle():
+    state = StuckState(storage="iSCSI", free=0, rx_mark=70, mark_name="the GFP_ATOMIC floor",
+                       dirty=0, writeback=32, requests=1, storage_dropped=9,
+                       sockets=(SockHold("downloader1", 1500, None),))
+    got = find_cycle(state)
+    assert isinstance(got, NoCycle)
+    assert got.reason == ("writeback would free at most 32 pages but a receive needs 71 more: "
+                          "the memory is held elsewhere (downloader1 (1500 pages, reader not "
+                          "waiting for writeback))")
+
+
+def test_the_cycle_names_the_socket_queues_whose_readers_wait_for_writeback():
+    state = StuckState(storage="iSCSI", free=69, rx_mark=69, mark_name="the GFP_ATOMIC floor",
+                       dirty=6306, writeback=256, requests=8, storage_dropped=12, pdu=8,
+                       sockets=tuple(SockHold(f"downloader{i}", 490 + i, "balance_dirty_pages")
+                                     for i in (1, 2, 3)))
+    got = find_cycle(state)
+    assert isinstance(got, WaitCycle)
+    assert got.lines() == [
+        "writeback -> iSCSI responses: 256 pages under writeback (8 requests at the device)",
+        "iSCSI responses -> an skb: 12 iSCSI frames dropped for lack of memory (free 69 pages, "
+        "at the GFP_ATOMIC floor of 69)",
+        "an skb -> memory held by dirty pages, pages under writeback, iSCSI request buffers and "
+        "the socket queues of downloader1..3: 8,046 pages (dirty pages 6,306, pages under "
+        "writeback 256, iSCSI request buffers 8, the socket queues of downloader1..3 1,476)",
+        "downloader1..3 -> writeback: 3 tasks (in balance_dirty_pages, their socket queues unread)",
+        "dirty pages -> writeback: 6,306 pages (freed only once written back)",
+    ]
+    assert got.to_dict()["edges"][1]["counter"] == 12
+
+
+def test_the_cycle_tells_sent_from_received_drops_and_an_empty_reserve():
+    state = StuckState(storage="iSCSI", free=0, rx_mark=0, mark_name="zero (ALLOC_NO_WATERMARKS)",
+                       dirty=6144, writeback=256, requests=8, storage_dropped=20,
+                       storage_tx_dropped=19)
+    got = find_cycle(state)
+    assert isinstance(got, WaitCycle)
+    assert got.lines()[1] == ("iSCSI responses -> an skb: 20 iSCSI frames dropped for lack of "
+                              "memory (1 received, 19 sent; free 0 pages: the reserves are used up)")
+
+
+def test_a_stuck_state_without_a_cycle_reads_degraded_with_its_reason(tmp_path):
+    rig = Rig()
+    rig.mm.vm.nr_writeback = 0
+    rig.run_until(lockup_at() + 1.0)
+    outcome = {"verdict": "deadline", "detail": "the deadline passed first", "t": 10.0,
+               "bytes_written": 1, "bytes_written_back": 0, "longest_stall_s": 10.0,
+               "lockup": None, "stalls": rig.det.stalls()}
+    (tmp_path / "client-outcome.json").write_text(json.dumps(outcome))
+    summary = summarize(tmp_path, Scenario(name="x"), duration_s=12.0)
+    assert summary["verdict"] == "degraded"
+    assert ("stuck from t=4.0s past the recovery horizon without a wait-for cycle: no page is "
+            "under writeback: writeback is not waiting for iSCSI responses") in summary["reasons"]
+    assert summary["stalls"][0]["ended_by"] is None and cycle_lines(summary) == []
+
+
+def test_a_lockup_reported_without_a_cycle_is_not_a_lockup(tmp_path):
+    (tmp_path / "client-outcome.json").write_text(json.dumps(
+        {"verdict": "lockup", "t": 9.0, "lockup": {"t": 9.0, "stalled_for_s": 9.0}, "stalls": []}))
+    summary = summarize(tmp_path, Scenario(name="x"), duration_s=10.0)
+    assert summary["verdict"] == "degraded"
+    assert "the client reported a lockup without a wait-for cycle: not proven" in summary["reasons"]
+
+
+# -- patience and the record ----------------------------------------------------------------
+
+def test_patience_waits_more_horizons_and_checkpoints_the_progress():
+    def free_a_page_a_while(rig):       # after the proof: recorded once, the clock kept
+        if lockup_at() + 1.0 < rig.t < lockup_at() + 2.0:
+            rig.mm.zone.free = rig.mm.zone.mark_atomic + rx_need(rig.mm, rig.dev)
+        else:
+            rig.mm.zone.free = rig.mm.zone.mark_atomic
+
+    rig = Rig(patience=2)
+    rig.run_until(lockup_at() + STEP)
+    assert rig.det.evidence is not None and not rig.det.fired.is_set()
+    rig.run_until(OPEN_AFTER + 2 * HORIZON.seconds + STEP, free_a_page_a_while)
+    assert rig.det.fired.is_set()
+    assert [b["t"] for b in rig.episode.breaks] == [pytest.approx(lockup_at() + 1.1)]
+    first, second = rig.det.evidence.checkpoints
+    assert (first["horizons"], second["horizons"]) == (1, 2)
+    assert second["written_pages_since"] == 0 and second["storage_delivered_since"] == 0
+    assert second["storage_dropped_since"] >= 4
+    assert second["stuck_for_s"] >= 2 * HORIZON.seconds
+
+
+def test_a_proven_lockup_that_recovers_within_its_patience_never_fires(tmp_path):
+    def complete(rig):
+        if rig.t == pytest.approx(lockup_at() + 1.0):
+            rig.pc.last_progress = rig.t
+
+    rig = Rig(patience=2)
+    rig.run_until(OPEN_AFTER + 2 * HORIZON.seconds + 1.0, complete)
+    assert not rig.det.fired.is_set() and not rig.det.locked_up
+    ev = rig.det.evidence
+    assert ev.recovered_at == pytest.approx(lockup_at() + 1.0) and ev.recovered_by == "writeback completed"
+    (tmp_path / "client-outcome.json").write_text(json.dumps(
+        {"verdict": "completed", "t": 20.0, "lockup": ev.to_dict(), "stalls": rig.det.stalls()}))
+    summary = summarize(tmp_path, Scenario(name="x"), duration_s=21.0)
+    assert summary["verdict"] == "degraded"
+    assert any(r.startswith("the lockup proven at t=9.0s recovered at t=10.0s") for r in summary["reasons"])
+
+
+def test_stalls_are_recorded_apart_and_the_longest_is_kept():
+    def pulse(rig):
+        if rig.t in (pytest.approx(5.0), pytest.approx(12.0)):
+            rig.pc.last_progress = rig.t
+
+    rig = Rig()
+    rig.run_until(16.5, pulse)
+    first, second = rig.det.episodes[:2]
+    assert (first.began_at, first.opened_at, first.ended_at) == pytest.approx((0.0, 4.0, 5.0))
+    assert (second.began_at, second.opened_at, second.ended_at) == pytest.approx((5.0, 9.0, 12.0))
+    assert first.ended_by == second.ended_by == "writeback completed"
+    assert rig.det.longest_stall_s == pytest.approx(7.0 - STEP)     # the last check before 12 s
+    assert rig.det.stalls()[0]["duration_s"] == pytest.approx(5.0)
+
+
+def test_an_episode_ends_when_memory_rises_above_min():
+    def free(rig):
+        if rig.t == pytest.approx(6.0):
+            rig.mm.zone.free = rig.mm.zone.wmark_min + 10
+
+    rig = Rig()
+    rig.run_until(8.0, free)
+    ep = rig.det.episodes[0]
+    assert ep.ended_at == pytest.approx(6.0)
+    assert ep.ended_by == f"memory freed: {rig.mm.zone.wmark_min + 10} free pages, above min {rig.mm.zone.wmark_min}"
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+def test_wchan_is_the_innermost_wait_point_on_the_threads_stack():
+    inside, release = threading.Event(), threading.Event()
+
+    def balance_dirty_pages():
+        inside.set()
+        release.wait(5)
+
+    def body():
+        balance_dirty_pages()
+
+    t = threading.Thread(target=body)
+    t.start()
+    try:
+        assert inside.wait(5)
+        assert wchan(t) == "balance_dirty_pages"
+        assert wchan(threading.current_thread()) is None
+    finally:
+        release.set()
+        t.join(5)
+
+
+def test_name_range_and_the_handlers_counters():
+    assert name_range(["downloader3", "downloader1", "downloader2"]) == "downloader1..3"
+    assert name_range(["downloader1", "writer4"]) == "downloader1, writer4"
+    block = lambda **r: {"classes": {"memalloc": {"reasons": {k: {"frames": v} for k, v in r.items()},  # noqa: E731
+                                                  "delivered": {"frames": 7}}}}
+    net = {"rx": block(NOMEM=3, LINK_LOSS=9, RX_NO_BUFFER=2), "tx": block(NOMEM=1)}
+    assert tally_from_counters(net) == FlowTally(rx_dropped=5, delivered=7, tx_dropped=1)
+    assert tally_from_counters(net).dropped == 6
