@@ -34,6 +34,7 @@ from .backends.base import ContentionParams, make_params
 from .errors import ConfigError
 from .faults import Fault, scenario_rules as fault_rules
 from .guest.qemu import scenario_rules as kernel_client_rules
+from .iscsi.session import SessionConfig
 from .mm.config import MachineConfig
 from .mm.policy import POLICIES
 from .schema import (Problem, SchemaError, bounded, build, check_mirrors, compose_file, mirror,
@@ -103,6 +104,31 @@ class TargetSection:
 
 
 @dataclass
+class InitiatorSection:
+    """The storage client's iSCSI initiator: its timeouts, as an administrator sets them.
+
+    Linux's counterparts: the SCSI command timeout (``/sys/block/sdX/device/timeout``,
+    30 s by default) and open-iscsi's ``node.conn[0].timeo.noop_out_interval``,
+    ``noop_out_timeout`` and ``login_timeout`` (iscsid.conf). The lockup detector's
+    recovery horizon follows from them (``RecoveryHorizon``, testbed/mm/lockup.py): a
+    shorter command timeout lets a lockup be proven sooner, as it lets a real initiator
+    give up sooner. The defaults are the initiator's own (``SessionConfig``).
+    """
+
+    command_timeout_s: float = bounded(SessionConfig.command_timeout, min=1, max=600)
+    noop_out_interval_s: float = bounded(SessionConfig.keepalive_interval, min=0, max=600)
+    noop_out_timeout_s: float = bounded(SessionConfig.keepalive_timeout, min=1, max=600)
+    login_timeout_s: float = bounded(SessionConfig.login_timeout, min=1, max=120)
+
+    def session_config(self) -> dict[str, float]:
+        """The :class:`SessionConfig` fields these set."""
+        return {"command_timeout": self.command_timeout_s,
+                "keepalive_interval": self.noop_out_interval_s,
+                "keepalive_timeout": self.noop_out_timeout_s,
+                "login_timeout": self.login_timeout_s}
+
+
+@dataclass
 class BulkSection:
     """What the bulk hosts do: serve downloads (tcp, http), flood the client (udp), or
     forge segments of the client's iSCSI flow (spoof; needs target.initiator_port)."""
@@ -146,6 +172,7 @@ class Scenario:
     topology: TopologySection = field(default_factory=TopologySection)
     client: MachineConfig = field(default_factory=MachineConfig)
     target: TargetSection = field(default_factory=TargetSection)
+    initiator: InitiatorSection = field(default_factory=InitiatorSection)
     bulk: BulkSection = field(default_factory=BulkSection)
     local_disk: LocalDiskSection = field(default_factory=LocalDiskSection)
     bounds: BoundsSection = field(default_factory=BoundsSection)

@@ -74,6 +74,7 @@ class TargetConfig:
     chap: Optional[dict[str, str]] = None   # user, secret, mutual_user, mutual_secret
     digests: bool = False
     initiator_port: Optional[int] = None
+    timeouts: dict[str, float] = field(default_factory=dict)   # SessionConfig fields (scenario's initiator:)
 
 
 @dataclass
@@ -293,7 +294,7 @@ class StorageClient:
                                    mutual_secret=t.chap.get("mutual_secret"))
         config = SessionConfig(initiator_name=INITIATOR_NAME, target_name=t.iqn, chap=chap,
                                header_digest=t.digests, data_digest=t.digests,
-                               source_port=t.initiator_port or 0)
+                               source_port=t.initiator_port or 0, **t.timeouts)
         return IscsiBlockDevice.open(t.portal, t.iqn, lun=t.lun, config=config, hooks=self.hooks)
 
     def _downloader_socket(self, sock: socket.socket, sk: Any, server: tuple[str, int]) -> None:
