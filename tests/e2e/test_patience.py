@@ -82,13 +82,12 @@ def assert_alive(summary: dict[str, Any], stdout: str) -> None:
 
 def test_contention_none_makes_no_progress_in_a_second_horizon(tmp_path):
     """With two horizons of patience, the stall outlives both without one page written
-    back. Mostly that is a lockup, with the second horizon as a checkpoint of its
-    evidence. Some runs are not: when the initiator's send times out, closing its
-    connection frees a page of that socket's receive queue, the reconnect and the login
-    get through on it, and the re-issued writes stall again - every command timeout plus
-    DefaultTime2Wait (32 s), before any horizon (42 s) passes. Free memory then rose to
-    the storage receive mark, so the state was not stuck throughout: degraded, with the
-    breaks recorded."""
+    back: a lockup, with the second horizon as a checkpoint of its evidence. (A run whose
+    initiator recovery freed enough memory for a storage receive for a moment would not
+    be stuck throughout, and would end degraded with the breaks recorded: the branch
+    below accepts that outcome and checks it is reported so. Before the initiator's
+    receive side stopped waiting for its send side, about one run in four went that way;
+    since then none has, in 12 runs.)"""
     out = tmp_path / "none"
     r, s = run("contention-none", out, "deadline_s=150", env={"TESTBED_LOCKUP_PATIENCE": "2"})
     horizon = RecoveryHorizon.from_session(SessionConfig(), 2).seconds     # tgtd's T2W: 2 s
@@ -134,11 +133,13 @@ client: {{writeback_inflight: 64, writeback_batch_kb: 1024}}
 
 
 def test_a_lossy_client_link_is_no_lockup(tmp_path):
-    """20 % of the client's frames lost in each direction: runs of losses back TCP's
-    retransmission timeout off for seconds while the mmap writer holds memory at min.
-    No bulk hosts: ARP under such loss can fail a connect (EHOSTUNREACH), and each peer
-    is one more chance of that; a run the testbed itself could not set up (no verdict)
-    is run again once."""
+    """20 % of the client's frames lost in each direction, and 90 % for 8 s from 6 s on
+    (a ``loss_burst`` fault): the burst backs TCP's retransmission timeout off for
+    seconds while the mmap writer holds memory at min, so every run has a stall longer
+    than lockup_after_s (the steady 20 % alone gave one in most runs, not all). No bulk
+    hosts: ARP under such loss can fail a connect (EHOSTUNREACH), and each peer is one
+    more chance of that; a run the testbed itself could not set up (no verdict: the
+    login lost to the loss) is run again once."""
     lossy = scenario_file(tmp_path, "lossy-link", """
 extends: {scenarios}/contention-phillips-2005.yaml
 name: lossy-link
@@ -147,6 +148,8 @@ client:
   memory_mb: 16
   workloads:
     - {{kind: mmap_writer, total_mb: 24, rate_mbps: 16, files: 2, seed: 1}}
+faults:
+  - {{kind: loss_burst, host: client, at_s: 6, for_s: 8, loss_pct: 90}}
 """)
     r, s = run(lossy, tmp_path / "lossy")
     if s["status"] == "error":
