@@ -18,7 +18,8 @@ It runs on the guest's own Python (standard library only; ``tbpattern`` is
    of its region (dirtied through page faults); a downloader reads a bulk host's stream
    through a socket with the scenario's ``SO_RCVBUF`` and writes what it read into its
    region, keeping a CRC-32 per page. Regions are laid out one after the other, each
-   "file" of a workload on a 1 MiB boundary;
+   "file" of a workload on a 1 MiB boundary. Each workload is a process of its own,
+   as each is a task of its own in the kernel's picture;
 4. **metrics**: every ``metrics_interval_ms`` one NDJSON sample, from the kernel's own
    counters (``/proc/meminfo``, ``/proc/vmstat``, ``/proc/zoneinfo``'s watermarks,
    ``/proc/net/netstat``, ``/proc/net/snmp``, ``/sys/block/sdX/stat``) with the emulated
@@ -35,15 +36,14 @@ It runs on the guest's own Python (standard library only; ``tbpattern`` is
 
 from __future__ import annotations
 
-import fcntl
 import json
 import mmap
 import os
+import signal
 import socket
 import subprocess
 import struct
 import sys
-import termios
 import threading
 import time
 import zlib
@@ -139,14 +139,26 @@ def login(target: dict, initiator: str) -> str:
 # -- workloads ----------------------------------------------------------------------------
 
 
-class Workload(threading.Thread):
-    """One workload: its files are regions of the LUN; it remembers each page's CRC."""
+class Workload:
+    """One workload, run as a process of its own (a task, as in the kernel's picture:
+    one blocked in a page fault or in balance_dirty_pages() stops no other, nor the
+    sampler; threads would, since a store into a mapping faults with the GIL held).
 
-    def __init__(self, index: int, cfg: dict, dev: str, base: int, server: tuple | None):
-        super().__init__(name=f"{cfg['kind']}{index}", daemon=True)
+    Its files are regions of the LUN; it remembers each page's CRC. Progress (bytes
+    written and received, the download's local port) is shared with the agent through
+    an anonymous shared mapping; the checksums and any error come back in a file of
+    /run/tb when it exits.
+    """
+
+    PROGRESS = struct.Struct("<QQQ")       # written, received, local port
+
+    def __init__(self, index: int, cfg: dict, dev: str, base: int, server: tuple | None,
+                 local_ip: str):
+        self.name = f"{cfg['kind']}{index}"
         self.cfg = cfg
         self.dev = dev
         self.server = server
+        self.local_ip = local_ip
         self.total = int(cfg["total_mb"] * (1 << 20))
         n = cfg["files"]
         self.sizes = [self.total // n + (1 if k < self.total % n else 0) for k in range(n)]
@@ -160,24 +172,70 @@ class Workload(threading.Thread):
             base += -(-size // REGION_ALIGN) * REGION_ALIGN
         self.end = base
         self.crcs: list[list[tuple[int, int]]] = [[] for _ in range(n)]
-        self.written = 0
-        self.received = 0             # downloader: bytes read from its socket
-        self.sock: socket.socket | None = None
-        self.local = "?"              # downloader: its socket's address, once connected
+        self.shared = mmap.mmap(-1, self.PROGRESS.size)   # MAP_SHARED: seen across fork
+        self._written = self._received = 0                # the child's own counts
+        self.pid = 0
+        self.done = False
         self.error: str | None = None
-        self.stopping = False
+        self.result_path = f"/run/tb/{self.name}.json"
 
-    def run(self) -> None:
+    # -- the agent's side ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child()
+
+    def is_alive(self) -> bool:
+        if self.done:
+            return False
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid == 0:
+            return True
+        self.done = True
+        try:
+            with open(self.result_path) as f:
+                got = json.load(f)
+            self.crcs = [[tuple(p) for p in c] for c in got["crcs"]]
+            self.error = got["error"]
+        except (OSError, ValueError) as exc:
+            self.error = f"{self.name}: ended with status {status} and no result ({exc})"
+        return False
+
+    def stop(self) -> None:
+        if self.pid and not self.done:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    @property
+    def written(self) -> int:
+        return self.PROGRESS.unpack_from(self.shared)[0]
+
+    # -- the child's side ------------------------------------------------------------------
+
+    def _child(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
             {"writer": self.write, "mmap_writer": self.mmap_write,
              "downloader": self.download}[self.cfg["kind"]]()
-        except Exception as exc:      # reported in the outcome, never a silent thread death
+        except Exception as exc:      # reported in the outcome, never a silent death
             self.error = f"{self.name}: {type(exc).__name__}: {exc}"
+        try:
+            with open(self.result_path, "w") as f:
+                json.dump({"error": self.error, "crcs": self.crcs}, f)
+        finally:
+            os._exit(0)
+
+    def _progress(self, port: int = 0) -> None:
+        self.PROGRESS.pack_into(self.shared, 0, self._written, self._received,
+                                port or self.PROGRESS.unpack_from(self.shared)[2])
 
     def _pace(self, started: float) -> None:
         rate = self.cfg["rate_mbps"] * (1 << 20)
         if rate > 0:
-            ahead = self.written / rate - (time.monotonic() - started)
+            ahead = self._written / rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
 
@@ -191,7 +249,7 @@ class Workload(threading.Thread):
         chunk, seed = self.cfg["chunk_kb"] * 1024, self.cfg["seed"]
         fids = [file_id(n) for n in self.names]
         pos = [0] * len(self.sizes)
-        while self.written < self.total and not self.stopping:
+        while self._written < self.total:
             for k, size in enumerate(self.sizes):
                 length = min(chunk, size - pos[k])
                 if length > 0:
@@ -205,7 +263,8 @@ class Workload(threading.Thread):
             for k, off, data in self._chunks():
                 self._note(k, off, data)
                 os.pwrite(fd, data, self.offsets[k] + off)
-                self.written += len(data)
+                self._written += len(data)
+                self._progress()
                 self._pace(started)
         finally:
             os.close(fd)
@@ -219,7 +278,8 @@ class Workload(threading.Thread):
             for k, off, data in self._chunks():
                 self._note(k, off, data)
                 maps[k][off:off + len(data)] = data
-                self.written += len(data)
+                self._written += len(data)
+                self._progress()
                 self._pace(started)
         finally:
             for m in maps:
@@ -237,45 +297,43 @@ class Workload(threading.Thread):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg["rcvbuf_kb"] * 1024)
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(tuple(self.server))
-            self.local = "%s:%d" % sock.getsockname()
-            self.sock = sock
+            self._progress(port=sock.getsockname()[1])
+            sock.settimeout(None)
             if self.cfg.get("request"):
                 sock.sendall(self.cfg["request"].encode())
             pending = bytearray()
-            while self.received < self.total and not self.stopping:
-                data = sock.recv(min(65536, self.total - self.received))
+            while self._received < self.total:
+                data = sock.recv(min(65536, self.total - self._received))
                 if not data:
                     break
-                self.received += len(data)
+                self._received += len(data)
                 pending += data
                 self._flush_pending(fd, pending, per, chunk, final=False)
+                self._progress()
             self._flush_pending(fd, pending, per, chunk, final=True)
+            self._progress()
         finally:
-            self.sock = None
             sock.close()
             os.close(fd)
 
-    def flow(self) -> dict | None:
+    def flow(self, rx_queues: dict[tuple[int, str], int]) -> dict | None:
         """The download's flow as the emulated client's handler names it: bytes that
-        reached the socket (read, plus still queued: FIONREAD)."""
-        sock = self.sock
-        if sock is None and not self.received:
+        reached the socket (read, plus still queued: rx_queue of /proc/net/tcp)."""
+        if self.server is None:
             return None
-        queued = 0
-        try:
-            if sock is not None:
-                queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD,
-                                                        b"\0\0\0\0"))[0]
-        except OSError:           # closed by the workload meanwhile
-            pass
-        return {"flow": f"tcp {self.local}<->{self.server[0]}:{self.server[1]}",
-                "charged_bytes": self.received + queued, "read_bytes": self.received,
+        _, received, port = self.PROGRESS.unpack_from(self.shared)
+        if not port:
+            return None
+        remote = f"{self.server[0]}:{self.server[1]}"
+        queued = rx_queues.get((port, remote), 0)
+        return {"flow": f"tcp {self.local_ip}:{port}<->{remote}",
+                "charged_bytes": received + queued, "read_bytes": received,
                 "memalloc": False}
 
     def _flush_pending(self, fd: int, pending: bytearray, per: int, chunk: int,
                        final: bool) -> None:
         while pending:
-            k, off = divmod(self.written, per)
+            k, off = divmod(self._written, per)
             n = min(len(pending), per - off, chunk)
             if n < chunk and n < per - off and not final:
                 return
@@ -283,7 +341,7 @@ class Workload(threading.Thread):
             self._note(k, off, data)
             os.pwrite(fd, data, self.offsets[k] + off)
             del pending[:n]
-            self.written += n
+            self._written += n
 
     def extents(self) -> list:
         """This workload's pages in the manifest's form: [name, first, offset, pages]."""
@@ -329,6 +387,13 @@ def watermarks() -> dict[str, int]:
     return out
 
 
+def cpu_jiffies() -> dict[str, int]:
+    """The guest's CPU time by state, /proc/stat's first line (USER_HZ ticks)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return dict(zip(("user", "nice", "system", "idle", "iowait", "irq", "softirq"), v))
+
+
 def disk_stat(disk: str) -> dict[str, int]:
     with open(f"/sys/block/{disk}/stat") as f:
         v = [int(x) for x in f.read().split()]
@@ -367,6 +432,13 @@ class Sampler:
         self.events: list[dict] = []
         self.hung: list[str] = []
 
+    def flows(self) -> list[dict]:
+        downloads = [w for w in self.workloads if w.server is not None]
+        if not downloads:
+            return []
+        queues = tcp_rx_queues()
+        return [f for w in downloads if (f := w.flow(queues)) is not None]
+
     def sample(self, kmsg: Kmsg) -> dict:
         t = round(time.monotonic() - self.started, 3)
         for line in kmsg.lines():
@@ -398,11 +470,26 @@ class Sampler:
              "hung_tasks": len(self.hung),
              "tcp": {k.split(".", 1)[1]: v for k, v in snmp.items() if k.startswith("Tcp.")
                      and k.split(".", 1)[1] in ("InSegs", "OutSegs", "RetransSegs", "InErrs")},
-             "disk": disk,
-             "net": {"flows": [f for w in self.workloads if (f := w.flow()) is not None]}}
+             "disk": disk, "cpu": cpu_jiffies(),
+             "net": {"flows": self.flows()}}
         if self.events:
             s["events"], self.events = self.events, []
         return s
+
+
+def tcp_rx_queues() -> dict[tuple[int, str], int]:
+    """(local port, "remote ip:port") -> bytes queued for the reader, /proc/net/tcp."""
+    out = {}
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            local, remote, queues = parts[1], parts[2], parts[4]
+            rip, rport = remote.split(":")
+            ip = ".".join(str(b) for b in reversed(bytes.fromhex(rip)))
+            out[(int(local.split(":")[1], 16), f"{ip}:{int(rport, 16)}")] = \
+                int(queues.split(":")[1], 16)
+    return out
 
 
 def evidence(s: dict, stalled: float, hung: list[str]) -> dict:
@@ -431,7 +518,7 @@ def main(cfg: dict) -> int:
         base, servers = 0, list(cfg["download_servers"])
         for i, w in enumerate(cfg["workloads"]):
             server = servers[i % len(servers)] if w["kind"] == "downloader" and servers else None
-            wl = Workload(i, w, dev, base, server)
+            wl = Workload(i, w, dev, base, server, cfg["ip"].split("/")[0])
             base = wl.end
             workloads.append(wl)
         capacity = int(open(f"/sys/block/{disk}/size").read()) * 512
@@ -442,6 +529,8 @@ def main(cfg: dict) -> int:
         outcome = watch(cfg, dev, disk, started, workloads, kmsg, metrics)
     except Exception as exc:
         outcome = {"verdict": "error", "detail": f"{type(exc).__name__}: {exc}"}
+    for w in workloads:             # a stopped or locked-up load: its tasks go now
+        w.stop()
     acknowledged = outcome.get("verdict") == "completed"
     manifest = {"page_size": PAGE,
                 "extents": [e for w in workloads for e in w.extents()] if acknowledged else []}
@@ -493,7 +582,7 @@ def watch(cfg: dict, dev: str, disk: str, started: float, workloads: list[Worklo
             syncer.start()
         if now - started > cfg["deadline_s"]:
             for w in workloads:
-                w.stopping = True
+                w.stop()
             return {**base, "verdict": "deadline",
                     "detail": f"not written back after {cfg['deadline_s']:g}s"}
         time.sleep(max(0.0, interval - (time.monotonic() - now)))

@@ -307,12 +307,19 @@ def hung_tasks(console: Path) -> list[str]:
 
 
 def sample_rate(path: Path) -> dict[str, Any]:
-    """How many samples the guest sent and their mean interval: under TCG the agent's
-    reads of /proc cost far more than on hardware, and the interval asked for may not
-    be kept."""
-    ts = [s["t"] for s in _samples(path)]
+    """How many samples the guest sent, their mean interval, and how busy its CPU was
+    over the load (non-idle, non-iowait share of /proc/stat's time): under TCG the
+    guest is short of CPU, and the interval asked for may not be kept."""
+    samples = _samples(path)
+    ts = [s["t"] for s in samples]
     mean = round((ts[-1] - ts[0]) / (len(ts) - 1), 3) if len(ts) > 1 else None
-    return {"samples": len(ts), "mean_interval_s": mean}
+    busy = None
+    if len(samples) > 1 and "cpu" in samples[0] and "cpu" in samples[-1]:
+        d = {k: samples[-1]["cpu"][k] - samples[0]["cpu"][k] for k in samples[0]["cpu"]}
+        total = sum(d.values())
+        if total > 0:
+            busy = round(100 * (1 - (d["idle"] + d["iowait"]) / total), 1)
+    return {"samples": len(ts), "mean_interval_s": mean, "cpu_busy_pct": busy}
 
 
 def _samples(path: Path) -> list[dict[str, Any]]:
