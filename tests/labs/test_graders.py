@@ -246,8 +246,9 @@ def test_gradescope_results_and_junit(tmp_path):
 
 
 def test_grading_needs_neither_root_nor_mininet(tmp_path):
-    """Grading (the library and the grader's child pytest) runs with Mininet unimportable:
-    a ``mininet`` package that raises on import comes first on the path of both."""
+    """Grading (the library, the grader's child pytest and ``testbed lab check``) runs with
+    Mininet unimportable: a ``mininet`` package that raises on import comes first on the
+    path of each."""
     blocker = tmp_path / "block" / "mininet"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('grading must not need Mininet')\n")
@@ -261,5 +262,9 @@ def test_grading_needs_neither_root_nor_mininet(tmp_path):
     r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                        timeout=120, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
+    cli = subprocess.run(TESTBED + ["lab", "check", "2", str(work), "--format", "gradescope",
+                                    "--results", str(tmp_path / "results.json")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert cli.returncode == 0, cli.stdout + cli.stderr       # the command, too
     src = Path(grading.__file__).parent.glob("*.py")
     assert not any("geteuid" in p.read_text() for p in src)
