@@ -547,27 +547,50 @@ def main(cfg: dict) -> int:
     return 0
 
 
+class StallWatch:
+    """The lockup rule, on the kernel's own figures (module docstring, step 5).
+
+    Writeback is *pending* while pages are dirty or under writeback, or the final
+    fsync() has not returned; it *stalls* while pending and the LUN's written-sector
+    count stays put. A stall of ``lockup_after_s`` is a lockup when free memory is at
+    or below the min watermark, or the kernel has reported a hung task.
+    """
+
+    def __init__(self, lockup_after_s: float, now: float):
+        self.lockup_after_s = lockup_after_s
+        self.last_wb = -1
+        self.last_progress = now
+        self.longest = 0.0
+
+    def update(self, s: dict, now: float, syncing: bool, hung: bool) -> tuple[float, bool]:
+        """(seconds stalled, locked up) after sample ``s`` taken at ``now``."""
+        pending = s["dirty"] + s["writeback"] > 0 or syncing
+        if s["writeback_bytes"] != self.last_wb or not pending:
+            self.last_wb, self.last_progress = s["writeback_bytes"], now
+        stalled = now - self.last_progress
+        self.longest = max(self.longest, stalled)
+        locked = stalled >= self.lockup_after_s and (s["free"] <= s["wmark_min"] or hung)
+        return stalled, locked
+
+
 def watch(cfg: dict, dev: str, disk: str, started: float, workloads: list[Workload],
           kmsg: Kmsg, metrics) -> dict:
     """Sample until completed, lockup or the deadline (see the module docstring)."""
     interval = cfg["metrics_interval_ms"] / 1000
     sampler = Sampler(disk, started, workloads)
+    stall = StallWatch(cfg["lockup_after_s"], time.monotonic())
     synced: dict = {}
     syncer = None
-    last_wb, last_progress, longest = -1, time.monotonic(), 0.0
     while True:
         s = sampler.sample(kmsg)
         now = time.monotonic()
-        pending = s["dirty"] + s["writeback"] > 0 or (syncer is not None and "t" not in synced)
-        if s["writeback_bytes"] != last_wb or not pending:
-            last_wb, last_progress = s["writeback_bytes"], now
-        stalled = now - last_progress
-        longest = max(longest, stalled)
-        locked = stalled >= cfg["lockup_after_s"] and (s["free"] <= s["wmark_min"] or sampler.hung)
-        s.update(lockup=bool(locked), stalled_for_s=round(stalled, 2))
+        syncing = syncer is not None and "t" not in synced
+        stalled, locked = stall.update(s, now, syncing, bool(sampler.hung))
+        s.update(lockup=locked, stalled_for_s=round(stalled, 2))
         metrics.write(json.dumps(s) + "\n")
         base = {"t": s["t"], "bytes_written": s["workload_bytes"],
-                "bytes_written_back": s["writeback_bytes"], "longest_stall_s": round(longest, 2)}
+                "bytes_written_back": s["writeback_bytes"],
+                "longest_stall_s": round(stall.longest, 2)}
         failed = [w.error for w in workloads if w.error]
         if failed:
             return {**base, "verdict": "error", "detail": "; ".join(failed)}

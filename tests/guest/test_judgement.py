@@ -1,0 +1,98 @@
+"""How the kernel client judges a run without a guest: the guest agent's lockup rule
+(``StallWatch``, run here on the host's Python with the same page patterns the guest
+gets) and the host's account of a guest that sent no outcome (its console)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from testbed.guest import image
+from testbed.guest.node import GuestRunner
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def agent():
+    """nodes/kernel_client/guest_agent.py as the guest loads it (tbpattern beside it)."""
+    pattern = types.ModuleType("tbpattern")
+    exec(compile(image.run_files()["tbpattern.py"], "tbpattern.py", "exec"), pattern.__dict__)
+    sys.modules["tbpattern"] = pattern
+    spec = importlib.util.spec_from_file_location(
+        "guest_agent", ROOT / "nodes" / "kernel_client" / "guest_agent.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop("tbpattern", None)
+
+
+def sample(wb: int, dirty: int = 10, writeback: int = 5, free: int = 100, wmark_min: int = 50):
+    return {"writeback_bytes": wb, "dirty": dirty, "writeback": writeback, "free": free,
+            "wmark_min": wmark_min}
+
+
+def test_progress_or_nothing_pending_is_no_stall(agent):
+    w = agent.StallWatch(4.0, now=0.0)
+    assert w.update(sample(0), 1.0, False, False) == (0.0, False)
+    assert w.update(sample(4096), 5.0, False, False) == (0.0, False)      # moved
+    assert w.update(sample(4096, dirty=0, writeback=0), 20.0, False, False) == (0.0, False)
+    assert w.longest == 0.0
+
+
+def test_a_stall_at_the_min_watermark_is_a_lockup_and_above_it_is_not(agent):
+    w = agent.StallWatch(4.0, now=0.0)
+    w.update(sample(8192), 0.0, False, False)
+    assert w.update(sample(8192), 3.9, False, False) == (3.9, False)     # not long enough
+    assert w.update(sample(8192), 6.0, False, False) == (6.0, False)     # free above min
+    assert w.update(sample(8192, free=50), 6.5, False, False) == (6.5, True)
+    assert w.longest == 6.5
+
+
+def test_a_hung_task_makes_a_stall_a_lockup_whatever_free_memory(agent):
+    w = agent.StallWatch(2.0, now=0.0)
+    w.update(sample(0), 0.0, False, False)
+    assert w.update(sample(0, free=10_000), 2.5, False, True) == (2.5, True)
+
+
+def test_a_final_fsync_that_does_not_return_is_pending_writeback(agent):
+    w = agent.StallWatch(2.0, now=0.0)
+    idle = sample(4096, dirty=0, writeback=0, free=10)
+    w.update(idle, 0.0, True, False)
+    assert w.update(idle, 3.0, True, False) == (3.0, True)
+
+
+def runner(tmp_path: Path, console: str, samples: list[dict]) -> GuestRunner:
+    (tmp_path / "console.log").write_text(console)
+    (tmp_path / "m.ndjson").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return GuestRunner({"console_path": str(tmp_path / "console.log"),
+                        "metrics_path": str(tmp_path / "m.ndjson")})
+
+
+LAST = {"t": 12.5, "free": 60, "wmark_min": 70, "dirty": 900, "writeback": 40,
+        "stalled_for_s": 9.0, "workload_bytes": 2 << 20, "writeback_bytes": 1 << 20,
+        "PFMemallocDrop": 3, "allocstall": 7}
+
+
+def test_a_silent_guest_with_hung_task_warnings_is_a_lockup(tmp_path):
+    hung = "[  40.1] INFO: task kworker/u2:1:57 blocked for more than 4 seconds."
+    r = runner(tmp_path, f"boot\n{hung}\nmore\n", [{"t": 0.0, "events": []}, LAST])
+    out = r._host_outcome("deadline", "the guest sent nothing for 60s")
+    assert out["verdict"] == "lockup"
+    lk = out["lockup"]
+    assert lk["hung_task_messages"] == [hung.strip()] and lk["free"] == 60
+    assert lk["t"] == 12.5 and lk["stalled_for_s"] == 9.0 and lk["counters"]["PFMemallocDrop"] == 3
+    assert out["bytes_written_back"] == 1 << 20 and r.manifest["extents"] == []
+
+
+def test_a_silent_guest_without_them_is_not_and_an_oom_kill_is_named(tmp_path):
+    oom = "[  11.9] Out of memory: Killed process 121 (python3) total-vm:16552kB"
+    r = runner(tmp_path, f"{oom}\n", [LAST])
+    out = r._host_outcome("deadline", "the guest sent nothing for 60s")
+    assert out["verdict"] == "deadline" and "lockup" not in out
+    assert out["detail"].endswith(f"the guest's OOM killer ran: {oom}")
