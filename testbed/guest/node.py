@@ -266,6 +266,9 @@ class GuestRunner:
                              "first_sample_s": round(self.first_sample - self.started, 2)
                              if self.first_sample else None,
                              "console_hung_tasks": len(hung_tasks(Path(c["console_path"]))),
+                             # the kernel's OOM kills, also of a run that completed (iscsid
+                             # was killed in one: the session went on, recovery could not)
+                             "oom_kills": console_lines(Path(c["console_path"]), OOM_MARK),
                              **sample_rate(Path(c["metrics_path"]))}
         Path(c["manifest_path"]).write_text(json.dumps(self.manifest))
         Path(c["outcome_path"]).write_text(json.dumps(outcome, indent=1))
