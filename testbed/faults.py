@@ -549,7 +549,8 @@ class PortLoss:
         for chain, hook in (("from_host", "ingress"), ("to_host", "egress")):
             chains.append(
                 f"  chain {chain} {{\n"
-                f'    type filter hook {hook} device "{self.port.name}" priority filter; policy accept;\n'
+                f'    type filter hook {hook} device "{self.port.name}" priority filter;\n'
+                f"    policy accept;\n"
                 f'    counter comment "{self.tag}"\n'
                 f'    numgen random mod 10000 < {under} counter drop comment "{self.tag}"\n'
                 f"  }}\n")

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -224,6 +223,10 @@ def _links(netns: Optional[str], tag: str) -> list[dict]:
     return [l for l in links if l.get("ifalias") == tag]
 
 
+def _kind(link: dict) -> str:
+    return str((link.get("linkinfo") or {}).get("info_kind") or "")
+
+
 def _qdiscs(netns: Optional[str], devices: set[str]) -> list[dict]:
     where = ["-n", netns] if netns else []
     return [q for q in _json_tool(["tc", *where, "-j", "qdisc", "show"])
@@ -318,7 +321,7 @@ def count_left(run_id: str, run_dir: Path) -> dict[str, int]:
     state = [p for p in (STATE_DIR / f"{run_id}.json", STATE_DIR / f"{run_id}.tmp", scratch)
              if p.exists()]
     return {"netns": len(namespaces), "links": len(links),
-            "bridges": sum(1 for l in links if (l.get("linkinfo") or {}).get("info_kind") == "bridge"),
+            "bridges": sum(1 for l in links if _kind(l) == "bridge"),
             "qdiscs": len(qdiscs), "iptables": len(ipt), "nftables": len(nft),
             "processes": len(_processes(run_id, markers, ns_inodes)), "mounts": len(mounts),
             "tgtd_sockets": len(sockets), "state_files": len(state), **_docker(run_id)}
