@@ -78,12 +78,21 @@ def checks(caps: Capabilities) -> list[Check]:
         _tool(caps, "iscsi-inq", "libiscsi-bin", blocking=False, why=" (reference initiator)"),
         _tool(caps, "ping", "iputils-ping", blocking=False),
         _docker_check(caps),
+        _kernel_client_check(),
         _root_bridge_check(caps.docker),
         _leftovers_check(),
     ]
     if caps.probe_error:
         out.append(Check("kernel probe", False, caps.probe_error, "run as root", True))
     return out
+
+
+def _kernel_client_check() -> Check:
+    """client.kind: kernel: QEMU and the build tools, and the guest image (optional)."""
+    from ..guest.image import status
+    ok, detail = status()
+    return Check("kernel client", ok, detail, "make guest-image (after scripts/setup.sh)",
+                 blocking=False)
 
 
 def _docker_check(caps: Capabilities) -> Check:

@@ -222,6 +222,20 @@ def ensure_image(say: Optional[Say] = None, cache: Optional[Path] = None) -> Gue
     return img
 
 
+def status(cache: Optional[Path] = None) -> tuple[bool, str]:
+    """(ready, what was found) for ``testbed doctor``: the tools, and whether the image
+    for the current inputs is built (a build takes about 2 minutes on first use)."""
+    try:
+        check_tools()
+        inputs = current_inputs()
+    except TestbedError as exc:
+        return False, str(exc)
+    img = GuestImage.load((cache or CACHE_DIR) / inputs.key())
+    if img is None:
+        return False, f"guest image {inputs.key()} not built yet (built on first use)"
+    return True, f"guest image {img.kernel_release} in {img.dir}"
+
+
 def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 

@@ -142,3 +142,14 @@ def test_client_kind_defaults_to_emulated_and_kernel_has_its_rules():
     assert "client.policy: the kernel client's policy is its kernel's" in text
     with pytest.raises(SchemaError, match="client.kind: 'vm' is not one of emulated, kernel"):
         scenario.load("baseline", ["client.kind=vm"])
+
+
+def test_status_says_whether_the_image_for_the_current_inputs_is_built(tmp_path):
+    ok, detail = image.status(cache=tmp_path)
+    assert not ok and "not built yet" in detail and image.current_inputs().key() in detail
+    folder = tmp_path / image.current_inputs().key()
+    folder.mkdir()
+    (folder / "image.json").write_text(json.dumps({"kernel_release": "6.1.0-56-amd64"}))
+    for name in ("vmlinuz", "initrd.img", "rootfs.img"):
+        (folder / name).write_bytes(b"x")
+    assert image.status(cache=tmp_path) == (True, f"guest image 6.1.0-56-amd64 in {folder}")
