@@ -40,6 +40,7 @@ client:
     - {kind: downloader, total_mb: 3, rcvbuf_kb: 2048}
 target: {lun_mb: 64}
 bulk: {mode: tcp}
+capture: true
 """
 
 
@@ -79,6 +80,10 @@ def test_the_contention_load_on_a_real_kernel_completes_and_reads_back(tmp_path,
     cfg = json.loads((out / "client-config.json").read_text())
     assert cfg["guest"]["sysctl"]["vm.dirty_ratio"] == 40
     assert "guest_agent: outcome completed" in (out / "guest-console.log").read_text()
+    # the capture: tcpdump on the client's wire saw the writes go out
+    pcap = out / "pcap" / "wire.pcap"
+    assert pcap.read_bytes()[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4")
+    assert pcap.stat().st_size > 17 * 2**20
     run_id = re.search(r"run ([0-9a-f]{8}):", r.stderr).group(1)
     assert_nothing_left(run_id)          # QEMU too: it carries the run's tag
     assert_untouched(before, snapshot())
@@ -89,7 +94,7 @@ def test_the_contention_load_on_a_real_kernel_completes_and_reads_back(tmp_path,
 def start_slow_run(tmp_path: Path) -> tuple[subprocess.Popen, Path, str, str]:
     """A kernel client run whose load is still going: (process, folder, run id, QEMU's pid)."""
     path = tmp_path / "kernel.yaml"
-    path.write_text(SCENARIO.replace("rate_mbps: 4", "rate_mbps: 0.5"))
+    path.write_text(SCENARIO.replace("rate_mbps: 4", "rate_mbps: 0.5").replace("capture: true", ""))
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(path), "--out", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
