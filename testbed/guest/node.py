@@ -104,7 +104,8 @@ def client_config(scenario: Any, net: Any, run: Any, image: GuestImage, accel: A
              "download_servers": [list(s) for s in servers], "deadline_s": scenario.deadline_s,
              "lockup_after_s": c.lockup_after_s, "metrics_interval_ms": c.metrics_interval_ms}
     return {"image_dir": str(image.dir), "kernel_release": image.kernel_release,
-            "accel": accel.accel, "cpu": accel.cpu, "accel_detail": accel.detail, "memory_mb": c.memory_mb,
+            "accel": accel.accel, "cpu": accel.cpu, "accel_detail": accel.detail,
+            "memory_mb": c.memory_mb,
             "wire": host.intf, "mac": host.mac, "run_id": run.id,
             "metrics_path": str(d / "client.ndjson"), "result_path": str(d / "guest-result.ndjson"),
             "console_path": str(d / "guest-console.log"),
@@ -185,7 +186,8 @@ class GuestRunner:
             Path(c[key]).unlink(missing_ok=True)
         disk = config_disk(Path(c["config_disk"]), c["guest"], run_files())
         spec = GuestSpec(image=GuestImage(Path(c["image_dir"]), c["kernel_release"]),
-                         accel=c["accel"], cpu=c.get("cpu"), memory_mb=c["memory_mb"], tap=TAP, mac=c["mac"],
+                         accel=c["accel"], cpu=c.get("cpu"), memory_mb=c["memory_mb"],
+                         tap=TAP, mac=c["mac"],
                          config_disk=disk, metrics=Path(c["metrics_path"]),
                          result=Path(c["result_path"]), console=Path(c["console_path"]),
                          name=f"tb-{c['run_id']}-client")
@@ -213,6 +215,9 @@ class GuestRunner:
                 return self._result() or self._host_outcome(
                     "error", f"the guest powered off without an outcome (QEMU status "
                              f"{self.qemu.returncode}); see guest-console.log")
+            if self.first_sample is None and now - self.started > BOOT_ALLOWANCE_S:
+                return self._host_outcome("error", f"the guest did not boot and log in within "
+                                                   f"{BOOT_ALLOWANCE_S:g}s; see guest-console.log")
             if self.first_sample is not None and now - last_change > HANG_AFTER_S:
                 return self._host_outcome("deadline", f"the guest sent nothing for "
                                                       f"{HANG_AFTER_S:g}s")

@@ -2,7 +2,7 @@
 
 ``make test`` on a clean clone builds it here (about 2 minutes, then cached under
 ``testbed.guest.image.CACHE_DIR``); the build's steps are printed to the terminal as
-they happen, since pytest would otherwise hold them until the test ends.
+they happen (with pytest's capture lifted for each line; it would hold them otherwise).
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def guest_image():
+def guest_image(pytestconfig):
     if os.geteuid() != 0:
         pytest.skip("the guest image is built as root (debootstrap)")
     from testbed.guest.image import ensure_image
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
 
     def say(text: str) -> None:
-        print(text, file=sys.__stderr__, flush=True)
+        # pytest captures file descriptor 2 itself: lift the capture for each line
+        with capture.global_and_fixture_disabled():
+            print(text, file=sys.stderr, flush=True)
 
     return ensure_image(say)
