@@ -9,9 +9,12 @@ It runs on the guest's own Python (standard library only; ``tbpattern`` is
    ``vm.dirty_writeback_centisecs``, ``vm.dirty_expire_centisecs``,
    ``vm.watermark_scale_factor``) and ``kernel.hung_task_timeout_secs`` is set to the
    scenario's lockup bound, so the kernel itself reports tasks stuck that long;
-2. **iSCSI**: ``iscsid -f -n``, then ``iscsiadm`` discovery (SendTargets) and login to
-   the topology's tgtd. The LUN appears as /dev/sdX; the kernel's ``iscsi_tcp`` marks
-   its socket ``sk_set_memalloc()``;
+2. **iSCSI**: ``iscsid -f -n``, then ``iscsiadm`` discovery (SendTargets), the
+   scenario's ``initiator:`` timeouts as node settings (no-op interval and timeout,
+   login timeout) and login to the topology's tgtd; the disk's SCSI command timeout is
+   the scenario's too (``load_started`` says what the kernel and iscsiadm then hold).
+   The LUN appears as /dev/sdX; the kernel's ``iscsi_tcp`` marks its socket
+   ``sk_set_memalloc()``;
 3. **workloads** (the scenario's keys): a writer ``pwrite()``s pattern pages into its
    region of the raw LUN through the block device's page cache (so
    ``balance_dirty_pages()`` throttles it); an mmap writer stores into a shared mapping
@@ -100,8 +103,9 @@ def write_sysctls(sysctls: dict) -> None:
             f.write(str(value))
 
 
-def login(target: dict, initiator: str) -> str:
-    """Start iscsid, discover and log in; return the LUN's block device name (sdX)."""
+def login(target: dict, initiator: str, settings: dict) -> str:
+    """Start iscsid, discover and log in with the scenario's node ``settings``; return
+    the LUN's block device name (sdX), its SCSI command timeout set."""
     os.makedirs("/etc/iscsi", exist_ok=True)
     with open("/etc/iscsi/initiatorname.iscsi", "w") as f:
         f.write(f"InitiatorName={initiator}\n")
@@ -117,23 +121,38 @@ def login(target: dict, initiator: str) -> str:
                 raise
             time.sleep(0.3)
     node = ["iscsiadm", "-m", "node", "-T", iqn, "-p", portal]
+    updates = dict(settings["node"])
     chap = target.get("chap")
     if chap:
-        settings = {"node.session.auth.authmethod": "CHAP",
-                    "node.session.auth.username": chap["user"],
-                    "node.session.auth.password": chap["secret"]}
+        updates.update({"node.session.auth.authmethod": "CHAP",
+                        "node.session.auth.username": chap["user"],
+                        "node.session.auth.password": chap["secret"]})
         if chap.get("mutual_user"):
-            settings["node.session.auth.username_in"] = chap["mutual_user"]
-            settings["node.session.auth.password_in"] = chap["mutual_secret"]
-        for k, v in settings.items():
-            run(node + ["-o", "update", "-n", k, "-v", v])
+            updates["node.session.auth.username_in"] = chap["mutual_user"]
+            updates["node.session.auth.password_in"] = chap["mutual_secret"]
+    for k, v in updates.items():
+        run(node + ["-o", "update", "-n", k, "-v", str(v)])
     run(node + ["--login"], LOGIN_TIMEOUT_S)
     while time.monotonic() < deadline:
         disks = sorted(d for d in os.listdir("/sys/block") if d.startswith("sd"))
         if disks and os.path.exists(f"/dev/{disks[0]}"):
+            with open(f"/sys/block/{disks[0]}/device/timeout", "w") as f:
+                f.write(str(settings["scsi_timeout_s"]))
             return disks[0]
         time.sleep(0.1)
     raise RuntimeError("logged in, but no SCSI disk appeared")
+
+
+def applied(disk: str, target: dict) -> dict:
+    """The initiator's timeouts as the kernel and open-iscsi hold them after login."""
+    with open(f"/sys/block/{disk}/device/timeout") as f:
+        out: dict = {"scsi_timeout_s": int(f.read())}
+    text = run(["iscsiadm", "-m", "node", "-T", target["iqn"], "-p", target["portal"]])
+    for line in text.splitlines():
+        key, _, value = line.partition(" = ")
+        if key.startswith("node.conn[0].timeo."):
+            out[key] = int(value) if value.strip().lstrip("-").isdigit() else value
+    return out
 
 
 # -- workloads ----------------------------------------------------------------------------
@@ -508,13 +527,13 @@ def main(cfg: dict) -> int:
     try:
         setup_network(cfg)
         write_sysctls(cfg["sysctl"])
-        disk = login(cfg["target"], cfg["initiator_name"])
+        disk = login(cfg["target"], cfg["initiator_name"], cfg["iscsi"])
         dev = f"/dev/{disk}"
         kmsg = Kmsg()
         started = time.monotonic()
         metrics.write(json.dumps({"t": 0.0, "events": [
             {"t": 0.0, "event": "load_started", "monotonic": started, "disk": disk,
-             "kernel": os.uname().release}]}) + "\n")
+             "kernel": os.uname().release, "iscsi": applied(disk, cfg["target"])}]}) + "\n")
         base, servers = 0, list(cfg["download_servers"])
         for i, w in enumerate(cfg["workloads"]):
             server = servers[i % len(servers)] if w["kind"] == "downloader" and servers else None

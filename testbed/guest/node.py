@@ -25,6 +25,7 @@ SIGKILL), also on SIGTERM/Ctrl-C of the runner, and the wire is given back.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -86,6 +87,17 @@ def sysctls(client: Any) -> dict[str, int]:
     return out
 
 
+def open_iscsi_settings(initiator: Any) -> dict[str, Any]:
+    """The scenario's ``initiator:`` timeouts as open-iscsi's node settings (whole
+    seconds, rounded up; a no-op interval of 0 turns the pings off, as in iscsid.conf)
+    and the SCSI command timeout of the LUN's disk (/sys/block/sdX/device/timeout)."""
+    up = lambda x: int(math.ceil(x))      # noqa: E731
+    return {"node": {"node.conn[0].timeo.noop_out_interval": up(initiator.noop_out_interval_s),
+                     "node.conn[0].timeo.noop_out_timeout": up(initiator.noop_out_timeout_s),
+                     "node.conn[0].timeo.login_timeout": up(initiator.login_timeout_s)},
+            "scsi_timeout_s": up(initiator.command_timeout_s)}
+
+
 def client_config(scenario: Any, net: Any, run: Any, image: GuestImage, accel: AccelChoice,
                   target_portal: str, target_iqn: str, servers: list[tuple[str, int]],
                   workloads: list[dict[str, Any]]) -> dict[str, Any]:
@@ -100,6 +112,7 @@ def client_config(scenario: Any, net: Any, run: Any, image: GuestImage, accel: A
              "initiator_name": INITIATOR_NAME,
              "target": {"portal": target_portal, "iqn": target_iqn,
                         "chap": asdict(scenario.target.chap) if scenario.target.chap else None},
+             "iscsi": open_iscsi_settings(scenario.initiator),
              "sysctl": sysctls(c), "workloads": workloads,
              "download_servers": [list(s) for s in servers], "deadline_s": scenario.deadline_s,
              "lockup_after_s": c.lockup_after_s, "metrics_interval_ms": c.metrics_interval_ms}

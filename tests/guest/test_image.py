@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from testbed import scenario
 from testbed.errors import EnvironmentProblem
 from testbed.guest import image, qemu
-from testbed.guest.node import sysctls
+from testbed.guest.node import open_iscsi_settings, sysctls
 from testbed.mm import pattern
 from testbed.schema import SchemaError
 
@@ -153,3 +154,14 @@ def test_status_says_whether_the_image_for_the_current_inputs_is_built(tmp_path)
     for name in ("vmlinuz", "initrd.img", "rootfs.img"):
         (folder / name).write_bytes(b"x")
     assert image.status(cache=tmp_path) == (True, f"guest image 6.1.0-56-amd64 in {folder}")
+
+
+def test_the_initiator_timeouts_become_open_iscsis_node_settings():
+    s = scenario.load("contention", ["client.kind=kernel", "client.memory_mb=128",
+                                     "initiator.command_timeout_s=7.5",
+                                     "initiator.noop_out_interval_s=0"])
+    got = open_iscsi_settings(s.initiator)
+    assert got["scsi_timeout_s"] == 8                                      # rounded up
+    assert got["node"]["node.conn[0].timeo.noop_out_interval"] == 0        # pings off
+    assert got["node"]["node.conn[0].timeo.login_timeout"] == \
+        math.ceil(s.initiator.login_timeout_s)

@@ -39,6 +39,7 @@ client:
     - {kind: writer, total_mb: 6, rate_mbps: 3, files: 1, seed: 2}
     - {kind: downloader, total_mb: 3, rcvbuf_kb: 2048}
 target: {lun_mb: 64}
+initiator: {command_timeout_s: 8, noop_out_interval_s: 2, noop_out_timeout_s: 2.5, login_timeout_s: 5}
 bulk: {mode: tcp}
 capture: true
 """
@@ -74,8 +75,13 @@ def test_the_contention_load_on_a_real_kernel_completes_and_reads_back(tmp_path,
     assert last["pgpgout"] > first["pgpgout"] and last["nr_written"] > first["nr_written"]
     assert last["hung_tasks"] == 0 and last["TCPBacklogDrop"] >= 0
     assert last["tcp"]["InSegs"] > 0 and last["disk"]["sectors_written"] > 0
-    events = [e["event"] for s in read_ndjson(out / "client.ndjson") for e in s.get("events", [])]
-    assert "load_started" in events
+    events = [e for s in read_ndjson(out / "client.ndjson") for e in s.get("events", [])]
+    started = next(e for e in events if e["event"] == "load_started")
+    # the scenario's initiator: timeouts, as the guest's kernel and iscsiadm hold them
+    assert started["iscsi"]["scsi_timeout_s"] == 8
+    assert started["iscsi"]["node.conn[0].timeo.noop_out_interval"] == 2
+    assert started["iscsi"]["node.conn[0].timeo.noop_out_timeout"] == 3
+    assert started["iscsi"]["node.conn[0].timeo.login_timeout"] == 5
     # the sysctls came from the scenario
     cfg = json.loads((out / "client-config.json").read_text())
     assert cfg["guest"]["sysctl"]["vm.dirty_ratio"] == 40
