@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 TESTBED := .venv/bin/testbed
 
-.PHONY: setup demo test claims fuzz killpoints bench clean lint images
+.PHONY: setup demo test claims fuzz killpoints bench clean lint images guest-image
 
 setup:
 	@scripts/setup.sh
