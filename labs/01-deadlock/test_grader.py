@@ -72,11 +72,7 @@ def test_lockup_count(runs: list[RunFolder], answers: Answers) -> None:
 @pytest.mark.points(2)
 def test_conclusion_from_your_runs(runs: list[RunFolder], answers: Answers) -> None:
     """Your conclusion is what your runs support at 95 % (exact one-sided binomial test)."""
-    test = evidence.verdict_test(runs, "lockup")
-    said = answers.conclusion("none_locks_up")
-    same(said, evidence.word(test.supported),
-         "none_locks_up: not what the exact one-sided binomial test gives for your counts "
-         "at 95 % (rate_test(lockups, finished runs): supported when p < 0.05)")
+    evidence.check_verdict_conclusion(answers, "none_locks_up", runs, "lockup")
 
 
 @pytest.mark.points(1)

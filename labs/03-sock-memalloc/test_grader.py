@@ -102,19 +102,15 @@ def test_lockup_counts(compare: dict[str, list[RunFolder]], answers: Answers) ->
 @pytest.mark.points(2)
 def test_a_reserve_alone_locks_up(compare: dict[str, list[RunFolder]], answers: Answers) -> None:
     """Your conclusion on reserve-only is what your runs support at 95 % (binomial test)."""
-    test = evidence.verdict_test(compare["reserve-only"], "lockup")
-    same(answers.conclusion("reserve_only_locks_up"), evidence.word(test.supported),
-         "reserve_only_locks_up: not what the exact one-sided binomial test gives for your "
-         "reserve-only counts at 95 % (supported when p < 0.05)")
+    evidence.check_verdict_conclusion(answers, "reserve_only_locks_up", compare["reserve-only"],
+                                      "lockup", "reserve-only")
 
 
 @pytest.mark.points(2)
 def test_the_filter_completes(compare: dict[str, list[RunFolder]], answers: Answers) -> None:
     """Your conclusion on phillips-2005 is what your runs support at 95 % (binomial test)."""
-    test = evidence.verdict_test(compare["phillips-2005"], "completed")
-    same(answers.conclusion("phillips_completes"), evidence.word(test.supported),
-         "phillips_completes: not what the exact one-sided binomial test gives for your "
-         "phillips-2005 counts at 95 % (supported when p < 0.05)")
+    evidence.check_verdict_conclusion(answers, "phillips_completes", compare["phillips-2005"],
+                                      "completed", "phillips-2005")
 
 
 @pytest.mark.points(1)

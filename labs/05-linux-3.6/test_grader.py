@@ -85,10 +85,8 @@ def test_completion_counts(runs: dict[str, list[RunFolder]], answers: Answers) -
 @pytest.mark.points(2)
 def test_gorman_completes(runs: dict[str, list[RunFolder]], answers: Answers) -> None:
     """Your conclusion on gorman-3.6 is what your runs support at 95 % (binomial test)."""
-    test = evidence.verdict_test(runs["gorman-3.6"], "completed")
-    same(answers.conclusion("gorman_completes"), evidence.word(test.supported),
-         "gorman_completes: not what the exact one-sided binomial test gives for your "
-         "gorman-3.6 counts at 95 % (supported when p < 0.05)")
+    evidence.check_verdict_conclusion(answers, "gorman_completes", runs["gorman-3.6"],
+                                      "completed", "gorman-3.6")
 
 
 @pytest.mark.points(2)

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from typing import Optional
 
 from .. import results, stats
+from .checks import same
 from .errors import CheckFailed
-from .readers import BatchFolder, RunFolder
+from .readers import Answers, BatchFolder, RunFolder
 
 SUPPORTED, NOT_SUPPORTED = "supported", "not supported"
 CONCLUSIONS = (SUPPORTED, NOT_SUPPORTED)
@@ -35,6 +36,18 @@ def verdict_test(runs: Sequence[RunFolder], verdict: str) -> stats.RateTest:
     (H0: its rate <= 1/2), over the runs that reached a verdict."""
     done = [r for r in runs if r.finished]
     return stats.rate_test(sum(r.verdict == verdict for r in done), len(done))
+
+
+def check_verdict_conclusion(answers: Answers, key: str, runs: Sequence[RunFolder],
+                             verdict: str, whose: str = "") -> None:
+    """The student's conclusion ``key`` ("``verdict`` is these runs' usual outcome") is
+    what :func:`verdict_test` gives for their ``runs`` at 95 %; the failure names the
+    key and the test, never the counts."""
+    test = verdict_test(runs, verdict)
+    counts = f"your {whose} counts" if whose else "your counts"
+    same(answers.conclusion(key), word(test.supported),
+         f"{key}: not what the exact one-sided binomial test gives for {counts} at 95 % "
+         f"(supported when p < 0.05)")
 
 
 def less_test(a: Sequence[float], b: Sequence[float]) -> stats.LessTest:
