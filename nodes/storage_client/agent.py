@@ -55,9 +55,11 @@ from testbed.iscsi.chap import ChapCredentials
 from testbed.iscsi.connection import SessionHooks
 from testbed.iscsi.session import SessionConfig
 from testbed.mm.config import MachineConfig
+from testbed.mm.gfp import GFP_NOIO
 from testbed.mm.lockup import RecoveryHorizon, StorageFlow, tally_from_counters
 from testbed.mm.machine import Machine
 from testbed.mm.manager import MemoryManager
+from testbed.mm.sock import Sock
 from testbed.netdev.flows import FlowKey
 from testbed.netdev.handler import PacketHandler
 
@@ -84,6 +86,7 @@ class NetdevConfig:
     delay_ms: float = 0.0
     loss_pct: float = 0.0
     capture_dir: Optional[str] = None
+    rx_ring: Optional[int] = None       # receive buffers the NIC keeps posted (None: the era's)
 
 
 @dataclass
@@ -127,10 +130,16 @@ def flow_key(sock: socket.socket, local_ip: str, remote: tuple[str, int]) -> Flo
 class KernelSocketHooks(SessionHooks):
     """Ties the initiator's connections to the emulated kernel.
 
-    Every connection (reconnects included) becomes an emulated socket marked
-    ``SOCK_MEMALLOC`` (``sk_set_memalloc()``, as ``iscsi_sw_tcp_conn_bind`` does),
-    registered with the packet handler by flow; bytes the initiator reads uncharge the
-    socket's receive queue; its PDU buffers are charged to mm.
+    Every connection (reconnects included) becomes an emulated socket of the block
+    driver: ``sk_allocation = GFP_NOIO`` (as ``nbd``'s ``sock_xmit`` sets it) and marked
+    ``SOCK_MEMALLOC`` (``sk_set_memalloc()``, as ``iscsi_sw_tcp_conn_bind`` does). What the
+    mark gives depends on the era: Phillips' 2005 drop rule reads it; only from 3.6 does
+    it open the reserves to the socket's own allocations. In every era it names the
+    storage flow (the handler's counters; the transmit credit of ``PF_MEMALLOC``
+    senders, ``MemoryManager.memalloc_tx_credit``). The socket
+    is registered with the packet handler by flow; bytes the initiator reads uncharge
+    its receive queue; its PDU buffers are charged to mm with its ``sk_allocation``,
+    in the context of the task that builds them.
     """
 
     def __init__(self, mm: MemoryManager, handler: Optional[PacketHandler], local_ip: str):
@@ -143,6 +152,7 @@ class KernelSocketHooks(SessionHooks):
 
     def socket_bound(self, sock: socket.socket, target: tuple[str, int]) -> None:
         sk = self.mm.sock_create("iscsi")
+        sk.sk_allocation = GFP_NOIO
         sk.set_memalloc()
         key = None
         if self.handler is not None:
@@ -165,7 +175,13 @@ class KernelSocketHooks(SessionHooks):
             entry[1].consume(n)
 
     def pdu_alloc(self, nbytes: int) -> bool:
-        return self.mm.pdu_alloc(nbytes)
+        return self.mm.pdu_alloc(nbytes, self._current_sock())
+
+    def _current_sock(self) -> Optional[Sock]:
+        """The connection's socket (the latest, after a reconnect)."""
+        with self._lock:
+            entries = list(self._socks.values())
+        return entries[-1][1] if entries else None
 
     def pdu_free(self, nbytes: int) -> None:
         self.mm.pdu_free(nbytes)
@@ -237,7 +253,7 @@ class StorageClient:
             n = self.cfg.netdev
             self.handler = PacketHandler(self.mm, wire=n.wire, tap=n.tap, delay_ms=n.delay_ms,
                                          loss_pct=n.loss_pct, capture_dir=n.capture_dir,
-                                         run_id=self.cfg.run_id)
+                                         run_id=self.cfg.run_id, rx_ring=n.rx_ring)
             self.handler.attach()
             self.handler.start()
             self.hooks.handler = self.handler

@@ -1,10 +1,14 @@
-"""The flusher thread (``wb_workfn``): writes dirty pages back, with PF_MEMALLOC.
+"""The flusher thread (pdflush / ``bdi_writeback_thread``): writes dirty pages back.
 
-It runs as a kernel thread with ``PF_MEMALLOC`` set, so whatever it allocates
-on the way to the device may use the reserves. Each round picks one kind of
+It is a kernel thread. Neither 2.6.13's pdflush (``PF_FLUSHER``) nor 3.6's bdi
+flusher (``PF_SWAPWRITE``) ran with ``PF_MEMALLOC``: what it allocates on the way
+to the device (PDU buffers, transmit skbs) obeys the watermarks, unless the era
+says otherwise (``mm.era.flusher_pf_memalloc``). Each round picks one kind of
 work, as ``wb_do_writeback()`` does:
 
 ``sync``        everything dirty, whatever its age (``Machine`` asks for it at the end);
+``reclaim``     at least the pages reclaim asked for (``wakeup_pdflush(nr)`` /
+                ``wakeup_flusher_threads(nr)``), whatever the thresholds;
 ``background``  while ``nr_dirty`` exceeds the background threshold, oldest files first;
 ``kupdate``     every ``dirty_writeback`` interval: files dirtied more than
                 ``dirty_expire`` ago.
@@ -12,10 +16,14 @@ work, as ``wb_do_writeback()`` does:
 For a file it takes up to ``MAX_WRITEBACK_PAGES`` dirty pages from its
 ``writeback_index`` on, cuts them into runs of consecutive pages (at most
 ``batch_pages`` each: one device request), and submits each run once fewer
-than ``inflight`` requests are at the device. Completion (on the device's
+than ``inflight`` requests are at the device (the page cache's request queue,
+whose depth and request size the flusher sets). Completion (on the device's
 thread) marks the pages clean, or dirty again after an error; a failed round
 backs off for ``ERROR_BACKOFF_S``. Every wait is bounded and watches for the
 machine stopping.
+
+:meth:`Flusher.writeback_inodes` is the same writing done in the caller's
+context: 2.6.13's ``balance_dirty_pages()`` makes the dirtying task call it.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from .task import PF, current
 if TYPE_CHECKING:
     from .manager import MemoryManager
     from .page_writeback import DirtyThrottle
-    from .pagecache import Inode, PageCache, WritebackRequest
+    from .pagecache import Inode, PageCache
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +69,18 @@ class Flusher(threading.Thread):
         self.expire_s = expire_s
         self.inflight = inflight
         self.batch_pages = batch_pages
+        page_cache.queue_depth = inflight
+        page_cache.max_request_pages = batch_pages
         self._wake = threading.Event()
         self._sync_requested = False
+        self._reclaim_pages = 0             # pages reclaim asked to have written
         self.error: Optional[BaseException] = None
         mm.flusher = self
 
-    def wakeup(self) -> None:
+    def wakeup(self, nr_pages: int = 0) -> None:
+        """Wake the thread; with ``nr_pages``, write at least that many (reclaim asks)."""
+        if nr_pages > 0:
+            self._reclaim_pages = max(self._reclaim_pages, nr_pages)
         self._wake.set()
 
     def request_sync(self) -> None:
@@ -82,8 +96,10 @@ class Flusher(threading.Thread):
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
         task = current()
-        task.flags |= PF.MEMALLOC | PF.KTHREAD
+        task.flags |= PF.KTHREAD
         mm = self.mm
+        if mm.era.flusher_pf_memalloc:
+            task.flags |= PF.MEMALLOC
         next_kupdate = time.monotonic() + self.writeback_interval_s
         try:
             while not mm.stopping:
@@ -91,6 +107,9 @@ class Flusher(threading.Thread):
                     self._writeback(WbReason.SYNC)
                     if self.is_clean():
                         self._sync_requested = False
+                if self._reclaim_pages:
+                    nr, self._reclaim_pages = self._reclaim_pages, 0
+                    self.writeback_inodes(nr)
                 with mm.lock:
                     background = self.throttle.over_bground_thresh_locked()
                 if background:
@@ -126,16 +145,8 @@ class Flusher(threading.Thread):
                 inode = self._pick_locked(reason)
                 if inode is None:
                     return
-                runs = self.pc.collect_runs_locked(inode, MAX_WRITEBACK_PAGES, self.batch_pages)
                 errors = mm.vm.writeback_errors
-            started = 0
-            for run in runs:
-                self._wait_for_slot()
-                with mm.lock:
-                    requests = self.pc.start_writeback_locked(inode, run)
-                for req in requests:
-                    self._submit(req)
-                started += len(requests)
+            started = self._write_inode(inode, MAX_WRITEBACK_PAGES)
             with mm.lock:
                 failed = mm.vm.writeback_errors != errors
             if failed:
@@ -143,20 +154,30 @@ class Flusher(threading.Thread):
             elif not started:
                 mm.congestion_wait()        # all its dirty pages are in flight already
 
-    def _wait_for_slot(self) -> None:
+    def writeback_inodes(self, nr_to_write: int) -> int:
+        """``writeback_inodes()``: start writeback of up to ``nr_to_write`` pages, oldest
+        files first, in the calling task's context; the pages started."""
         mm = self.mm
-        with mm.congestion:
-            while self.pc.nr_inflight >= self.inflight:
-                mm.check_stopping()
-                mm.congestion.wait(IDLE_POLL_S)
+        written = 0
+        with mm.lock:
+            inodes = self.pc.dirty_inodes_locked()
+        for inode in inodes:
+            if written >= nr_to_write:
+                break
+            written += self._write_inode(inode, nr_to_write - written)
+        return written
 
-    def _submit(self, req: "WritebackRequest") -> None:
-        pc = self.pc
-
-        def done(exc: Optional[BaseException]) -> None:
-            pc.end_writeback(req, exc)
-
-        try:
-            pc.device.submit_write(req.offset, req.data, done)
-        except Exception as exc:            # refused at once (closed, out of range)
-            pc.end_writeback(req, exc)
+    def _write_inode(self, inode: "Inode", max_pages: int) -> int:
+        """Write back up to ``max_pages`` dirty pages of ``inode``; the pages started."""
+        mm, pc = self.mm, self.pc
+        with mm.lock:
+            runs = pc.collect_runs_locked(inode, max_pages, self.batch_pages)
+        started = 0
+        for run in runs:
+            pc.wait_for_slot()
+            with mm.lock:
+                requests = pc.start_writeback_locked(inode, run)
+            for req in requests:
+                pc.submit(req)
+                started += len(req.pages)
+        return started

@@ -10,6 +10,11 @@
 * ``throttle``    dirty limits and ``balance_dirty_pages()``;
 * ``flusher``, ``kswapd``, the workloads, the ``lockup`` detector, ``metrics``.
 
+The workloads are the OOM killer's candidates (``mm.oom``, where the era's kernel
+had one and ``oom_kill`` does not turn it off). A workload it killed counts as
+ended; every kill - victim, points, pages freed - is in the outcome's
+``oom_kills`` and in each metrics sample.
+
 Life cycle::
 
     m = Machine(config, device, mm=mm, netdevs=[("eth0", 1500)], socket_hook=hook,
@@ -45,6 +50,7 @@ from .flusher import Flusher
 from .lockup import LockupDetector, LockupEvidence, RecoveryHorizon, StorageFlow
 from .manager import MemoryManager
 from .metrics import MetricSource, Metrics
+from .oom_kill import OomKill
 from .page_writeback import DirtyThrottle
 from .pagecache import PageCache
 from .skbuff import NetDev
@@ -67,6 +73,7 @@ class Outcome:
     lockup: Optional[LockupEvidence] = None     # the first lockup proven (even if it recovered)
     stalls: list[dict[str, Any]] = field(default_factory=list)     # every stall episode
     detail: str = ""
+    oom_kills: list[OomKill] = field(default_factory=list)     # the OOM killer's victims
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,12 +92,13 @@ class Machine:
                  metrics_stream: Optional[IO[str]] = None,
                  storage_flow: Optional[StorageFlow] = None,
                  horizon: Optional[RecoveryHorizon] = None,
-                 patience: int = 1) -> None:
+                 patience: int = 1,
+                 oom_kill: Optional[bool] = None) -> None:
         config.validate()
         self.config = config
         self.device = device
-        if mm is None:
-            mm = MemoryManager.from_config(config)
+        if mm is None:          # oom_kill None: client.oom_kill if the config has it, else the era's
+            mm = MemoryManager.from_config(config, oom_kill=oom_kill)
         elif mm.zone.managed_pages != config.total_pages or mm.policy.name != config.policy:
             raise MMError(f"machine: the given mm ({mm.zone.managed_pages} pages, {mm.policy.name}) "
                           f"does not match client.memory_mb/policy ({config.total_pages} pages, "
@@ -112,6 +120,9 @@ class Machine:
         for source in metric_sources:
             self.metrics.add_source(source)
         self.workloads = self._build_workloads(download_servers, socket_hook)
+        if self.mm.oom is not None:
+            for wl in self.workloads:
+                self.mm.oom.register(wl)
         self.lockup.tasks = list(self.workloads)        # their wchan and sockets: the cycle
         self.netdevs: dict[str, NetDev] = {}
         for name, mtu in netdevs:
@@ -147,6 +158,8 @@ class Machine:
             raise MMError("machine: already started")
         self.started = time.monotonic()
         self.lockup.started = self.metrics.started = self.started
+        if self.mm.oom is not None:
+            self.mm.oom.started = self.started
         for thread in (self.kswapd, self.flusher, self.lockup, self.metrics, *self.workloads):
             thread.start()
 
@@ -169,7 +182,7 @@ class Machine:
         if self.started is None:
             raise MMError("machine: wait() before start()")
         deadline = self.started + deadline_s
-        while not all(w.done for w in self.workloads):
+        while not all(w.ended for w in self.workloads):       # done, or OOM-killed
             ended = self._check(deadline, stop_on_lockup)
             if ended is not None:
                 return ended
@@ -203,12 +216,15 @@ class Machine:
     def _outcome(self, verdict: str, detail: str) -> Outcome:
         with self.mm.lock:
             written_back = self.mm.vm.writeback_bytes
+            kills = list(self.mm.oom.kills) if self.mm.oom is not None else []
+        if kills:
+            detail += "; the OOM killer killed " + ", ".join(k.victim for k in kills)
         return Outcome(verdict=verdict, t=round(self.elapsed(), 3),
                        bytes_written=sum(w.bytes_written for w in self.workloads),
                        bytes_written_back=written_back,
                        longest_stall_s=round(self.lockup.longest_stall_s, 3),
                        lockup=self.lockup.evidence, stalls=self.lockup.stalls(),
-                       detail=detail)
+                       detail=detail, oom_kills=kills)
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop every thread (bounded by ``timeout``); True if all ended. Idempotent."""
@@ -258,4 +274,5 @@ class Machine:
                 "lockup": self.lockup.locked_up, "stalled_for_s": round(self.lockup.stalled_for_s, 3),
                 "stuck_for_s": round(self.lockup.stuck_for_s, 3),
                 "workload_bytes": sum(w.bytes_written for w in self.workloads),
-                "device_inflight": self.page_cache.nr_inflight}
+                "device_inflight": self.page_cache.nr_inflight,
+                "oom_kills": self.mm.oom.snapshot() if self.mm.oom is not None else []}

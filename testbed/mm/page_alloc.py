@@ -13,43 +13,71 @@ few integer updates, so the packet handler's per-frame calls stay cheap.
 3. a caller that may not sleep (no ``__GFP_DIRECT_RECLAIM``, or a
    ``PF_MEMALLOC`` task, which must not recurse into reclaim) fails here, and
    the failure is counted under its class;
-4. a sleeping caller passes the policy's ``throttle_direct_reclaim()``, runs
-   direct reclaim of clean page-cache pages, retries, and when reclaim made no
-   progress waits in ``congestion_wait()`` - a bounded sleep (20 ms by default)
-   cut short when a writeback completes - and loops. There is no OOM killer:
-   a ``GFP_KERNEL`` request that can never be met waits until the machine
-   stops (then :class:`~testbed.mm.errors.MachineStopped` is raised), which is
-   exactly how the emulated machine locks up without the emulator hanging.
-   ``__GFP_NORETRY`` makes it give up after one reclaim attempt.
+4. a sleeping caller passes the policy's ``throttle_direct_reclaim()`` and runs
+   direct reclaim (:func:`~testbed.mm.vmscan.try_to_free_pages`, under
+   ``PF_MEMALLOC``, the era's loop). With progress it retries at its mark.
+   Without, a ``__GFP_FS`` request that may retry calls the era's
+   ``out_of_memory()`` (:mod:`testbed.mm.oom_kill`) after a last try at
+   ``WMARK_HIGH``, then starts over. When reclaim freed nothing the task waits in
+   ``congestion_wait()`` - a bounded sleep (20 ms by default) cut short when a
+   writeback completes - and loops. A request that can never be met waits until
+   the machine stops (then :class:`~testbed.mm.errors.MachineStopped` is raised),
+   which is how the emulated machine locks up without the emulator hanging.
+   ``__GFP_NORETRY`` makes it give up after one reclaim attempt. A task the OOM
+   killer chose gives up at once (:class:`~testbed.mm.task.TaskKilled`): it is dying.
+
+The zone's reclaim state lives here too: ``pages_scanned`` and
+``all_unreclaimable``, which any page given back clears (``free_pages_bulk`` /
+``free_pcppages_bulk``).
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from .errors import MachineStopped, MMError
 from .gfp import GFP_KERNEL, Gfp, gfp_class, gfp_pfmemalloc_allowed, gfp_to_alloc_flags, slowpath_mark
-from .task import PF, TaskStruct, current, current_gfp_context
+from .task import PF, TaskKilled, TaskStruct, current, current_gfp_context
+from .vmscan import MAX_RECLAIM_RETRIES, SWAP_CLUSTER_MAX, try_to_free_pages
 from .vmstat import Use, VmStat
 from .zone import Zone
 
 if TYPE_CHECKING:
+    from .era import EraProfile
+    from .oom_kill import OomKiller
+    from .pagecache import Page
     from .policy.base import Policy
 
-SWAP_CLUSTER_MAX = 32           # pages reclaimed per batch
-MAX_RECLAIM_RETRIES = 16        # kswapd_failures at which a node is hopeless
+__all__ = ["PageAllocator", "SWAP_CLUSTER_MAX", "MAX_RECLAIM_RETRIES"]
 
 
 class Shrinker(Protocol):
-    """What reclaim needs of the page cache (called with the mm lock held)."""
+    """What reclaim needs of the page cache (``*_locked``: called with the mm lock held)."""
 
     def shrink_locked(self, nr_to_reclaim: int) -> tuple[int, int]:
         """Free up to ``nr_to_reclaim`` clean pages; return (scanned, reclaimed)."""
 
+    def isolate_dirty_locked(self, nr: int) -> list["Page"]:
+        """Up to ``nr`` dirty pages, oldest first, for ``pageout()``."""
+
+    def pageout(self, pages: list["Page"]) -> None:
+        """Start writeback of ``pages`` in the caller's context (mm lock not held)."""
+
+    def congested(self) -> bool:
+        """Is the device's request queue full (``bdi_write_congested``)?"""
+
     @property
     def nr_reclaimable(self) -> int:
         """Clean pages on the LRU that reclaim could free now."""
+
+    @property
+    def nr_lru_pages(self) -> int:
+        """Every page-cache page (the LRU lists' length)."""
+
+    @property
+    def nr_mapped(self) -> int:
+        """Page-cache pages mapped by a workload (``nr_mapped``)."""
 
 
 class Waker(Protocol):
@@ -73,9 +101,17 @@ class PageAllocator:
         self.pfmemalloc_wait = threading.Condition(self.lock)
         self.shrinker: Optional[Shrinker] = None
         self.kswapd: Optional[Waker] = None
-        self.flusher: Optional[Waker] = None
+        self.flusher: Optional[Any] = None          # the Flusher: wakeup(nr), writeback_inodes()
+        self.oom: Optional["OomKiller"] = None      # out_of_memory(), when the era has one
         self.kswapd_wake_pending = False
+        self.pages_scanned = 0                      # zone->pages_scanned since a page was freed
+        self.all_unreclaimable = False              # zone->all_unreclaimable
         self._stopping = threading.Event()
+
+    @property
+    def era(self) -> "EraProfile":
+        """The mechanisms of the policy's kernel."""
+        return self.policy.era
 
     # ----------------------------------------------------------- primitives
     def take_locked(self, nr: int, mark: int, use: Use) -> bool:
@@ -101,12 +137,22 @@ class PageAllocator:
         self.zone.free += nr
         self.used[use] -= nr
         self.vm.pgfree += nr
+        self.pages_freed_locked()
+
+    def pages_freed_locked(self) -> None:
+        """Pages went back to the zone: it is reclaimable again (``free_pages_bulk``)."""
+        self.pages_scanned = 0
+        self.all_unreclaimable = False
+
+    def hopeless_locked(self) -> bool:
+        """``kswapd_failures >= MAX_RECLAIM_RETRIES``, in kernels that count them (4.11 on)."""
+        return self.era.kswapd_failures and self.vm.kswapd_failures >= MAX_RECLAIM_RETRIES
 
     def wakeup_kswapd_locked(self) -> None:
-        """``wakeup_kswapd()``: unless already woken, or the node is hopeless."""
+        """``wakeup_kswapd()``: unless already woken, or (4.11 on) the node is hopeless."""
         if self.kswapd_wake_pending or self.kswapd is None:
             return
-        if self.vm.kswapd_failures >= MAX_RECLAIM_RETRIES:
+        if self.hopeless_locked():
             return
         self.kswapd_wake_pending = True
         self.vm.kswapd_wakeups += 1
@@ -151,6 +197,7 @@ class PageAllocator:
         alloc_flags = gfp_to_alloc_flags(gfp)
         no_watermarks = gfp_pfmemalloc_allowed(gfp, bool(task.flags & PF.MEMALLOC))
         may_reclaim = bool(gfp & Gfp.DIRECT_RECLAIM) and not task.flags & PF.MEMALLOC
+        may_oom = bool(gfp & Gfp.FS) and not gfp & Gfp.NORETRY and self.oom is not None
         stalled = False
         try:
             while True:
@@ -166,14 +213,20 @@ class PageAllocator:
                         self.vm.nr_alloc_stalled += 1
                 self.check_stopping()
                 self.policy.throttle_direct_reclaim(gfp, task)
-                progress = self.direct_reclaim(nr)
+                reclaimed, progress = try_to_free_pages(self, nr, gfp, task)
                 with self.lock:
-                    if self._try_slowpath_locked(nr, gfp, mark, no_watermarks, use):
+                    if progress and self._try_slowpath_locked(nr, gfp, mark, no_watermarks, use):
                         return True
-                    if gfp & Gfp.NORETRY:
+                    if not progress and may_oom and self.take_locked(nr, self.zone.wmark_high, use):
+                        return True     # "only to catch a parallel oom killing"
+                if not progress and may_oom:
+                    self.oom.out_of_memory(gfp, task)
+                    continue                                # goto restart
+                if gfp & Gfp.NORETRY:
+                    with self.lock:
                         self.count_failure_locked(gfp, no_watermarks)
-                        return False
-                if not progress:
+                    return False
+                if not reclaimed:
                     self.congestion_wait()
         finally:
             if stalled:
@@ -181,25 +234,13 @@ class PageAllocator:
                     self.vm.nr_alloc_stalled -= 1
 
     # -------------------------------------------------------------- reclaim
-    def direct_reclaim(self, nr: int) -> bool:
-        """``try_to_free_pages()``: reclaim clean page-cache pages; True on progress."""
-        with self.lock:
-            self.vm.allocstall += 1
-            nr_to_reclaim = max(nr, SWAP_CLUSTER_MAX)
-            scanned = reclaimed = 0
-            if self.shrinker is not None:
-                scanned, reclaimed = self.shrinker.shrink_locked(nr_to_reclaim)
-            self.vm.pgscan_direct += scanned
-            self.vm.pgsteal_direct += reclaimed
-            if reclaimed:
-                self.vm.kswapd_failures = 0
-            elif self.vm.nr_dirty and self.flusher is not None:
-                self.flusher.wakeup()       # wakeup_flusher_threads(WB_REASON_VMSCAN)
-        return reclaimed > 0
-
     def allow_direct_reclaim_locked(self) -> bool:
-        """``allow_direct_reclaim()``: free pages above half the min watermark."""
-        if self.vm.kswapd_failures >= MAX_RECLAIM_RETRIES:
+        """``allow_direct_reclaim()``: free pages above half the min watermark.
+
+        The bypass for a hopeless node came in 2017 with ``kswapd_failures``:
+        kernels without the counter do not have it.
+        """
+        if self.hopeless_locked():
             return True
         ok = self.zone.free > self.zone.wmark_min // 2
         if not ok:
@@ -222,8 +263,12 @@ class PageAllocator:
         return self._stopping.is_set()
 
     def check_stopping(self) -> None:
+        """Raise if the machine is stopping, or if the current task was OOM-killed."""
         if self._stopping.is_set():
             raise MachineStopped("the machine is stopping")
+        task = current()
+        if task.oom_killed:
+            raise TaskKilled(f"{task.comm} was killed by the OOM killer")
 
     def wait_stopping(self, timeout: float) -> bool:
         """Sleep up to ``timeout``; True if the machine is stopping."""

@@ -5,14 +5,28 @@ device is a list of extents of ``EXTENT_PAGES`` pages (1 MiB) handed out by a
 bump allocator as the file grows, so writeback of consecutive pages is a
 contiguous device write. A cached page (:class:`Page`) holds the bytes the
 workload wrote (immutable ``bytes``, replaced on each write, so a writeback
-in flight keeps the version it was submitted with) and two flags:
+in flight keeps the version it was submitted with) and its flags:
 
 ``PG_dirty``      changed since it was last written back (``nr_dirty`` counts them)
 ``PG_writeback``  a device write of it is in flight (``nr_writeback``)
+``PG_reclaim``    that write was started by reclaim: once clean, the page goes to
+                  the LRU's cold end (``rotate_reclaimable_page``)
+``PTE_DIRTY``     stored to through a shared mapping in a kernel that did not account
+                  it (2.6.13): the dirt is only in the page table entry - not counted,
+                  not seen by the flusher - until reclaim unmaps the page or the
+                  mapping is synced or unmapped (:meth:`PageCache.munmap`); then it
+                  becomes ``PG_dirty`` (the kernel's pte dirty bit, not a page flag)
+
+A store through a mapping is :meth:`PageCache.store_mapped`: from 2.6.19 on
+(``mm.era.mmap_dirty_throttled``) it dirties the page at once and goes through
+``balance_dirty_pages`` like ``write()``.
 
 Clean pages not under writeback sit on the LRU (oldest first) and are all that
 reclaim may free; dirty pages are freed only after their writeback completes
-and marks them clean. Every structure here is guarded by the mm lock.
+and marks them clean. Reclaim (:mod:`testbed.mm.vmscan`) may also start writeback
+itself (:meth:`PageCache.pageout`). Writeback requests wait for a free slot in the
+device's request queue (``queue_depth`` requests, ``max_request_pages`` pages
+each: the flusher sets both). Every structure here is guarded by the mm lock.
 
 A page's content is *acknowledged* once a writeback of its current content
 completed (``Inode.acked``); :meth:`PageCache.acked_pages` lists them for the
@@ -24,12 +38,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from itertools import islice
 from typing import TYPE_CHECKING, Iterator, Optional
 
 from ..blockdev import BlockDevice, Buffer
 from ..errors import TimeoutExpired
 from .errors import MMError, NoSpace
 from .gfp import GFP_KERNEL, Gfp
+from .task import current
 from .vmstat import Use
 from .zone import PAGE_SIZE
 
@@ -39,9 +55,12 @@ if TYPE_CHECKING:
 
 PG_dirty = 0x1
 PG_writeback = 0x2
+PTE_DIRTY = 0x4
+PG_reclaim = 0x8
 EXTENT_PAGES = 256
 ZERO_PAGE = bytes(PAGE_SIZE)
 READ_TIMEOUT_S = 60.0
+SLOT_POLL_S = 0.1
 
 
 class Page:
@@ -72,6 +91,7 @@ class Inode:
         self.writeback_index = 0                # where the next writeback pass starts
         self.extents: list[int] = []            # first device page of each extent
         self.acked = bytearray()                # per page: 1 = current content on the device
+        self.mapped = False                     # mapped shared by a workload (nr_mapped)
 
     def device_page(self, index: int) -> int:
         return self.extents[index // EXTENT_PAGES] + index % EXTENT_PAGES
@@ -111,6 +131,11 @@ class PageCache:
         self.next_device_page = 0
         self.nr_inflight = 0                    # writeback requests at the device
         self.nr_allocating = 0                  # writers between alloc_pages and insertion
+        self.nr_pages = 0                       # cached pages (the LRU lists' length)
+        self.dirty_lru: "OrderedDict[Page, None]" = OrderedDict()  # PG_dirty, in dirtying order
+        self.pte_dirty: "OrderedDict[Page, None]" = OrderedDict()  # PTE_DIRTY, oldest first
+        self.queue_depth = 8                    # requests in flight at most (nr_requests)
+        self.max_request_pages = 32             # pages per request (max_sectors)
         self.last_progress = time.monotonic()   # when a writeback last completed
         mm.shrinker = self
 
@@ -128,8 +153,29 @@ class PageCache:
 
         Allocates missing pages with the mapping's gfp (may sleep in reclaim);
         with ``throttle`` every dirtied page goes through
-        ``balance_dirty_pages_ratelimited()`` (an mmap-style writer passes False).
+        ``balance_dirty_pages_ratelimited()``. The task writes to this device
+        meanwhile (``current->backing_dev_info``).
         """
+        task = current()
+        saved, task.backing_dev_info = task.backing_dev_info, self
+        try:
+            self._store(inode, offset, data, throttle, mapped=False)
+        finally:
+            task.backing_dev_info = saved
+
+    def store_mapped(self, inode: Inode, offset: int, data: Buffer) -> None:
+        """Store ``data`` through a shared mapping of ``inode`` (page faults, then stores).
+
+        From 2.6.19 (``mm.era.mmap_dirty_throttled``) the write fault dirties the page
+        and throttles (``set_page_dirty_balance``); before, the dirt stays in the page
+        table (``PTE_DIRTY``) and nothing throttles the task.
+        """
+        throttled = self.mm.era.mmap_dirty_throttled
+        with self.mm.lock:
+            inode.mapped = True
+        self._store(inode, offset, data, throttled, mapped=not throttled)
+
+    def _store(self, inode: Inode, offset: int, data: Buffer, throttle: bool, mapped: bool) -> None:
         if offset < 0:
             raise MMError(f"page cache: write to {inode.name} at negative offset {offset}")
         view = memoryview(data).cast("B")
@@ -137,18 +183,19 @@ class PageCache:
         while pos < total:
             index, in_page = divmod(offset + pos, PAGE_SIZE)
             n = min(PAGE_SIZE - in_page, total - pos)
-            self._write_page(inode, index, in_page, view[pos:pos + n])
+            self._write_page(inode, index, in_page, view[pos:pos + n], mapped)
             pos += n
             if throttle:
                 self.throttle.balance_dirty_pages_ratelimited()
 
-    def _write_page(self, inode: Inode, index: int, in_page: int, src: memoryview) -> None:
+    def _write_page(self, inode: Inode, index: int, in_page: int, src: memoryview,
+                    mapped: bool) -> None:
         mm = self.mm
         end = index * PAGE_SIZE + in_page + len(src)
         with mm.lock:
             page = inode.pages.get(index)
             if page is not None:
-                self._copy_locked(page, in_page, src, end)
+                self._copy_locked(page, in_page, src, end, mapped)
                 return
             # A partial write over a page that is only on the device needs its bytes.
             need_read = len(src) < PAGE_SIZE and index < len(inode.acked) and inode.acked[index]
@@ -166,14 +213,16 @@ class PageCache:
                         mm.give_locked(1, Use.FILE)
                         raise
                     page = inode.pages[index] = Page(inode, index, data)
+                    self.nr_pages += 1
                 else:
                     mm.give_locked(1, Use.FILE)     # another writer cached it meanwhile
-                self._copy_locked(page, in_page, src, end)
+                self._copy_locked(page, in_page, src, end, mapped)
         finally:
             with mm.lock:
                 self.nr_allocating -= 1
 
-    def _copy_locked(self, page: Page, in_page: int, src: memoryview, end: int) -> None:
+    def _copy_locked(self, page: Page, in_page: int, src: memoryview, end: int,
+                     mapped: bool) -> None:
         if in_page == 0 and len(src) == PAGE_SIZE:
             page.data = bytes(src)
         else:
@@ -183,26 +232,54 @@ class PageCache:
         inode = page.inode
         if end > inode.size:
             inode.size = end
-        self.set_page_dirty_locked(page)
+        if mapped:
+            self._pte_mkdirty_locked(page)
+        else:
+            self.set_page_dirty_locked(page)
+
+    def _changed_locked(self, page: Page) -> None:
+        """The page's content is no longer what the device holds."""
+        acked = page.inode.acked
+        if page.index >= len(acked):
+            acked.extend(bytes(page.index + 1 - len(acked)))
+        acked[page.index] = 0
 
     def set_page_dirty_locked(self, page: Page) -> None:
         """``set_page_dirty`` + ``account_page_dirtied``."""
+        if page.flags & PTE_DIRTY:              # the pte's dirt moves to the page
+            page.flags &= ~PTE_DIRTY
+            self.pte_dirty.pop(page, None)
         if page.flags & PG_dirty:
             return
         page.flags |= PG_dirty
         if not page.flags & PG_writeback:
             self.lru.pop(page, None)
+        self.dirty_lru[page] = None
         inode = page.inode
         inode.dirty.add(page.index)
         if inode.dirtied_when is None:
             inode.dirtied_when = time.monotonic()
-        acked = inode.acked
-        if page.index >= len(acked):
-            acked.extend(bytes(page.index + 1 - len(acked)))
-        acked[page.index] = 0
+        self._changed_locked(page)
         vm = self.mm.vm
         vm.nr_dirty += 1
         vm.nr_dirtied += 1
+
+    def _pte_mkdirty_locked(self, page: Page) -> None:
+        """A store through a mapping the kernel does not account (``pte_mkdirty`` only)."""
+        self._changed_locked(page)
+        if page.flags & (PG_dirty | PTE_DIRTY):
+            return                              # already dirty: this content goes out with it
+        page.flags |= PTE_DIRTY
+        if not page.flags & PG_writeback:
+            self.lru.pop(page, None)
+        self.pte_dirty[page] = None
+
+    def munmap(self, inode: Inode) -> None:
+        """``munmap``/exit (``zap_pte_range``): the mapping's pte dirt moves to its pages."""
+        with self.mm.lock:
+            for page in [p for p in self.pte_dirty if p.inode is inode]:
+                self.set_page_dirty_locked(page)
+            inode.mapped = False
 
     def _ensure_extent_locked(self, inode: Inode, index: int) -> None:
         while index // EXTENT_PAGES >= len(inode.extents):
@@ -236,8 +313,21 @@ class PageCache:
     def nr_reclaimable(self) -> int:
         return len(self.lru)
 
+    @property
+    def nr_lru_pages(self) -> int:
+        return self.nr_pages
+
+    @property
+    def nr_mapped(self) -> int:
+        """Cached pages of mapped files (2.6.13's ``nr_mapped``: no anonymous memory here)."""
+        return sum(len(inode.pages) for inode in self.inodes.values() if inode.mapped)
+
     def shrink_locked(self, nr_to_reclaim: int) -> tuple[int, int]:
-        """Free up to ``nr_to_reclaim`` clean pages from the LRU's cold end."""
+        """Free up to ``nr_to_reclaim`` clean pages from the LRU's cold end; (scanned, reclaimed).
+
+        The rest of the pass scans dirty pages: those dirtied through a mapping get
+        their dirt moved to the page (``try_to_unmap``: ``set_page_dirty``).
+        """
         lru = self.lru
         reclaimed = 0
         while reclaimed < nr_to_reclaim and lru:
@@ -245,10 +335,75 @@ class PageCache:
             del page.inode.pages[page.index]
             reclaimed += 1
         if reclaimed:
+            self.nr_pages -= reclaimed
             self.mm.give_locked(reclaimed, Use.FILE)
+        budget = nr_to_reclaim - reclaimed
+        for page in list(islice(self.pte_dirty, budget)):
+            self.set_page_dirty_locked(page)
         vm = self.mm.vm
-        unreclaimable = min(nr_to_reclaim - reclaimed, vm.nr_dirty + vm.nr_writeback)
+        unreclaimable = min(budget, vm.nr_dirty + vm.nr_writeback)
         return reclaimed + unreclaimable, reclaimed
+
+    def isolate_dirty_locked(self, nr: int) -> list[Page]:
+        """Up to ``nr`` dirty pages not under writeback, oldest-dirtied first."""
+        pages: list[Page] = []
+        for page in self.dirty_lru:
+            if len(pages) >= nr:
+                break
+            if page.flags == PG_dirty:
+                pages.append(page)
+        return pages
+
+    def pageout(self, pages: list[Page]) -> None:
+        """``pageout()`` from reclaim, in the caller's (``PF_MEMALLOC``) context.
+
+        Pages are submitted in device order, adjacent ones as one request (the
+        elevator merges the single-page writes of ``shrink_list``); each is
+        ``PG_reclaim``. Waits for a free slot like any writer (``get_request_wait``).
+        """
+        by_inode: dict[Inode, list[int]] = {}
+        for page in pages:
+            by_inode.setdefault(page.inode, []).append(page.index)
+        for inode, indices in by_inode.items():
+            for run in self._runs(inode, sorted(indices), self.max_request_pages):
+                self.wait_for_slot()
+                with self.mm.lock:
+                    requests = self.start_writeback_locked(inode, run)
+                    for req in requests:
+                        for page in req.pages:
+                            page.flags |= PG_reclaim
+                        self.mm.vm.nr_vmscan_write += len(req.pages)
+                for req in requests:
+                    self.submit(req)
+
+    def congested(self) -> bool:
+        """``bdi_write_congested()``: the request queue is full."""
+        return self.nr_inflight >= self.queue_depth
+
+    def wait_for_slot(self) -> None:
+        """Sleep until fewer than ``queue_depth`` requests are in flight (bounded steps)."""
+        mm = self.mm
+        with mm.congestion:
+            while self.nr_inflight >= self.queue_depth:
+                mm.check_stopping()
+                mm.congestion.wait(SLOT_POLL_S)
+
+    def submit(self, req: "WritebackRequest") -> None:
+        """Hand ``req`` to the device in the current task's context.
+
+        The transmit skbs of a network device's write are allocated by the task that
+        sends it; :meth:`~testbed.mm.manager.MemoryManager.memalloc_tx_credit` carries a
+        ``PF_MEMALLOC`` sender's context to them.
+        """
+        self.mm.memalloc_tx_credit(len(req.data))
+
+        def done(exc: Optional[BaseException]) -> None:
+            self.end_writeback(req, exc)
+
+        try:
+            self.device.submit_write(req.offset, req.data, done)
+        except Exception as exc:            # refused at once (closed, out of range)
+            self.end_writeback(req, exc)
 
     # ------------------------------------------------------------ writeback
     def dirty_inodes_locked(self, dirtied_before: Optional[float] = None) -> list[Inode]:
@@ -264,6 +419,13 @@ class PageCache:
         start = inode.writeback_index
         ahead = [i for i in dirty if i >= start]
         indices = (ahead + [i for i in dirty if i < start])[:max_pages]
+        if indices:
+            inode.writeback_index = indices[-1] + 1
+        return self._runs(inode, indices, batch_pages)
+
+    @staticmethod
+    def _runs(inode: Inode, indices: list[int], batch_pages: int) -> list[list[int]]:
+        """Cut ``indices`` into runs of consecutive pages, contiguous on the device."""
         runs: list[list[int]] = []
         for i in indices:
             run = runs[-1] if runs else None
@@ -272,8 +434,6 @@ class PageCache:
                 run.append(i)
             else:
                 runs.append([i])
-        if indices:
-            inode.writeback_index = indices[-1] + 1
         return runs
 
     def start_writeback_locked(self, inode: Inode, run: list[int]) -> list[WritebackRequest]:
@@ -290,6 +450,7 @@ class PageCache:
                 continue
             page.flags = PG_writeback
             inode.dirty.discard(index)
+            self.dirty_lru.pop(page, None)
             pages.append(page)
         if pages:
             requests.append(WritebackRequest(inode, pages))
@@ -308,14 +469,19 @@ class PageCache:
             vm = mm.vm
             inode = req.inode
             for page in req.pages:
-                page.flags &= ~PG_writeback
+                reclaim = page.flags & PG_reclaim
+                page.flags &= ~(PG_writeback | PG_reclaim)
                 if page.flags & PG_dirty:
                     continue                        # written again meanwhile: stays dirty
                 if exc is not None:
                     self.set_page_dirty_locked(page)
                     continue
+                if page.flags & PTE_DIRTY:
+                    continue                        # stored to through a mapping meanwhile
                 inode.acked[page.index] = 1
                 self.lru[page] = None
+                if reclaim:                         # rotate_reclaimable_page()
+                    self.lru.move_to_end(page, last=False)
             n = len(req.pages)
             vm.nr_writeback -= n
             self.nr_inflight -= 1
@@ -354,12 +520,14 @@ class PageCache:
             for index, page in inode.pages.items():
                 if page.flags & PG_dirty:
                     dirty += 1
-                    if index not in inode.dirty:
+                    if index not in inode.dirty or page not in self.dirty_lru:
                         problems.append(f"{inode.name}:{index} dirty but not in the dirty set")
                 if page.flags & PG_writeback:
                     writeback += 1
                 if not page.flags and page not in self.lru:
                     problems.append(f"{inode.name}:{index} clean but not on the LRU")
+                if bool(page.flags & PTE_DIRTY) != (page in self.pte_dirty):
+                    problems.append(f"{inode.name}:{index} pte dirt and the pte_dirty list disagree")
             for index in inode.dirty:
                 page = inode.pages.get(index)
                 if page is None or not page.flags & PG_dirty:
@@ -367,6 +535,10 @@ class PageCache:
         for page in self.lru:
             if page.flags:
                 problems.append(f"{page!r} on the LRU but not clean")
+        if pages != self.nr_pages:
+            problems.append(f"{pages} cached pages but nr_pages={self.nr_pages}")
+        if len(self.dirty_lru) != dirty:
+            problems.append(f"{dirty} dirty pages but {len(self.dirty_lru)} on the dirty list")
         charged = self.mm.used[Use.FILE]
         if not pages <= charged <= pages + self.nr_allocating:
             problems.append(f"{pages} cached pages (+{self.nr_allocating} being added) but "

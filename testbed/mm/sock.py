@@ -2,10 +2,22 @@
 
 The packet handler delivers a frame to the real kernel stack and hands its skb
 to the emulated socket of the same flow with :meth:`Sock.queue_rcv`; the skb's
-pages stay charged while the payload sits unread. The reader (a downloader,
-the iSCSI initiator) calls :meth:`Sock.consume` after each ``recv()``: fully
-read skbs are freed, oldest first. ``set_memalloc()`` is ``sk_set_memalloc()``:
-the socket becomes ``SOCK_MEMALLOC`` and counts in ``sk_memalloc_socks()``.
+pages stay charged while the payload sits unread, and the socket counts its
+``truesize`` (``sk_rmem_alloc``, as ``skb_set_owner_r`` does): in 2005 less than the
+page the buffer really takes, in 3.6 the fragment, head and shared info. The reader
+(a downloader, the iSCSI initiator) calls :meth:`Sock.consume` after each ``recv()``:
+fully read skbs are freed, oldest first. ``set_memalloc()`` is ``sk_set_memalloc()``:
+the socket becomes ``SOCK_MEMALLOC`` and counts in ``sk_memalloc_socks()``; only
+from 3.6 (``mm.era.sk_memalloc_tx``) does that also give the socket's own
+allocations the reserves (``sk_allocation |= __GFP_MEMALLOC``). In 2005 the mark is
+Phillips' receive-side flag, which his drop rule reads.
+
+``sk_allocation`` is what the socket's transmit path allocates with (its PDU
+buffers here; ``GFP_KERNEL`` unless its owner sets it, as ``sock_init_data`` does).
+``memalloc_tx_bytes`` carries the context of the tasks that send on the socket: bytes
+queued by a ``PF_MEMALLOC`` task, whose transmit skbs the kernel would allocate in
+that task's context, from the reserves
+(:meth:`~testbed.mm.manager.MemoryManager.memalloc_tx_credit`).
 """
 
 from __future__ import annotations
@@ -14,7 +26,9 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from .errors import MMError
+from .gfp import GFP_KERNEL, Gfp
 from .skbuff import Skb
+from .zone import PAGE_SIZE
 
 if TYPE_CHECKING:
     from .manager import MemoryManager
@@ -23,18 +37,22 @@ if TYPE_CHECKING:
 class Sock:
     """An emulated socket. Every method may be called from any thread."""
 
-    __slots__ = ("mm", "name", "memalloc", "closed", "rmem_pages", "_queue")
+    __slots__ = ("mm", "name", "memalloc", "closed", "rmem_alloc", "sk_allocation",
+                 "memalloc_tx_bytes", "_queue")
 
     def __init__(self, mm: "MemoryManager", name: str) -> None:
         self.mm = mm
         self.name = name
         self.memalloc = False       # sock_flag(sk, SOCK_MEMALLOC)
         self.closed = False
-        self.rmem_pages = 0         # data pages of the skbs queued here
+        self.rmem_alloc = 0         # sk_rmem_alloc: truesize of the skbs queued here
+        self.sk_allocation = GFP_KERNEL
+        self.memalloc_tx_bytes = 0  # payload bytes PF_MEMALLOC senders queued here
         self._queue: deque[Skb] = deque()
 
     def set_memalloc(self) -> None:
-        """``sk_set_memalloc()``: SOCK_MEMALLOC, counted in ``sk_memalloc_socks()``."""
+        """``sk_set_memalloc()``: SOCK_MEMALLOC, counted in ``sk_memalloc_socks()``;
+        from 3.6 also ``sk_allocation |= __GFP_MEMALLOC``."""
         mm = self.mm
         with mm.lock:
             if self.closed:
@@ -42,14 +60,19 @@ class Sock:
             if not self.memalloc:
                 self.memalloc = True
                 mm.memalloc_socks += 1
+            if mm.era.sk_memalloc_tx:
+                self.sk_allocation |= Gfp.MEMALLOC
 
     def clear_memalloc(self) -> None:
         """``sk_clear_memalloc()``."""
-        mm = self.mm
-        with mm.lock:
-            if self.memalloc:
-                self.memalloc = False
-                mm.memalloc_socks -= 1
+        with self.mm.lock:
+            self._clear_memalloc_locked()
+
+    def _clear_memalloc_locked(self) -> None:
+        if self.memalloc:
+            self.memalloc = False
+            self.mm.memalloc_socks -= 1
+        self.sk_allocation &= ~Gfp.MEMALLOC
 
     def queue_rcv(self, skb: Skb, nbytes: int) -> None:
         """The delivered ``skb`` carries ``nbytes`` of new payload for the reader.
@@ -65,7 +88,7 @@ class Sock:
                 return
             skb.unread = nbytes
             self._queue.append(skb)
-            self.rmem_pages += skb.pages
+            self.rmem_alloc += skb.truesize
 
     def consume(self, nbytes: int) -> None:
         """The reader read ``nbytes``: free every skb now fully read, oldest first."""
@@ -81,28 +104,37 @@ class Sock:
                     skb.unread = unread - nbytes
                     return
                 nbytes -= unread
-                self.rmem_pages -= skb.pages
+                self.rmem_alloc -= skb.truesize
                 queue.popleft()
                 mm.skb_free_locked(skb)
                 if not nbytes:
                     return
 
-    def close(self) -> None:
-        """Free whatever is still queued; clear SOCK_MEMALLOC. Idempotent."""
+    def close(self) -> int:
+        """Free whatever is still queued; clear SOCK_MEMALLOC. Idempotent.
+
+        Returns the pages that went back to the zone (what the receive queue held).
+        """
         mm = self.mm
         with mm.lock:
-            if self.memalloc:
-                self.memalloc = False
-                mm.memalloc_socks -= 1
+            self._clear_memalloc_locked()
             self.closed = True
+            self.memalloc_tx_bytes = 0
             queue = self._queue
+            free = mm.zone.free
             while queue:
                 mm.skb_free_locked(queue.popleft())
-            self.rmem_pages = 0
+            self.rmem_alloc = 0
             mm.socks.discard(self)
+            return mm.zone.free - free
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def rmem_pages(self) -> int:
+        """``sk_rmem_alloc`` in pages, rounded up (the metrics' ``rmem``)."""
+        return -(-self.rmem_alloc // PAGE_SIZE)
 
     @property
     def rmem_bytes(self) -> int:

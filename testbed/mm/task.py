@@ -6,6 +6,13 @@ strips ``__GFP_IO|__GFP_FS`` from its requests, ``PF_KTHREAD`` exempts it from
 ``throttle_direct_reclaim``. Here every Python thread has one
 :class:`TaskStruct`, created on first use, reached through :func:`current` -
 a thread-local, as ``current`` is a per-CPU pointer in the kernel.
+
+A task the OOM killer chose has ``oom_killed`` set (``TIF_MEMDIE`` with a
+``SIGKILL`` pending, ``fatal_signal_pending()``): every wait in the memory
+manager then raises :class:`TaskKilled` in that task, so it unwinds and exits.
+``backing_dev_info`` is set while a task is inside ``write()`` to the page
+cache (``current->backing_dev_info``, which 2.6.13's ``may_write_to_queue()``
+reads).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from contextlib import contextmanager
 from enum import IntFlag
 from typing import Iterator
 
+from .errors import MachineStopped
 from .gfp import Gfp
 
 
@@ -27,15 +35,21 @@ class PF(IntFlag):
     KTHREAD = 0x200000          # PF_KTHREAD: a kernel thread (not throttled in reclaim)
 
 
+class TaskKilled(MachineStopped):
+    """The current task was killed (by the OOM killer): it gives up its wait and exits."""
+
+
 class TaskStruct:
     """The part of ``struct task_struct`` the memory manager looks at."""
 
-    __slots__ = ("comm", "flags", "nr_dirtied")
+    __slots__ = ("comm", "flags", "nr_dirtied", "oom_killed", "backing_dev_info")
 
     def __init__(self, comm: str) -> None:
         self.comm = comm
         self.flags = PF(0)
         self.nr_dirtied = 0     # pages dirtied since the last balance_dirty_pages()
+        self.oom_killed = False         # TIF_MEMDIE + SIGKILL: fatal_signal_pending()
+        self.backing_dev_info: object = None    # the device written to, inside write()
 
     def __repr__(self) -> str:
         return f"<task {self.comm} flags={self.flags!r}>"

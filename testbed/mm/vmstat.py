@@ -40,6 +40,8 @@ EVENT_COUNTERS = (
     "nr_dirtied", "nr_written", # pages dirtied / written back (cumulative)
     "writeback_errors",
     "dirty_throttle_pauses",    # balance_dirty_pages() sleeps
+    "nr_vmscan_write",          # pages reclaim wrote back itself (pageout)
+    "oom_kill",                 # tasks the OOM killer killed
     "PFMemallocDrop",           # TcpExt: pfmemalloc skb for a non-memalloc socket
 )
 

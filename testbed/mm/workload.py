@@ -3,9 +3,12 @@
 ``Writer``       writes ``total_mb`` over ``files`` files, ``chunk_kb`` per call, at
                  ``rate_mbps`` MiB/s (0: flat out); every dirtied page goes through
                  ``balance_dirty_pages()``, so the dirty limits hold it back.
-``MmapWriter``   the same bytes through shared-mapped pages: 2005 kernels did not
-                 throttle that dirtying, so it only stalls when a page fault cannot
-                 get a page (reclaim), and can fill memory with dirty pages.
+``MmapWriter``   the same bytes stored through shared mappings of its files
+                 (:meth:`~testbed.mm.pagecache.PageCache.store_mapped`): 2005 kernels
+                 neither counted nor throttled that dirt - it only stalls when a page
+                 fault cannot get a page, and fills memory with pages whose dirt only
+                 reclaim or its exit (``munmap``) reveals; from 2.6.19 the write fault
+                 dirties the page and ``balance_dirty_pages()`` throttles it.
 ``Downloader``   connects to a bulk server (given at run time), reads, calls
                  ``mm_sock.consume(n)`` after each ``recv`` and writes what it read
                  into page-cache files - so its socket queue and its dirty pages
@@ -17,6 +20,12 @@
 Writers' bytes are :mod:`testbed.mm.pattern` pages (verifiable without a copy);
 a downloader keeps a CRC-32 per page of what it wrote. ``verify_page`` checks
 one page read back from the device.
+
+Each workload is a user process to the OOM killer (:mod:`testbed.mm.oom_kill`):
+it reports its address space (``total_vm_pages``) and resident pages
+(``rss_pages``) - its buffers and, for an mmap writer, its mapping - and when
+killed (:meth:`Workload.oom_kill`) it stops, releases what it holds and exits
+(``killed`` is then True).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from .manager import MemoryManager
 from .pagecache import Inode, PageCache
 from .pattern import file_id, pattern_bytes
 from .sock import Sock
+from .task import TaskKilled, TaskStruct, current
 from .zone import PAGE_SIZE
 
 log = logging.getLogger(__name__)
@@ -61,19 +71,64 @@ class Workload(threading.Thread):
         self.files: list[Inode] = []
         self.bytes_written = 0
         self.done = False
+        self.killed = False                     # the OOM killer ended it
+        self.task: Optional[TaskStruct] = None  # set when the thread runs
         self.error: Optional[BaseException] = None
 
     def run(self) -> None:
+        self.task = current()
         try:
             if self.config.start_after_s and self.mm.wait_stopping(self.config.start_after_s):
                 return
+            self.mm.check_stopping()
             self.body()
             self.done = True
+        except TaskKilled:
+            self.killed = True
         except MachineStopped:
             pass
         except Exception as exc:
             log.warning("%s failed: %s", self.name, exc)
             self.error = exc
+        finally:
+            self.exit_mm()
+
+    def exit_mm(self) -> None:
+        """What the process's exit does to the memory manager (``exit_mmap``)."""
+
+    # ------------------------------------------------------- as a process
+    @property
+    def ended(self) -> bool:
+        """Done, or killed and exited."""
+        return self.done or (self.killed and not self.is_alive())
+
+    def oom_alive(self) -> bool:
+        return self.task is not None and self.is_alive()
+
+    def oom_dying(self) -> bool:
+        return self.task is not None and self.task.oom_killed and self.is_alive()
+
+    def buffer_pages(self) -> int:
+        """Pages of its own buffers (the bytes it writes per call)."""
+        return self.config.chunk_kb // 4
+
+    def total_vm_pages(self) -> int:
+        return self.buffer_pages()
+
+    def rss_pages(self) -> int:
+        return self.buffer_pages()
+
+    def oom_kill(self) -> int:
+        """SIGKILL from the OOM killer: the task dies at its next wait; pages freed."""
+        if self.task is not None:
+            self.task.oom_killed = True
+        freed = self.release()
+        self.stop()
+        return freed
+
+    def release(self) -> int:
+        """Free what the process holds in the emulated memory at once; the pages freed."""
+        return 0
 
     def body(self) -> None:
         raise NotImplementedError
@@ -103,7 +158,9 @@ class Writer(Workload):
     """``write()`` calls of pattern data, throttled by balance_dirty_pages()."""
 
     kind = "writer"
-    throttled: ClassVar[bool] = True
+
+    def _store(self, inode: Inode, offset: int, data: bytes) -> None:
+        self.pc.write(inode, offset, data)
 
     def body(self) -> None:
         cfg = self.config
@@ -120,7 +177,7 @@ class Writer(Workload):
                 if length <= 0:
                     continue
                 data = pattern_bytes(cfg.seed, fids[k], offsets[k], length)
-                self.pc.write(inode, offsets[k], data, throttle=self.throttled)
+                self._store(inode, offsets[k], data)
                 offsets[k] += length
                 self.bytes_written += length
                 self._pace(started, self.bytes_written)
@@ -131,10 +188,28 @@ class Writer(Workload):
 
 
 class MmapWriter(Writer):
-    """Dirties shared-mapped pages: no dirty throttling, only reclaim stalls it."""
+    """Stores into shared mappings of its files: throttled only from 2.6.19 on."""
 
     kind = "mmap_writer"
-    throttled = False
+
+    def _store(self, inode: Inode, offset: int, data: bytes) -> None:
+        self.pc.store_mapped(inode, offset, data)
+
+    def mapping_pages(self) -> int:
+        """Its mappings: the whole files (``mm->total_vm`` counts them resident or not)."""
+        return -(-self.config.total_bytes // PAGE_SIZE)
+
+    def total_vm_pages(self) -> int:
+        return self.buffer_pages() + self.mapping_pages()
+
+    def rss_pages(self) -> int:
+        with self.mm.lock:
+            resident = sum(len(inode.pages) for inode in self.files if inode.mapped)
+        return self.buffer_pages() + resident
+
+    def exit_mm(self) -> None:
+        for inode in self.files:            # munmap: the ptes' dirt goes to the pages
+            self.pc.munmap(inode)
 
 
 def set_rcvbuf(sock: socket.socket, nbytes: int) -> None:
@@ -165,6 +240,18 @@ class Downloader(Workload):
         self.crcs: list[array] = []         # per file: CRC-32 of each page written
         self.mm_sock: Optional[Sock] = None
         self._sock: Optional[socket.socket] = None
+        self._pending = bytearray()         # read, not yet written to the files
+
+    def total_vm_pages(self) -> int:
+        return RECV_SIZE // PAGE_SIZE + -(-len(self._pending) // PAGE_SIZE)
+
+    def rss_pages(self) -> int:
+        return self.total_vm_pages()
+
+    def release(self) -> int:
+        """Its socket's receive queue (closing frees the skbs: ``exit_files``)."""
+        sk = self.mm_sock
+        return sk.close() if sk is not None else 0
 
     def stop(self) -> None:
         sock = self._sock
@@ -193,7 +280,7 @@ class Downloader(Workload):
             if cfg.request:
                 sock.sendall(cfg.request.encode())
             sock.settimeout(RECV_POLL_S)
-            pending = bytearray()
+            pending = self._pending
             while self.bytes_received < total:
                 try:
                     data = sock.recv(min(RECV_SIZE, total - self.bytes_received))
@@ -201,7 +288,7 @@ class Downloader(Workload):
                     self.mm.check_stopping()
                     continue
                 if not data:
-                    self.mm.check_stopping()        # stop() shut the socket down
+                    self.mm.check_stopping()        # stop() or the OOM killer shut it down
                     self.eof = True
                     break
                 self.mm_sock.consume(len(data))

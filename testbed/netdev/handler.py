@@ -8,11 +8,15 @@ Receive path, per frame read from the wire's rx ring::
 
     link     paused / fault hooks / random loss   -> drop FAULT or LINK_LOSS (no skb)
              shorter than an Ethernet header      -> drop MALFORMED (no skb)
-    driver   skb = mm.netdev_alloc_skb(dev, len)  -> drop NOMEM / RESERVE_CAP (reason from mm)
+    driver   skb = mm.netdev_alloc_skb(dev, len)  -> the ring's next posted buffer; the
+                                                     driver refills the ring after it
+                                                  -> drop RX_NO_BUFFER (the ring was empty;
+                                                     NOMEM: an oversize frame's extra pages)
              fast header parse                    -> drop MALFORMED (skb freed)
              flow = flows.lookup(5-tuple)            class memalloc if sk is SOCK_MEMALLOC
     (delay line: the frame waits here, keeping its skb)
     protocol mm.sk_filter(skb, sk, ethertype)     -> drop NOT_MEMALLOC / PFMEMALLOC / ...
+             (a frame with no flow carries its IPv4 protocol, skb.ip_proto: icmp_rcv's)
              write the frame to the TAP              (the stack gets it: delivered)
     socket   TCP: new payload of a registered flow     -> sk.queue_rcv(skb, new bytes)
              UDP datagram of a registered flow      -> sk.queue_rcv(skb, payload)
@@ -25,7 +29,9 @@ Transmit path, per frame the stack sends (read from the TAP)::
     link effects (as above; delay line keeps the skb), write to the wire, kfree_skb
 
 An skb stays charged while its bytes sit unread in the socket: the storage client
-calls ``sk.consume(n)`` as its reader reads. Counting: see :mod:`.counters`; every
+calls ``sk.consume(n)`` as its reader reads. The NIC's receive ring (``rx_ring``
+posted buffers, the era's e1000 default 256) lives in the memory manager: its buffers
+are charged from ``attach`` to ``detach``, whether frames come or not. Counting: see :mod:`.counters`; every
 frame is received once and delivered or dropped once, per direction.
 
 Threads: ``netdev-io`` serves both ends in bursts (the rx ring needs no system call
@@ -67,6 +73,8 @@ log = logging.getLogger(__name__)
 
 IPPROTO_TCP = headers.IPPROTO_TCP
 IPPROTO_UDP = headers.IPPROTO_UDP
+ETH_P_IP = headers.ETH_P_IP
+ipv4_proto = headers.ipv4_proto
 POLL_MS = 200               # idle wake-up of the I/O thread (stop is signalled at once anyway)
 BURST = 64                  # frames taken from one end before serving the other
 OFFLOADED = TP_STATUS_CSUMNOTREADY | TP_STATUS_COPY
@@ -88,15 +96,20 @@ class PacketHandler:
         run_id: the run's tag (8 hex digits); names the nft table.
         netns: named namespace of the client, or None for the caller's own.
         seed: seed of the loss generator (reproducible runs).
+        rx_ring: receive buffers the NIC keeps posted (RxDescriptors); None: the era's.
     """
 
     def __init__(self, mm: Any, wire: str = "client-eth0", tap: str = "tap0",
                  delay_ms: Any = 0.0, loss_pct: Any = 0.0, capture_dir: Optional[str] = None,
                  run_id: Optional[str] = None, *, netns: Optional[str] = None,
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, rx_ring: Optional[int] = None):
         if mm is None:
             raise HandlerConfigError("PacketHandler: mm (the memory manager) is required")
+        if rx_ring is not None and (not isinstance(rx_ring, int) or isinstance(rx_ring, bool)
+                                    or rx_ring < 1):
+            raise HandlerConfigError(f"PacketHandler: rx_ring={rx_ring!r}: not a number of buffers >= 1")
         self.mm = mm
+        self.rx_ring = rx_ring
         self.run_id = run_id or os.urandom(4).hex()
         self.netns = netns
         self.delay = tuple(d / 1000.0 for d in per_direction(delay_ms, "delay_ms", check_delay_ms))
@@ -138,7 +151,8 @@ class PacketHandler:
             self._att.attach()
         try:
             assert self._att.state is not None
-            self.dev = self.mm.register_netdev(self.wire, mtu=self._att.state.mtu)
+            self.dev = self.mm.register_netdev(self.wire, mtu=self._att.state.mtu,
+                                               rx_ring=self.rx_ring)
             if self.capture_dir:
                 self._capture = Capture(self.capture_dir, self.wire, self.tap)
         except BaseException:
@@ -244,7 +258,10 @@ class PacketHandler:
         out["state"] = "paused" if self._paused and self._state == "running" else self._state
         out["device"] = None if dev is None else {
             "name": dev.name, "mtu": dev.mtu, "rx_reserve": dev.rx_reserve,
-            "rx_reserve_used": dev.rx_reserve_used, "reserve_pages": dev.reserve_pages}
+            "rx_reserve_used": dev.rx_reserve_used, "reserve_pages": dev.reserve_pages,
+            "rx_ring": dev.rx_ring, "rx_ring_posted": len(dev.ring),
+            "rx_no_buffer_count": dev.rx_no_buffer_count,
+            "alloc_rx_buff_failed": dev.alloc_rx_buff_failed}
         sock = self._att.sock
         if sock is not None:
             self._missed = sock.read_missed()
@@ -467,6 +484,8 @@ class PacketHandler:
         """
         mm = self.mm
         sk = flow.sk if flow is not None else None
+        if sk is None and info[0] == ETH_P_IP:      # which IPv4 handler the stack runs
+            skb.ip_proto = ipv4_proto(buf, start + VNET_HDR_LEN, end)
         reason = mm.sk_filter(skb, sk, info[0])
         flen = end - start - VNET_HDR_LEN
         if reason is not None:

@@ -195,6 +195,15 @@ def parse(buf: Buffer, start: int, end: int) -> Optional[Parsed]:
     return (ethertype, (proto, addrs, bytes(buf[l4:l4 + 4])), l4, l4_end)
 
 
+def ipv4_proto(buf: Buffer, start: int, end: int) -> int:
+    """The protocol of an untagged IPv4 frame :func:`parse` accepted; 0 for a fragment or
+    any other frame (the kernel's protocol handlers see a datagram once reassembled)."""
+    if end - start < ETH_LEN + IPV4_MIN or _ETH_TYPE.unpack_from(buf, start + _ETH_TYPE_AT)[0] != ETH_P_IP:
+        return 0
+    _, _, frag, proto = _V4_HEAD.unpack_from(buf, start + ETH_LEN)
+    return 0 if frag & _IP_MF_OFFSET else proto
+
+
 def tcp_segment(buf: Buffer, l4: int, l4_end: int) -> tuple[int, int, int, int, int]:
     """(seq, ack_seq, flags, window, payload length) of a TCP header :func:`parse` accepted."""
     seq, ack, doff_flags, window = _TCP_SEGMENT.unpack_from(buf, l4)

@@ -1,4 +1,7 @@
-"""Dirty limits and balance_dirty_pages(): throttling between the limits."""
+"""Dirty limits and balance_dirty_pages() of 3.2 on: throttling between the limits.
+
+2.6.13's get_dirty_limits() and balance_dirty_pages() are tested in test_era.py.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def test_limits_are_ratios_of_dirtyable_memory():
 
 
 def test_machine_limits_use_free_plus_file_minus_totalreserve():
-    mm = MemoryManager(16384, policy="none")
+    mm = MemoryManager(16384, policy="gorman-3.6")      # 3.2's limits (2.6.13's: test_era)
     lim = DirtyThrottle(mm).limits()
     assert lim.dirtyable == 16384 - mm.zone.wmark_high
     assert lim.thresh == lim.dirtyable * 20 // 100 and lim.bg_thresh == lim.dirtyable * 10 // 100
@@ -70,7 +73,7 @@ class WriterThread(threading.Thread):
 
 
 def test_a_writer_is_held_between_freerun_and_the_limit(disk):
-    mm = MemoryManager(16384, policy="none")
+    mm = MemoryManager(16384, policy="gorman-3.6")      # IO-less throttling is 3.2's
     throttle = DirtyThrottle(mm)
     pc = PageCache(mm, disk, throttle)
     flusher = Flusher(mm, pc, throttle, writeback_interval_s=0.1, expire_s=30)
@@ -98,7 +101,7 @@ def test_a_writer_is_held_between_freerun_and_the_limit(disk):
 
 
 def test_no_throttling_below_freerun(disk):
-    mm = MemoryManager(16384, policy="none")
+    mm = MemoryManager(16384, policy="gorman-3.6")
     throttle = DirtyThrottle(mm)
     pc = PageCache(mm, disk, throttle)
     disk.stall()                                   # nothing is ever written back

@@ -1,4 +1,7 @@
-"""The flusher: PF_MEMALLOC, periodic and background writeback, batches, in-flight bound."""
+"""The flusher: periodic and background writeback, batches, in-flight bound.
+
+Its flags (no PF_MEMALLOC in either era) are tested in test_era.py.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,11 @@ import threading
 import time
 
 from testbed.blockdev import BlockDeviceError
-from testbed.mm import GFP_NOIO, PF, Gfp, MemoryManager, Use, current, task_flags
+from testbed.mm import MemoryManager, Use, current
 from testbed.mm.flusher import Flusher
 from testbed.mm.page_writeback import DirtyThrottle
 from testbed.mm.pagecache import PageCache
 
-from .conftest import set_free
 from .test_throttle import wait_for
 
 
@@ -71,31 +73,6 @@ def stop(mm, flusher):
     mm.shutdown()
     flusher.join(5)
     assert not flusher.is_alive()
-
-
-def test_the_flusher_runs_with_pf_memalloc_and_may_use_the_reserves(disk):
-    results = []
-    mm = None
-
-    def alloc_for_request():                        # e.g. the PDU buffer of the request
-        ok = mm.alloc_pages(2, GFP_NOIO)
-        results.append(ok)
-        if ok:
-            mm.free_pages(2)
-
-    rec = Recorder(disk, on_submit=alloc_for_request)
-    mm, pc, flusher = setup(rec, writeback_interval_s=0.05, expire_s=0)
-    pc.write(pc.create("f"), 0, bytes(64 << 10))
-    set_free(mm, 10)                                # far under min: only the reserves are left
-    with task_flags(PF.KTHREAD):                    # an ordinary task cannot get a page now
-        assert not mm.alloc_pages(2, GFP_NOIO | Gfp.NORETRY)
-    flusher.start()
-    try:
-        wait_for(lambda: flusher.is_clean() and rec.flags)
-        assert all(f & PF.MEMALLOC for f in rec.flags)
-        assert results and all(results)
-    finally:
-        stop(mm, flusher)
 
 
 def test_periodic_writeback_waits_for_expiry(disk):

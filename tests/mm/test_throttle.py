@@ -45,10 +45,6 @@ def test_allow_direct_reclaim_at_half_of_min():
     set_free(mm, 129)
     with mm.lock:
         assert mm.allow_direct_reclaim_locked()
-    set_free(mm, 0)
-    mm.vm.kswapd_failures = 16                            # hopeless node: nobody is throttled
-    with mm.lock:
-        assert mm.allow_direct_reclaim_locked()
 
 
 def test_gfp_kernel_waits_until_free_is_above_half_min():

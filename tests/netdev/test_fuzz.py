@@ -97,6 +97,7 @@ def test_ten_thousand_bad_frames(topo, handler_factory, injector):
     assert rx["dropped"]["frames"] == rx["reasons"]["MALFORMED"]["frames"] > 1000
     assert len(c["malformed_samples"]) > 0
     sk.close()
+    h.detach()                                                      # and the ring's buffers
     assert mm.used[Use.SKB] == 0                                    # every skb came back
     assert mm.check_invariants() == []
     assert probe.p50(probe.ping(topo.ns["client"], topo.ip["peer"], 3, 0.01)) is not None

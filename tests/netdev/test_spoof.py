@@ -10,8 +10,9 @@ This test measures what they cost the reserve and what the kernel stack does wit
   line), is charged to no socket (it is not in order), and the kernel discards it,
   answering each with a duplicate ACK (``tcp_send_dupack``: out-of-window segments
   that carry data are not rate-limited), which goes out on the memalloc flow and so
-  takes a transmit skb from the reserve too. With a delay line the frames in flight
-  hold reserve skbs: a burst can empty the reserve (NOMEM drops, legitimate frames
+  takes a transmit skb from the reserve too (where the era lets a memalloc socket
+  transmit from it: 3.6). With a delay line the frames in flight hold reserve skbs: a
+  burst can leave the NIC's ring without buffers (RX_NO_BUFFER drops, legitimate frames
   included);
 - a *sniffing* attacker who sends at exactly ``rcv_nxt`` gets its bytes charged to
   the iSCSI socket. The kernel drops the segment (no valid ACK), so the reader never
@@ -140,7 +141,8 @@ def test_spoofed_iscsi_frames(three, policy, delay_ms):
             mem = c1["rx"]["classes"]["memalloc"]
             got = mem["received"]["frames"] - c0["rx"]["classes"]["memalloc"]["received"]["frames"]
             delivered = mem_delivered(h, c0)
-            nomem = mem["reasons"]["NOMEM"]["frames"] - c0["rx"]["classes"]["memalloc"]["reasons"]["NOMEM"]["frames"]
+            nomem = (mem["reasons"]["RX_NO_BUFFER"]["frames"]
+                     - c0["rx"]["classes"]["memalloc"]["reasons"]["RX_NO_BUFFER"]["frames"])
             tx_mem = (c1["tx"]["classes"]["memalloc"]["received"]["frames"]
                       - c0["tx"]["classes"]["memalloc"]["received"]["frames"])
             tx_nomem = (c1["tx"]["classes"]["memalloc"]["reasons"]["NOMEM"]["frames"]
@@ -158,20 +160,27 @@ def test_spoofed_iscsi_frames(three, policy, delay_ms):
                        "uncharged_segments": flow.uncharged_segments,
                        "rx_reserve_used_after": h.dev.rx_reserve_used, "kernel": kernel}
             print("spoof figures:", json.dumps(figures))
-            assert got == N_SPOOF                                  # they pass as iSCSI frames
-            assert delivered + nomem == N_SPOOF
+            # they pass as iSCSI frames; so do the target's retransmissions when the
+            # client's ACKs cannot be sent (2005: a memalloc socket has no transmit reserve)
+            extra = 0 if mm.era.sk_memalloc_tx else 10
+            assert N_SPOOF <= got <= N_SPOOF + extra
+            assert delivered + nomem == got
             if not delay_ms:
-                assert delivered == N_SPOOF
+                assert delivered == got
             else:         # frames waiting in the delay line hold reserve skbs
                 assert peak[0] > 5
             assert flow.charged_bytes == charged0                  # ...but are charged to no one
-            assert h.dev.rx_reserve_used == 0                      # and the reserve comes back
+            # and the reserve comes back, but for the ring's buffers refilled from it
+            assert h.dev.rx_reserve_used <= h.dev.rx_ring
             assert kernel["TcpInSegs"] >= delivered * 0.95          # the stack saw them
             assert abs(kernel["TcpOutSegs"] - delivered) <= delivered * 0.05 + 5   # dup ACKs
             assert tx_mem >= delivered * 0.95 - 5                  # on the memalloc flow
-            if not delay_ms:
+            if not delay_ms and mm.era.sk_memalloc_tx:
                 assert tx_nomem == 0                               # sent from the reserve
-            # The real connection is unharmed.
+            # The real connection is unharmed (in 2005 its own segments need memory back:
+            # a memalloc socket sends from the reserves only in 3.6).
+            if not mm.era.sk_memalloc_tx:
+                release(mm)
             c.sendall(b"still here")
             assert c.recv(64) == b"still here"
             sk.consume(10)

@@ -22,6 +22,10 @@ these hooks, and each policy module overrides only what it changes:
     ``dev`` may take the zone to, now (mm lock held); the lockup detector asks it.
     Default: the ``GFP_ATOMIC`` floor, 3/8 of min.
 
+Each policy module also sets ``era``, the :class:`~testbed.mm.era.EraProfile` of the
+kernel it names; the memory manager's mechanisms read it (``mm.era``), never the
+policy's name.
+
 Helpers for subclasses: :meth:`Policy.reserve_estimate` (Phillips' sizing).
 """
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Optional, Union
 
+from ..era import EraProfile
 from ..gfp import Gfp
 from ..skbuff import NET_IP_ALIGN, DropReason, NetDev, Skb, estimate_skb_pages
 from ..task import TaskStruct
@@ -45,6 +50,7 @@ class Policy:
 
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
+    era: ClassVar[EraProfile]       # the named kernel's mechanisms (set by each policy)
 
     def __init__(self, rx_reserve: int = 50, threshold: float = 0.5,
                  reserve_pages: Optional[int] = None) -> None:

@@ -2,10 +2,16 @@
 
 * No separate reserve: the region under the min watermark is the reserve
   (the admin sizes it with ``min_free_kbytes``).
-* Receive allocation (``__alloc_skb(..., SKB_ALLOC_RX)`` / ``kmalloc_reserve``):
-  first ``GFP_ATOMIC | __GFP_NOMEMALLOC``; only if ``sk_memalloc_socks()`` may
-  it retry with ``ALLOC_NO_WATERMARKS``, and then the skb is ``pfmemalloc``.
-  Until some socket is memalloc, no receive allocation touches the reserves.
+* Receive allocation (e1000's ring refill, ``__netdev_alloc_skb``): only if
+  ``sk_memalloc_socks()`` does it add ``__GFP_MEMALLOC``, so that a refill
+  ``GFP_ATOMIC`` cannot serve retries with ``ALLOC_NO_WATERMARKS``; until some
+  socket is memalloc, no receive allocation touches the reserves. Whether the skb
+  is then ``pfmemalloc`` is the allocator's (``MemoryManager.rx_skb_alloc_locked``):
+  an skb from ``__alloc_skb``/``kmalloc_reserve`` is; one that ``build_skb`` made
+  on a fragment of a reserve page (e1000 at a 1500-byte MTU) is not, in 3.6 -
+  ``build_skb`` looks at the page only from 4.0 (the era's ``rx_frag_pfmemalloc``) -
+  and then nothing below drops it. ``rx_reserve_used`` counts the buffers the
+  retry allocated, until freed (a metric).
 * ``__netif_receive_skb``: a pfmemalloc skb whose ethertype is not ARP, IPv4,
   IPv6, 802.1Q or 802.1AD is dropped (``PFMEMALLOC_PROTO``).
 * ``sk_filter_trim_cap``: a pfmemalloc skb for a socket without
@@ -23,6 +29,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Optional
 
+from ..era import LINUX_3_6
 from ..gfp import Gfp
 from ..skbuff import ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, DropReason, NetDev, Skb
 from ..task import PF, TaskStruct
@@ -39,15 +46,15 @@ THROTTLE_STEP_S = 0.1               # re-check period of a throttled task
 class Gorman36(Policy):
     name = "gorman-3.6"
     description = "pfmemalloc skbs from under min, only for SOCK_MEMALLOC sockets; throttle_direct_reclaim"
+    era = LINUX_3_6
 
     def rx_alloc_failed(self, dev: NetDev, length: int, pages: int) -> SkbOrDrop:
         mm = self.mm
         if not mm.memalloc_socks:
             return mm.count_drop_locked(dev, DropReason.NOMEM, "atomic")
-        skb = mm.skb_alloc_locked(dev, length, pages, True)
+        skb = mm.rx_skb_alloc_locked(dev, True)        # gfp_mask |= __GFP_MEMALLOC
         if skb is None:
             return mm.count_drop_locked(dev, DropReason.NOMEM, "memalloc")
-        skb.pfmemalloc = True
         skb.reserve = True
         dev.rx_reserve_used += 1
         return skb

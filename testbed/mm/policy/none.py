@@ -8,9 +8,11 @@ protocol step. Everything is the base class's default.
 
 from __future__ import annotations
 
+from ..era import LINUX_2_6_13
 from .base import Policy
 
 
 class NonePolicy(Policy):
     name = "none"
     description = "2005 vanilla: GFP_ATOMIC only, drop on failure"
+    era = LINUX_2_6_13
