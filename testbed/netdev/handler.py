@@ -25,8 +25,17 @@ Receive path, per frame read from the wire's rx ring::
 
 Transmit path, per frame the stack sends (read from the TAP)::
 
-    skb = mm.alloc_tx_skb(dev, len, sk of the flow) -> drop NOMEM (TCP retransmits)
+    skb = mm.alloc_tx_skb(dev, len, sk of the flow) -> data of a flow: the sender waits
+                                                       (TxWait) and the frame goes later
+                                                    -> anything else: drop NOMEM
     link effects (as above; delay line keeps the skb), write to the wire, kfree_skb
+
+A data segment whose skb cannot be had is not lost: ``tcp_sendmsg`` allocates it in
+the sender's context, and when that fails the sender sleeps in
+``sk_stream_wait_memory`` (2.6.13 and 3.6 alike, net/core/stream.c) and sends it once
+memory is back. The emulated NIC only sees the frame after the stack built it, so it
+holds it, in order, and retries it as memory frees (:class:`TxWait`). ACKs and other
+frames the stack allocates with ``GFP_ATOMIC`` (``tcp_send_ack``) are dropped.
 
 An skb stays charged while its bytes sit unread in the socket: the storage client
 calls ``sk.consume(n)`` as its reader reads. The NIC's receive ring (``rx_ring``
@@ -76,11 +85,45 @@ IPPROTO_UDP = headers.IPPROTO_UDP
 ETH_P_IP = headers.ETH_P_IP
 ipv4_proto = headers.ipv4_proto
 POLL_MS = 200               # idle wake-up of the I/O thread (stop is signalled at once anyway)
+TX_WAIT_POLL_MS = 20        # a waiting sender retries this often when nothing else wakes it
+                            # (congestion_wait's HZ/50)
+TX_WAIT_MAX = 256           # data segments held for waiting senders; past it, NOMEM drops
 BURST = 64                  # frames taken from one end before serving the other
 OFFLOADED = TP_STATUS_CSUMNOTREADY | TP_STATUS_COPY
 TP_KERNEL = bytes(4)        # tp_status = TP_STATUS_KERNEL: the slot is the kernel's again
 MALFORMED_SAMPLES = 8       # explanations of recent malformed frames kept for the metrics
 RUNT = headers.ETH_LEN      # shorter frames are dropped before an skb is allocated
+
+
+class TxWait:
+    """Data segments whose senders wait for memory (``sk_stream_wait_memory``), in order.
+
+    Once one waits, every later data segment queues behind it, so a flow's bytes leave
+    in the order the stack sent them. ``frames`` counts segments that waited,
+    ``overflow`` those dropped because :data:`TX_WAIT_MAX` were waiting, and
+    ``longest_s`` the longest wait.
+    """
+
+    __slots__ = ("queue", "frames", "overflow", "longest_s")
+
+    def __init__(self) -> None:
+        self.queue: deque[tuple] = deque()
+        self.frames = 0
+        self.overflow = 0
+        self.longest_s = 0.0
+
+    def hold(self, item: tuple) -> bool:
+        """Queue ``(since, data, flen, sk, cls, key)``; False when the queue is full."""
+        if len(self.queue) >= TX_WAIT_MAX:
+            self.overflow += 1
+            return False
+        self.queue.append(item)
+        self.frames += 1
+        return True
+
+    def snapshot(self) -> dict:
+        return {"frames": self.frames, "waiting": len(self.queue), "overflow": self.overflow,
+                "longest_s": round(self.longest_s, 3)}
 
 
 class PacketHandler:
@@ -140,6 +183,7 @@ class PacketHandler:
         self.errors = 0
         self.malformed_samples: deque[str] = deque(maxlen=MALFORMED_SAMPLES)
         self._malformed_logged = 0
+        self.tx_wait = TxWait()
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -210,6 +254,7 @@ class PacketHandler:
             for fn, args in self._line.stop(timeout):
                 self._abandon(fn, args)
             self._line = None
+        self._abandon_tx_wait()
         os.close(self._wake_r)
         os.close(self._wake_w)
         self._state = "attached"
@@ -268,6 +313,7 @@ class PacketHandler:
         out["rx"]["missed"] = self._missed      # never seen: the rx ring was full
         out["flows"] = self.flows.snapshot()
         out["delay_line"] = len(self._line) if self._line is not None else 0
+        out["tx_wait"] = self.tx_wait.snapshot()
         out["errors"] = self.errors
         out["malformed_samples"] = list(self.malformed_samples)
         return out
@@ -323,6 +369,60 @@ class PacketHandler:
         self.mm.kfree_skb(skb)
         self._drop(t, direction, cls, self.DropReason.FAULT, len(frame) - VNET_HDR_LEN, frame)
 
+    def _abandon_tx_wait(self) -> None:
+        """Segments still waiting for memory at stop: counted dropped (FAULT), no skb held."""
+        queue = self.tx_wait.queue
+        if not queue:
+            return
+        t = self._counters.tally()
+        while queue:
+            _, data, flen, _, cls, _ = queue.popleft()
+            self._drop(t, TX, cls, self.DropReason.FAULT, flen, data)
+
+    def _tx_out(self, t: list, data: bytes, skb: Any, cls: int, key: Optional[tuple],
+                flen: int) -> None:
+        """A transmitted frame that has its skb: link effects, the delay line, the wire."""
+        if self._paused or self.faults.armed or self._loss[TX]:
+            reason = self._gate(TX, key)
+            if reason is not None:
+                self.mm.kfree_skb(skb)
+                self._drop(t, TX, cls, reason, flen, data)
+                return
+        tx_delay = self.delay[TX]
+        if tx_delay:
+            self._line.put(time.monotonic() + tx_delay, self._tx_finish,
+                           getattr(self, "_delay_tally", None), data, skb, cls)
+        else:
+            self._tx_finish(t, data, skb, cls)
+
+    def _tx_wait_retry(self, t: list) -> bool:
+        """Give waiting senders their skbs while memory allows, in order; True if any went."""
+        wait = self.tx_wait
+        queue, alloc, DropReason = wait.queue, self.mm.alloc_tx_skb, self.DropReason
+        went = False
+        while queue:
+            since, data, flen, sk, cls, key = queue[0]
+            skb = alloc(self.dev, flen, sk)
+            if skb.__class__ is DropReason:
+                break
+            queue.popleft()
+            wait.longest_s = max(wait.longest_s, time.monotonic() - since)
+            self._tx_out(t, data, skb, cls, key, flen)
+            went = True
+        return went
+
+    @staticmethod
+    def _tx_data(data: bytes, info: Optional[tuple], flow: Any) -> bool:
+        """Is this a TCP segment with payload of a known flow (what tcp_sendmsg builds)?"""
+        return (flow is not None and info is not None and info[1] is not None
+                and info[1][0] == IPPROTO_TCP and headers.tcp_segment(data, info[2], info[3])[4] > 0)
+
+    def _tx_hold(self, t: list, data: bytes, flen: int, flow: Any, cls: int,
+                 key: Optional[tuple]) -> None:
+        """The segment's sender waits for memory; NOMEM if too many already wait."""
+        if not self.tx_wait.hold((time.monotonic(), data, flen, flow.sk, cls, key)):
+            self._drop(t, TX, cls, self.DropReason.NOMEM, flen, data)
+
     # -- the I/O loop: both ends, one thread ---------------------------------------------
 
     def _io_loop(self) -> None:
@@ -346,12 +446,12 @@ class PacketHandler:
         rx_alloc, tx_alloc, kfree = mm.netdev_alloc_skb, mm.alloc_tx_skb, mm.kfree_skb
         parse = headers.parse
         lookup_in, lookup_out = self.flows.lookup_inbound, self.flows.lookup_outbound
-        faults, rx_loss, tx_loss = self.faults, bool(self._loss[RX]), bool(self._loss[TX])
-        rx_finish, tx_finish, drop = self._rx_finish, self._tx_finish, self._drop
+        faults, rx_loss = self.faults, bool(self._loss[RX])
+        rx_finish, tx_out, drop = self._rx_finish, self._tx_out, self._drop
         cell = self._counters.cell
         rx_m, rx_o = cell(RX, MEMALLOC, RECEIVED), cell(RX, OTHER, RECEIVED)
         tx_m, tx_o = cell(TX, MEMALLOC, RECEIVED), cell(TX, OTHER, RECEIVED)
-        rx_delay, tx_delay, line = self.delay[RX], self.delay[TX], self._line
+        rx_delay, line = self.delay[RX], self._line
         dtally = getattr(self, "_delay_tally", None)
         monotonic = time.monotonic
         VH = VNET_HDR_LEN
@@ -413,7 +513,10 @@ class PacketHandler:
                 finally:
                     ring[off:off + 4] = TP_KERNEL        # hand the slot back
                     slot = slot + 1 if slot + 1 < nslots else 0
-            # ---- transmit: stack -> wire
+            # ---- transmit: stack -> wire (senders waiting for memory first)
+            waiting = self.tx_wait.queue
+            if waiting and self._tx_wait_retry(t):
+                busy = True
             for _ in range(BURST):
                 try:
                     data = read(tapfd, BUF_LEN)
@@ -441,24 +544,21 @@ class PacketHandler:
                     t[i + 1] += flen
                     if data[0] or data[1]:
                         self._note_offload(TX, data[0], data[1])
+                    if waiting and self._tx_data(data, info, flow):
+                        self._tx_hold(t, data, flen, flow, cls, key)    # behind a waiting sender
+                        continue
                     skb = tx_alloc(dev, flen, flow.sk if flow is not None else None)
                     if skb.__class__ is DropReason:
-                        drop(t, TX, cls, skb, flen, data)
+                        if self._tx_data(data, info, flow):
+                            self._tx_hold(t, data, flen, flow, cls, key)
+                        else:
+                            drop(t, TX, cls, skb, flen, data)
                         continue
-                    if self._paused or faults.armed or tx_loss:
-                        reason = self._gate(TX, key)
-                        if reason is not None:
-                            kfree(skb)
-                            drop(t, TX, cls, reason, flen, data)
-                            continue
-                    if tx_delay:
-                        line.put(monotonic() + tx_delay, tx_finish, dtally, data, skb, cls)
-                    else:
-                        tx_finish(t, data, skb, cls)
+                    tx_out(t, data, skb, cls, key, flen)
                 except Exception as exc:
                     self._error("tx frame", exc)
             if not busy:
-                for fd, ev in poller.poll(POLL_MS):
+                for fd, ev in poller.poll(TX_WAIT_POLL_MS if waiting else POLL_MS):
                     if ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                         # The wire or the TAP went away (the host is being torn down):
                         # count it once per wait and do not spin on the error.

@@ -126,3 +126,52 @@ def test_transmit_path_under_pressure(topo, handler_factory):
             s.close()
     release(mm)
     assert mm.check_invariants() == []
+
+
+def test_a_data_segment_without_memory_waits_for_it(topo, handler_factory):
+    """2.6.13's sender sleeps in sk_stream_wait_memory: its segments wait, in order, and
+    go when memory is back; an ACK that finds no memory is dropped (tcp_send_ack)."""
+    mm = MemoryManager(16384, policy="phillips-2005")      # no transmit reserve in 2005
+    h = handler_factory(mm)
+    sk = mm.sock_create("iscsi")
+    sk.set_memalloc()
+    srv = in_ns(topo.ns["peer"], lambda: socket.socket())
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", 3261))
+    srv.listen(1)
+    srv.settimeout(5)
+    c = in_ns(topo.ns["client"], lambda: socket.socket())
+    c.bind((topo.ip["client"], 0))
+    key = FlowKey("tcp", topo.ip["client"], c.getsockname()[1], topo.ip["peer"], 3261)
+    h.flows.register(key, sk)
+    payload = bytes(range(256)) * 80                        # 20 KiB: several segments
+    try:
+        c.connect((topo.ip["peer"], 3261))
+        conn, _ = srv.accept()
+        conn.settimeout(0.5)
+        set_free(mm, mm.zone.mark_atomic - 1)               # GFP_ATOMIC fails from here
+        before = h.counters()["tx"]["classes"]["memalloc"]["reasons"]["NOMEM"]["frames"]
+        c.sendall(payload)
+        with pytest.raises(socket.timeout):
+            conn.recv(65536)                                # nothing leaves while it waits
+        wait = h.counters()["tx_wait"]
+        assert wait["waiting"] > 0 and wait["frames"] >= wait["waiting"], wait
+        release(mm)                                         # memory is back
+        got = b""
+        conn.settimeout(5)
+        while len(got) < len(payload):
+            chunk = conn.recv(65536)
+            assert chunk, "connection closed early"
+            got += chunk
+        assert got == payload                               # every byte, in order
+        after = h.counters()
+        assert after["tx_wait"]["waiting"] == 0
+        assert after["tx_wait"]["longest_s"] >= 0.4, after["tx_wait"]
+        assert after["tx"]["classes"]["memalloc"]["reasons"]["NOMEM"]["frames"] == before
+        conn.close()
+    finally:
+        c.close()
+        srv.close()
+    h.flows.unregister(key)
+    sk.close()
+    assert mm.check_invariants() == []
