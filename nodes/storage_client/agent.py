@@ -292,7 +292,7 @@ class StorageClient:
             return f"session {session.state}, {session.stats.recoveries} recoveries{failure}"
 
         return StorageFlow("iSCSI", handler.dev, lambda: tally_from_counters(handler.counters()),
-                           status)
+                           status, handler.tx_wait.oldest)
 
     def _open_device(self) -> BlockDevice:
         if self.cfg.storage == "local":

@@ -151,6 +151,9 @@ class StorageFlow:
     dev: NetDev
     tally: Callable[[], FlowTally]
     status: Callable[[], str] = lambda: ""
+    # when the oldest of its data segments still waiting for transmit memory began to
+    # wait (``time.monotonic()``), or None: the sender in sk_stream_wait_memory
+    tx_wait_since: Callable[[], Optional[float]] = lambda: None
 
 
 def tally_from_counters(net: dict[str, Any]) -> FlowTally:
@@ -174,6 +177,9 @@ class Reading:
     wmark_min: int
     rx_mark: int              # the lowest free count a storage receive may leave (policy)
     rx_need: int              # pages one storage receive takes now (:func:`rx_need`)
+    tx_mark: int              # the lowest free count a storage transmit may leave (era)
+    tx_need: int              # pages one storage transmit takes now
+    tx_wait_since: Optional[float]    # the oldest storage segment waiting to be sent
     dirty: int
     writeback: int
     reclaimable: int
@@ -184,19 +190,33 @@ class Reading:
     def pending(self) -> bool:
         return self.dirty + self.writeback > 0
 
+    @property
+    def rx_blocked(self) -> bool:
+        return self.free - self.rx_need < self.rx_mark
+
+    @property
+    def tx_blocked(self) -> bool:
+        """Storage data waits to be sent, and a transmit skb would take free memory under
+        the mark the storage socket's allocations may go to."""
+        return self.tx_wait_since is not None and self.free - self.tx_need < self.tx_mark
+
 
 class StuckCriteria:
     """The four conditions a stuck state keeps, each one broken alone defeats a lockup.
 
-    1. *No memory for a storage receive*: a receive buffer for the storage flow
+    1. *No memory for the storage flow*: a receive buffer for the storage flow
        (:func:`rx_need` pages) would take the zone under the mark such an allocation may
        take it to (``Policy.storage_rx_mark``: the GFP_ATOMIC floor, or zero where the
-       flow may use the reserves), so none can be had for its frames. With no network
-       storage the mark is min and the need one page (no GFP_KERNEL allocation either).
+       flow may use the reserves), so none can be had for its frames; or its data
+       segments wait to be sent (``sk_stream_wait_memory``) and a transmit skb would take
+       the zone under the socket's mark (the GFP_ATOMIC floor, zero from 3.6's
+       ``sk_set_memalloc``). With no network storage the mark is min and the need one
+       page (no GFP_KERNEL allocation either).
     2. *Nothing reclaimable*: no clean page on the LRU, so reclaim cannot free any.
     3. *No writeback completed*: the episode ends at the first completion.
     4. *The storage flow starved*: its frames were dropped (received or sent) for lack
-       of memory while stuck; judged once the horizon is reached, over the whole stuck
+       of memory while stuck, or a data segment of it has waited for transmit memory
+       the whole stuck time; judged once the horizon is reached, over the whole stuck
        time (the target retransmits with a doubling RTO, so drops come ever more rarely).
 
     ``broken`` checks 1-3 on one reading; ``starved`` is 4.
@@ -207,20 +227,25 @@ class StuckCriteria:
         """The first of criteria 1-3 that ``r`` breaks: (name, detail), or None."""
         if r.last_progress > progress_at:
             return "no writeback completed", "a writeback completed"
-        if r.free - r.rx_need >= r.rx_mark:
-            return ("no memory for a storage receive",
+        if not r.rx_blocked and not r.tx_blocked:
+            waits = "" if r.tx_wait_since is None else (
+                f"; a transmit of {r.tx_need} stays at or above the storage transmit mark "
+                f"of {r.tx_mark}")
+            return ("no memory for the storage flow",
                     f"{r.free} free pages: a receive of {r.rx_need} stays at or above the "
-                    f"storage receive mark of {r.rx_mark}")
+                    f"storage receive mark of {r.rx_mark}{waits}")
         if r.reclaimable:
             return "nothing reclaimable", f"{r.reclaimable} clean pages are reclaimable"
         return None
 
     @staticmethod
-    def starved(flow: Optional[StorageFlow], delta: FlowTally) -> Optional[str]:
-        """Why criterion 4 does not hold (None when it does)."""
+    def starved(flow: Optional[StorageFlow], delta: FlowTally,
+                tx_waited_s: float = 0.0) -> Optional[str]:
+        """Why criterion 4 does not hold (None when it does); ``tx_waited_s`` is how long
+        a storage segment has waited to be sent, when it waited the whole stuck time."""
         if flow is None:
             return "no network storage: writeback waits for no received frame"
-        if delta.dropped <= 0:
+        if delta.dropped <= 0 and tx_waited_s <= 0:
             return (f"no {flow.name} frame was dropped for lack of memory while stuck: "
                     f"the stall is not the receive path's ({flow.status() or 'no status'})")
         return None
@@ -274,6 +299,10 @@ class StuckState:
     storage_tx_dropped: int = 0   # of which frames it was sending (data, ACKs)
     pdu: int = 0              # request buffers, freed when the responses come
     rx_need: int = 1          # pages one storage receive takes
+    tx_waiting_s: float = 0.0     # a storage data segment waiting to be sent for so long
+    tx_mark: int = 0          # the mark a storage transmit may go to, and its name
+    tx_mark_name: str = ""
+    tx_need: int = 1          # pages one storage transmit takes
     sockets: tuple[SockHold, ...] = ()
     tasks: tuple[tuple[str, Optional[str]], ...] = ()     # (task, wchan) of the workloads
 
@@ -339,27 +368,43 @@ def find_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
     if s.writeback <= 0:
         return NoCycle(f"no page is under writeback: writeback is not waiting for "
                        f"{s.storage} responses")
-    if s.storage_dropped <= 0:
-        return NoCycle(f"no {s.storage} frame was dropped for lack of memory: the responses "
-                       f"are not held up by memory")
+    rx_starved = s.storage_dropped > 0 and s.free - s.rx_need < s.rx_mark
+    tx_starved = s.tx_waiting_s > 0 and s.free - s.tx_need < s.tx_mark
+    if not rx_starved and not tx_starved:
+        if s.storage_dropped <= 0 and s.tx_waiting_s <= 0:
+            return NoCycle(f"no {s.storage} frame was dropped or held for lack of memory: "
+                           f"its exchanges are not held up by memory")
+        return NoCycle(f"{s.storage} frames were dropped or held earlier, but memory for "
+                       f"them is there now (free {s.free} pages)")
     bound = [h for h in s.sockets if h.reader_wchan is not None]
     held = {"dirty pages": s.dirty, "pages under writeback": s.writeback,
             f"{s.storage} request buffers": s.pdu}
     if bound:
         held[f"the socket queues of {name_range(h.name for h in bound)}"] = sum(h.pages for h in bound)
     held = {k: v for k, v in held.items() if v > 0}
-    need = s.rx_mark + s.rx_need - s.free
+    need = (s.rx_mark + s.rx_need if rx_starved else s.tx_mark + s.tx_need) - s.free
     freed = sum(held.values())
     if freed < need:
         others = [f"{h.name} ({h.pages} pages, reader not waiting for writeback)"
                   for h in s.sockets if h.reader_wchan is None and h.pages]
-        return NoCycle(f"writeback would free at most {freed} pages but a receive needs {need} "
+        what = "a receive" if rx_starved else "a transmit"
+        return NoCycle(f"writeback would free at most {freed} pages but {what} needs {need} "
                        f"more: the memory is held elsewhere ({', '.join(others) or 'not by a socket queue'})")
-    edges = [
-        WaitEdge("writeback", f"{s.storage} responses", s.writeback, "pages under writeback",
-                 f"{s.requests} requests at the device"),
-        WaitEdge(f"{s.storage} responses", "an skb", s.storage_dropped,
-                 f"{s.storage} frames dropped for lack of memory", _where(s)),
+    if rx_starved:
+        edges = [
+            WaitEdge("writeback", f"{s.storage} responses", s.writeback, "pages under writeback",
+                     f"{s.requests} requests at the device"),
+            WaitEdge(f"{s.storage} responses", "an skb", s.storage_dropped,
+                     f"{s.storage} frames dropped for lack of memory", _where(s))]
+    else:
+        edges = [
+            WaitEdge("writeback", f"{s.storage} requests sent", s.writeback,
+                     "pages under writeback", f"{s.requests} requests at the device"),
+            WaitEdge(f"{s.storage} requests sent", "an skb", round(s.tx_waiting_s),
+                     "seconds a data segment has waited to be sent (sk_stream_wait_memory)",
+                     f"free {s.free} pages, a transmit needs {s.tx_need} above "
+                     f"{s.tx_mark_name} of {s.tx_mark}")]
+    edges += [
         WaitEdge("an skb", "memory held by " + _and(held), freed, "pages",
                  ", ".join(f"{k} {v:,}" for k, v in held.items())),
     ]
@@ -396,6 +441,20 @@ def rx_need(mm: "MemoryManager", dev: NetDev) -> int:
     ``skbuff_head_cache`` slab has no free head."""
     data = getattr(dev, "skb_pages", 1) or 1
     return data + (0 if mm.skb_head_room else 1)
+
+
+def tx_need(mm: "MemoryManager") -> int:
+    """Pages one full-sized transmit skb takes now (mm lock held): a data page, and a page
+    of heads when the slab has no free head."""
+    return 1 + (0 if mm.skb_head_room else 1)
+
+
+def storage_tx_mark(mm: "MemoryManager") -> int:
+    """The lowest free count a storage socket's transmit allocation may leave: zero where
+    ``sk_set_memalloc`` gives its ``sk_allocation`` ``__GFP_MEMALLOC`` (3.6), else the
+    GFP_ATOMIC floor (2.6.13: no transmit reserve; reclaim's own ``pageout`` credit is
+    used up as its frames go)."""
+    return 0 if mm.era.sk_memalloc_tx else mm.zone.mark_atomic
 
 
 def mark_name(mark: int, mm: "MemoryManager") -> str:
@@ -558,6 +617,7 @@ class LockupDetector(threading.Thread):
 
     def _read(self, now: float) -> Reading:
         mm = self.mm
+        since = self.storage.tx_wait_since() if self.storage is not None else None
         with mm.lock:
             zone, vm = mm.zone, mm.vm
             if self.storage is not None:
@@ -566,7 +626,8 @@ class LockupDetector(threading.Thread):
             else:
                 mark, need = zone.wmark_min, 1
             return Reading(t=now, free=zone.free, wmark_min=zone.wmark_min, rx_mark=mark, rx_need=need,
-                           dirty=vm.nr_dirty, writeback=vm.nr_writeback,
+                           tx_mark=storage_tx_mark(mm), tx_need=tx_need(mm),
+                           tx_wait_since=since, dirty=vm.nr_dirty, writeback=vm.nr_writeback,
                            reclaimable=self.pc.nr_reclaimable, last_progress=self.pc.last_progress,
                            nr_written=vm.nr_written)
 
@@ -648,8 +709,10 @@ class LockupDetector(threading.Thread):
     def _judge(self, ep: StallEpisode, r: Reading) -> None:
         """Stuck for a horizon (or more): criterion 4 and the cycle decide."""
         delta = self._tally() - self._stuck_tally
-        why = StuckCriteria.starved(self.storage, delta)
-        state = self._state(r, delta)
+        since = r.tx_wait_since
+        waited = r.t - since if since is not None and since <= self._stuck_t else 0.0
+        why = StuckCriteria.starved(self.storage, delta, waited)
+        state = self._state(r, delta, waited)
         found: Union[WaitCycle, NoCycle] = NoCycle(why) if why else find_cycle(state)
         if isinstance(found, NoCycle):
             ep.not_lockup = found.reason
@@ -676,7 +739,7 @@ class LockupDetector(threading.Thread):
     def _tally(self) -> FlowTally:
         return self.storage.tally() if self.storage is not None else FlowTally()
 
-    def _state(self, r: Reading, delta: FlowTally) -> StuckState:
+    def _state(self, r: Reading, delta: FlowTally, tx_waited_s: float = 0.0) -> StuckState:
         mm = self.mm
         readers = {id(getattr(t, "mm_sock", None)): t for t in self.tasks}
         with mm.lock:
@@ -689,6 +752,8 @@ class LockupDetector(threading.Thread):
                           rx_mark=r.rx_mark, rx_need=r.rx_need, mark_name=name, dirty=r.dirty, writeback=r.writeback,
                           requests=requests, storage_dropped=delta.dropped,
                           storage_tx_dropped=delta.tx_dropped, pdu=pdu, sockets=holds,
+                          tx_waiting_s=tx_waited_s, tx_mark=r.tx_mark, tx_need=r.tx_need,
+                          tx_mark_name=mark_name(r.tx_mark, mm),
                           tasks=tuple((t.name, wchan(t)) for t in self.tasks))
 
     def _evidence(self, ep: StallEpisode, r: Reading, cycle: WaitCycle, state: StuckState,

@@ -121,6 +121,13 @@ class TxWait:
         self.frames += 1
         return True
 
+    def oldest(self) -> Optional[float]:
+        """When the segment waiting longest began to wait (monotonic), or None."""
+        try:
+            return self.queue[0][0]
+        except IndexError:          # emptied by the I/O thread meanwhile
+            return None
+
     def snapshot(self) -> dict:
         return {"frames": self.frames, "waiting": len(self.queue), "overflow": self.overflow,
                 "longest_s": round(self.longest_s, 3)}

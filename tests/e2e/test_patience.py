@@ -101,7 +101,7 @@ def test_contention_none_makes_no_progress_in_a_second_horizon(tmp_path):
     if s["verdict"] != "lockup":
         assert s["verdict"] == "degraded", (s["reasons"], r.stdout, r.stderr)
         assert stall["breaks"], stall
-        assert {b["criterion"] for b in stall["breaks"]} == {"no memory for a storage receive"}
+        assert {b["criterion"] for b in stall["breaks"]} == {"no memory for the storage flow"}
         assert any("came unstuck" in reason for reason in s["reasons"]), s["reasons"]
         return
     lk = s["lockup"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -151,7 +152,7 @@ def test_criterion_1_memory_for_a_storage_receive_restarts_the_stuck_clock():
     rig.run_until(lockup_at() + 1.0, rise)
     assert not rig.det.fired.is_set() and rig.det.evidence is None
     brk = rig.episode.breaks[0]
-    assert brk["criterion"] == "no memory for a storage receive" and brk["t"] == pytest.approx(6.0)
+    assert brk["criterion"] == "no memory for the storage flow" and brk["t"] == pytest.approx(6.0)
     assert rig.episode.stuck_since == pytest.approx(6.5) and rig.episode.ended_at is None
     rig.run_until(6.5 + HORIZON.seconds + STEP)
     assert rig.det.fired.is_set()                       # a whole horizon stuck again
@@ -393,3 +394,21 @@ def test_name_range_and_the_handlers_counters():
     net = {"rx": block(NOMEM=3, LINK_LOSS=9, RX_NO_BUFFER=2), "tx": block(NOMEM=1)}
     assert tally_from_counters(net) == FlowTally(rx_dropped=5, delivered=7, tx_dropped=1)
     assert tally_from_counters(net).dropped == 6
+
+
+def test_a_cycle_through_the_transmit_side():
+    """2.6.13: no transmit reserve. Data waiting to be sent at the GFP_ATOMIC floor, while
+    a receive could still use the reserve, is a cycle through the requests sent."""
+    state = StuckState(storage="iSCSI", free=88, rx_mark=0, mark_name="zero (ALLOC_NO_WATERMARKS)",
+                       dirty=7366, writeback=240, requests=8, storage_dropped=0, pdu=8,
+                       rx_need=1, tx_waiting_s=44.0, tx_mark=88, tx_mark_name="the GFP_ATOMIC floor",
+                       tx_need=1)
+    cycle = find_cycle(state)
+    assert isinstance(cycle, WaitCycle), cycle
+    assert [(e.waiter, e.waits_for) for e in cycle.edges[:2]] == [
+        ("writeback", "iSCSI requests sent"), ("iSCSI requests sent", "an skb")]
+    assert cycle.edges[1].counter == 44 and "GFP_ATOMIC floor of 88" in cycle.edges[1].note
+    # the same state with memory for one transmit: no cycle
+    assert isinstance(find_cycle(replace(state, free=89)), NoCycle)
+    # nothing waiting and nothing dropped: no cycle
+    assert isinstance(find_cycle(replace(state, tx_waiting_s=0.0)), NoCycle)
