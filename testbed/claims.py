@@ -104,6 +104,43 @@ def rate_claim(claim: str, event: str, runs: Sequence[RunOutcome], happens: Pred
                          f"binomial test", figures, t.pvalue, t.supported, t.to_json())
 
 
+# -- what each policy is claimed to do on a contention load -----------------------------------
+
+@dataclass(frozen=True)
+class PolicyClaim:
+    """The article's claim about one policy on a contention load: the claim's sentence,
+    the event it counts (``holds``), and the verdict that refutes it (``refutes``).
+    They are not complements: a run without a verdict, a ``degraded`` one (finished
+    outside the scenario's bounds, or stuck but not proven so by the deadline) or a
+    ``reserve-only`` lockup with the reserve not drained neither holds nor refutes."""
+
+    claim: str
+    event: str
+    holds: Predicate
+    refutes: Predicate
+
+
+def _fix_claim(policy: str) -> PolicyClaim:
+    return PolicyClaim(f"{policy} completes", "completed", verdict_is("completed"),
+                       verdict_is("lockup"))
+
+
+POLICY_CLAIMS: dict[str, PolicyClaim] = {
+    "none": PolicyClaim("none locks up", "locked up", verdict_is("lockup"),
+                        verdict_is("completed")),
+    "reserve-only": PolicyClaim("reserve-only locks up once bulk traffic drains the reserve",
+                                "locked up with the reserve drained", reserve_drained,
+                                verdict_is("completed")),
+    **{p: _fix_claim(p) for p in ("phillips-2005", "phillips-2005-threshold", "gorman-3.6")},
+}
+
+
+def policy_rate_claim(policy: str, runs: Sequence[RunOutcome]) -> Result:
+    """The rate claim of ``policy`` (:data:`POLICY_CLAIMS`) tested on ``runs``."""
+    c = POLICY_CLAIMS[policy]
+    return rate_claim(c.claim, c.event, runs, c.holds)
+
+
 # -- comparison claims --------------------------------------------------------------------------
 
 Value = Callable[[RunOutcome], Optional[Union[int, float]]]
@@ -129,12 +166,10 @@ def evaluate(runs: Runs) -> list[Result]:
     ph, th = runs.policy("phillips-2005"), runs.policy("phillips-2005-threshold")
     compare = ("phillips-2005-threshold", th, "phillips-2005", ph)
     return [
-        rate_claim("none locks up", "locked up", runs.policy("none"), verdict_is("lockup")),
-        rate_claim("reserve-only locks up once bulk traffic drains the reserve",
-                   "locked up with the reserve drained", runs.policy("reserve-only"),
-                   reserve_drained),
-        rate_claim("phillips-2005 completes", "completed", ph, verdict_is("completed")),
-        rate_claim("phillips-2005-threshold completes", "completed", th, verdict_is("completed")),
+        policy_rate_claim("none", runs.policy("none")),
+        policy_rate_claim("reserve-only", runs.policy("reserve-only")),
+        policy_rate_claim("phillips-2005", ph),
+        policy_rate_claim("phillips-2005-threshold", th),
         less_claim("the threshold drops fewer frames of other traffic than phillips-2005",
                    "other frames dropped, rx + tx", 0, *compare, lambda r: r.other_drops),
         less_claim("the threshold stalls the downloads less than phillips-2005",
@@ -145,8 +180,7 @@ def evaluate(runs: Runs) -> list[Result]:
         less_claim("the threshold drops fewer received frames of other traffic "
                    "(the earlier, receive-only count)",
                    "other frames dropped, received", 0, *compare, lambda r: r.drops("other")),
-        rate_claim("gorman-3.6 completes", "completed", runs.policy("gorman-3.6"),
-                   verdict_is("completed")),
+        policy_rate_claim("gorman-3.6", runs.policy("gorman-3.6")),
         rate_claim("the baseline completes", "completed", runs.baseline, verdict_is("completed")),
     ]
 
