@@ -26,6 +26,9 @@ ended, its parameters and outcome, and the bytes written back before and after i
 ``recoveries`` each recovery episode of the initiator, from the client's events (the
 connection lost, the session reinstated, the commands re-issued, and when writeback
 made progress again). A fault that could not be done makes the run ``degraded``.
+After a ``client_restart``, ``integrity.journal`` holds the read-back of the write
+journal (restarts, pages and bytes checked, mismatches), which count like the
+manifest's.
 
 An interrupted run, or one whose client failed, has no verdict (``null``) and says why
 in ``status`` and ``detail``.
@@ -334,8 +337,12 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
             if _failed(text):
                 reasons.append(f"fault {f['index']} ({f['kind']}) {text}")
     checked = summary["integrity"]
+    journal = checked.get("journal") or {}
     if checked.get("mismatches"):
         reasons.append(f"read-back found {checked['mismatches']} mismatched pages")
+    if journal.get("mismatches"):
+        reasons.append(f"read-back of the write journal found {journal['mismatches']} "
+                       f"mismatched pages")
     elif not checked.get("checked"):
         reasons.append(f"integrity not verified: {checked.get('detail')}")
     stall = summary["writeback"]["longest_stall_s"] or 0.0
@@ -443,6 +450,9 @@ def fault_lines(summary: dict[str, Any]) -> list[str]:
                      f": {f['outcome']}{end}; written back before it "
                      f"{f['written_back_before_bytes'] / 2**20:.1f} MiB, after "
                      f"{f['written_back_after_bytes'] / 2**20:.1f} MiB")
+    journal = (summary.get("integrity") or {}).get("journal")
+    if journal:
+        lines.append(journal_line(journal))
     for r in summary.get("recoveries") or []:
         if r["failed"]:
             lines.append(f"iSCSI connection lost at t={r['lost_t']:.1f}s ({r['cause']}): "
@@ -456,3 +466,14 @@ def fault_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"iSCSI connection lost at t={r['lost_t']:.1f}s, session reinstated at "
                          f"t={r['reinstated_t']:.1f}s, {r['reissued']} commands re-issued{resumed}")
     return lines
+
+
+def journal_line(j: dict[str, Any]) -> str:
+    """The write journal's read-back (a client_restart run: testbed.journal) as a line."""
+    notes = "".join(f"; {n}" for n in j.get("notes") or [])
+    return (f"write journal: {j.get('restarts', 0)} client restarts, {j.get('acked_writes', 0)} "
+            f"writes acknowledged ({j.get('acked_after_restart', 0)} after a restart), "
+            f"{j.get('pages_checked', 0)} pages ({j.get('bytes_checked', 0) / 2**20:.1f} MiB) "
+            f"checked on the LUN, {j.get('mismatches', 0)} mismatches, "
+            f"{j.get('pages_with_write_in_flight', 0)} pages with a write in flight allowed"
+            + notes)
