@@ -301,6 +301,7 @@ class Injector:
         self.records = plant.run_dir / "faults.ndjson"
         self.load_start: Optional[float] = None    # the client's CLOCK_MONOTONIC at t = 0
         self.triggered: dict[str, float] = {}      # trigger -> client time it first held
+        self.over = False                          # finish() was called: the load is over
 
     # -- the schedule -------------------------------------------------------------------
 
@@ -342,9 +343,11 @@ class Injector:
 
     def finish(self) -> None:
         """The load is over: end every fault still in progress (a target still down is
-        started again, so the read-back finds it serving), and record those it never
-        reached (a trigger that never held, a time after the end)."""
+        started again, so the read-back finds it serving; a client is not: it would write
+        during the read-back), and record those it never reached (a trigger that never
+        held, a time after the end)."""
         self._read_client()
+        self.over = True
         for a in self.faults:
             if a.started_t is not None and not a.ended and a.undo is not None:
                 self._end(a)
@@ -457,6 +460,8 @@ class Injector:
         origin = self.load_start
 
         def restart() -> str:
+            if self.over:
+                return "not started again: the load was over before the pause ended"
             inc = self.plant.start_client(origin)
             return f"ok: storage client started again (incarnation {inc}, pid " \
                    f"{self.plant.procs['client'].pid})"

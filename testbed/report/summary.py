@@ -260,12 +260,26 @@ def faults(run_dir: Path, samples: list[dict[str, Any]]) -> list[dict[str, Any]]
                            "when": line.get("when"), "t": None, "end_t": None,
                            "params": line.get("params", {}), "outcome": line.get("outcome"),
                            "end_outcome": None}
+    samples = run_written_back(samples)
     total = samples[-1].get("writeback_bytes", 0) if samples else 0
     for f in by_index.values():
         before = None if f["t"] is None else _written_back_at(samples, f["t"])
         f.update(written_back_before_bytes=before,
                  written_back_after_bytes=None if before is None else total - before)
     return [by_index[i] for i in sorted(by_index)]
+
+
+def run_written_back(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The samples with ``writeback_bytes`` counted over the whole run: a restarted client
+    (client_restart) counts again from 0, so each fall adds the count before it."""
+    base, last, out = 0, 0, []
+    for s in samples:
+        got = s.get("writeback_bytes", last)
+        if got < last:
+            base += last
+        last = got
+        out.append({**s, "writeback_bytes": base + got})
+    return out
 
 
 def _failed(text: Optional[str]) -> bool:

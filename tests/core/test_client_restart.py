@@ -255,3 +255,36 @@ def test_a_journal_mismatch_makes_the_run_degraded(tmp_path):
     got = summ.summarize(tmp_path, s, duration_s=1.0)
     assert got["verdict"] == "degraded" and got["integrity"]["journal"] == j
     assert got["reasons"] == ["read-back of the write journal found 1 mismatched pages"]
+
+
+@pytest.mark.root
+def test_a_client_still_down_when_the_load_ends_is_not_started_again(tmp_path):
+    run = RunContext.create(base_dir=tmp_path, name="faults", clean_stale=False,
+                            state_dir=tmp_path / "state")
+    try:
+        procs = {"client": subprocess.Popen(["sleep", "60"])}
+        started = []
+        inj = faults.Injector([faults.ClientRestart(at_s=0, pause_s=30)], faults.Plant(
+            run_dir=run.dir, network=None, procs=procs, start_target=lambda: None,
+            register=run.register, unregister=run.unregister,
+            start_client=lambda origin: started.append(origin) or 2))
+        (run.dir / "client.ndjson").write_text(json.dumps(
+            {"t": 0.0, "events": [{"event": "load_started", "monotonic": time.monotonic()}]})
+            + "\n")
+        inj.poll()
+        inj.finish()
+        assert started == [] and "client" not in procs
+        end = json.loads((run.dir / "faults.ndjson").read_text().splitlines()[-1])
+        assert end["phase"] == "end" and end["outcome"].startswith("not started again")
+    finally:
+        run.close()
+
+
+def test_bytes_written_back_before_and_after_a_restart(tmp_path):
+    (tmp_path / "faults.ndjson").write_text(json.dumps(
+        {"t": 2.0, "event": "fault", "index": 0, "kind": "client_restart", "phase": "start",
+         "at_s": 2.0, "when": None, "params": {"pause_s": 1.0}, "outcome": "ok"}) + "\n")
+    samples = [{"t": 1.0, "writeback_bytes": 30}, {"t": 2.0, "writeback_bytes": 40},
+               {"t": 3.5, "writeback_bytes": 5}, {"t": 5.0, "writeback_bytes": 50}]
+    [f] = summ.faults(tmp_path, samples)
+    assert (f["written_back_before_bytes"], f["written_back_after_bytes"]) == (40, 50)
