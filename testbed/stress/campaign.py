@@ -277,7 +277,8 @@ class Campaign:
         with open(self.out / TRIED, "a") as f:
             f.write(json.dumps(asdict(entry)) + "\n")
         what = entry.verdict or entry.status or "no run"
-        self.say(f"[{entry.n:3d}] {entry.label:<14} {_load_text(entry.load)} -> {what}: "
+        moved = {k: v for k, v in entry.load.items() if self.defaults.get(k) != v}
+        self.say(f"[{entry.n:3d}] {entry.label:<14} {_load_text(moved)} -> {what}: "
                  f"{entry.outcome}  ({entry.wall_s:.1f} s; {_clock(self.elapsed())} of "
                  f"{_clock(self.budget_s)})"
                  + (f"  [{entry.detail[:160]}]" if entry.outcome in (INVALID, NO_VERDICT) else ""))

@@ -220,11 +220,18 @@ def load(path: Path, base: Scenario) -> Ranges:
         line = node.start_mark.line + 1 if node is not None else 0
         raise SchemaError([Problem(str(path), line, "", "a ranges file is a mapping with "
                                    "ranges: {KEY: {min: .., max: ..} or {choices: [..]}}")])
-    spec: RangesFile = schema.build(RangesFile, node)
+    checker = schema.Builder(schema.Nodes())
+    spec: Optional[RangesFile] = checker.build(RangesFile, node)
+    problems = list(checker.problems)
+    # Every mistake at once: the ranges the first check passed are checked against the
+    # scenario even when others were not (those are already reported).
+    wrong = {p.key for p in problems}
     ranges_node = schema.Nodes().find(node, ["ranges"])
-    problems = [p for key, rng in spec.ranges.items()
-                for p in _against(base, key, rng, path, ranges_node)]
-    if problems:
+    for key, rng in (spec.ranges.items() if spec is not None else []):
+        if isinstance(rng, Range) and not any(w == f"ranges.{key}" or
+                                              w.startswith(f"ranges.{key}.") for w in wrong):
+            problems += _against(base, key, rng, path, ranges_node)
+    if problems or spec is None:
         raise SchemaError(problems)
     return Ranges(path, tuple(spec.ranges.items()))
 

@@ -67,7 +67,7 @@ def shrink(load: Load, defaults: Mapping[str, Any], fails: Callable[[Load], bool
             if state.current[key] != defaults.get(key):
                 _shrink_key(state, key, defaults.get(key), (ranges or {}).get(key),
                             tries_per_key)
-        if state.current == before:
+        if state.current == before and not stop():    # a whole pass, and nothing moved
             return Shrunk(state.current, state.attempts, converged=True)
     return Shrunk(state.current, state.attempts, converged=False)
 
