@@ -42,10 +42,10 @@ import yaml
 
 from .. import schema
 from ..errors import ConfigError
-from ..scenario import Scenario
+from ..scenario import SCENARIO_DIR, Scenario
 from ..schema import Problem, SchemaError
 
-DEFAULT_RANGES = Path(__file__).resolve().parent.parent.parent / "scenarios" / "stress" / "ranges.yaml"
+DEFAULT_RANGES = SCENARIO_DIR / "stress" / "ranges.yaml"
 
 # Keys a search must not vary: what the scenario is and expects, and the policy, which
 # is the campaign's --policy.
@@ -72,8 +72,8 @@ class Range:
     @property
     def integer(self) -> bool:
         """Both bounds are integers (and the step too, if any): sample integers."""
-        return all(isinstance(v, int) and not isinstance(v, bool)
-                   for v in (self.min, self.max, *( [self.step] if self.step else [])))
+        given = [self.min, self.max] + ([self.step] if self.step is not None else [])
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in given)
 
     def bounds(self) -> list[tuple[str, Any]]:
         """The values that must each be valid in the scenario, with their sub-key."""
@@ -262,7 +262,7 @@ def _against(base: Scenario, key: str, rng: Range, path: Path,
             build(data, {key: value})
         except SchemaError as exc:
             out += [Problem(str(path), at(sub), f"{where}.{sub}",
-                            f"{value!r}: {p.key}: {p.message}" if p.key else f"{value!r}: {p.message}")
+                            ": ".join([repr(value)] + ([p.key] if p.key else []) + [p.message]))
                     for p in exc.problems]
     return out
 

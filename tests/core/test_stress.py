@@ -72,11 +72,15 @@ def test_a_range_of_the_wrong_type_for_its_key_is_refused(tmp_path, contention):
 
 @pytest.mark.parametrize("text, where", [
     ("ranges: {}\n", ":1: ranges: give at least one key"),
-    ("ranges:\n  client.memory_mb: {min: 16, max: 32, choices: [16]}\n", ":2: ranges.client.memory_mb.choices"),
-    ("ranges:\n  client.memory_mb: {min: 16, max: 32, stepp: 4}\n", ":2: ranges.client.memory_mb.stepp: unknown key"),
-    ("ranges:\n  client.memory_mb: {min: 16, max: 32, step: 0}\n", "step: must be a number greater than 0"),
+    ("ranges:\n  client.memory_mb: {min: 16, max: 32, choices: [16]}\n",
+     ":2: ranges.client.memory_mb.choices"),
+    ("ranges:\n  client.memory_mb: {min: 16, max: 32, stepp: 4}\n",
+     ":2: ranges.client.memory_mb.stepp: unknown key"),
+    ("ranges:\n  client.memory_mb: {min: 16, max: 32, step: 0}\n",
+     ":2: ranges.client.memory_mb.step: must be a number greater than 0"),
     ("ranges:\n  client.memory_mb: [16, 32]\n", ":2: ranges.client.memory_mb: expected a mapping"),
-    ("ranges:\n  client..memory_mb: {min: 16, max: 32}\n", ":2: ranges.client..memory_mb: cannot read this key"),
+    ("ranges:\n  client..memory_mb: {min: 16, max: 32}\n",
+     ":2: ranges.client..memory_mb: cannot read this key"),
     ("- just a list\n", ":1: a ranges file is a mapping"),
     ("ranges: {client.memory_mb: {min: 16\n", ":2: not valid YAML"),
 ])
@@ -84,7 +88,7 @@ def test_malformed_ranges_files(tmp_path, contention, text, where):
     p = write(tmp_path, text)
     with pytest.raises(SchemaError) as err:
         ranges_mod.load(p, contention)
-    assert f"{p}{where}" in str(err.value) or where in str(err.value), str(err.value)
+    assert f"{p}{where}" in str(err.value), str(err.value)
 
 
 def test_keys_reach_into_lists_and_slices(contention):
