@@ -215,7 +215,8 @@ def expected_pages(records: list[Record]) -> dict[int, PageExpectation]:
 
     Pages never acknowledged are not checked: nothing was promised about them."""
     acked: dict[int, tuple[int, int]] = {}          # page -> (length, crc)
-    pending: dict[int, dict[tuple[int, int], tuple[int, int]]] = {}   # page -> write -> (length, crc)
+    # page -> (incarnation, write id) -> (length, crc), in the order they were sent
+    pending: dict[int, dict[tuple[int, int], tuple[int, int]]] = {}
     for rec in records:
         key = (rec.inc, rec.wid)
         for page, length, crc in rec.pages():
