@@ -633,7 +633,7 @@ def switch_port(network: Any, host: str) -> SwitchPort:
 
 
 def scenario_rules(faults: list[FaultBase], bulk_hosts: int, backend: str, storage: str,
-                   deadline_s: float, client: Any = None) -> Iterator[tuple[str, str]]:
+                   deadline_s: float) -> Iterator[tuple[str, str]]:
     """What a fault list needs of the rest of the scenario: (key, message) pairs.
 
     A value already reported as wrong (``schema.INVALID``) skips the checks that read
@@ -645,23 +645,17 @@ def scenario_rules(faults: list[FaultBase], bulk_hosts: int, backend: str, stora
     except Unknown:
         return
     for i, f in enumerate(listed):
-        yield from _fault_rules(f"faults[{i}]", f, bulk_hosts, backend, storage, deadline_s,
-                                client)
+        yield from _fault_rules(f"faults[{i}]", f, bulk_hosts, backend, storage, deadline_s)
 
 
 def _fault_rules(key: str, f: FaultBase, bulk_hosts: int, backend: str, storage: str,
-                 deadline_s: float, client: Any) -> list[tuple[str, str]]:
+                 deadline_s: float) -> list[tuple[str, str]]:
     checks: list[Callable[[], Optional[tuple[str, str]]]] = [
         lambda: (f"{key}.kind", f"faults are injected on the Mininet backend only, not "
                                 f"{backend}") if backend != "mininet" else None,
         lambda: (f"{key}.kind", f"{f.kind} needs storage: iscsi (there is no target)")
         if (f.kind.startswith("target_") or f.kind == "client_restart")
         and storage != "iscsi" else None,
-        lambda: (f"{key}.kind", f"client_restart needs client.kind: emulated (the journal of "
-                                f"acknowledged writes is kept by the emulated client), not "
-                                f"{client.kind}")
-        if f.kind == "client_restart" and client is not None and client.kind != "emulated"
-        else None,
         lambda: (f"{key}.at_s", f"{f.at_s} is not before deadline_s ({deadline_s})")
         if f.at_s is not None and f.when is None and f.at_s >= deadline_s else None,
     ]

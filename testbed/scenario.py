@@ -191,7 +191,7 @@ class Scenario:
         yield from kernel_client_rules(self)       # client.kind: kernel (testbed.guest)
         # last: a fault list already reported as wrong ends only its own checks
         yield from fault_rules(self.faults, self.topology.bulk_hosts, self.backend,
-                               self.storage, self.deadline_s, self.client)
+                               self.storage, self.deadline_s)
 
     @property
     def expected(self) -> str:
