@@ -47,7 +47,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
 from .. import results, scenario as scenario_mod
-from ..errors import ConfigError
+from ..errors import ConfigError, TestbedError
 from ..report.summary import drops_by_reason, summarize
 from .course import ANSWERS, Lab, get_lab
 from .errors import LabError
@@ -221,6 +221,7 @@ def _write_archive(out: Path, work: Path, files: list[Path], manifest: Manifest)
             tar.addfile(info, io.BytesIO(data))
             for p in files:
                 tar.add(p, arcname=p.relative_to(work).as_posix(), recursive=False)
+        os.chmod(tmp, 0o644)              # mkstemp's 0600 would hide it from a TA
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -308,14 +309,17 @@ def verify(sub: Submission) -> None:
         if sha256(sub.root / rel) != digest:
             raise HandinError(f"{where}: {rel} was changed after packing (its SHA-256 is "
                               f"not the one {MANIFEST} records)")
-    for rel in sorted(have - set(sub.manifest.files)):
-        raise HandinError(f"{where}: {rel} is not listed in {MANIFEST} (added after packing)")
+    added = sorted(have - set(sub.manifest.files))
+    if added:
+        raise HandinError(f"{where}: {added[0]} is not listed in {MANIFEST} (added after "
+                          f"packing)")
     if ANSWERS not in have:
         raise HandinError(f"{where}: has no {ANSWERS}")
     listed = {r.path for r in sub.manifest.runs}
     found = {p.parent.relative_to(sub.root).as_posix() for p in sub.root.rglob(results.SUMMARY)}
-    for rel in sorted(found - listed):
-        raise HandinError(f"{where}: the run folder {rel} is not listed in {MANIFEST}")
+    unlisted = sorted(found - listed)
+    if unlisted:
+        raise HandinError(f"{where}: the run folder {unlisted[0]} is not listed in {MANIFEST}")
     for record in sub.manifest.runs:
         run_dir = sub.root / record.path
         if not run_dir.is_dir():
@@ -483,7 +487,7 @@ def grade_submission(archive: Path, lab: Optional[Lab] = None,
                 raise HandinError(f"{archive}: a hand-in of lab {sub.manifest.lab}, not "
                                   f"lab {use.number}")
             got.grade = check(use, sub.root, timeout)
-    except LabError as exc:
+    except TestbedError as exc:       # HandinError, LabError, the grader's timeout
         got.refused = str(exc)
     return got
 
