@@ -217,6 +217,7 @@ def test_batch_flags_shared_runs_refuses_forgeries_and_writes_csv(packed, tmp_pa
 
 # -- what needs no run -------------------------------------------------------------------------
 
+@pytest.mark.cli
 def test_a_broken_archive_gets_a_message_not_a_traceback(tmp_path):
     cases = {"empty.tar.gz": b"", "text.tar.gz": b"hello, grader\n",
              "torn.tar.gz": gzip.compress(b"x" * 100000)[:300]}
