@@ -45,6 +45,7 @@ import yaml
 from .. import claims, results, store
 from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
+from ..mm.config import WorkloadConfig
 from ..orchestrator import Orchestrator, Progress
 from ..scenario import Scenario
 from ..schema import SchemaError
@@ -174,17 +175,22 @@ class Campaign:
         count = iter(range(1, 10**6))
         timed_out = []
 
-        def fails(load: Load) -> bool:
+        def fails(load: Load) -> Optional[bool]:
             try:
                 return self.attempt(load, f"{found.label}-shrink{next(count):02d}",
                                     "shrink") == COUNTEREXAMPLE
             except OutOfTime:
                 timed_out.append(True)
-                return False
+                return None             # not run: the shrinker learns nothing from it
+
+        def stop() -> bool:
+            if not timed_out and not self.fits(self.base):
+                timed_out.append(True)
+            return bool(timed_out)
 
         try:
             found.shrunk = shrink(found.load, self.defaults, fails, dict(self.ranges.items),
-                                  self.tries_per_key, stop=lambda: bool(timed_out))
+                                  self.tries_per_key, stop=stop)
         finally:
             if found.shrunk is None:    # interrupted mid-shrink: the confirmed load stands
                 found.shrunk = Shrunk(found.load)
@@ -263,10 +269,13 @@ class Campaign:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def check_time(self, sc: Scenario) -> None:
-        """OutOfTime unless the time left covers one more run (see the module docstring)."""
+    def fits(self, sc: Scenario) -> bool:
+        """Does the time left cover one more run of ``sc`` (see the module docstring)?"""
         need = max(self.walls) if self.walls else sc.deadline_s + RUN_OVERHEAD_S
-        if self.elapsed() + need > self.budget_s:
+        return self.elapsed() + need <= self.budget_s
+
+    def check_time(self, sc: Scenario) -> None:
+        if not self.fits(sc):
             raise OutOfTime()
 
     # -- what is written and shown ---------------------------------------------------------------
@@ -334,6 +343,10 @@ class Campaign:
                 f"{self.seed}, load {found.label}) and shrunk toward {self.base.name}'s values.\n"
                 f"# `testbed run` on it reaches a verdict other than the expected one.\n")
         diff = _diff(scenario_mod.load(self.base_file).to_dict(), sc.to_dict())
+        for w in (diff.get("client") or {}).get("workloads", []):
+            for k, v in asdict(WorkloadConfig()).items():   # a list is written whole: only
+                if w.get(k) == v and k != "kind":           # what differs from a workload's
+                    w.pop(k)                                # own defaults
         rel = os.path.relpath(self.base_file.resolve(), path.parent.resolve())
         path.write_text(head + yaml.safe_dump({"extends": rel, **diff}, sort_keys=False))
         if scenario_mod.load(path).to_dict() != sc.to_dict():   # extends could not say it
@@ -386,9 +399,11 @@ def report_text(doc: dict[str, Any]) -> str:
                   "Not confirmed by a re-run (a flaky verdict): not shrunk.", ""]
         if f.get("shrunk") and f["confirmed"]:
             s = f["shrunk"]
-            lines += [f"Shrunk in {s['attempts']} runs "
-                      f"({'converged' if s['converged'] else 'stopped by the budget'}) to: "
-                      f"`{_load_text(s['changed'])}` (every other key at the scenario's value).",
+            how = ("no single key can go back to the scenario's value and still fail"
+                   if s["converged"] else "stopped before it converged")
+            lines += [f"Shrinking: {s['attempts']} runs ({how}). Smallest failing load: "
+                      f"`{_load_text(s['changed'])}`, every other key at the scenario's value."
+                      if s["attempts"] else "Not shrunk: the budget left no time for a run.",
                       f"Scenario: `{f['scenario_file']}`.", ""]
     lines += ["Every load tried, with its run folder: `tried.ndjson`; the runs are indexed in "
               "`runs.json` and in the results store (`testbed results`).", ""]

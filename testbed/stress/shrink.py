@@ -53,11 +53,12 @@ class Shrunk:
         return {k: v for k, v in self.load.items() if defaults.get(k) != v}
 
 
-def shrink(load: Load, defaults: Mapping[str, Any], fails: Callable[[Load], bool],
+def shrink(load: Load, defaults: Mapping[str, Any], fails: Callable[[Load], Optional[bool]],
            ranges: Optional[Mapping[str, Range]] = None, tries_per_key: int = 4,
            stop: Callable[[], bool] = lambda: False) -> Shrunk:
     """Shrink the failing ``load`` toward ``defaults``; see the module docstring.
-    ``ranges`` say how each key's numbers are written (integers, a step grid)."""
+    ``fails`` answers True, False, or None when it could not try (then nothing is
+    learnt); ``ranges`` say how each key's numbers are written (integers, a step grid)."""
     state = _State(dict(load), fails, stop)
     while not stop():
         before = dict(state.current)
@@ -75,17 +76,22 @@ def shrink(load: Load, defaults: Mapping[str, Any], fails: Callable[[Load], bool
 @dataclass
 class _State:
     current: Load
-    fails: Callable[[Load], bool]
+    fails: Callable[[Load], Optional[bool]]
     stop: Callable[[], bool]
     attempts: list[Attempt] = field(default_factory=list)
     seen: dict[tuple, bool] = field(default_factory=dict)
 
     def still_fails(self, key: str, value: Any) -> bool:
-        """Try the current load with ``key`` = ``value``; keep it if it fails."""
+        """Try the current load with ``key`` = ``value``; keep it if it fails. A
+        candidate is not tried once ``stop()`` is true, and one ``fails`` could not
+        try (None: out of time) is neither recorded nor taken."""
         cand = {**self.current, key: value}
         mark = tuple(sorted((k, repr(v)) for k, v in cand.items()))
         if mark not in self.seen:
-            self.seen[mark] = bool(self.fails(cand))
+            got = None if self.stop() else self.fails(cand)
+            if got is None:
+                return False
+            self.seen[mark] = bool(got)
             self.attempts.append(Attempt(key, cand, self.seen[mark]))
         if self.seen[mark]:
             self.current = cand

@@ -190,6 +190,9 @@ def test_a_candidate_without_an_answer_is_not_taken():
     start = {"memory_mb": 9, "bulk_hosts": 8, "mode": "udp", "delay_ms": 13.5, "rate": 50}
     got = shrink(start, DEFAULTS, lambda load: load == start, RANGES)
     assert got.load == start and got.converged
+    # None: the candidate could not be tried (out of time): not recorded, not taken
+    got = shrink(start, DEFAULTS, lambda load: None, RANGES)
+    assert got.load == start and got.attempts == []
 
 
 # -- the campaign, with a stand-in for the orchestrator ----------------------------------------
@@ -233,6 +236,8 @@ def test_a_campaign_finds_confirms_shrinks_and_writes_a_loadable_counterexample(
     assert status == 1 and doc["counts"]["counterexamples_confirmed"] >= 1
     first = doc["counterexamples"][0]
     assert first["shrunk"]["changed"] == {"client.memory_mb": 24, "topology.bulk_hosts": 4}
+    text = Path(first["scenario_file"]).read_text()
+    assert "extends: " in text and "workloads" not in text       # only what differs
     sc = scenario_mod.load(first["scenario_file"])
     assert (sc.client.memory_mb, sc.topology.bulk_hosts, sc.topology.delay_ms) == (24, 4, 0.0)
     assert sc.client.policy == "phillips-2005" and sc.expected == "completed"
@@ -258,6 +263,7 @@ def test_each_policy_has_its_claim():
     assert set(claims.POLICY_CLAIMS) == set(claims.POLICIES)
 
 
+@pytest.mark.cli
 def test_ctrl_c_leaves_what_was_found_readable(tmp_path, monkeypatch, contention):
     calls = []
 
