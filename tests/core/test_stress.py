@@ -290,3 +290,32 @@ def test_ctrl_c_leaves_what_was_found_readable(tmp_path, monkeypatch, contention
     assert doc["counts"]["no-verdict"] == 1
     assert len((out / campaign_mod.TRIED).read_text().splitlines()) == 3
     assert "stopped by interrupted" in (out / campaign_mod.REPORT).read_text()
+
+
+def test_a_counterexample_a_re_run_does_not_confirm_is_not_shrunk(tmp_path, monkeypatch,
+                                                                    contention):
+    verdicts = iter(["lockup", "completed"] + ["completed"] * 100)
+
+    class Flaky(FakeOrchestrator):
+        def run(self):
+            self.out.mkdir(parents=True)
+            (self.out / results.SUMMARY).write_text(json.dumps(
+                {"scenario": self.sc.name, "policy": self.sc.client.policy,
+                 "verdict": next(verdicts), "expected": "completed", "status": "finished"}))
+
+    monkeypatch.setattr(campaign_mod, "Orchestrator", Flaky)
+    monkeypatch.setenv("TESTBED_RESULTS_DB", str(tmp_path / "results.db"))
+    clock = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(campaign_mod.time, "monotonic", lambda: float(next(clock)))
+    ranges = write(tmp_path, "ranges:\n  client.memory_mb: {min: 16, max: 64}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    c = campaign_mod.Campaign(contention, scenario_mod.resolve("contention"),
+                              ranges_mod.load(ranges, contention), out, budget_s=200, seed=1,
+                              echo=io.StringIO())
+    assert c.run() == 0
+    doc = json.loads((out / campaign_mod.SUMMARY).read_text())
+    (found,) = doc["counterexamples"]
+    assert found["confirmed"] is False and found["confirm_outcome"] == "holds"
+    assert "shrunk" not in found and not list(out.glob("counterexample-*.yaml"))
+    assert "Not confirmed: the re-run gave holds" in (out / campaign_mod.REPORT).read_text()

@@ -206,7 +206,8 @@ def test_batch_flags_shared_runs_refuses_forgeries_and_writes_csv(packed, tmp_pa
         assert f"the same run id as {other}:{RUN}" in rows[name]["flags"]
         assert f"the same metric stream as {other}:{RUN}" in rows[name]["flags"]
     assert rows["carol"]["status"].startswith("refused:") and "summary.json" in rows["carol"]["status"]
-    assert f"the same run id as alice:{RUN}" in rows["carol"]["flags"]   # refused, and flagged
+    # a refused archive's manifest is not believed: it flags nobody, nor is it flagged
+    assert rows["carol"]["flags"] == "" and "carol" not in rows["alice"]["flags"]
     assert "not a readable hand-in archive" in rows["dave"]["status"]
     assert rows["alice"]["machines"] not in ("", "not recorded") and rows["alice"]["packed_at"]
     for name in rows:
