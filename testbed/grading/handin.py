@@ -461,6 +461,7 @@ class Graded:
     grade: Optional[Grade] = None
     refused: str = ""
     flags: list[str] = field(default_factory=list)
+    verified: bool = False     # its manifest's run records can be believed
 
     @property
     def student(self) -> str:
@@ -500,6 +501,7 @@ def grade_submission(archive: Path, lab: Optional[Lab] = None,
         with unpack(archive) as sub:
             got.manifest = sub.manifest
             verify(sub)
+            got.verified = True
             use = lab or get_lab(sub.manifest.lab)
             if use.number != sub.manifest.lab:
                 raise HandinError(f"{archive}: a hand-in of lab {sub.manifest.lab}, not "
@@ -526,15 +528,17 @@ def grade_batch(folder: Path, lab: Optional[Lab] = None,
 
 def flag_shared_runs(graded: list[Graded]) -> None:
     """Flag each run folder whose run id or stream fingerprint is in another hand-in
-    (or twice in the same one)."""
+    (or twice in the same one). Only verified hand-ins count: the manifest of a refused
+    one could name anybody's runs."""
+    verified = [g for g in graded if g.verified and g.manifest]
     seen: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for g in graded:
-        for r in g.manifest.runs if g.manifest else []:
+    for g in verified:
+        for r in g.manifest.runs:
             for kind, value in (("run id", r.run_id), ("stream", r.fingerprint)):
                 if value and value != "not recorded":
                     seen.setdefault((kind, value), []).append((g.student, r.path))
-    for g in graded:
-        for r in g.manifest.runs if g.manifest else []:
+    for g in verified:
+        for r in g.manifest.runs:
             for kind, value in (("run id", r.run_id), ("stream", r.fingerprint)):
                 others = [f"{s}:{p}" for s, p in seen.get((kind, value), [])
                           if (s, p) != (g.student, r.path)]
