@@ -91,13 +91,16 @@ class Found:
 
     label: str
     load: Load
-    confirmed: bool = False
+    confirmed: Optional[bool] = None    # None: not re-run (the budget, or Ctrl-C)
+    confirm_outcome: Optional[str] = None
     shrunk: Optional[Shrunk] = None
     scenario_file: Optional[str] = None
 
     def to_json(self, defaults: Load) -> dict[str, Any]:
         doc: dict[str, Any] = {"label": self.label, "load": self.load,
-                               "confirmed": self.confirmed, "scenario_file": self.scenario_file}
+                               "confirmed": self.confirmed,
+                               "confirm_outcome": self.confirm_outcome,
+                               "scenario_file": self.scenario_file}
         if self.shrunk is not None:
             doc["shrunk"] = {"load": self.shrunk.load, "changed": self.shrunk.changed(defaults),
                              "converged": self.shrunk.converged,
@@ -161,15 +164,16 @@ class Campaign:
         finally:
             self.write_summary()
             self.print_summary()
-        return 1 if any(f.confirmed for f in self.found) else 0
+        return 1 if any(f.confirmed is True for f in self.found) else 0
 
     def pursue(self, found: Found) -> None:
         """Confirm a counterexample by a re-run, then shrink it and write its scenario."""
         self.found.append(found)
-        found.confirmed = self.attempt(found.load, f"{found.label}-confirm",
-                                       "confirm") == COUNTEREXAMPLE
+        found.confirm_outcome = self.attempt(found.load, f"{found.label}-confirm", "confirm")
+        found.confirmed = found.confirm_outcome == COUNTEREXAMPLE
         if not found.confirmed:
-            self.say(f"  {found.label}: not confirmed by a re-run (a flaky verdict): not shrunk")
+            self.say(f"  {found.label}: not confirmed: the re-run gave {found.confirm_outcome}"
+                     f"; not shrunk")
             return
         self.say(f"  {found.label}: confirmed; shrinking toward the scenario's defaults")
         count = iter(range(1, 10**6))
@@ -303,7 +307,7 @@ class Campaign:
                 **{o: by.count(o) for o in (INVALID, NO_VERDICT, INCONCLUSIVE, HOLDS,
                                             COUNTEREXAMPLE)},
                 "counterexamples_found": len(self.found),
-                "counterexamples_confirmed": sum(f.confirmed for f in self.found)}
+                "counterexamples_confirmed": sum(f.confirmed is True for f in self.found)}
 
     def write_summary(self) -> None:
         doc = {"scenario": self.base.name, "scenario_file": str(self.base_file),
@@ -394,9 +398,12 @@ def report_text(doc: dict[str, Any]) -> str:
     if not doc["counterexamples"]:
         lines.append("No load within the ranges refuted the claim in this campaign.")
     for f in doc["counterexamples"]:
+        confirm = {True: "Confirmed by a re-run.",
+                   False: f"Not confirmed: the re-run gave {f.get('confirm_outcome')} (a verdict "
+                          f"that varies from run to run); not shrunk.",
+                   None: "Not re-run to confirm: the campaign ended first."}[f["confirmed"]]
         lines += [f"## {f['label']}", "", f"Sampled load: `{_load_text(f['load'])}`.",
-                  "Confirmed by a re-run." if f["confirmed"] else
-                  "Not confirmed by a re-run (a flaky verdict): not shrunk.", ""]
+                  confirm, ""]
         if f.get("shrunk") and f["confirmed"]:
             s = f["shrunk"]
             how = ("no single key can go back to the scenario's value and still fail"
