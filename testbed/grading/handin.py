@@ -49,6 +49,7 @@ from typing import Any, Optional
 from .. import results, scenario as scenario_mod
 from ..errors import ConfigError, TestbedError
 from ..report.summary import drops_by_reason, summarize
+from ..store import code_version, utc
 from .course import ANSWERS, Lab, get_lab
 from .errors import LabError
 from .runner import GRADE_TIMEOUT_S, Grade, check
@@ -107,7 +108,7 @@ class RunRecord:
 @dataclass
 class Manifest:
     lab: int
-    packed_at: str             # UTC, testbed.store's format
+    packed_at: str             # UTC, testbed.store's TIME_FORMAT
     code_version: str          # of the project that packed it
     files: dict[str, str]      # path in the archive -> SHA-256
     runs: list[RunRecord]
@@ -195,21 +196,18 @@ def submit(lab: Lab, work: Path, out: Optional[Path] = None) -> tuple[Path, Mani
             raise HandinError(f"{folder}: missing: run the step of the handout that makes "
                               f"it (with --out {name}) before you submit")
         for run_dir in run_folders(folder):
+            if not run_dir.resolve().is_relative_to(folder.resolve()):
+                raise HandinError(f"{folder / results.INDEX}: lists {run_dir}, which is "
+                                  f"not inside {name}")
             rel = run_dir.relative_to(work).as_posix()
             check_run(run_dir, rel)
             runs.append(RunRecord.of(run_dir, rel))
         files += sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
                         and _packed(p))
-    manifest = Manifest(lab.number, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        _code_version(),
+    manifest = Manifest(lab.number, utc(time.time()), code_version(),
                         {p.relative_to(work).as_posix(): sha256(p) for p in files}, runs)
     _write_archive(out, work, files, manifest)
     return out, manifest
-
-
-def _code_version() -> str:
-    from ..store import code_version          # git describe: only when packing
-    return code_version()
 
 
 def _write_archive(out: Path, work: Path, files: list[Path], manifest: Manifest) -> None:
@@ -384,7 +382,7 @@ def _version_note(run_dir: Path) -> str:
     """Why a genuine summary may disagree: the run was made by another code version,
     whose rules (a lockup's proof, a bound) this one does not apply."""
     made = (results.read_json(run_dir / results.PROVENANCE) or {}).get("code_version")
-    ours = _code_version()
+    ours = code_version()
     if not made or made == ours:
         return ""
     return (f", or by code version {made}, whose rules this grader's {ours} does not "
