@@ -324,9 +324,9 @@ def verify(sub: Submission) -> None:
     if unlisted:
         raise HandinError(f"{where}: the run folder {unlisted[0]} is not listed in {MANIFEST}")
     for record in sub.manifest.runs:
-        run_dir = sub.root / record.path
-        if not run_dir.is_dir():
+        if record.path not in found:          # also a path that leads out of the archive
             raise HandinError(f"{where}: the run folder {record.path} is missing")
+        run_dir = sub.root / record.path
         check_run(run_dir, f"{where}: {record.path}")
         got = RunRecord.of(run_dir, record.path)
         for key in ("run_id", "fingerprint"):

@@ -181,8 +181,10 @@ def _forge_outcome_and_summary(d: Path) -> None:
     (lambda d: (d / "runs/extra.txt").write_text("x"), False,
      "runs/extra.txt is not listed in handin.json"),
     (lambda d: (d / handin.MANIFEST).write_text("{"), False, "handin.json is not valid JSON"),
+    (lambda d: edit_json(d / handin.MANIFEST, lambda m: m["runs"].append({**m["runs"][0], "path": "../.."})),
+     False, "the run folder ../.. is missing"),
 ], ids=["stream edited", "stream edited, rehashed", "outcome forged", "file removed",
-        "stream removed", "file added", "manifest broken"])
+        "stream removed", "file added", "manifest broken", "run outside the archive"])
 def test_tampering_is_caught_and_named(packed, tmp_path, edit, rehash, says):
     why = refused(repack(packed, tmp_path / "mallory.tar.gz", edit, rehash))
     assert says in why, why
