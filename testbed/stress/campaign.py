@@ -134,6 +134,7 @@ class Campaign:
         self.index: list[results.BatchEntry] = []
         self.walls: list[float] = []
         self.failed_in_a_row = 0
+        self.known: dict[tuple, bool] = {}      # shrink candidates run so far -> failed
 
     @property
     def policy(self) -> str:
@@ -194,7 +195,7 @@ class Campaign:
 
         try:
             found.shrunk = shrink(found.load, self.defaults, fails, dict(self.ranges.items),
-                                  self.tries_per_key, stop=stop)
+                                  self.tries_per_key, stop=stop, known=self.known)
         finally:
             if found.shrunk is None:    # interrupted mid-shrink: the confirmed load stands
                 found.shrunk = Shrunk(found.load)
@@ -339,7 +340,12 @@ class Campaign:
         """``counterexample-K.yaml``: the shrunk load as a scenario that extends the
         scenario file, holding only what differs from it; checked by loading it back."""
         assert found.shrunk is not None
-        k = self.found.index(found) + 1
+        for other in self.found:        # shrunk to one already written: the same file
+            if other is not found and other.shrunk is not None and other.scenario_file \
+                    and other.shrunk.load == found.shrunk.load:
+                self.say(f"  {found.label}: shrunk to the same load as {other.label}")
+                return other.scenario_file
+        k = 1 + sum(1 for f in self.found if f.scenario_file)
         path = self.out / f"counterexample-{k}.yaml"
         sc = ranges_mod.build(self.data, found.shrunk.load)
         sc.name = f"{self.base.name}-stress-{self.policy}-{k}"

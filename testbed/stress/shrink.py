@@ -17,7 +17,7 @@ any function, in a test) deciding each candidate:
 Only loads for which ``fails`` returned True are ever kept, and the first is the
 counterexample itself, so the result always failed when it was run: a candidate that
 passed, or gave no answer (a run without a verdict), is simply not taken. Each distinct
-candidate is tried once.
+candidate is tried once (``known`` shares that between shrinks).
 """
 
 from __future__ import annotations
@@ -55,11 +55,15 @@ class Shrunk:
 
 def shrink(load: Load, defaults: Mapping[str, Any], fails: Callable[[Load], Optional[bool]],
            ranges: Optional[Mapping[str, Range]] = None, tries_per_key: int = 4,
-           stop: Callable[[], bool] = lambda: False) -> Shrunk:
+           stop: Callable[[], bool] = lambda: False,
+           known: Optional[dict[tuple, bool]] = None) -> Shrunk:
     """Shrink the failing ``load`` toward ``defaults``; see the module docstring.
     ``fails`` answers True, False, or None when it could not try (then nothing is
-    learnt); ``ranges`` say how each key's numbers are written (integers, a step grid)."""
-    state = _State(dict(load), fails, stop)
+    learnt); ``ranges`` say how each key's numbers are written (integers, a step grid).
+    ``known``: answers already had (:func:`mark` -> failed), shared between the shrinks
+    of one campaign so that a candidate is run once however many counterexamples lead
+    to it; it is updated with the new ones."""
+    state = _State(dict(load), fails, stop, seen=known if known is not None else {})
     while not stop():
         before = dict(state.current)
         for key in list(load):
@@ -86,7 +90,7 @@ class _State:
         candidate is not tried once ``stop()`` is true, and one ``fails`` could not
         try (None: out of time) is neither recorded nor taken."""
         cand = {**self.current, key: value}
-        mark = tuple(sorted((k, repr(v)) for k, v in cand.items()))
+        mark = load_mark(cand)
         if mark not in self.seen:
             got = None if self.stop() else self.fails(cand)
             if got is None:
@@ -96,6 +100,12 @@ class _State:
         if self.seen[mark]:
             self.current = cand
         return self.seen[mark]
+
+
+def load_mark(load: Load) -> tuple:
+    """A load as a key of ``known`` (values by their repr: 1 and 1.0 differ, as they do
+    in a scenario file)."""
+    return tuple(sorted((k, repr(v)) for k, v in load.items()))
 
 
 def _shrink_key(state: _State, key: str, default: Any, rng: Optional[Range],

@@ -241,6 +241,13 @@ def test_a_campaign_finds_confirms_shrinks_and_writes_a_loadable_counterexample(
     sc = scenario_mod.load(first["scenario_file"])
     assert (sc.client.memory_mb, sc.topology.bulk_hosts, sc.topology.delay_ms) == (24, 4, 0.0)
     assert sc.client.policy == "phillips-2005" and sc.expected == "completed"
+    shrunk = {json.dumps(f["shrunk"]["load"], sort_keys=True): f["scenario_file"]
+              for f in doc["counterexamples"] if f["confirmed"]}
+    files = sorted(str(p) for p in out.glob("counterexample-*.yaml"))
+    assert sorted(set(shrunk.values())) == files          # one file per distinct shrunk load
+    assert len(files) == len(shrunk)
+    runs = [json.dumps(t["load"], sort_keys=True) for t in tried if t["phase"] == "shrink"]
+    assert len(runs) == len(set(runs))                    # no shrink candidate run twice
     batch = results.open_batch(out)                 # the folder is a batch of its runs
     assert [r.label for r in batch.runs()] == [t["label"] for t in tried if t["run_dir"]]
     assert "counterexample" in (out / campaign_mod.REPORT).read_text()
