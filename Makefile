@@ -45,6 +45,11 @@ fuzz: setup
 killpoints: setup
 	$(PY) -m tests.support.killpoints --docker both
 
+# The contention load under gorman-3.6 for 30 minutes, one random fault in each run, every
+# acknowledged page read back (tests/support/soak.py; the totals in runs/soak-<time>/soak.json).
+soak: setup
+	$(PY) -m tests.support.soak --minutes 30
+
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
