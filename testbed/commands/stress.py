@@ -5,7 +5,7 @@ or ``reserve-only`` that completes): loads drawn from the ranges file (default
 ``scenarios/stress/ranges.yaml``), each run, a counterexample confirmed and shrunk
 toward the scenario's values (:mod:`testbed.stress`). The folder (default
 ``results/stress-<policy>``) gets every run, ``tried.ndjson``, ``stress.json``,
-``report.md`` and a ``counterexample-K.yaml`` per confirmed counterexample.
+``report.md`` and a ``counterexample-K.yaml`` per distinct shrunk load.
 
 Everything is checked before anything starts: the scenario, the ranges (file, line and
 key of every problem), the budget. Exit status 1 when a counterexample was confirmed,

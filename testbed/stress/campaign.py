@@ -15,7 +15,9 @@ The loop, under a time budget:
 4. on a counterexample, run the same load again to confirm it (verdicts can be
    flaky); a confirmed one is shrunk (:mod:`.shrink`), every candidate a run of its own,
    and the smallest load that still failed is written as a scenario file
-   (``counterexample-K.yaml``: ``extends:`` the scenario, with only what differs).
+   (``counterexample-K.yaml``: ``extends:`` the scenario, with only what differs; one
+   file per distinct shrunk load). Shrink candidates already run for an earlier
+   counterexample are not run again (the shrinker's ``known`` answers).
 
 A run starts only if the time left covers it (the longest run so far, or before any
 the scenario's deadline plus :data:`RUN_OVERHEAD_S`); a run in flight is always
