@@ -32,6 +32,15 @@ manifest's.
 
 An interrupted run, or one whose client failed, has no verdict (``null``) and says why
 in ``status`` and ``detail``.
+
+A kernel client's run (``client.kind: kernel``, ``client.kind`` in the summary) differs
+in two places. It has no packet handler, so nothing counts its drops per flow class:
+``drops.counted`` is false and the class totals are not figures (they read as n/a, not
+0; the kernel's own ``PFMemallocDrop`` is in its samples). And its lockup is the guest's
+detector's (``lockup.detector: kernel``): writeback pending and the LUN's written
+sectors still for ``lockup_after_s``, with free memory at or below the min watermark or
+a hung-task warning. That is a verdict of ``lockup`` with its own wording: no recovery
+horizon was waited out and no wait-for cycle was named, so it is never called that.
 """
 
 from __future__ import annotations
@@ -44,6 +53,14 @@ from typing import Any, Optional
 from ..results import read_json, read_ndjson, until_end  # noqa: F401
 
 CLASSES = ("memalloc", "other")
+# why a kernel client's drops per class are n/a (the summary's drops.note)
+NO_HANDLER = ("no packet handler: the guest's NIC is the kernel's virtio-net, whose drops "
+              "per flow class nothing counts (the kernel's PFMemallocDrop is counted)")
+
+
+def is_kernel(summary: dict[str, Any]) -> bool:
+    """Was the run's storage client the real kernel (``client.kind: kernel``)?"""
+    return (summary.get("client") or {}).get("kind") == "kernel"
 
 
 def rx_drops(net: Optional[dict[str, Any]]) -> dict[str, int]:
@@ -302,16 +319,24 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
     net = outcome.get("net") or last.get("net")
     written_back = outcome.get("bytes_written_back", last.get("writeback_bytes", 0)) or 0
     wb_time = outcome.get("t") or last.get("t") or 0.0
+    kernel = scenario.client.kind == "kernel"
+    drops = drops_by_reason(net)
+    if kernel:                   # no handler counted them: the zeros are not figures
+        drops.update(counted=False, note=NO_HANDLER)
+    lockup = outcome.get("lockup")
+    if kernel and lockup:
+        lockup = {**lockup, "detector": "kernel"}
     summary: dict[str, Any] = {
         "scenario": scenario.name,
         "policy": scenario.client.policy,
+        "client": {"kind": scenario.client.kind},
         "expected": scenario.expected,
         "verdict": None,
         "status": "interrupted" if interrupted else "finished",
         "reasons": [],
         "detail": outcome.get("detail", ""),
         "duration_s": round(duration_s, 2),
-        "lockup": outcome.get("lockup"),
+        "lockup": lockup,
         "stalls": outcome.get("stalls") or [],
         "integrity": integrity(run_dir),
         "writeback": {"bytes": written_back,
@@ -319,7 +344,7 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
                       "bytes_written": outcome.get("bytes_written", last.get("workload_bytes", 0)),
                       "longest_stall_s": outcome.get("longest_stall_s", last.get("stalled_for_s")),
                       "time_s": wb_time},
-        "drops": drops_by_reason(net),
+        "drops": drops,
         "goodput": bulk_flows(run_dir, samples, hosts, outcome.get("t")),
         "client_verdict": outcome.get("verdict"),
         "end_t": outcome.get("t"),     # the client's clock when its outcome was decided
@@ -339,8 +364,10 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
         summary["status"] = "error"
         summary["detail"] = outcome.get("detail") or "the storage client left no outcome; see client.log"
         return
-    lockup = outcome.get("lockup") or {}
-    if client == "lockup" and lockup.get("cycle"):
+    lockup = summary.get("lockup") or {}
+    # the emulated client's lockup is proven with its cycle; the kernel's is its guest's
+    # detector's, which has none to name (see the module docstring)
+    if client == "lockup" and (lockup.get("cycle") or lockup.get("detector") == "kernel"):
         summary["verdict"] = "lockup"
         return
     reasons.extend(_stuck_reasons(client, lockup, summary["stalls"]))
@@ -363,7 +390,9 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
     if stall > bounds.max_stall_s:
         reasons.append(f"writeback stalled for {stall:.1f}s (bound {bounds.max_stall_s:g}s)")
     other = summary["drops"]["other"]["total"]
-    if bounds.max_other_drops is not None and other > bounds.max_other_drops:
+    if bounds.max_other_drops is not None and summary["drops"].get("counted") is False:
+        reasons.append(f"bounds.max_other_drops not checked: {NO_HANDLER}")
+    elif bounds.max_other_drops is not None and other > bounds.max_other_drops:
         reasons.append(f"{other} frames of other traffic dropped (bound {bounds.max_other_drops})")
     if bounds.min_goodput_mbit is not None:
         for name, g in summary["goodput"].items():
@@ -428,7 +457,9 @@ def evidence(summary: dict[str, Any]) -> list[str]:
     if summary.get("status") != "finished":
         lines.append(f"no verdict: run {summary.get('status')}: {summary.get('detail', '')}")
         return lines
-    if v == "lockup" and summary.get("lockup"):
+    if v == "lockup" and (summary.get("lockup") or {}).get("detector") == "kernel":
+        lines.append(kernel_lockup_line(summary["lockup"]))
+    elif v == "lockup" and summary.get("lockup"):
         lk = summary["lockup"]
         lines.append(f"lockup at t={lk['t']:.1f}s: no writeback progress for "
                      f"{lk['stalled_for_s']:.1f}s with {lk['dirty']} dirty and {lk['writeback']} "
@@ -446,9 +477,34 @@ def evidence(summary: dict[str, Any]) -> list[str]:
         lines.append(f"degraded: {r}")
     lines += stall_lines(summary)
     d = summary["drops"]
+    if d.get("counted") is False:
+        lines.append(f"drops per flow class: n/a ({d.get('note', NO_HANDLER)})")
+        return lines
     lines.append(f"drops: storage {d['memalloc']['total']}, other {d['other']['total']} "
                  f"({', '.join(f'{k} {v}' for k, v in d['other'].items() if k != 'total') or 'none'})")
     return lines
+
+
+def kernel_lockup_line(lk: dict[str, Any]) -> str:
+    """A kernel client's lockup as its guest's detector established it: a stall of
+    ``lockup_after_s`` with free memory at or below min, or a hung-task warning. Nothing
+    here waited out a recovery horizon, so the line does not claim one."""
+    hung = lk.get("hung_task_messages") or []
+    free, low = lk.get("free"), lk.get("wmark_min")
+    why = []
+    if free is not None and low is not None and free <= low:
+        why.append(f"free memory {free} pages at or below the min watermark {low}")
+    if hung:
+        why.append(f"{len(hung)} hung-task warnings from the kernel (last: {hung[-1]})")
+    counters = lk.get("counters") or {}
+    seen = ", ".join(f"{k} {v}" for k, v in counters.items() if v is not None)
+    return (f"lockup at t={lk.get('t') or 0.0:.1f}s, by the guest's detector: no writeback "
+            f"to the LUN for {lk.get('stalled_for_s') or 0.0:.1f}s with {lk.get('dirty')} "
+            f"dirty and {lk.get('writeback')} under-writeback pages, "
+            f"{' and '.join(why) or f'{free} free pages (min watermark {low})'}"
+            + (f"; counters: {seen}" if seen else "")
+            + "; the guest was stopped there: no recovery horizon was waited out and no "
+              "wait-for cycle named")
 
 
 def fault_lines(summary: dict[str, Any]) -> list[str]:
