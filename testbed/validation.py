@@ -43,11 +43,14 @@ class Row:
 
     figure: Figure
     missing: dict[str, str] = field(default_factory=dict)
+    note: str = ""          # a footnote on the figure itself, for both kinds
 
 
 NO_HANDLER = ("the kernel client has no packet handler: its NIC is the guest kernel's "
               "virtio-net, whose drops per flow class nothing counts (the kernel's own "
               "PFMemallocDrop is above)")
+CLOCKS = ("each client's clock starts with the load: the kernel client's boot and login "
+          "(15 to 20 s under TCG) are not in it")
 NO_BACKLOG = ("the model has no socket backlog (nothing in testbed/netdev models the "
               "queue of a socket its owner holds), so it counts no TCPBacklogDrop")
 
@@ -59,7 +62,8 @@ def _counter(name: str) -> Callable[[RunOutcome], Optional[float]]:
 
 
 ROWS: tuple[Row, ...] = (
-    Row(Figure("time_s", "time to lockup / completion (s)", 1, lambda r: r.time_s)),
+    Row(Figure("time_s", "time to lockup / completion (s)", 1, lambda r: r.time_s),
+        note=CLOCKS),
     Row(Figure("writeback_mb_s", "writeback goodput (MiB/s)", 2, lambda r: r.writeback_mb_s)),
     Row(Figure("pfmemalloc_drops", "PFMemallocDrop (frames)", 0, _counter("PFMemallocDrop"))),
     Row(Figure("throttled_reclaim", "throttled reclaim (pgscan_direct_throttle)", 0,
@@ -117,12 +121,20 @@ def validation(runs: Sequence[RunOutcome]) -> Validation:
                 cells.append(results.estimate_text(g.estimates[row.figure.key],
                                                    row.figure.digits, g.runs))
             else:
-                if why not in notes:
-                    notes.append(why)
-                cells.append(f"n/a [{notes.index(why) + 1}]")
-        table_rows.append([row.figure.label] + cells + [difference(groups, row)])
+                cells.append(f"n/a [{_note(notes, why)}]")
+        label = row.figure.label
+        if row.note:
+            label += f" [{_note(notes, row.note)}]"
+        table_rows.append([label] + cells + [difference(groups, row)])
     header = ["figure"] + [g.label for g in groups] + ["kernel - model"]
     return Validation(Table(header, table_rows), notes)
+
+
+def _note(notes: list[str], text: str) -> int:
+    """The number of footnote ``text``, added to ``notes`` the first time."""
+    if text not in notes:
+        notes.append(text)
+    return notes.index(text) + 1
 
 
 def _pair(groups: Sequence[GroupStats]) -> Optional[tuple[GroupStats, GroupStats]]:
@@ -153,7 +165,8 @@ def difference(groups: Sequence[GroupStats], row: Row) -> str:
     d = row.figure.digits
     ratio = f" (x{k.median / m.median:.2f})" if m.median else ""
     apart = k.low > m.high or k.high < m.low            # type: ignore[operator]
-    return f"{k.median - m.median:+.{d}f}{ratio}, {'apart' if apart else 'overlap'}"
+    short = "*" if m.short or k.short else ""        # too few runs: ranges, not 95 %
+    return f"{k.median - m.median:+.{d}f}{ratio}, {'apart' if apart else 'overlap'}{short}"
 
 
 def footnote_lines(v: Validation) -> list[str]:

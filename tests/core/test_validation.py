@@ -22,12 +22,12 @@ SCENARIO = "validation-contention"
 
 def samples(free: list[int], pfmemalloc: list[int], throttle: list[int],
             backlog: Optional[list[int]], flows: bool = False) -> list[dict[str, Any]]:
-    """client.ndjson's samples, 1 s apart, with the counters both clients keep (the
+    """client.ndjson's samples, 100 ms apart (the metrics interval), with the counters both clients keep (the
     kernel's from its boot: they do not start at 0) and TCPBacklogDrop where given."""
     out: list[dict[str, Any]] = [{"t": 0.0, "events": [{"t": 0.0, "event": "load_started"}]}]
     for i, f in enumerate(free):
-        s: dict[str, Any] = {"t": float(i + 1), "free": f, "wmark_min": 200, "dirty": 100,
-                             "writeback": 10, "writeback_bytes": (i + 1) * 2**20,
+        s: dict[str, Any] = {"t": round(0.1 * (i + 1), 1), "free": f, "wmark_min": 200,
+                             "dirty": 100, "writeback": 10, "writeback_bytes": (i + 1) * 2**20,
                              "workload_bytes": (i + 1) * 2**20,
                              "PFMemallocDrop": pfmemalloc[i],
                              "pgscan_direct_throttle": throttle[i], "allocstall": 10 * i}
@@ -140,22 +140,24 @@ def test_the_validation_table_has_both_clients_intervals_and_how_they_differ(tmp
     assert rows["runs"] == ["3", "3", ""]
     assert rows["verdicts"] == ["completed 3", "completed 3", "same"]
     # three runs: the range, marked * (below 95 %)
-    assert rows["time to lockup / completion (s)"] == ["31.0 [30.0, 32.0]*",
-                                                       "46.0 [45.0, 47.0]*",
-                                                       "+15.0 (x1.48), apart"]
+    # three runs: the ranges, so "apart" is marked * too
+    assert rows["time to lockup / completion (s) [1]"] == ["31.0 [30.0, 32.0]*",
+                                                           "46.0 [45.0, 47.0]*",
+                                                           "+15.0 (x1.48), apart*"]
     # counters as their rise over the load: the kernel's count from its boot
     assert rows["PFMemallocDrop (frames)"] == ["101 [100, 102]*", "0 [0, 0]*",
-                                               "-101 (x0.00), apart"]
+                                               "-101 (x0.00), apart*"]
     assert rows["throttled reclaim (pgscan_direct_throttle)"] == ["7 [7, 7]*", "1 [0, 2]*",
-                                                                  "-6 (x0.14), apart"]
+                                                                  "-6 (x0.14), apart*"]
     assert rows["lowest free memory (pages)"][:2] == ["61 [60, 62]*", "701 [700, 702]*"]
     # what a kind of client does not have is n/a with its footnote, never 0
-    assert rows["storage frames dropped, received (handler)"] == ["0 [0, 0]*", "n/a [1]", "n/a"]
-    assert rows["other frames dropped, rx + tx (handler)"][1:] == ["n/a [1]", "n/a"]
-    assert rows["TCPBacklogDrop (frames)"] == ["n/a [2]", "3 [3, 3]*", "n/a"]
+    assert rows["storage frames dropped, received (handler)"] == ["0 [0, 0]*", "n/a [2]", "n/a"]
+    assert rows["other frames dropped, rx + tx (handler)"][1:] == ["n/a [2]", "n/a"]
+    assert rows["TCPBacklogDrop (frames)"] == ["n/a [3]", "3 [3, 3]*", "n/a"]
     notes = validation.footnote_lines(v)
-    assert notes[0].startswith("[1] the kernel client has no packet handler")
-    assert notes[1].startswith("[2] the model has no socket backlog")
+    assert notes[0].startswith("[1] each client's clock starts with the load")
+    assert notes[1].startswith("[2] the kernel client has no packet handler")
+    assert notes[2].startswith("[3] the model has no socket backlog")
 
 
 def test_a_batch_of_both_clients_groups_by_client_and_prints_the_table(tmp_path, capsys):
@@ -165,10 +167,10 @@ def test_a_batch_of_both_clients_groups_by_client_and_prints_the_table(tmp_path,
     assert [g.label for g in groups] == ["emulated:gorman-3.6", "kernel"]
     print_stats(base)
     out = capsys.readouterr().out
-    assert "the model against the kernel" in out and "n/a [1]" in out
-    assert "[1] the kernel client has no packet handler" in out
+    assert "the model against the kernel" in out and "n/a [2]" in out
+    assert "[2] the kernel client has no packet handler" in out
     page = build_compare_report(base).read_text()
-    assert "The model against the kernel" in page and "n/a [2]" in page
+    assert "The model against the kernel" in page and "n/a [3]" in page
 
 
 def test_a_policy_compare_has_no_validation_table(tmp_path):
