@@ -2,10 +2,15 @@
 PY := .venv/bin/python
 TESTBED := .venv/bin/testbed
 
-.PHONY: setup demo check test claims fuzz killpoints bench clean lint images guest-image
+.PHONY: setup setup-labs demo check test claims fuzz killpoints soak bench clean lint images guest-image
 
 setup:
 	@scripts/setup.sh
+
+# Only what a student needs for the labs: Mininet, tgtd, the network tools and the
+# graders' pytest (no Docker, no kernel-client guest builder, no test extras).
+setup-labs:
+	@scripts/setup.sh --labs
 
 # A previous runs/demo is moved aside to runs/demo.old-<time> (--force), never deleted.
 demo: setup
