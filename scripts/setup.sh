@@ -14,7 +14,8 @@ if [[ "${1:-}" == "--labs" ]]; then
     EXTRAS=labs
 else
     APT_PACKAGES=("${LABS_PACKAGES[@]}" libiscsi-bin iperf3 docker.io docker-compose
-                  debootstrap qemu-system-x86 busybox-static cpio)   # the last four: the kernel client
+                  debootstrap qemu-system-x86 busybox-static cpio    # these four: the kernel client
+                  chromium chromium-driver)          # the live page's browser test
     EXTRAS=test,docker,results
 fi
 

@@ -8,6 +8,8 @@
   (:mod:`testbed.validation`). ``kernel`` takes no policy: it does what Linux 6.1 does.
 - ``sweep SCENARIO --param key=v1,v2 [--param key2=w1,w2] [--repeat N]``: a grid of runs
   over one or two parameters, with a plot of the outcome.
+- ``run`` and ``compare`` with ``--live [--live-port P]``: lecture mode, the run drawn as it
+  goes on a page served on 127.0.0.1 (:mod:`testbed.report.live`).
 - ``report DIR``: rebuild the report of a run folder, or of a compare/sweep folder.
 
 With ``--repeat N`` every policy (or grid point) runs N times, interleaved (a, b, a, b,
@@ -23,6 +25,7 @@ is reported with file, line and key, and nothing is created.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import sys
@@ -35,7 +38,7 @@ from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..guest.qemu import KERNEL_POLICY
 from ..orchestrator import Orchestrator, RunResult
-from ..report import build_compare_report, build_report
+from ..report import build_compare_report, build_report, live
 from ..report.summary import cycle_lines, evidence
 from ..scenario import Scenario
 
@@ -45,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scenario", help="scenario file, or a built-in name (e.g. contention-none)")
     _common(p)
     p.add_argument("--out", type=Path, help="run folder (default: runs/<time>-<name>-<id>)")
+    live_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="the same load under several policies, side by side")
@@ -57,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", type=int, default=1, help="runs per policy (default 1)")
     _common(p)
     out_option(p, "folder for the runs and the combined report")
+    live_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", help="a grid of runs over one or two parameters")
@@ -89,6 +94,21 @@ def out_option(p: argparse.ArgumentParser, what: str) -> None:
                         "first (nothing is deleted)")
 
 
+def live_options(p: argparse.ArgumentParser) -> None:
+    """Lecture mode (testbed.report.live): the run drawn live on a page on 127.0.0.1."""
+    p.add_argument("--live", action="store_true",
+                   help="serve a page on 127.0.0.1 that draws the run as it goes")
+    p.add_argument("--live-port", type=int, default=live.DEFAULT_PORT, metavar="PORT",
+                   help=f"its port (default {live.DEFAULT_PORT}; 0: a free one, printed)")
+
+
+def _live(args: argparse.Namespace, folder: live.FolderSource) -> contextlib.AbstractContextManager:
+    """The live page for the duration of a run or batch, or nothing without --live."""
+    if not args.live:
+        return contextlib.nullcontext()
+    return live.serve(folder, args.live_port, say=lambda text: print(text, flush=True))
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
     """--set options, with --backend as one more (it is the scenario key `backend`)."""
     return args.overrides + ([f"backend={args.backend}"] if args.backend else [])
@@ -118,8 +138,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"--out {args.out}: folder exists and is not empty")
     orch = Orchestrator(sc, out_dir=args.out)
+    # the run's folder is named by its context, once the run has started
+    folder = lambda: orch.run_ctx.dir if hasattr(orch, "run_ctx") else None   # noqa: E731
     try:
-        res = orch.run()
+        with _live(args, folder):
+            res = orch.run()
     finally:
         # an interrupted or failed run keeps its folder and summary: it is indexed too
         ctx = getattr(orch, "run_ctx", None)
@@ -323,7 +346,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         what = "policies compared"
     _require_root()
     base = _batch_dir(args.out, "compare", jobs[0].scenario.name, args.force)
-    status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: {what}", "compare")
+    with _live(args, live.newest_run(base)):
+        status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: {what}", "compare")
     return _finish_batch(base, status, report)
 
 
