@@ -345,8 +345,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         jobs = compare_jobs(args.scenario, policies, _overrides(args), args.repeat)
         what = "policies compared"
     _require_root()
-    base = _batch_dir(args.out, "compare", jobs[0].scenario.name, args.force)
-    with _live(args, live.newest_run(base)):
+    batch: list[Path] = []      # the live page starts first: a port in use creates nothing
+    with _live(args, lambda: live.newest_run(batch[0])() if batch else None):
+        batch.append(base := _batch_dir(args.out, "compare", jobs[0].scenario.name, args.force))
         status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: {what}", "compare")
     return _finish_batch(base, status, report)
 

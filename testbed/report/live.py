@@ -18,8 +18,9 @@ The design is two small parts and no dependency beyond the standard library:
   page to fetch the verdict (``LINGER_S``); the page then says the run is over and stops
   polling.
 
-A port in use is an :class:`~testbed.errors.EnvironmentProblem` naming it (port 0 picks a
-free one, printed with the URL).
+A port in use is an :class:`~testbed.errors.EnvironmentProblem` naming it, one out of range
+a :class:`~testbed.errors.ConfigError` (port 0 picks a free one, printed with the URL). The
+server is started before the run creates anything, so either leaves nothing behind.
 
 Figures come from the same functions as the report's plots (:mod:`testbed.report.plots`,
 :func:`testbed.report.summary.rx_drops`), the verdict's lines from
@@ -41,7 +42,7 @@ from typing import Any, Optional
 from urllib.parse import parse_qs, urlparse
 
 from .. import results
-from ..errors import EnvironmentProblem
+from ..errors import ConfigError, EnvironmentProblem
 from .plots import PAGE_MIB, reserve_used
 from .summary import cycle_lines, evidence, rx_drops
 
@@ -183,6 +184,8 @@ class LiveServer:
     """The page's server on ``127.0.0.1:port``, in a thread; see the module docstring."""
 
     def __init__(self, folder: FolderSource, port: int = DEFAULT_PORT):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"--live-port {port}: a port is 1 to 65535 (0: a free one)")
         try:
             self._httpd = _Server(port, LiveFeed(folder))
         except OSError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from testbed.errors import EnvironmentProblem
+from testbed.errors import ConfigError, EnvironmentProblem
 from testbed.report import live
 
 
@@ -129,6 +129,12 @@ def test_a_port_in_use_is_refused_by_name(tmp_path: Path) -> None:
         port = s.getsockname()[1]
         with pytest.raises(EnvironmentProblem, match=f"--live-port {port}: port {port} on 127.0.0.1 is in use"):
             live.LiveServer(lambda: tmp_path, port=port)
+
+
+@pytest.mark.parametrize("port", [-1, 65536])
+def test_a_port_out_of_range_is_a_config_error(tmp_path: Path, port: int) -> None:
+    with pytest.raises(ConfigError, match=f"--live-port {port}: a port is 1 to 65535"):
+        live.LiveServer(lambda: tmp_path, port=port)
 
 
 def test_serve_stops_and_frees_the_port_on_ctrl_c(tmp_path: Path) -> None:

@@ -86,3 +86,18 @@ def test_the_live_page_updates_and_shows_the_verdict(tmp_path: Path) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", int(url.group(2))))
     assert (tmp_path / "live.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv", [["run", "baseline"], ["compare", "baseline", "--policies", "none"]])
+def test_a_port_in_use_is_one_line_and_starts_nothing(tmp_path: Path, argv: list[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "testbed.cli", *argv, "--out", str(tmp_path / "out"),
+                            "--live", "--live-port", str(port)],
+                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"--live-port {port}: port {port} on 127.0.0.1 is in use" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
