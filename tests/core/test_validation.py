@@ -22,8 +22,9 @@ SCENARIO = "validation-contention"
 
 def samples(free: list[int], pfmemalloc: list[int], throttle: list[int],
             backlog: Optional[list[int]], flows: bool = False) -> list[dict[str, Any]]:
-    """client.ndjson's samples, 100 ms apart (the metrics interval), with the counters both clients keep (the
-    kernel's from its boot: they do not start at 0) and TCPBacklogDrop where given."""
+    """client.ndjson's samples, 100 ms apart (the metrics interval), with the counters
+    both clients keep (the kernel's from its boot: they do not start at 0) and
+    TCPBacklogDrop where given."""
     out: list[dict[str, Any]] = [{"t": 0.0, "events": [{"t": 0.0, "event": "load_started"}]}]
     for i, f in enumerate(free):
         s: dict[str, Any] = {"t": round(0.1 * (i + 1), 1), "free": f, "wmark_min": 200,
