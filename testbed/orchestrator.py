@@ -11,7 +11,8 @@ A run goes through fixed steps, each bounded in time:
    progress line (elapsed time, free and dirty memory, writeback done, drops) until
    the client reports its outcome or the deadline passes; the scenario's faults are
    injected from the same loop (:mod:`testbed.faults`), and whatever of them is still
-   in progress is undone when the load is over;
+   in progress is undone when the load is over; the host's CPU pressure is read from
+   the load's start to its end (``host-pressure.json``, :mod:`testbed.fidelity`);
 4. **collect**: the nodes are stopped (the target through tgtadm), and the run folder
    gets the summary (verdict and evidence), the plots and ``report.html``;
 5. **teardown**: leaving the run context removes every namespace, link, process and
@@ -34,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
-from . import launch
+from . import fidelity, launch
 from .backends.base import Host, Network
 from .errors import TestbedError
 from .faults import Injector, Plant
@@ -124,6 +125,7 @@ class Orchestrator:
         self.timings: dict[str, float] = {}
         self.faults: Optional[Injector] = None
         self.incarnation = 1          # of the storage client (a client_restart starts the next)
+        self.pressure = fidelity.PressureWatch()
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -138,6 +140,7 @@ class Orchestrator:
             try:
                 with self._timed("bring_up"):
                     net = self._bring_up(run)
+                self.pressure.start()     # the host's CPU pressure, from the load's start
                 with self._timed("start_nodes"):
                     if self.given_network is None:
                         self._start_target(net, run)
@@ -146,6 +149,7 @@ class Orchestrator:
                     self._plan_faults(net, run)
                 with self._timed("run"):
                     self._watch(run, started)
+                    self._write_pressure(run)
                     self._stop_client()
                     if self.faults is not None:
                         self.faults.finish()
@@ -330,10 +334,15 @@ class Orchestrator:
             if self.faults is not None:
                 self.faults.poll()
             self._check_alive()
+            self.pressure.poll()
             self.progress.show(time.monotonic() - started, tail.last())
             time.sleep(0.2)
         self.progress.show(time.monotonic() - started, tail.last(), force=True)
         self.progress.done()
+
+    def _write_pressure(self, run: RunContext) -> None:
+        """``host-pressure.json``: the host's CPU pressure over the load (testbed.fidelity)."""
+        (run.dir / fidelity.PRESSURE_FILE).write_text(json.dumps(self.pressure.finish()))
 
     def _check_alive(self) -> None:
         p = self.procs.get("target")

@@ -156,6 +156,24 @@ class RunOutcome:
         return self.summary.get("status") == "finished" and self.verdict is not None
 
     @property
+    def validity(self) -> Optional[str]:
+        """``valid`` or ``invalid`` (past a fidelity bound: :mod:`testbed.fidelity`); None
+        for a run summarised before runs measured their fidelity."""
+        return self.summary.get("validity")
+
+    @property
+    def invalid(self) -> bool:
+        """Was the run past a fidelity bound? Its verdict is kept but never counted."""
+        return self.validity == "invalid"
+
+    def fidelity_figure(self, *path: str) -> Optional[float]:
+        """A number of the summary's ``fidelity`` block (``"lag", "max_ms"``), or None."""
+        got: Any = self.summary.get("fidelity") or {}
+        for key in path:
+            got = got.get(key) if isinstance(got, dict) else None
+        return float(got) if isinstance(got, (int, float)) and not isinstance(got, bool) else None
+
+    @property
     def lockup_t(self) -> Optional[float]:
         """When the client's lockup detector fired, if it did."""
         lk = self.summary.get("lockup")
@@ -497,6 +515,22 @@ FIGURES: tuple[Figure, ...] = (
 )
 
 
+# The run's own fidelity (testbed.fidelity): recorded with each run in the results store,
+# not figures of the policy (the statistics of a group leave invalid runs out instead).
+FIDELITY_FIGURES: tuple[Figure, ...] = (
+    Figure("lag_max_ms", "client wake-up lag, max (ms)", 1,
+           lambda r: r.fidelity_figure("lag", "max_ms")),
+    Figure("lag_p99_ms", "client wake-up lag, p99 (ms)", 1,
+           lambda r: r.fidelity_figure("lag", "p99_ms")),
+    Figure("lag_late_fraction", "client wake-ups late", 4,
+           lambda r: r.fidelity_figure("lag", "late_fraction")),
+    Figure("link_ratio", "bottleneck link, busiest second / configured", 3,
+           lambda r: r.fidelity_figure("link", "ratio")),
+    Figure("cpu_pressure_some", "host CPU pressure, some (share of the run)", 3,
+           lambda r: r.fidelity_figure("cpu_pressure", "some_fraction")),
+)
+
+
 def _goodput_of(host: str) -> Callable[[RunOutcome], Optional[float]]:
     def value(r: RunOutcome) -> Optional[float]:
         flow = r.bulk_flows.get(host)
@@ -528,6 +562,7 @@ class GroupStats:
     verdicts: Counter[Optional[str]]
     estimates: dict[str, stats.Estimate]
     values: dict[str, list[float]]
+    invalid: int = 0          # runs left out: past a fidelity bound (testbed.fidelity)
 
 
 def group_stats(runs: Sequence[RunOutcome], key: Callable[[RunOutcome], Hashable] = by_policy,
@@ -535,14 +570,17 @@ def group_stats(runs: Sequence[RunOutcome], key: Callable[[RunOutcome], Hashable
     """Per group (in order of its first run), the statistics of every figure (``figs``,
     by default :func:`figures`), over the runs that reached a verdict (an interrupted or
     failed run's figures describe the testbed's failure, not the policy; it is counted
-    among the verdicts as none)."""
+    among the verdicts as none). An invalid run (past a fidelity bound) is left out of
+    the runs, the verdicts and the figures alike, and counted in ``invalid``."""
     figs = figures(runs) if figs is None else figs
     out = []
-    for k, rs in group(runs, key).items():
+    for k, every in group(runs, key).items():
+        rs = [r for r in every if not r.invalid]
         values = {f.key: figure_values([r for r in rs if r.finished], f) for f in figs}
-        out.append(GroupStats(group_label(k), dict(rs[0].params), len(rs),
+        out.append(GroupStats(group_label(k), dict(every[0].params), len(rs),
                               Counter(r.verdict for r in rs),
-                              {f: stats.median_ci(v) for f, v in values.items()}, values))
+                              {f: stats.median_ci(v) for f, v in values.items()}, values,
+                              invalid=len(every) - len(rs)))
     return out
 
 
@@ -574,6 +612,8 @@ def stats_table(groups: Sequence[GroupStats], runs: Iterable[RunOutcome]) -> Tab
     figs = figures(runs)
     rows = [["runs"] + [str(g.runs) for g in groups],
             ["verdicts"] + [verdict_text(g.verdicts) for g in groups]]
+    if any(g.invalid for g in groups):
+        rows.append(["invalid runs, left out"] + [str(g.invalid) for g in groups])
     for f in figs:
         rows.append([f.label] + [estimate_text(g.estimates[f.key], f.digits, g.runs)
                                  for g in groups])
@@ -597,6 +637,7 @@ def stats_document(batch: Batch, runs: Sequence[RunOutcome],
                    "confidence": stats.CONFIDENCE},
         "figures": labels,
         "groups": [{"group": g.label, "params": g.params, "runs": g.runs,
+                    "invalid": g.invalid,
                     "verdicts": {str(v): n for v, n in g.verdicts.items()},
                     "figures": {k: {**g.estimates[k].to_json(), "values": g.values[k]}
                                 for k in labels}}

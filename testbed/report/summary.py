@@ -30,6 +30,11 @@ After a ``client_restart``, ``integrity.journal`` holds the read-back of the wri
 journal (restarts, pages and bytes checked, mismatches), which count like the
 manifest's.
 
+``fidelity`` holds the run's own fidelity figures (the client's wake-up lag, the
+bottleneck link's achieved rate, the host's CPU pressure; :mod:`testbed.fidelity`) and
+``validity``: ``invalid`` when one is past the scenario's bounds. The verdict is kept as
+measured; the claims and the statistics leave an invalid run out.
+
 An interrupted run, or one whose client failed, has no verdict (``null``) and says why
 in ``status`` and ``detail``.
 
@@ -51,6 +56,7 @@ from typing import Any, Optional
 # the file readers are testbed.results' (the one reader of run folders); until_end is
 # imported here too so that older ``report.summary`` imports of it keep working
 from ..results import read_json, read_ndjson, until_end  # noqa: F401
+from .. import fidelity
 
 CLASSES = ("memalloc", "other")
 # why a kernel client's drops per class are n/a (the summary's drops.note)
@@ -353,6 +359,11 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
     }
     if not interrupted:
         _decide(summary, outcome, scenario)
+    # the run's own fidelity (testbed.fidelity): a run past a bound keeps its verdict but
+    # is ``invalid``, and nothing counts it
+    summary["fidelity"] = fidelity.measure(samples, scenario,
+                                           read_json(run_dir / fidelity.PRESSURE_FILE))
+    summary["validity"] = summary["fidelity"]["validity"]
     return summary
 
 
@@ -473,6 +484,7 @@ def evidence(summary: dict[str, Any]) -> list[str]:
                      f"({summary['writeback']['mb_s']:.2f} MiB/s), read-back checked "
                      f"{i.get('bytes_checked', 0) / 2**20:.1f} MiB, {i.get('mismatches', 0)} mismatches")
     lines += fault_lines(summary)
+    lines += fidelity.lines(summary)
     for r in summary.get("reasons", []):
         lines.append(f"degraded: {r}")
     lines += stall_lines(summary)
