@@ -7,7 +7,8 @@ The design is two small parts and no dependency beyond the standard library:
   for the next read), turns each sample into one row of the figures the page draws (free
   memory and the three watermarks, dirty and writeback pages, the reserve in use,
   received frames dropped per flow class), and, once ``summary.json`` is there, the
-  verdict with its evidence. Which folder it follows is asked each time (a function):
+  verdict with its evidence, and the rows cut at the outcome as the report's plots are
+  (:func:`testbed.results.until_end`: later samples show the client shutting down). Which folder it follows is asked each time (a function):
   the orchestrator names the run's folder only once the run has started, and a compare
   runs one folder after another. A new folder starts a new series.
 - :class:`LiveServer` serves that on 127.0.0.1 only: ``/`` is one HTML page whose small
@@ -110,17 +111,21 @@ class LiveFeed:
         with self.lock:
             d = self._follow()
             name = d.name if d is not None else ""
-            start = since if run == name and 0 <= since <= len(self._rows) else 0
-            rows = self._rows[start:start + MAX_ROWS]
+            summary = results.read_json(d / results.SUMMARY) if d is not None else None
+            upto = len(self._rows)
+            if summary is not None:               # the samples up to the outcome, as the report
+                upto = len(results.until_end([{"t": r[0]} for r in self._rows], summary))
+            # a page that has more (the client's last samples, shutting down) starts again
+            start = since if run == name and 0 <= since <= upto else 0
+            rows = self._rows[start:min(upto, start + MAX_ROWS)]
         return {"run": name, "columns": COLUMNS, "since": start, "rows": rows,
-                "next": start + len(rows), **_describe(d)}
+                "next": start + len(rows), **_describe(d, summary)}
 
 
-def _describe(d: Optional[Path]) -> dict[str, Any]:
-    """The run's scenario and policy (scenario.yaml is written first), and its verdict."""
+def _describe(d: Optional[Path], summary: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The run's title and, once its summary.json is there, its verdict."""
     if d is None:
         return {"title": "waiting for the run to start", "outcome": None}
-    summary = results.read_json(d / results.SUMMARY)
     if summary is None:
         return {"title": d.name, "outcome": None}
     try:

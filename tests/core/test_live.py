@@ -179,3 +179,15 @@ def test_a_compare_follows_its_newest_run(tmp_path: Path) -> None:
     feed = live.LiveFeed(pick)
     append(tmp_path / "gorman-3.6", json.dumps(sample(0.5, 8000)) + "\n")
     assert feed.data()["run"] == "gorman-3.6" and len(feed.data()["rows"]) == 1
+
+
+def test_rows_after_the_outcome_are_cut_as_in_the_report(tmp_path: Path) -> None:
+    """The client's last samples (it shuts down after the outcome) are not drawn once the
+    summary says when the outcome was; a page that already has them starts again."""
+    feed = live.LiveFeed(lambda: tmp_path)
+    append(tmp_path, "".join(json.dumps(sample(t, 100)) + "\n" for t in (0.5, 1.0, 1.5)))
+    assert feed.data(tmp_path.name)["next"] == 3
+    (tmp_path / "summary.json").write_text(json.dumps({**SUMMARY, "end_t": 1.0}))
+    got = feed.data(tmp_path.name, since=3)
+    assert got["since"] == 0 and [r[0] for r in got["rows"]] == [0.5, 1.0]
+    assert feed.data(tmp_path.name, since=2)["rows"] == []
