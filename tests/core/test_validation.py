@@ -118,6 +118,20 @@ def test_a_kernel_lockup_is_worded_for_what_the_guests_detector_proved(tmp_path)
     assert "past the recovery horizon" not in line and "no recovery horizon" in line
 
 
+def test_a_drops_bound_on_a_kernel_client_is_not_checked_and_says_why(tmp_path):
+    path = tmp_path / "k"
+    path.mkdir()
+    (path / "client-outcome.json").write_text(json.dumps(completed(40.0, 8)))
+    (path / "integrity.json").write_text(json.dumps({"bytes_checked": 8 * 2**20,
+                                                     "mismatches": 0}))
+    sc = scenario.load(SCENARIO, ["client.kind=kernel", "bounds.max_other_drops=10"])
+    s = summarize(path, sc, 50.0)
+    assert s["verdict"] == "degraded"
+    assert s["reasons"] == ["bounds.max_other_drops not checked: no packet handler: the "
+                            "guest's NIC is the kernel's virtio-net, whose drops per flow "
+                            "class nothing counts (the kernel's PFMemallocDrop is counted)"]
+
+
 def test_the_same_lockup_from_the_emulated_client_without_a_cycle_is_not_proven(tmp_path):
     outcome = {"verdict": "lockup", "t": 12.5, "bytes_written": 2**20,
                "bytes_written_back": 2**19,
