@@ -158,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
             got = self.server.feed.data(q.get("run", [""])[0], since)
             self.server.polled = time.monotonic()
             if got["outcome"] is not None:
-                self.server.verdict_served.set()
+                self.server.verdict_served = got["run"]
             self._send(200, "application/json", json.dumps(got).encode())
         else:
             self._send(404, "text/plain", b"not found\n")
@@ -182,7 +182,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__((HOST, port), _Handler)
         self.feed = feed
         self.polled = float("-inf")
-        self.verdict_served = threading.Event()
+        self.verdict_served = ""                  # the run folder whose verdict a page has
 
 
 class LiveServer:
@@ -212,7 +212,11 @@ class LiveServer:
         watching up to LINGER_S to fetch the verdict."""
         h = self._httpd
         if linger and time.monotonic() - h.polled < WATCHING_S:
-            h.verdict_served.wait(LINGER_S)
+            # the last run's verdict, not an earlier one of the same compare
+            last = h.feed.data()["run"]
+            deadline = time.monotonic() + LINGER_S
+            while h.verdict_served != last and time.monotonic() < deadline:
+                time.sleep(0.1)
         h.shutdown()
         h.server_close()
         self._thread.join(timeout=5)

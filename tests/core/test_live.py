@@ -168,6 +168,21 @@ def test_a_watching_page_gets_the_verdict_before_the_server_stops(tmp_path: Path
     assert time.monotonic() - t0 < 1.0                          # the page has it: no wait
 
 
+def test_the_linger_waits_for_the_last_runs_verdict_not_an_earlier_one(tmp_path: Path) -> None:
+    """In a compare, a page that had the first run's verdict has not seen the last one's."""
+    first, last = tmp_path / "none", tmp_path / "gorman-3.6"
+    for d in (first, last):
+        d.mkdir()
+    (first / "summary.json").write_text(json.dumps(SUMMARY))
+    current = [first]
+    srv = live.LiveServer(lambda: current[0], port=0)
+    assert data(srv)["outcome"] is not None                     # the first run's verdict
+    current[0] = last
+    t0 = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - t0 >= live.LINGER_S * 0.9
+
+
 def test_a_compare_follows_its_newest_run(tmp_path: Path) -> None:
     pick = live.newest_run(tmp_path)
     assert pick() is None

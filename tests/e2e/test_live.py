@@ -1,17 +1,22 @@
 """Lecture mode in a real browser: ``testbed run --live`` on a short real run (lab 5's
 load, about 25 s), its page loaded in headless Chromium, seen to update while the run
 goes and to show the verdict when it ends; then the server is gone and its port free.
+Also through the CLI: a port in use refused before anything starts, and Ctrl-C mid-run
+stopping the page with the run.
 The screenshot it takes is the one kept in docs/img/live.png (copied from the test's
 folder, see the test's output)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -101,3 +106,27 @@ def test_a_port_in_use_is_one_line_and_starts_nothing(tmp_path: Path, argv: list
     assert f"--live-port {port}: port {port} on 127.0.0.1 is in use" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_stops_the_page_with_the_run_and_frees_its_port(tmp_path: Path) -> None:
+    log = tmp_path / "testbed.out"
+    with open(log, "w") as out:
+        p = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(SCENARIO), "--out",
+                              str(tmp_path / "run"), "--live", "--live-port", "0"],
+                             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        url = wait_for(lambda: re.search(r"live: (http://127\.0\.0\.1:(\d+)/) ", log.read_text()),
+                       30, "the URL to be printed")
+        rows = lambda: len(json.loads(urllib.request.urlopen(url.group(1) + "data", timeout=5).read())["rows"])  # noqa: E731
+        wait_for(lambda: rows() >= 10, 60, "1 s of samples on the page")
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=90) == 130, log.read_text()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=30)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url.group(1), timeout=5)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", int(url.group(2))))
