@@ -8,9 +8,10 @@ The design is two small parts and no dependency beyond the standard library:
   memory and the three watermarks, dirty and writeback pages, the reserve in use,
   received frames dropped per flow class), and, once ``summary.json`` is there, the
   verdict with its evidence, and the rows cut at the outcome as the report's plots are
-  (:func:`testbed.results.until_end`: later samples show the client shutting down). Which folder it follows is asked each time (a function):
-  the orchestrator names the run's folder only once the run has started, and a compare
-  runs one folder after another. A new folder starts a new series.
+  (:func:`testbed.results.until_end`: later samples show the client shutting down).
+  Which folder it follows is asked each time (a function): the orchestrator names the
+  run's folder only once the run has started, and a compare runs one folder after
+  another. A new folder starts a new series.
 - :class:`LiveServer` serves that on 127.0.0.1 only: ``/`` is one HTML page whose small
   script polls ``/data?run=NAME&since=N`` (the rows after the N it already has) and draws
   on ``<canvas>``; nothing is fetched from anywhere else. It runs in a thread of the

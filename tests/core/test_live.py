@@ -18,7 +18,8 @@ from testbed.errors import ConfigError, EnvironmentProblem
 from testbed.report import live
 
 
-def sample(t: float, free: int, storage: int = 0, other: int = 0, reserve: int = 0) -> dict[str, Any]:
+def sample(t: float, free: int, storage: int = 0, other: int = 0,
+           reserve: int = 0) -> dict[str, Any]:
     """A client sample with the keys the page reads (as nodes/ writes them)."""
     cls = lambda n: {"dropped": {"frames": n, "bytes": 1500 * n}}   # noqa: E731
     return {"t": t, "free": free, "total": 8192, "wmark_min": 181, "wmark_low": 226,
@@ -75,14 +76,15 @@ def test_rows_grow_with_the_stream_and_the_verdict_follows_the_summary(tmp_path:
         got = data(srv)                                         # no stream yet
         assert got["run"] == run.name and got["rows"] == [] and got["outcome"] is None
 
-        append(run, json.dumps(sample(0.5, 8000)) + "\n" + json.dumps(sample(1.0, 6000, 1, 4, 3)) + "\n")
+        append(run, json.dumps(sample(0.5, 8000)) + "\n"
+               + json.dumps(sample(1.0, 6000, 1, 4, 3)) + "\n")
         got = data(srv, run.name)
         cols = {c: i for i, c in enumerate(got["columns"])}
         assert [r[cols["t"]] for r in got["rows"]] == [0.5, 1.0]
         last = got["rows"][-1]
         assert last[cols["free"]] == pytest.approx(6000 * 4096 / 2**20, abs=1e-3)
         assert last[cols["wmark_min"]] == pytest.approx(181 * 4096 / 2**20, abs=1e-3)
-        assert (last[cols["reserve"]], last[cols["drops_storage"]], last[cols["drops_other"]]) == (3, 1, 4)
+        assert [last[cols[k]] for k in ("reserve", "drops_storage", "drops_other")] == [3, 1, 4]
 
         line = json.dumps(sample(1.5, 5000, 2, 9))
         append(run, line[:40])                                  # the writer is mid-line
@@ -90,7 +92,8 @@ def test_rows_grow_with_the_stream_and_the_verdict_follows_the_summary(tmp_path:
         assert got["rows"] == [] and got["next"] == 2
         append(run, line[40:] + "\n")
         got = data(srv, run.name, since=2)
-        assert [r[cols["free"]] for r in got["rows"]] == [pytest.approx(5000 * 4096 / 2**20, abs=1e-3)]
+        assert [r[cols["free"]] for r in got["rows"]] == [
+            pytest.approx(5000 * 4096 / 2**20, abs=1e-3)]
         assert data(srv, "another-run", since=3)["since"] == 0   # a page of another run: all rows
 
         (run / "summary.json").write_text(json.dumps(SUMMARY))
@@ -127,7 +130,8 @@ def test_a_port_in_use_is_refused_by_name(tmp_path: Path) -> None:
         s.bind((live.HOST, 0))
         s.listen()
         port = s.getsockname()[1]
-        with pytest.raises(EnvironmentProblem, match=f"--live-port {port}: port {port} on 127.0.0.1 is in use"):
+        with pytest.raises(EnvironmentProblem,
+                           match=f"--live-port {port}: port {port} on 127.0.0.1 is in use"):
             live.LiveServer(lambda: tmp_path, port=port)
 
 
@@ -145,7 +149,8 @@ def test_serve_stops_and_frees_the_port_on_ctrl_c(tmp_path: Path) -> None:
             t0 = time.monotonic()
             raise KeyboardInterrupt
     assert time.monotonic() - t0 < live.LINGER_S               # Ctrl-C does not linger
-    assert said == [f"live: {srv.url} (open it in a browser on this machine; it stops with the run)"]
+    assert said == [f"live: {srv.url} (open it in a browser on this machine; it stops with "
+                    f"the run)"]
     assert port_free(srv.port)
     with pytest.raises(OSError):
         get(srv.url)

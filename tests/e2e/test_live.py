@@ -93,14 +93,15 @@ def test_the_live_page_updates_and_shows_the_verdict(tmp_path: Path) -> None:
     assert (tmp_path / "live.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("argv", [["run", "baseline"], ["compare", "baseline", "--policies", "none"]])
+@pytest.mark.parametrize("argv", [["run", "baseline"],
+                                  ["compare", "baseline", "--policies", "none"]])
 def test_a_port_in_use_is_one_line_and_starts_nothing(tmp_path: Path, argv: list[str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "testbed.cli", *argv, "--out", str(tmp_path / "out"),
-                            "--live", "--live-port", str(port)],
+        r = subprocess.run([sys.executable, "-m", "testbed.cli", *argv, "--out",
+                            str(tmp_path / "out"), "--live", "--live-port", str(port)],
                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"--live-port {port}: port {port} on 127.0.0.1 is in use" in r.stderr
@@ -117,7 +118,9 @@ def test_ctrl_c_stops_the_page_with_the_run_and_frees_its_port(tmp_path: Path) -
     try:
         url = wait_for(lambda: re.search(r"live: (http://127\.0\.0\.1:(\d+)/) ", log.read_text()),
                        30, "the URL to be printed")
-        rows = lambda: len(json.loads(urllib.request.urlopen(url.group(1) + "data", timeout=5).read())["rows"])  # noqa: E731
+        def rows() -> int:
+            with urllib.request.urlopen(url.group(1) + "data", timeout=5) as r:
+                return len(json.loads(r.read())["rows"])
         wait_for(lambda: rows() >= 10, 60, "1 s of samples on the page")
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=90) == 130, log.read_text()
