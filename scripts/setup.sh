@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Installs what the testbed needs, idempotently: Debian packages, then a virtual
 # environment (.venv) with the project and its Python dependencies.
-# Usage: scripts/setup.sh [--docker]
+# Usage: scripts/setup.sh [--labs]
+#   --labs: only what a student needs for the labs (make setup-labs): Mininet, tgtd, the
+#   network tools and the graders' pytest; no Docker, no guest builder, no test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mininet tgt libiscsi-bin bridge-utils iperf3 iptables ethtool iproute2
-              nftables tcpdump python3-venv python3-dev gcc procps
-              iputils-ping docker.io docker-compose debootstrap
-              qemu-system-x86 busybox-static cpio)     # the last three: the kernel client
-if [[ "${1:-}" == "--docker" ]]; then
-    APT_PACKAGES+=(docker.io docker-compose debootstrap)
+LABS_PACKAGES=(mininet tgt bridge-utils iptables ethtool iproute2 nftables tcpdump
+               python3-venv python3-dev gcc procps iputils-ping)
+if [[ "${1:-}" == "--labs" ]]; then
+    APT_PACKAGES=("${LABS_PACKAGES[@]}")
+    EXTRAS=labs
+else
+    APT_PACKAGES=("${LABS_PACKAGES[@]}" libiscsi-bin iperf3 docker.io docker-compose
+                  debootstrap qemu-system-x86 busybox-static cpio    # these four: the kernel client
+                  chromium chromium-driver)          # the live page's browser test
+    EXTRAS=test,docker,results
 fi
 
 need=()
@@ -31,11 +37,12 @@ if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c "import mininet" 2>/dev/
     rm -rf .venv
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+# The stamp names the extras too: a full setup after setup-labs installs the rest.
+stamp=.venv/.installed-${EXTRAS//,/-}-$(sha1sum pyproject.toml | cut -c1-12)
 if [[ ! -f $stamp ]]; then
-    echo "setup: installing Python dependencies into .venv"
+    echo "setup: installing Python dependencies into .venv ($EXTRAS)"
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test,docker,results]'
-    rm -f .venv/.installed-*
+    .venv/bin/pip install -q -e ".[$EXTRAS]"
+    rm -f ".venv/.installed-${EXTRAS//,/-}-"*
     touch "$stamp"
 fi

@@ -17,6 +17,10 @@ runs and says what it tests:
   timeouts (their servers' TCP_INFO). The received-only count, the figure the earlier
   tests summed, is stated too, so the difference shows.
 
+A run past a fidelity bound (``invalid``, :mod:`testbed.fidelity`: the machine did not
+emulate what was asked, so its verdict is not the policy's) is left out of every test,
+and each claim's figures say how many were left out.
+
 Each claim is tested at 5 %; the claims are separate statements of the article, not one
 family (for all 10 at once, Bonferroni would ask p < 0.005, which 10 of 10 runs give).
 """
@@ -92,16 +96,68 @@ def reserve_drained(r: RunOutcome) -> bool:
     return r.verdict == "lockup" and (lk.get("alloc_fail") or {}).get("memalloc", 0) > 0
 
 
+def valid(runs: Sequence[RunOutcome]) -> tuple[list[RunOutcome], int]:
+    """The runs that count, and how many were left out as ``invalid`` (past a fidelity
+    bound, :mod:`testbed.fidelity`: a starved run's verdict is not the policy's)."""
+    kept = [r for r in runs if not r.invalid]
+    return kept, len(runs) - len(kept)
+
+
+def left_out(invalid: int) -> str:
+    """`` (2 invalid runs left out)``, or nothing."""
+    return f" ({invalid} invalid run{'s' if invalid != 1 else ''} left out)" if invalid else ""
+
+
 def rate_claim(claim: str, event: str, runs: Sequence[RunOutcome], happens: Predicate) -> Result:
-    """``claim`` holds if ``event`` happens in more than P0 of the runs with a verdict."""
-    judged = [r for r in runs if r.verdict is not None]
+    """``claim`` holds if ``event`` happens in more than P0 of the valid runs with a verdict."""
+    counted, invalid = valid(runs)
+    judged = [r for r in counted if r.verdict is not None]
     k = sum(1 for r in judged if happens(r))
     t = stats.rate_test(k, len(judged), P0)
-    unjudged = len(runs) - len(judged)
+    unjudged = len(counted) - len(judged)
     figures = (f"{k} of {len(judged)} runs {event}; rate >= {t.lower_bound:.0%} at "
-               f"{stats.CONFIDENCE:.0%}" + (f" ({unjudged} without a verdict)" if unjudged else ""))
+               f"{stats.CONFIDENCE:.0%}" + (f" ({unjudged} without a verdict)" if unjudged else "")
+               + left_out(invalid))
     return Result(claim, f"H1: rate of '{event}' > {P0:g} (H0: <= {P0:g}); exact one-sided "
-                         f"binomial test", figures, t.pvalue, t.supported, t.to_json())
+                         f"binomial test", figures, t.pvalue, t.supported,
+                  {**t.to_json(), "invalid": invalid})
+
+
+# -- what each policy is claimed to do on a contention load -----------------------------------
+
+@dataclass(frozen=True)
+class PolicyClaim:
+    """The article's claim about one policy on a contention load: the claim's sentence,
+    the event it counts (``holds``), and the verdict that refutes it (``refutes``).
+    They are not complements: a run without a verdict, a ``degraded`` one (finished
+    outside the scenario's bounds, or stuck but not proven so by the deadline) or a
+    ``reserve-only`` lockup with the reserve not drained neither holds nor refutes."""
+
+    claim: str
+    event: str
+    holds: Predicate
+    refutes: Predicate
+
+
+def _fix_claim(policy: str) -> PolicyClaim:
+    return PolicyClaim(f"{policy} completes", "completed", verdict_is("completed"),
+                       verdict_is("lockup"))
+
+
+POLICY_CLAIMS: dict[str, PolicyClaim] = {
+    "none": PolicyClaim("none locks up", "locked up", verdict_is("lockup"),
+                        verdict_is("completed")),
+    "reserve-only": PolicyClaim("reserve-only locks up once bulk traffic drains the reserve",
+                                "locked up with the reserve drained", reserve_drained,
+                                verdict_is("completed")),
+    **{p: _fix_claim(p) for p in ("phillips-2005", "phillips-2005-threshold", "gorman-3.6")},
+}
+
+
+def policy_rate_claim(policy: str, runs: Sequence[RunOutcome]) -> Result:
+    """The rate claim of ``policy`` (:data:`POLICY_CLAIMS`) tested on ``runs``."""
+    c = POLICY_CLAIMS[policy]
+    return rate_claim(c.claim, c.event, runs, c.holds)
 
 
 # -- comparison claims --------------------------------------------------------------------------
@@ -111,15 +167,17 @@ Value = Callable[[RunOutcome], Optional[Union[int, float]]]
 
 def less_claim(claim: str, what: str, digits: int, a_name: str, a: Sequence[RunOutcome],
                b_name: str, b: Sequence[RunOutcome], value: Value) -> Result:
-    """``claim`` holds if ``value`` tends to be smaller over ``a`` than over ``b``."""
+    """``claim`` holds if ``value`` tends to be smaller over ``a`` than over ``b`` (their
+    valid runs: invalid ones are left out and counted)."""
+    (a, bad_a), (b, bad_b) = valid(a), valid(b)
     xa = [float(v) for v in map(value, a) if v is not None]
     xb = [float(v) for v in map(value, b) if v is not None]
     t = stats.less_test(xa, xb)
     figures = (f"{what}: {a_name} {estimate_text(t.a, digits, len(a))} vs "
-               f"{b_name} {estimate_text(t.b, digits, len(b))}")
+               f"{b_name} {estimate_text(t.b, digits, len(b))}" + left_out(bad_a + bad_b))
     return Result(claim, f"H1: {what} of {a_name} tend to be smaller than of {b_name}; "
                          f"one-sided Mann-Whitney U test", figures, t.pvalue, t.supported,
-                  t.to_json())
+                  {**t.to_json(), "invalid": bad_a + bad_b})
 
 
 # -- the article's claims -------------------------------------------------------------------------
@@ -129,12 +187,10 @@ def evaluate(runs: Runs) -> list[Result]:
     ph, th = runs.policy("phillips-2005"), runs.policy("phillips-2005-threshold")
     compare = ("phillips-2005-threshold", th, "phillips-2005", ph)
     return [
-        rate_claim("none locks up", "locked up", runs.policy("none"), verdict_is("lockup")),
-        rate_claim("reserve-only locks up once bulk traffic drains the reserve",
-                   "locked up with the reserve drained", runs.policy("reserve-only"),
-                   reserve_drained),
-        rate_claim("phillips-2005 completes", "completed", ph, verdict_is("completed")),
-        rate_claim("phillips-2005-threshold completes", "completed", th, verdict_is("completed")),
+        policy_rate_claim("none", runs.policy("none")),
+        policy_rate_claim("reserve-only", runs.policy("reserve-only")),
+        policy_rate_claim("phillips-2005", ph),
+        policy_rate_claim("phillips-2005-threshold", th),
         less_claim("the threshold drops fewer frames of other traffic than phillips-2005",
                    "other frames dropped, rx + tx", 0, *compare, lambda r: r.other_drops),
         less_claim("the threshold stalls the downloads less than phillips-2005",
@@ -145,8 +201,7 @@ def evaluate(runs: Runs) -> list[Result]:
         less_claim("the threshold drops fewer received frames of other traffic "
                    "(the earlier, receive-only count)",
                    "other frames dropped, received", 0, *compare, lambda r: r.drops("other")),
-        rate_claim("gorman-3.6 completes", "completed", runs.policy("gorman-3.6"),
-                   verdict_is("completed")),
+        policy_rate_claim("gorman-3.6", runs.policy("gorman-3.6")),
         rate_claim("the baseline completes", "completed", runs.baseline, verdict_is("completed")),
     ]
 
@@ -156,5 +211,7 @@ def document(batch: Batch, runs: Runs, results: Sequence[Result]) -> dict[str, A
     return {"title": batch.title, "scenario": runs.scenario, "baseline": BASELINE,
             "runs": {**{p: len(rs) for p, rs in runs.by_policy.items()},
                      BASELINE: len(runs.baseline)},
+            "invalid": {**{p: valid(rs)[1] for p, rs in runs.by_policy.items()},
+                        BASELINE: valid(runs.baseline)[1]},
             "alpha": stats.ALPHA, "rate_h0": P0,
             "claims": [r.to_json() for r in results]}

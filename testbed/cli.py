@@ -23,6 +23,7 @@ from .errors import TestbedError
 COMMAND_MODULES: tuple[str, ...] = (
     "testbed.commands.run",
     "testbed.commands.claims",
+    "testbed.commands.stress",
     "testbed.commands.results",
     "testbed.commands.up",
     "testbed.commands.clean",

@@ -9,6 +9,7 @@ A scenario may list faults to inject while its load runs::
       - {kind: link_up, host: bulk1, at_s: 9}
       - {kind: bulk_crash, host: bulk2, when: free_at_min}
       - {kind: loss_burst, host: client, at_s: 8, for_s: 4, loss_pct: 20}
+      - {kind: client_restart, at_s: 15, pause_s: 1}      # the storage client killed
 
 **Time.** ``at_s`` counts from the start of the load (the client's clock: ``t`` of
 its metric samples, 0 when the machine starts). With a trigger (``when``) it counts
@@ -28,7 +29,13 @@ host's own interface only loses its carrier, and the client's packet handler kee
 device. ``link_down`` with ``for_s`` comes back up by itself. ``bulk_crash``: a bulk
 host's source process SIGKILLed by pid. ``loss_burst``: each frame through the switch's
 port of the host's link, both ways, is lost with probability ``loss_pct`` for ``for_s``.
-Processes are always ended by pid.
+``client_restart``: the storage client SIGKILLed by the pid of its node, and after
+``pause_s`` started again in its host as the next *incarnation* (its configuration says
+which, and the load's start, so its samples stay on the run's time axis). Like a
+machine that crashed, it comes back with nothing of its memory: it logs in to tgtd
+again and its workloads start over. Every write it sent and every acknowledgement it
+got are in the run's write journal (:mod:`testbed.journal`), which the read-back
+checks page by page against what is on the LUN. Processes are always ended by pid.
 
 **Where a loss burst is made.** The packet handler's own loss (``testbed.netdev.link``,
 the client link's loss where the kernel has no ``sch_netem``) is set once, from the
@@ -183,13 +190,21 @@ class LossBurst(FaultBase):
 
 
 @dataclass
+class ClientRestart(FaultBase):
+    """The storage client killed (SIGKILL), then started again after ``pause_s``."""
+
+    kind: Literal["client_restart"] = "client_restart"
+    pause_s: float = bounded(1.0, min=0, max=600)
+
+
+@dataclass
 class Fault(FaultBase):
     """One fault of a scenario; ``kind`` picks which (schema.__variants__)."""
 
     __variants__: ClassVar[dict[str, type]] = {
         "target_restart": TargetRestart, "target_pause": TargetPause,
         "link_down": LinkDown, "link_up": LinkUp, "bulk_crash": BulkCrash,
-        "loss_burst": LossBurst}
+        "loss_burst": LossBurst, "client_restart": ClientRestart}
     kind: str = "target_restart"
 
 
@@ -253,6 +268,9 @@ class Plant:
     register: Callable[..., Any]                   # RunContext.register
     unregister: Callable[[Any], None]              # RunContext.unregister
     say: Optional[Callable[[str], None]] = None    # one line per fault action, for people
+    # the storage client's next incarnation, given the load's start (CLOCK_MONOTONIC);
+    # returns its number (client_restart)
+    start_client: Optional[Callable[[float], int]] = None
 
 
 @dataclass
@@ -283,6 +301,7 @@ class Injector:
         self.records = plant.run_dir / "faults.ndjson"
         self.load_start: Optional[float] = None    # the client's CLOCK_MONOTONIC at t = 0
         self.triggered: dict[str, float] = {}      # trigger -> client time it first held
+        self.over = False                          # finish() was called: the load is over
 
     # -- the schedule -------------------------------------------------------------------
 
@@ -324,9 +343,11 @@ class Injector:
 
     def finish(self) -> None:
         """The load is over: end every fault still in progress (a target still down is
-        started again, so the read-back finds it serving), and record those it never
-        reached (a trigger that never held, a time after the end)."""
+        started again, so the read-back finds it serving; a client is not: it would write
+        during the read-back), and record those it never reached (a trigger that never
+        held, a time after the end)."""
         self._read_client()
+        self.over = True
         for a in self.faults:
             if a.started_t is not None and not a.ended and a.undo is not None:
                 self._end(a)
@@ -425,6 +446,28 @@ class Injector:
         # not a run resource: at teardown there is nothing to restart it for
         a.undo, a.end_due = restart, a.started_t + spec.pause_s
         return f"ok: tgtd pid {pid} killed, its node stopped"
+
+    def _start_client_restart(self, a: Active) -> str:
+        spec = a.spec
+        assert isinstance(spec, ClientRestart)
+        if self.plant.start_client is None or self.load_start is None:
+            raise FaultError("this run cannot start its storage client again")
+        proc = self.plant.procs.pop("client", None)   # its death is the fault, not the end
+        if proc is None or proc.poll() is not None:
+            raise FaultError("the storage client is not running")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(GONE_TIMEOUT_S)
+        origin = self.load_start
+
+        def restart() -> str:
+            if self.over:
+                return "not started again: the load was over before the pause ended"
+            inc = self.plant.start_client(origin)
+            return f"ok: storage client started again (incarnation {inc}, pid " \
+                   f"{self.plant.procs['client'].pid})"
+        # not a run resource: at teardown there is nothing to restart it for
+        a.undo, a.end_due = restart, a.started_t + spec.pause_s
+        return f"ok: storage client pid {proc.pid} killed (SIGKILL)"
 
     def _start_target_pause(self, a: Active) -> str:
         pid = self._tgtd_pid()
@@ -611,7 +654,8 @@ def _fault_rules(key: str, f: FaultBase, bulk_hosts: int, backend: str, storage:
         lambda: (f"{key}.kind", f"faults are injected on the Mininet backend only, not "
                                 f"{backend}") if backend != "mininet" else None,
         lambda: (f"{key}.kind", f"{f.kind} needs storage: iscsi (there is no target)")
-        if f.kind.startswith("target_") and storage != "iscsi" else None,
+        if (f.kind.startswith("target_") or f.kind == "client_restart")
+        and storage != "iscsi" else None,
         lambda: (f"{key}.at_s", f"{f.at_s} is not before deadline_s ({deadline_s})")
         if f.at_s is not None and f.when is None and f.at_s >= deadline_s else None,
     ]

@@ -10,6 +10,12 @@ link nor fooled by the client's own state.
 
 A page whose bytes on the LUN have another checksum is a *mismatch*: lost, torn,
 misplaced, stale or zeroed. Reads are issued several at a time, in large chunks.
+
+A client that was killed and started again (the ``client_restart`` fault) leaves no
+manifest of what it had acknowledged before; its writes are in the run's write journal
+(:mod:`testbed.journal`) instead. :func:`verify_journal` checks every journalled page
+with the same read-back, a page accepting more than one checksum where a write was in
+flight at the crash (the journal's module docstring says why that is allowed).
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .blockdev import BlockDevice
 from .errors import TimeoutExpired
+
+if TYPE_CHECKING:
+    from .journal import PageExpectation
 
 PAGE_SIZE = 4096
 CHUNK_PAGES = 64           # pages per read request (256 KiB)
@@ -34,13 +43,14 @@ DEPTH = 8                  # read requests in flight
 class Extent:
     """Pages ``first``.. of file ``name``, contiguous on the device from ``offset``.
 
-    ``pages`` holds, per page, the number of valid bytes and their CRC-32.
+    ``pages`` holds, per page, the number of valid bytes and their CRC-32 (or, from a
+    journal, the set of CRC-32s the page may have: see :func:`verify_journal`).
     """
 
     name: str
     first: int
     offset: int
-    pages: list[tuple[int, int]]
+    pages: list[tuple[int, int | frozenset[int]]]
 
 
 @dataclass
@@ -84,6 +94,10 @@ class VerifyResult:
                 "mismatches": self.mismatches, "examples": self.examples}
 
 
+def _matches(got: int, want: int | frozenset[int]) -> bool:
+    return got == want if isinstance(want, int) else got in want
+
+
 def _requests(manifest: Manifest) -> list[Extent]:
     """The extents cut into read-sized pieces."""
     return [Extent(e.name, e.first + k, e.offset + k * PAGE_SIZE, e.pages[k:k + CHUNK_PAGES])
@@ -108,7 +122,7 @@ def verify(device: BlockDevice, manifest: Manifest, timeout: float = 60.0) -> Ve
                 for i, (n, crc) in enumerate(piece.pages):
                     result.pages_checked += 1
                     result.bytes_checked += n
-                    if zlib.crc32(data[i * PAGE_SIZE:i * PAGE_SIZE + n]) != crc:
+                    if not _matches(zlib.crc32(data[i * PAGE_SIZE:i * PAGE_SIZE + n]), crc):
                         result.mismatches += 1
                         if len(result.examples) < 10:
                             result.examples.append(f"{piece.name} page {piece.first + i}")
@@ -137,3 +151,34 @@ def verify(device: BlockDevice, manifest: Manifest, timeout: float = 60.0) -> Ve
         if errors:
             raise errors[0]
     return result
+
+
+def journal_manifest(pages: dict[int, "PageExpectation"]) -> Manifest:
+    """The journal's expected pages as extents of contiguous device pages (named
+    ``lba`` and numbered by device page), each page with the CRC-32s it may have."""
+    extents: list[Extent] = []
+    for page in sorted(pages):
+        want = pages[page]
+        accepted = want.acked if not want.in_flight else want.accepted
+        last = extents[-1] if extents else None
+        if last is not None and last.first + len(last.pages) == page:
+            last.pages.append((want.length, accepted))
+        else:
+            extents.append(Extent("lba", page, page * PAGE_SIZE, [(want.length, accepted)]))
+    return Manifest(extents)
+
+
+def verify_journal(device: BlockDevice, path: Path | str, timeout: float = 60.0) -> dict:
+    """Check every page of a write journal on ``device``: the read-back's figures, the
+    client incarnations the journal saw (``restarts``: one fewer), the pages that were
+    allowed a write in flight, and the journal's notes (a torn last record)."""
+    from .journal import expected_pages, read_journal
+    read = read_journal(path)
+    pages = expected_pages(read.records)
+    result = verify(device, journal_manifest(pages), timeout)
+    incs = read.incarnations
+    return {**result.to_dict(), "restarts": max(0, len(incs) - 1),
+            "acked_writes": sum(1 for r in read.records if r.op == "ack"),
+            "acked_after_restart": read.acked_after(incs[0]) if incs else 0,
+            "pages_with_write_in_flight": sum(1 for p in pages.values() if p.in_flight),
+            "notes": read.notes}

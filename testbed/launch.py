@@ -182,6 +182,7 @@ class Verify(Program):
     disk_file: Optional[Path] = None
     iqn: str = TARGET_IQN
     chap: Optional[ChapAccounts] = None
+    journal: Optional[Path] = None      # the write journal of a restarted client
 
     module: ClassVar[str] = "nodes.verify"
 
@@ -192,6 +193,8 @@ class Verify(Program):
     def args(self) -> list[str]:
         argv = ["--manifest", str(self.manifest), "--out", str(self.out),
                 "--timeout", str(self.timeout_s)]
+        if self.journal is not None:
+            argv += ["--journal", str(self.journal)]
         if self.disk_file is not None:
             return argv + ["--file", str(self.disk_file)]
         return argv + ["--portal", portal(str(self.target_ip)), "--iqn", self.iqn,

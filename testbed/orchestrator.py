@@ -11,7 +11,8 @@ A run goes through fixed steps, each bounded in time:
    progress line (elapsed time, free and dirty memory, writeback done, drops) until
    the client reports its outcome or the deadline passes; the scenario's faults are
    injected from the same loop (:mod:`testbed.faults`), and whatever of them is still
-   in progress is undone when the load is over;
+   in progress is undone when the load is over; the host's CPU pressure is read from
+   the load's start to its end (``host-pressure.json``, :mod:`testbed.fidelity`);
 4. **collect**: the nodes are stopped (the target through tgtadm), and the run folder
    gets the summary (verdict and evidence), the plots and ``report.html``;
 5. **teardown**: leaving the run context removes every namespace, link, process and
@@ -34,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
-from . import launch
+from . import fidelity, launch
 from .backends.base import Host, Network
 from .errors import TestbedError
 from .faults import Injector, Plant
@@ -44,6 +45,7 @@ from .report import build_report
 from .report.summary import rx_drops, summarize
 from .runctx import RunContext
 from .scenario import Scenario, dump
+from topologies.contention_layout import PREFIX_LEN
 
 STOP_TIMEOUT_S = 10.0
 GRACE_S = 30.0            # beyond the deadline, for the client to stop
@@ -122,6 +124,8 @@ class Orchestrator:
         self.procs: dict[str, subprocess.Popen] = {}
         self.timings: dict[str, float] = {}
         self.faults: Optional[Injector] = None
+        self.incarnation = 1          # of the storage client (a client_restart starts the next)
+        self.pressure = fidelity.PressureWatch()
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -136,6 +140,7 @@ class Orchestrator:
             try:
                 with self._timed("bring_up"):
                     net = self._bring_up(run)
+                self.pressure.start()     # the host's CPU pressure, from the load's start
                 with self._timed("start_nodes"):
                     if self.given_network is None:
                         self._start_target(net, run)
@@ -144,6 +149,7 @@ class Orchestrator:
                     self._plan_faults(net, run)
                 with self._timed("run"):
                     self._watch(run, started)
+                    self._write_pressure(run)
                     self._stop_client()
                     if self.faults is not None:
                         self.faults.finish()
@@ -270,9 +276,24 @@ class Orchestrator:
             "client_ip": net.host("client").ip,
             "run_id": run.id,
         }
+        if any(f.kind == "client_restart" for f in s.faults):   # testbed.journal
+            cfg["journal_path"] = str(run.dir / "journal.ndjson")
         path = run.dir / "client-config.json"
         path.write_text(json.dumps(cfg, indent=1))
         self._spawn("client", net.host("client"), StorageClient(path))
+
+    def _restart_client(self, net: Network, run: RunContext, load_start: float) -> int:
+        """The storage client's next incarnation (a client_restart fault): the first one's
+        configuration, with its number, the load's start (its samples keep the run's time
+        axis) and the wire address the killed one left on its TAP device."""
+        self.incarnation += 1
+        cfg = json.loads((run.dir / "client-config.json").read_text())
+        cfg.update(incarnation=self.incarnation, clock_origin=load_start,
+                   wire_cidr=f"{net.host('client').ip}/{PREFIX_LEN}")
+        path = run.dir / f"client-config-{self.incarnation}.json"
+        path.write_text(json.dumps(cfg, indent=1))
+        self._spawn("client", net.host("client"), StorageClient(path))
+        return self.incarnation
 
     def _start_kernel_client(self, net: Network, run: RunContext,
                              workloads: list[dict[str, Any]]) -> None:
@@ -294,27 +315,34 @@ class Orchestrator:
         self.faults = Injector(self.scenario.faults, Plant(
             run_dir=run.dir, network=net, procs=self.procs,
             start_target=lambda: self._start_target(net, run),
+            start_client=lambda origin: self._restart_client(net, run, origin),
             register=run.register, unregister=run.unregister, say=self.progress.say))
 
     def _watch(self, run: RunContext, started: float) -> None:
         """Follow the client until it exits or the deadline (plus grace) passes."""
-        client = self.procs["client"]
         metrics = run.dir / "client.ndjson"
         limit = started + self.scenario.deadline_s + GRACE_S
         if self.scenario.client.kind == "kernel":      # the guest boots and logs in first
             limit += guest.BOOT_ALLOWANCE_S
         tail = NdjsonTail(metrics)
-        while client.poll() is None:
+        # the client is looked up each time: a client_restart replaces it (and between
+        # its kill and its restart there is none, which is not the end of the run)
+        while (client := self.procs.get("client")) is None or client.poll() is None:
             if time.monotonic() > limit:
                 self.progress.say("  the client did not finish by the deadline: stopping it")
                 break
             if self.faults is not None:
                 self.faults.poll()
             self._check_alive()
+            self.pressure.poll()
             self.progress.show(time.monotonic() - started, tail.last())
             time.sleep(0.2)
         self.progress.show(time.monotonic() - started, tail.last(), force=True)
         self.progress.done()
+
+    def _write_pressure(self, run: RunContext) -> None:
+        """``host-pressure.json``: the host's CPU pressure over the load (testbed.fidelity)."""
+        (run.dir / fidelity.PRESSURE_FILE).write_text(json.dumps(self.pressure.finish()))
 
     def _check_alive(self) -> None:
         p = self.procs.get("target")
@@ -332,11 +360,13 @@ class Orchestrator:
             return
         h = self.verify_host or net.host("target")
         local = self.scenario.storage == "local"
+        journal = run.dir / "journal.ndjson"
         program = Verify(manifest=manifest, out=run.dir / "integrity.json",
                          timeout_s=VERIFY_TIMEOUT_S,
                          disk_file=run.dir / "local-disk.img" if local else None,
                          target_ip=None if local else net.host("target").ip,
-                         chap=self.scenario.target.chap)
+                         chap=self.scenario.target.chap,
+                         journal=journal if journal.exists() else None)
         self.progress.say("  checking what the target acknowledged, on the LUN...")
         with open(run.dir / "verify.log", "ab") as log:
             h.run(launch.command(program), timeout=VERIFY_TIMEOUT_S + 30, stdout=log,

@@ -107,6 +107,18 @@ class RunOutcome:
         return str(self.summary.get("policy"))
 
     @property
+    def client_kind(self) -> str:
+        """``emulated`` (the model) or ``kernel`` (the real kernel in a guest); a run
+        summarised before the kind was recorded was emulated."""
+        return str((self.summary.get("client") or {}).get("kind") or "emulated")
+
+    @property
+    def handler_counted(self) -> bool:
+        """Did a packet handler count the drops per flow class (not so for a kernel
+        client: its figures are None, not 0)?"""
+        return self.summary.get("drops", {}).get("counted") is not False
+
+    @property
     def status(self) -> Optional[str]:
         """``finished``, ``interrupted`` or ``error`` (then ``detail`` says why)."""
         return self.summary.get("status")
@@ -144,6 +156,24 @@ class RunOutcome:
         return self.summary.get("status") == "finished" and self.verdict is not None
 
     @property
+    def validity(self) -> Optional[str]:
+        """``valid`` or ``invalid`` (past a fidelity bound: :mod:`testbed.fidelity`); None
+        for a run summarised before runs measured their fidelity."""
+        return self.summary.get("validity")
+
+    @property
+    def invalid(self) -> bool:
+        """Was the run past a fidelity bound? Its verdict is kept but never counted."""
+        return self.validity == "invalid"
+
+    def fidelity_figure(self, *path: str) -> Optional[float]:
+        """A number of the summary's ``fidelity`` block (``"lag", "max_ms"``), or None."""
+        got: Any = self.summary.get("fidelity") or {}
+        for key in path:
+            got = got.get(key) if isinstance(got, dict) else None
+        return float(got) if isinstance(got, (int, float)) and not isinstance(got, bool) else None
+
+    @property
     def lockup_t(self) -> Optional[float]:
         """When the client's lockup detector fired, if it did."""
         lk = self.summary.get("lockup")
@@ -161,23 +191,36 @@ class RunOutcome:
     def written_back_bytes(self) -> int:
         return int(self.summary.get("writeback", {}).get("bytes") or 0)
 
-    def drops(self, cls: str, reason: Optional[str] = None) -> int:
+    def drops(self, cls: str, reason: Optional[str] = None) -> Optional[int]:
         """Received frames dropped of class ``memalloc`` (storage) or ``other``, in all or
-        for one reason (``PFMemallocDrop``, ...)."""
+        for one reason (``PFMemallocDrop``, ...); None when no packet handler counted
+        them (:attr:`handler_counted`)."""
+        if not self.handler_counted:
+            return None
         return int(self.summary.get("drops", {}).get(cls, {}).get(reason or "total", 0))
 
     def tx_drops(self, cls: str, reason: Optional[str] = None) -> Optional[int]:
         """Transmitted frames dropped of class ``memalloc`` or ``other``; None for a run
-        summarised before transmit drops were split by class."""
+        summarised before transmit drops were split by class, or without a handler."""
         by_class = self.summary.get("drops", {}).get("tx", {}).get(cls)
-        return None if by_class is None else int(by_class.get(reason or "total", 0))
+        if by_class is None or not self.handler_counted:
+            return None
+        return int(by_class.get(reason or "total", 0))
 
     @property
     def other_drops(self) -> Optional[int]:
         """Frames of other traffic dropped, received and transmitted: what its users feel
         (a lost ACK stalls a download as surely as a lost segment)."""
-        tx = self.tx_drops("other")
-        return None if tx is None else self.drops("other") + tx
+        rx, tx = self.drops("other"), self.tx_drops("other")
+        return None if rx is None or tx is None else rx + tx
+
+    def counter_rise(self, name: str) -> Optional[int]:
+        """How much a cumulative counter of the client's samples (``PFMemallocDrop``,
+        ``pgscan_direct_throttle``, ...) rose from the first sample that has it to the
+        outcome: a guest's counters count from its boot, the model's from the start.
+        None when the client does not keep that counter."""
+        got = [s[name] for s in self.samples() if isinstance(s.get(name), (int, float))]
+        return int(got[-1] - got[0]) if got else None
 
     @property
     def writeback_mb_s(self) -> float:
@@ -350,6 +393,12 @@ def by_point(run: RunOutcome) -> tuple[tuple[str, str], ...]:
     return tuple(run.params.items())
 
 
+def by_client(run: RunOutcome) -> str:
+    """The kind of client and its policy: ``emulated:gorman-3.6``, or ``kernel`` (its
+    policy is what its kernel does, not a choice)."""
+    return "kernel" if run.client_kind == "kernel" else f"{run.client_kind}:{run.policy}"
+
+
 def by_scenario_policy(run: RunOutcome) -> str:
     """Scenario and policy: a batch of several scenarios (``testbed claims``: the
     contention load and the baseline) must not pool the baseline with a policy's runs."""
@@ -357,10 +406,13 @@ def by_scenario_policy(run: RunOutcome) -> str:
 
 
 def grouping(batch: "Batch", runs: Sequence[RunOutcome]) -> Callable[[RunOutcome], Hashable]:
-    """How a batch's runs group for counting: by grid point in a sweep, by scenario and
-    policy when it ran several scenarios, by policy otherwise."""
+    """How a batch's runs group for counting: by grid point in a sweep, by client when
+    it ran both kinds (``compare --clients``), by scenario and policy when it ran several
+    scenarios, by policy otherwise."""
     if batch.is_sweep:
         return by_point
+    if len({r.client_kind for r in runs}) > 1:
+        return by_client
     if len({r.scenario for r in runs}) > 1:
         return by_scenario_policy
     return by_policy
@@ -425,7 +477,12 @@ def _row(r: RunOutcome) -> list[str]:
     # a run without a verdict shows "None", as it always has in the table
     return [r.label, r.policy, str(r.verdict), str(r.expected),
             f"{t:.1f}" if t else "-", f"{r.written_back_bytes / 2**20:.1f}",
-            str(r.drops("memalloc")), str(r.drops("other")), str(r.mismatches)]
+            count_text(r.drops("memalloc")), count_text(r.drops("other")), str(r.mismatches)]
+
+
+def count_text(n: Optional[int]) -> str:
+    """A count, or ``n/a`` when it was not counted (a kernel client's drops per class)."""
+    return "n/a" if n is None else str(n)
 
 
 # -- statistics of repeated runs -------------------------------------------------------------
@@ -455,6 +512,22 @@ FIGURES: tuple[Figure, ...] = (
            lambda r: r.longest_bulk_stall_s),
     Figure("bulk_timeouts", "bulk retransmission timeouts", 0, lambda r: r.bulk_timeouts),
     Figure("bulk_rto_time_s", "bulk time in RTO recovery (s)", 1, lambda r: r.bulk_rto_time_s),
+)
+
+
+# The run's own fidelity (testbed.fidelity): recorded with each run in the results store,
+# not figures of the policy (the statistics of a group leave invalid runs out instead).
+FIDELITY_FIGURES: tuple[Figure, ...] = (
+    Figure("lag_max_ms", "client wake-up lag, max (ms)", 1,
+           lambda r: r.fidelity_figure("lag", "max_ms")),
+    Figure("lag_p99_ms", "client wake-up lag, p99 (ms)", 1,
+           lambda r: r.fidelity_figure("lag", "p99_ms")),
+    Figure("lag_late_fraction", "client wake-ups late", 4,
+           lambda r: r.fidelity_figure("lag", "late_fraction")),
+    Figure("link_ratio", "bottleneck link, busiest second / configured", 3,
+           lambda r: r.fidelity_figure("link", "ratio")),
+    Figure("cpu_pressure_some", "host CPU pressure, some (share of the run)", 3,
+           lambda r: r.fidelity_figure("cpu_pressure", "some_fraction")),
 )
 
 
@@ -489,20 +562,25 @@ class GroupStats:
     verdicts: Counter[Optional[str]]
     estimates: dict[str, stats.Estimate]
     values: dict[str, list[float]]
+    invalid: int = 0          # runs left out: past a fidelity bound (testbed.fidelity)
 
 
-def group_stats(runs: Sequence[RunOutcome], key: Callable[[RunOutcome], Hashable] = by_policy
-                ) -> list[GroupStats]:
-    """Per group (in order of its first run), the statistics of every figure, over the
-    runs that reached a verdict (an interrupted or failed run's figures describe the
-    testbed's failure, not the policy; it is counted among the verdicts as none)."""
-    figs = figures(runs)
+def group_stats(runs: Sequence[RunOutcome], key: Callable[[RunOutcome], Hashable] = by_policy,
+                figs: Optional[Sequence[Figure]] = None) -> list[GroupStats]:
+    """Per group (in order of its first run), the statistics of every figure (``figs``,
+    by default :func:`figures`), over the runs that reached a verdict (an interrupted or
+    failed run's figures describe the testbed's failure, not the policy; it is counted
+    among the verdicts as none). An invalid run (past a fidelity bound) is left out of
+    the runs, the verdicts and the figures alike, and counted in ``invalid``."""
+    figs = figures(runs) if figs is None else figs
     out = []
-    for k, rs in group(runs, key).items():
+    for k, every in group(runs, key).items():
+        rs = [r for r in every if not r.invalid]
         values = {f.key: figure_values([r for r in rs if r.finished], f) for f in figs}
-        out.append(GroupStats(group_label(k), dict(rs[0].params), len(rs),
+        out.append(GroupStats(group_label(k), dict(every[0].params), len(rs),
                               Counter(r.verdict for r in rs),
-                              {f: stats.median_ci(v) for f, v in values.items()}, values))
+                              {f: stats.median_ci(v) for f, v in values.items()}, values,
+                              invalid=len(every) - len(rs)))
     return out
 
 
@@ -534,6 +612,8 @@ def stats_table(groups: Sequence[GroupStats], runs: Iterable[RunOutcome]) -> Tab
     figs = figures(runs)
     rows = [["runs"] + [str(g.runs) for g in groups],
             ["verdicts"] + [verdict_text(g.verdicts) for g in groups]]
+    if any(g.invalid for g in groups):
+        rows.append(["invalid runs, left out"] + [str(g.invalid) for g in groups])
     for f in figs:
         rows.append([f.label] + [estimate_text(g.estimates[f.key], f.digits, g.runs)
                                  for g in groups])
@@ -557,6 +637,7 @@ def stats_document(batch: Batch, runs: Sequence[RunOutcome],
                    "confidence": stats.CONFIDENCE},
         "figures": labels,
         "groups": [{"group": g.label, "params": g.params, "runs": g.runs,
+                    "invalid": g.invalid,
                     "verdicts": {str(v): n for v, n in g.verdicts.items()},
                     "figures": {k: {**g.estimates[k].to_json(), "values": g.values[k]}
                                 for k in labels}}

@@ -156,6 +156,15 @@ def less_test(a: Sequence[float], b: Sequence[float]) -> LessTest:
     return LessTest(ea, eb, float(r.statistic), float(r.pvalue))
 
 
+def quantile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0 < q <= 1) of ``values`` (not empty): a value
+    that occurred, so a p99 of wake-up delays is a delay some wake-up had."""
+    if not values or not 0 < q <= 1:
+        raise ValueError(f"quantile: {len(values)} values, q={q} (need values and 0 < q <= 1)")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
 def format_pvalue(p: float) -> str:
     """A p-value as people write it: two significant digits, ``< 0.0001`` below that."""
     return "< 0.0001" if p < 1e-4 else f"{p:.2g}"

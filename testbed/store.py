@@ -4,7 +4,9 @@ A run folder is the unit of truth; the database is an index over run folders, so
 campaign of hundreds of runs can be filtered and exported without walking the folders.
 Every run of ``testbed run``, ``compare``, ``sweep`` and ``claims`` is recorded when it
 ends (:func:`record_run`): scenario, policy, the batch's parameters, verdict, the
-figures of :data:`testbed.results.FIGURES` (and each bulk host's goodput), the
+figures of :data:`testbed.results.FIGURES` (and each bulk host's goodput) and of its
+own fidelity (:data:`testbed.results.FIDELITY_FIGURES`), its ``validity`` (``invalid``:
+past a fidelity bound, :mod:`testbed.fidelity`), the
 orchestrator's step timings, the run folder's path, the code version and the machine.
 Everything recorded is read from the folder through :mod:`testbed.results`, the one
 reader of run folders; what the folder did not hold yet (the command, the code version
@@ -52,7 +54,7 @@ from .errors import ConfigError, TestbedError
 
 ENV = "TESTBED_RESULTS_DB"
 DB_NAME = "results.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOCK_TIMEOUT_S = 5.0      # how long a writer waits for another process's transaction
 COMMANDS = ("run", "compare", "sweep", "claims", "stress")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"   # UTC, fixed width: text order is time order
@@ -90,11 +92,16 @@ CREATE TABLE timings (run_id INTEGER NOT NULL REFERENCES runs (id), step TEXT NO
 
 # Upgrades, by the version they start from: MIGRATIONS[n] takes a database of version n
 # to n + 1. A change of schema raises SCHEMA_VERSION and writes its step here.
-MIGRATIONS: dict[int, str] = {}
+MIGRATIONS: dict[int, str] = {
+    # 1 -> 2: each run's validity (testbed.fidelity: valid, invalid; NULL for a run
+    # summarised before runs measured their fidelity, and for the rows of version 1,
+    # until `testbed results --rebuild` reads their folders again)
+    1: "ALTER TABLE runs ADD COLUMN validity TEXT",
+}
 
 RUN_COLUMNS = ("path", "batch", "command", "label", "scenario", "policy", "verdict",
                "expected", "status", "detail", "started", "ended", "duration_s",
-               "code_version", "hostname", "kernel", "cpus", "recorded")
+               "code_version", "hostname", "kernel", "cpus", "recorded", "validity")
 
 
 class StoreError(TestbedError):
@@ -175,7 +182,7 @@ def to_record(run: results.RunOutcome, batch: Optional[results.Batch] = None,
     if run.duration_s is not None:
         end_t = datetime.strptime(ended, TIME_FORMAT).replace(tzinfo=timezone.utc)
         started = utc(end_t.timestamp() - run.duration_s)
-    figs = {f.key: f.value(run) for f in results.figures([run])}
+    figs = {f.key: f.value(run) for f in (*results.figures([run]), *results.FIDELITY_FIGURES)}
     return Record(
         {"path": str(run.path.resolve()),
          "batch": str(batch.path.resolve()) if batch is not None else None,
@@ -185,7 +192,7 @@ def to_record(run: results.RunOutcome, batch: Optional[results.Batch] = None,
          "detail": run.detail, "started": started, "ended": ended,
          "duration_s": run.duration_s, "code_version": prov.get("code_version"),
          "hostname": prov.get("hostname"), "kernel": prov.get("kernel"),
-         "cpus": prov.get("cpus"), "recorded": utc(time.time())},
+         "cpus": prov.get("cpus"), "recorded": utc(time.time()), "validity": run.validity},
         dict(run.params), {k: v for k, v in figs.items() if v is not None},
         run.timings)
 

@@ -1,13 +1,56 @@
-"""Shared pytest configuration.
+"""Shared pytest configuration: which tests are unit tests, and the guard that keeps them so.
 
-Tests that need root, a real Mininet or a real tgtd are marked (see pyproject.toml).
-On CI they all run (CI runs as root with everything installed); on a laptop without
-root the root-only ones are skipped with a reason, never silently passed.
+Tests that need root, a real Mininet, a real tgtd or Docker are marked (the markers are
+listed in pyproject.toml). On CI they all run (CI runs as root with everything installed);
+on a laptop without root the root-only ones are skipped with a reason, never silently
+passed.
+
+Two markers are derived here, never written on a test, so that membership has one rule:
+
+- ``machine``: the test has one of ``MACHINE_MARKERS``. It changes the machine (namespaces,
+  links, qdiscs, tgtd, dockerd, a guest) and checks it for leftovers afterwards, so these
+  tests run one at a time, after the others (``make test``'s second part), never beside a
+  ``testbed clean``.
+- ``unit``: the test has none of ``NOT_UNIT_MARKERS``: it runs inside the pytest process,
+  with at most tiny local stand-ins (a ``python -c`` snippet, ``sleep``, a socket on
+  loopback). ``make check`` runs these alone, in parallel (pytest-xdist).
+
+A test that is neither (``slow`` or ``cli`` without a machine marker) shares nothing
+either, and runs in parallel with the unit tests in ``make test``.
+
+The markers are a claim; the guard checks it. While a ``unit`` test runs, starting a
+program other than a stand-in fails the test with a message that names the program and
+the marker to add (``cli`` for the testbed's own programs, a machine marker for the
+rest). The guard sees the test's own process: what a stand-in's child does is not seen.
 """
 
+from __future__ import annotations
+
 import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
+
+# Markers that say the test changes the machine: run sequentially, after the rest.
+MACHINE_MARKERS = ("root", "mininet", "tgtd", "docker")
+# Markers that keep a test out of the unit tests (make check).
+NOT_UNIT_MARKERS = MACHINE_MARKERS + ("slow", "cli")
+# Programs a unit test may start: stand-ins that change nothing outside the test's files,
+# and the read-only queries the library itself makes (the code version the results store
+# records is `git describe`; the guest image's inputs name the kernel package apt-cache has).
+STAND_INS = frozenset({"sleep", "true", "false", "git", "apt-cache"})
+# Programs a unit test may start to read a file only (reading a capture back with tcpdump -r).
+READERS = frozenset({"tcpdump"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "unit: derived (tests/conftest.py): none of "
+                            + ", ".join(NOT_UNIT_MARKERS) + "; run by make check")
+    config.addinivalue_line("markers", "machine: derived (tests/conftest.py): one of "
+                            + ", ".join(MACHINE_MARKERS) + "; run one at a time")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -25,10 +68,56 @@ def results_db(tmp_path_factory):
         os.environ["TESTBED_RESULTS_DB"] = old
 
 
+# tryfirst: the derived markers must be on the items before `-m` deselects by them.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        # marker names only: item.keywords also holds the names of the folders and files
+        # (every test under tests/docker/ has the keyword "docker")
+        marks = {m.name for m in item.iter_markers()}
+        if marks & set(MACHINE_MARKERS):
+            item.add_marker("machine")
+        if not marks & set(NOT_UNIT_MARKERS):
+            item.add_marker("unit")
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="needs root (run `make test` as root)")
     for item in items:
         if "root" in item.keywords or "mininet" in item.keywords:
             item.add_marker(skip)
+
+
+def refusal(argv: str | bytes | os.PathLike | Sequence, shell: bool) -> str | None:
+    """Why a unit test may not start ``argv``, or None when it is a stand-in."""
+    args = [os.fsdecode(a) for a in ([argv] if isinstance(argv, (str, bytes, os.PathLike))
+                                      else argv)]
+    if shell or not args:
+        return f"a shell command {args!r}"
+    program = Path(args[0]).name
+    if args[0] == sys.executable:
+        if len(args) > 1 and args[1] == "-c":
+            return None                                   # an inline stand-in
+        return (f"{' '.join(args[:3])} (the testbed's own programs, a grader, a script: "
+                "mark the test `cli`)")
+    if program in STAND_INS or (program in READERS and "-r" in args and "-w" not in args):
+        return None
+    return f"{program} (a program of the machine: mark the test with one of " \
+           f"{', '.join(MACHINE_MARKERS)}, or `cli`)"
+
+
+@pytest.fixture(autouse=True)
+def unit_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fails a ``unit`` test that starts more than a stand-in (see the module docstring)."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    real_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *a, **kw):
+        why = refusal(args, bool(kw.get("shell")))
+        if why:
+            pytest.fail(f"a unit test started {why}", pytrace=False)
+        real_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    yield

@@ -33,6 +33,11 @@ packet handler's counters of the SOCK_MEMALLOC class. ``TESTBED_LOCKUP_PATIENCE=
 the environment makes it wait N horizons before it fires (the patience tests use 2 to
 show that nothing moves in the extra time); the outcome records the value.
 
+A client killed and started again (the ``client_restart`` fault) is a new process with
+an empty machine: it journals every write and acknowledgement outside itself
+(:mod:`testbed.journal`), and :mod:`nodes.storage_client.restart` says what it does
+differently at start.
+
 The ``local`` storage mode replaces the initiator with a file-backed disk (the "buy a
 local disk" baseline) and may run without the packet handler.
 """
@@ -62,6 +67,9 @@ from testbed.mm.manager import MemoryManager
 from testbed.mm.sock import Sock
 from testbed.netdev.flows import FlowKey
 from testbed.netdev.handler import PacketHandler
+from testbed.journal import Journal, JournalingDevice
+
+from .restart import RunClockStream, reclaim_wire
 
 INITIATOR_NAME = "iqn.2026-11.org.testbed:storage-client"
 CLOSE_TIMEOUT_S = 3.0      # logout at the end; a locked-up machine may never get the reply
@@ -105,6 +113,12 @@ class AgentConfig:
     download_servers: list[tuple[str, int]] = field(default_factory=list)
     client_ip: Optional[str] = None    # the client's address (flows are keyed by it)
     run_id: Optional[str] = None
+    # the client_restart fault (testbed.journal, .restart): the write journal, which
+    # incarnation this is, the load's start (CLOCK_MONOTONIC) and the wire's address
+    journal_path: Optional[str] = None
+    incarnation: int = 1
+    clock_origin: Optional[float] = None
+    wire_cidr: Optional[str] = None
 
     @classmethod
     def from_json(cls, text: str) -> "AgentConfig":
@@ -251,6 +265,8 @@ class StorageClient:
     def start(self) -> None:
         if self.cfg.netdev is not None:
             n = self.cfg.netdev
+            if self.cfg.incarnation > 1 and self.cfg.wire_cidr:
+                reclaim_wire(n.wire, self.cfg.wire_cidr)     # the dead one's TAP took it
             self.handler = PacketHandler(self.mm, wire=n.wire, tap=n.tap, delay_ms=n.delay_ms,
                                          loss_pct=n.loss_pct, capture_dir=n.capture_dir,
                                          run_id=self.cfg.run_id, rx_ring=n.rx_ring)
@@ -261,17 +277,30 @@ class StorageClient:
         sources = [self.hooks.events.source]
         if self.handler is not None:
             sources.append(self._net_metrics)
-        self.machine = Machine(self.cfg.client, self.device, mm=self.mm,
+        device: BlockDevice = self.device
+        if self.cfg.journal_path:
+            device = JournalingDevice(self.device, Journal(self.cfg.journal_path,
+                                                           self.cfg.incarnation))
+        stream = None
+        if self.cfg.clock_origin is not None:    # a restart: the run's stream and time axis
+            origin = self.cfg.clock_origin
+            stream = RunClockStream(open(self.cfg.metrics_path, "a", encoding="utf-8"),
+                                    lambda: self.machine.started - origin)
+        self.machine = Machine(self.cfg.client, device, mm=self.mm,
                                socket_hook=self._downloader_socket,
                                metric_sources=sources,
                                download_servers=self.cfg.download_servers,
-                               metrics_path=self.cfg.metrics_path,
+                               metrics_path=None if stream else self.cfg.metrics_path,
+                               metrics_stream=stream,
                                storage_flow=self._storage_flow(), horizon=self._horizon(),
                                patience=lockup_patience())
         self.machine.start()
         # the first sample may go out before this: the event carries its own t (0.0)
         self.hooks.events.note("load_started", monotonic=self.machine.started)
-        self.hooks.events.started = self.machine.started
+        if self.cfg.incarnation > 1:
+            self.hooks.events.note("client_restarted", incarnation=self.cfg.incarnation)
+        # events are on the run's axis: a restarted client's samples are moved onto it
+        self.hooks.events.started = self.cfg.clock_origin or self.machine.started
 
     def _horizon(self) -> Optional[RecoveryHorizon]:
         """The recovery horizon of the initiator in use: its timeouts, the negotiated T2W."""
@@ -329,7 +358,7 @@ class StorageClient:
         result: dict[str, Any] = {"verdict": "error"}
         try:
             self.start()
-            outcome = self.machine.wait(self.cfg.deadline_s)
+            outcome = self.machine.wait(self._deadline_left())
             result = outcome.to_dict()
             result["writeback_s"] = round(time.monotonic() - started, 3)
         except TestbedError as exc:
@@ -349,6 +378,12 @@ class StorageClient:
             Path(self.cfg.outcome_path).write_text(json.dumps(result, indent=1, default=str))
             self.stop()
         return result
+
+    def _deadline_left(self) -> float:
+        """The scenario's deadline from this machine's start (a restart came later)."""
+        if self.cfg.clock_origin is None:
+            return self.cfg.deadline_s
+        return max(0.0, self.cfg.deadline_s - (self.machine.started - self.cfg.clock_origin))
 
     def stop(self) -> None:
         """Stop everything this process started; bounded; idempotent."""

@@ -6,7 +6,9 @@ slowed by the client's shaped link), reads every page the storage client's manif
 lists and compares CRC-32s. Writes ``{"bytes_checked", "pages_checked", "mismatches",
 "examples"}`` to ``--out``; exit status 0 when every page matched, 1 when some did not,
 2 when the check could not be done. With ``--file`` it reads a local disk's backing
-file instead (the local-disk baseline).
+file instead (the local-disk baseline). With ``--journal`` it also checks every page of
+the run's write journal (a client restarted mid-run, :mod:`testbed.journal`), in the
+same session, into ``journal`` of the output; its mismatches count toward the status.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from testbed.blockdev import BlockDevice
 from testbed.errors import TestbedError
-from testbed.integrity import Manifest, verify
+from testbed.integrity import Manifest, verify, verify_journal
 from testbed.blockdev.iscsi import IscsiBlockDevice
 from testbed.iscsi.chap import ChapCredentials
 from testbed.iscsi.session import SessionConfig
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lun", type=int, default=1)
     ap.add_argument("--manifest", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--journal", type=Path, help="the run's write journal (journal.ndjson)")
     ap.add_argument("--chap-user")
     ap.add_argument("--chap-secret")
     ap.add_argument("--mutual-user")
@@ -60,15 +63,23 @@ def main(argv: list[str] | None = None) -> int:
         dev = open_device(args)
         try:
             result = verify(dev, manifest, timeout=args.timeout)
+            journal = (verify_journal(dev, args.journal, timeout=args.timeout)
+                       if args.journal is not None else None)
         finally:
             dev.close()
     except (OSError, ValueError, KeyError, TestbedError) as exc:
         args.out.write_text(json.dumps({"error": str(exc)}))
         print(f"verify: {exc}", file=sys.stderr)
         return 2
-    args.out.write_text(json.dumps(result.to_dict(), indent=1))
+    out = result.to_dict()
+    if journal is not None:
+        out["journal"] = journal
+        print(f"verify: journal: {journal['pages_checked']} pages, "
+              f"{journal['mismatches']} mismatches, {journal['restarts']} restarts"
+              + "".join(f"; {n}" for n in journal["notes"]))
+    args.out.write_text(json.dumps(out, indent=1))
     print(f"verify: {result.pages_checked} pages, {result.mismatches} mismatches")
-    return 0 if result.ok else 1
+    return 0 if result.ok and (journal is None or not journal["mismatches"]) else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``testbed lab list | start N [--dir DIR] | check N [DIR]``: the course labs.
+"""``testbed lab list | start | check | submit | grade | student-copy``: the course labs.
 
 - ``list``: each lab's number, title and goal.
 - ``start N``: copies the lab's handout, scenario files and ``answers.yaml`` into a
@@ -12,6 +12,15 @@
   Classroom, CI). A failure names the answer and the tolerance, never the figures;
   ``--show-values`` (or ``TESTBED_LAB_SHOW_VALUES=1``), for instructors after the
   deadline, adds the figures compared.
+- ``submit N [DIR] [--out FILE]``: packs the work folder's answers and the run folders
+  the grader reads into one archive (default ``DIR/labN-handin.tar.gz``) with a manifest
+  (:mod:`testbed.grading.handin`); a run folder whose summary its own records do not give
+  is refused already here.
+- ``grade ARCHIVE`` / ``grade --batch DIR`` (instructors): unpacks into a temporary
+  folder, verifies the manifest, recomputes every run's summary from its records, grades,
+  and prints the points per student; ``--csv FILE`` writes the batch's table (default
+  ``DIR/grades.csv``, with the flags for runs handed in twice), ``--format gradescope``
+  one ``results.json`` (``--results``; for a batch ``--results DIR``, one per student).
 - ``student-copy DEST``: writes the course's student tree (``DEST/labs``: handouts,
   scenarios, blank answers, graders; nothing of ``instructor/``). Students point
   ``TESTBED_LABS`` at it, or get the project without ``instructor/``.
@@ -30,6 +39,7 @@ import textwrap
 from pathlib import Path
 
 from .. import grading
+from ..grading import handin
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +72,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"instructors: show the figures each failure compared "
                         f"(also {grading.SHOW_VALUES_ENV}=1)")
     q.set_defaults(func=cmd_check)
+
+    q = lab_sub.add_parser("submit", help="pack your answers and runs into one archive")
+    q.add_argument("lab", help="lab number (or folder name)")
+    q.add_argument("dir", nargs="?", type=Path, default=Path("."),
+                   help="the work folder (default: the current folder)")
+    q.add_argument("--out", type=Path, help="the archive (default: DIR/labN-handin.tar.gz)")
+    q.set_defaults(func=cmd_submit)
+
+    q = lab_sub.add_parser("grade", help="instructors: verify and grade hand-in archives")
+    q.add_argument("archive", nargs="?", type=Path, help="one student's archive")
+    q.add_argument("--batch", type=Path, help="a folder of archives (NAME.tar.gz each)")
+    q.add_argument("--lab", help="grade as this lab (default: the one each archive names)")
+    q.add_argument("--csv", type=Path, help="--batch: the table (default: DIR/grades.csv)")
+    q.add_argument("--format", choices=("text", "gradescope"), default="text",
+                   help="text (default) or gradescope (results.json)")
+    q.add_argument("--results", type=Path,
+                   help="gradescope: the file (default results.json); with --batch a "
+                        "folder, one STUDENT.json each (default DIR/results)")
+    q.add_argument("--show-values", action="store_true",
+                   help="show the figures each failure compared")
+    q.set_defaults(func=cmd_grade)
 
     q = lab_sub.add_parser("student-copy", help="write the labs for students (no solutions)")
     q.add_argument("dest", type=Path, help="a new (or empty) folder")
@@ -123,3 +154,49 @@ def cmd_student_copy(args: argparse.Namespace) -> int:
     print(f"wrote {len(labs)} labs to {out}/ (no solutions, keys or reference figures)")
     print(f"students run the labs from it with: export TESTBED_LABS={out.resolve()}")
     return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    lab = grading.get_lab(args.lab)
+    out, manifest = handin.submit(lab, args.dir, args.out)
+    print(f"lab {lab.number}: packed {len(manifest.files)} files of {len(manifest.runs)} "
+          f"run{'s' if len(manifest.runs) != 1 else ''} and your answers into {out}")
+    print("hand in that file; `testbed lab check` still grades your work folder as it is")
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    if (args.archive is None) == (args.batch is None):
+        raise grading.LabError("give one archive, or --batch DIR (not both)")
+    lab = grading.get_lab(args.lab) if args.lab else None
+    show = args.show_values or os.environ.get(grading.SHOW_VALUES_ENV, "") not in ("", "0")
+    if args.archive is not None:
+        g = handin.grade_submission(args.archive, lab)
+        if g.grade is None:
+            raise handin.HandinError(g.refused)
+        if args.format == "gradescope":
+            dest = args.results or Path("results.json")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(json.dumps(g.gradescope(show), indent=1))
+            print(f"{g.line()}; wrote {dest}")
+        else:
+            print(g.line())
+            for line in g.grade.lines(show):
+                print(f"  {line}")
+        return 0 if g.grade.passed else 1
+    graded = handin.grade_batch(args.batch, lab)
+    for g in graded:
+        print(g.line())
+        for flag in g.flags:
+            print(f"  flag: {flag}")
+    table = args.csv or args.batch / "grades.csv"
+    handin.write_csv(graded, table)
+    print(f"{len(graded)} hand-ins, {sum(g.grade is None for g in graded)} refused, "
+          f"{sum(bool(g.flags) for g in graded)} flagged; wrote {table}")
+    if args.format == "gradescope":
+        folder = args.results or args.batch / "results"
+        folder.mkdir(parents=True, exist_ok=True)
+        for g in graded:
+            (folder / f"{g.student}.json").write_text(json.dumps(g.gradescope(show), indent=1))
+        print(f"wrote {len(graded)} results.json files to {folder}/")
+    return 0 if all(g.grade is not None and not g.flags for g in graded) else 1

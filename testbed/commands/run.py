@@ -3,8 +3,13 @@
 - ``run SCENARIO``: one run; exit status 0 when the verdict is the expected one.
 - ``compare SCENARIO --policies a,b [--repeat N]``: the same load under each policy, one
   table and one report (exit 0 when every run reached its expected verdict).
+- ``compare SCENARIO --clients emulated:gorman-3.6,kernel [--repeat N]``: the same load on
+  the model and on the real kernel (a guest), and the validation table
+  (:mod:`testbed.validation`). ``kernel`` takes no policy: it does what Linux 6.1 does.
 - ``sweep SCENARIO --param key=v1,v2 [--param key2=w1,w2] [--repeat N]``: a grid of runs
   over one or two parameters, with a plot of the outcome.
+- ``run`` and ``compare`` with ``--live [--live-port P]``: lecture mode, the run drawn as it
+  goes on a page served on 127.0.0.1 (:mod:`testbed.report.live`).
 - ``report DIR``: rebuild the report of a run folder, or of a compare/sweep folder.
 
 With ``--repeat N`` every policy (or grid point) runs N times, interleaved (a, b, a, b,
@@ -20,6 +25,7 @@ is reported with file, line and key, and nothing is created.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import sys
@@ -27,11 +33,12 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-from .. import results, store
+from .. import results, store, validation
 from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
+from ..guest.qemu import KERNEL_POLICY
 from ..orchestrator import Orchestrator, RunResult
-from ..report import build_compare_report, build_report
+from ..report import build_compare_report, build_report, live
 from ..report.summary import cycle_lines, evidence
 from ..scenario import Scenario
 
@@ -41,14 +48,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("scenario", help="scenario file, or a built-in name (e.g. contention-none)")
     _common(p)
     p.add_argument("--out", type=Path, help="run folder (default: runs/<time>-<name>-<id>)")
+    live_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="the same load under several policies, side by side")
     p.add_argument("scenario")
-    p.add_argument("--policies", required=True, help="comma-separated, e.g. none,gorman-3.6")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--policies", help="comma-separated, e.g. none,gorman-3.6")
+    which.add_argument("--clients", help="kinds of storage client, comma-separated: "
+                                         "emulated[:POLICY] and kernel (Linux 6.1's own "
+                                         "policy), e.g. emulated:gorman-3.6,kernel")
     p.add_argument("--repeat", type=int, default=1, help="runs per policy (default 1)")
     _common(p)
     out_option(p, "folder for the runs and the combined report")
+    live_options(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("sweep", help="a grid of runs over one or two parameters")
@@ -81,6 +94,21 @@ def out_option(p: argparse.ArgumentParser, what: str) -> None:
                         "first (nothing is deleted)")
 
 
+def live_options(p: argparse.ArgumentParser) -> None:
+    """Lecture mode (testbed.report.live): the run drawn live on a page on 127.0.0.1."""
+    p.add_argument("--live", action="store_true",
+                   help="serve a page on 127.0.0.1 that draws the run as it goes")
+    p.add_argument("--live-port", type=int, default=live.DEFAULT_PORT, metavar="PORT",
+                   help=f"its port (default {live.DEFAULT_PORT}; 0: a free one, printed)")
+
+
+def _live(args: argparse.Namespace, folder: live.FolderSource) -> contextlib.AbstractContextManager:
+    """The live page for the duration of a run or batch, or nothing without --live."""
+    if not args.live:
+        return contextlib.nullcontext()
+    return live.serve(folder, args.live_port, say=lambda text: print(text, flush=True))
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
     """--set options, with --backend as one more (it is the scenario key `backend`)."""
     return args.overrides + ([f"backend={args.backend}"] if args.backend else [])
@@ -110,8 +138,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out is not None and args.out.exists() and any(args.out.iterdir()):
         raise ConfigError(f"--out {args.out}: folder exists and is not empty")
     orch = Orchestrator(sc, out_dir=args.out)
+    # the run's folder is named by its context, once the run has started
+    folder = lambda: orch.run_ctx.dir if hasattr(orch, "run_ctx") else None   # noqa: E731
     try:
-        res = orch.run()
+        with _live(args, folder):
+            res = orch.run()
     finally:
         # an interrupted or failed run keeps its folder and summary: it is indexed too
         ctx = getattr(orch, "run_ctx", None)
@@ -224,11 +255,18 @@ def _print_table(base: Path) -> None:
 
 
 def print_stats(base: Path) -> None:
-    """The batch's statistics per policy or grid point (as in stats.json)."""
+    """The batch's statistics per policy or grid point (as in stats.json), and the
+    validation table when it ran both kinds of client."""
     batch = results.open_batch(base)
     runs = batch.runs()
     print(f"\n{results.STATS_NOTE}:")
     print_columns(results.stats_table(results.batch_groups(batch, runs), runs))
+    if validation.is_validation(runs):
+        v = validation.validation(runs)
+        print(f"\nthe model against the kernel: {validation.NOTE}:")
+        print_columns(v.table)
+        for line in validation.footnote_lines(v):
+            print(line)
 
 
 def _check_repeat(n: int) -> None:
@@ -259,15 +297,58 @@ def compare_jobs(scenario: str, policies: list[str], overrides: list[str], n: in
     return repeated(variants, n)
 
 
+def client_sets(spec: str) -> list[tuple[str, list[str]]]:
+    """``--clients``: each client's label and the scenario keys that make it.
+    ``emulated`` keeps the scenario's policy, ``emulated:P`` sets it; ``kernel`` runs
+    Linux 6.1, whose policy is its own (Gorman's series): one given to it is refused."""
+    out: list[tuple[str, list[str]]] = []
+    for item in (c.strip() for c in spec.split(",")):
+        if not item:
+            continue
+        kind, _, policy = item.partition(":")
+        if kind == "kernel":
+            if policy:
+                raise ConfigError(
+                    f"--clients {item}: the kernel client's policy is what its kernel (Linux "
+                    f"6.1) does, Gorman's series ({KERNEL_POLICY}); it cannot be chosen: "
+                    f"give `kernel` alone")
+            out.append(("kernel", ["client.kind=kernel", f"client.policy={KERNEL_POLICY}"]))
+        elif kind == "emulated":
+            out.append((item, ["client.kind=emulated"]
+                        + ([f"client.policy={policy}"] if policy else [])))
+        else:
+            raise ConfigError(f"--clients {item}: a client is emulated, emulated:POLICY or "
+                              f"kernel")
+    if not out:
+        raise ConfigError("--clients: give at least one client, e.g. emulated:gorman-3.6,kernel")
+    if len({label for label, _ in out}) < len(out):
+        raise ConfigError(f"--clients {spec}: a client is named twice")
+    return out
+
+
+def client_jobs(scenario: str, spec: str, overrides: list[str], n: int) -> list[Job]:
+    """The jobs of ``compare --clients``: the same load on each client, loaded first."""
+    _check_repeat(n)
+    variants = [Job(label, scenario_mod.load(scenario, overrides + sets), {})
+                for label, sets in client_sets(spec)]
+    return repeated(variants, n)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    if not policies:
-        raise ConfigError("--policies: give at least one policy")
-    jobs = compare_jobs(args.scenario, policies, _overrides(args), args.repeat)
+    if args.clients is not None:
+        jobs = client_jobs(args.scenario, args.clients, _overrides(args), args.repeat)
+        what = "the model against the kernel"
+    else:
+        policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+        if not policies:
+            raise ConfigError("--policies: give at least one policy")
+        jobs = compare_jobs(args.scenario, policies, _overrides(args), args.repeat)
+        what = "policies compared"
     _require_root()
-    base = _batch_dir(args.out, "compare", jobs[0].scenario.name, args.force)
-    status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: policies compared",
-                                "compare")
+    batch: list[Path] = []      # the live page starts first: a port in use creates nothing
+    with _live(args, lambda: live.newest_run(batch[0])() if batch else None):
+        batch.append(base := _batch_dir(args.out, "compare", jobs[0].scenario.name, args.force))
+        status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: {what}", "compare")
     return _finish_batch(base, status, report)
 
 

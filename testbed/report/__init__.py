@@ -3,7 +3,8 @@
 ``build_report(run_dir)`` (re)builds the plots and ``report.html`` of one run folder from
 what is in it (``summary.json`` and the metric streams), so ``testbed report DIR`` can
 redo it at any time; ``build_compare_report(batch_dir)`` puts the runs of a compare or
-sweep folder side by side, with the statistics of its groups (``stats.json``). Folders
+sweep folder side by side, with the statistics of its groups (``stats.json``) and, for
+a batch that ran the model and the kernel, the validation table. Folders
 are read through :mod:`testbed.results`; this package only draws and writes.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import results
+from .. import results, validation
 from . import html, plots
 from .summary import evidence
 
@@ -55,7 +56,8 @@ def build_compare_report(batch_dir: Path) -> Path:
     groups = results.batch_groups(batch, runs)
     results.write_stats(batch, runs, groups)     # per policy or point: medians, intervals
     stats = results.stats_table(groups, runs)
+    checked = validation.validation(runs) if validation.is_validation(runs) else None
     out = batch.path / "report.html"
     out.write_text(html.compare_page(batch.title, results.table(runs), images, links,
-                                     stats, results.STATS_NOTE))
+                                     stats, results.STATS_NOTE, checked))
     return out

@@ -12,6 +12,7 @@ import json
 from typing import Any, Optional
 
 from ..results import Table
+from ..validation import NOTE, Validation, footnote_lines
 
 STYLE = """body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}
@@ -80,11 +81,20 @@ def _cell(table: Table, column: int, text: str) -> str:
 
 def compare_page(title: str, table: Table, images: list[str],
                  links: list[tuple[str, str]], stats: Optional[Table] = None,
-                 stats_note: str = "") -> str:
+                 stats_note: str = "", checked: Optional[Validation] = None) -> str:
     imgs = "".join(f"<p><img src='{_esc(i)}' alt='{_esc(i)}'></p>" for i in images)
     lk = "".join(f"<li><a href='{_esc(h)}'>{_esc(t)}</a></li>" for t, h in links)
-    return page(title, f"{table_html(table)}{stats_section(stats, stats_note)}{imgs}"
-                       f"<h2>Runs</h2><ul>{lk}</ul>")
+    return page(title, f"{table_html(table)}{validation_section(checked)}"
+                       f"{stats_section(stats, stats_note)}{imgs}<h2>Runs</h2><ul>{lk}</ul>")
+
+
+def validation_section(checked: Optional[Validation]) -> str:
+    """The model against the kernel (``compare --clients``), with its footnotes."""
+    if checked is None:
+        return ""
+    notes = "".join(f"<li>{_esc(line)}</li>" for line in footnote_lines(checked))
+    return (f"<h2>The model against the kernel</h2><p>{_esc(NOTE)}</p>"
+            f"{table_html(checked.table)}<ul>{notes}</ul>")
 
 
 def stats_section(stats: Optional[Table], note: str) -> str:

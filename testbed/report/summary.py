@@ -26,9 +26,26 @@ ended, its parameters and outcome, and the bytes written back before and after i
 ``recoveries`` each recovery episode of the initiator, from the client's events (the
 connection lost, the session reinstated, the commands re-issued, and when writeback
 made progress again). A fault that could not be done makes the run ``degraded``.
+After a ``client_restart``, ``integrity.journal`` holds the read-back of the write
+journal (restarts, pages and bytes checked, mismatches), which count like the
+manifest's.
+
+``fidelity`` holds the run's own fidelity figures (the client's wake-up lag, the
+bottleneck link's achieved rate, the host's CPU pressure; :mod:`testbed.fidelity`) and
+``validity``: ``invalid`` when one is past the scenario's bounds. The verdict is kept as
+measured; the claims and the statistics leave an invalid run out.
 
 An interrupted run, or one whose client failed, has no verdict (``null``) and says why
 in ``status`` and ``detail``.
+
+A kernel client's run (``client.kind: kernel``, ``client.kind`` in the summary) differs
+in two places. It has no packet handler, so nothing counts its drops per flow class:
+``drops.counted`` is false and the class totals are not figures (they read as n/a, not
+0; the kernel's own ``PFMemallocDrop`` is in its samples). And its lockup is the guest's
+detector's (``lockup.detector: kernel``): writeback pending and the LUN's written
+sectors still for ``lockup_after_s``, with free memory at or below the min watermark or
+a hung-task warning. That is a verdict of ``lockup`` with its own wording: no recovery
+horizon was waited out and no wait-for cycle was named, so it is never called that.
 """
 
 from __future__ import annotations
@@ -39,8 +56,17 @@ from typing import Any, Optional
 # the file readers are testbed.results' (the one reader of run folders); until_end is
 # imported here too so that older ``report.summary`` imports of it keep working
 from ..results import read_json, read_ndjson, until_end  # noqa: F401
+from .. import fidelity
 
 CLASSES = ("memalloc", "other")
+# why a kernel client's drops per class are n/a (the summary's drops.note)
+NO_HANDLER = ("no packet handler: the guest's NIC is the kernel's virtio-net, whose drops "
+              "per flow class nothing counts (the kernel's PFMemallocDrop is counted)")
+
+
+def is_kernel(summary: dict[str, Any]) -> bool:
+    """Was the run's storage client the real kernel (``client.kind: kernel``)?"""
+    return (summary.get("client") or {}).get("kind") == "kernel"
 
 
 def rx_drops(net: Optional[dict[str, Any]]) -> dict[str, int]:
@@ -257,12 +283,26 @@ def faults(run_dir: Path, samples: list[dict[str, Any]]) -> list[dict[str, Any]]
                            "when": line.get("when"), "t": None, "end_t": None,
                            "params": line.get("params", {}), "outcome": line.get("outcome"),
                            "end_outcome": None}
+    samples = run_written_back(samples)
     total = samples[-1].get("writeback_bytes", 0) if samples else 0
     for f in by_index.values():
         before = None if f["t"] is None else _written_back_at(samples, f["t"])
         f.update(written_back_before_bytes=before,
                  written_back_after_bytes=None if before is None else total - before)
     return [by_index[i] for i in sorted(by_index)]
+
+
+def run_written_back(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The samples with ``writeback_bytes`` counted over the whole run: a restarted client
+    (client_restart) counts again from 0, so each fall adds the count before it."""
+    base, last, out = 0, 0, []
+    for s in samples:
+        got = s.get("writeback_bytes", last)
+        if got < last:
+            base += last
+        last = got
+        out.append({**s, "writeback_bytes": base + got})
+    return out
 
 
 def _failed(text: Optional[str]) -> bool:
@@ -285,16 +325,24 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
     net = outcome.get("net") or last.get("net")
     written_back = outcome.get("bytes_written_back", last.get("writeback_bytes", 0)) or 0
     wb_time = outcome.get("t") or last.get("t") or 0.0
+    kernel = scenario.client.kind == "kernel"
+    drops = drops_by_reason(net)
+    if kernel:                   # no handler counted them: the zeros are not figures
+        drops.update(counted=False, note=NO_HANDLER)
+    lockup = outcome.get("lockup")
+    if kernel and lockup:
+        lockup = {**lockup, "detector": "kernel"}
     summary: dict[str, Any] = {
         "scenario": scenario.name,
         "policy": scenario.client.policy,
+        "client": {"kind": scenario.client.kind},
         "expected": scenario.expected,
         "verdict": None,
         "status": "interrupted" if interrupted else "finished",
         "reasons": [],
         "detail": outcome.get("detail", ""),
         "duration_s": round(duration_s, 2),
-        "lockup": outcome.get("lockup"),
+        "lockup": lockup,
         "stalls": outcome.get("stalls") or [],
         "integrity": integrity(run_dir),
         "writeback": {"bytes": written_back,
@@ -302,7 +350,7 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
                       "bytes_written": outcome.get("bytes_written", last.get("workload_bytes", 0)),
                       "longest_stall_s": outcome.get("longest_stall_s", last.get("stalled_for_s")),
                       "time_s": wb_time},
-        "drops": drops_by_reason(net),
+        "drops": drops,
         "goodput": bulk_flows(run_dir, samples, hosts, outcome.get("t")),
         "client_verdict": outcome.get("verdict"),
         "end_t": outcome.get("t"),     # the client's clock when its outcome was decided
@@ -311,6 +359,11 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
     }
     if not interrupted:
         _decide(summary, outcome, scenario)
+    # the run's own fidelity (testbed.fidelity): a run past a bound keeps its verdict but
+    # is ``invalid``, and nothing counts it
+    summary["fidelity"] = fidelity.measure(samples, scenario,
+                                           read_json(run_dir / fidelity.PRESSURE_FILE))
+    summary["validity"] = summary["fidelity"]["validity"]
     return summary
 
 
@@ -322,8 +375,10 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
         summary["status"] = "error"
         summary["detail"] = outcome.get("detail") or "the storage client left no outcome; see client.log"
         return
-    lockup = outcome.get("lockup") or {}
-    if client == "lockup" and lockup.get("cycle"):
+    lockup = summary.get("lockup") or {}
+    # the emulated client's lockup is proven with its cycle; the kernel's is its guest's
+    # detector's, which has none to name (see the module docstring)
+    if client == "lockup" and (lockup.get("cycle") or lockup.get("detector") == "kernel"):
         summary["verdict"] = "lockup"
         return
     reasons.extend(_stuck_reasons(client, lockup, summary["stalls"]))
@@ -334,15 +389,21 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
             if _failed(text):
                 reasons.append(f"fault {f['index']} ({f['kind']}) {text}")
     checked = summary["integrity"]
+    journal = checked.get("journal") or {}
     if checked.get("mismatches"):
         reasons.append(f"read-back found {checked['mismatches']} mismatched pages")
+    if journal.get("mismatches"):
+        reasons.append(f"read-back of the write journal found {journal['mismatches']} "
+                       f"mismatched pages")
     elif not checked.get("checked"):
         reasons.append(f"integrity not verified: {checked.get('detail')}")
     stall = summary["writeback"]["longest_stall_s"] or 0.0
     if stall > bounds.max_stall_s:
         reasons.append(f"writeback stalled for {stall:.1f}s (bound {bounds.max_stall_s:g}s)")
     other = summary["drops"]["other"]["total"]
-    if bounds.max_other_drops is not None and other > bounds.max_other_drops:
+    if bounds.max_other_drops is not None and summary["drops"].get("counted") is False:
+        reasons.append(f"bounds.max_other_drops not checked: {NO_HANDLER}")
+    elif bounds.max_other_drops is not None and other > bounds.max_other_drops:
         reasons.append(f"{other} frames of other traffic dropped (bound {bounds.max_other_drops})")
     if bounds.min_goodput_mbit is not None:
         for name, g in summary["goodput"].items():
@@ -407,7 +468,9 @@ def evidence(summary: dict[str, Any]) -> list[str]:
     if summary.get("status") != "finished":
         lines.append(f"no verdict: run {summary.get('status')}: {summary.get('detail', '')}")
         return lines
-    if v == "lockup" and summary.get("lockup"):
+    if v == "lockup" and (summary.get("lockup") or {}).get("detector") == "kernel":
+        lines.append(kernel_lockup_line(summary["lockup"]))
+    elif v == "lockup" and summary.get("lockup"):
         lk = summary["lockup"]
         lines.append(f"lockup at t={lk['t']:.1f}s: no writeback progress for "
                      f"{lk['stalled_for_s']:.1f}s with {lk['dirty']} dirty and {lk['writeback']} "
@@ -421,13 +484,39 @@ def evidence(summary: dict[str, Any]) -> list[str]:
                      f"({summary['writeback']['mb_s']:.2f} MiB/s), read-back checked "
                      f"{i.get('bytes_checked', 0) / 2**20:.1f} MiB, {i.get('mismatches', 0)} mismatches")
     lines += fault_lines(summary)
+    lines += fidelity.lines(summary)
     for r in summary.get("reasons", []):
         lines.append(f"degraded: {r}")
     lines += stall_lines(summary)
     d = summary["drops"]
+    if d.get("counted") is False:
+        lines.append(f"drops per flow class: n/a ({d.get('note', NO_HANDLER)})")
+        return lines
     lines.append(f"drops: storage {d['memalloc']['total']}, other {d['other']['total']} "
                  f"({', '.join(f'{k} {v}' for k, v in d['other'].items() if k != 'total') or 'none'})")
     return lines
+
+
+def kernel_lockup_line(lk: dict[str, Any]) -> str:
+    """A kernel client's lockup as its guest's detector established it: a stall of
+    ``lockup_after_s`` with free memory at or below min, or a hung-task warning. Nothing
+    here waited out a recovery horizon, so the line does not claim one."""
+    hung = lk.get("hung_task_messages") or []
+    free, low = lk.get("free"), lk.get("wmark_min")
+    why = []
+    if free is not None and low is not None and free <= low:
+        why.append(f"free memory {free} pages at or below the min watermark {low}")
+    if hung:
+        why.append(f"{len(hung)} hung-task warnings from the kernel (last: {hung[-1]})")
+    counters = lk.get("counters") or {}
+    seen = ", ".join(f"{k} {v}" for k, v in counters.items() if v is not None)
+    return (f"lockup at t={lk.get('t') or 0.0:.1f}s, by the guest's detector: no writeback "
+            f"to the LUN for {lk.get('stalled_for_s') or 0.0:.1f}s with {lk.get('dirty')} "
+            f"dirty and {lk.get('writeback')} under-writeback pages, "
+            f"{' and '.join(why) or f'{free} free pages (min watermark {low})'}"
+            + (f"; counters: {seen}" if seen else "")
+            + "; the guest was stopped there: no recovery horizon was waited out and no "
+              "wait-for cycle named")
 
 
 def fault_lines(summary: dict[str, Any]) -> list[str]:
@@ -443,6 +532,9 @@ def fault_lines(summary: dict[str, Any]) -> list[str]:
                      f": {f['outcome']}{end}; written back before it "
                      f"{f['written_back_before_bytes'] / 2**20:.1f} MiB, after "
                      f"{f['written_back_after_bytes'] / 2**20:.1f} MiB")
+    journal = (summary.get("integrity") or {}).get("journal")
+    if journal:
+        lines.append(journal_line(journal))
     for r in summary.get("recoveries") or []:
         if r["failed"]:
             lines.append(f"iSCSI connection lost at t={r['lost_t']:.1f}s ({r['cause']}): "
@@ -456,3 +548,14 @@ def fault_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"iSCSI connection lost at t={r['lost_t']:.1f}s, session reinstated at "
                          f"t={r['reinstated_t']:.1f}s, {r['reissued']} commands re-issued{resumed}")
     return lines
+
+
+def journal_line(j: dict[str, Any]) -> str:
+    """The write journal's read-back (a client_restart run: testbed.journal) as a line."""
+    notes = "".join(f"; {n}" for n in j.get("notes") or [])
+    return (f"write journal: {j.get('restarts', 0)} client restarts, {j.get('acked_writes', 0)} "
+            f"writes acknowledged ({j.get('acked_after_restart', 0)} after a restart), "
+            f"{j.get('pages_checked', 0)} pages ({j.get('bytes_checked', 0) / 2**20:.1f} MiB) "
+            f"checked on the LUN, {j.get('mismatches', 0)} mismatches, "
+            f"{j.get('pages_with_write_in_flight', 0)} pages with a write in flight allowed"
+            + notes)

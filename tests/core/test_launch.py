@@ -102,6 +102,7 @@ def test_only_complete_lines_written_since_the_start_count(tmp_path):
     assert not has_ready_event(tmp_path / "missing.ndjson")
 
 
+@pytest.mark.cli
 def test_start_runs_a_real_node_with_its_log_and_events_in_the_run_folder(tmp_path):
     node = start(ThisMachine(), "bulk1", BulkSource("udp", rate_mbit=1, client_ip="127.0.0.1",
                                                      size=100), tmp_path)
@@ -114,6 +115,7 @@ def test_start_runs_a_real_node_with_its_log_and_events_in_the_run_folder(tmp_pa
         node.proc.wait(10)
 
 
+@pytest.mark.cli
 def test_start_reports_a_real_node_that_refuses_its_arguments(tmp_path):
     node = start(ThisMachine(), "target", Target(ip="127.0.0.1", backing_file=tmp_path / "x.img",
                                                  size_mb=0, workdir=tmp_path / "w"), tmp_path)

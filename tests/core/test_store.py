@@ -278,8 +278,9 @@ def test_a_database_of_another_version_is_refused_naming_the_file(tmp_path, caps
     store.record_run(folder, "run", db=db)
     with sqlite3.connect(db) as c:
         c.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    newer, ours = store.SCHEMA_VERSION + 1, store.SCHEMA_VERSION
     with pytest.raises(store.StoreError, match=re.escape(
-            f"{db}: has schema version 2, and this testbed reads version 1 "
+            f"{db}: has schema version {newer}, and this testbed reads version {ours} "
             f"(it was written by a newer testbed); it is not read")):
         store.Store.open(db)
     assert main(["results", "--db", str(db)]) == 1
@@ -288,14 +289,14 @@ def test_a_database_of_another_version_is_refused_naming_the_file(tmp_path, caps
     # a run still ends well: one warning, its folder stands
     assert not store.record_run(folder, "run", db=db)
     err = capsys.readouterr().err
-    assert err.startswith("testbed: warning:") and "has schema version 2" in err
+    assert err.startswith("testbed: warning:") and f"has schema version {newer}" in err
     # --rebuild regenerates it, and keeps the old file beside it
     assert main(["results", "--db", str(db), "--rebuild"]) == 0
     assert "kept as" in capsys.readouterr().out
     assert len(query(db)) == 1
     (old,) = db.parent.glob("results.db.old-*")
     with sqlite3.connect(old) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert c.execute("PRAGMA user_version").fetchone()[0] == newer
 
 
 def test_files_that_are_not_this_store_are_refused(tmp_path):
@@ -313,14 +314,16 @@ def test_files_that_are_not_this_store_are_refused(tmp_path):
 def test_an_older_version_is_upgraded_by_its_written_step(tmp_path, monkeypatch):
     db = tmp_path / "results.db"
     store.record_run(run_folder(tmp_path / "r", full_summary()), "run", db=db)
-    monkeypatch.setattr(store, "SCHEMA_VERSION", 3)
-    with pytest.raises(store.StoreError, match="has schema version 1.*no upgrade written"):
+    v = store.SCHEMA_VERSION
+    monkeypatch.setattr(store, "SCHEMA_VERSION", v + 2)
+    with pytest.raises(store.StoreError, match=f"has schema version {v}.*no upgrade written"):
         store.Store.open(db)
-    monkeypatch.setattr(store, "MIGRATIONS", {1: "ALTER TABLE runs ADD COLUMN note TEXT",
-                                              2: "UPDATE runs SET note = 'v3'"})
+    monkeypatch.setattr(store, "MIGRATIONS", {**store.MIGRATIONS,
+                                              v: "ALTER TABLE runs ADD COLUMN note TEXT",
+                                              v + 1: "UPDATE runs SET note = 'v3'"})
     with store.Store.open(db) as st:
         assert st.conn.execute("SELECT note FROM runs").fetchall() == [("v3",)]
-        assert st.conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert st.conn.execute("PRAGMA user_version").fetchone()[0] == v + 2
         assert [r.verdict for r in st.query()] == ["completed"]
 
 

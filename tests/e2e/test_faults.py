@@ -93,6 +93,39 @@ def test_target_restart_is_recorded_recovered_and_loses_nothing(tmp_path):
     assert_untouched(before, snapshot())
 
 
+def test_client_restart_comes_back_and_every_acknowledged_page_is_on_the_lun(tmp_path):
+    before = snapshot()
+    r, out = run(tmp_path, "client-restart", 1, "    - {kind: downloader, total_mb: 2}",
+                 "faults: [{kind: client_restart, at_s: 4, pause_s: 1}]\n")
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    [fault] = summary["faults"]
+    assert fault["kind"] == "client_restart" and fault["params"] == {"pause_s": 1.0}
+    assert re.fullmatch(r"ok: storage client pid \d+ killed \(SIGKILL\)", fault["outcome"])
+    assert fault["end_outcome"].startswith("ok: storage client started again (incarnation 2")
+    assert 4.0 <= fault["t"] and fault["end_t"] - fault["t"] >= 1.0
+    # the event in the metrics stream, whose time axis goes on across the restart
+    assert [x["phase"] for x in read_ndjson(out / "faults.ndjson")] == ["start", "end"]
+    events = client_events(out)
+    [back] = [e for e in events if e["event"] == "client_restarted"]
+    assert back["incarnation"] == 2 and back["t"] >= fault["end_t"]
+    ts = [s["t"] for s in read_ndjson(out / "client.ndjson")]
+    assert ts == sorted(ts) and ts[-1] > fault["end_t"]
+    # the client came back: it logged in again, and the target acknowledged its writes
+    journal = summary["integrity"]["journal"]
+    assert journal["restarts"] == 1 and journal["acked_after_restart"] > 0
+    assert journal["acked_writes"] > journal["acked_after_restart"]     # and before it
+    # every journalled page is on the LUN as last acknowledged
+    assert journal["mismatches"] == 0 and journal["pages_checked"] > 0, journal
+    assert journal["bytes_checked"] >= 16 << 20           # the writer's pages at least
+    integrity = summary["integrity"]
+    assert integrity["checked"] and integrity["mismatches"] == 0
+    assert summary["verdict"] == "completed", summary["reasons"]
+    assert "write journal: 1 client restarts" in (out / "report.html").read_text()
+    assert_nothing_left(run_id(out))
+    assert_untouched(before, snapshot())
+
+
 def test_pause_link_flaps_and_a_bulk_crash(tmp_path):
     before = snapshot()
     downloads = ("    - {kind: downloader, total_mb: 3}\n"

@@ -31,6 +31,8 @@ from tests.labs.synthetic import HANDINS
 
 LABS = grading.find_labs()
 TESTBED = [sys.executable, "-m", "testbed.cli"]
+# every test runs an instructor's solve.py or a grader (a child pytest): not unit tests
+pytestmark = pytest.mark.cli
 
 
 def hand_in(tmp_path: Path, number: int, name: str = "work", solve: bool = True,

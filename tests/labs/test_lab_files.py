@@ -166,6 +166,7 @@ def cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.cli
 def test_lab_list_names_every_lab(tmp_path):
     r = cli("lab", "list", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -173,6 +174,7 @@ def test_lab_list_names_every_lab(tmp_path):
         assert f"{lab.number}  {lab.title}" in r.stdout
 
 
+@pytest.mark.cli
 def test_lab_start_copies_the_student_files_and_prints_the_first_step(tmp_path):
     r = cli("lab", "start", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -189,6 +191,7 @@ def test_lab_start_copies_the_student_files_and_prints_the_first_step(tmp_path):
     assert other.returncode == 0 and (tmp_path / "elsewhere/lab/deadlock.yaml").exists()
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("argv, text", [
     (["lab", "start", "9"], "lab '9': no such lab in"),
     (["lab", "check", "2", "no/such/folder"], "no/such/folder: no such work folder"),
@@ -201,6 +204,7 @@ def test_lab_mistakes_are_one_line(tmp_path, argv, text):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
 def test_grader_on_a_folder_without_runs_explains_every_failure(tmp_path, lab: grading.Lab):
     work = grading.start(lab, tmp_path / "work")

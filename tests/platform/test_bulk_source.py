@@ -66,6 +66,7 @@ def test_pacer_keeps_the_rate_and_does_not_burst_after_a_stall():
     assert Pacer(0).delay(1 << 20) == 0.0
 
 
+@pytest.mark.cli
 def test_tcp_stream_at_rate(tmp_path):
     port = free_port()
     p, stats = start(["--mode", "tcp", "--port", str(port), "--rate-mbit", "40"], tmp_path)
@@ -81,6 +82,7 @@ def test_tcp_stream_at_rate(tmp_path):
     assert any(l.get("flows") for l in lines if l["event"] == "stats")
 
 
+@pytest.mark.cli
 def test_http_answers(tmp_path):
     port = free_port()
     p, stats = start(["--mode", "http", "--port", str(port)], tmp_path)
@@ -108,6 +110,7 @@ def test_http_answers(tmp_path):
     stop(p, stats)
 
 
+@pytest.mark.cli
 def test_udp_flood_at_rate(tmp_path):
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
@@ -130,6 +133,7 @@ def test_udp_flood_at_rate(tmp_path):
     rx.close()
 
 
+@pytest.mark.cli
 def test_duration_ends_by_itself(tmp_path):
     port = free_port()
     p = subprocess.run(NODE + ["--mode", "tcp", "--port", str(port), "--bind", "127.0.0.1",
@@ -139,6 +143,7 @@ def test_duration_ends_by_itself(tmp_path):
     assert json.loads((tmp_path / "s.ndjson").read_text().splitlines()[-1])["event"] == "stop"
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("args, needle", [
     (["--mode", "udp"], "--mode udp needs --dest"),
     (["--mode", "udp", "--dest", "nowhere"], "is not IP:PORT"),
@@ -150,6 +155,7 @@ def test_bad_arguments(args, needle):
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.cli
 def test_port_in_use_is_one_line(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -70,6 +70,7 @@ def test_fixed_addresses():
         host_ip("router")
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("argv, needle", [
     (["up", "contention", "--bulk", "-1"], "parameter n "),
     (["up", "contention", "--bw", "0"], "parameter bw "),

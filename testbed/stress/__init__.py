@@ -1,0 +1,16 @@
+"""The stress search of issue 14: look for the load under which a policy's claim fails.
+
+The article's claims (:mod:`testbed.claims`) are that the fixes complete under memory
+pressure and that ``none`` and ``reserve-only`` lock up. The scenarios the project ships
+test them on a few loads; a stress campaign tests them on many. One module per step:
+
+- :mod:`.ranges`: which scenario keys vary and over what (a YAML file, checked by the
+  scenario schema), and how a load (key -> value) is set into a scenario;
+- :mod:`.sampling`: seeded loads drawn from the ranges;
+- :mod:`.shrink`: a counterexample shrunk toward the scenario's defaults one key at a
+  time, each candidate re-run to confirm (delta debugging), for any predicate;
+- :mod:`.campaign`: the loop under a time budget, with the orchestrator doing the runs,
+  the results store recording them, and the folder that keeps what was found.
+
+Runs are one at a time: parallel runs (``--workers``) and the cluster are not built yet.
+"""

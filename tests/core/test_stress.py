@@ -1,0 +1,328 @@
+"""The stress search's parts without runs: ranges checking, seeded sampling, shrinking,
+and the campaign's judging and files on a stand-in for the orchestrator."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from testbed import claims, results
+from testbed import scenario as scenario_mod
+from testbed.cli import main
+from testbed.commands.stress import parse_duration
+from testbed.schema import SchemaError
+from testbed.stress import campaign as campaign_mod
+from testbed.stress import ranges as ranges_mod
+from testbed.stress.ranges import Range
+from testbed.stress.sampling import sample
+from testbed.stress.shrink import shrink
+
+
+@pytest.fixture(scope="module")
+def contention() -> scenario_mod.Scenario:
+    return scenario_mod.load("contention", ["client.policy=phillips-2005"])
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "ranges.yaml"
+    p.write_text(text)
+    return p
+
+
+# -- ranges ---------------------------------------------------------------------------------
+
+def test_the_shipped_ranges_fit_the_contention_scenarios():
+    for name in ("contention", "contention-none", "contention-gorman-3.6"):
+        got = ranges_mod.load(ranges_mod.DEFAULT_RANGES, scenario_mod.load(name))
+        assert "client.memory_mb" in got.keys and "topology.bulk_hosts" in got.keys
+
+
+def test_range_mistakes_name_file_line_and_key(tmp_path, contention):
+    p = write(tmp_path, "ranges:\n"
+                        "  client.memory_mb: {min: 2, max: 64}\n"           # 2: below the schema's 4
+                        "  client.memroy_mb: {min: 16, max: 64}\n"          # not a scenario key
+                        "  topology.delay_ms: {min: 5, max: 1}\n"           # min > max
+                        "  bulk.mode: {choices: [tcp, carrier-pigeon]}\n"   # not a bulk mode
+                        "  client.workloads[7].kind: {choices: [writer]}\n"  # no such workload
+                        "  client.policy: {choices: [none]}\n"              # --policy's job
+                        "  client.dirty_ratio: {min: 10, max: fifty}\n")    # not a number
+    with pytest.raises(SchemaError) as err:
+        ranges_mod.load(p, contention)
+    text = str(err.value)
+    assert f"{p}:2: ranges.client.memory_mb.min: 2: client.memory_mb: 2 is below the minimum 4" in text
+    assert f"{p}:3: ranges.client.memroy_mb: client.memroy_mb: no such key" in text
+    assert f"{p}:4: ranges.topology.delay_ms.max: 1 is below min (5)" in text
+    assert f"{p}:5: ranges.bulk.mode.choices[1]: 'carrier-pigeon': bulk.mode:" in text
+    assert f"{p}:6: ranges.client.workloads[7].kind: client.workloads[7]: the scenario's list has 4" in text
+    assert f"{p}:7: ranges.client.policy: a stress search does not vary this key" in text
+    assert f"{p}:8: ranges.client.dirty_ratio.max: expected a number, got str 'fifty'" in text
+    assert "Traceback" not in text
+
+
+def test_a_range_of_the_wrong_type_for_its_key_is_refused(tmp_path, contention):
+    p = write(tmp_path, "ranges:\n  client.memory_mb: {min: 16.5, max: 64}\n")
+    with pytest.raises(SchemaError, match=rf"{p}:2: ranges.client.memory_mb.min: 16.5: "
+                                          r"client.memory_mb: expected int"):
+        ranges_mod.load(p, contention)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("ranges: {}\n", ":1: ranges: give at least one key"),
+    ("ranges:\n  client.memory_mb: {min: 16, max: 32, choices: [16]}\n",
+     ":2: ranges.client.memory_mb.choices"),
+    ("ranges:\n  client.memory_mb: {min: 16, max: 32, stepp: 4}\n",
+     ":2: ranges.client.memory_mb.stepp: unknown key"),
+    ("ranges:\n  client.memory_mb: {min: 16, max: 32, step: 0}\n",
+     ":2: ranges.client.memory_mb.step: must be a number greater than 0"),
+    ("ranges:\n  client.memory_mb: [16, 32]\n", ":2: ranges.client.memory_mb: expected a mapping"),
+    ("ranges:\n  client..memory_mb: {min: 16, max: 32}\n",
+     ":2: ranges.client..memory_mb: cannot read this key"),
+    ("- just a list\n", ":1: a ranges file is a mapping"),
+    ("ranges: {client.memory_mb: {min: 16\n", ":2: not valid YAML"),
+])
+def test_malformed_ranges_files(tmp_path, contention, text, where):
+    p = write(tmp_path, text)
+    with pytest.raises(SchemaError) as err:
+        ranges_mod.load(p, contention)
+    assert f"{p}{where}" in str(err.value), str(err.value)
+
+
+def test_keys_reach_into_lists_and_slices(contention):
+    data = contention.to_dict()
+    got = ranges_mod.set_values(data, {"client.workloads[1:].rcvbuf_kb": 512,
+                                       "client.workloads[0].kind": "writer"})
+    assert [w["rcvbuf_kb"] for w in got["client"]["workloads"]] == [0, 512, 512, 512]
+    assert got["client"]["workloads"][0]["kind"] == "writer"
+    assert data["client"]["workloads"][1]["rcvbuf_kb"] == 2048      # the base is untouched
+    assert ranges_mod.get_value(data, "client.workloads[*].kind") == "mmap_writer"
+
+
+# -- sampling -------------------------------------------------------------------------------
+
+def test_sampling_is_seeded_and_stays_inside_the_ranges(contention):
+    rng = ranges_mod.load(ranges_mod.DEFAULT_RANGES, contention)
+    def loads(seed: int) -> list[dict]:
+        r = random.Random(seed)
+        return [sample(rng, r) for _ in range(50)]
+
+    b = loads(7)
+    assert b == loads(7) and b != loads(8)                        # same seed, same loads
+    for load in b:
+        assert list(load) == rng.keys
+        for key, r in rng.items:
+            v = load[key]
+            if r.choices is not None:
+                assert v in r.choices
+                continue
+            assert r.min <= v <= r.max, (key, v)
+            if r.integer:
+                assert type(v) is int
+            if r.step:
+                k = (v - r.min) / r.step
+                assert abs(k - round(k)) < 1e-9, (key, v)         # on the step's grid
+        ranges_mod.build(contention.to_dict(), load)              # every draw is a valid scenario
+    seen = {load["bulk.mode"] for load in b}
+    assert seen == {"tcp", "http"}                                 # both choices come up
+
+
+# -- shrinking ------------------------------------------------------------------------------
+
+DEFAULTS = {"memory_mb": 64, "bulk_hosts": 3, "mode": "tcp", "delay_ms": 0.0, "rate": 16}
+RANGES = {"memory_mb": Range(min=8, max=64), "bulk_hosts": Range(min=0, max=8),
+          "mode": Range(choices=["tcp", "http", "udp"]), "delay_ms": Range(min=0.0, max=20.0, step=0.5),
+          "rate": Range(min=1, max=64)}
+
+
+def locks_up(load: dict) -> bool:
+    """A stand-in for a run: 'locks up' when memory is at most 24 MiB with 5 or more bulk
+    hosts; nothing else matters."""
+    return load["memory_mb"] <= 24 and load["bulk_hosts"] >= 5
+
+
+def test_the_shrinker_reaches_the_minimal_failing_load():
+    start = {"memory_mb": 9, "bulk_hosts": 8, "mode": "udp", "delay_ms": 13.5, "rate": 50}
+    calls = []
+
+    def fails(load):
+        calls.append(load)
+        return locks_up(load)
+
+    got = shrink(start, DEFAULTS, fails, RANGES, tries_per_key=10)
+    assert got.converged
+    assert got.load == {"memory_mb": 24, "bulk_hosts": 5, "mode": "tcp", "delay_ms": 0.0, "rate": 16}
+    assert got.changed(DEFAULTS) == {"memory_mb": 24, "bulk_hosts": 5}
+    assert locks_up(got.load)
+    assert len(calls) == len({json.dumps(c, sort_keys=True) for c in calls})   # none tried twice
+    assert [a.load for a in got.attempts] == calls
+
+
+def test_the_shrinker_never_returns_a_passing_load():
+    rnd = random.Random(4)
+    for _ in range(200):
+        start = {"memory_mb": rnd.randint(8, 64), "bulk_hosts": rnd.randint(0, 8),
+                 "mode": rnd.choice(["tcp", "http", "udp"]),
+                 "delay_ms": rnd.randrange(0, 41) / 2, "rate": rnd.randint(1, 64)}
+        # a predicate with noise: some loads 'fail' for no reason a key explains
+        flaky = {json.dumps(start, sort_keys=True)}
+
+        def fails(load):
+            return locks_up(load) or json.dumps(load, sort_keys=True) in flaky
+
+        if not fails(start):
+            continue
+        got = shrink(start, DEFAULTS, fails, RANGES, tries_per_key=rnd.randint(1, 5))
+        assert fails(got.load), (start, got.load)
+        assert all(a.failed == fails(a.load) for a in got.attempts)
+
+
+def test_the_shrinker_stops_when_told_and_keeps_the_last_failing_load():
+    start = {"memory_mb": 9, "bulk_hosts": 8, "mode": "udp", "delay_ms": 13.5, "rate": 50}
+    budget = iter(range(3))
+    got = shrink(start, DEFAULTS, locks_up, RANGES, stop=lambda: next(budget, None) is None)
+    assert not got.converged and locks_up(got.load)
+
+
+def test_a_candidate_without_an_answer_is_not_taken():
+    start = {"memory_mb": 9, "bulk_hosts": 8, "mode": "udp", "delay_ms": 13.5, "rate": 50}
+    got = shrink(start, DEFAULTS, lambda load: load == start, RANGES)
+    assert got.load == start and got.converged
+    # None: the candidate could not be tried (out of time): not recorded, not taken
+    got = shrink(start, DEFAULTS, lambda load: None, RANGES)
+    assert got.load == start and got.attempts == []
+
+
+# -- the campaign, with a stand-in for the orchestrator ----------------------------------------
+
+class FakeOrchestrator:
+    """Writes the summary.json a run would, with the verdict ``locks_up`` gives its load
+    (the campaign reads it back through testbed.results, as it does a real run's)."""
+
+    def __init__(self, scenario, out_dir, progress=None):
+        self.sc, self.out = scenario, out_dir
+
+    def run(self):
+        self.out.mkdir(parents=True)
+        verdict = "lockup" if self.sc.client.memory_mb <= 24 and self.sc.topology.bulk_hosts >= 4 \
+            else "completed"
+        (self.out / results.SUMMARY).write_text(json.dumps(
+            {"scenario": self.sc.name, "policy": self.sc.client.policy, "verdict": verdict,
+             "expected": self.sc.expected, "status": "finished", "duration_s": 1.0}))
+
+
+def test_a_campaign_finds_confirms_shrinks_and_writes_a_loadable_counterexample(
+        tmp_path, monkeypatch, contention):
+    monkeypatch.setattr(campaign_mod, "Orchestrator", FakeOrchestrator)
+    monkeypatch.setenv("TESTBED_RESULTS_DB", str(tmp_path / "results.db"))
+    ranges = write(tmp_path, "ranges:\n  client.memory_mb: {min: 16, max: 64}\n"
+                             "  topology.bulk_hosts: {min: 1, max: 5}\n"
+                             "  topology.delay_ms: {min: 0.0, max: 20.0, step: 1.0}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    base_file = scenario_mod.resolve("contention")
+    clock = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(campaign_mod.time, "monotonic", lambda: float(next(clock)))
+    c = campaign_mod.Campaign(contention, base_file, ranges_mod.load(ranges, contention), out,
+                              budget_s=3000, seed=5, tries_per_key=10,
+                              echo=io.StringIO())
+    status = c.run()
+    doc = json.loads((out / campaign_mod.SUMMARY).read_text())
+    tried = [json.loads(line) for line in (out / campaign_mod.TRIED).read_text().splitlines()]
+    assert doc["stopped_by"] == "budget" and doc["counts"]["tried"] == len(tried)
+    assert doc["counts"]["counterexample"] == sum(t["outcome"] == "counterexample" for t in tried)
+    assert status == 1 and doc["counts"]["counterexamples_confirmed"] >= 1
+    first = doc["counterexamples"][0]
+    assert first["shrunk"]["changed"] == {"client.memory_mb": 24, "topology.bulk_hosts": 4}
+    text = Path(first["scenario_file"]).read_text()
+    assert "extends: " in text and "workloads" not in text       # only what differs
+    sc = scenario_mod.load(first["scenario_file"])
+    assert (sc.client.memory_mb, sc.topology.bulk_hosts, sc.topology.delay_ms) == (24, 4, 0.0)
+    assert sc.client.policy == "phillips-2005" and sc.expected == "completed"
+    shrunk = {json.dumps(f["shrunk"]["load"], sort_keys=True): f["scenario_file"]
+              for f in doc["counterexamples"] if f["confirmed"]}
+    files = sorted(str(p) for p in out.glob("counterexample-*.yaml"))
+    assert sorted(set(shrunk.values())) == files          # one file per distinct shrunk load
+    assert len(files) == len(shrunk)
+    runs = [json.dumps(t["load"], sort_keys=True) for t in tried if t["phase"] == "shrink"]
+    assert len(runs) == len(set(runs))                    # no shrink candidate run twice
+    batch = results.open_batch(out)                 # the folder is a batch of its runs
+    assert [r.label for r in batch.runs()] == [t["label"] for t in tried if t["run_dir"]]
+    assert "counterexample" in (out / campaign_mod.REPORT).read_text()
+
+
+def test_budget_parsing_and_refusals(tmp_path, capsys):
+    assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400
+    assert parse_duration("90s") == 90 and parse_duration("45") == 45
+    assert main(["stress", "contention", "--policy", "none", "--budget", "1m",
+                 "--workers", "3"]) == 1
+    assert "parallel runs are not built yet" in capsys.readouterr().err
+    bad = write(tmp_path, "ranges:\n  client.memory_mb: {min: 1, max: 8}\n")
+    assert main(["stress", "contention", "--policy", "none", "--budget", "1m",
+                 "--ranges", str(bad), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:2: ranges.client.memory_mb.min" in err and not (tmp_path / "o").exists()
+
+
+def test_each_policy_has_its_claim():
+    assert set(claims.POLICY_CLAIMS) == set(claims.POLICIES)
+
+
+@pytest.mark.cli
+def test_ctrl_c_leaves_what_was_found_readable(tmp_path, monkeypatch, contention):
+    calls = []
+
+    class Interrupted(FakeOrchestrator):
+        def run(self):
+            calls.append(self.out)
+            if len(calls) == 3:
+                raise KeyboardInterrupt      # as the orchestrator does, once it has cleaned up
+            super().run()
+
+    monkeypatch.setattr(campaign_mod, "Orchestrator", Interrupted)
+    monkeypatch.setenv("TESTBED_RESULTS_DB", str(tmp_path / "results.db"))
+    ranges = write(tmp_path, "ranges:\n  client.memory_mb: {min: 40, max: 64}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    c = campaign_mod.Campaign(contention, scenario_mod.resolve("contention"),
+                              ranges_mod.load(ranges, contention), out, budget_s=3600, seed=1,
+                              echo=io.StringIO())
+    with pytest.raises(KeyboardInterrupt):
+        c.run()
+    doc = json.loads((out / campaign_mod.SUMMARY).read_text())
+    assert doc["stopped_by"] == "interrupted"
+    assert doc["counts"]["tried"] == 3 and doc["counts"]["holds"] == 2
+    assert doc["counts"]["no-verdict"] == 1
+    assert len((out / campaign_mod.TRIED).read_text().splitlines()) == 3
+    assert "stopped by interrupted" in (out / campaign_mod.REPORT).read_text()
+
+
+def test_a_counterexample_a_re_run_does_not_confirm_is_not_shrunk(tmp_path, monkeypatch,
+                                                                    contention):
+    verdicts = iter(["lockup", "completed"] + ["completed"] * 100)
+
+    class Flaky(FakeOrchestrator):
+        def run(self):
+            self.out.mkdir(parents=True)
+            (self.out / results.SUMMARY).write_text(json.dumps(
+                {"scenario": self.sc.name, "policy": self.sc.client.policy,
+                 "verdict": next(verdicts), "expected": "completed", "status": "finished"}))
+
+    monkeypatch.setattr(campaign_mod, "Orchestrator", Flaky)
+    monkeypatch.setenv("TESTBED_RESULTS_DB", str(tmp_path / "results.db"))
+    clock = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(campaign_mod.time, "monotonic", lambda: float(next(clock)))
+    ranges = write(tmp_path, "ranges:\n  client.memory_mb: {min: 16, max: 64}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    c = campaign_mod.Campaign(contention, scenario_mod.resolve("contention"),
+                              ranges_mod.load(ranges, contention), out, budget_s=200, seed=1,
+                              echo=io.StringIO())
+    assert c.run() == 0
+    doc = json.loads((out / campaign_mod.SUMMARY).read_text())
+    (found,) = doc["counterexamples"]
+    assert found["confirmed"] is False and found["confirm_outcome"] == "holds"
+    assert "shrunk" not in found and not list(out.glob("counterexample-*.yaml"))
+    assert "Not confirmed: the re-run gave holds" in (out / campaign_mod.REPORT).read_text()
