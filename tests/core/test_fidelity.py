@@ -6,9 +6,7 @@ statistics and the results store."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
