@@ -38,6 +38,7 @@ where their defaults and the reasons for them are declared); ``null`` turns one 
 
 from __future__ import annotations
 
+import errno
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -224,7 +225,7 @@ def read_pressure(path: Path = PSI_CPU) -> Optional[PressureReading]:
     except FileNotFoundError:
         return None
     except OSError as exc:       # PSI compiled in but off (psi=0): reading fails
-        if exc.errno == 95:      # EOPNOTSUPP
+        if exc.errno == errno.EOPNOTSUPP:
             return None
         raise
 

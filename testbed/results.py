@@ -474,10 +474,17 @@ def table(runs: Iterable[RunOutcome]) -> Table:
 
 def _row(r: RunOutcome) -> list[str]:
     t = r.time_s
-    # a run without a verdict shows "None", as it always has in the table
-    return [r.label, r.policy, str(r.verdict), str(r.expected),
+    # a run without a verdict shows "None", as it always has in the table; an invalid
+    # run's verdict is shown as measured, marked: nothing counts it
+    return [r.label, r.policy, verdict_shown(r.verdict, r.invalid), str(r.expected),
             f"{t:.1f}" if t else "-", f"{r.written_back_bytes / 2**20:.1f}",
             count_text(r.drops("memalloc")), count_text(r.drops("other")), str(r.mismatches)]
+
+
+def verdict_shown(verdict: Optional[str], invalid: bool) -> str:
+    """A verdict in a table: ``completed``, or ``completed (invalid)`` for a run past a
+    fidelity bound (:mod:`testbed.fidelity`)."""
+    return f"{verdict} (invalid)" if invalid else str(verdict)
 
 
 def count_text(n: Optional[int]) -> str:

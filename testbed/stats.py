@@ -33,7 +33,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from scipy import stats as sps
+
+
+def sps():
+    """``scipy.stats``, imported when a statistic is computed: the import takes about
+    0.5 s, which every ``testbed`` command that computes none would pay."""
+    from scipy import stats
+    return stats
 
 CONFIDENCE = 0.95       # of every interval
 ALPHA = 0.05            # a claim is supported when its p-value is below this
@@ -67,7 +73,7 @@ def order_statistic_coverage(n: int, k: int) -> float:
     number of values below the median is Binomial(n, 1/2)."""
     if n == 0 or not 1 <= k <= (n + 1) // 2:
         return 0.0
-    return float(1.0 - 2.0 * sps.binom.cdf(k - 1, n, 0.5))
+    return float(1.0 - 2.0 * sps().binom.cdf(k - 1, n, 0.5))
 
 
 def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Estimate:
@@ -79,7 +85,7 @@ def median_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> Estima
         return Estimate(0, None, None, None, 0.0)
     median = float(np.median(xs))
     # the largest k whose interval still covers: binom.ppf gives the lower tail's quantile
-    k = int(sps.binom.ppf((1.0 - confidence) / 2.0, n, 0.5))
+    k = int(sps().binom.ppf((1.0 - confidence) / 2.0, n, 0.5))
     while k >= 1 and order_statistic_coverage(n, k) < confidence:
         k -= 1
     k = max(k, 1)
@@ -114,14 +120,14 @@ class RateTest:
 
 def p0_floor(n: int, p0: float) -> float:
     """The p-value of n successes in n runs against H0: rate <= p0."""
-    return float(sps.binom.sf(n - 1, n, p0)) if n > 0 else 1.0
+    return float(sps().binom.sf(n - 1, n, p0)) if n > 0 else 1.0
 
 
 def rate_test(successes: int, n: int, p0: float = 0.5) -> RateTest:
     """Exact one-sided binomial test that the rate of success exceeds ``p0``."""
     if n == 0:
         return RateTest(0, 0, p0, 1.0, 0.0)
-    r = sps.binomtest(successes, n, p0, alternative="greater")
+    r = sps().binomtest(successes, n, p0, alternative="greater")
     low = r.proportion_ci(confidence_level=CONFIDENCE, method="exact").low
     return RateTest(successes, n, p0, float(r.pvalue), float(low))
 
@@ -151,8 +157,8 @@ def less_test(a: Sequence[float], b: Sequence[float]) -> LessTest:
         return LessTest(ea, eb, None, 1.0)
     if len(set(a) | set(b)) == 1:        # every value equal: no evidence either way
         return LessTest(ea, eb, len(a) * len(b) / 2.0, 1.0)
-    method = sps.PermutationMethod(n_resamples=PERMUTATIONS, rng=np.random.default_rng(SEED))
-    r = sps.mannwhitneyu(a, b, alternative="less", method=method)
+    method = sps().PermutationMethod(n_resamples=PERMUTATIONS, rng=np.random.default_rng(SEED))
+    r = sps().mannwhitneyu(a, b, alternative="less", method=method)
     return LessTest(ea, eb, float(r.statistic), float(r.pvalue))
 
 

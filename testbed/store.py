@@ -210,11 +210,12 @@ class Query:
     since: Optional[str] = None
     verdict: Optional[str] = None
     command: Optional[str] = None
+    validity: Optional[str] = None      # valid | invalid (testbed.fidelity)
 
     def where(self) -> tuple[str, list[Any]]:
         """The SQL condition on ``runs`` and its arguments."""
         cond, args = ["1"], []
-        for col in ("scenario", "policy", "command"):
+        for col in ("scenario", "policy", "command", "validity"):
             if getattr(self, col) is not None:
                 cond.append(f"{col} = ?")
                 args.append(getattr(self, col))

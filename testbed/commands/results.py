@@ -21,7 +21,7 @@ from typing import Optional
 
 from .. import store
 from ..errors import ConfigError
-from ..results import Table
+from ..results import Table, verdict_shown
 from .run import print_columns
 
 EXPORTERS = {".csv": store.export_csv, ".parquet": store.export_parquet}
@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "2026-11-29T08:00; local time unless it says its zone)")
     p.add_argument("--verdict", help="completed, lockup, degraded, or none (no verdict)")
     p.add_argument("--command", choices=store.COMMANDS, help="the command that made the runs")
+    p.add_argument("--validity", choices=("valid", "invalid"),
+                   help="runs within their fidelity bounds, or past one (docs/results.md)")
     p.add_argument("--export", type=Path, metavar="FILE",
                    help="write the runs to FILE.csv or FILE.parquet instead of printing them")
     p.add_argument("--rebuild", action="store_true",
@@ -72,7 +74,8 @@ def query_of(args: argparse.Namespace) -> store.Query:
     return store.Query(scenario=args.scenario, policy=args.policy,
                        params=dict(parse_param(p) for p in args.param),
                        since=parse_since(args.since) if args.since else None,
-                       verdict=args.verdict, command=args.command)
+                       verdict=args.verdict, command=args.command,
+                       validity=args.validity)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -111,7 +114,8 @@ def _row(r: store.Record) -> list[str]:
     return [(r.started or "-").replace("T", " ").rstrip("Z"), r.command or "-",
             str(r.scenario), str(r.policy),
             " ".join(f"{k}={v}" for k, v in r.params.items()) or "-",
-            r.verdict or "none", f"{t:.1f}" if t is not None else "-",
+            verdict_shown(r.verdict or "none", r.validity == "invalid"),
+            f"{t:.1f}" if t is not None else "-",
             _int(r.figures.get("rx_storage_drops")), _int(r.figures.get("rx_other_drops")),
             _shown(r.path)]
 

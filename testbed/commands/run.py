@@ -51,14 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     live_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("compare", help="the same load under several policies, side by side")
+    p = sub.add_parser("compare", help="the same load under several policies, or on the model "
+                                       "and the kernel, side by side")
     p.add_argument("scenario")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--policies", help="comma-separated, e.g. none,gorman-3.6")
     which.add_argument("--clients", help="kinds of storage client, comma-separated: "
                                          "emulated[:POLICY] and kernel (Linux 6.1's own "
                                          "policy), e.g. emulated:gorman-3.6,kernel")
-    p.add_argument("--repeat", type=int, default=1, help="runs per policy (default 1)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs per policy or client (default 1)")
     _common(p)
     out_option(p, "folder for the runs and the combined report")
     live_options(p)

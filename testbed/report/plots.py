@@ -19,13 +19,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import matplotlib
+from ..results import RunOutcome, param_values
+from .summary import host_bytes
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from ..results import RunOutcome, param_values  # noqa: E402
-from .summary import host_bytes  # noqa: E402
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, imported when a plot is drawn: the import
+    takes about 0.3 s, which every ``testbed`` command that draws nothing would pay."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 PAGE_MIB = 4096 / 2**20
 COLOURS = {"free": "tab:green", "dirty": "tab:orange", "writeback": "tab:purple"}
@@ -91,6 +95,7 @@ def mark(axes: Any, markers: list[Marker], spans: list[tuple[float, float]]) -> 
 def memory_plot(samples: list[dict[str, Any]], path: Path, title: str,
                 lockup_t: Optional[float] = None, markers: Optional[list[Marker]] = None,
                 spans: Optional[list[tuple[float, float]]] = None) -> None:
+    plt = pyplot()
     t = series(samples, "t")
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True,
                              gridspec_kw={"height_ratios": [3, 1.4, 1.4]})
@@ -125,6 +130,7 @@ def memory_plot(samples: list[dict[str, Any]], path: Path, title: str,
 def drops_plot(samples: list[dict[str, Any]], final_drops: dict[str, Any], path: Path,
                title: str, markers: Optional[list[Marker]] = None,
                spans: Optional[list[tuple[float, float]]] = None) -> None:
+    plt = pyplot()
     t = series(samples, "t")
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
     for cls, label, colour in (("memalloc", "storage (memalloc)", "tab:blue"),
@@ -168,6 +174,7 @@ def goodput_series(samples: list[dict[str, Any]], hosts: dict[str, str],
 def goodput_plot(samples: list[dict[str, Any]], hosts: dict[str, str], path: Path,
                  title: str, markers: Optional[list[Marker]] = None,
                  spans: Optional[list[tuple[float, float]]] = None) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for name, (ts, rates) in sorted(goodput_series(samples, hosts).items()):
         ax.plot(ts, rates, label=name)
@@ -187,6 +194,7 @@ def goodput_plot(samples: list[dict[str, Any]], hosts: dict[str, str], path: Pat
 
 def compare_plot(runs: list[tuple[RunOutcome, list[dict[str, Any]]]], path: Path) -> None:
     """Several runs side by side: free memory, written back, and other-traffic drops."""
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
     for run, samples in runs:
         t = series(samples, "t")
@@ -218,6 +226,7 @@ def sweep_plot(runs: list[RunOutcome], keys: list[str], path: Path) -> None:
     Values and times are the results reader's (``runs.json`` params, ``RunOutcome.time_s``);
     a run that recorded no time gets a bar of height 0.
     """
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if len(keys) == 1:
         for i, run in enumerate(runs):

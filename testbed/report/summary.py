@@ -44,8 +44,9 @@ in two places. It has no packet handler, so nothing counts its drops per flow cl
 0; the kernel's own ``PFMemallocDrop`` is in its samples). And its lockup is the guest's
 detector's (``lockup.detector: kernel``): writeback pending and the LUN's written
 sectors still for ``lockup_after_s``, with free memory at or below the min watermark or
-a hung-task warning. That is a verdict of ``lockup`` with its own wording: no recovery
-horizon was waited out and no wait-for cycle was named, so it is never called that.
+a hung-task warning. That is not a proven lockup: the guest is stopped there, so no
+recovery horizon is waited out, and a real kernel names no wait-for cycle. The run is
+``degraded``, and its reason says what the guest's detector saw and what it did not prove.
 """
 
 from __future__ import annotations
@@ -376,9 +377,9 @@ def _decide(summary: dict[str, Any], outcome: dict[str, Any], scenario: Any) -> 
         summary["detail"] = outcome.get("detail") or "the storage client left no outcome; see client.log"
         return
     lockup = summary.get("lockup") or {}
-    # the emulated client's lockup is proven with its cycle; the kernel's is its guest's
-    # detector's, which has none to name (see the module docstring)
-    if client == "lockup" and (lockup.get("cycle") or lockup.get("detector") == "kernel"):
+    # a lockup is proven past the recovery horizon with its cycle; the kernel client's
+    # detector proves neither (see the module docstring), so its stall is degraded
+    if client == "lockup" and lockup.get("cycle"):
         summary["verdict"] = "lockup"
         return
     reasons.extend(_stuck_reasons(client, lockup, summary["stalls"]))
@@ -419,7 +420,9 @@ def _stuck_reasons(client: Optional[str], lockup: dict[str, Any],
     stuck past the horizon without one, a stall that never ended but came unstuck before
     each horizon, a proven lockup that recovered."""
     out = []
-    if client == "lockup":
+    if client == "lockup" and lockup.get("detector") == "kernel":
+        out.append(kernel_lockup_line(lockup))
+    elif client == "lockup":
         out.append("the client reported a lockup without a wait-for cycle: not proven")
     elif lockup.get("recovered_at") is not None:
         out.append(f"the lockup proven at t={lockup['t']:.1f}s recovered at "
@@ -468,9 +471,7 @@ def evidence(summary: dict[str, Any]) -> list[str]:
     if summary.get("status") != "finished":
         lines.append(f"no verdict: run {summary.get('status')}: {summary.get('detail', '')}")
         return lines
-    if v == "lockup" and (summary.get("lockup") or {}).get("detector") == "kernel":
-        lines.append(kernel_lockup_line(summary["lockup"]))
-    elif v == "lockup" and summary.get("lockup"):
+    if v == "lockup" and summary.get("lockup"):
         lk = summary["lockup"]
         lines.append(f"lockup at t={lk['t']:.1f}s: no writeback progress for "
                      f"{lk['stalled_for_s']:.1f}s with {lk['dirty']} dirty and {lk['writeback']} "
@@ -498,9 +499,9 @@ def evidence(summary: dict[str, Any]) -> list[str]:
 
 
 def kernel_lockup_line(lk: dict[str, Any]) -> str:
-    """A kernel client's lockup as its guest's detector established it: a stall of
-    ``lockup_after_s`` with free memory at or below min, or a hung-task warning. Nothing
-    here waited out a recovery horizon, so the line does not claim one."""
+    """What a kernel client's detector saw - a stall of ``lockup_after_s`` with free memory
+    at or below min, or a hung-task warning - and what it did not prove (the reason of a
+    degraded run: no recovery horizon waited out, no wait-for cycle)."""
     hung = lk.get("hung_task_messages") or []
     free, low = lk.get("free"), lk.get("wmark_min")
     why = []
@@ -510,13 +511,13 @@ def kernel_lockup_line(lk: dict[str, Any]) -> str:
         why.append(f"{len(hung)} hung-task warnings from the kernel (last: {hung[-1]})")
     counters = lk.get("counters") or {}
     seen = ", ".join(f"{k} {v}" for k, v in counters.items() if v is not None)
-    return (f"lockup at t={lk.get('t') or 0.0:.1f}s, by the guest's detector: no writeback "
+    return (f"stuck at t={lk.get('t') or 0.0:.1f}s, by the guest's detector: no writeback "
             f"to the LUN for {lk.get('stalled_for_s') or 0.0:.1f}s with {lk.get('dirty')} "
             f"dirty and {lk.get('writeback')} under-writeback pages, "
             f"{' and '.join(why) or f'{free} free pages (min watermark {low})'}"
             + (f"; counters: {seen}" if seen else "")
-            + "; the guest was stopped there: no recovery horizon was waited out and no "
-              "wait-for cycle named")
+            + "; not a proven lockup: the guest was stopped there, before any recovery "
+              "horizon passed, and a real kernel names no wait-for cycle")
 
 
 def fault_lines(summary: dict[str, Any]) -> list[str]:

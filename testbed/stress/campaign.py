@@ -11,7 +11,8 @@ The loop, under a time budget:
 3. judge the verdict by the policy's claim (:data:`testbed.claims.POLICY_CLAIMS`): a fix
    that locks up, or ``none`` / ``reserve-only`` that completes, is a counterexample;
    a run without a verdict, or with a verdict that neither holds nor refutes the claim
-   (``degraded``), is counted as such and is not one;
+   (``degraded``), is counted as such and is not one; nor is a run past a fidelity bound
+   (:mod:`testbed.fidelity`: starved, its verdict is no evidence), counted without one;
 4. on a counterexample, run the same load again to confirm it (verdicts can be
    flaky); a confirmed one is shrunk (:mod:`.shrink`), every candidate a run of its own,
    and the smallest load that still failed is written as a scenario file
@@ -260,6 +261,10 @@ class Campaign:
         entry.detail = entry.detail or run.detail
         if run.verdict is None:
             entry.outcome = NO_VERDICT
+        elif run.invalid:               # starved (testbed.fidelity): its verdict is not evidence
+            entry.outcome = NO_VERDICT
+            why = "; ".join((run.summary.get("fidelity") or {}).get("invalid_by") or [])
+            entry.detail = f"verdict {run.verdict} not counted: the run was past a fidelity bound ({why})"
         elif self.claim.refutes(run):
             entry.outcome = COUNTEREXAMPLE
         elif self.claim.holds(run):

@@ -6,9 +6,7 @@ statistics and the results store."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -284,3 +282,20 @@ def test_a_version_1_database_is_upgraded_with_a_validity_column(tmp_path):
         (row,) = st.query()
         assert st.conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     assert row.verdict == "lockup" and row.validity is None
+
+
+def test_tables_and_queries_mark_and_find_invalid_runs(tmp_path, capsys):
+    bad = summary()
+    bad.update(validity="invalid", fidelity={"lag": {"max_ms": 1500.0}})
+    db = tmp_path / "results.db"
+    store.record_run(run_folder(tmp_path / "bad", bad), "run", db=db)
+    store.record_run(run_folder(tmp_path / "good", {**summary(), "validity": "valid"}), "run",
+                     db=db)
+    assert main(["results", "--db", str(db), "--validity", "invalid"]) == 0
+    out = capsys.readouterr().out
+    assert "completed (invalid)" in out and "1 runs in" in out
+    assert main(["results", "--db", str(db), "--validity", "valid"]) == 0
+    out = capsys.readouterr().out
+    assert "(invalid)" not in out and "1 runs in" in out
+    rows = results.table([results.open_run(tmp_path / "bad"), results.open_run(tmp_path / "good")])
+    assert [r[rows.verdict_column] for r in rows.rows] == ["completed (invalid)", "completed"]

@@ -299,6 +299,23 @@ def test_ctrl_c_leaves_what_was_found_readable(tmp_path, monkeypatch, contention
     assert "stopped by interrupted" in (out / campaign_mod.REPORT).read_text()
 
 
+def memory_campaign(tmp_path, monkeypatch, contention, orchestrator, budget_s: float):
+    """A campaign over client.memory_mb with ``orchestrator`` standing in for the runs and
+    a clock that moves 10 s a look; it must end with status 0. Its folder and stress.json."""
+    monkeypatch.setattr(campaign_mod, "Orchestrator", orchestrator)
+    monkeypatch.setenv("TESTBED_RESULTS_DB", str(tmp_path / "results.db"))
+    clock = iter(range(0, 10**6, 10))
+    monkeypatch.setattr(campaign_mod.time, "monotonic", lambda: float(next(clock)))
+    ranges = write(tmp_path, "ranges:\n  client.memory_mb: {min: 16, max: 64}\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    c = campaign_mod.Campaign(contention, scenario_mod.resolve("contention"),
+                              ranges_mod.load(ranges, contention), out, budget_s=budget_s,
+                              seed=1, echo=io.StringIO())
+    assert c.run() == 0
+    return out, json.loads((out / campaign_mod.SUMMARY).read_text())
+
+
 def test_a_counterexample_a_re_run_does_not_confirm_is_not_shrunk(tmp_path, monkeypatch,
                                                                     contention):
     verdicts = iter(["lockup", "completed"] + ["completed"] * 100)
@@ -310,19 +327,25 @@ def test_a_counterexample_a_re_run_does_not_confirm_is_not_shrunk(tmp_path, monk
                 {"scenario": self.sc.name, "policy": self.sc.client.policy,
                  "verdict": next(verdicts), "expected": "completed", "status": "finished"}))
 
-    monkeypatch.setattr(campaign_mod, "Orchestrator", Flaky)
-    monkeypatch.setenv("TESTBED_RESULTS_DB", str(tmp_path / "results.db"))
-    clock = iter(range(0, 10**6, 10))
-    monkeypatch.setattr(campaign_mod.time, "monotonic", lambda: float(next(clock)))
-    ranges = write(tmp_path, "ranges:\n  client.memory_mb: {min: 16, max: 64}\n")
-    out = tmp_path / "out"
-    out.mkdir()
-    c = campaign_mod.Campaign(contention, scenario_mod.resolve("contention"),
-                              ranges_mod.load(ranges, contention), out, budget_s=200, seed=1,
-                              echo=io.StringIO())
-    assert c.run() == 0
-    doc = json.loads((out / campaign_mod.SUMMARY).read_text())
+    out, doc = memory_campaign(tmp_path, monkeypatch, contention, Flaky, budget_s=200)
     (found,) = doc["counterexamples"]
     assert found["confirmed"] is False and found["confirm_outcome"] == "holds"
     assert "shrunk" not in found and not list(out.glob("counterexample-*.yaml"))
     assert "Not confirmed: the re-run gave holds" in (out / campaign_mod.REPORT).read_text()
+
+
+def test_a_run_past_a_fidelity_bound_is_no_counterexample(tmp_path, monkeypatch, contention):
+    """A starved run's lockup (testbed.fidelity: validity invalid) is not evidence."""
+    class Starved(FakeOrchestrator):
+        def run(self):
+            self.out.mkdir(parents=True)
+            (self.out / results.SUMMARY).write_text(json.dumps(
+                {"scenario": self.sc.name, "policy": self.sc.client.policy, "verdict": "lockup",
+                 "expected": "completed", "status": "finished", "validity": "invalid",
+                 "fidelity": {"invalid_by": ["client wake-up lag max 1500 ms > 1000 ms"]}}))
+
+    out, doc = memory_campaign(tmp_path, monkeypatch, contention, Starved, budget_s=1000)
+    tried = [json.loads(line) for line in (out / campaign_mod.TRIED).read_text().splitlines()]
+    assert tried and all(t["outcome"] == "no-verdict" for t in tried)
+    assert "past a fidelity bound (client wake-up lag" in tried[0]["detail"]
+    assert doc["counts"]["counterexample"] == 0 and not doc["counterexamples"]

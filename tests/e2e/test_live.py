@@ -40,6 +40,22 @@ def wait_for(pred, timeout: float, what: str):
     return got
 
 
+def start_live_run(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """``testbed run SCENARIO --live`` on a free port, its output in a file."""
+    log = tmp_path / "testbed.out"
+    with open(log, "w") as out:
+        p = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(SCENARIO), "--out",
+                              str(tmp_path / "run"), "--live", "--live-port", "0"],
+                             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    return p, log
+
+
+def live_url(log: Path) -> re.Match:
+    """The page's URL as the run printed it (group 1) and its port (group 2)."""
+    return wait_for(lambda: re.search(r"live: (http://127\.0\.0\.1:(\d+)/) ", log.read_text()),
+                    30, "the URL to be printed")
+
+
 def browser(profile: Path):
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the test extra) "
                                     "is not installed: scripts/setup.sh installs it")
@@ -54,15 +70,10 @@ def browser(profile: Path):
 @pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium and chromium-driver are not "
                     "installed (scripts/setup.sh installs them)")
 def test_the_live_page_updates_and_shows_the_verdict(tmp_path: Path) -> None:
-    log = tmp_path / "testbed.out"
     driver = browser(tmp_path / "profile")     # first: the run's samples last about 10 s
-    with open(log, "w") as out:
-        p = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(SCENARIO), "--out",
-                              str(tmp_path / "run"), "--live", "--live-port", "0"],
-                             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    p, log = start_live_run(tmp_path)
     try:
-        url = wait_for(lambda: re.search(r"live: (http://127\.0\.0\.1:(\d+)/) ", log.read_text()),
-                       30, "the URL to be printed")
+        url = live_url(log)
         driver.set_page_load_timeout(20)
         driver.get(url.group(1))
         text = lambda id_: driver.find_element("id", id_).text   # noqa: E731
@@ -110,14 +121,10 @@ def test_a_port_in_use_is_one_line_and_starts_nothing(tmp_path: Path, argv: list
 
 
 def test_ctrl_c_stops_the_page_with_the_run_and_frees_its_port(tmp_path: Path) -> None:
-    log = tmp_path / "testbed.out"
-    with open(log, "w") as out:
-        p = subprocess.Popen([sys.executable, "-m", "testbed.cli", "run", str(SCENARIO), "--out",
-                              str(tmp_path / "run"), "--live", "--live-port", "0"],
-                             stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    p, log = start_live_run(tmp_path)
     try:
-        url = wait_for(lambda: re.search(r"live: (http://127\.0\.0\.1:(\d+)/) ", log.read_text()),
-                       30, "the URL to be printed")
+        url = live_url(log)
+
         def rows() -> int:
             with urllib.request.urlopen(url.group(1) + "data", timeout=5) as r:
                 return len(json.loads(r.read())["rows"])
