@@ -356,6 +356,9 @@ class Campaign:
         path = self.out / f"counterexample-{k}.yaml"
         sc = ranges_mod.build(self.data, found.shrunk.load)
         sc.name = f"{self.base.name}-stress-{self.policy}-{k}"
+        # expected: what the claim says, which the base scenario may not (its expectation
+        # can be what the models give, as contention's for the 2005 fixes is)
+        sc.expect_by_policy = {**sc.expect_by_policy, self.policy: self.claim.expect}
         head = (f"# A counterexample to '{self.claim.claim}', found by testbed stress (seed "
                 f"{self.seed}, load {found.label}) and shrunk toward {self.base.name}'s values.\n"
                 f"# `testbed run` on it reaches a verdict other than the expected one.\n")

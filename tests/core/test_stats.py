@@ -280,6 +280,29 @@ def test_claims_that_do_not_hold_say_so(tmp_path, capsys):
     assert "not supported" in capsys.readouterr().out
 
 
+def test_a_reserve_that_lets_storage_frames_drop_does_not_hold_whatever_the_verdict(tmp_path):
+    """The receive claim counts storage frames dropped on receive, not the verdict: half of
+    phillips-2005's runs drop some (and still complete); every threshold run locks up
+    without dropping one, which holds the receive claim and refutes the completion one."""
+    base = claims_folder(tmp_path / "claims")
+    for entry in json.loads((base / "runs.json").read_text())["runs"]:
+        policy, k = entry["label"].split("#")
+        path = base / entry["dir"] / "summary.json"
+        s = json.loads(path.read_text())
+        if policy == "phillips-2005" and int(k) <= 5:
+            s["drops"]["memalloc"] = {"total": 3, "NOMEM": 3}
+        elif policy == "phillips-2005-threshold":
+            s = run_summary(policy, "lockup", 20.0)
+        path.write_text(json.dumps(s))
+    assert main(["claims", "--from", str(base)]) == 1
+    got = {c["claim"]: c for c in json.loads((base / "claims.json").read_text())["claims"]}
+    assert not got["phillips-2005 receives every storage frame"]["supported"]
+    assert got["phillips-2005 receives every storage frame"]["successes"] == 5
+    assert got["phillips-2005 completes"]["supported"]
+    assert got["phillips-2005-threshold receives every storage frame"]["supported"]
+    assert not got["phillips-2005-threshold completes"]["supported"]
+
+
 def test_a_small_claims_folder_supports_no_rate_claim(tmp_path):
     base = claims_folder(tmp_path / "claims", n=2)
     assert main(["claims", "--from", str(base)]) == 1
