@@ -13,17 +13,27 @@ login), which makes its recovery horizon 15 s instead of 42 s: a lockup is prove
 run ~10 s. The counts are set by cost, and each claim is tested at the confidence its
 count supports:
 
+On the era models (issue 12) every 2005 policy locks up on this load: ``none`` on the
+receive side (the target's responses find no buffer), ``reserve-only``, ``phillips-2005``
+and its threshold on the transmit side (2.6.13 had no transmit reserve: the initiator's
+data segments wait in ``sk_stream_wait_memory`` at the GFP_ATOMIC floor). Phillips'
+reserve still does what the article says it does: not one storage frame is dropped on
+receive. So the article's "phillips-2005 completes" is refuted here, and its receive
+claim holds. ``gorman-3.6`` completes without reaching min (its mmap writer is throttled
+at the dirty limits, as since 2.6.19).
+
 - ``none``, ``reserve-only`` (3 runs each) lock up, the baseline (3 runs) completes, and
   ``gorman-3.6`` (3 runs) completes: 3 of 3 give p = 1/8, the least that count can give
   against H0 (rate <= 1/2), so the test asks for that (every run agrees: 87.5 %
   confidence that the rate exceeds 1/2).
-- ``phillips-2005``, ``phillips-2005-threshold`` (5 runs each) complete: 5 of 5 give
-  p = 1/32 (96.9 %). ``make claims`` (N = 10: p = 0.001) is the full statement.
+- ``phillips-2005``, ``phillips-2005-threshold`` (5 runs each) lock up, each run without a
+  storage frame dropped on receive: 5 of 5 give p = 1/32 (96.9 %) for the receive claims,
+  and "completes" is refuted (0 of 5). ``make claims`` (N = 10: p = 0.001) is the full
+  statement.
 - the threshold drops fewer frames of other traffic, received and transmitted, than
   ``phillips-2005``: one-sided Mann-Whitney U on 5 runs against 5, tested at 5 % (it
-  needs U <= 4 of the 25 pairs; 4 against 4, which needs U <= 1 of 16, failed once in
-  a batch where one ``phillips-2005`` run dropped few frames). The threshold's other
-  two claims are not checked here (see the README's N = 10 table).
+  needs U <= 4 of the 25 pairs). The threshold's other two claims are not checked here
+  (see the README's table).
 
 Around the claims, on every run: the lockup evidence is the seed's signature, the
 filter drops other traffic and never storage, every completed run reads back with 0
@@ -52,8 +62,8 @@ pytestmark = [pytest.mark.mininet, pytest.mark.root, pytest.mark.slow, pytest.ma
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 RUN_TIMEOUT = 300    # a 75 s deadline, bring-up, read-back and teardown, on a loaded machine
 
-POLICIES = {"none": "lockup", "reserve-only": "lockup", "phillips-2005": "completed",
-            "phillips-2005-threshold": "completed", "gorman-3.6": "completed"}
+POLICIES = {"none": "lockup", "reserve-only": "lockup", "phillips-2005": "lockup",
+            "phillips-2005-threshold": "lockup", "gorman-3.6": "completed"}
 RUNS = {"none": 3, "reserve-only": 3, "phillips-2005": 5, "phillips-2005-threshold": 5,
         "gorman-3.6": 3, "baseline": 3}      # by cost: see the module docstring
 # The labs' initiator timeouts (labs/*/*.yaml): a 15 s recovery horizon (module docstring)
@@ -136,19 +146,32 @@ def e2e_level(claim: dict) -> float:
     return stats.ALPHA
 
 
-RATE_CLAIMS = {"none locks up": "none",
-               "reserve-only locks up once bulk traffic drains the reserve": "reserve-only",
-               "phillips-2005 completes": "phillips-2005",
-               "phillips-2005-threshold completes": "phillips-2005-threshold",
-               "gorman-3.6 completes": "gorman-3.6",
-               "the baseline completes": "baseline"}
+# claim -> (its runs, whether the era models support it; None: they give it in some runs
+# and not others, so 3 runs cannot say)
+RATE_CLAIMS = {"none locks up": ("none", True),
+               "reserve-only locks up once bulk traffic drains the reserve": ("reserve-only", None),
+               "phillips-2005 receives every storage frame": ("phillips-2005", True),
+               "phillips-2005 completes": ("phillips-2005", False),
+               "phillips-2005-threshold receives every storage frame":
+                   ("phillips-2005-threshold", True),
+               "phillips-2005-threshold completes": ("phillips-2005-threshold", False),
+               "gorman-3.6 completes": ("gorman-3.6", True),
+               "the baseline completes": ("baseline", True)}
 
 
 @pytest.mark.parametrize("claim", list(RATE_CLAIMS))
-def test_the_article_claims_each_verdict(claims, claim):
+def test_each_claim_is_supported_or_refuted_as_the_era_models_give(claims, claim):
+    """Supported: every run agrees, at the least p-value the count gives. Refuted (the
+    2005 fixes complete, on the era models): not one run of them did. ``reserve-only``
+    locks up every time (:func:`test_each_policy_reaches_its_verdict_every_time`), but on
+    the transmit side, with its reserve drained in some runs and not in others."""
     c = claims[claim]
-    assert c["n"] == RUNS[RATE_CLAIMS[claim]], c
-    assert c["pvalue"] <= e2e_level(c), c
+    group, supported = RATE_CLAIMS[claim]
+    assert c["n"] == RUNS[group], c
+    if supported:
+        assert c["pvalue"] <= e2e_level(c), c
+    elif supported is False:
+        assert c["successes"] == 0 and not c["supported"], c
 
 
 def test_the_threshold_drops_fewer_frames_of_other_traffic_than_phillips(claims):
@@ -175,22 +198,48 @@ def test_the_baseline_completes_and_reads_back(contention_runs):
         check_integrity(s)
 
 
+def edges(summary: dict) -> list[tuple[str, str]]:
+    return [(e["waiter"], e["waits_for"]) for e in summary["lockup"]["cycle"]["edges"]]
+
+
 def test_lockup_evidence_is_the_seed_signature(contention_runs):
-    for s in contention_runs["none"] + contention_runs["reserve-only"]:
-        lk = s["lockup"]
-        assert lk["dirty"] > 0 and lk["free"] <= lk["wmark_min"]
-        assert lk["stalled_for_s"] >= 4.0
-        # proven against the horizon of the initiator as configured (INITIATOR): 15 s
-        assert lk["horizon"]["command_timeout_s"] == 8 and lk["horizon"]["seconds"] == 15
-        assert lk["stuck_for_s"] >= 15 and lk["cycle"]["edges"]
-        # the acknowledgements could not be received: frames were dropped for lack of memory
-        assert s["drops"]["memalloc"].get("NOMEM", 0) + s["drops"]["other"].get("NOMEM", 0) > 0
+    for policy in ("none", "reserve-only", "phillips-2005", "phillips-2005-threshold"):
+        for s in contention_runs[policy]:
+            lk = s["lockup"]
+            assert lk["dirty"] > 0 and lk["free"] <= lk["wmark_min"], (policy, lk)
+            assert lk["stalled_for_s"] >= 4.0
+            # proven against the horizon of the initiator as configured (INITIATOR): 15 s
+            assert lk["horizon"]["command_timeout_s"] == 8 and lk["horizon"]["seconds"] == 15
+            assert lk["stuck_for_s"] >= 15 and lk["cycle"]["edges"]
+            # writeback waits on the storage flow, which waits for an skb, held by memory
+            # that only writeback frees
+            e = edges(s)
+            assert e[0][0] == "writeback" and e[1][1] == "an skb", (policy, e)
+            assert ("dirty pages", "writeback") in e, (policy, e)
 
 
-def test_none_stops_at_the_atomic_floor_reserve_only_drains_the_reserve(contention_runs):
+def test_the_reserves_lock_up_on_the_transmit_side(contention_runs):
+    """Phillips' reserve lets every storage frame in; what is stuck is the initiator's
+    sending: a data segment that waited the whole stuck time for transmit memory
+    (``sk_stream_wait_memory``) with free memory at or under the GFP_ATOMIC floor, for
+    2.6.13 gave no socket transmit access to the reserve. ``reserve-only`` gets stuck
+    there too (its receive drops are not checked: the reserve is the bulk flows' too)."""
+    for policy in ("reserve-only", "phillips-2005", "phillips-2005-threshold"):
+        for s in contention_runs[policy]:
+            if policy != "reserve-only":
+                assert s["drops"]["memalloc"]["total"] == 0, (policy, s["drops"])
+            assert ("writeback", "iSCSI requests sent") in edges(s), (policy, edges(s))
+            lk = s["lockup"]
+            floor = slowpath_mark(lk["wmark_min"], AllocFlags.HIGH | AllocFlags.HARDER)
+            assert lk["free"] <= floor + 8, (policy, floor, lk["free"])
+    for s in contention_runs["phillips-2005"]:
+        assert s["drops"]["other"].get("NOT_MEMALLOC", 0) > 0
+
+
+def test_none_stops_at_the_atomic_floor(contention_runs):
     """``none``: GFP_ATOMIC may dip to 3/8 of min and no further, so free memory stops
-    there and atomic allocations fail. ``reserve-only``: frames went on into the reserve
-    (__GFP_MEMALLOC) until it was empty: free memory reached zero."""
+    there and atomic allocations fail. ``reserve-only``'s frames went into the reserve
+    (__GFP_MEMALLOC), bulk frames too."""
     for s in contention_runs["none"]:
         lk = s["lockup"]
         floor = slowpath_mark(lk["wmark_min"], AllocFlags.HIGH | AllocFlags.HARDER)
@@ -200,19 +249,17 @@ def test_none_stops_at_the_atomic_floor_reserve_only_drains_the_reserve(contenti
         assert lk["alloc_fail"]["atomic"] > 0 and lk["alloc_fail"]["memalloc"] == 0
         assert lk["reserve"]["client-eth0"] == 0
     for s in contention_runs["reserve-only"]:
-        lk = s["lockup"]
-        assert lk["free"] <= 2, lk
-        assert lk["alloc_fail"]["memalloc"] > 0 and lk["reserve"]["client-eth0"] > 0
+        assert s["lockup"]["reserve"]["client-eth0"] > 0, s["lockup"]
 
 
-def test_the_filter_drops_other_traffic_not_storage(contention_runs):
-    for policy in ("phillips-2005", "phillips-2005-threshold", "gorman-3.6"):
-        for s in contention_runs[policy]:
-            assert s["drops"]["memalloc"]["total"] == 0, (policy, s["drops"])
-    for s in contention_runs["phillips-2005"]:
-        assert s["drops"]["other"].get("NOT_MEMALLOC", 0) > 0
+def test_gorman_completes_with_every_storage_frame(contention_runs):
+    """3.6 throttles the mmap writer at the dirty limits (``balance_dirty_pages`` from
+    ``page_mkwrite``, since 2.6.19), so this load does not bring it to min (lowest free
+    227 pages against a min of 181 in docs/measurements.md's run): no storage frame is
+    dropped, and its reserve is not what saved it (a finding: the load does not test
+    3.6's reserve)."""
     for s in contention_runs["gorman-3.6"]:
-        assert s["drops"]["other"].get("PFMEMALLOC", 0) > 0
+        assert s["drops"]["memalloc"]["total"] == 0, s["drops"]
 
 
 @pytest.mark.parametrize("name", ["udp-flood", "local-disk"])
