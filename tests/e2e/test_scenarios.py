@@ -9,9 +9,10 @@ for about 13 minutes of these runs, so the initiator here gives up on a silent t
 the labs' does (:data:`INITIATOR`: an 8 s command timeout, NOP-Out pings 2 s + 3 s, a 5 s
 login), which makes its recovery horizon 15 s instead of 42 s: a lockup is proven about
 20 s into a run (~30 s a run, against ~50 s with Linux's default timeouts, which
-``make claims`` and the README use). A completed contention run takes ~40 s, a baseline
+``make claims`` and the README use; ``none`` runs with those, see
+:data:`DEFAULT_INITIATOR_POLICIES`). A completed contention run takes ~40 s, a baseline
 run ~10 s. The counts are set by cost, and each claim is tested at the confidence its
-count supports:
+count supports (below).
 
 On the era models (issue 12) every 2005 policy locks up on this load: ``none`` on the
 receive side (the target's responses find no buffer), ``reserve-only``, ``phillips-2005``
@@ -69,6 +70,18 @@ RUNS = {"none": 3, "reserve-only": 3, "phillips-2005": 5, "phillips-2005-thresho
 # The labs' initiator timeouts (labs/*/*.yaml): a 15 s recovery horizon (module docstring)
 INITIATOR = ("initiator.command_timeout_s=8", "initiator.noop_out_interval_s=2",
              "initiator.noop_out_timeout_s=3", "initiator.login_timeout_s=5")
+# ... but not for none: with them its initiator sometimes gives its session up while free
+# memory sits above the GFP_ATOMIC floor, so no storage receive or send waits for memory
+# and the detector cannot prove the state stuck (1 run of 3 in a batch on 2026-11-29: it
+# ended degraded at the deadline, the OOM killer having killed the downloaders at 58 s).
+# That is an open gap of the detector (issue 12's note); none runs with Linux's default
+# timeouts, as make claims does (5 of 5 lockups there), proven at ~48 s.
+DEFAULT_INITIATOR_POLICIES = ("none",)
+HORIZON_S = {"none": 42}           # the default timeouts' horizon; the rest, 15 s
+
+
+def initiator(policy: str) -> tuple[str, ...]:
+    return () if policy in DEFAULT_INITIATOR_POLICIES else INITIATOR
 THRESHOLD_DROPS = "the threshold drops fewer frames of other traffic than phillips-2005"
 
 
@@ -86,7 +99,10 @@ def check_integrity(summary: dict) -> None:
     assert i["checked"], i
     assert i["mismatches"] == 0, i
     if summary["verdict"] == "completed":
-        assert i["bytes_checked"] == summary["writeback"]["bytes_written"] > 0
+        # more may be checked than the workloads counted: the 2.6.13 OOM killer kills
+        # the mmap writer in most runs (local-disk under none too), and the pages of the
+        # chunk it was writing are dirty and written back, never counted as written
+        assert i["bytes_checked"] >= summary["writeback"]["bytes_written"] > 0
 
 
 def rounds() -> list[str]:
@@ -109,7 +125,7 @@ def batch(tmp_path_factory) -> Path:
         if g == "baseline":
             r, summary = run("baseline", out, *INITIATOR)
         else:
-            r, summary = run("contention", out, f"client.policy={g}", *INITIATOR)
+            r, summary = run("contention", out, f"client.policy={g}", *initiator(g))
         (out / "test-run.json").write_text(json.dumps({"exit": r.returncode, "stdout": r.stdout}))
         entries.append(results.BatchEntry(label, out.name))
         results.write_index(base, "contention: the article's claims (e2e)", entries)
@@ -208,9 +224,10 @@ def test_lockup_evidence_is_the_seed_signature(contention_runs):
             lk = s["lockup"]
             assert lk["dirty"] > 0 and lk["free"] <= lk["wmark_min"], (policy, lk)
             assert lk["stalled_for_s"] >= 4.0
-            # proven against the horizon of the initiator as configured (INITIATOR): 15 s
-            assert lk["horizon"]["command_timeout_s"] == 8 and lk["horizon"]["seconds"] == 15
-            assert lk["stuck_for_s"] >= 15 and lk["cycle"]["edges"]
+            # proven against the horizon of the initiator as configured (initiator())
+            horizon = HORIZON_S.get(policy, 15)
+            assert lk["horizon"]["seconds"] == horizon, lk["horizon"]
+            assert lk["stuck_for_s"] >= horizon and lk["cycle"]["edges"]
             # writeback waits on the storage flow, which waits for an skb, held by memory
             # that only writeback frees
             e = edges(s)
