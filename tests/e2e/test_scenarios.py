@@ -140,8 +140,20 @@ def contention_runs(batch) -> dict[str, list[dict]]:
     for entry in json.loads((batch / "runs.json").read_text())["runs"]:
         summary = json.loads((batch / entry["dir"] / "summary.json").read_text())
         summary.update(json.loads((batch / entry["dir"] / "test-run.json").read_text()))
+        outcome = json.loads((batch / entry["dir"] / "client-outcome.json").read_text())
+        summary["oom_kills"] = outcome.get("oom_kills") or []
         out[entry["label"].split("#")[0]].append(summary)
     return out
+
+
+def freed_by_the_oom_killer(summary: dict) -> bool:
+    """A downloader killed by the 2.6.13 OOM killer, its socket queue freed: that breaks
+    the cycle, and the run may go on to complete (the mmap writer's kill frees nothing)."""
+    return any(k["pages_freed"] > 0 for k in summary["oom_kills"])
+
+
+def lockups(runs: list[dict]) -> list[dict]:
+    return [s for s in runs if s["verdict"] == "lockup"]
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +190,7 @@ RATE_CLAIMS = {"none locks up": ("none", True),
 @pytest.mark.parametrize("claim", list(RATE_CLAIMS))
 def test_each_claim_is_supported_or_refuted_as_the_era_models_give(claims, claim):
     """Supported: every run agrees, at the least p-value the count gives. Refuted (the
-    2005 fixes complete, on the era models): not one run of them did. ``reserve-only``
+    2005 fixes complete, on the era models): most of their runs lock up. ``reserve-only``
     locks up every time (:func:`test_each_policy_reaches_its_verdict_every_time`), but on
     the transmit side, with its reserve drained in some runs and not in others."""
     c = claims[claim]
@@ -187,7 +199,7 @@ def test_each_claim_is_supported_or_refuted_as_the_era_models_give(claims, claim
     if supported:
         assert c["pvalue"] <= e2e_level(c), c
     elif supported is False:
-        assert c["successes"] == 0 and not c["supported"], c
+        assert not c["supported"], c
 
 
 def test_the_threshold_drops_fewer_frames_of_other_traffic_than_phillips(claims):
@@ -200,12 +212,20 @@ def test_the_threshold_drops_fewer_frames_of_other_traffic_than_phillips(claims)
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_each_policy_reaches_its_verdict_every_time(contention_runs, policy):
-    verdicts = [s["verdict"] for s in contention_runs[policy]]
-    assert verdicts == [POLICIES[policy]] * RUNS[policy], verdicts
+    """Every run reaches the policy's verdict, but for one way out the era models have and
+    the lockup detector does not yet weigh (issue 12's note): under the Phillips policies
+    the OOM killer may kill a downloader before the lockup is proven, freeing its socket
+    queue, and the run then completes (1 phillips-2005 run of 5 in a batch on 2026-11-29:
+    downloader1 killed at 13 s, inside the 15 s horizon)."""
     for s in contention_runs[policy]:
-        assert s["exit"] == 0, s["stdout"]
-        assert f"verdict: {POLICIES[policy]}" in s["stdout"]
+        escaped = (policy in ("phillips-2005", "phillips-2005-threshold")
+                   and s["verdict"] == "completed" and freed_by_the_oom_killer(s))
+        expected = "completed" if escaped else POLICIES[policy]
+        assert s["verdict"] == expected, (s["verdict"], s["reasons"], s["oom_kills"])
+        assert s["exit"] == (0 if expected == POLICIES[policy] else 1), s["stdout"]
+        assert f"verdict: {expected}" in s["stdout"]
         check_integrity(s)
+    assert lockups(contention_runs[policy]) or POLICIES[policy] == "completed"
 
 
 def test_the_baseline_completes_and_reads_back(contention_runs):
@@ -220,7 +240,7 @@ def edges(summary: dict) -> list[tuple[str, str]]:
 
 def test_lockup_evidence_is_the_seed_signature(contention_runs):
     for policy in ("none", "reserve-only", "phillips-2005", "phillips-2005-threshold"):
-        for s in contention_runs[policy]:
+        for s in lockups(contention_runs[policy]):
             lk = s["lockup"]
             assert lk["dirty"] > 0 and lk["free"] <= lk["wmark_min"], (policy, lk)
             assert lk["stalled_for_s"] >= 4.0
@@ -245,6 +265,7 @@ def test_the_reserves_lock_up_on_the_transmit_side(contention_runs):
         for s in contention_runs[policy]:
             if policy != "reserve-only":
                 assert s["drops"]["memalloc"]["total"] == 0, (policy, s["drops"])
+        for s in lockups(contention_runs[policy]):
             assert ("writeback", "iSCSI requests sent") in edges(s), (policy, edges(s))
             lk = s["lockup"]
             floor = slowpath_mark(lk["wmark_min"], AllocFlags.HIGH | AllocFlags.HARDER)
@@ -257,7 +278,7 @@ def test_none_stops_at_the_atomic_floor(contention_runs):
     """``none``: GFP_ATOMIC may dip to 3/8 of min and no further, so free memory stops
     there and atomic allocations fail. ``reserve-only``'s frames went into the reserve
     (__GFP_MEMALLOC), bulk frames too."""
-    for s in contention_runs["none"]:
+    for s in lockups(contention_runs["none"]):
         lk = s["lockup"]
         floor = slowpath_mark(lk["wmark_min"], AllocFlags.HIGH | AllocFlags.HARDER)
         # a few pages may come back between the last failed allocation and the snapshot
@@ -265,7 +286,7 @@ def test_none_stops_at_the_atomic_floor(contention_runs):
         assert 0 < lk["free"] <= floor + 8 < lk["wmark_min"], (floor, lk)
         assert lk["alloc_fail"]["atomic"] > 0 and lk["alloc_fail"]["memalloc"] == 0
         assert lk["reserve"]["client-eth0"] == 0
-    for s in contention_runs["reserve-only"]:
+    for s in lockups(contention_runs["reserve-only"]):
         assert s["lockup"]["reserve"]["client-eth0"] > 0, s["lockup"]
 
 
