@@ -287,6 +287,11 @@ class Downloader(Workload):
                 except socket.timeout:
                     self.mm.check_stopping()
                     continue
+                except OSError:
+                    # stop() or the OOM killer shut the socket down under a recv that
+                    # was waiting: a reset (ECONNRESET) is then theirs, not the network's
+                    self.mm.check_stopping()
+                    raise
                 if not data:
                     self.mm.check_stopping()        # stop() or the OOM killer shut it down
                     self.eof = True

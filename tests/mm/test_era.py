@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
+import socket
+import struct
 import threading
 import time
 
@@ -464,6 +466,47 @@ def test_killing_a_downloader_frees_its_socket_queue(disk):
     assert freed == mm.zone.free - free >= 20 and mm.used[Use.SKB] == held - freed
     assert dl.mm_sock.closed and dl.task.oom_killed
     assert mm.check_invariants() == []
+
+
+def reset_downloader(mm, disk) -> tuple[Downloader, threading.Thread, socket.socket]:
+    """A downloader whose server resets the connection once the request is in (a zero
+    linger close sends RST), as a peer does to a socket the OOM killer shut down: the
+    downloader is past its connect, and its recv finds the reset."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(10)
+
+    def reset() -> None:
+        conn, _ = srv.accept()
+        conn.settimeout(10)
+        conn.recv(1)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+    pc, _, _ = page_cache(mm, disk)
+    dl = Downloader(0, WorkloadConfig(kind="downloader", total_mb=1, request="GET\n"), mm, pc,
+                    srv.getsockname())
+    t = threading.Thread(target=reset)
+    t.start()
+    return dl, t, srv
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_a_reset_under_a_killed_downloader_is_the_kill_not_a_failure(disk, killed):
+    """The OOM killer shuts a downloader's socket down under its waiting recv; the reset
+    that can follow is the kill's (TaskKilled, counted as a kill), where it once ended the
+    run as "downloader failed: Connection reset by peer". Alive, a reset stays a failure."""
+    mm = MemoryManager(16384, policy="none")
+    dl, t, srv = reset_downloader(mm, disk)
+    task = current()
+    task.oom_killed = killed
+    try:
+        with pytest.raises(TaskKilled if killed else ConnectionResetError):
+            dl.body()
+    finally:
+        task.oom_killed = False
+        t.join(10)
+        srv.close()
 
 
 def test_a_killed_task_gives_up_its_waits():
