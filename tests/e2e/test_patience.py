@@ -11,11 +11,11 @@ Each test runs ``testbed run`` (real Mininet, real tgtd, real TCP) and reads the
   stalls recorded: a local disk that takes 5 s per write; a client link that loses 90 %
   of its frames for 10 s (a ``loss_burst`` fault), so that TCP's retransmission timeouts
   back off for seconds; a target whose tgtd is stopped (SIGSTOP) for 10 s and then
-  continued. Every one of them has a stall longer than ``lockup_after_s`` with memory
-  exhausted, which the old timer called a lockup.
+  continued. Each has a stall longer than ``lockup_after_s`` (the slow disk and the
+  stopped target with memory exhausted), which the old timer called a lockup.
 
-The lossy-link and stopped-target runs are under gorman-3.6, on the contention load with
-18 and 20 MiB: with the era models the 2005 policies lock up on the contention load by
+The lossy-link and stopped-target runs are under gorman-3.6, on the contention load (the
+stopped target's with 20 MiB): with the era models the 2005 policies lock up on the contention load by
 themselves (the transmit side, docs/measurements.md), so they cannot show a stall that
 ends; and gorman-3.6 at 32 MiB never reaches min (its mmap writer is throttled at the
 dirty limits). Each test says what was measured.
@@ -163,54 +163,32 @@ def test_a_lossy_client_link_is_no_lockup(tmp_path):
     """90 % of the client's frames lost from 4 s on for 10.2 s (a ``loss_burst`` fault):
     the storage flow's retransmission timeout backs off, the initiator's NOP-Out goes
     unanswered, the connection is given up at about 14 s and the session reinstated 2 s
-    later (DefaultTime2Wait): the writeback stalls for about 12 s.
+    later (DefaultTime2Wait): the writeback stalls for about 12 s, and the run must not
+    be called a lockup.
 
-    The load is the contention load under gorman-3.6 with 18 MiB, and a fourth download
-    (1 MiB receive buffer) that starts at 14.5 s, once the burst is over and while the
-    writeback waits for the new login. Why: the loss is on the link the downloads share,
-    so it stops them with the writeback. Nothing allocates, kswapd is not woken, and the
-    clean pages of the last completed request stay reclaimable: a stall, but memory is
-    not exhausted and no episode opens (measured, 18 MiB, the burst from when free first
-    reached min: free 33 pages, min 135, and 32 pages reclaimable through the 12 s). The
-    late download's receive takes those pages and memory under min (free 51 pages,
-    nothing reclaimable, 0.3 s after it starts) 1.2 s before the writeback completes
-    (the run about 48 s). The burst covers the NOP-Out timeout (10 s after the last
-    frame received), so the stall lasts to the login in every run; a burst that ended
-    sooner let the writeback resume before the late download had exhausted memory.
-
-    Not contention-phillips-2005: it locks up on the contention load by itself (the
-    transmit side). Without bulk hosts (the mmap writer alone, 16 MiB, 20 % loss and a
-    burst) it stalls with free above min (292 pages, min 181: the writer waits on the
-    congested request queue), so no stall is recorded; with one download it locks up
-    (the transmit side again). Not a steady 20 % loss of the client link either: under
-    gorman-3.6 (20 MiB) it slows the downloads with the writeback, and free stayed above
-    min (lowest 180 pages, min 143; 116 s)."""
+    The contention load under gorman-3.6, as it is. Whether the stall also finds memory
+    exhausted (an episode the detector must then see end) depends on a race, so this test
+    does not ask for one; the stopped target (next test) is the stall with memory at the
+    floor. Measured on the era models: 18 MiB with a fourth download starting after the
+    burst opened such an episode 1.2 s before the writeback completed, in 3 runs of 3,
+    and in the next run 3.6's OOM killer killed the mmap writer at 24 s and the run did
+    not finish by its 150 s deadline (client verdict ``deadline``: what kept it from
+    finishing is not yet read from the records). Not contention-phillips-2005: with the
+    era models it locks up on this load by itself (the transmit side)."""
     lossy = scenario_file(tmp_path, "lossy-link", """
-extends: {scenarios}/contention.yaml
+extends: {scenarios}/contention-gorman-3.6.yaml
 name: lossy-link
 deadline_s: 150
-client:
-  policy: gorman-3.6
-  memory_mb: 18
-  workloads:
-    - {{kind: mmap_writer, total_mb: 40, rate_mbps: 16, files: 2, seed: 1}}
-    - {{kind: downloader, total_mb: 6, rcvbuf_kb: 2048}}
-    - {{kind: downloader, total_mb: 6, rcvbuf_kb: 2048}}
-    - {{kind: downloader, total_mb: 6, rcvbuf_kb: 2048}}
-    - {{kind: downloader, total_mb: 4, rcvbuf_kb: 1024, start_after_s: 14.5}}
 faults:
   - {{kind: loss_burst, host: client, at_s: 4, for_s: 10.2, loss_pct: 90}}
 """)
     r, s = run(lossy, tmp_path / "lossy")
-    # The stall with memory exhausted rests on the 1.2 s above: on a loaded machine the
-    # writeback may resume first, and then no episode opens; the run must still not be
-    # called a lockup, and a stall, when there is one, must be the burst's.
     assert_alive(s, r.stdout, stall_needed=False)
     (burst,) = s["faults"]
     assert burst["kind"] == "loss_burst" and burst["end_outcome"].startswith("ok: loss ended"), burst
-    if s["stalls"]:
-        stall = max(s["stalls"], key=lambda st: st["duration_s"])
-        assert stall["began_at"] < burst["end_t"] < stall["ended_at"], (stall, burst)
+    [episode] = s["recoveries"]                  # the burst cost the session its connection
+    assert episode["lost_t"] < burst["end_t"] + 5 and episode["resumed_after_s"] is not None, episode
+    assert s["writeback"]["longest_stall_s"] >= 8.0, s["writeback"]
 
 
 def test_a_target_stopped_for_10_s_is_no_lockup(tmp_path):
