@@ -15,10 +15,10 @@ Each test runs ``testbed run`` (real Mininet, real tgtd, real TCP) and reads the
   stopped target with memory exhausted), which the old timer called a lockup.
 
 The lossy-link and stopped-target runs are under gorman-3.6, on the contention load (the
-stopped target's with 20 MiB): with the era models the 2005 policies lock up on the contention load by
-themselves (the transmit side, docs/measurements.md), so they cannot show a stall that
-ends; and gorman-3.6 at 32 MiB never reaches min (its mmap writer is throttled at the
-dirty limits). Each test says what was measured.
+stopped target's with 20 MiB): with the era models the 2005 policies lock up on the
+contention load by themselves (the transmit side, docs/measurements.md), so they cannot
+show a stall that ends; and gorman-3.6 at 32 MiB never reaches min (its mmap writer is
+throttled at the dirty limits). Each test says what was measured.
 """
 
 from __future__ import annotations
