@@ -118,20 +118,26 @@ def try_to_free_pages(mm: "MemoryManager", nr: int, gfp: Gfp, task: TaskStruct) 
         mm.vm.allocstall += 1
     with task_flags(PF.MEMALLOC):       # __alloc_pages: p->flags |= PF_MEMALLOC
         if mm.era.try_to_free_pages == "2.6.13":
-            reclaimed, scanned = _sweep_2_6_13(mm, nr, gfp, task)
+            reclaimed = _sweep_2_6_13(mm, gfp, task)    # wakes pdflush itself
             progress = reclaimed >= SWAP_CLUSTER_MAX
         else:
             scanned, reclaimed = shrink_zone(mm, max(nr, SWAP_CLUSTER_MAX), gfp, DEF_PRIORITY, task)
             with mm.lock:
                 progress = reclaimed > 0 or not mm.all_unreclaimable
+            _wake_flusher(mm, scanned)  # wakeup_flusher_threads(total_scanned)
     _note_progress(mm, reclaimed)
-    if scanned > SWAP_CLUSTER_MAX + SWAP_CLUSTER_MAX // 2 and mm.flusher is not None:
-        mm.flusher.wakeup(scanned)      # wakeup_pdflush / wakeup_flusher_threads(total_scanned)
     return reclaimed, progress
 
 
-def _sweep_2_6_13(mm: "MemoryManager", nr: int, gfp: Gfp, task: TaskStruct) -> tuple[int, int]:
-    """2.6.13 ``try_to_free_pages``: priorities DEF_PRIORITY..0 until SWAP_CLUSTER_MAX pages."""
+def _wake_flusher(mm: "MemoryManager", total_scanned: int) -> None:
+    """Reclaim that scanned more than 1.5 x SWAP_CLUSTER_MAX asks the flusher to write."""
+    if total_scanned > SWAP_CLUSTER_MAX + SWAP_CLUSTER_MAX // 2 and mm.flusher is not None:
+        mm.flusher.wakeup(total_scanned)
+
+
+def _sweep_2_6_13(mm: "MemoryManager", gfp: Gfp, task: TaskStruct) -> int:
+    """2.6.13 ``try_to_free_pages``: priorities DEF_PRIORITY..0 until SWAP_CLUSTER_MAX
+    pages; the pages reclaimed."""
     total_reclaimed = total_scanned = 0
     for priority in range(DEF_PRIORITY, -1, -1):
         with mm.lock:
@@ -142,13 +148,12 @@ def _sweep_2_6_13(mm: "MemoryManager", nr: int, gfp: Gfp, task: TaskStruct) -> t
         total_scanned += scanned
         total_reclaimed += reclaimed
         if total_reclaimed >= SWAP_CLUSTER_MAX:
-            break
-        if total_scanned > SWAP_CLUSTER_MAX + SWAP_CLUSTER_MAX // 2 and mm.flusher is not None:
-            mm.flusher.wakeup(total_scanned)
+            break                                       # goto out: no wakeup_pdflush
+        _wake_flusher(mm, total_scanned)                # wakeup_pdflush(total_scanned)
         if scanned and priority < DEF_PRIORITY - 2:
             mm.congestion_wait(RECLAIM_NAP_S)          # blk_congestion_wait(WRITE, HZ/10)
             mm.check_stopping()
-    return total_reclaimed, total_scanned
+    return total_reclaimed
 
 
 def _note_progress(mm: "MemoryManager", reclaimed: int) -> None:
