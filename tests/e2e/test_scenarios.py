@@ -77,7 +77,6 @@ INITIATOR = ("initiator.command_timeout_s=8", "initiator.noop_out_interval_s=2",
 # That is an open gap of the detector (issue 12's note); none runs with Linux's default
 # timeouts, as make claims does (5 of 5 lockups there), proven at ~48 s.
 DEFAULT_INITIATOR_POLICIES = ("none",)
-HORIZON_S = {"none": 42}           # the default timeouts' horizon; the rest, 15 s
 
 
 def initiator(policy: str) -> tuple[str, ...]:
@@ -245,7 +244,7 @@ def test_lockup_evidence_is_the_seed_signature(contention_runs):
             assert lk["dirty"] > 0 and lk["free"] <= lk["wmark_min"], (policy, lk)
             assert lk["stalled_for_s"] >= 4.0
             # proven against the horizon of the initiator as configured (initiator())
-            horizon = HORIZON_S.get(policy, 15)
+            horizon = 42 if policy in DEFAULT_INITIATOR_POLICIES else 15
             assert lk["horizon"]["seconds"] == horizon, lk["horizon"]
             assert lk["stuck_for_s"] >= horizon and lk["cycle"]["edges"]
             # writeback waits on the storage flow, which waits for an skb, held by memory
