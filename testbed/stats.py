@@ -16,6 +16,7 @@ median of N runs with a 95 % interval, and a claim as a test with its p-value:
 - :func:`rate_test`: an exact one-sided binomial test (``scipy.stats.binomtest``) of
   "this happens more often than ``p0``", with the exact (Clopper-Pearson) one-sided lower
   bound of the rate: with 10 of 10 runs, p = 0.001 and the rate is >= 74 % at 95 %.
+  :func:`runs_to_support` says how many runs such a test needs at the least.
 - :func:`less_test`: a one-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``) that
   one sample tends to be smaller than another, its p-value from the permutation
   distribution of U (``scipy.stats.PermutationMethod``): exact for N = 10 per side
@@ -121,6 +122,18 @@ class RateTest:
 def p0_floor(n: int, p0: float) -> float:
     """The p-value of n successes in n runs against H0: rate <= p0."""
     return float(sps().binom.sf(n - 1, n, p0)) if n > 0 else 1.0
+
+
+def runs_to_support(p0: float, alpha: float = ALPHA) -> int:
+    """The fewest runs that can support "rate > ``p0``" at ``alpha``: the smallest n whose
+    best p-value (all n succeed, :func:`p0_floor`) is below it. p0 = 1/2: 5 (2^-5 = 0.031;
+    4 of 4 give 0.0625)."""
+    if not 0 < p0 < 1:
+        raise ValueError(f"runs_to_support: p0 = {p0} (need 0 < p0 < 1)")
+    n = 1
+    while p0_floor(n, p0) >= alpha:
+        n += 1
+    return n
 
 
 def rate_test(successes: int, n: int, p0: float = 0.5) -> RateTest:

@@ -66,6 +66,16 @@ def test_ten_of_ten_against_one_half_is_p_one_in_1024():
     assert not stats.rate_test(0, 0).supported
 
 
+def test_the_fewest_runs_that_can_support_a_rate():
+    assert stats.runs_to_support(0.5) == 5                        # 2^-5 = 0.031; 2^-4 = 0.0625
+    assert stats.rate_test(5, 5).supported and not stats.rate_test(4, 4).supported
+    for p0 in (0.1, 0.3, 0.5, 0.7, 0.9):
+        n = stats.runs_to_support(p0)
+        assert stats.p0_floor(n, p0) < stats.ALPHA <= stats.p0_floor(n - 1, p0)
+    with pytest.raises(ValueError):
+        stats.runs_to_support(1.0)
+
+
 def test_separated_samples_have_the_exact_one_sided_u_pvalue():
     low, high = list(range(1, 11)), list(range(11, 21))
     t = stats.less_test(low, high)
