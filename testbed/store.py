@@ -173,15 +173,26 @@ def infer_command(batch: Optional[results.Batch]) -> str:
     return "claims" if (batch.path / CLAIMS).exists() else "compare"
 
 
+def run_times(run: results.RunOutcome, recorded_only: bool = False) -> tuple[Optional[str], Optional[str]]:
+    """When a run started and ended (UTC, :data:`TIME_FORMAT`): ``ended`` of its
+    provenance.json (else when its summary.json was written, unless ``recorded_only``:
+    a file's time does not survive a copy or an archive), ``started`` that less the
+    summary's ``duration_s`` (None without a duration)."""
+    ended = run.provenance.get("ended") or (None if recorded_only else utc(run.summarized_at))
+    if not isinstance(ended, str) or run.duration_s is None:
+        return None, ended if isinstance(ended, str) else None
+    try:
+        end_t = datetime.strptime(ended, TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None, None
+    return utc(end_t.timestamp() - run.duration_s), ended
+
+
 def to_record(run: results.RunOutcome, batch: Optional[results.Batch] = None,
               command: Optional[str] = None) -> Record:
     """A run folder as the store keeps it (everything from :mod:`testbed.results`)."""
     prov = run.provenance
-    ended = prov.get("ended") or utc(run.summarized_at)
-    started = None
-    if run.duration_s is not None:
-        end_t = datetime.strptime(ended, TIME_FORMAT).replace(tzinfo=timezone.utc)
-        started = utc(end_t.timestamp() - run.duration_s)
+    started, ended = run_times(run)
     figs = {f.key: f.value(run) for f in (*results.figures([run]), *results.FIDELITY_FIGURES)}
     return Record(
         {"path": str(run.path.resolve()),
