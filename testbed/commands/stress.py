@@ -1,15 +1,18 @@
-"""``testbed stress SCENARIO --policy P --budget 30m [--seed S] [--ranges FILE] [--out DIR]``.
+"""``testbed stress SCENARIO --policy P --budget 30m [--seed S] [--ranges FILE]
+[--confirm N] [--out DIR]``.
 
 Searches for a load under which the policy's claim fails (a fix that locks up, ``none``
 or ``reserve-only`` that completes): loads drawn from the ranges file (default
-``scenarios/stress/ranges.yaml``), each run, a counterexample confirmed and shrunk
-toward the scenario's values (:mod:`testbed.stress`). The folder (default
+``scenarios/stress/ranges.yaml``), each run, a counterexample confirmed by N fresh runs
+and a rate test, shrunk toward the scenario's values, and the shrunk load confirmed the
+same way (:mod:`testbed.stress.campaign`). The folder (default
 ``results/stress-<policy>``) gets every run, ``tried.ndjson``, ``stress.json``,
 ``report.md`` and a ``counterexample-K.yaml`` per distinct shrunk load.
 
 Everything is checked before anything starts: the scenario, the ranges (file, line and
-key of every problem), the budget. Exit status 1 when a counterexample was confirmed,
-0 when none was found.
+key of every problem), the budget, ``--confirm`` (at least 1; below the fewest runs that
+can confirm, a warning says so). Exit status 1 when a counterexample was confirmed, 0
+when none was.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .. import claims
 from .. import scenario as scenario_mod
 from ..errors import ConfigError
 from ..stress import ranges as ranges_mod
-from ..stress.campaign import Campaign
+from ..stress.campaign import Campaign, confirm_runs
 from . import run as run_cmd
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
@@ -41,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the ranges file (default: scenarios/stress/ranges.yaml)")
     p.add_argument("--tries-per-key", type=int, default=3,
                    help="runs at most per key and pass while shrinking (default 3)")
+    p.add_argument("--confirm", type=int, metavar="N",
+                   help="fresh runs that confirm each counterexample by a rate test (default:"
+                        " the fewest that can, 5 at the claims' H0 rate 1/2)")
     p.add_argument("--workers", type=int, default=1,
                    help="runs at once (only 1: parallel runs are not built yet)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -72,6 +78,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
                           f"stress campaign runs one load at a time (--workers 1)")
     if args.tries_per_key < 1:
         raise ConfigError(f"--tries-per-key: must be at least 1, got {args.tries_per_key}")
+    confirm = confirm_runs(args.confirm)
     base_file = scenario_mod.resolve(args.scenario)
     base = scenario_mod.load(base_file, args.overrides + [f"client.policy={args.policy}"])
     ranges = ranges_mod.load(args.ranges, base)
@@ -79,5 +86,6 @@ def cmd_stress(args: argparse.Namespace) -> int:
     out = run_cmd._batch_dir(args.out or Path("results") / f"stress-{args.policy}",
                              "stress", base.name, args.force)
     seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
-    campaign = Campaign(base, base_file, ranges, out, args.budget, seed, args.tries_per_key)
+    campaign = Campaign(base, base_file, ranges, out, args.budget, seed, args.tries_per_key,
+                        confirm)
     return campaign.run()

@@ -13,12 +13,29 @@ The loop, under a time budget:
    a run without a verdict, or with a verdict that neither holds nor refutes the claim
    (``degraded``), is counted as such and is not one; nor is a run past a fidelity bound
    (:mod:`testbed.fidelity`: starved, its verdict is no evidence), counted without one;
-4. on a counterexample, run the same load again to confirm it (verdicts can be
-   flaky); a confirmed one is shrunk (:mod:`.shrink`), every candidate a run of its own,
-   and the smallest load that still failed is written as a scenario file
-   (``counterexample-K.yaml``: ``extends:`` the scenario, with only what differs; one
-   file per distinct shrunk load). Shrink candidates already run for an earlier
+4. on a counterexample, confirm it (below); a confirmed one is shrunk (:mod:`.shrink`),
+   every candidate a run of its own, and the smallest load that still failed is
+   confirmed the same way; the scenario file (``counterexample-K.yaml``: ``extends:``
+   the scenario, with only what differs; one file per distinct load) holds the shrunk
+   load if its confirmation held, else the sampled load, which did ("shrunk, not
+   confirmed" is recorded as such). Shrink candidates already run for an earlier
    counterexample are not run again (the shrinker's ``known`` answers).
+
+Confirming. The sampling run was picked because it failed, so it is no evidence that the
+load fails: one more run that fails is one draw of a flaky verdict. A counterexample is
+therefore a hypothesis tested like the article's claims (:mod:`testbed.claims`): N
+(``--confirm``) fresh runs of the load, each its own run folder (``<label>-confirm1..N``),
+the sampling run not counted, judged by the exact one-sided binomial test
+:func:`testbed.stats.rate_test` of H1 "the load refutes the claim in more than
+:data:`testbed.claims.P0` of runs" at :data:`testbed.stats.ALPHA`. The runs that reached
+a verdict count (a ``degraded`` one counts as not refuting); runs without one, or past a
+fidelity bound, are left out and counted, as the claims do. All N are run (the test is
+the fixed-N one whose p-value is stated). A confirmation the budget or Ctrl-C cut short
+is not judged (``confirmed: null``). The default N is the fewest runs that can confirm
+(:func:`testbed.stats.runs_to_support`: 5 at P0 = 1/2, p = 0.031); a smaller N is
+allowed and said to be unable to confirm. Each shrink candidate stays one run (it only
+steers the search); only the load that is written is confirmed, which costs N more runs
+per counterexample that shrank.
 
 A run starts only if the time left covers it (the longest run so far, or before any
 the scenario's deadline plus :data:`RUN_OVERHEAD_S`); a run in flight is always
@@ -45,7 +62,7 @@ from typing import Any, Optional, TextIO
 
 import yaml
 
-from .. import claims, results, store
+from .. import claims, results, stats, store
 from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..mm.config import WorkloadConfig
@@ -55,7 +72,7 @@ from ..schema import SchemaError
 from . import ranges as ranges_mod
 from .ranges import Load, Ranges
 from .sampling import sample
-from .shrink import Shrunk, shrink
+from .shrink import Shrunk, load_mark, shrink
 
 RUN_OVERHEAD_S = 20.0       # bring-up, node start, read-back and report beyond the deadline
 MAX_FAILED_IN_A_ROW = 3     # runs failing for the testbed's own reasons: the machine is broken
@@ -66,6 +83,23 @@ REPORT = "report.md"
 # What a load's run says about the claim.
 COUNTEREXAMPLE, HOLDS, INCONCLUSIVE, NO_VERDICT, INVALID = (
     "counterexample", "holds", "inconclusive", "no-verdict", "invalid")
+JUDGED = (COUNTEREXAMPLE, HOLDS, INCONCLUSIVE)     # a run with a valid verdict
+
+# H0 of a confirmation: the load refutes the claim in at most half its runs. The claims'
+# own P0 (one rule for both): a counterexample is the claim's test with the event
+# reversed, so it must clear the same bar the claim does.
+P0 = claims.P0
+
+
+def confirm_runs(n: Optional[int]) -> int:
+    """``--confirm``: ``n`` fresh runs per confirmation, or by default the fewest that
+    can confirm at ALPHA; a ConfigError below 1."""
+    if n is None:
+        return stats.runs_to_support(P0)
+    if n < 1:
+        raise ConfigError(f"--confirm: must be at least 1 (fresh runs that confirm a "
+                          f"counterexample), got {n}")
+    return n
 
 
 class OutOfTime(Exception):
@@ -88,26 +122,116 @@ class Tried:
     detail: str = ""
 
 
+def hypothesis(claim: str, n: int) -> str:
+    """What a confirmation tests, in words (stress.json, the report, the output)."""
+    return (f"H1: the load refutes '{claim}' in more than {P0:g} of runs (H0: <= {P0:g}); "
+            f"exact one-sided binomial test on {n} fresh runs, the run that found it not "
+            f"counted")
+
+
+def cannot_confirm(n: int) -> Optional[str]:
+    """Why ``n`` runs can never confirm at ALPHA, or None when they can."""
+    need = stats.runs_to_support(P0)
+    if n >= need:
+        return None
+    return (f"{n} run{'s' if n != 1 else ''} cannot confirm at {stats.CONFIDENCE:.0%} "
+            f"confidence: at least {need} are needed (all {n} refuting give "
+            f"p = {stats.format_pvalue(stats.p0_floor(n, P0))})")
+
+
+@dataclass
+class Confirmation:
+    """``asked`` fresh runs of one load and the rate test of how many refuted the claim
+    (see the module docstring); ``test`` is None until all of them ran."""
+
+    asked: int
+    runs: list[Tried] = field(default_factory=list)
+    test: Optional[stats.RateTest] = None
+
+    def judge(self) -> None:
+        counted = [t for t in self.runs if t.outcome in JUDGED]
+        k = sum(t.outcome == COUNTEREXAMPLE for t in counted)
+        self.test = stats.rate_test(k, len(counted), P0)
+
+    @property
+    def confirmed(self) -> Optional[bool]:
+        """True: supported at ALPHA; False: not; None: not judged (cut short)."""
+        return None if self.test is None else self.test.supported
+
+    def text(self) -> str:
+        """The outcome in a sentence: figures, p-value, supported or not."""
+        if self.test is None:
+            return (f"not judged: {len(self.runs)} of {self.asked} fresh runs done before "
+                    f"the campaign ended")
+        t = self.test
+        none = len(self.runs) - t.n
+        figures = (f"{t.successes} of {t.n} fresh runs refute the claim"
+                   + (f" ({none} without a verdict left out)" if none else "")
+                   + (f", rate >= {t.lower_bound:.0%} at {stats.CONFIDENCE:.0%}" if t.n else ""))
+        word = "supported: confirmed" if t.supported else "not supported: not confirmed"
+        why = cannot_confirm(t.n) if not t.supported else None
+        return f"{figures}; p = {stats.format_pvalue(t.pvalue)}, {word}" + (
+            f" ({why})" if why else "")
+
+    def to_json(self, claim: str) -> dict[str, Any]:
+        return {"hypothesis": hypothesis(claim, self.asked), "asked": self.asked,
+                "runs": [{"label": t.label, "outcome": t.outcome, "verdict": t.verdict}
+                         for t in self.runs],
+                "outcomes": [t.outcome for t in self.runs],
+                "successes": None if self.test is None else self.test.successes,
+                "counted": None if self.test is None else self.test.n,
+                "pvalue": None if self.test is None else self.test.pvalue,
+                "confirmed": self.confirmed, "text": self.text(),
+                "test": None if self.test is None else self.test.to_json()}
+
+
 @dataclass
 class Found:
-    """A counterexample: the sampled load, whether a re-run confirmed it, its shrinking."""
+    """A counterexample: the sampled load, its confirmation, its shrinking and the
+    shrunk load's confirmation."""
 
     label: str
     load: Load
-    confirmed: Optional[bool] = None    # None: not re-run (the budget, or Ctrl-C)
-    confirm_outcome: Optional[str] = None
+    confirmation: Optional[Confirmation] = None
     shrunk: Optional[Shrunk] = None
+    shrunk_confirmation: Optional[Confirmation] = None
     scenario_file: Optional[str] = None
 
-    def to_json(self, defaults: Load) -> dict[str, Any]:
+    @property
+    def confirmed(self) -> Optional[bool]:
+        """None: not judged (the budget, or Ctrl-C, before its N runs were done)."""
+        return None if self.confirmation is None else self.confirmation.confirmed
+
+    @property
+    def shrunk_confirmed(self) -> Optional[bool]:
+        """Whether the shrunk load is confirmed (the sampled load's own confirmation when
+        shrinking moved nothing); None: not shrunk, or its confirmation not judged."""
+        if self.shrunk is None:
+            return None
+        if self.shrunk.load == self.load:
+            return self.confirmed
+        return None if self.shrunk_confirmation is None else self.shrunk_confirmation.confirmed
+
+    @property
+    def written_load(self) -> Load:
+        """The load of the scenario file: the shrunk one if confirmed, else the sampled."""
+        return self.shrunk.load if self.shrunk is not None and self.shrunk_confirmed \
+            else self.load
+
+    def to_json(self, defaults: Load, claim: str) -> dict[str, Any]:
         doc: dict[str, Any] = {"label": self.label, "load": self.load,
                                "confirmed": self.confirmed,
-                               "confirm_outcome": self.confirm_outcome,
+                               "confirmation": self.confirmation and
+                               self.confirmation.to_json(claim),
                                "scenario_file": self.scenario_file}
         if self.shrunk is not None:
             doc["shrunk"] = {"load": self.shrunk.load, "changed": self.shrunk.changed(defaults),
                              "converged": self.shrunk.converged,
-                             "attempts": len(self.shrunk.attempts)}
+                             "attempts": len(self.shrunk.attempts),
+                             "confirmed": self.shrunk_confirmed,
+                             "confirmation": self.shrunk_confirmation and
+                             self.shrunk_confirmation.to_json(claim)}
+            doc["scenario_load"] = "shrunk" if self.shrunk_confirmed else "sampled"
         return doc
 
 
@@ -122,6 +246,7 @@ class Campaign:
     budget_s: float
     seed: int
     tries_per_key: int = 3
+    confirm: Optional[int] = None   # fresh runs per confirmation; None: confirm_runs()
     echo: TextIO = sys.stdout
     tried: list[Tried] = field(default_factory=list)
     found: list[Found] = field(default_factory=list)
@@ -138,6 +263,8 @@ class Campaign:
         self.walls: list[float] = []
         self.failed_in_a_row = 0
         self.known: dict[tuple, bool] = {}      # shrink candidates run so far -> failed
+        self.confirmations: dict[tuple, Confirmation] = {}   # judged ones, by load
+        self.n_confirm: int = confirm_runs(self.confirm)
 
     @property
     def policy(self) -> str:
@@ -151,11 +278,15 @@ class Campaign:
         self.say(f"stress {self.base.name}, policy {self.policy} (claim: {self.claim.claim}), "
                  f"seed {self.seed}, budget {_clock(self.budget_s)}, ranges {self.ranges.path}"
                  f" -> {self.out}")
+        self.say(f"a counterexample is confirmed by {self.n_confirm} fresh runs: "
+                 f"{hypothesis(self.claim.claim, self.n_confirm)}, at {stats.ALPHA:g}")
+        if cannot_confirm(self.n_confirm):
+            self.say(f"warning: {cannot_confirm(self.n_confirm)}")
         try:
             while True:
                 load = sample(self.ranges, self.rng)
                 label = f"s{sum(t.phase == 'sample' for t in self.tried) + 1:03d}"
-                if self.attempt(load, label, "sample") == COUNTEREXAMPLE:
+                if self.attempt(load, label, "sample").outcome == COUNTEREXAMPLE:
                     self.pursue(Found(label, load))
         except OutOfTime:
             self.stopped_by = "budget"
@@ -171,22 +302,23 @@ class Campaign:
         return 1 if any(f.confirmed is True for f in self.found) else 0
 
     def pursue(self, found: Found) -> None:
-        """Confirm a counterexample by a re-run, then shrink it and write its scenario."""
+        """Confirm a counterexample by N fresh runs, then shrink it, confirm the shrunk
+        load and write the scenario."""
         self.found.append(found)
-        found.confirm_outcome = self.attempt(found.load, f"{found.label}-confirm", "confirm")
-        found.confirmed = found.confirm_outcome == COUNTEREXAMPLE
+        found.confirmation = self.confirmation(found.load)
+        self.run_confirmation(found.confirmation, found.load, f"{found.label}-confirm")
         if not found.confirmed:
-            self.say(f"  {found.label}: not confirmed: the re-run gave {found.confirm_outcome}"
-                     f"; not shrunk")
+            self.say(f"  {found.label}: {found.confirmation.text()}; not shrunk")
             return
-        self.say(f"  {found.label}: confirmed; shrinking toward the scenario's defaults")
+        self.say(f"  {found.label}: {found.confirmation.text()}; shrinking toward the "
+                 f"scenario's defaults")
         count = iter(range(1, 10**6))
         timed_out = []
 
         def fails(load: Load) -> Optional[bool]:
             try:
                 return self.attempt(load, f"{found.label}-shrink{next(count):02d}",
-                                    "shrink") == COUNTEREXAMPLE
+                                    "shrink").outcome == COUNTEREXAMPLE
             except OutOfTime:
                 timed_out.append(True)
                 return None             # not run: the shrinker learns nothing from it
@@ -199,6 +331,14 @@ class Campaign:
         try:
             found.shrunk = shrink(found.load, self.defaults, fails, dict(self.ranges.items),
                                   self.tries_per_key, stop=stop, known=self.known)
+            if found.shrunk.load != found.load:
+                # its one failing run picked it, as sampling did: confirm it afresh
+                found.shrunk_confirmation = self.confirmation(found.shrunk.load)
+                self.run_confirmation(found.shrunk_confirmation, found.shrunk.load,
+                                      f"{found.label}-shrunk-confirm")
+                self.say(f"  {found.label} shrunk to "
+                         f"{_load_text(found.shrunk.changed(self.defaults))}: "
+                         f"{found.shrunk_confirmation.text()}")
         finally:
             if found.shrunk is None:    # interrupted mid-shrink: the confirmed load stands
                 found.shrunk = Shrunk(found.load)
@@ -206,7 +346,23 @@ class Campaign:
         if timed_out:
             raise OutOfTime()
 
-    def attempt(self, load: Load, label: str, phase: str) -> str:
+    def confirmation(self, load: Load) -> Confirmation:
+        """The confirmation of ``load``: the one of an earlier counterexample of this
+        campaign that led to the same load, or a new one, not yet run."""
+        return self.confirmations.setdefault(load_mark(load), Confirmation(self.n_confirm))
+
+    def run_confirmation(self, got: Confirmation, load: Load, label: str) -> None:
+        """The N fresh runs of ``load`` (``<label>1..N``), then the rate test. The runs
+        are added to ``got`` as they end, so a campaign cut short (out of time, Ctrl-C)
+        records those it had, unjudged. One judged already is not run again."""
+        if got.test is not None:
+            self.say(f"  {label}: the same load was judged before in this campaign")
+            return
+        for i in range(len(got.runs) + 1, got.asked + 1):
+            got.runs.append(self.attempt(load, f"{label}{i}", "confirm"))
+        got.judge()
+
+    def attempt(self, load: Load, label: str, phase: str) -> Tried:
         """Build, run and judge one load; its line in tried.ndjson and the progress."""
         try:
             sc = ranges_mod.build(self.data, load)
@@ -227,7 +383,7 @@ class Campaign:
             self.walls.append(entry.wall_s)
             self.judge(entry, load, label)
             self.note(entry)
-        return entry.outcome
+        return entry
 
     def run_one(self, sc: Scenario, label: str) -> str:
         """One run with the orchestrator. A failure of the testbed's own (a node that
@@ -292,18 +448,18 @@ class Campaign:
 
     # -- what is written and shown ---------------------------------------------------------------
 
-    def note(self, entry: Tried) -> str:
-        """Keep and show one load tried; its outcome."""
+    def note(self, entry: Tried) -> Tried:
+        """Keep and show one load tried."""
         self.tried.append(entry)
         with open(self.out / TRIED, "a") as f:
             f.write(json.dumps(asdict(entry)) + "\n")
         what = entry.verdict or entry.status or "no run"
         moved = {k: v for k, v in entry.load.items() if self.defaults.get(k) != v}
-        self.say(f"[{entry.n:3d}] {entry.label:<14} {_load_text(moved)} -> {what}: "
+        self.say(f"[{entry.n:3d}] {entry.label:<20} {_load_text(moved)} -> {what}: "
                  f"{entry.outcome}  ({entry.wall_s:.1f} s; {_clock(self.elapsed())} of "
                  f"{_clock(self.budget_s)})"
                  + (f"  [{entry.detail[:160]}]" if entry.outcome in (INVALID, NO_VERDICT) else ""))
-        return entry.outcome
+        return entry
 
     def say(self, text: str) -> None:
         print(text, file=self.echo, flush=True)
@@ -315,7 +471,10 @@ class Campaign:
                 **{o: by.count(o) for o in (INVALID, NO_VERDICT, INCONCLUSIVE, HOLDS,
                                             COUNTEREXAMPLE)},
                 "counterexamples_found": len(self.found),
-                "counterexamples_confirmed": sum(f.confirmed is True for f in self.found)}
+                "counterexamples_confirmed": sum(f.confirmed is True for f in self.found),
+                "counterexamples_not_confirmed": sum(f.confirmed is False for f in self.found),
+                "counterexamples_not_judged": sum(f.confirmed is None for f in self.found),
+                "shrunk_confirmed": sum(f.shrunk_confirmed is True for f in self.found)}
 
     def write_summary(self) -> None:
         doc = {"scenario": self.base.name, "scenario_file": str(self.base_file),
@@ -324,7 +483,13 @@ class Campaign:
                "started": self.started_utc, "elapsed_s": round(self.elapsed(), 1),
                "stopped_by": self.stopped_by, "defaults": self.defaults,
                "counts": self.counts(),
-               "counterexamples": [f.to_json(self.defaults) for f in self.found]}
+               "confirm": {"runs": self.n_confirm, "hypothesis":
+                           hypothesis(self.claim.claim, self.n_confirm),
+                           "p0": P0, "alpha": stats.ALPHA,
+                           "runs_needed": stats.runs_to_support(P0),
+                           "cannot_confirm": cannot_confirm(self.n_confirm)},
+               "counterexamples": [f.to_json(self.defaults, self.claim.claim)
+                                   for f in self.found]}
         (self.out / SUMMARY).write_text(json.dumps(doc, indent=2))
         (self.out / REPORT).write_text(report_text(doc))
 
@@ -336,31 +501,54 @@ class Campaign:
                  f"{c[INCONCLUSIVE]} inconclusive, {c[HOLDS]} held the claim, "
                  f"{c[COUNTEREXAMPLE]} refuted it")
         self.say(f"counterexamples: {c['counterexamples_found']} found, "
-                 f"{c['counterexamples_confirmed']} confirmed by a re-run")
+                 f"{c['counterexamples_confirmed']} confirmed, "
+                 f"{c['counterexamples_not_confirmed']} not confirmed, "
+                 f"{c['counterexamples_not_judged']} not judged, each by {self.n_confirm} "
+                 f"fresh runs ({hypothesis(self.claim.claim, self.n_confirm)}; "
+                 f"at {stats.ALPHA:g})")
+        if cannot_confirm(self.n_confirm):
+            self.say(f"  {cannot_confirm(self.n_confirm)}")
         for f in self.found:
-            if f.shrunk is not None:
-                self.say(f"  {f.label} shrunk to {_load_text(f.shrunk.changed(self.defaults))}"
-                         f" -> {f.scenario_file}")
+            self.say(f"  {f.label}: {f.confirmation.text() if f.confirmation else 'not run'}")
+            if f.shrunk is None or f.shrunk.load == f.load:
+                if f.scenario_file:
+                    why = ("no key can go back to the scenario's value" if f.shrunk and
+                           f.shrunk.converged else "the campaign ended first")
+                    self.say(f"    not shrunk ({why}) -> {f.scenario_file}")
+                continue
+            conf = f.shrunk_confirmation
+            self.say(f"    shrunk to {_load_text(f.shrunk.changed(self.defaults))}: "
+                     f"{conf.text() if conf else 'not confirmed: no time left to run it'}")
+            self.say(f"    -> {f.scenario_file} ("
+                     + ("the shrunk load)" if f.shrunk_confirmed else
+                        "the sampled load: shrunk, not confirmed)"))
         self.say(f"report: {self.out / REPORT}")
 
     def write_counterexample(self, found: Found) -> str:
-        """``counterexample-K.yaml``: the shrunk load as a scenario that extends the
-        scenario file, holding only what differs from it; checked by loading it back."""
-        assert found.shrunk is not None
-        for other in self.found:        # shrunk to one already written: the same file
-            if other is not found and other.shrunk is not None and other.scenario_file \
-                    and other.shrunk.load == found.shrunk.load:
-                self.say(f"  {found.label}: shrunk to the same load as {other.label}")
+        """``counterexample-K.yaml``: the confirmed load (:attr:`Found.written_load`) as
+        a scenario that extends the scenario file, holding only what differs from it;
+        checked by loading it back."""
+        load = found.written_load
+        for other in self.found:        # the same load as one already written: its file
+            if other is not found and other.scenario_file and other.written_load == load:
+                self.say(f"  {found.label}: the same load as {other.label}")
                 return other.scenario_file
         k = 1 + sum(1 for f in self.found if f.scenario_file)
         path = self.out / f"counterexample-{k}.yaml"
-        sc = ranges_mod.build(self.data, found.shrunk.load)
+        sc = ranges_mod.build(self.data, load)
         sc.name = f"{self.base.name}-stress-{self.policy}-{k}"
         # expected: what the claim says, which the base scenario may not (its expectation
         # can be what the models give, as contention's for the 2005 fixes is)
         sc.expect_by_policy = {**sc.expect_by_policy, self.policy: self.claim.expect}
+        conf = found.shrunk_confirmation if found.shrunk_confirmed and \
+            found.shrunk_confirmation is not None else found.confirmation
+        shrunk = found.shrunk is not None and found.shrunk.load != found.load
+        what = ("shrunk toward" if load != found.load else
+                "its shrunk load not confirmed, so as sampled; shrunk toward" if shrunk else
+                "not shrunk toward")
         head = (f"# A counterexample to '{self.claim.claim}', found by testbed stress (seed "
-                f"{self.seed}, load {found.label}) and shrunk toward {self.base.name}'s values.\n"
+                f"{self.seed}, load {found.label}), {what} {self.base.name}'s values.\n"
+                f"# Confirmed: {conf.text() if conf else '?'}.\n"
                 f"# `testbed run` on it reaches a verdict other than the expected one.\n")
         diff = _diff(scenario_mod.load(self.base_file).to_dict(), sc.to_dict())
         for w in (diff.get("client") or {}).get("workloads", []):
@@ -398,6 +586,22 @@ def _clock(seconds: float) -> str:
     return f"{m}:{s:02d}"
 
 
+def _shrunk_lines(f: dict[str, Any]) -> list[str]:
+    """The report's lines on a confirmed counterexample's shrinking and its scenario."""
+    s = f["shrunk"]
+    how = ("no single key can go back to the scenario's value and still fail"
+           if s["converged"] else "stopped before it converged")
+    lines = [f"Shrinking: {s['attempts']} runs ({how}). Smallest failing load: "
+             f"`{_load_text(s['changed'])}`, every other key at the scenario's value."
+             if s["attempts"] else "Not shrunk: the budget left no time for a run."]
+    if s["load"] != f["load"]:
+        conf = s["confirmation"]
+        lines.append(f"Its confirmation: {conf['text'] if conf else 'not run'}"
+                     + ("." if s["confirmed"] else
+                        " (shrunk, not confirmed: the scenario holds the sampled load)."))
+    return lines + [f"Scenario: `{f['scenario_file']}`.", ""]
+
+
 def report_text(doc: dict[str, Any]) -> str:
     """``report.md``: the campaign as a page (from the same document as stress.json)."""
     c = doc["counts"]
@@ -410,24 +614,22 @@ def report_text(doc: dict[str, Any]) -> str:
              f"| {c['tried']} | {c['runs']} | {c[INVALID]} | {c[NO_VERDICT]} | "
              f"{c[INCONCLUSIVE]} | {c[HOLDS]} | {c[COUNTEREXAMPLE]} |", "",
              f"Counterexamples: {c['counterexamples_found']} found, "
-             f"{c['counterexamples_confirmed']} confirmed by a re-run.", ""]
+             f"{c['counterexamples_confirmed']} confirmed, "
+             f"{c['counterexamples_not_confirmed']} not confirmed, "
+             f"{c['counterexamples_not_judged']} not judged.", "",
+             f"Each is confirmed by {doc['confirm']['runs']} fresh runs: "
+             f"{doc['confirm']['hypothesis']}, at {doc['confirm']['alpha']:g}."
+             + (f" {doc['confirm']['cannot_confirm']}." if doc['confirm']['cannot_confirm']
+                else ""), ""]
     if not doc["counterexamples"]:
         lines.append("No load within the ranges refuted the claim in this campaign.")
     for f in doc["counterexamples"]:
-        confirm = {True: "Confirmed by a re-run.",
-                   False: f"Not confirmed: the re-run gave {f.get('confirm_outcome')} (a verdict "
-                          f"that varies from run to run); not shrunk.",
-                   None: "Not re-run to confirm: the campaign ended first."}[f["confirmed"]]
+        conf = f["confirmation"]
         lines += [f"## {f['label']}", "", f"Sampled load: `{_load_text(f['load'])}`.",
-                  confirm, ""]
+                  f"Confirmation: {conf['text'] if conf else 'not run'}"
+                  + ("." if f["confirmed"] else "; not shrunk."), ""]
         if f.get("shrunk") and f["confirmed"]:
-            s = f["shrunk"]
-            how = ("no single key can go back to the scenario's value and still fail"
-                   if s["converged"] else "stopped before it converged")
-            lines += [f"Shrinking: {s['attempts']} runs ({how}). Smallest failing load: "
-                      f"`{_load_text(s['changed'])}`, every other key at the scenario's value."
-                      if s["attempts"] else "Not shrunk: the budget left no time for a run.",
-                      f"Scenario: `{f['scenario_file']}`.", ""]
+            lines += _shrunk_lines(f)
     lines += ["Every load tried, with its run folder: `tried.ndjson`; the runs are indexed in "
               "`runs.json` and in the results store (`testbed results`).", ""]
     return "\n".join(lines)

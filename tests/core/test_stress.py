@@ -226,9 +226,10 @@ def test_a_campaign_finds_confirms_shrinks_and_writes_a_loadable_counterexample(
     clock = iter(range(0, 10**6, 10))
     monkeypatch.setattr(campaign_mod.time, "monotonic", lambda: float(next(clock)))
     c = campaign_mod.Campaign(contention, base_file, ranges_mod.load(ranges, contention), out,
-                              budget_s=3000, seed=5, tries_per_key=10,
+                              budget_s=6000, seed=5, tries_per_key=10,
                               echo=io.StringIO())
     status = c.run()
+    printed = c.echo.getvalue()
     doc = json.loads((out / campaign_mod.SUMMARY).read_text())
     tried = [json.loads(line) for line in (out / campaign_mod.TRIED).read_text().splitlines()]
     assert doc["stopped_by"] == "budget" and doc["counts"]["tried"] == len(tried)
@@ -248,6 +249,14 @@ def test_a_campaign_finds_confirms_shrinks_and_writes_a_loadable_counterexample(
     assert len(files) == len(shrunk)
     runs = [json.dumps(t["load"], sort_keys=True) for t in tried if t["phase"] == "shrink"]
     assert len(runs) == len(set(runs))                    # no shrink candidate run twice
+    for f in doc["counterexamples"]:                      # N fresh runs confirm each load
+        if f["confirmed"] is not None:
+            assert f["confirmation"]["asked"] == len(f["confirmation"]["runs"]) == 5
+    confirms = [json.dumps(t["load"], sort_keys=True) for t in tried if t["phase"] == "confirm"]
+    assert all(confirms.count(c) <= 5 for c in confirms)  # a load judged once is not re-run
+    assert "-shrunk-confirm: the same load was judged before" in printed
+    assert first["shrunk"]["confirmed"] is True and first["scenario_load"] == "shrunk"
+    assert first["shrunk"]["confirmation"]["pvalue"] == pytest.approx(2 ** -5)
     batch = results.open_batch(out)                 # the folder is a batch of its runs
     assert [r.label for r in batch.runs()] == [t["label"] for t in tried if t["run_dir"]]
     assert "counterexample" in (out / campaign_mod.REPORT).read_text()
@@ -299,39 +308,191 @@ def test_ctrl_c_leaves_what_was_found_readable(tmp_path, monkeypatch, contention
     assert "stopped by interrupted" in (out / campaign_mod.REPORT).read_text()
 
 
-def memory_campaign(tmp_path, monkeypatch, contention, orchestrator, budget_s: float):
+def memory_campaign(tmp_path, monkeypatch, contention, orchestrator, budget_s: float,
+                    confirm=None, status: int = 0, memory: str = "{min: 16, max: 64}"):
     """A campaign over client.memory_mb with ``orchestrator`` standing in for the runs and
-    a clock that moves 10 s a look; it must end with status 0. Its folder and stress.json."""
+    a clock that moves 10 s a look; it must end with ``status``. Its folder and
+    stress.json, and what it printed."""
     monkeypatch.setattr(campaign_mod, "Orchestrator", orchestrator)
     monkeypatch.setenv("TESTBED_RESULTS_DB", str(tmp_path / "results.db"))
     clock = iter(range(0, 10**6, 10))
     monkeypatch.setattr(campaign_mod.time, "monotonic", lambda: float(next(clock)))
-    ranges = write(tmp_path, "ranges:\n  client.memory_mb: {min: 16, max: 64}\n")
+    ranges = write(tmp_path, f"ranges:\n  client.memory_mb: {memory}\n")
     out = tmp_path / "out"
     out.mkdir()
+    echo = io.StringIO()
     c = campaign_mod.Campaign(contention, scenario_mod.resolve("contention"),
                               ranges_mod.load(ranges, contention), out, budget_s=budget_s,
-                              seed=1, echo=io.StringIO())
-    assert c.run() == 0
-    return out, json.loads((out / campaign_mod.SUMMARY).read_text())
+                              seed=1, confirm=confirm, echo=echo)
+    assert c.run() == status
+    return out, json.loads((out / campaign_mod.SUMMARY).read_text()), echo.getvalue()
 
 
-def test_a_counterexample_a_re_run_does_not_confirm_is_not_shrunk(tmp_path, monkeypatch,
-                                                                    contention):
-    verdicts = iter(["lockup", "completed"] + ["completed"] * 100)
+def scripted(verdicts):
+    """An orchestrator whose runs give ``verdicts`` in turn (then 'completed')."""
+    it = iter(verdicts)
 
-    class Flaky(FakeOrchestrator):
+    class Scripted(FakeOrchestrator):
         def run(self):
             self.out.mkdir(parents=True)
             (self.out / results.SUMMARY).write_text(json.dumps(
                 {"scenario": self.sc.name, "policy": self.sc.client.policy,
-                 "verdict": next(verdicts), "expected": "completed", "status": "finished"}))
+                 "verdict": next(it, "completed"), "expected": "completed",
+                 "status": "finished"}))
+    return Scripted
 
-    out, doc = memory_campaign(tmp_path, monkeypatch, contention, Flaky, budget_s=200)
+
+def tried_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / campaign_mod.TRIED).read_text().splitlines()]
+
+
+def test_a_counterexample_every_fresh_run_refutes_is_confirmed_with_its_pvalue(
+        tmp_path, monkeypatch, contention):
+    # the sample fails, then its 5 fresh runs; shrinking's candidates complete (the
+    # scenario's memory, and every midpoint), so the sampled load is the one written
+    out, doc, text = memory_campaign(tmp_path, monkeypatch, contention,
+                                     scripted(["lockup"] * 6), budget_s=400, status=1)
     (found,) = doc["counterexamples"]
-    assert found["confirmed"] is False and found["confirm_outcome"] == "holds"
+    conf = found["confirmation"]
+    assert found["confirmed"] is True and conf["confirmed"] is True
+    assert conf["outcomes"] == ["counterexample"] * 5 and conf["asked"] == 5
+    assert [r["label"] for r in conf["runs"]] == [f"s001-confirm{i}" for i in range(1, 6)]
+    assert conf["successes"] == 5 and conf["counted"] == 5            # the sample not counted
+    assert conf["pvalue"] == pytest.approx(2 ** -5) == conf["test"]["pvalue"]
+    assert "more than 0.5 of runs" in conf["hypothesis"]
+    assert "5 of 5 fresh runs refute the claim" in conf["text"] and "p = 0.031" in conf["text"]
+    assert "supported: confirmed" in conf["text"]
+    assert doc["confirm"]["runs"] == 5 and doc["confirm"]["cannot_confirm"] is None
+    assert doc["counts"]["counterexamples_confirmed"] == 1
+    tried = tried_of(out)
+    assert [t["phase"] for t in tried[:6]] == ["sample"] + ["confirm"] * 5
+    assert all(Path(t["run_dir"]).is_dir() for t in tried[:6])       # each its own run folder
+    assert found["shrunk"]["load"] == found["load"] and found["scenario_load"] == "shrunk"
+    assert "Confirmed: 5 of 5 fresh runs" in Path(found["scenario_file"]).read_text()
+    assert "5 of 5 fresh runs refute the claim" in text
+    assert "p = 0.031" in (out / campaign_mod.REPORT).read_text()
+
+
+def test_a_mixed_confirmation_is_not_confirmed_and_not_shrunk(tmp_path, monkeypatch,
+                                                              contention):
+    # the sample fails; of the 5 fresh runs 4 refute, 1 holds: p = 6/32
+    out, doc, text = memory_campaign(
+        tmp_path, monkeypatch, contention,
+        scripted(["lockup", "lockup", "completed", "lockup", "lockup", "lockup"]),
+        budget_s=1000)
+    (found,) = doc["counterexamples"]
+    conf = found["confirmation"]
+    assert found["confirmed"] is False and conf["successes"] == 4 and conf["counted"] == 5
+    assert conf["outcomes"] == ["counterexample", "holds", "counterexample", "counterexample",
+                                "counterexample"]
+    assert conf["pvalue"] == pytest.approx(6 / 32)
+    assert "not supported: not confirmed" in conf["text"]
     assert "shrunk" not in found and not list(out.glob("counterexample-*.yaml"))
-    assert "Not confirmed: the re-run gave holds" in (out / campaign_mod.REPORT).read_text()
+    assert not any(t["phase"] == "shrink" for t in tried_of(out))
+    assert "4 of 5 fresh runs refute the claim" in (out / campaign_mod.REPORT).read_text()
+    assert doc["counts"]["counterexamples_not_confirmed"] == 1
+
+
+def test_the_sampling_run_is_not_counted(tmp_path, monkeypatch, contention):
+    # 4 fresh runs that all refute give p = 1/16, not significant; counting the sampling
+    # run that picked the load would make it 5 of 5, p = 1/32, and confirm it
+    out, doc, text = memory_campaign(tmp_path, monkeypatch, contention,
+                                     scripted(["lockup"] * 5), budget_s=1000, confirm=4)
+    (found,) = doc["counterexamples"]
+    conf = found["confirmation"]
+    assert conf["successes"] == 4 and conf["counted"] == 4 and found["confirmed"] is False
+    assert conf["pvalue"] == pytest.approx(1 / 16)
+    want = "4 runs cannot confirm at 95% confidence: at least 5 are needed"
+    assert want in conf["text"] and want in doc["confirm"]["cannot_confirm"]
+    assert f"warning: {want}" in text
+    assert want in (out / campaign_mod.REPORT).read_text()
+
+
+@pytest.mark.parametrize("cut", ["budget", "ctrl-c"])
+def test_a_confirmation_cut_short_is_not_judged(tmp_path, monkeypatch, contention, cut):
+    # the sample fails, two fresh runs refute, then the budget ends or Ctrl-C comes
+    runs = []
+
+    class Cut(scripted(["lockup"] * 6)):
+        def run(self):
+            runs.append(self.out)
+            if len(runs) == 4:
+                raise KeyboardInterrupt     # as the orchestrator does, once it has cleaned up
+            super().run()
+
+    if cut == "ctrl-c":
+        with pytest.raises(KeyboardInterrupt):
+            memory_campaign(tmp_path, monkeypatch, contention, Cut, budget_s=1000)
+        out = tmp_path / "out"
+        doc = json.loads((out / campaign_mod.SUMMARY).read_text())
+    else:
+        monkeypatch.setattr(campaign_mod.Campaign, "fits",
+                            lambda self, sc: len(self.tried) < 3)
+        out, doc, _ = memory_campaign(tmp_path, monkeypatch, contention, Cut, budget_s=1000)
+    (found,) = doc["counterexamples"]
+    conf = found["confirmation"]
+    assert found["confirmed"] is None and conf["test"] is None and conf["pvalue"] is None
+    assert conf["outcomes"] == ["counterexample"] * 2
+    assert conf["text"] == "not judged: 2 of 5 fresh runs done before the campaign ended"
+    assert doc["counts"]["counterexamples_not_judged"] == 1
+    assert not list(out.glob("counterexample-*.yaml"))
+
+
+class FlakyBelow40(FakeOrchestrator):
+    """Locks up at 24 MiB or less every time; above that, up to 40 MiB, only on a load's
+    first run (what a shrink candidate gets): the shrunk load fails once, not again."""
+
+    seen: dict = {}
+
+    def run(self):
+        self.out.mkdir(parents=True)
+        m = self.sc.client.memory_mb
+        n = FlakyBelow40.seen[m] = FlakyBelow40.seen.get(m, 0) + 1
+        verdict = "lockup" if m <= 24 or (m <= 40 and n == 1) else "completed"
+        (self.out / results.SUMMARY).write_text(json.dumps(
+            {"scenario": self.sc.name, "policy": self.sc.client.policy, "verdict": verdict,
+             "expected": "completed", "status": "finished"}))
+
+
+def test_a_shrunk_load_its_fresh_runs_do_not_confirm_leaves_the_sampled_load(
+        tmp_path, monkeypatch, contention):
+    FlakyBelow40.seen = {}
+    out, doc, text = memory_campaign(tmp_path, monkeypatch, contention, FlakyBelow40,
+                                     budget_s=600, status=1, memory="{min: 16, max: 20}")
+    first = doc["counterexamples"][0]
+    assert first["confirmed"] is True
+    shrunk = first["shrunk"]
+    assert 24 < shrunk["load"]["client.memory_mb"] <= 40          # it failed once
+    assert shrunk["confirmed"] is False and first["scenario_load"] == "sampled"
+    assert shrunk["confirmation"]["successes"] == 0
+    assert [r["label"] for r in shrunk["confirmation"]["runs"]] == \
+        [f"s001-shrunk-confirm{i}" for i in range(1, 6)]
+    sc = scenario_mod.load(first["scenario_file"])
+    assert sc.client.memory_mb == first["load"]["client.memory_mb"] <= 20
+    assert "shrunk, not confirmed" in (out / campaign_mod.REPORT).read_text()
+    assert "shrunk, not confirmed" in text
+
+
+@pytest.mark.parametrize("n", ["0", "-2"])
+def test_confirm_below_one_is_refused_before_anything_starts(tmp_path, capsys, n):
+    assert main(["stress", "contention", "--policy", "none", "--budget", "1m",
+                 "--confirm", n, "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"--confirm: must be at least 1" in err and f"got {n}" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_the_default_confirm_is_the_fewest_runs_that_can_confirm(capsys):
+    from testbed import stats
+    n = campaign_mod.confirm_runs(None)
+    assert n == stats.runs_to_support(claims.P0) == 5
+    assert stats.rate_test(n, n, campaign_mod.P0).supported
+    assert not stats.rate_test(n - 1, n - 1, campaign_mod.P0).supported
+    assert campaign_mod.cannot_confirm(n) is None
+    assert "p = 0.12" in campaign_mod.cannot_confirm(3)             # 3 of 3: 1/8
+    with pytest.raises(SystemExit):
+        main(["stress", "--help"])
+    assert f"{n} at the claims' H0 rate 1/2" in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_run_past_a_fidelity_bound_is_no_counterexample(tmp_path, monkeypatch, contention):
@@ -344,7 +505,7 @@ def test_a_run_past_a_fidelity_bound_is_no_counterexample(tmp_path, monkeypatch,
                  "expected": "completed", "status": "finished", "validity": "invalid",
                  "fidelity": {"invalid_by": ["client wake-up lag max 1500 ms > 1000 ms"]}}))
 
-    out, doc = memory_campaign(tmp_path, monkeypatch, contention, Starved, budget_s=1000)
+    out, doc, _ = memory_campaign(tmp_path, monkeypatch, contention, Starved, budget_s=1000)
     tried = [json.loads(line) for line in (out / campaign_mod.TRIED).read_text().splitlines()]
     assert tried and all(t["outcome"] == "no-verdict" for t in tried)
     assert "past a fidelity bound (client wake-up lag" in tried[0]["detail"]
