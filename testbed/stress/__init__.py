@@ -8,9 +8,11 @@ test them on a few loads; a stress campaign tests them on many. One module per s
   scenario schema), and how a load (key -> value) is set into a scenario;
 - :mod:`.sampling`: seeded loads drawn from the ranges;
 - :mod:`.shrink`: a counterexample shrunk toward the scenario's defaults one key at a
-  time, each candidate re-run to confirm (delta debugging), for any predicate;
+  time, each candidate one run (delta debugging), for any predicate;
 - :mod:`.campaign`: the loop under a time budget, with the orchestrator doing the runs,
-  the results store recording them, and the folder that keeps what was found.
+  the results store recording them, and the folder that keeps what was found; a
+  counterexample, and the load it shrinks to, is confirmed by N fresh runs and the rate
+  test of :mod:`testbed.stats`, as the claims are, never by one re-run.
 
 Runs are one at a time: parallel runs (``--workers``) and the cluster are not built yet.
 """
