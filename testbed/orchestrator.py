@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
 
@@ -41,6 +41,7 @@ from .errors import TestbedError
 from .faults import Injector, Plant
 from .guest import node as guest
 from .launch import BULK_PORTS, TARGET_IQN, BulkSource, Program, StorageClient, Target, Verify
+from .mm.policy.loader import RUN_FOLDER_DIR, copy_into_run, is_policy_file
 from .report import build_report
 from .report.summary import rx_drops, summarize
 from .runctx import RunContext
@@ -133,7 +134,8 @@ class Orchestrator:
         s = self.scenario
         with RunContext.create(base_dir=self.base_dir, name=s.name, run_dir=self.out_dir) as run:
             self.run_ctx = run
-            (run.dir / "scenario.yaml").write_text(dump(s))
+            (run.dir / "scenario.yaml").write_text(dump(self._keep_policy_file(run.dir)))
+            s = self.scenario
             self.progress.say(f"run {run.id}: {s.name} (policy {s.client.policy}, "
                               f"expect {s.expected}) -> {run.dir}")
             started = time.monotonic()
@@ -174,6 +176,18 @@ class Orchestrator:
             with self._timed("report"):
                 self._finish(run.dir, summary)
         return RunResult(run.dir, summary)
+
+    def _keep_policy_file(self, run_dir: Path) -> Scenario:
+        """A policy file (``client.policy: ./mypolicy.py``) is copied into the run folder
+        and checked again there: the storage client loads that copy, so the run keeps
+        exactly the file it ran (the summary names its SHA-256). Returns the scenario to
+        write as scenario.yaml, whose policy is the copy, relative to the run folder."""
+        s = self.scenario
+        if not is_policy_file(s.client.policy):
+            return s
+        copy, _ = copy_into_run(s.client.policy, run_dir)
+        self.scenario = replace(s, client=replace(s.client, policy=str(copy)))
+        return replace(s, client=replace(s.client, policy=f"{RUN_FOLDER_DIR}/{copy.name}"))
 
     @contextmanager
     def _timed(self, step: str) -> Iterator[None]:

@@ -11,6 +11,9 @@ on the field as well, in one place:
   stands for one of several kinds;
 - :func:`mirror` for a field that *is* another class's field under another key (a
   scenario's ``topology.delay_ms`` is ContentionParams' ``delay``);
+- :func:`alternative` for a field whose value may also be a string of another kind,
+  read next to the file that gave it (``client.policy``: a built-in name or a policy
+  file, :mod:`testbed.mm.policy.loader`);
 - a ``rules()`` method for what spans fields, yielding ``(relative key, message)`` pairs.
 
 One checker, :class:`Builder`, applies all of it, collecting *every* problem rather than
@@ -109,6 +112,23 @@ class Bounds:
 _UNBOUNDED = Bounds()
 _BOUNDS = "bounds"
 _MIRROR = "mirror"
+_ALTERNATIVE = "alternative"
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """What a field may hold besides what its type allows: a string that ``accepts``
+    says is one, which ``resolve(value, file, line)`` checks (raising SchemaError) and
+    turns into the field's value; ``noun`` ends the type's message ("nor ...")."""
+
+    accepts: Any        # Callable[[str], bool]
+    resolve: Any        # Callable[[str, str, int], Any]
+    noun: str
+
+
+def alternative(default: Any, alt: Alternative) -> Any:
+    """A field whose value is of its type, or a string :class:`Alternative` accepts."""
+    return dataclasses.field(default=default, metadata={_ALTERNATIVE: alt})
 
 
 def bounded(default: Any = MISSING, *, default_factory: Any = MISSING,
@@ -488,13 +508,13 @@ class Builder:
             raise TypeError(f"schema: only Optional[X] unions are supported, not {tp}")
         return self.build(args[0], h, key)
 
-    def _literal(self, tp: Any, h: Any, key: str) -> Any:
+    def _literal(self, tp: Any, h: Any, key: str, nor: str = "") -> Any:
         choices = get_args(tp)
         value = self.src.scalar(h) if self.src.shape(h) == SCALAR else None
         if value in choices and isinstance(value, str) == isinstance(choices[0], str):
             return value
         hint = _suggest(str(value), [str(c) for c in choices])
-        listed = ", ".join(map(str, choices))
+        listed = ", ".join(map(str, choices)) + (f", nor {nor}" if nor else "")
         self.problem(h, key, f"{value!r} is not one of {listed}{hint}", f"one of {listed}")
         return choices[0]
 
@@ -590,12 +610,29 @@ class Builder:
         return obj
 
     def _field(self, f: dataclasses.Field, tp: Any, h: Any, key: str) -> Any:
+        alt: Optional[Alternative] = f.metadata.get(_ALTERNATIVE)
+        if alt is not None:
+            value = self.src.scalar(h) if self.src.shape(h) == SCALAR else None
+            if isinstance(value, str) and alt.accepts(value):
+                return self._alternative(alt, value, h, key)
+            if get_origin(tp) is Literal:
+                return self._literal(tp, h, key, alt.noun)
         value = self.build(tp, h, key)
         if value is not None:
             bounds = bounds_of(f)
             for message in bounds.problems(value):
                 self.problem(h, key, message, bounds.describe())
         return value
+
+    def _alternative(self, alt: Alternative, value: str, h: Any, key: str) -> Any:
+        """The alternative's value, or its problems under ``key`` (each keeps its place:
+        a policy file's line, say)."""
+        file, line = self.src.place(h)
+        try:
+            return alt.resolve(value, file, line)
+        except SchemaError as exc:
+            self.problems.extend(dataclasses.replace(p, key=p.key or key) for p in exc.problems)
+            return None
 
     def _variant(self, tp: type, variants: dict, h: Any, key: str) -> Optional[type]:
         disc = getattr(tp, "__discriminator__", "kind")
@@ -724,6 +761,6 @@ def _suggest(word: str, choices: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-__all__ = ["Bounds", "Builder", "Nodes", "Problem", "SchemaError", "Source", "Values",
+__all__ = ["Alternative", "alternative", "Bounds", "Builder", "Nodes", "Problem", "SchemaError", "Source", "Values",
            "bounded", "bounds_of", "build", "check_mirrors", "mirror", "mirrored",
            "compose_file", "problems", "scalar_value", "unreadable", "validate", "where"]

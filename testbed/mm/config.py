@@ -17,12 +17,27 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Optional
 
 from .. import schema
-from ..schema import bounded
+from ..schema import Alternative, Problem, SchemaError, alternative, bounded
 from .policy import POLICIES
+from .policy.loader import is_policy_file, load_policy_file, resolve
 
 WORKLOAD_KINDS = ("writer", "mmap_writer", "downloader")
 WorkloadKind = Literal[WORKLOAD_KINDS]
 PolicyName = Literal[tuple(POLICIES)]
+
+
+def _policy_file(value: str, file: str, line: int) -> str:
+    """``client.policy: ./mypolicy.py``: the file, next to the scenario that names it,
+    loaded and checked now (nothing starts with a broken policy); its absolute path."""
+    path = resolve(value, file)
+    if not path.is_file():
+        raise SchemaError([Problem(file, line, "", f"{value}: no such policy file "
+                                                   f"(looked for {path})")])
+    load_policy_file(path)
+    return str(path)
+
+
+POLICY_FILE = Alternative(is_policy_file, _policy_file, "a policy file (a path ending in .py)")
 
 
 @dataclass
@@ -63,7 +78,7 @@ class MachineConfig:
     kind: Literal["emulated", "kernel"] = "emulated"
     min_free_kbytes: Optional[int] = bounded(None, min=16)  # None: clamp(int_sqrt(kbytes * 16), 128, 262144)
     watermark_scale_factor: int = bounded(10, min=1, max=3000)
-    policy: PolicyName = "gorman-3.6"
+    policy: PolicyName = alternative("gorman-3.6", POLICY_FILE)   # or a policy file, *.py
     rx_reserve: int = bounded(50, min=0)        # per-device cap of reserve skbs (phillips)
     threshold: float = bounded(0.5, min=0, max=1)   # fraction of rx_reserve (phillips-2005-threshold)
     reserve_pages: Optional[int] = bounded(None, min=0)  # per device; None: estimate_skb_pages(rx_reserve, buffer)

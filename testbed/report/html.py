@@ -37,6 +37,7 @@ def run_page(summary: dict[str, Any], evidence: list[str], images: list[str]) ->
     rows = [("verdict", verdict_cell(summary.get("verdict"))),
             ("expected", _esc(summary.get("expected"))),
             ("policy", _esc(summary.get("policy"))),
+            *policy_file_rows(summary.get("policy_file")),
             ("status", _esc(summary.get("status"))),
             ("duration", f"{_esc(summary.get('duration_s'))} s")]
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
@@ -46,6 +47,13 @@ def run_page(summary: dict[str, Any], evidence: list[str], images: list[str]) ->
     return page(f"{summary.get('scenario')}: {summary.get('verdict')}",
                 f"<table>{table}</table><h2>Evidence</h2><ul>{ev}</ul>{cycle_section(summary)}"
                 f"<h2>Plots</h2>{imgs}<h2>summary.json</h2><pre>{raw}</pre>")
+
+
+def policy_file_rows(pf: Any) -> list[tuple[str, str]]:
+    """A policy file's row (lab 6): the copy the run kept, and its SHA-256."""
+    if not isinstance(pf, dict):
+        return []
+    return [("policy file", f"{_esc(pf.get('path'))}, sha256 <code>{_esc(pf.get('sha256'))}</code>")]
 
 
 def _count(n: Any) -> str:

@@ -35,6 +35,10 @@ bottleneck link's achieved rate, the host's CPU pressure; :mod:`testbed.fidelity
 ``validity``: ``invalid`` when one is past the scenario's bounds. The verdict is kept as
 measured; the claims and the statistics leave an invalid run out.
 
+A run of a policy file (``client.policy: ./mypolicy.py``, lab 6) names the policy by
+the file's name, and ``policy_file`` says which file: its copy in the run folder
+(``policy/<name>``, which the storage client loaded) and that copy's SHA-256.
+
 An interrupted run, or one whose client failed, has no verdict (``null``) and says why
 in ``status`` and ``detail``.
 
@@ -51,6 +55,7 @@ recovery horizon is waited out, and a real kernel names no wait-for cycle. The r
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -58,6 +63,7 @@ from typing import Any, Optional
 # imported here too so that older ``report.summary`` imports of it keep working
 from ..results import read_json, read_ndjson, until_end  # noqa: F401
 from .. import fidelity
+from ..mm.policy.loader import RUN_FOLDER_DIR, is_policy_file, label as policy_label
 
 CLASSES = ("memalloc", "other")
 # why a kernel client's drops per class are n/a (the summary's drops.note)
@@ -315,6 +321,17 @@ def _host_order(name: str) -> tuple[int, str]:
     return (int(digits) if digits else 0, name)
 
 
+def policy_file(run_dir: Path, policy: str) -> dict[str, Any]:
+    """The policy file a run used: its copy in the run folder and that copy's SHA-256
+    (null when the copy is missing: nothing then says which file ran)."""
+    rel = f"{RUN_FOLDER_DIR}/{Path(policy).name}"
+    try:
+        digest: Optional[str] = hashlib.sha256((Path(run_dir) / rel).read_bytes()).hexdigest()
+    except OSError:
+        digest = None
+    return {"name": Path(policy).name, "path": rel, "sha256": digest}
+
+
 def summarize(run_dir: Path, scenario: Any, duration_s: float,
               interrupted: bool = False) -> dict[str, Any]:
     """The summary of a run folder (see the module docstring)."""
@@ -335,7 +352,7 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
         lockup = {**lockup, "detector": "kernel"}
     summary: dict[str, Any] = {
         "scenario": scenario.name,
-        "policy": scenario.client.policy,
+        "policy": policy_label(scenario.client.policy),
         "client": {"kind": scenario.client.kind},
         "expected": scenario.expected,
         "verdict": None,
@@ -358,6 +375,8 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
         "faults": faults(run_dir, samples),
         "recoveries": recoveries(samples),
     }
+    if is_policy_file(scenario.client.policy):
+        summary["policy_file"] = policy_file(run_dir, scenario.client.policy)
     if not interrupted:
         _decide(summary, outcome, scenario)
     # the run's own fidelity (testbed.fidelity): a run past a bound keeps its verdict but
@@ -450,7 +469,8 @@ def cycle_lines(summary: dict[str, Any]) -> list[str]:
     horizon = (lk.get("horizon") or {}).get("seconds")
     head = (f"wait-for cycle (stuck {lk.get('stuck_for_s', 0):.1f}s from t={lk.get('stuck_since', 0):.1f}s"
             + (f", recovery horizon {horizon:g}s" if horizon else "") + "):")
-    return [head] + [f"  {line}" for line in text]
+    oom = (lk.get("oom") or {}).get("text")
+    return [head] + [f"  {line}" for line in text] + ([oom] if oom else [])
 
 
 def stall_lines(summary: dict[str, Any]) -> list[str]:

@@ -9,6 +9,9 @@
 ``gorman-3.6``           pfmemalloc skbs from under min once a socket is memalloc;
                          sk_filter drops them for others; throttle_direct_reclaim
 ======================== ==============================================================
+
+``client.policy`` may also name a policy file (``./mypolicy.py``): :mod:`.loader`
+loads and checks it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Optional
 from ..errors import MMError
 from .base import Policy
 from .gorman_3_6 import Gorman36
+from .loader import is_policy_file, load_policy_file
 from .none import NonePolicy
 from .phillips_2005 import Phillips2005
 from .phillips_2005_threshold import Phillips2005Threshold
@@ -29,7 +33,10 @@ POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (
 
 def make_policy(name: str, rx_reserve: int = 50, threshold: float = 0.5,
                 reserve_pages: Optional[int] = None) -> Policy:
-    """The policy called ``name``; MMError naming the known ones otherwise."""
+    """The policy called ``name``, or the one a policy file (``*.py``) defines; MMError
+    naming the known ones otherwise (a broken file: the loader's SchemaError)."""
+    if is_policy_file(name):
+        return load_policy_file(name).make(rx_reserve, threshold, reserve_pages)
     cls = POLICIES.get(name)
     if cls is None:
         raise MMError(f"policy {name!r} is not one of {', '.join(POLICIES)}")
