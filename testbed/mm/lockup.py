@@ -14,8 +14,10 @@ the :class:`RecoveryHorizon` - the time the iSCSI initiator and the target's TCP
 to have tried everything they try on their own - the detector asks two more questions:
 were the storage flow's frames dropped for lack of memory meanwhile (criterion 4), and
 does the emulated state hold a wait-for cycle (:func:`find_cycle`, lockdep's habit:
-show the cycle, not the symptom)? Both yes: a lockup, whose :class:`LockupEvidence`
-carries the cycle with a counter on every edge. Otherwise the episode is marked stuck
+show the cycle, not the symptom)? Both yes, and the OOM killer cannot end it either
+(:func:`oom_outlook`: no process may call it, or killing every one would not free what
+the storage flow needs): a lockup, whose :class:`LockupEvidence` carries the cycle with a
+counter on every edge and the OOM killer's position. Otherwise the episode is marked stuck
 with the reason it is not a lockup, and the run goes on (a report calls it degraded).
 
 ``patience`` horizons (default 1) may be asked for: the lockup is proven after one, and
@@ -202,7 +204,7 @@ class Reading:
 
 
 class StuckCriteria:
-    """The four conditions a stuck state keeps, each one broken alone defeats a lockup.
+    """The five conditions a stuck state keeps, each one broken alone defeats a lockup.
 
     1. *No memory for the storage flow*: a receive buffer for the storage flow
        (:func:`rx_need` pages) would take the zone under the mark such an allocation may
@@ -218,6 +220,10 @@ class StuckCriteria:
        of memory while stuck, or a data segment of it has waited for transmit memory
        the whole stuck time; judged once the horizon is reached, over the whole stuck
        time (the target retransmits with a doubling RTO, so drops come ever more rarely).
+
+    5. *The OOM killer cannot end it* (:func:`oom_outlook`), judged with 4: no process
+       may call ``out_of_memory()`` (each waits for writeback), or killing every one
+       would not free what the storage flow needs.
 
     ``broken`` checks 1-3 on one reading; ``starved`` is 4.
     """
@@ -275,6 +281,112 @@ def wchan(thread: threading.Thread) -> Optional[str]:
     return None
 
 
+def stack_names(thread: threading.Thread, names: dict[str, str]) -> list[str]:
+    """The kernel names of the functions of ``names`` on ``thread``'s stack, innermost first."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    out = []
+    while frame is not None:
+        name = names.get(frame.f_code.co_name)
+        if name is not None:
+            out.append(name)
+        frame = frame.f_back
+    return out
+
+
+# -- the OOM killer -------------------------------------------------------------------------
+
+# Waits that end only when a writeback completes (or memory that only writeback frees comes
+# back): the dirty throttle (3.6 loops while over the limits; 2.6.13 also returns once the
+# task has started a chunk itself, which needs a free request: get_request_wait, so only
+# while the device's queue is full), the wait for a request, 3.6's throttle of direct
+# reclaim (until kswapd frees memory). A process in one of them calls no allocator.
+WRITEBACK_WAITS = {
+    "balance_dirty_pages": "balance_dirty_pages",
+    "wait_for_slot": "get_request_wait",
+    "throttle_direct_reclaim": "throttle_direct_reclaim",
+}
+IN_ALLOCATOR = {"_alloc_pages_slowpath": "__alloc_pages_slowpath"}
+
+
+@dataclass(frozen=True)
+class OomOutlook:
+    """What the OOM killer can still do for a stuck state (the fifth criterion).
+
+    Only a process allocating with ``__GFP_FS`` calls ``out_of_memory()`` (the workloads'
+    page-cache pages; receive and writeback allocate ``GFP_ATOMIC``/``GFP_NOIO``), and a
+    kill frees what its victim holds that is not a file page (a downloader's socket
+    queue). ``reach`` is what killing every process still alive would free, ``need`` what
+    a buffer of the storage flow needs beyond the free pages.
+    """
+
+    killer: bool                            # the era has an OOM killer
+    reach: int
+    need: int
+    victims: tuple[tuple[str, int], ...]    # alive, not dying: (name, pages a kill frees)
+    callers: tuple[str, ...]                # in the allocator now, may call out_of_memory()
+    unbound: tuple[str, ...]                # alive, waiting for nothing writeback ends
+    waits: tuple[tuple[str, str], ...]      # (process, the writeback-bound wait it is in)
+
+    def could_end(self) -> Optional[str]:
+        """How the OOM killer could still end the stuck state; None when it cannot."""
+        if not self.killer or self.reach < self.need:
+            return None
+        frees = f"killing {name_range(n for n, p in self.victims if p)} would free {self.reach} pages"
+        if self.callers:
+            return (f"the OOM killer may still end it: {name_range(self.callers)} may call "
+                    f"out_of_memory(), and {frees} (a buffer of the storage flow needs {self.need})")
+        if self.unbound:
+            return (f"the OOM killer may still end it: {name_range(self.unbound)} waits for no "
+                    f"writeback, its next page-cache allocation may call out_of_memory(), and "
+                    f"{frees} (a buffer of the storage flow needs {self.need})")
+        return None
+
+    def line(self) -> str:
+        """Why the OOM killer cannot end it, in one line (for a proven lockup)."""
+        if not self.killer:
+            return "OOM killer: none in this kernel profile"
+        if self.reach < self.need:
+            held = ", ".join(f"{n} {p}" for n, p in self.victims if p) or "nothing"
+            return (f"OOM killer: killing every process would free {self.reach} pages "
+                    f"({held}), a buffer of the storage flow needs {self.need}")
+        waits = ", ".join(f"{n} in {w}" for n, w in self.waits)
+        return (f"OOM killer: no process can call out_of_memory(), each waits for writeback "
+                f"({waits})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "could_end": self.could_end(), "text": self.line()}
+
+
+def oom_outlook(mm: "MemoryManager", need: int, queue_full: bool) -> OomOutlook:
+    """The OOM killer's position now (mm lock not held). ``need``: pages a storage buffer
+    needs beyond the free ones; ``queue_full``: no request can be started (2.6.13's dirty
+    throttle then waits for writeback too)."""
+    oom = mm.oom
+    if oom is None:
+        return OomOutlook(False, 0, need, (), (), (), ())
+    bound = dict(WRITEBACK_WAITS)
+    if mm.era.dirty_throttle == "2.6.13" and not queue_full:
+        del bound["balance_dirty_pages"]    # it may start its chunk and return
+    victims, callers, unbound, waits = [], [], [], []
+    for v in list(oom.tasks):
+        if not v.oom_alive() or v.oom_dying():
+            continue
+        with mm.lock:
+            victims.append((v.name, v.oom_freeable_pages()))
+        thread = v if isinstance(v, threading.Thread) else None
+        stack = stack_names(thread, {**bound, **IN_ALLOCATOR}) if thread else []
+        wait = next((n for n in stack if n in bound.values()), None)
+        task = getattr(v, "task", None)
+        if wait is not None:
+            waits.append((v.name, wait))
+        elif stack and task is not None and task.may_oom:
+            callers.append(v.name)
+        else:
+            unbound.append(v.name)
+    reach = sum(p for _, p in victims)
+    return OomOutlook(True, reach, need, tuple(victims), tuple(callers), tuple(unbound), tuple(waits))
+
+
 @dataclass(frozen=True)
 class SockHold:
     """A socket receive queue holding memory, and where its reader is."""
@@ -305,6 +417,24 @@ class StuckState:
     tx_need: int = 1          # pages one storage transmit takes
     sockets: tuple[SockHold, ...] = ()
     tasks: tuple[tuple[str, Optional[str]], ...] = ()     # (task, wchan) of the workloads
+
+    @property
+    def rx_starved(self) -> bool:
+        """Its received frames were dropped, and a receive buffer is still not to be had."""
+        return self.storage_dropped > 0 and self.free - self.rx_need < self.rx_mark
+
+    @property
+    def tx_starved(self) -> bool:
+        """Its data waits to be sent, and a transmit buffer is still not to be had."""
+        return self.tx_waiting_s > 0 and self.free - self.tx_need < self.tx_mark
+
+    @property
+    def need(self) -> int:
+        """Pages to be freed before the storage flow gets the buffer it starves for (the
+        receive's when it starves on both sides)."""
+        if self.rx_starved:
+            return self.rx_mark + self.rx_need - self.free
+        return self.tx_mark + self.tx_need - self.free
 
 
 @dataclass(frozen=True)
@@ -368,8 +498,7 @@ def find_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
     if s.writeback <= 0:
         return NoCycle(f"no page is under writeback: writeback is not waiting for "
                        f"{s.storage} responses")
-    rx_starved = s.storage_dropped > 0 and s.free - s.rx_need < s.rx_mark
-    tx_starved = s.tx_waiting_s > 0 and s.free - s.tx_need < s.tx_mark
+    rx_starved, tx_starved = s.rx_starved, s.tx_starved
     if not rx_starved and not tx_starved:
         if s.storage_dropped <= 0 and s.tx_waiting_s <= 0:
             return NoCycle(f"no {s.storage} frame was dropped or held for lack of memory: "
@@ -382,7 +511,7 @@ def find_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
     if bound:
         held[f"the socket queues of {name_range(h.name for h in bound)}"] = sum(h.pages for h in bound)
     held = {k: v for k, v in held.items() if v > 0}
-    need = (s.rx_mark + s.rx_need if rx_starved else s.tx_mark + s.tx_need) - s.free
+    need = s.need
     freed = sum(held.values())
     if freed < need:
         others = [f"{h.name} ({h.pages} pages, reader not waiting for writeback)"
@@ -525,6 +654,7 @@ class LockupEvidence:
     storage: dict[str, Any] = field(default_factory=dict)
     tasks: dict[str, Optional[str]] = field(default_factory=dict)    # workload -> wchan
     cycle: dict[str, Any] = field(default_factory=dict)
+    oom: dict[str, Any] = field(default_factory=dict)       # :class:`OomOutlook`
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -717,8 +847,13 @@ class LockupDetector(threading.Thread):
         if isinstance(found, NoCycle):
             ep.not_lockup = found.reason
             return
+        outlook = oom_outlook(self.mm, state.need, self.pc.congested())
+        why = outlook.could_end()
+        if why is not None:             # criterion 5: a recovery the machine still has
+            ep.not_lockup = why
+            return
         ep.lockup, ep.not_lockup = True, None
-        self.lockups.append(self._evidence(ep, r, found, state, delta))
+        self.lockups.append(self._evidence(ep, r, found, state, delta, outlook))
         self._add_checkpoint(r, 1)
 
     def _add_checkpoint(self, r: Reading, k: int) -> None:
@@ -757,7 +892,7 @@ class LockupDetector(threading.Thread):
                           tasks=tuple((t.name, wchan(t)) for t in self.tasks))
 
     def _evidence(self, ep: StallEpisode, r: Reading, cycle: WaitCycle, state: StuckState,
-                  delta: FlowTally) -> LockupEvidence:
+                  delta: FlowTally, outlook: OomOutlook) -> LockupEvidence:
         snap = self.mm.snapshot()
         storage = {} if self.storage is None else {
             "name": self.storage.name, "dropped_while_stuck": delta.dropped,
@@ -776,7 +911,8 @@ class LockupDetector(threading.Thread):
             stuck_for_s=round(r.t - self._stuck_t, 3), storage_rx_mark=r.rx_mark,
             storage_rx_need=r.rx_need,
             horizon={**self.horizon.to_dict(), "patience": self.patience},
-            storage=storage, tasks=dict(state.tasks), cycle=cycle.to_dict())
+            storage=storage, tasks=dict(state.tasks), cycle=cycle.to_dict(),
+            oom=outlook.to_dict())
 
     def _rel(self, t: float) -> float:
         return round(t - self.started, 3)

@@ -68,6 +68,9 @@ class Victim(Protocol):
     def oom_kill(self) -> int:
         """SIGKILL: stop it, free what it holds; the pages freed."""
 
+    def oom_freeable_pages(self) -> int:
+        """What :meth:`oom_kill` would free now, in pages (the lockup detector asks)."""
+
 
 @dataclass
 class OomKill:

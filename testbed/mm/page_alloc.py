@@ -199,6 +199,7 @@ class PageAllocator:
         may_reclaim = bool(gfp & Gfp.DIRECT_RECLAIM) and not task.flags & PF.MEMALLOC
         may_oom = bool(gfp & Gfp.FS) and not gfp & Gfp.NORETRY and self.oom is not None
         stalled = False
+        outer_may_oom, task.may_oom = task.may_oom, may_oom
         try:
             while True:
                 with self.lock:
@@ -229,6 +230,7 @@ class PageAllocator:
                 if not reclaimed:
                     self.congestion_wait()
         finally:
+            task.may_oom = outer_may_oom
             if stalled:
                 with self.lock:
                     self.vm.nr_alloc_stalled -= 1

@@ -42,7 +42,7 @@ class TaskKilled(MachineStopped):
 class TaskStruct:
     """The part of ``struct task_struct`` the memory manager looks at."""
 
-    __slots__ = ("comm", "flags", "nr_dirtied", "oom_killed", "backing_dev_info")
+    __slots__ = ("comm", "flags", "nr_dirtied", "oom_killed", "backing_dev_info", "may_oom")
 
     def __init__(self, comm: str) -> None:
         self.comm = comm
@@ -50,6 +50,9 @@ class TaskStruct:
         self.nr_dirtied = 0     # pages dirtied since the last balance_dirty_pages()
         self.oom_killed = False         # TIF_MEMDIE + SIGKILL: fatal_signal_pending()
         self.backing_dev_info: object = None    # the device written to, inside write()
+        # in the allocator's slow path with a request that calls out_of_memory() when
+        # reclaim makes no progress (__GFP_FS, no __GFP_NORETRY): the lockup detector asks
+        self.may_oom = False
 
     def __repr__(self) -> str:
         return f"<task {self.comm} flags={self.flags!r}>"

@@ -130,6 +130,11 @@ class Workload(threading.Thread):
         """Free what the process holds in the emulated memory at once; the pages freed."""
         return 0
 
+    def oom_freeable_pages(self) -> int:
+        """The pages :meth:`release` would free now (nothing: a writer's pages are file
+        pages, which its death leaves dirty)."""
+        return 0
+
     def body(self) -> None:
         raise NotImplementedError
 
@@ -252,6 +257,10 @@ class Downloader(Workload):
         """Its socket's receive queue (closing frees the skbs: ``exit_files``)."""
         sk = self.mm_sock
         return sk.close() if sk is not None else 0
+
+    def oom_freeable_pages(self) -> int:
+        sk = self.mm_sock
+        return sk.rmem_pages if sk is not None and not sk.closed else 0
 
     def stop(self) -> None:
         sock = self._sock

@@ -18,6 +18,7 @@ import pytest
 
 from testbed.iscsi.session import SessionConfig
 from testbed.mm import MemoryManager
+from testbed.mm.task import TaskStruct
 from testbed.mm.lockup import (TCP_RTO_MIN_S, FlowTally, LockupDetector, NoCycle,
                                RecoveryHorizon, SockHold, StorageFlow, StuckState, WaitCycle,
                                find_cycle, name_range, rx_need, tally_from_counters, wchan)
@@ -63,6 +64,10 @@ class Cache:
         self.nr_reclaimable = 0
         self.last_progress = 0.0
         self.nr_inflight = 8
+        self.queue_depth = 8
+
+    def congested(self) -> bool:
+        return self.nr_inflight >= self.queue_depth
 
 
 class Flow:
@@ -218,6 +223,127 @@ def test_with_no_network_storage_there_is_no_lockup_only_a_stall():
     rig.run_until(lockup_at() + 1.0)
     assert not rig.det.fired.is_set()
     assert rig.episode.not_lockup == "no network storage: writeback waits for no received frame"
+
+
+# -- criterion 5: the OOM killer ------------------------------------------------------------
+
+# Functions named as the memory manager's waits, so that a process parked in one has it on
+# its stack as a workload would (the detector reads the stack, as /proc/PID/stack reads).
+def balance_dirty_pages(release: threading.Event) -> None:
+    release.wait(10)
+
+
+def _alloc_pages_slowpath(release: threading.Event) -> None:
+    release.wait(10)
+
+
+def recv(release: threading.Event) -> None:
+    release.wait(10)
+
+
+class Proc(threading.Thread):
+    """A process the OOM killer may choose, parked in ``where`` and holding ``pages`` that
+    its kill would free."""
+
+    kind = "downloader"
+
+    def __init__(self, name: str, pages: int, where, may_oom: bool = False) -> None:
+        super().__init__(name=name, daemon=True)
+        self.pages, self.where = pages, where
+        self.task = TaskStruct(name)
+        self.task.may_oom = may_oom
+        self.release = threading.Event()
+        self.parked = threading.Event()
+
+    def run(self) -> None:
+        self.parked.set()
+        self.where(self.release)
+
+    def oom_alive(self) -> bool:
+        return self.is_alive()
+
+    def oom_dying(self) -> bool:
+        return False
+
+    def oom_freeable_pages(self) -> int:
+        return self.pages
+
+
+@pytest.fixture
+def procs():
+    started: list[Proc] = []
+
+    def start(rig: Rig, *specs) -> list[Proc]:
+        for spec in specs:
+            p = Proc(*spec)
+            p.start()
+            assert p.parked.wait(5)
+            rig.mm.oom.register(p)
+            started.append(p)
+        return started
+
+    yield start
+    for p in started:
+        p.release.set()
+        p.join(5)
+
+
+def test_criterion_5_a_process_that_may_call_the_oom_killer_defeats_a_lockup(procs):
+    """2.6.13: a downloader in the allocator, whose reclaim makes no progress, calls
+    out_of_memory(); killing the other frees its socket queue, enough for a receive."""
+    rig = Rig()
+    procs(rig, ("downloader1", 40, _alloc_pages_slowpath, True), ("downloader2", 300, balance_dirty_pages))
+    rig.run_until(lockup_at() + 1.0)
+    assert not rig.det.fired.is_set() and rig.det.evidence is None
+    why = rig.episode.not_lockup
+    assert why.startswith("the OOM killer may still end it: downloader1 may call out_of_memory()")
+    assert "killing downloader1, downloader2 would free 340 pages (a buffer of the storage flow needs 1)" in why
+
+
+def test_criterion_5_a_process_waiting_for_no_writeback_may_still_reach_the_oom_killer(procs):
+    rig = Rig()
+    procs(rig, ("downloader1", 40, recv))
+    rig.run_until(lockup_at() + 1.0)
+    assert not rig.det.fired.is_set()
+    assert "downloader1 waits for no writeback" in rig.episode.not_lockup
+
+
+def test_criterion_5_every_process_waiting_for_writeback_leaves_the_oom_killer_no_caller(procs):
+    """The lockup of the 2005 kernels: the downloaders sleep in the dirty throttle, whose
+    2.6.13 loop returns only after starting a chunk, and the device's queue is full. No
+    process allocates, so nothing calls out_of_memory(), whatever a kill would free."""
+    rig = Rig()
+    procs(rig, ("downloader1", 300, balance_dirty_pages), ("downloader2", 300, balance_dirty_pages))
+    rig.run_until(lockup_at() + STEP)
+    assert rig.det.fired.is_set()
+    oom = rig.det.evidence.oom
+    assert oom["reach"] == 600 and oom["could_end"] is None
+    assert oom["text"] == ("OOM killer: no process can call out_of_memory(), each waits for "
+                           "writeback (downloader1 in balance_dirty_pages, downloader2 in "
+                           "balance_dirty_pages)")
+    summary = {"lockup": rig.det.evidence.to_dict()}
+    assert cycle_lines(summary)[-1] == oom["text"]
+
+
+def test_criterion_5_the_2_6_13_throttle_with_a_free_request_may_return(procs):
+    """With a request free, 2.6.13's balance_dirty_pages() can start its chunk and
+    return to allocate again: it is no wait for writeback then."""
+    rig = Rig()
+    rig.pc.nr_inflight = 7
+    procs(rig, ("downloader1", 300, balance_dirty_pages))
+    rig.run_until(lockup_at() + 1.0)
+    assert not rig.det.fired.is_set()
+    assert "downloader1 waits for no writeback" in rig.episode.not_lockup
+
+
+def test_criterion_5_kills_that_free_too_little_do_not_end_it(procs):
+    """A writer's pages are file pages: its kill frees none of them."""
+    rig = Rig()
+    procs(rig, ("mmap_writer0", 0, _alloc_pages_slowpath, True))
+    rig.run_until(lockup_at() + STEP)
+    assert rig.det.fired.is_set()
+    assert rig.det.evidence.oom["text"] == ("OOM killer: killing every process would free 0 pages "
+                                            "(nothing), a buffer of the storage flow needs 1")
 
 
 # -- stuck, but no cycle --------------------------------------------------------------------
