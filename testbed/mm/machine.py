@@ -53,6 +53,7 @@ from .metrics import MetricSource, Metrics
 from .oom_kill import OomKill
 from .page_writeback import DirtyThrottle
 from .pagecache import PageCache
+from .policy.loader import is_policy
 from .skbuff import NetDev
 from .vmscan import Kswapd
 from .workload import WORKLOAD_CLASSES, Downloader, SocketHook, Workload
@@ -99,7 +100,7 @@ class Machine:
         self.device = device
         if mm is None:          # oom_kill None: client.oom_kill if the config has it, else the era's
             mm = MemoryManager.from_config(config, oom_kill=oom_kill)
-        elif mm.zone.managed_pages != config.total_pages or mm.policy.name != config.policy:
+        elif mm.zone.managed_pages != config.total_pages or not is_policy(mm.policy, config.policy):
             raise MMError(f"machine: the given mm ({mm.zone.managed_pages} pages, {mm.policy.name}) "
                           f"does not match client.memory_mb/policy ({config.total_pages} pages, "
                           f"{config.policy})")

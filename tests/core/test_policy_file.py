@@ -20,7 +20,7 @@ from testbed.commands import run as run_cmd
 from testbed.mm.era import LINUX_2_6_13, LINUX_3_6
 from testbed.mm.manager import MemoryManager
 from testbed.mm.policy import make_policy
-from testbed.mm.policy.loader import is_policy_file, label, load_policy_file
+from testbed.mm.policy.loader import is_policy, is_policy_file, label, load_policy_file
 from testbed.orchestrator import Orchestrator
 from testbed.report.html import run_page
 from testbed.report.summary import policy_file
@@ -56,6 +56,8 @@ def test_a_good_file_loads_with_the_2005_era_by_default(tmp_path):
     mm = MemoryManager(4096, policy=policy, rx_reserve=20)
     dev = mm.register_netdev("eth0")
     assert dev.reserve_pages == policy.reserve_estimate(dev) > 0     # its hook ran
+    assert is_policy(policy, str(tmp_path / "mine.py")) and not is_policy(policy, "mine")
+    assert is_policy(make_policy("none"), "none") and not is_policy(make_policy("none"), "x.py")
     assert is_policy_file("./mine.py") and not is_policy_file("gorman-3.6")
     assert label(str(tmp_path / "mine.py")) == "mine.py" and label("none") == "none"
 

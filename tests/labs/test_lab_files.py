@@ -30,10 +30,10 @@ SECTIONS = ("Goal", "Background", "Start", "Steps", "Questions",
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 
 
-def test_there_are_five_labs_numbered_in_order():
-    assert [lab.number for lab in LABS] == [1, 2, 3, 4, 5]
+def test_there_are_six_labs_numbered_in_order():
+    assert [lab.number for lab in LABS] == [1, 2, 3, 4, 5, 6]
     assert [lab.slug for lab in LABS] == ["deadlock", "reserve-sizing", "sock-memalloc",
-                                          "sharing-the-reserve", "linux-3.6"]
+                                          "sharing-the-reserve", "linux-3.6", "your-own-policy"]
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
@@ -79,9 +79,57 @@ def test_every_question_is_graded_and_answered_by_the_solution(lab: grading.Lab)
     solve = (lab.instructor / "solve.py").read_text()
     for k in keys:
         assert f'"{k}"' in grader, f"{lab.name}: answers.yaml asks {k}, the grader never reads it"
-        assert f'"{k}"' in solve, f"{lab.name}: the solution does not answer {k}"
+        if k.startswith(grading.predictions.PREFIX):
+            # the student's own, made before the runs: the reference answers hold an example
+            assert f'"{k}"' not in solve, f"{lab.name}: the solution makes prediction {k}"
+        else:
+            assert f'"{k}"' in solve, f"{lab.name}: the solution does not answer {k}"
     ref = yaml.safe_load((lab.instructor / "answers.yaml").read_text())
     assert set(ref) == set(keys) and all(v is not None for v in ref.values())
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
+def test_predictions_are_asked_and_recorded_before_the_first_run(lab: grading.Lab):
+    """Prediction n of the handout's "Predict before you run" is ``# Pn.`` of answers.yaml
+    and a ``predict_`` key; its ``testbed lab predict N`` comes before every run."""
+    template = lab.path / "answers.yaml"
+    keys = [k for k in answer_keys(template) if k.startswith(grading.predictions.PREFIX)]
+    numbered = re.findall(r"^# P(\d+)\.", template.read_text(), re.M)
+    asked = re.findall(r"^P(\d+)\. ", lab.handout.sections.get("Predict before you run", ""),
+                       re.M)
+    assert asked == numbered == [str(i) for i in range(1, len(keys) + 1)], (asked, numbered)
+    cmds = lab.handout.commands()
+    predict = f"testbed lab predict {lab.number}"
+    if not keys:
+        assert predict not in cmds
+        return
+    assert cmds.count(predict) == 1
+    runs = [i for i, c in enumerate(cmds) if re.match(r"testbed (run|compare|sweep) ", c)]
+    assert runs and cmds.index(predict) < min(runs), f"{lab.name}: predict after a run"
+    text = " ".join(lab.handout.sections["Predict before you run"].split())
+    assert "not for being right" in text
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
+def test_short_answers_have_a_rubric_and_are_collected_not_scored(lab: grading.Lab):
+    """Each entry of the instructor's rubric.yaml is a key of answers.yaml that the grader
+    checks with ``shortanswers.check_answered`` in a check worth 0 points, and the
+    handout states its points."""
+    rubric = grading.shortanswers.rubric_of(lab)
+    grader = lab.grader.read_text()
+    keys = answer_keys(lab.path / "answers.yaml")
+    if not rubric:
+        assert "check_answered" not in grader
+        return
+    assert set(rubric) <= set(keys), set(rubric) - set(keys)
+    m = re.search(r"@pytest\.mark\.points\((\d+)\)\s+def (test_\w+)\([^)]*\)[^:]*:\s+"
+                  r'"""[^"]*"""\s+shortanswers\.check_answered\(answers, (\w+)\)', grader)
+    assert m and m.group(1) == "0", f"{lab.name}: the short answers' check is not worth 0"
+    for k in rubric:
+        assert f'"{k}"' in grader
+    questions = lab.handout.sections["Questions"]
+    for item in rubric.values():
+        assert f"{item.points:g} points, graded by your TA" in questions
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)

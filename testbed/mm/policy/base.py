@@ -51,6 +51,7 @@ class Policy:
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     era: ClassVar[EraProfile]       # the named kernel's mechanisms (set by each policy)
+    source: Optional[str] = None    # the policy file it was loaded from (None: built in)
 
     def __init__(self, rx_reserve: int = 50, threshold: float = 0.5,
                  reserve_pages: Optional[int] = None) -> None:

@@ -65,6 +65,13 @@ def is_policy_file(name: object) -> bool:
     return isinstance(name, str) and name.endswith(SUFFIX)
 
 
+def is_policy(policy: Policy, name: str) -> bool:
+    """Is ``policy`` the one ``client.policy`` names (a built-in's name, or its file)?"""
+    if is_policy_file(name):
+        return policy.source is not None and Path(name).resolve() == Path(policy.source)
+    return policy.source is None and policy.name == name
+
+
 def label(name: str) -> str:
     """How runs name a policy: a built-in's name, or the file's name."""
     return Path(name).name if is_policy_file(name) else name
@@ -81,7 +88,9 @@ class PolicyFile:
 
     def make(self, rx_reserve: int = 50, threshold: float = 0.5,
              reserve_pages: Optional[int] = None) -> Policy:
-        return self.cls(rx_reserve=rx_reserve, threshold=threshold, reserve_pages=reserve_pages)
+        policy = self.cls(rx_reserve=rx_reserve, threshold=threshold, reserve_pages=reserve_pages)
+        policy.source = str(self.path.resolve())
+        return policy
 
     def record(self) -> dict[str, str]:
         """What a run's summary says of it."""
@@ -288,4 +297,4 @@ def copy_into_run(name: str, run_dir: Path) -> tuple[Path, PolicyFile]:
 
 
 __all__ = ["DEFAULT_ERA", "HOOKS", "PolicyFile", "RUN_FOLDER_DIR", "copy_into_run",
-           "is_policy_file", "label", "load_policy_file", "resolve"]
+           "is_policy", "is_policy_file", "label", "load_policy_file", "resolve"]

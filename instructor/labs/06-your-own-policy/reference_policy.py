@@ -1,0 +1,55 @@
+"""Lab 6 reference policy: a reserve for the storage flow that no flood can keep.
+
+Phillips' 2005 reserve, with the filter moved from the device to the buffer:
+
+- ``netdev_reserve_pages``: the device's reserve, Phillips' size
+  (``estimate_skb_pages(rx_reserve, buffer)``), added to the min watermark;
+- ``rx_alloc_failed``: when ``GFP_ATOMIC`` fails, at most ``rx_reserve`` buffers per
+  device from the reserve, each marked (``skb.reserve``) and counted in
+  ``rx_reserve_used`` until it is freed (the memory manager gives the count back);
+- ``sk_filter``: a buffer from the reserve is delivered only to a ``SOCK_MEMALLOC``
+  socket. Unlike the posted patch, a frame with no socket at all (a UDP flood to a
+  closed port, ICMP) is dropped too, and the decision is the buffer's, not the
+  device's: nothing is credited by hand, so no flood can leak the count;
+- ``storage_rx_mark``: down to zero while the device is under its cap.
+
+The hooks see the socket a frame names, never whether it is genuine: a forged storage
+frame gets what a genuine one gets (question 5).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from testbed.mm.era import LINUX_2_6_13
+from testbed.mm.policy.base import Policy
+from testbed.mm.skbuff import DropReason
+
+
+class ReserveForStorage(Policy):
+    name = "reserve-for-storage"
+    description = "Phillips' reserve; reserve buffers reach SOCK_MEMALLOC sockets only"
+    era = LINUX_2_6_13
+
+    def netdev_reserve_pages(self, dev):
+        return self.reserve_estimate(dev)
+
+    def rx_alloc_failed(self, dev, length, pages):
+        mm = self.mm
+        if dev.rx_reserve_used >= dev.rx_reserve:
+            return mm.count_drop_locked(dev, DropReason.RESERVE_CAP, "atomic")
+        skb = mm.rx_skb_alloc_locked(dev, True)        # GFP_ATOMIC | __GFP_MEMALLOC
+        if skb is None:
+            return mm.count_drop_locked(dev, DropReason.NOMEM, "memalloc")
+        skb.reserve = True          # counted in rx_reserve_used until freed
+        dev.rx_reserve_used += 1
+        return skb
+
+    def sk_filter(self, skb, sk, ethertype) -> Optional[DropReason]:
+        if not skb.reserve or (sk is not None and sk.memalloc):
+            return None
+        with self.mm.lock:
+            return self.mm.count_drop_locked(skb.dev, DropReason.NOT_MEMALLOC, None)
+
+    def storage_rx_mark(self, dev):
+        return 0 if dev.rx_reserve_used < dev.rx_reserve else self.mm.zone.mark_atomic

@@ -1,0 +1,171 @@
+"""Lab 6 (design your own policy): its files, its grader on synthetic hand-ins, and one real run.
+
+Without root: the lab's two scenarios are the testbed's ``udp-flood`` and ``spoof`` with
+the student's file as the policy; the student copy holds the starter ``mypolicy.py`` and
+nothing of the reference policy; the grader passes the reference hand-in and fails wrong
+ones (runs of another version of the file, the starter unchanged, a storage frame dropped,
+reserve given away) with sentences that name no figure. On the machine
+(``test_the_reference_policy_passes_on_real_runs``): the handout followed as written, with
+the reference policy as ``mypolicy.py``, on real Mininet runs, then ``testbed lab check 6``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from testbed import grading, scenario
+from testbed.mm.policy.loader import load_policy_file
+from tests.labs.conftest import run_command, student_env, succeeded
+from tests.labs.synthetic import Run, write_run
+
+LAB = grading.get_lab(6)
+REFERENCE = LAB.instructor / "reference_policy.py"
+STARTER = LAB.path / "mypolicy.py"
+BUILT_IN = {"flood.yaml": "udp-flood", "spoof.yaml": "spoof"}
+
+
+def load_solve():
+    spec = importlib.util.spec_from_file_location("lab6_solve", LAB.instructor / "solve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", list(BUILT_IN))
+def test_the_lab_scenarios_are_the_testbeds_flood_and_spoof(name):
+    """The same load as the built-in scenario; only the name and the policy differ."""
+    mine = scenario.load(LAB.path / name).to_dict()
+    theirs = scenario.load(BUILT_IN[name]).to_dict()
+    assert mine["client"].pop("policy") == str(STARTER.resolve())
+    theirs["client"].pop("policy")
+    for key in ("name", "description"):
+        mine.pop(key), theirs.pop(key)
+    assert mine == theirs
+
+
+def test_the_starter_and_the_reference_load_and_differ():
+    starter, reference = load_policy_file(STARTER), load_policy_file(REFERENCE)
+    assert starter.era.kernel == reference.era.kernel == "2.6.13"
+    assert starter.sha256 != reference.sha256
+    assert reference.cls.__name__ == "ReserveForStorage"
+
+
+def test_the_student_copy_has_the_starter_and_nothing_of_the_reference(tmp_path):
+    out = grading.student_copy(tmp_path / "course")
+    lab = out / LAB.name
+    assert (lab / "mypolicy.py").read_bytes() == STARTER.read_bytes()
+    assert not (lab / "reference_policy.py").exists()
+    names = {p.name for p in out.rglob("*")}
+    assert not names & {"reference_policy.py", "solve.py", "key.yaml"}
+    ref = REFERENCE.read_bytes()
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert p.read_bytes() != ref, p
+            assert "ReserveForStorage" not in p.read_text(errors="replace"), p
+    work = grading.start(grading.get_lab(6, root=out), tmp_path / "lab6")
+    assert sorted(p.name for p in work.iterdir()) == ["README.md", "answers.yaml",
+                                                     "flood.yaml", "mypolicy.py", "spoof.yaml"]
+
+
+# -- the grader on synthetic hand-ins ------------------------------------------------------
+
+def lab6_run(path: Path, policy: Path, storage_drops: int = 0, reserve: int = 0,
+             verdict: str = "completed") -> None:
+    """A run folder as `testbed run` leaves it for a policy file (synthetic figures)."""
+    write_run(path, Run(policy="mypolicy.py", verdict=verdict, storage_drops=storage_drops,
+                        other={"NOT_MEMALLOC": 7}))
+    (path / "policy").mkdir()
+    shutil.copyfile(policy, path / "policy/mypolicy.py")
+    summary = json.loads((path / "summary.json").read_text())
+    summary["policy_file"] = {"name": "mypolicy.py", "path": "policy/mypolicy.py",
+                              "sha256": hashlib.sha256(policy.read_bytes()).hexdigest()}
+    (path / "summary.json").write_text(json.dumps(summary))
+    lines = (path / "client.ndjson").read_text().splitlines()
+    samples = [json.loads(ln) for ln in lines]
+    for i, s in enumerate(samples):
+        s["reserve"] = {"client-eth0": reserve if i == len(samples) // 2 else 0}
+    (path / "client.ndjson").write_text("".join(json.dumps(s) + "\n" for s in samples))
+
+
+def hand_in(tmp_path: Path, **flood: int) -> Path:
+    work = grading.start(LAB, tmp_path / "lab6")
+    shutil.copyfile(REFERENCE, work / "mypolicy.py")
+    spoof_reserve = flood.pop("spoof_reserve", 0)
+    lab6_run(work / "runs/flood", work / "mypolicy.py", **flood)
+    lab6_run(work / "runs/spoof", work / "mypolicy.py", reserve=spoof_reserve)
+    grading.fill_answers(work / "answers.yaml", load_solve().solve(work))
+    return work
+
+
+def failed(grade: grading.Grade) -> dict[str, str]:
+    return {c.name: c.sentence for c in grade.checks if not c.passed}
+
+
+@pytest.mark.cli
+def test_the_reference_hand_in_passes(tmp_path):
+    grade = grading.check(LAB, hand_in(tmp_path))
+    assert grade.passed, "\n".join(grade.lines())
+    assert len(grade.checks) == 12 and grade.max_score == 17
+
+
+@pytest.mark.cli
+def test_wrong_hand_ins_fail_with_sentences_that_name_no_figure(tmp_path):
+    work = hand_in(tmp_path / "a", storage_drops=12, spoof_reserve=9)
+    bad = failed(grading.check(LAB, work))
+    assert set(bad) == {"no storage frame dropped in the flood", "forged frames get no reserve"}
+    assert "dropped storage frames on receive" in bad["no storage frame dropped in the flood"]
+    assert "from the reserve out" in bad["forged frames get no reserve"]
+    for sentence in bad.values():
+        assert not re.search(r"\b(12|9)\b", sentence), sentence
+    # the file changed after the runs: no run counts
+    (work / "mypolicy.py").write_text((work / "mypolicy.py").read_text() + "# later\n")
+    bad = failed(grading.check(LAB, work))
+    assert "ran another version of mypolicy.py" in bad["the flood completes"]
+    assert "ran another version of mypolicy.py" in bad["forged frames get no reserve"]
+    # the starter unchanged, and a file that does not load: every check of the file fails
+    shutil.copyfile(STARTER, work / "mypolicy.py")
+    assert "still the file the lab gave you" in failed(grading.check(LAB, work))["your policy era"]
+    (work / "mypolicy.py").write_text("from testbed.mm.policy.base import Policy\n"
+                                      "class P(Policy):\n    def sk_filter(self, skb):\n"
+                                      "        return None\n")
+    sentence = failed(grading.check(LAB, work))["your policy loads"]
+    assert sentence.startswith("mypolicy.py does not load, so no run can use it: ")
+    assert "mypolicy.py:3: P.sk_filter(self, skb) takes other arguments" in sentence
+
+
+# -- the machine test ------------------------------------------------------------------------
+
+@pytest.mark.mininet
+@pytest.mark.root
+@pytest.mark.tgtd
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_reference_policy_passes_on_real_runs(tmp_path):
+    """The handout as written (two runs of ~20-40 s), the reference policy as mypolicy.py."""
+    env = student_env()
+    cwd = tmp_path
+    for text in LAB.handout.commands():
+        if text == "testbed lab check 6":
+            load_solve_cli(cwd, env)
+        cmd, cwd = run_command(text, cwd, env)
+        assert succeeded(cmd), f"`{text}` exited {cmd.returncode}:\n{cmd.output[-3000:]}"
+        if text == "cd lab6":
+            shutil.copyfile(REFERENCE, cwd / "mypolicy.py")
+    assert "12 of 12 checks passed" in cmd.output, cmd.output
+    summary = json.loads((cwd / "runs/flood/summary.json").read_text())
+    assert summary["policy"] == "mypolicy.py"
+    assert summary["policy_file"]["sha256"] == hashlib.sha256(REFERENCE.read_bytes()).hexdigest()
+    assert (cwd / "runs/spoof/policy/mypolicy.py").read_bytes() == REFERENCE.read_bytes()
+
+
+def load_solve_cli(work: Path, env: dict[str, str]) -> None:
+    """Fill answers.yaml with the reference solution, as tests/labs/conftest.py does."""
+    from tests.labs.conftest import answer
+    answer(LAB, work, env)
