@@ -5,21 +5,27 @@ The student ran the load five times up front (``testbed compare --policies none
 one-sided binomial test on the student's own runs: the right answer is what those runs
 support at 95 %, whichever it is. The lockup's figures are read from the first run that
 locked up (in runs.json order) and compared with what the student wrote; fixed are only
-the policy and the number of runs asked for.
+the policy and the number of runs asked for. The predictions earn their point for having
+been recorded before the first run (not for being right); the short answers are only
+checked to be written: a TA grades them with the instructor's rubric.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import pytest
 
 from testbed.grading import (Answers, BatchFolder, CheckFailed, Key, NotApplicable, RunFolder,
-                             agrees, evidence, expect, keyed_choice, same)
+                             agrees, evidence, expect, keyed_choice, predictions, same,
+                             shortanswers)
 
 BATCH = "runs/none"
 RUNS = 5
 ALLOC_CLASSES = ("kernel", "nofs", "noio", "nowait", "atomic", "memalloc")
+PREDICTIONS = ("predict_lockups", "predict_failed_allocation")
+SHORT_ANSWERS = ("prediction_vs_result", "why_downloads_hold_memory")
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +172,16 @@ def test_why_writeback_could_not_complete(answers: Answers, key: Key) -> None:
     keyed_choice(answers, key, "why_no_progress", ("a", "b", "c", "d"),
                  "compare each statement with drops.memalloc, lockup.free against the "
                  "atomic floor, and the written-back curve")
+
+
+@pytest.mark.points(1)
+def test_predictions_made_before_the_runs(work: Path, answers: Answers,
+                                          runs: list[RunFolder]) -> None:
+    """Your predictions were recorded before your first run (a point for that, not for being right)."""
+    predictions.check_on_time(work, answers, PREDICTIONS, runs, 1)
+
+
+@pytest.mark.points(0)
+def test_short_answers_for_your_ta(answers: Answers) -> None:
+    """Your short answers are written; your TA grades them with the course's rubric."""
+    shortanswers.check_answered(answers, SHORT_ANSWERS)

@@ -5,24 +5,29 @@ verdict claims are judged with the exact one-sided binomial test on the student'
 runs (the right answer is what they support at 95 %, whichever it is), and the figures
 are medians over the runs that finished, as stats.json computes them. Part 2 reads the
 two spoof runs' packet counters; required of them is only that the forged frames
-arrived, which shows that step 2 was run as written.
+arrived, which shows that step 2 was run as written. The predictions earn their point for
+having been recorded before the first run of either part (not for being right); the short
+answers are only checked to be written: a TA grades them with the instructor's rubric.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from testbed.grading import (Answers, BatchFolder, CheckFailed, Key, NotApplicable, RunFolder,
                              Tally, agrees, evidence, expect, expect_finished, keyed_choice,
-                             same)
+                             predictions, same, shortanswers)
 
 COMPARE, SPOOF = "runs/compare", "runs/spoof"
 POLICIES = ("reserve-only", "phillips-2005")
 RUNS = 5
 HOSTS = "topology.bulk_hosts"
+PREDICTIONS = ("predict_reserve_only_locks_up", "predict_filter_drops_forgeries")
+SHORT_ANSWERS = ("prediction_vs_result", "what_forged_frames_cost")
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +197,18 @@ def test_what_the_filter_can_do(answers: Answers, key: Key) -> None:
     keyed_choice(answers, key, "filter_against_forgery", ("a", "b", "c", "d"),
                  "compare the storage-flow frames received with and without the spoofers, "
                  "and the filter's drops in the spoofed run")
+
+
+@pytest.mark.points(1)
+def test_predictions_made_before_the_runs(work: Path, answers: Answers,
+                                          compare: dict[str, list[RunFolder]],
+                                          spoof: dict[int, RunFolder]) -> None:
+    """Your predictions were recorded before your first run (a point for that, not for being right)."""
+    runs = [r for rs in compare.values() for r in rs] + list(spoof.values())
+    predictions.check_on_time(work, answers, PREDICTIONS, runs, 3)
+
+
+@pytest.mark.points(0)
+def test_short_answers_for_your_ta(answers: Answers) -> None:
+    """Your short answers are written; your TA grades them with the course's rubric."""
+    shortanswers.check_answered(answers, SHORT_ANSWERS)

@@ -4,6 +4,10 @@
 - ``start N``: copies the lab's handout, scenario files and ``answers.yaml`` into a
   work folder (``./labN`` unless ``--dir``) and prints the first step; every command
   of the handout is then run from that folder.
+- ``predict N [DIR]``: records the predictions of the work folder's ``answers.yaml``
+  (its ``predict_...`` keys), each with the time it was made, in ``predictions.json``
+  (:mod:`testbed.grading.predictions`); a prediction earns its points for being recorded
+  before the lab's first run, not for being right.
 - ``check N [DIR]``: runs the lab's grader on the work folder (default: the current
   folder) and prints each check as PASS or FAIL with one sentence, and the points; the
   exit status is 0 only with full marks. ``--format gradescope`` writes Gradescope's
@@ -21,6 +25,9 @@
   and prints the points per student; ``--csv FILE`` writes the batch's table (default
   ``DIR/grades.csv``, with the flags for runs handed in twice), ``--format gradescope``
   one ``results.json`` (``--results``; for a batch ``--results DIR``, one per student).
+  A batch also writes the short answers of every student, with the rubric of the
+  instructor's tree beside them, for a TA (``--ta FILE``, default
+  ``DIR/short-answers.csv``; :mod:`testbed.grading.shortanswers`).
 - ``student-copy DEST``: writes the course's student tree (``DEST/labs``: handouts,
   scenarios, blank answers, graders; nothing of ``instructor/``). Students point
   ``TESTBED_LABS`` at it, or get the project without ``instructor/``.
@@ -59,6 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--dir", type=Path, help="work folder (default: ./labN)")
     q.set_defaults(func=cmd_start)
 
+    q = lab_sub.add_parser("predict", help="record your predictions, before your first run")
+    q.add_argument("lab", help="lab number (or folder name)")
+    q.add_argument("dir", nargs="?", type=Path, default=Path("."),
+                   help="the work folder (default: the current folder)")
+    q.set_defaults(func=cmd_predict)
+
     q = lab_sub.add_parser("check", help="grade the runs and answers of a work folder")
     q.add_argument("lab", help="lab number (or folder name)")
     q.add_argument("dir", nargs="?", type=Path, default=Path("."),
@@ -85,6 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--batch", type=Path, help="a folder of archives (NAME.tar.gz each)")
     q.add_argument("--lab", help="grade as this lab (default: the one each archive names)")
     q.add_argument("--csv", type=Path, help="--batch: the table (default: DIR/grades.csv)")
+    q.add_argument("--ta", type=Path, help="--batch: the short answers with the rubric, "
+                                           "for a TA (default: DIR/short-answers.csv)")
     q.add_argument("--format", choices=("text", "gradescope"), default="text",
                    help="text (default) or gradescope (results.json)")
     q.add_argument("--results", type=Path,
@@ -120,6 +135,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     print(f"lab {lab.number}: {handout.title}")
     print(f"copied to {dest}/: " + ", ".join(p.name for p in sorted(dest.iterdir())))
     print(f"read {dest}/README.md, then, from that folder:")
+    if grading.predictions.prediction_keys(grading.Answers.load(dest / grading.ANSWERS)):
+        print(f"\nbefore your first run: answer the predictions (P1, ...) of "
+              f"{grading.ANSWERS} and record them: testbed lab predict {lab.number}")
     steps = handout.steps()
     if steps:
         print(f"\nfirst step: {steps[0].title}")
@@ -146,6 +164,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         args.junit.parent.mkdir(parents=True, exist_ok=True)
         args.junit.write_text(grade.junit(show))
     return 0 if grade.passed else 1
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    lab = grading.get_lab(args.lab)
+    rec = grading.predictions.record(lab, args.dir)
+    for key, e in rec.entries.items():
+        print(f"{key}: {e.answer} (recorded {e.recorded_at})")
+    late = sorted({f for e in rec.entries.values() for f in e.runs_before})
+    if late:
+        print(f"note: {', '.join(late)} existed already: a prediction recorded after your "
+              f"runs earns no points (compare it with your results all the same)")
+        return 1
+    print(f"recorded in {args.dir / grading.predictions.RECORD}; now run the steps. A "
+          f"prediction earns its points for being made before the runs, not for being right")
+    return 0
 
 
 def cmd_student_copy(args: argparse.Namespace) -> int:
@@ -191,6 +224,12 @@ def cmd_grade(args: argparse.Namespace) -> int:
             print(f"  flag: {flag}")
     table = args.csv or args.batch / "grades.csv"
     handin.write_csv(graded, table)
+    ta_rows = handin.ta_rows(graded)
+    if ta_rows:
+        ta = args.ta or args.batch / "short-answers.csv"
+        grading.shortanswers.write_ta_file(ta_rows, ta)
+        print(f"wrote the short answers for your TA ({len(ta_rows)} rows, with the rubric) "
+              f"to {ta}")
     print(f"{len(graded)} hand-ins, {sum(g.grade is None for g in graded)} refused, "
           f"{sum(bool(g.flags) for g in graded)} flagged; wrote {table}")
     if args.format == "gradescope":

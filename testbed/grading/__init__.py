@@ -13,7 +13,8 @@ A lab is a folder ``labs/NN-slug/`` of the project (``NN`` is its number)::
 
 and, in the instructor's tree ``instructor/labs/NN-slug/`` (never in a student copy):
 ``solve.py`` (the method), the reference ``answers.yaml``, ``README.md`` (the reasoning,
-the reference machine's figures) and ``key.yaml`` (the multiple-choice key).
+the reference machine's figures), ``key.yaml`` (the multiple-choice key) and
+``rubric.yaml`` (the TA's rubric of the short answers).
 
 The layers, as in the rest of the testbed:
 
@@ -31,6 +32,10 @@ The layers, as in the rest of the testbed:
   run, with a tolerance), :func:`keyed_choice` and :class:`Tally` (partial credit), which
   raise :class:`CheckFailed`: a sentence naming the key and the tolerance, never the
   figures, which it carries apart for instructors;
+* what a program does not judge (:mod:`.predictions`, :mod:`.shortanswers`): a
+  prediction earns its points for having been recorded (``testbed lab predict``) before
+  the lab's first run, never for being right; a short answer is only checked to be
+  written, and the batch grader collects it for a TA with the instructor's rubric;
 * running a grader: :func:`check` runs the lab's pytest grader in a child process
   (``labs/conftest.py`` records each test's status, points and sentence as JSON) and
   returns a :class:`Grade`, printed for people, Gradescope or JUnit.
@@ -46,7 +51,7 @@ from .checks import Tally, agrees, expect, expect_finished, keyed_choice, same, 
 from .course import (ANSWERS, GRADER, KEY, LABS_DIR, NOT_COPIED, PROJECT_LABS, Block, Handout,
                      Lab, Step, find_labs, get_lab, instructor_dir, start, student_copy)
 from .errors import CheckFailed, LabError, NotApplicable, NotGradedHere
-from . import evidence
+from . import evidence, predictions, shortanswers
 from .evidence import CONCLUSIONS, NOT_SUPPORTED, SUPPORTED
 from .readers import Answers, BatchFolder, BatchRun, Key, RunFolder, fill_answers
 from .runner import (GRADE_TIMEOUT_S, SHOW_VALUES_ENV, CheckResult, Grade, check, check_name,
@@ -57,5 +62,5 @@ __all__ = ["ANSWERS", "CONCLUSIONS", "GRADER", "GRADE_TIMEOUT_S", "KEY", "LABS_D
            "Answers", "BatchFolder", "BatchRun", "Block", "CheckFailed", "CheckResult",
            "Grade", "Handout", "Key", "Lab", "LabError", "NotApplicable", "NotGradedHere", "RunFolder", "Step",
            "Tally", "agrees", "check", "check_name", "check_sentence", "expect",
-           "evidence", "expect_finished", "fill_answers", "find_labs", "get_lab", "instructor_dir",
+           "evidence", "expect_finished", "predictions", "shortanswers", "fill_answers", "find_labs", "get_lab", "instructor_dir",
            "keyed_choice", "same", "start", "student_copy", "tolerance_text", "within"]

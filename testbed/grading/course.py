@@ -8,8 +8,8 @@ folder (never the grader).
 The instructor's tree, ``instructor/labs/NN-slug/`` next to ``labs/``, holds what a
 student must not see: the reference solution (``solve.py``, the reference
 ``answers.yaml`` and ``README.md`` with the reasoning and the reference machine's
-figures) and ``key.yaml``, the multiple-choice key with the explanation of each wrong
-option. :func:`student_copy` writes a course's student tree: the labs folder without it
+figures), ``key.yaml``, the multiple-choice key with the explanation of each wrong
+option, and ``rubric.yaml``, the TA's rubric of the short answers. :func:`student_copy` writes a course's student tree: the labs folder without it
 (handouts, scenarios, blank answers and the graders, which compute every figure from
 the student's runs and hold no answers). ``TESTBED_LABS`` names another labs folder
 (a student copy) for ``testbed lab``.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +32,10 @@ LABS_DIR = Path(os.environ.get("TESTBED_LABS") or PROJECT_LABS).resolve()
 GRADER = "test_grader.py"
 ANSWERS = "answers.yaml"
 KEY = "key.yaml"
+RUBRIC = "rubric.yaml"       # the TA's rubric of the short answers (instructor's tree)
 PLUGIN_FILES = ("conftest.py", "pytest.ini")     # the labs folder's own: the graders' plugin
 NOT_COPIED = {"solution", GRADER, "__pycache__", ".pytest_cache"}
-INSTRUCTOR_ONLY = {"solution", KEY, "solve.py"}   # never in a student copy, whatever the tree
+INSTRUCTOR_ONLY = {"solution", KEY, RUBRIC, "solve.py"}   # never in a student copy, whatever the tree
 
 _LAB_FOLDER = re.compile(r"^(\d{2})-([a-z0-9][a-z0-9.-]*)$")
 _TITLE = re.compile(r"^#\s+Lab\s+(\d+)\s*:\s*(.+?)\s*$")
@@ -189,6 +191,23 @@ class Lab:
         """What a student gets: everything but the grader and the solution."""
         return sorted(p for p in self.path.iterdir() if p.name not in NOT_COPIED
                       and not p.name.startswith("."))
+
+
+def graded_folders(lab: Lab) -> list[str]:
+    """The ``--out`` folders of the handout's commands, in order: what the grader reads
+    (and what a hand-in packs)."""
+    out: list[str] = []
+    for command in lab.handout.commands():
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            continue
+        for i, w in enumerate(words):
+            target = words[i + 1] if w == "--out" and i + 1 < len(words) else (
+                w.split("=", 1)[1] if w.startswith("--out=") else None)
+            if target and target not in out:
+                out.append(target)
+    return out
 
 
 def instructor_dir(lab_path: Path) -> Path:

@@ -35,7 +35,6 @@ import hashlib
 import io
 import json
 import os
-import shlex
 import tarfile
 import tempfile
 import time
@@ -50,8 +49,11 @@ from .. import results, scenario as scenario_mod
 from ..errors import ConfigError, TestbedError
 from ..report.summary import drops_by_reason, summarize
 from ..store import code_version, utc
-from .course import ANSWERS, Lab, get_lab
-from .errors import LabError
+from . import shortanswers
+from .course import ANSWERS, Lab, get_lab, graded_folders
+from .errors import CheckFailed, LabError
+from .predictions import RECORD as PREDICTIONS
+from .readers import Answers
 from .runner import GRADE_TIMEOUT_S, Grade, check
 
 MANIFEST = "handin.json"
@@ -148,22 +150,6 @@ def sha256(path: Path) -> str:
 
 # -- what a lab's grader reads -------------------------------------------------------------
 
-def graded_folders(lab: Lab) -> list[str]:
-    """The ``--out`` folders of the handout's commands, in order: what the grader reads."""
-    out: list[str] = []
-    for command in lab.handout.commands():
-        try:
-            words = shlex.split(command)
-        except ValueError:
-            continue
-        for i, w in enumerate(words):
-            target = words[i + 1] if w == "--out" and i + 1 < len(words) else (
-                w.split("=", 1)[1] if w.startswith("--out=") else None)
-            if target and target not in out:
-                out.append(target)
-    return out
-
-
 def run_folders(folder: Path) -> list[Path]:
     """The run folders of a compare or sweep folder (those runs.json lists), or the
     folder itself when it is one run."""
@@ -189,6 +175,8 @@ def submit(lab: Lab, work: Path, out: Optional[Path] = None) -> tuple[Path, Mani
         raise HandinError(f"{work / ANSWERS}: missing: it came with the lab (testbed lab "
                           f"start {lab.number}); answer it, then submit")
     files = [work / ANSWERS]
+    if (work / PREDICTIONS).is_file():     # the predictions and when each was recorded
+        files.append(work / PREDICTIONS)
     runs: list[RunRecord] = []
     for name in graded_folders(lab):
         folder = work / name
@@ -460,6 +448,8 @@ class Graded:
     refused: str = ""
     flags: list[str] = field(default_factory=list)
     verified: bool = False     # its manifest's run records can be believed
+    lab: Optional[Lab] = None  # the lab it was graded as
+    answers: dict[str, Any] = field(default_factory=dict)   # its answers.yaml, verified
 
     @property
     def student(self) -> str:
@@ -504,6 +494,11 @@ def grade_submission(archive: Path, lab: Optional[Lab] = None,
             if use.number != sub.manifest.lab:
                 raise HandinError(f"{archive}: a hand-in of lab {sub.manifest.lab}, not "
                                   f"lab {use.number}")
+            got.lab = use
+            try:
+                got.answers = Answers.load(sub.root / ANSWERS).data
+            except CheckFailed:                 # the grader's checks say what is wrong
+                got.answers = {}
             got.grade = check(use, sub.root, timeout)
     except TestbedError as exc:       # HandinError, LabError, the grader's timeout
         got.refused = str(exc)
@@ -543,6 +538,22 @@ def flag_shared_runs(graded: list[Graded]) -> None:
                 if others:
                     what = "the same run id" if kind == "run id" else "the same metric stream"
                     g.flags.append(f"{r.path} has {what} as {', '.join(others)}")
+
+
+def ta_rows(graded: list[Graded]) -> list[dict[str, str]]:
+    """The short answers of every hand-in, for the TA (:mod:`.shortanswers`): those of a
+    refused hand-in are not read (its files cannot be believed), its rows say why."""
+    out: list[dict[str, str]] = []
+    for g in graded:
+        lab = g.lab
+        if lab is None and g.manifest is not None:
+            try:
+                lab = get_lab(g.manifest.lab)
+            except LabError:
+                lab = None
+        status = "graded" if g.grade else f"refused: {g.refused}"
+        out += shortanswers.rows(g.student, lab, g.answers if g.grade else {}, status)
+    return out
 
 
 CSV_COLUMNS = ("student", "lab", "points", "max_points", "status", "runs", "machines",

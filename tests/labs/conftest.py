@@ -3,7 +3,9 @@
 :func:`follow_handout` takes a lab's README.md, and runs every command of its ```sh
 blocks, in order and as written, in a fresh folder (each command in its own ``bash``
 started in the folder the previous one left, so ``cd lab1`` carries over). Just before
-the first ``testbed lab check``, it fills ``answers.yaml`` with the lab's reference
+``testbed lab predict``, it writes the instructor's example predictions (the
+``predict_...`` keys of ``instructor/labs/NN-slug/answers.yaml``) into ``answers.yaml``,
+as a student answers them before the runs. Just before the first ``testbed lab check``, it fills ``answers.yaml`` with the lab's reference
 solution (``instructor/labs/NN-slug/solve.py``) applied to the runs just made. The runs
 are never made again: the handouts ask for their repeats up front, and the graders
 accept what those runs support. The ``testbed`` on PATH
@@ -111,6 +113,8 @@ def follow_handout(lab: grading.Lab, base: Path, stop_on_failure: bool = True) -
     answered = False
     commands = lab.handout.commands()
     for i, text in enumerate(commands):
+        if text.startswith("testbed lab predict"):
+            predict(lab, cwd)
         if text.startswith("testbed lab check") and not answered:
             answer(lab, cwd, env)
             answered = True
@@ -120,6 +124,14 @@ def follow_handout(lab: grading.Lab, base: Path, stop_on_failure: bool = True) -
         if not succeeded(cmd) and stop_on_failure:
             break
     return result
+
+
+def predict(lab: grading.Lab, work: Path) -> None:
+    """Fill the prediction keys of answers.yaml with the instructor's example predictions."""
+    ref = grading.Answers.load(lab.instructor / grading.ANSWERS)
+    keys = grading.predictions.prediction_keys(ref)
+    assert keys, f"{lab.name}: the handout records predictions, the reference answers have none"
+    grading.fill_answers(work / grading.ANSWERS, {k: ref.data[k] for k in keys})
 
 
 def answer(lab: grading.Lab, work: Path, env: dict[str, str]) -> None:

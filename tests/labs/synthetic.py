@@ -4,7 +4,9 @@ with figures the test chooses, so that graders can be tested without root or Min
 A run folder gets the files graders read: ``summary.json`` (verdict, lockup evidence,
 drops by class and reason, writeback), ``client.ndjson`` (a sample every 100 ms: free,
 skb, dirty, written-back bytes, min watermark, reserve pages, throttle counters),
-``scenario.yaml`` and, for the spoof runs, ``client-outcome.json``. A batch folder gets
+``scenario.yaml``, ``provenance.json`` (when the run ended: its start is that less
+``duration_s``, as :func:`testbed.store.run_times` reads it) and, for the spoof runs,
+``client-outcome.json``. A batch folder gets
 ``runs.json`` and the ``stats.json`` that :mod:`testbed.results` writes, both through
 the testbed's own writers. :data:`HANDINS` makes lab N's runs as its handout asks for
 them, with ``scale`` changing every measured figure (two hand-ins whose figures differ)
@@ -14,13 +16,14 @@ and ``verdicts`` the outcomes a student's machine happened to give.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import yaml
 
-from testbed import results
+from testbed import results, store
 
 
 @dataclass
@@ -42,6 +45,10 @@ class Run:
     throttles: int = 0
     scenario: dict[str, Any] = field(default_factory=dict)
     outcome: Optional[dict[str, Any]] = None
+    started: Optional[float] = None      # seconds since the epoch; None: when written
+
+
+SETUP_S = 15.0       # a run's wall-clock time beyond the client's own (bring-up, read-back)
 
 
 def samples(r: Run) -> list[dict[str, Any]]:
@@ -68,6 +75,7 @@ def write_run(path: Path, r: Run) -> Path:
         "drops": {"memalloc": {"total": r.storage_drops, "NOMEM": r.storage_drops},
                   "other": other},
         "writeback": {"bytes": 2**24, "time_s": r.t_end, "mb_s": 2.0},
+        "duration_s": r.t_end + SETUP_S,
     }
     if r.verdict == "lockup":
         summary["lockup"] = {"t": r.t_end, "free": r.free_floor, "wmark_min": r.wmark_min,
@@ -76,6 +84,9 @@ def write_run(path: Path, r: Run) -> Path:
     (path / "summary.json").write_text(json.dumps(summary))
     (path / "client.ndjson").write_text("".join(json.dumps(s) + "\n" for s in samples(r)))
     (path / "scenario.yaml").write_text(yaml.safe_dump(r.scenario or {"name": "synthetic"}))
+    started = time.time() if r.started is None else r.started
+    results.write_provenance(path, {"command": "compare",
+                                    "ended": store.utc(started + summary["duration_s"])})
     if r.outcome is not None:
         (path / "client-outcome.json").write_text(json.dumps(r.outcome))
     return path

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from testbed import grading
+from tests.labs.conftest import predict
 from tests.labs.synthetic import HANDINS
 
 LABS = grading.find_labs()
@@ -37,8 +38,13 @@ pytestmark = pytest.mark.cli
 
 def hand_in(tmp_path: Path, number: int, name: str = "work", solve: bool = True,
             **figures) -> Path:
+    """Lab ``number``'s work folder as a student leaves it: the predictions recorded
+    (labs that ask for them), then the runs, then (``solve``) the answers."""
     lab = grading.get_lab(number)
     work = grading.start(lab, tmp_path / name)
+    if grading.predictions.prediction_keys(grading.Answers.load(work / grading.ANSWERS)):
+        predict(lab, work)
+        grading.predictions.record(lab, work)
     HANDINS[number](work, **figures)
     if solve:
         c = subprocess.run([sys.executable, str(lab.instructor / "solve.py"), str(work)],

@@ -16,9 +16,23 @@ from testbed.grading import BatchFolder, evidence, fill_answers
 
 def solve(work: Path) -> dict:
     runs = BatchFolder.open(work / "runs/none", work).policy_runs("none")
-    out = {"lockups": sum(r.verdict == "lockup" for r in runs),
+    lockups = sum(r.verdict == "lockup" for r in runs)
+    out = {"lockups": lockups,
            "none_locks_up": evidence.word(evidence.verdict_test(runs, "lockup").supported),
-           "why_no_progress": "b"}
+           "why_no_progress": "b",
+           # the short answers (a TA grades them with rubric.yaml); the predictions are the
+           # student's own, recorded before the runs: a solution does not make them
+           "prediction_vs_result": (
+               f"{lockups} of my {len(runs)} runs locked up, and the allocations that failed "
+               f"were atomic ones, as the chain predicts: a received frame needs an skb "
+               f"allocated with GFP_ATOMIC, which fails at the atomic floor (3/8 of min), so "
+               f"the target's answers were dropped (NOMEM) and writeback could not complete."),
+           "why_downloads_hold_memory": (
+               "The downloaders are blocked in balance_dirty_pages() by the dirty limits, "
+               "waiting for writeback, so they do not read their sockets: the received data "
+               "stays in the receive queues until writeback progresses, which needs the "
+               "target's answers that cannot get memory."),
+           }
     run = next((r for r in runs if r.finished and r.verdict == "lockup"), None)
     if run is None:                        # nothing to read: the figures stay blank
         return {**out, "lockup_run": "none"}

@@ -49,6 +49,19 @@ def solve(work: Path) -> dict:
         "forged_run_filter_drops": attacked.drops("other", "NOT_MEMALLOC"),
         "replies_per_forged_frame": round(tx / rx, 3) if rx else None,
         "filter_against_forgery": "b",
+        # the short answers (a TA grades them with rubric.yaml); the predictions are the
+        # student's own, recorded before the runs: a solution does not make them
+        "prediction_vs_result": (
+            f"reserve-only locked up in {sum(r.verdict == 'lockup' for r in ro)} of {len(ro)} "
+            f"runs: without the filter the downloads' frames take the reserve. The filter "
+            f"dropped {attacked.drops('other', 'NOT_MEMALLOC')} frames in the spoofed run "
+            f"while {rx} forged frames were taken for the storage flow: it judges by the "
+            f"socket a frame names, and the forged frames name the iSCSI socket."),
+        "what_forged_frames_cost": (
+            "Each forged frame takes a receive buffer, from the reserve when memory is "
+            "short, while it is in flight, and the client sends a duplicate ACK back for "
+            "each (about one reply per forged frame), so the reserve and the cap are shared "
+            "with an attacker and genuine acknowledgements can be dropped with them."),
     }
 
 if __name__ == "__main__":
