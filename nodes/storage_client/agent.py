@@ -58,7 +58,7 @@ from testbed.errors import TestbedError
 from testbed.blockdev.iscsi import IscsiBlockDevice
 from testbed.iscsi.chap import ChapCredentials
 from testbed.iscsi.connection import SessionHooks
-from testbed.iscsi.session import SessionConfig
+from testbed.iscsi.session import RECOVERING, SessionConfig
 from testbed.mm.config import MachineConfig
 from testbed.mm.gfp import GFP_NOIO
 from testbed.mm.lockup import RecoveryHorizon, StorageFlow, tally_from_counters
@@ -321,7 +321,8 @@ class StorageClient:
             return f"session {session.state}, {session.stats.recoveries} recoveries{failure}"
 
         return StorageFlow("iSCSI", handler.dev, lambda: tally_from_counters(handler.counters()),
-                           status, handler.tx_wait.oldest)
+                           status, handler.tx_wait.oldest,
+                           recovering=lambda: session.state == RECOVERING)
 
     def _open_device(self) -> BlockDevice:
         if self.cfg.storage == "local":

@@ -11,7 +11,9 @@ Inside an episode the *stuck clock* runs while :class:`StuckCriteria` hold at ev
 check (every ``period_s``). When one breaks the clock stops, the break is recorded, and
 it starts again from zero if the criteria hold again. Once the state has been stuck for
 the :class:`RecoveryHorizon` - the time the iSCSI initiator and the target's TCP need
-to have tried everything they try on their own - the detector asks two more questions:
+to have tried everything they try on their own - and the initiator is not in the middle
+of a recovery (it tries several logins before it gives up, and giving up fails its
+commands: the state it leaves is the one to judge), the detector asks more questions:
 were the storage flow's frames dropped for lack of memory meanwhile (criterion 4), and
 does the emulated state hold a wait-for cycle (:func:`find_cycle`, lockdep's habit:
 show the cycle, not the symptom)? Both yes, and the OOM killer cannot end it either
@@ -123,6 +125,13 @@ class RecoveryHorizon:
 
 # -- the storage flow -----------------------------------------------------------------------
 
+# The horizon bounds one reinstatement; an initiator that keeps trying (several logins,
+# its backoff) has recoveries left, and when it gives up it fails its commands, which
+# frees request slots and lets throttled tasks move (and call the OOM killer). So a stuck
+# state is judged once the initiator's recovery is over, reinstated or given up.
+RECOVERY_NOT_OVER = ("stuck past the recovery horizon while the initiator still tries to "
+                     "reinstate its session: a recovery not yet over")
+
 @dataclass(frozen=True)
 class FlowTally:
     """Cumulative frames of the storage flow (the SOCK_MEMALLOC class)."""
@@ -156,6 +165,8 @@ class StorageFlow:
     # when the oldest of its data segments still waiting for transmit memory began to
     # wait (``time.monotonic()``), or None: the sender in sk_stream_wait_memory
     tx_wait_since: Callable[[], Optional[float]] = lambda: None
+    # the initiator is still trying to reinstate its session: a recovery not yet over
+    recovering: Callable[[], bool] = lambda: False
 
 
 def tally_from_counters(net: dict[str, Any]) -> FlowTally:
@@ -829,6 +840,9 @@ class LockupDetector(threading.Thread):
             self._next_horizon = 1
         k = self._next_horizon
         if r.t - self._stuck_t < k * self.horizon.seconds:
+            return
+        if not ep.lockup and self.storage is not None and self.storage.recovering():
+            ep.not_lockup = RECOVERY_NOT_OVER   # judged once its last attempt is over
             return
         self._next_horizon = k + 1
         if ep.lockup:

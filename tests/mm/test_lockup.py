@@ -89,7 +89,9 @@ class Rig:
         self.dev = self.mm.register_netdev("eth0")
         self.pc = Cache()
         self.flow = Flow()
-        flow = StorageFlow("iSCSI", self.dev, self.flow.tally, lambda: "session recovering")
+        self.recovering = False                 # the initiator's reconnect attempts go on
+        flow = StorageFlow("iSCSI", self.dev, self.flow.tally, lambda: "session recovering",
+                           recovering=lambda: self.recovering)
         self.det = LockupDetector(self.mm, self.pc, OPEN_AFTER, started=0.0, horizon=HORIZON,
                                   storage=flow if storage else None, patience=patience)
         self.t = 0.0
@@ -223,6 +225,21 @@ def test_with_no_network_storage_there_is_no_lockup_only_a_stall():
     rig.run_until(lockup_at() + 1.0)
     assert not rig.det.fired.is_set()
     assert rig.episode.not_lockup == "no network storage: writeback waits for no received frame"
+
+
+def test_a_lockup_is_judged_once_the_initiators_recovery_is_over():
+    """Its logins go on past the horizon: the judgement waits for the last, and the
+    state it leaves (here still stuck) is the one proven."""
+    rig = Rig()
+    rig.recovering = True
+    rig.run_until(lockup_at() + 3.0)
+    assert not rig.det.fired.is_set()
+    assert rig.episode.not_lockup.startswith("stuck past the recovery horizon while the "
+                                             "initiator still tries to reinstate its session")
+    rig.recovering = False                      # it gave up
+    rig.run_until(lockup_at() + 3.0 + STEP)
+    assert rig.det.fired.is_set() and rig.episode.not_lockup is None
+    assert rig.det.evidence.t == pytest.approx(lockup_at() + 3.0 + STEP, abs=STEP)
 
 
 # -- criterion 5: the OOM killer ------------------------------------------------------------
