@@ -129,14 +129,16 @@ def hypothesis(claim: str, n: int) -> str:
             f"counted")
 
 
-def cannot_confirm(n: int) -> Optional[str]:
-    """Why ``n`` runs can never confirm at ALPHA, or None when they can."""
+def cannot_confirm(n: int, short: bool = False) -> Optional[str]:
+    """Why ``n`` runs can never confirm at ALPHA, or None when they can; ``short``
+    leaves out the best p-value they could give."""
     need = stats.runs_to_support(P0)
     if n >= need:
         return None
-    return (f"{n} run{'s' if n != 1 else ''} cannot confirm at {stats.CONFIDENCE:.0%} "
-            f"confidence: at least {need} are needed (all {n} refuting give "
-            f"p = {stats.format_pvalue(stats.p0_floor(n, P0))})")
+    why = (f"{n} run{'s' if n != 1 else ''} cannot confirm at {stats.CONFIDENCE:.0%} "
+           f"confidence: at least {need} are needed")
+    return why if short else (f"{why} (all {n} refuting give "
+                              f"p = {stats.format_pvalue(stats.p0_floor(n, P0))})")
 
 
 @dataclass
@@ -169,9 +171,9 @@ class Confirmation:
                    + (f" ({none} without a verdict left out)" if none else "")
                    + (f", rate >= {t.lower_bound:.0%} at {stats.CONFIDENCE:.0%}" if t.n else ""))
         word = "supported: confirmed" if t.supported else "not supported: not confirmed"
-        why = cannot_confirm(t.n) if not t.supported else None
+        why = cannot_confirm(t.n, short=True) if not t.supported else None
         return f"{figures}; p = {stats.format_pvalue(t.pvalue)}, {word}" + (
-            f" ({why})" if why else "")
+            f"; {why}" if why else "")
 
     def to_json(self, claim: str) -> dict[str, Any]:
         return {"hypothesis": hypothesis(claim, self.asked), "asked": self.asked,
@@ -512,7 +514,7 @@ class Campaign:
             self.say(f"  {f.label}: {f.confirmation.text() if f.confirmation else 'not run'}")
             if f.shrunk is None or f.shrunk.load == f.load:
                 if f.scenario_file:
-                    why = ("no key can go back to the scenario's value" if f.shrunk and
+                    why = ("no key can go back to the scenario's value" if
                            f.shrunk.converged else "the campaign ended first")
                     self.say(f"    not shrunk ({why}) -> {f.scenario_file}")
                 continue
@@ -591,9 +593,15 @@ def _shrunk_lines(f: dict[str, Any]) -> list[str]:
     s = f["shrunk"]
     how = ("no single key can go back to the scenario's value and still fail"
            if s["converged"] else "stopped before it converged")
-    lines = [f"Shrinking: {s['attempts']} runs ({how}). Smallest failing load: "
-             f"`{_load_text(s['changed'])}`, every other key at the scenario's value."
-             if s["attempts"] else "Not shrunk: the budget left no time for a run."]
+    smallest = (f"Smallest failing load: `{_load_text(s['changed'])}`, every other key at "
+                f"the scenario's value.")
+    if s["attempts"]:
+        lines = [f"Shrinking: {s['attempts']} runs ({how}). {smallest}"]
+    elif s["converged"]:        # every candidate answered by an earlier shrink's runs
+        lines = [f"Shrunk without a new run (its candidates were run before in this "
+                 f"campaign, or none differs from the scenario). {smallest}"]
+    else:
+        lines = ["Not shrunk: the budget left no time for a run."]
     if s["load"] != f["load"]:
         conf = s["confirmation"]
         lines.append(f"Its confirmation: {conf['text'] if conf else 'not run'}"

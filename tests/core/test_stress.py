@@ -473,6 +473,34 @@ def test_a_shrunk_load_its_fresh_runs_do_not_confirm_leaves_the_sampled_load(
     assert "shrunk, not confirmed" in text
 
 
+class LocksUpAt24(FakeOrchestrator):
+    """Locks up at 24 MiB or less, every time; completes above."""
+
+    def run(self):
+        self.out.mkdir(parents=True)
+        verdict = "lockup" if self.sc.client.memory_mb <= 24 else "completed"
+        (self.out / results.SUMMARY).write_text(json.dumps(
+            {"scenario": self.sc.name, "policy": self.sc.client.policy, "verdict": verdict,
+             "expected": "completed", "status": "finished"}))
+
+
+def test_a_load_judged_before_is_not_run_again(tmp_path, monkeypatch, contention):
+    # every sample is the same load: the second counterexample reuses the first's
+    # confirmations and shrink answers, and runs nothing of its own but its sample
+    out, doc, text = memory_campaign(tmp_path, monkeypatch, contention, LocksUpAt24,
+                                     budget_s=1500, status=1, memory="{choices: [20]}")
+    first, second = doc["counterexamples"][:2]
+    assert first["confirmed"] is True and second["confirmed"] is True
+    assert second["confirmation"] == first["confirmation"]
+    assert second["shrunk"]["load"] == first["shrunk"]["load"] != first["load"]
+    assert second["shrunk"]["attempts"] == 0 and second["shrunk"]["confirmed"] is True
+    assert second["scenario_file"] == first["scenario_file"]
+    labels = [t["label"] for t in tried_of(out)]
+    assert "s002" in labels and not any(lb.startswith("s002-") for lb in labels)
+    assert "Shrunk without a new run" in (out / campaign_mod.REPORT).read_text()
+    assert "s002-confirm: the same load was judged before" in text
+
+
 @pytest.mark.parametrize("n", ["0", "-2"])
 def test_confirm_below_one_is_refused_before_anything_starts(tmp_path, capsys, n):
     assert main(["stress", "contention", "--policy", "none", "--budget", "1m",

@@ -1,8 +1,11 @@
-"""``testbed stress`` end to end on real Mininet and tgtd: a short campaign on a small load.
+"""``testbed stress`` end to end on real Mininet and tgtd: short campaigns on a small load.
 
-The budget is short (a few runs of a small scenario); the campaign may or may not find a
-counterexample, so the test asserts on what it reports and on its consistency with the
-run folders and the results store, never on a verdict.
+The first budget is short (a few runs of a small scenario); the campaign may or may not
+find a counterexample, so the test asserts on what it reports and on its consistency
+with the run folders and the results store, never on a verdict. The second searches
+``none`` with client memory far above what the load needs (``none`` completed 11 of 11
+such runs when the test was written), so that a counterexample is found and goes through
+its N fresh confirming runs, shrinking and the shrunk load's confirmation on real runs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import results
+from testbed import claims, results, stats
 from testbed import scenario as scenario_mod
 from testbed.stress import campaign
 
@@ -103,6 +106,7 @@ def test_a_short_campaign_writes_what_it_tried_consistently_with_its_runs(tmp_pa
     assert f"{counts['tried']} loads tried" in r.stdout and "counterexamples:" in r.stdout
     report = (out / campaign.REPORT).read_text()
     assert f"| {counts['tried']} | {counts['runs']} |" in report
+    assert_confirmations(doc, tried)
     for found in doc["counterexamples"]:
         if found["confirmed"]:
             sc = scenario_mod.load(found["scenario_file"])
@@ -112,6 +116,61 @@ def test_a_short_campaign_writes_what_it_tried_consistently_with_its_runs(tmp_pa
         assert_nothing_left(json.loads((Path(t["run_dir"]) / "client-config.json")
                                        .read_text())["run_id"])
     assert_untouched(before, snapshot())
+
+
+def assert_confirmations(doc: dict, tried: list[dict]) -> None:
+    """Each confirmation is what its own fresh runs say: their folders, their outcomes,
+    the rate test on them (the sampling run not among them)."""
+    by_label = {t["label"]: t for t in tried}
+    for found in doc["counterexamples"]:
+        for conf in (found["confirmation"], (found.get("shrunk") or {}).get("confirmation")):
+            if conf is None:
+                continue
+            runs = [by_label[r["label"]] for r in conf["runs"]]
+            assert found["label"] not in [r["label"] for r in conf["runs"]]
+            assert [t["phase"] for t in runs] == ["confirm"] * len(runs)
+            assert [t["outcome"] for t in runs] == conf["outcomes"]
+            assert all(Path(t["run_dir"]).is_dir() for t in runs)
+            if conf["confirmed"] is None:
+                assert len(runs) < conf["asked"] and conf["pvalue"] is None
+                continue
+            assert len(runs) == conf["asked"]
+            assert conf["successes"] == conf["outcomes"].count("counterexample")
+            t = stats.rate_test(conf["successes"], conf["counted"], claims.P0)
+            assert conf["pvalue"] == t.pvalue and conf["confirmed"] == t.supported
+
+
+CONFIRM_BUDGET_S = 110
+ROOMY = "ranges:\n  client.memory_mb: {min: 96, max: 128, step: 32}\n"
+
+
+def test_a_counterexample_is_confirmed_by_fresh_runs(tmp_path):
+    (tmp_path / "small.yaml").write_text(SCENARIO)
+    (tmp_path / "ranges.yaml").write_text(ROOMY)
+    out, db = tmp_path / "out", tmp_path / "results.db"
+    r = subprocess.run(TESTBED + ["stress", "small.yaml", "--policy", "none", "--budget",
+                                  f"{CONFIRM_BUDGET_S}s", "--seed", "3", "--ranges",
+                                  "ranges.yaml", "--out", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path,
+                       timeout=CONFIRM_BUDGET_S + 120,
+                       env={**os.environ, "TESTBED_RESULTS_DB": str(db)})
+    assert "Traceback" not in r.stderr
+    doc = json.loads((out / campaign.SUMMARY).read_text())
+    tried = [json.loads(line) for line in (out / campaign.TRIED).read_text().splitlines()]
+    assert_confirmations(doc, tried)
+    first = doc["counterexamples"][0]
+    conf = first["confirmation"]
+    assert first["label"] == "s001" and conf["asked"] == 5 == doc["confirm"]["runs"]
+    assert [t["label"] for t in tried[:6]] == ["s001"] + [f"s001-confirm{i}" for i in range(1, 6)]
+    # none completes with this much memory: 5 of 5 fresh runs, p = 1/32
+    assert first["confirmed"] is True and r.returncode == 1, (conf, r.stdout[-2000:])
+    assert conf["pvalue"] == 2 ** -5 and "p = 0.031, supported: confirmed" in r.stdout
+    sc = scenario_mod.load(first["scenario_file"])
+    assert sc.client.policy == "none" and sc.expected == "lockup"
+    shrunk = first["shrunk"]
+    want = shrunk["load"] if shrunk["confirmed"] else first["load"]
+    assert sc.client.memory_mb == want["client.memory_mb"]
+    assert first["scenario_load"] == ("shrunk" if shrunk["confirmed"] else "sampled")
 
 
 def test_a_second_campaign_into_the_same_folder_is_refused(tmp_path):
