@@ -315,17 +315,72 @@ def choice_options(template: Path) -> dict[str, dict[str, str]]:
     return questions
 
 
+BANNED_OPTIONS = re.compile(r"\b(all|none|both) of (the|these) (above|options|statements)\b|"
+                            r"\b[a-h] and [a-h]\b", re.I)
+
+
+def option_style(text: str) -> str:
+    """``sentence`` (a capital first, a full stop last) or ``fragment`` (neither); a mix
+    of the two is its own style, which no option set may have."""
+    first, last = text[0].isupper(), text.rstrip().endswith(".")
+    return {(True, True): "sentence", (False, False): "fragment"}.get((first, last), "mixed")
+
+
 @pytest.mark.parametrize("lab", grading.find_labs(), ids=lambda lab: lab.path.name)
-def test_multiple_choice_options_are_of_equal_length(lab):
-    """The right option must not stand out as the longest (or shortest) one."""
+def test_multiple_choice_options_are_of_equal_length_and_style(lab):
+    """The right option must not stand out: the options of a question are within
+    MAX_LENGTH_RATIO of each other in length, all sentences or all fragments, and none is
+    "all of the above" (or "a and b"), in the student's and the instructor's copy."""
     for root in (lab.path, lab.instructor):
         for key, options in choice_options(root / grading.ANSWERS).items():
-            assert len(options) >= 3, f"{root}/answers.yaml: {key} has {len(options)} options"
+            where = f"{root}/answers.yaml: {key}"
+            assert len(options) >= 3, f"{where} has {len(options)} options"
             lengths = {o: len(text) for o, text in options.items()}
             ratio = max(lengths.values()) / min(lengths.values())
             assert ratio <= MAX_LENGTH_RATIO, (
-                f"{root}/answers.yaml: the options of {key} differ in length by "
-                f"{ratio:.2f}x (at most {MAX_LENGTH_RATIO}): {lengths}")
+                f"{where}: the options differ in length by {ratio:.2f}x (at most "
+                f"{MAX_LENGTH_RATIO}): {lengths}")
+            styles = {o: option_style(text) for o, text in options.items()}
+            assert len(set(styles.values())) == 1 and "mixed" not in styles.values(), (
+                f"{where}: options of different styles (all sentences or all fragments): "
+                f"{styles}")
+            banned = [o for o, text in options.items() if BANNED_OPTIONS.search(text)]
+            assert not banned, f"{where}: option {banned[0]} points at other options"
+
+
+def keyed_questions() -> list[tuple[str, str, dict[str, str]]]:
+    """(lab, key, options) with the key's right option, over every keyed lab."""
+    out = []
+    for lab in grading.find_labs():
+        path = lab.instructor / grading.KEY
+        if path.exists():
+            options = choice_options(lab.path / grading.ANSWERS)
+            for k, v in yaml.safe_load(path.read_text()).items():
+                out.append((lab.path.name, str(v["answer"]), options.get(k, {})))
+    return out
+
+
+def test_the_right_option_is_neither_the_longest_nor_always_in_one_place():
+    """Two cues a student could answer from without the runs: the right option as the
+    (only) longest of its question, and the same letter right everywhere."""
+    got = keyed_questions()
+    for lab, right, options in got:
+        assert right in options, f"{lab}: the key's answer {right} is not an option"
+        longest = max(len(t) for t in options.values())
+        assert not (len(options[right]) == longest
+                    and sum(len(t) == longest for t in options.values()) == 1), (
+            f"{lab}: the right option {right} is the longest of its question")
+    letters = [right for _, right, _ in got]
+    assert len(set(letters)) > 1, f"every right option is {letters[0]}"
+    assert max(letters.count(x) for x in set(letters)) <= (len(letters) + 1) // 2 + 1
+
+
+def test_the_option_checks_can_fail():
+    assert option_style("the link was slow") == "fragment"
+    assert option_style("The link was slow.") == "sentence"
+    assert option_style("The link was slow") == "mixed"
+    assert BANNED_OPTIONS.search("all of the above") and BANNED_OPTIONS.search("both a and c")
+    assert not BANNED_OPTIONS.search("the flusher and kswapd")
 
 
 def test_every_keyed_question_has_its_options_found():
