@@ -1,8 +1,10 @@
 """Verified hand-ins: ``testbed lab submit`` packs a work folder, ``testbed lab grade``
 checks the archive and grades it.
 
-What is packed (:func:`submit`): the student's ``answers.yaml`` and the folders the lab's
-grader reads, which are the ``--out`` folders of the handout's commands (a compare or
+What is packed (:func:`submit`): the student's ``answers.yaml``, ``predictions.json``
+when the student recorded predictions (:mod:`.predictions`: each with the time it was
+recorded, which the grader compares with the runs' own start times), and the folders the
+lab's grader reads, which are the ``--out`` folders of the handout's commands (a compare or
 sweep folder with its runs, or one run folder), into one ``.tar.gz``. Each run folder
 goes in as the run left it, less the target's disk image (``lun.img``: hundreds of MiB,
 read by no grader) and the plots and pages the report draws from the other files. The
@@ -25,7 +27,8 @@ counters only grow, so the outcome's lie between the sample before it and the la
 broken archive, a member that is not a plain file, a missing, added or changed file is a
 :class:`HandinError` naming the archive and the file. :func:`grade_batch` grades a
 folder of archives and flags run folders handed in twice: the same run id or the same
-stream fingerprint in two submissions (or twice in one).
+stream fingerprint in two submissions (or twice in one); :func:`ta_rows` gives every
+verified hand-in's short answers, with the rubric, for a TA (:mod:`.shortanswers`).
 """
 
 from __future__ import annotations

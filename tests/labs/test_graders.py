@@ -181,7 +181,8 @@ def test_the_student_copy_holds_no_solution_key_or_reference(tmp_path):
     labs = grading.find_labs(out / "labs")
     assert [lab.number for lab in labs] == [lab.number for lab in LABS]
     names = {p.relative_to(out).as_posix() for p in out.rglob("*")}
-    assert not any(re.search(r"solution|solve\.py|key\.yaml|instructor", n) for n in names)
+    assert not any(re.search(r"solution|solve\.py|key\.yaml|rubric\.yaml|instructor", n)
+                   for n in names)
     for p in out.rglob("*"):
         if p.is_file():
             figures = (reference_figures(grading.get_lab(p.parent.name))
