@@ -68,8 +68,10 @@ def test_runs_of_other_policies_handed_in_for_lab_1_fail_with_a_helpful_message(
                    lab1.work / "answers.yaml")
     grade = grading.check(grading.get_lab(1), work)
     assert not grade.passed
-    # every check that reads the runs fails; the multiple-choice one reads only the answer
-    assert [c.name for c in grade.graded if c.passed] == ["why writeback could not complete"]
+    # every check that reads the runs fails; the multiple-choice one and the short answers'
+    # (0 points: a TA grades them) read only the answers
+    assert [c.name for c in grade.graded if c.passed] == ["why writeback could not complete",
+                                                          "short answers for your ta"]
     first = grade.failed[0].sentence
     assert first == ("runs/none has no none run (it has: gorman-3.6, phillips-2005): run the "
                      "compare step with --policies as the handout gives it")
