@@ -322,7 +322,7 @@ class StorageClient:
 
         return StorageFlow("iSCSI", handler.dev, lambda: tally_from_counters(handler.counters()),
                            status, handler.tx_wait.oldest,
-                           recovering=lambda: session.state == RECOVERING)
+                           lambda: session.recovering_since if session.state == RECOVERING else None)
 
     def _open_device(self) -> BlockDevice:
         if self.cfg.storage == "local":

@@ -172,6 +172,7 @@ class Session:
         self.params = SessionParams()
         self.stats = SessionStats()
         self.state = CLOSED
+        self.recovering_since: Optional[float] = None   # monotonic: the last recovery's start
         self.failure: Optional[BaseException] = None
         self._lock = threading.Lock()
         self._tasks: dict[int, Task] = {}
@@ -667,6 +668,7 @@ class Session:
             if self.state != READY:
                 return False
             self.state = RECOVERING
+            self.recovering_since = time.monotonic()
             issued = sorted((t for t in self._tasks.values() if t.issued_at is not None),
                             key=lambda t: (t.cmdsn - self._exp_cmdsn) & M32)
             waiting = list(self._pending)

@@ -11,9 +11,7 @@ Inside an episode the *stuck clock* runs while :class:`StuckCriteria` hold at ev
 check (every ``period_s``). When one breaks the clock stops, the break is recorded, and
 it starts again from zero if the criteria hold again. Once the state has been stuck for
 the :class:`RecoveryHorizon` - the time the iSCSI initiator and the target's TCP need
-to have tried everything they try on their own - and the initiator is not in the middle
-of a recovery (it tries several logins before it gives up, and giving up fails its
-commands: the state it leaves is the one to judge), the detector asks more questions:
+to have tried everything they try on their own - the detector asks more questions:
 were the storage flow's frames dropped for lack of memory meanwhile (criterion 4), and
 does the emulated state hold a wait-for cycle (:func:`find_cycle`, lockdep's habit:
 show the cycle, not the symptom)? Both yes, and the OOM killer cannot end it either
@@ -125,13 +123,6 @@ class RecoveryHorizon:
 
 # -- the storage flow -----------------------------------------------------------------------
 
-# The horizon bounds one reinstatement; an initiator that keeps trying (several logins,
-# its backoff) has recoveries left, and when it gives up it fails its commands, which
-# frees request slots and lets throttled tasks move (and call the OOM killer). So a stuck
-# state is judged once the initiator's recovery is over, reinstated or given up.
-RECOVERY_NOT_OVER = ("stuck past the recovery horizon while the initiator still tries to "
-                     "reinstate its session: a recovery not yet over")
-
 @dataclass(frozen=True)
 class FlowTally:
     """Cumulative frames of the storage flow (the SOCK_MEMALLOC class)."""
@@ -165,8 +156,11 @@ class StorageFlow:
     # when the oldest of its data segments still waiting for transmit memory began to
     # wait (``time.monotonic()``), or None: the sender in sk_stream_wait_memory
     tx_wait_since: Callable[[], Optional[float]] = lambda: None
-    # the initiator is still trying to reinstate its session: a recovery not yet over
-    recovering: Callable[[], bool] = lambda: False
+    # when the initiator lost its connection and began to reinstate the session
+    # (``time.monotonic()``), while it still tries; None when connected or given up. Its
+    # new connection's SYN needs a transmit skb as a data segment does, so every attempt
+    # it has left fails while one cannot be had.
+    reconnecting_since: Callable[[], Optional[float]] = lambda: None
 
 
 def tally_from_counters(net: dict[str, Any]) -> FlowTally:
@@ -193,6 +187,7 @@ class Reading:
     tx_mark: int              # the lowest free count a storage transmit may leave (era)
     tx_need: int              # pages one storage transmit takes now
     tx_wait_since: Optional[float]    # the oldest storage segment waiting to be sent
+    reconnecting_since: Optional[float]   # the session being reinstated since
     dirty: int
     writeback: int
     reclaimable: int
@@ -208,10 +203,17 @@ class Reading:
         return self.free - self.rx_need < self.rx_mark
 
     @property
+    def tx_since(self) -> Optional[float]:
+        """Since when the storage flow has had something to send: a data segment waiting
+        for memory, or the reinstatement's new connection (its SYN); None if neither."""
+        waits = [t for t in (self.tx_wait_since, self.reconnecting_since) if t is not None]
+        return min(waits) if waits else None
+
+    @property
     def tx_blocked(self) -> bool:
-        """Storage data waits to be sent, and a transmit skb would take free memory under
-        the mark the storage socket's allocations may go to."""
-        return self.tx_wait_since is not None and self.free - self.tx_need < self.tx_mark
+        """The storage flow has something to send (:attr:`tx_since`), and a transmit skb
+        would take free memory under the mark the storage socket's allocations may go to."""
+        return self.tx_since is not None and self.free - self.tx_need < self.tx_mark
 
 
 class StuckCriteria:
@@ -221,7 +223,8 @@ class StuckCriteria:
        (:func:`rx_need` pages) would take the zone under the mark such an allocation may
        take it to (``Policy.storage_rx_mark``: the GFP_ATOMIC floor, or zero where the
        flow may use the reserves), so none can be had for its frames; or its data
-       segments wait to be sent (``sk_stream_wait_memory``) and a transmit skb would take
+       segments wait to be sent (``sk_stream_wait_memory``), or its session is being
+       reinstated (the new connection's SYN), and a transmit skb would take
        the zone under the socket's mark (the GFP_ATOMIC floor, zero from 3.6's
        ``sk_set_memalloc``). With no network storage the mark is min and the need one
        page (no GFP_KERNEL allocation either).
@@ -245,7 +248,7 @@ class StuckCriteria:
         if r.last_progress > progress_at:
             return "no writeback completed", "a writeback completed"
         if not r.rx_blocked and not r.tx_blocked:
-            waits = "" if r.tx_wait_since is None else (
+            waits = "" if r.tx_since is None else (
                 f"; a transmit of {r.tx_need} stays at or above the storage transmit mark "
                 f"of {r.tx_mark}")
             return ("no memory for the storage flow",
@@ -426,6 +429,7 @@ class StuckState:
     tx_mark: int = 0          # the mark a storage transmit may go to, and its name
     tx_mark_name: str = ""
     tx_need: int = 1          # pages one storage transmit takes
+    reconnecting: bool = False    # the session is being reinstated: what waits is its SYN
     sockets: tuple[SockHold, ...] = ()
     tasks: tuple[tuple[str, Optional[str]], ...] = ()     # (task, wchan) of the workloads
 
@@ -537,13 +541,7 @@ def find_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
             WaitEdge(f"{s.storage} responses", "an skb", s.storage_dropped,
                      f"{s.storage} frames dropped for lack of memory", _where(s))]
     else:
-        edges = [
-            WaitEdge("writeback", f"{s.storage} requests sent", s.writeback,
-                     "pages under writeback", f"{s.requests} requests at the device"),
-            WaitEdge(f"{s.storage} requests sent", "an skb", round(s.tx_waiting_s),
-                     "seconds a data segment has waited to be sent (sk_stream_wait_memory)",
-                     f"free {s.free} pages, a transmit needs {s.tx_need} above "
-                     f"{s.tx_mark_name} of {s.tx_mark}")]
+        edges = _tx_edges(s)
     edges += [
         WaitEdge("an skb", "memory held by " + _and(held), freed, "pages",
                  ", ".join(f"{k} {v:,}" for k, v in held.items())),
@@ -556,6 +554,26 @@ def find_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
         edges.append(WaitEdge("dirty pages", "writeback", s.dirty, "pages",
                               "freed only once written back"))
     return WaitCycle(tuple(edges))
+
+
+def _tx_edges(s: StuckState) -> list[WaitEdge]:
+    """writeback -> what it waits to send -> an skb: its requests, or, with no connection,
+    the session's reinstatement (a new connection's SYN is a transmit too)."""
+    short = (f"free {s.free} pages, a transmit needs {s.tx_need} above "
+             f"{s.tx_mark_name} of {s.tx_mark}")
+    if s.reconnecting:
+        via = f"{s.storage} reinstatement"
+        return [WaitEdge("writeback", via, s.writeback, "pages under writeback",
+                         f"{s.requests} requests at the device, re-issued once it is back"),
+                WaitEdge(via, "an skb", s.storage_tx_dropped,
+                         "frames dropped on transmit (its new connections' SYNs)",
+                         f"{short}; reconnecting for {round(s.tx_waiting_s)} s")]
+    via = f"{s.storage} requests sent"
+    return [WaitEdge("writeback", via, s.writeback, "pages under writeback",
+                     f"{s.requests} requests at the device"),
+            WaitEdge(via, "an skb", round(s.tx_waiting_s),
+                     "seconds a data segment has waited to be sent (sk_stream_wait_memory)",
+                     short)]
 
 
 def _where(s: StuckState) -> str:
@@ -759,6 +777,7 @@ class LockupDetector(threading.Thread):
     def _read(self, now: float) -> Reading:
         mm = self.mm
         since = self.storage.tx_wait_since() if self.storage is not None else None
+        reconnecting = self.storage.reconnecting_since() if self.storage is not None else None
         with mm.lock:
             zone, vm = mm.zone, mm.vm
             if self.storage is not None:
@@ -768,7 +787,7 @@ class LockupDetector(threading.Thread):
                 mark, need = zone.wmark_min, 1
             return Reading(t=now, free=zone.free, wmark_min=zone.wmark_min, rx_mark=mark, rx_need=need,
                            tx_mark=storage_tx_mark(mm), tx_need=tx_need(mm),
-                           tx_wait_since=since, dirty=vm.nr_dirty, writeback=vm.nr_writeback,
+                           tx_wait_since=since, reconnecting_since=reconnecting, dirty=vm.nr_dirty, writeback=vm.nr_writeback,
                            reclaimable=self.pc.nr_reclaimable, last_progress=self.pc.last_progress,
                            nr_written=vm.nr_written)
 
@@ -841,9 +860,6 @@ class LockupDetector(threading.Thread):
         k = self._next_horizon
         if r.t - self._stuck_t < k * self.horizon.seconds:
             return
-        if not ep.lockup and self.storage is not None and self.storage.recovering():
-            ep.not_lockup = RECOVERY_NOT_OVER   # judged once its last attempt is over
-            return
         self._next_horizon = k + 1
         if ep.lockup:
             self._add_checkpoint(r, k)
@@ -853,7 +869,7 @@ class LockupDetector(threading.Thread):
     def _judge(self, ep: StallEpisode, r: Reading) -> None:
         """Stuck for a horizon (or more): criterion 4 and the cycle decide."""
         delta = self._tally() - self._stuck_tally
-        since = r.tx_wait_since
+        since = r.tx_since
         waited = r.t - since if since is not None and since <= self._stuck_t else 0.0
         why = StuckCriteria.starved(self.storage, delta, waited)
         state = self._state(r, delta, waited)
@@ -902,6 +918,7 @@ class LockupDetector(threading.Thread):
                           requests=requests, storage_dropped=delta.dropped,
                           storage_tx_dropped=delta.tx_dropped, pdu=pdu, sockets=holds,
                           tx_waiting_s=tx_waited_s, tx_mark=r.tx_mark, tx_need=r.tx_need,
+                          reconnecting=r.reconnecting_since is not None,
                           tx_mark_name=mark_name(r.tx_mark, mm),
                           tasks=tuple((t.name, wchan(t)) for t in self.tasks))
 
