@@ -205,9 +205,8 @@ class Reading:
     @property
     def tx_since(self) -> Optional[float]:
         """Since when the storage flow has had something to send: a data segment waiting
-        for memory, or the reinstatement's new connection (its SYN); None if neither."""
-        waits = [t for t in (self.tx_wait_since, self.reconnecting_since) if t is not None]
-        return min(waits) if waits else None
+        for memory, else the reinstatement's new connection (its SYN); None if neither."""
+        return self.tx_wait_since if self.tx_wait_since is not None else self.reconnecting_since
 
     @property
     def tx_blocked(self) -> bool:
@@ -429,7 +428,7 @@ class StuckState:
     tx_mark: int = 0          # the mark a storage transmit may go to, and its name
     tx_mark_name: str = ""
     tx_need: int = 1          # pages one storage transmit takes
-    reconnecting: bool = False    # the session is being reinstated: what waits is its SYN
+    reconnecting: bool = False    # no data waits, the session is reinstated: its SYN waits
     sockets: tuple[SockHold, ...] = ()
     tasks: tuple[tuple[str, Optional[str]], ...] = ()     # (task, wchan) of the workloads
 
@@ -918,7 +917,7 @@ class LockupDetector(threading.Thread):
                           requests=requests, storage_dropped=delta.dropped,
                           storage_tx_dropped=delta.tx_dropped, pdu=pdu, sockets=holds,
                           tx_waiting_s=tx_waited_s, tx_mark=r.tx_mark, tx_need=r.tx_need,
-                          reconnecting=r.reconnecting_since is not None,
+                          reconnecting=r.tx_wait_since is None and r.reconnecting_since is not None,
                           tx_mark_name=mark_name(r.tx_mark, mm),
                           tasks=tuple((t.name, wchan(t)) for t in self.tasks))
 
