@@ -26,7 +26,7 @@ COMPARE, SPOOF = "runs/compare", "runs/spoof"
 POLICIES = ("reserve-only", "phillips-2005")
 RUNS = 5
 HOSTS = "topology.bulk_hosts"
-PREDICTIONS = ("predict_reserve_only_locks_up", "predict_filter_drops_forgeries")
+PREDICTIONS = ("predict_reserve_only_outcome", "predict_filter_on_forgeries")
 SHORT_ANSWERS = ("prediction_vs_result", "what_forged_frames_cost")
 
 
