@@ -7,7 +7,8 @@
 - ``predict N [DIR]``: records the predictions of the work folder's ``answers.yaml``
   (its ``predict_...`` keys), each with the time it was made, in ``predictions.json``
   (:mod:`testbed.grading.predictions`); a prediction earns its points for being recorded
-  before the lab's first run, not for being right.
+  before the lab's first run, not for being right. Exit status 1 when the lab's run
+  folders exist already (the record is written all the same: such a prediction is late).
 - ``check N [DIR]``: runs the lab's grader on the work folder (default: the current
   folder) and prints each check as PASS or FAIL with one sentence, and the points; the
   exit status is 0 only with full marks. ``--format gradescope`` writes Gradescope's
