@@ -126,9 +126,14 @@ def record(lab: Lab, work: Path, now: Optional[float] = None) -> Record:
                        f"{lab.number}`)")
     answers = Answers.load(work / ANSWERS, work)
     keys = prediction_keys(answers)
-    if not keys:
+    asked = prediction_keys(Answers.load(lab.path / ANSWERS))
+    if not asked:
         raise LabError(f"{work / ANSWERS}: lab {lab.number} asks for no predictions "
                        f"(no {PREFIX}... key)")
+    if sorted(keys) != sorted(asked):
+        raise LabError(f"{work / ANSWERS}: its predictions ({', '.join(keys) or 'none'}) are "
+                       f"not those of lab {lab.number} ({', '.join(asked)}): is this the "
+                       f"work folder of lab {lab.number}?")
     said = {k: answers.text(k) for k in keys}      # an empty one: "still empty: answer it"
     old = Record.load(work)
     if old is not None and old.lab not in (0, lab.number):

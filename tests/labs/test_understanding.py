@@ -160,6 +160,11 @@ def test_recording_needs_every_prediction_and_a_lab_that_asks_for_them(tmp_path)
     two = grading.start(grading.get_lab(2), tmp_path / "lab2")
     with pytest.raises(grading.LabError, match="lab 2 asks for no predictions"):
         predictions.record(grading.get_lab(2), two)
+    predict(lab, work)
+    with pytest.raises(grading.LabError, match=r"its predictions \(predict_lockups, "
+                                               r"predict_failed_allocation\) are not those "
+                                               r"of lab 3 .*work folder of lab 3\?"):
+        predictions.record(grading.get_lab(3), work)
 
 
 def test_a_run_without_its_start_time_is_named(tmp_path):
@@ -175,7 +180,7 @@ def test_a_run_without_its_start_time_is_named(tmp_path):
 
 # -- the hand-in and the TA's file --------------------------------------------------------
 
-def words_lab(root: Path) -> grading.Lab:
+def words_lab(root: Path, prediction: bool = False) -> grading.Lab:
     """A course of one lab with two short answers and no runs (``root/labs``,
     ``root/instructor``): what a hand-in packs and the batch grader reads of it, with no
     run to verify."""
@@ -190,7 +195,8 @@ def words_lab(root: Path) -> grading.Lab:
         "```sh\ntestbed lab check 9\n```\n")
     (lab_dir / "answers.yaml").write_text(
         "# Q1. Why could writeback not complete?\nwhy_stuck:\n"
-        "# Q2. Why do the downloads keep memory\n#     they cannot use?\nwhy_downloads:\n")
+        "# Q2. Why do the downloads keep memory\n#     they cannot use?\nwhy_downloads:\n"
+        + ("# P1. A guess\npredict_x:\n" if prediction else ""))
     (lab_dir / "test_grader.py").write_text(
         "import pytest\nfrom testbed.grading import shortanswers\n\n"
         "@pytest.mark.points(0)\ndef test_short_answers_for_your_ta(answers):\n"
@@ -271,10 +277,8 @@ def test_a_short_answer_must_be_words():
 
 @pytest.mark.cli
 def test_the_archive_holds_the_time_each_prediction_was_recorded(tmp_path):
-    lab = words_lab(tmp_path / "course")
+    lab = words_lab(tmp_path / "course", prediction=True)
     work = grading.start(lab, tmp_path / "w")
-    (work / grading.ANSWERS).write_text((work / grading.ANSWERS).read_text()
-                                        + "# P1. A guess\npredict_x:\n")
     grading.fill_answers(work / grading.ANSWERS, {"predict_x": "yes", **ANSWERS["alice"]})
     rec = predictions.record(lab, work)
     out, manifest = handin.submit(lab, work)
