@@ -5,7 +5,9 @@ hands out (the file next to this grader). The grader loads it with the testbed's
 loader (the checks a run makes before it starts), and reads the two
 runs the handout makes with it, ``runs/flood`` (the udp-flood load) and ``runs/spoof``
 (the spoof load). A run counts only if it ran this very file: the SHA-256 of the copy it
-kept (``policy_file`` in its summary) is the SHA-256 of the file handed in. The policy's
+kept (``policy_file`` in its summary) is the SHA-256 of the file handed in. A hand-in
+archive (``testbed lab submit``) holds the answers and the run folders: there the file
+handed in is the copy ``runs/flood`` kept, and ``runs/spoof`` must have run the same. The policy's
 claims are then checked on those runs (both complete; no storage frame dropped on
 receive during the flood; no receive buffer from the reserve during the spoofed run),
 and the answers against the same runs and the key. No message names a figure.
@@ -20,19 +22,23 @@ import pytest
 
 from testbed.grading import (Answers, CheckFailed, Key, RunFolder, agrees, expect,
                              expect_finished, keyed_choice, same)
-from testbed.mm.policy.loader import PolicyFile, load_policy_file
+from testbed.mm.policy.loader import RUN_FOLDER_DIR, PolicyFile, load_policy_file
 from testbed.schema import SchemaError
 
 POLICY = "mypolicy.py"
 STARTER = Path(__file__).resolve().parent / POLICY      # the file `testbed lab start 6` gives
 FLOOD, SPOOF = "runs/flood", "runs/spoof"
+KEPT = f"{RUN_FOLDER_DIR}/{POLICY}"          # the copy a run keeps of the file it ran
 ERAS = ("2.6.13", "3.6")
 
 
 @pytest.fixture(scope="module")
 def policy(work: Path) -> PolicyFile:
     path = work / POLICY
-    expect(path.is_file(), f"there is no {POLICY} in your work folder: step 1 writes it")
+    if not path.is_file() and (work / FLOOD / KEPT).is_file():
+        path = work / FLOOD / KEPT      # a hand-in archive: the runs carry the file they ran
+    expect(path.is_file(), f"there is no {POLICY} in your work folder: step 1 writes it, "
+           f"before the runs")
     try:
         policy = load_policy_file(path)
     except SchemaError as exc:

@@ -9,12 +9,14 @@ skb, dirty, written-back bytes, min watermark, reserve pages, throttle counters)
 ``client-outcome.json``. A batch folder gets
 ``runs.json`` and the ``stats.json`` that :mod:`testbed.results` writes, both through
 the testbed's own writers. :data:`HANDINS` makes lab N's runs as its handout asks for
-them, with ``scale`` changing every measured figure (two hand-ins whose figures differ)
+them (lab 6: the reference policy as the student's file), with ``scale`` changing every
+measured figure (two hand-ins whose figures differ)
 and ``verdicts`` the outcomes a student's machine happened to give.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -187,4 +189,32 @@ def lab5(work: Path, scale: float = 1.0,
     compare(work / "runs/compare", {"phillips-2005": ph, "gorman-3.6": go})
 
 
-HANDINS: dict[int, Callable[..., None]] = {1: lab1, 2: lab2, 3: lab3, 4: lab4, 5: lab5}
+def policy_run(path: Path, policy: Path, storage_drops: int = 0, reserve: int = 0,
+               other: int = 0, verdict: str = "completed") -> Path:
+    """A run of a policy file (lab 6): the copy it kept in ``policy/``, whose SHA-256 its
+    summary names, and ``reserve`` buffers out in one sample of its stream."""
+    write_run(path, Run(policy=policy.name, verdict=verdict, storage_drops=storage_drops,
+                        other={"NOT_MEMALLOC": other} if other else {}))
+    (path / "policy").mkdir()
+    (path / "policy" / policy.name).write_bytes(policy.read_bytes())
+    summary = json.loads((path / "summary.json").read_text())
+    summary["policy_file"] = {"name": policy.name, "path": f"policy/{policy.name}",
+                              "sha256": hashlib.sha256(policy.read_bytes()).hexdigest()}
+    (path / "summary.json").write_text(json.dumps(summary))
+    stream = [json.loads(line) for line in (path / "client.ndjson").read_text().splitlines()]
+    for i, sample in enumerate(stream):
+        sample["reserve"] = {"client-eth0": reserve if i == len(stream) // 2 else 0}
+    (path / "client.ndjson").write_text("".join(json.dumps(x) + "\n" for x in stream))
+    return path
+
+
+def lab6(work: Path, scale: float = 1.0, storage_drops: int = 0, spoof_reserve: int = 0) -> None:
+    """The reference policy as the student's mypolicy.py, and its two runs."""
+    lab = Path(__file__).resolve().parents[2] / "instructor/labs/06-your-own-policy"
+    policy = work / "mypolicy.py"
+    policy.write_bytes((lab / "reference_policy.py").read_bytes())
+    policy_run(work / "runs/flood", policy, storage_drops=storage_drops, other=int(7 * scale))
+    policy_run(work / "runs/spoof", policy, reserve=spoof_reserve)
+
+
+HANDINS: dict[int, Callable[..., None]] = {1: lab1, 2: lab2, 3: lab3, 4: lab4, 5: lab5, 6: lab6}

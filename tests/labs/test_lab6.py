@@ -6,7 +6,8 @@ nothing of the reference policy; the grader passes the reference hand-in and fai
 ones (runs of another version of the file, the starter unchanged, a storage frame dropped,
 reserve given away) with sentences that name no figure. On the machine
 (``test_the_reference_policy_passes_on_real_runs``): the handout followed as written, with
-the reference policy as ``mypolicy.py``, on real Mininet runs, then ``testbed lab check 6``.
+the reference policy as ``mypolicy.py``, on real Mininet runs, then ``testbed lab check 6``,
+``testbed lab submit 6`` and ``testbed lab grade`` of the archive.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 from testbed import grading, scenario
 from testbed.mm.policy.loader import load_policy_file
 from tests.labs.conftest import run_command, student_env, succeeded
-from tests.labs.synthetic import Run, write_run
+from tests.labs import synthetic
 
 LAB = grading.get_lab(6)
 REFERENCE = LAB.instructor / "reference_policy.py"
@@ -76,30 +77,9 @@ def test_the_student_copy_has_the_starter_and_nothing_of_the_reference(tmp_path)
 
 # -- the grader on synthetic hand-ins ------------------------------------------------------
 
-def lab6_run(path: Path, policy: Path, storage_drops: int = 0, reserve: int = 0,
-             verdict: str = "completed") -> None:
-    """A run folder as `testbed run` leaves it for a policy file (synthetic figures)."""
-    write_run(path, Run(policy="mypolicy.py", verdict=verdict, storage_drops=storage_drops,
-                        other={"NOT_MEMALLOC": 7}))
-    (path / "policy").mkdir()
-    shutil.copyfile(policy, path / "policy/mypolicy.py")
-    summary = json.loads((path / "summary.json").read_text())
-    summary["policy_file"] = {"name": "mypolicy.py", "path": "policy/mypolicy.py",
-                              "sha256": hashlib.sha256(policy.read_bytes()).hexdigest()}
-    (path / "summary.json").write_text(json.dumps(summary))
-    lines = (path / "client.ndjson").read_text().splitlines()
-    samples = [json.loads(ln) for ln in lines]
-    for i, s in enumerate(samples):
-        s["reserve"] = {"client-eth0": reserve if i == len(samples) // 2 else 0}
-    (path / "client.ndjson").write_text("".join(json.dumps(s) + "\n" for s in samples))
-
-
-def hand_in(tmp_path: Path, **flood: int) -> Path:
+def hand_in(tmp_path: Path, **figures: int) -> Path:
     work = grading.start(LAB, tmp_path / "lab6")
-    shutil.copyfile(REFERENCE, work / "mypolicy.py")
-    spoof_reserve = flood.pop("spoof_reserve", 0)
-    lab6_run(work / "runs/flood", work / "mypolicy.py", **flood)
-    lab6_run(work / "runs/spoof", work / "mypolicy.py", reserve=spoof_reserve)
+    synthetic.lab6(work, **figures)
     grading.fill_answers(work / "answers.yaml", load_solve().solve(work))
     return work
 
@@ -148,7 +128,8 @@ def test_wrong_hand_ins_fail_with_sentences_that_name_no_figure(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_reference_policy_passes_on_real_runs(tmp_path):
-    """The handout as written (two runs of ~20-40 s), the reference policy as mypolicy.py."""
+    """The handout as written (two runs of ~20 s), the reference policy as mypolicy.py; then
+    its hand-in archive verified and graded."""
     env = student_env()
     cwd = tmp_path
     for text in LAB.handout.commands():
@@ -163,6 +144,11 @@ def test_the_reference_policy_passes_on_real_runs(tmp_path):
     assert summary["policy"] == "mypolicy.py"
     assert summary["policy_file"]["sha256"] == hashlib.sha256(REFERENCE.read_bytes()).hexdigest()
     assert (cwd / "runs/spoof/policy/mypolicy.py").read_bytes() == REFERENCE.read_bytes()
+    # the hand-in: verified (every summary recomputed, the kept policy file loaded) and graded
+    for text in ("testbed lab submit 6", "testbed lab grade lab6-handin.tar.gz"):
+        cmd, _ = run_command(text, cwd, env)
+        assert cmd.returncode == 0, f"`{text}`:\n{cmd.output}"
+    assert "12 of 12 checks passed" in cmd.output, cmd.output
 
 
 def load_solve_cli(work: Path, env: dict[str, str]) -> None:
