@@ -37,6 +37,7 @@ from .. import results, store, validation
 from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..guest.qemu import KERNEL_POLICY
+from ..mm.policy.loader import label as policy_label
 from ..orchestrator import Orchestrator, RunResult
 from ..report import build_compare_report, build_report, live
 from ..report.summary import cycle_lines, evidence
@@ -292,9 +293,11 @@ def _finish_batch(base: Path, status: int, report: Path) -> int:
 
 def compare_jobs(scenario: str, policies: list[str], overrides: list[str], n: int) -> list[Job]:
     """The jobs of a compare: every policy's scenario loaded first (a mistake starts
-    nothing), each run ``n`` times."""
+    nothing), each run ``n`` times. A policy file (``./mypolicy.py``, from the current
+    folder) is labelled by its file's name, as its runs' summaries name it."""
     _check_repeat(n)
-    variants = [Job(p, scenario_mod.load(scenario, overrides + [f"client.policy={p}"]), {})
+    variants = [Job(policy_label(p),
+                    scenario_mod.load(scenario, overrides + [f"client.policy={p}"]), {})
                 for p in policies]
     return repeated(variants, n)
 

@@ -53,7 +53,8 @@ def policy_file_rows(pf: Any) -> list[tuple[str, str]]:
     """A policy file's row (lab 6): the copy the run kept, and its SHA-256."""
     if not isinstance(pf, dict):
         return []
-    return [("policy file", f"{_esc(pf.get('path'))}, sha256 <code>{_esc(pf.get('sha256'))}</code>")]
+    sha = f"<code>{_esc(pf.get('sha256'))}</code>"
+    return [("policy file", f"{_esc(pf.get('path'))}, sha256 {sha}")]
 
 
 def _count(n: Any) -> str:

@@ -174,3 +174,13 @@ def test_a_run_keeps_a_copy_and_its_summary_names_the_sha256(tmp_path):
     page = run_page({"policy": "mine.py", "policy_file": record}, [], [])
     assert f"policy/mine.py, sha256 <code>{sha}</code>" in page
     assert json.loads(json.dumps(record)) == record
+
+
+def test_compare_labels_a_policy_file_by_its_name(tmp_path, monkeypatch):
+    write(tmp_path / "mine.py", GOOD)
+    monkeypatch.chdir(tmp_path)          # --policies: files from the current folder
+    jobs = run_cmd.compare_jobs("spoof", ["./mine.py", "none"], [], 1)
+    assert [j.label for j in jobs] == ["mine.py", "none"]
+    assert jobs[0].scenario.client.policy == str(tmp_path / "mine.py")
+    with pytest.raises(SchemaError, match=r"nope\.py: no such policy file"):
+        run_cmd.compare_jobs("spoof", ["nope.py"], [], 1)
