@@ -121,7 +121,9 @@ def test_built_in_fault_scenarios_load():
         (w.kind, w.total_mb) for w in contention]
     assert [w.rcvbuf_kb for w in pressure.client.workloads if w.kind == "downloader"] == [4096] * 3
     assert pressure.expected == "completed"
-    assert scenario.load("faults-restart-under-pressure", ["client.policy=none"]).expected == "lockup"
+    for policy in ("none", "reserve-only", "phillips-2005", "phillips-2005-threshold"):
+        assert scenario.load("faults-restart-under-pressure",
+                             [f"client.policy={policy}"]).expected == "lockup"
 
 
 # -- the injector, on real processes -------------------------------------------------------
