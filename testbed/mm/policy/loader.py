@@ -290,7 +290,7 @@ def _count(path: Path, cls: type[Policy], hook: str, value: Any) -> None:
 def copy_into_run(name: str, run_dir: Path) -> tuple[Path, PolicyFile]:
     """Copy the policy file into the run folder (``policy/<name>``) and load the copy:
     the run uses, and its folder keeps, exactly the file the summary names."""
-    dest = Path(run_dir) / RUN_FOLDER_DIR / Path(name).name
+    dest = (Path(run_dir) / RUN_FOLDER_DIR / Path(name).name).resolve()  # for any cwd
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(name, dest)
     return dest, load_policy_file(dest)
