@@ -195,6 +195,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     out, manifest = handin.submit(lab, args.dir, args.out)
     print(f"lab {lab.number}: packed {len(manifest.files)} files of {len(manifest.runs)} "
           f"run{'s' if len(manifest.runs) != 1 else ''} and your answers into {out}")
+    asked = grading.predictions.prediction_keys(grading.Answers.load(lab.path / grading.ANSWERS))
+    if asked and grading.predictions.RECORD not in manifest.files:
+        print(f"note: no predictions recorded (testbed lab predict {lab.number}): the "
+              f"predictions earn no points")
     print("hand in that file; `testbed lab check` still grades your work folder as it is")
     return 0
 

@@ -280,6 +280,11 @@ def test_the_archive_holds_the_time_each_prediction_was_recorded(tmp_path):
     lab = words_lab(tmp_path / "course", prediction=True)
     work = grading.start(lab, tmp_path / "w")
     grading.fill_answers(work / grading.ANSWERS, {"predict_x": "yes", **ANSWERS["alice"]})
+    env = dict(os.environ, TESTBED_LABS=str(tmp_path / "course/labs"))
+    p = subprocess.run(TESTBED + ["lab", "submit", "9", str(work)], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert p.returncode == 0 and "note: no predictions recorded (testbed lab predict 9)" \
+        in p.stdout, p.stdout + p.stderr
     rec = predictions.record(lab, work)
     out, manifest = handin.submit(lab, work)
     assert predictions.RECORD in manifest.files
