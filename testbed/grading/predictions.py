@@ -79,7 +79,7 @@ class Record:
             return None
         bad = CheckFailed(f"{RECORD} is not a prediction record written by `testbed lab "
                           f"predict`: remove it and record again (your predictions then "
-                          f"count from then)")
+                          f"count as made when you record them)")
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
