@@ -70,6 +70,15 @@ def test_the_era_is_a_kernel_the_testbed_models(tmp_path, era, profile):
     assert load_policy_file(write(tmp_path / "e.py", text)).era is profile
 
 
+@pytest.mark.parametrize("builtin", ["Phillips2005", "Gorman36", "NonePolicy"])
+def test_a_file_may_build_on_a_built_in_policy(tmp_path, builtin):
+    """Only the file's own class counts; the built-in it extends passes the same trial."""
+    text = (f"from testbed.mm.policy import {builtin}\n\n\nclass Mine({builtin}):\n"
+            f"    name = 'mine'\n")
+    pf = load_policy_file(write(tmp_path / "b.py", text))
+    assert pf.cls.__name__ == "Mine" and pf.era is pf.cls.__mro__[1].era
+
+
 def test_a_scenario_names_the_file_relative_to_itself(tmp_path, monkeypatch):
     write(tmp_path / "lab/mine.py", GOOD)
     s = scenario.load(write(tmp_path / "lab/s.yaml", SCENARIO.format(policy="./mine.py")))
@@ -108,6 +117,15 @@ BAD = {
     "negative reserve": (HEAD + "class P(Policy):\n    def netdev_reserve_pages(self, dev):\n"
                                 "        return -5\n", 6,
                          "P.netdev_reserve_pages must return a number of pages"),
+    "takes the lock its caller holds": (
+        HEAD + "class P(Policy):\n    def rx_alloc_failed(self, dev, length, pages):\n"
+               "        with self.mm.lock:\n            return DropReason.NOMEM\n", 7,
+        "trying the policy, P.rx_alloc_failed raised RuntimeError: the memory manager's "
+        "lock is already held"),
+    "refill returns neither skb nor reason": (
+        HEAD + "class P(Policy):\n    def rx_alloc_failed(self, dev, length, pages):\n"
+               "        return None\n", 6,
+        "P.rx_alloc_failed must return an Skb or a DropReason"),
     "unknown era": (HEAD + "class P(Policy):\n    name = 'p'\n    era = '2.4'\n", 7,
                     "P.era must be a kernel the testbed models (2.6.13, 3.6"),
 }

@@ -16,7 +16,10 @@ method or that takes other arguments than the memory manager passes, an ``era`` 
 is not a kernel the testbed models, and a hook that fails when the policy is tried.
 Trying it means what a run does first, on a small memory manager of its own, with no
 thread and no device: construct the policy, ``attach`` it, bring up a device
-(``netdev_reserve_pages``) and ask ``storage_rx_mark``; each must return a page count.
+(``netdev_reserve_pages``: a page count), refill one receive buffer through
+``rx_alloc_failed`` as if ``GFP_ATOMIC`` had failed (an Skb or a DropReason) and ask
+``storage_rx_mark`` (a page count). The last two run with the memory manager's lock
+held, as in a run: a hook that takes it again, which would hang a run, is an error here.
 
 ``era``: the kernel whose mechanisms the policy runs on, an
 :class:`~testbed.mm.era.EraProfile` or its kernel's name (``"2.6.13"``, ``"3.6"``);
@@ -251,8 +254,30 @@ def _era_line(source: str, cls: type[Policy]) -> int:
     return 1
 
 
+class _ProbeLock:
+    """The memory manager's lock while a policy is tried: a hook that takes it while its
+    caller holds it (``rx_alloc_failed``, ``storage_rx_mark``) would hang a run for good;
+    here it raises instead, so that the loader can say which line does it."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def __enter__(self) -> "_ProbeLock":
+        if self.held:
+            raise RuntimeError("the memory manager's lock is already held here: this hook "
+                               "is called with it held (use the *_locked calls, no `with "
+                               "self.mm.lock`)")
+        self.held = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.held = False
+
+
 def _probe(path: Path, cls: type[Policy], class_line: int) -> None:
-    """What a run does first, on a small memory manager of its own (no thread, no device)."""
+    """What a run does first, on a small memory manager of its own (no thread, no device):
+    construct, attach, bring a device up, refill a buffer through ``rx_alloc_failed`` as
+    if ``GFP_ATOMIC`` had failed, ask ``storage_rx_mark``."""
     from ..manager import MemoryManager      # the manager imports the policies
     step = f"{cls.__name__}()"
     try:
@@ -264,15 +289,26 @@ def _probe(path: Path, cls: type[Policy], class_line: int) -> None:
         _count(path, cls, "netdev_reserve_pages", pages)
         step = "bringing up a device"
         dev = mm.register_netdev("probe0", PROBE_MTU)
-        step = f"{cls.__name__}.storage_rx_mark"
-        with mm.lock:
+        mm.lock = lock = _ProbeLock()           # the hooks below run with it held
+        with lock:
+            step = f"{cls.__name__}.rx_alloc_failed"
+            got = policy.rx_alloc_failed(dev, dev.rx_buf_len, dev.skb_pages)
+            _skb_or_drop(path, cls, got)
+            step = f"{cls.__name__}.storage_rx_mark"
             mark = policy.storage_rx_mark(dev)
         _count(path, cls, "storage_rx_mark", mark)
-        mm.unregister_netdev(dev)
     except SchemaError:
         raise
     except Exception as exc:
         raise _raised(path, exc, f"trying the policy, {step}", class_line) from None
+
+
+def _skb_or_drop(path: Path, cls: type[Policy], value: Any) -> None:
+    from ..skbuff import DropReason, Skb
+    if not isinstance(value, (Skb, DropReason)):
+        func = getattr(cls, "rx_alloc_failed")
+        raise _error(path, func.__code__.co_firstlineno, f"{cls.__name__}.rx_alloc_failed "
+                     f"must return an Skb or a DropReason, not {value!r}")
 
 
 def _probe_dev(mm: Any) -> Any:
