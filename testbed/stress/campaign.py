@@ -34,8 +34,10 @@ the fixed-N one whose p-value is stated). A confirmation the budget or Ctrl-C cu
 is not judged (``confirmed: null``). The default N is the fewest runs that can confirm
 (:func:`testbed.stats.runs_to_support`: 5 at P0 = 1/2, p = 0.031); a smaller N is
 allowed and said to be unable to confirm. Each shrink candidate stays one run (it only
-steers the search); only the load that is written is confirmed, which costs N more runs
-per counterexample that shrank.
+steers the search); only the load that is written is confirmed (``<label>-shrunk-
+confirm1..N``), which costs N more runs per counterexample that shrank. A load judged
+once in a campaign (two samples, or two shrinks, that reach it) keeps its judgement and
+is not run again: those runs were not picked by their outcome, whichever led to them.
 
 A run starts only if the time left covers it (the longest run so far, or before any
 the scenario's deadline plus :data:`RUN_OVERHEAD_S`); a run in flight is always
