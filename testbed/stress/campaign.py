@@ -267,7 +267,7 @@ class Campaign:
         self.walls: list[float] = []
         self.failed_in_a_row = 0
         self.known: dict[tuple, bool] = {}      # shrink candidates run so far -> failed
-        self.confirmations: dict[tuple, Confirmation] = {}   # judged ones, by load
+        self.confirmations: dict[tuple, Confirmation] = {}   # by load; a judged one is reused
         self.n_confirm: int = confirm_runs(self.confirm)
 
     @property
