@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from testbed.commands import run as run_cmd
 from testbed.mm.era import LINUX_2_6_13, LINUX_3_6
 from testbed.mm.manager import MemoryManager
 from testbed.mm.policy import make_policy
+from testbed.mm.policy import loader
 from testbed.mm.policy.loader import is_policy, is_policy_file, label, load_policy_file
 from testbed.orchestrator import Orchestrator
 from testbed.report.html import run_page
@@ -202,3 +204,20 @@ def test_compare_labels_a_policy_file_by_its_name(tmp_path, monkeypatch):
     assert jobs[0].scenario.client.policy == str(tmp_path / "mine.py")
     with pytest.raises(SchemaError, match=r"nope\.py: no such policy file"):
         run_cmd.compare_jobs("spoof", ["nope.py"], [], 1)
+
+
+@pytest.mark.parametrize("text, lines", [
+    ("x = 0\nwhile True:\n    x += 1\n", (2, 3)),                       # the module itself
+    (HEAD + "class P(Policy):\n    def storage_rx_mark(self, dev):\n"
+            "        while True:\n            pass\n", (7, 8)),         # a hook, when tried
+])
+def test_an_endless_loop_is_an_error_naming_its_line_not_a_hang(tmp_path, monkeypatch, text, lines):
+    monkeypatch.setattr(loader, "LOAD_LIMIT_S", 0.5)
+    path = write(tmp_path / "loop.py", text)
+    with pytest.raises(SchemaError) as exc:
+        scenario.load(write(tmp_path / "s.yaml", SCENARIO.format(policy="loop.py")))
+    [problem] = exc.value.problems
+    assert problem.file == str(path) and problem.line in lines    # the loop's test or body
+    assert problem.message == ("loading and trying the policy file did not finish within "
+                               "0.5 s (an endless loop?)")
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)     # the alarm is off again

@@ -13,7 +13,9 @@ is a :class:`~testbed.schema.SchemaError` naming the policy file and its line, a
 run with a broken policy starts nothing: a file that cannot be read, a syntax error,
 an exception while the module runs, no subclass or two, a hook that is not a plain
 method or that takes other arguments than the memory manager passes, an ``era`` that
-is not a kernel the testbed models, and a hook that fails when the policy is tried.
+is not a kernel the testbed models, a hook that fails when the policy is tried, and a
+load or trial still running after ``LOAD_LIMIT_S`` (an endless loop: an alarm stops it,
+in the main thread, where Python can be interrupted).
 Trying it means what a run does first, on a small memory manager of its own, with no
 thread and no device: construct the policy, ``attach`` it, bring up a device
 (``netdev_reserve_pages``: a page count), refill one receive buffer through
@@ -37,11 +39,14 @@ import hashlib
 import inspect
 import os
 import shutil
+import signal
 import sys
+import threading
 import types
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ...schema import Problem, SchemaError
 from ..era import LINUX_2_6_13, PROFILES, EraProfile
@@ -59,6 +64,7 @@ HOOKS: dict[str, tuple[str, ...]] = {
     "storage_rx_mark": ("dev",),
     "attach": ("mm",),
 }
+LOAD_LIMIT_S = 10.0                 # running the module and the trial: an endless loop is an error
 PROBE_PAGES = 4096                  # the trial's memory manager: 16 MiB, as the labs' clients
 PROBE_MTU = 1500
 
@@ -124,15 +130,46 @@ def load_policy_file(path: Path | str) -> PolicyFile:
         raise _error(path, 0, f"cannot read the policy file: {exc.strerror}") from None
     source = _decode(path, data)
     code = _compile(path, source)
-    module = _execute(path, code, hashlib.sha256(data).hexdigest())
-    cls = _the_subclass(path, source, module)
-    class_line = _class_lines(source).get(cls.__name__, 1)
-    for hook, args in HOOKS.items():
-        _check_hook(path, cls, hook, args, class_line)
-    era = _era(path, source, cls)
-    cls.era = era
-    _probe(path, cls, class_line)
+    with _time_limit(path, "loading and trying the policy file"):
+        module = _execute(path, code, hashlib.sha256(data).hexdigest())
+        cls = _the_subclass(path, source, module)
+        class_line = _class_lines(source).get(cls.__name__, 1)
+        for hook, args in HOOKS.items():
+            _check_hook(path, cls, hook, args, class_line)
+        era = _era(path, source, cls)
+        cls.era = era
+        _probe(path, cls, class_line)
     return PolicyFile(path, cls, era, hashlib.sha256(data).hexdigest())
+
+
+class _LoadTimeout(BaseException):
+    """Raised in the loading thread by the alarm (not an Exception: no hook's handler
+    may swallow it)."""
+
+
+@contextmanager
+def _time_limit(path: Path, what: str) -> Iterator[None]:
+    """An error naming the line the student's code was running when ``LOAD_LIMIT_S``
+    passed. Python can interrupt only the main thread (SIGALRM); elsewhere (a loader
+    thread) the load runs unbounded, as any import does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _LoadTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, LOAD_LIMIT_S)
+    try:
+        yield
+    except _LoadTimeout as exc:
+        line = _line_in(path, exc.__traceback__, 0)
+        raise _error(path, line, f"{what} did not finish within {LOAD_LIMIT_S:g} s "
+                                 f"(an endless loop?)") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _decode(path: Path, data: bytes) -> str:
