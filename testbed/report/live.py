@@ -63,8 +63,11 @@ FolderSource = Callable[[], Optional[Path]]
 
 def row(sample: dict[str, Any]) -> list[Any]:
     """One client sample as the page's row: memory in MiB, reserve in pages, drops in
-    frames received (the report's drops.png counts the same)."""
-    drops = rx_drops(sample.get("net"))
+    frames received (the report's drops.png counts the same). A kernel client's sample
+    has no packet handler's counters: its drops per class are None (the page shows n/a,
+    as the summary does), not zeros."""
+    net = sample.get("net")
+    drops: dict[str, Optional[int]] = rx_drops(net) if net else {"memalloc": None, "other": None}
     mib = lambda key: round(sample.get(key, 0) * PAGE_MIB, 3)   # noqa: E731
     return [sample.get("t", 0.0), mib("free"), mib("wmark_min"), mib("wmark_low"),
             mib("wmark_high"), mib("dirty"), mib("writeback"), reserve_used(sample),

@@ -9,6 +9,7 @@ import json
 import socket
 import time
 import urllib.request
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,16 @@ def test_rows_after_the_outcome_are_cut_as_in_the_report(tmp_path: Path) -> None
     got = feed.data(tmp_path.name, since=3)
     assert got["since"] == 0 and [r[0] for r in got["rows"]] == [0.5, 1.0]
     assert feed.data(tmp_path.name, since=2)["rows"] == []
+
+
+def test_a_kernel_clients_drops_are_not_figures_but_n_a() -> None:
+    """A kernel client's samples carry no packet handler's counters: the row says so
+    (None, shown as n/a), where it used to give 0 frames dropped."""
+    emulated = live.row(sample(1.0, 500, storage=3, other=7))
+    kernel = {k: v for k, v in sample(1.0, 500).items() if k != "net"}
+    by = dict(zip(live.COLUMNS, live.row(kernel)))
+    assert dict(zip(live.COLUMNS, emulated))["drops_other"] == 7
+    assert by["drops_storage"] is None and by["drops_other"] is None
+    assert by["free"] == dict(zip(live.COLUMNS, emulated))["free"]
+    page = resources.files("testbed.report").joinpath("live.html").read_text()
+    assert '?? "n/a (no packet handler)"' in page and "!== null" in page
