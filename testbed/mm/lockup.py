@@ -285,17 +285,12 @@ WAIT_POINTS = {
 def wchan(thread: threading.Thread) -> Optional[str]:
     """The kernel name of the innermost wait point ``thread`` is in, or None (running,
     or waiting on something else). Read from its Python stack, as /proc/PID/wchan is."""
-    frame = sys._current_frames().get(thread.ident or -1)
-    while frame is not None:
-        name = WAIT_POINTS.get(frame.f_code.co_name)
-        if name is not None:
-            return name
-        frame = frame.f_back
-    return None
+    return next(iter(stack_names(thread, WAIT_POINTS)), None)
 
 
 def stack_names(thread: threading.Thread, names: dict[str, str]) -> list[str]:
-    """The kernel names of the functions of ``names`` on ``thread``'s stack, innermost first."""
+    """The kernel names of the functions of ``names`` on ``thread``'s stack, innermost
+    first (as /proc/PID/stack lists them)."""
     frame = sys._current_frames().get(thread.ident or -1)
     out = []
     while frame is not None:
@@ -439,7 +434,8 @@ class StuckState:
 
     @property
     def tx_starved(self) -> bool:
-        """Its data waits to be sent, and a transmit buffer is still not to be had."""
+        """Its data (or its reinstatement's SYN) waits to be sent, and a transmit buffer is
+        still not to be had."""
         return self.tx_waiting_s > 0 and self.free - self.tx_need < self.tx_mark
 
     @property
