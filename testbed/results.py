@@ -261,6 +261,16 @@ class RunOutcome:
         free = [s["free"] for s in self.samples() if isinstance(s.get("free"), int)]
         return min(free) if free else None
 
+    @cached_property
+    def peak_socket_pages(self) -> Optional[int]:
+        """The most pages charged to sockets at once: the model's receive queues (``rmem``,
+        their ``sk_rmem_alloc``), the kernel's TCP sockets (``tcp_mem_pages``, sockstat's
+        ``mem``: ``sk_memory_allocated``, what ``net.ipv4.tcp_mem`` bounds). None: not
+        recorded."""
+        got = [s.get("tcp_mem_pages", s.get("rmem")) for s in self.samples()]
+        got = [v for v in got if isinstance(v, int)]
+        return max(got) if got else None
+
     @property
     def mismatches(self) -> int:
         """Pages whose read-back did not match what the target acknowledged."""

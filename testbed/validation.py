@@ -55,6 +55,12 @@ NO_BACKLOG = ("the model has no socket backlog (nothing in testbed/netdev models
               "queue of a socket its owner holds), so it counts no TCPBacklogDrop")
 
 
+SOCKET_MEMORY = ("the model's figure is its sockets' receive queues (rmem); the kernel's is "
+                 "sockstat's TCP mem, which also holds send queues and forward allocations")
+NO_TCP_MEM = ("the model has no tcp_mem: nothing bounds what its sockets hold together "
+              "(docs/kernel-client.md, model against kernel)")
+
+
 def _counter(name: str) -> Callable[[RunOutcome], Optional[float]]:
     def value(r: RunOutcome) -> Optional[float]:
         return r.counter_rise(name)
@@ -71,6 +77,10 @@ ROWS: tuple[Row, ...] = (
     Row(Figure("allocstall", "direct reclaim stalls (allocstall)", 0, _counter("allocstall"))),
     Row(Figure("lowest_free_pages", "lowest free memory (pages)", 0,
                lambda r: r.lowest_free_pages)),
+    Row(Figure("socket_pages", "socket memory, peak (pages)", 0,
+               lambda r: r.peak_socket_pages), note=SOCKET_MEMORY),
+    Row(Figure("tcp_memory_pressures", "TCP memory pressure entered (TCPMemoryPressures)", 0,
+               _counter("TCPMemoryPressures")), {"emulated": NO_TCP_MEM}),
     Row(Figure("rx_storage_drops", "storage frames dropped, received (handler)", 0,
                lambda r: r.drops("memalloc")), {"kernel": NO_HANDLER}),
     Row(Figure("other_drops", "other frames dropped, rx + tx (handler)", 0,

@@ -62,6 +62,9 @@ HUNG_MARK = "blocked for more than"
 VMSTAT_FIELDS = ("pgscan_direct_throttle", "pgscan_direct", "pgscan_kswapd", "pgsteal_direct",
                  "pgsteal_kswapd", "nr_dirtied", "nr_written", "nr_dirty", "nr_writeback",
                  "pgpgout", "pgfree")
+SO_RCVBUFFORCE = 33     # asm-generic/socket.h (Python's socket module lacks it)
+# TcpExt counters of TCP's memory limit (tcp_mem, __sk_mem_schedule, tcp_prune_queue)
+TCP_MEM_FIELDS = ("TCPMemoryPressures", "PruneCalled", "RcvPruned", "TCPRcvQDrop")
 
 
 def log(text: str) -> None:
@@ -313,7 +316,7 @@ class Workload:
         fd = os.open(self.dev, os.O_RDWR)
         try:
             if self.cfg["rcvbuf_kb"]:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg["rcvbuf_kb"] * 1024)
+                set_rcvbuf(sock, self.cfg["rcvbuf_kb"] * 1024)
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(tuple(self.server))
             self._progress(port=sock.getsockname()[1])
@@ -369,6 +372,32 @@ class Workload:
 
 
 # -- counters -----------------------------------------------------------------------------
+
+
+def set_rcvbuf(sock: socket.socket, nbytes: int) -> None:
+    """The emulated downloader's rule (testbed/mm/workload.py ``set_rcvbuf``), which this
+    file cannot import: ``SO_RCVBUFFORCE`` as root, past ``net.core.rmem_max``. The plain
+    option would cap a 4 MiB buffer at 6.1's rmem_max of 208 KiB, a different load."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, nbytes)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, nbytes)
+
+
+def tcp_mem_pages() -> int:
+    """Pages charged to TCP sockets now (``sk_memory_allocated``): ``/proc/net/sockstat``'s
+    ``TCP: ... mem N``, the figure ``net.ipv4.tcp_mem`` bounds."""
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                parts = line.split()
+                return int(parts[parts.index("mem") + 1])
+    return 0
+
+
+def read_ints(path: str) -> list[int]:
+    with open(path) as f:
+        return [int(v) for v in f.read().split()]
 
 
 def read_keyed(path: str) -> dict[str, int]:
@@ -483,6 +512,10 @@ class Sampler:
              # the counters, top level as the emulated client's (kernel names)
              "PFMemallocDrop": net.get("TcpExt.PFMemallocDrop", 0),
              "TCPBacklogDrop": net.get("TcpExt.TCPBacklogDrop", 0),
+             # TCP's own memory limit (tcp_mem): the pages charged, the times the sockets
+             # entered memory pressure, and segments pruned or dropped for it
+             "tcp_mem_pages": tcp_mem_pages(),
+             **{k: net.get(f"TcpExt.{k}", 0) for k in TCP_MEM_FIELDS},
              "allocstall": sum(v for k, v in vm.items() if k.startswith("allocstall_")),
              "pgalloc": sum(v for k, v in vm.items() if k.startswith("pgalloc_")),
              **{k: vm.get(k, 0) for k in VMSTAT_FIELDS},
@@ -533,7 +566,8 @@ def main(cfg: dict) -> int:
         started = time.monotonic()
         metrics.write(json.dumps({"t": 0.0, "events": [
             {"t": 0.0, "event": "load_started", "monotonic": started, "disk": disk,
-             "kernel": os.uname().release, "iscsi": applied(disk, cfg["target"])}]}) + "\n")
+             "kernel": os.uname().release, "iscsi": applied(disk, cfg["target"]),
+             "tcp_mem": read_ints("/proc/sys/net/ipv4/tcp_mem")}]}) + "\n")
         base, servers = 0, list(cfg["download_servers"])
         for i, w in enumerate(cfg["workloads"]):
             server = servers[i % len(servers)] if w["kind"] == "downloader" and servers else None

@@ -217,6 +217,11 @@ class MmapWriter(Writer):
             self.pc.munmap(inode)
 
 
+# asm-generic/socket.h; Python's socket module does not export it (before this constant,
+# the AttributeError fell back to SO_RCVBUF, capped at the host's rmem_max)
+SO_RCVBUFFORCE = 33
+
+
 def set_rcvbuf(sock: socket.socket, nbytes: int) -> None:
     """Ask for a receive buffer of ``nbytes`` (the kernel doubles it for overhead).
 
@@ -225,8 +230,8 @@ def set_rcvbuf(sock: socket.socket, nbytes: int) -> None:
     received data: the "music downloaded by your children" of the seed article.
     """
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, nbytes)
-    except (OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, nbytes)
+    except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, nbytes)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import socket
 import sys
 import types
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from testbed.guest import image
+from testbed.mm import workload
 from testbed.guest.node import GuestRunner
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +99,29 @@ def test_a_silent_guest_without_them_is_not_and_an_oom_kill_is_named(tmp_path):
     out = r._host_outcome("deadline", "the guest sent nothing for 60s")
     assert out["verdict"] == "deadline" and "lockup" not in out
     assert out["detail"].endswith(f"the guest's OOM killer ran: {oom}")
+
+
+def rmem_max() -> int:
+    return int(Path("/proc/sys/net/core/rmem_max").read_text())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_RCVBUFFORCE needs CAP_NET_ADMIN")
+def test_both_clients_get_a_receive_buffer_past_rmem_max(agent):
+    """The downloaders of both clients ask for the same buffer: the guest's 6.1 caps the
+    plain SO_RCVBUF at its rmem_max (208 KiB), which made its load smaller than the
+    model's until both forced it (the kernel doubles what is asked)."""
+    want = rmem_max() + (1 << 20)
+    for set_rcvbuf in (workload.set_rcvbuf, agent.set_rcvbuf):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            set_rcvbuf(s, want)
+            assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * want, set_rcvbuf
+
+
+def test_tcp_memory_is_read_from_sockstat(agent, tmp_path, monkeypatch):
+    real_open = open
+    sockstat = tmp_path / "sockstat"
+    sockstat.write_text("sockets: used 130\nTCP: inuse 5 orphan 0 tw 0 alloc 7 mem 1412\n"
+                        "UDP: inuse 1 mem 2\n")
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(
+        sockstat if p == "/proc/net/sockstat" else p, *a, **k))
+    assert agent.tcp_mem_pages() == 1412
