@@ -39,6 +39,7 @@ TryToFreePages = Literal["2.6.13", "3.6"]
 DirtyThrottle = Literal["2.6.13", "3.2"]
 OomKiller = Literal["2.6.13", "3.6", "off"]
 Truesize = Literal["page", "frag"]
+TcpMem = Literal["2.6.13", "3.6"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class EraProfile:
     # build_skb() marks an skb whose head is a fragment of a pfmemalloc page (4.0 on):
     # with False, only __alloc_skb's kmalloc_reserve() and paged fragments mark skbs
     rx_frag_pfmemalloc: bool = False
+    # --- socket memory: TCP's global limit (net.ipv4.tcp_mem) ----------------------------
+    # how tcp_init() sizes tcp_mem from the machine's memory (sock.tcp_mem_limits)
+    tcp_mem: TcpMem = "2.6.13"
+    # sk_rmem_schedule() lets a pfmemalloc skb past the limit (3.6 on)
+    rmem_pfmemalloc_exempt: bool = False
 
     def switches(self) -> dict[str, object]:
         """The switches by name (for the docs table and the summary)."""
@@ -85,13 +91,13 @@ LINUX_2_6_13 = EraProfile(
     kernel="2.6.13", sk_memalloc_tx=False, flusher_pf_memalloc=False,
     reclaim_pageout="kswapd+direct", try_to_free_pages="2.6.13", all_unreclaimable_ratio=4,
     dirty_throttle="2.6.13", mmap_dirty_throttled=False, oom_killer="2.6.13",
-    kswapd_failures=False, skb_truesize="page")
+    kswapd_failures=False, skb_truesize="page", tcp_mem="2.6.13", rmem_pfmemalloc_exempt=False)
 
 LINUX_3_6 = EraProfile(
     kernel="3.6", sk_memalloc_tx=True, flusher_pf_memalloc=False,
     reclaim_pageout="kswapd", try_to_free_pages="3.6", all_unreclaimable_ratio=6,
     dirty_throttle="3.2", mmap_dirty_throttled=True, oom_killer="3.6",
-    kswapd_failures=False, skb_truesize="frag")
+    kswapd_failures=False, skb_truesize="frag", tcp_mem="3.6", rmem_pfmemalloc_exempt=True)
 
 PROFILES: dict[str, EraProfile] = {p.kernel: p for p in (LINUX_2_6_13, LINUX_3_6)}
 
@@ -249,6 +255,28 @@ CITATIONS.update({
                   "page taken with ALLOC_NO_WATERMARKS is not marked, so sk_filter never "
                   "drops it (c48a11c7ad26 marks only paged frags; build_skb looks at the "
                   "page from 4.0, 79930f5892e1)"),
+    },
+})
+# --- socket memory (tcp_mem) ------------------------------------------------------------
+CITATIONS.update({
+    "tcp_mem": {
+        "2.6.13": _c("2.6.13", "net/ipv4/tcp.c", "tcp_init",
+                     "tcp_mem = {768, 1024, 1536} << order, order the pages of the bind hash "
+                     "(i386: 8-byte buckets, as many as half the established hash, which "
+                     "alloc_large_system_hash sizes at one entry per 32 KiB below 512 MiB); "
+                     "net/core/stream.c sk_stream_mem_schedule charges truesize in pages: "
+                     "past tcp_mem[2] it fails, and tcp_data_queue drops the segment"),
+        "3.6": _c("3.6", "net/ipv4/tcp.c", "tcp_init",
+                  "limit = nr_free_buffer_pages() / 8; tcp_mem = {limit / 4 * 3, limit, "
+                  "limit / 4 * 3 * 2}; net/core/sock.c __sk_mem_schedule as in 2.6.13"),
+    },
+    "rmem_pfmemalloc_exempt": {
+        "2.6.13": _c("2.6.13", "include/net/sock.h", "sk_stream_rmem_schedule",
+                     "no exemption: past the limit the storage socket's segments are dropped "
+                     "as any other's"),
+        "3.6": _c("3.6", "include/net/sock.h", "sk_rmem_schedule",
+                  "... || skb_pfmemalloc(skb) (c76562b6709f, \"netvm: prevent a "
+                  "stream-specific deadlock\")"),
     },
 })
 PENDING = PENDING - {"skb_truesize"}

@@ -51,7 +51,7 @@ TCP_RETRIES1 = 3              # net.ipv4.tcp_retries1 (ip-sysctl.rst): retransmi
 RFC_DEFAULT_TIME2WAIT_S = 2
 
 # Drop reasons that mean "no memory for the frame" (by name: the receive path's list grows)
-MEMORY_DROPS = ("NOMEM", "RESERVE_CAP", "RX_NO_BUFFER")
+MEMORY_DROPS = ("NOMEM", "RESERVE_CAP", "RX_NO_BUFFER", "PROTO_MEM")
 
 
 # -- the horizon ----------------------------------------------------------------------------

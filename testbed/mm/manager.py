@@ -37,7 +37,7 @@ from .page_alloc import PageAllocator
 from .policy import Policy, make_policy
 from .skbuff import (SKB_HEADS_PER_SLAB, DropReason, FragPage, NetDev, Skb, dev_unreserve_skb,
                      skb_data_pages)
-from .sock import Sock
+from .sock import Sock, tcp_mem_limits
 from .task import PF, current
 from .vmstat import Use
 from .zone import PAGE_SHIFT, PAGE_SIZE, Zone
@@ -69,6 +69,10 @@ class MemoryManager(PageAllocator):
         self.memalloc_socks = 0         # the memalloc_socks_key static branch, as a count
         self.skb_head_pages = 0         # slab pages of skbuff_head_cache
         self.skb_head_room = 0          # free sk_buff heads in them
+        # TCP's global limit: sysctl_tcp_mem, tcp_memory_allocated, tcp_memory_pressure
+        self.tcp_mem = tcp_mem_limits(policy.era, total_pages)
+        self.tcp_memory_allocated = 0
+        self.tcp_memory_pressure = False
         policy.attach(self)
         # out_of_memory(): on where the era's kernel had it, unless the config says otherwise
         if oom_kill is None:
@@ -439,6 +443,21 @@ class MemoryManager(PageAllocator):
         return reason
 
     # ----------------------------------------------------------------- sock
+    def tcp_rmem_schedule(self, sk: Sock, skb: Skb) -> Optional[DropReason]:
+        """``tcp_data_queue()``'s charge of a segment with data: None, or ``PROTO_MEM``
+        when ``sk_rmem_schedule()`` refuses it (TCP drops it; the sender retransmits)."""
+        if sk.rmem_schedule(skb):
+            return None
+        with self.lock:
+            self.vm.drops[DropReason.PROTO_MEM] += 1
+        return DropReason.PROTO_MEM
+
+    def enter_tcp_memory_pressure_locked(self) -> None:
+        """``tcp_enter_memory_pressure()``: counted once per entry."""
+        if not self.tcp_memory_pressure:
+            self.tcp_memory_pressure = True
+            self.vm.TCPMemoryPressures += 1
+
     def sock_create(self, name: str) -> Sock:
         """A new emulated socket (``struct sock``), not memalloc."""
         sk = Sock(self, name)
@@ -486,6 +505,8 @@ class MemoryManager(PageAllocator):
                 "dirty": self.vm.nr_dirty, "writeback": self.vm.nr_writeback,
                 "reclaimable": shrinker.nr_reclaimable if shrinker is not None else 0,
                 "rmem": sum(sk.rmem_pages for sk in self.socks),
+                "tcp_mem_pages": self.tcp_memory_allocated,
+                "tcp_mem": list(self.tcp_mem),
                 "reserve": {name: dev.rx_reserve_used for name, dev in self.netdevs.items()},
                 "reserve_pages": {name: dev.reserve_pages for name, dev in self.netdevs.items()},
                 "sk_memalloc_socks": self.memalloc_socks,

@@ -76,6 +76,7 @@ class DropReason(IntEnum):
     LINK_LOSS = 7          # packet handler: user-space random loss
     FAULT = 8              # packet handler: fault hooks
     RX_NO_BUFFER = 9       # the frame found no posted buffer in the rx ring (rx_no_buffer_count)
+    PROTO_MEM = 10         # the socket could not charge it: TCP past tcp_mem (sk_rmem_schedule)
 
 
 def ceiling_log2(x: int) -> int:

@@ -12,6 +12,18 @@ from 3.6 (``mm.era.sk_memalloc_tx``) does that also give the socket's own
 allocations the reserves (``sk_allocation |= __GFP_MEMALLOC``). In 2005 the mark is
 Phillips' receive-side flag, which his drop rule reads.
 
+TCP's global limit, ``net.ipv4.tcp_mem`` (both eras): every TCP socket charges what it
+queues in whole pages against one count (``sk_prot->memory_allocated``, kept by the
+memory manager as ``tcp_memory_allocated``), through a per-socket float of pages
+already counted (``sk_forward_alloc``). :meth:`Sock.rmem_schedule` is
+``sk_rmem_schedule()``: past ``tcp_mem[2]`` (or under pressure, past a fair share) the
+segment cannot be charged and TCP drops it (``tcp_data_queue``); from 3.6 a pfmemalloc
+skb is let past (``mm.era.rmem_pfmemalloc_exempt``). The limit follows the era's
+``tcp_init()`` (:func:`tcp_mem_limits`). Not modelled: ``tcp_prune_queue``'s collapsing
+of a queue into fewer bytes before the drop, and the window TCP clamps under pressure
+(the real stack in the client's namespace owns the window); the transmit queue's
+charges (``sk_wmem_queued``), which the model does not keep.
+
 ``sk_allocation`` is what the socket's transmit path allocates with (its PDU
 buffers here; ``GFP_KERNEL`` unless its owner sets it, as ``sock_init_data`` does).
 ``memalloc_tx_bytes`` carries the context of the tasks that send on the socket: bytes
@@ -28,17 +40,46 @@ from typing import TYPE_CHECKING
 from .errors import MMError
 from .gfp import GFP_KERNEL, Gfp
 from .skbuff import Skb
-from .zone import PAGE_SIZE
+from .zone import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
+    from .era import EraProfile
     from .manager import MemoryManager
+
+# sysctl_tcp_rmem[0]: below it a socket may always charge (both eras: a page when
+# tcp_init() sized tcp_mem for a small machine, 4 KiB on x86 from 2.6.x on)
+TCP_RMEM_MIN = PAGE_SIZE
+# i386 SMP: sizeof(struct tcp_bind_hashbucket), a spinlock and an hlist_head
+BIND_BUCKET_BYTES = 8
+
+
+def tcp_mem_limits(era: "EraProfile", total_pages: int) -> tuple[int, int, int]:
+    """``sysctl_tcp_mem`` as the era's ``tcp_init()`` sets it for ``total_pages``: the
+    pages TCP may hold before it leaves pressure, enters it, and refuses (see
+    :data:`~testbed.mm.era.CITATIONS` ``tcp_mem``)."""
+    if era.tcp_mem == "3.6":
+        limit = max(total_pages // 8, 128)          # nr_free_buffer_pages() / 8
+        return limit // 4 * 3, limit, limit // 4 * 3 * 2
+    mib_pages = -(-total_pages // 256) * 256        # alloc_large_system_hash rounds to 1 MiB
+    scale = 13 if total_pages >= 128 * 1024 else 15
+    ehash_log2 = (mib_pages >> (scale - PAGE_SHIFT)).bit_length() - 1
+    bhash = (1 << ehash_log2) >> 1                  # tcp_ehash_size; bhash has as many
+    order = 0
+    while (PAGE_SIZE << order) < bhash * BIND_BUCKET_BYTES:
+        order += 1
+    return 768 << order, 1024 << order, 1536 << order
+
+
+def sk_mem_pages(nbytes: int) -> int:
+    """``sk_mem_pages()`` / ``sk_stream_pages()``: bytes in whole pages, rounded up."""
+    return -(-nbytes // PAGE_SIZE)
 
 
 class Sock:
     """An emulated socket. Every method may be called from any thread."""
 
     __slots__ = ("mm", "name", "memalloc", "closed", "rmem_alloc", "sk_allocation",
-                 "memalloc_tx_bytes", "_queue")
+                 "memalloc_tx_bytes", "_queue", "forward_alloc", "proto_mem")
 
     def __init__(self, mm: "MemoryManager", name: str) -> None:
         self.mm = mm
@@ -48,6 +89,8 @@ class Sock:
         self.rmem_alloc = 0         # sk_rmem_alloc: truesize of the skbs queued here
         self.sk_allocation = GFP_KERNEL
         self.memalloc_tx_bytes = 0  # payload bytes PF_MEMALLOC senders queued here
+        self.forward_alloc = 0      # sk_forward_alloc: bytes counted in tcp_mem, not yet used
+        self.proto_mem = False      # charged against tcp_mem (it has scheduled TCP data)
         self._queue: deque[Skb] = deque()
 
     def set_memalloc(self) -> None:
@@ -74,6 +117,55 @@ class Sock:
             self.mm.memalloc_socks -= 1
         self.sk_allocation &= ~Gfp.MEMALLOC
 
+    def rmem_schedule(self, skb: Skb) -> bool:
+        """``sk_rmem_schedule()``: may this TCP socket charge ``skb``? False: TCP drops it.
+
+        ``__sk_mem_schedule(sk, truesize, SK_MEM_RECV)``: whole pages are added to the
+        count; under ``tcp_mem[0]`` pressure ends and the charge stands; past ``tcp_mem[1]``
+        TCP enters pressure, past ``tcp_mem[2]`` the charge is undone. Between, a socket
+        below ``tcp_rmem[0]``, or any socket while there is no pressure, or one within
+        its share of ``tcp_mem[2]`` may charge.
+        """
+        mm = self.mm
+        size = skb.truesize
+        with mm.lock:
+            self.proto_mem = True
+            if size <= self.forward_alloc:
+                return True
+            amt = sk_mem_pages(size)
+            self.forward_alloc += amt << PAGE_SHIFT
+            mm.tcp_memory_allocated += amt
+            if self._mem_schedule_locked(mm.tcp_memory_allocated):
+                return True
+            self.forward_alloc -= amt << PAGE_SHIFT
+            mm.tcp_memory_allocated -= amt
+            return bool(skb.pfmemalloc and mm.era.rmem_pfmemalloc_exempt)
+
+    def _mem_schedule_locked(self, allocated: int) -> bool:
+        mm = self.mm
+        low, pressure, high = mm.tcp_mem
+        if allocated < low:
+            mm.tcp_memory_pressure = False
+            return True
+        if allocated > pressure:
+            mm.enter_tcp_memory_pressure_locked()
+        if allocated > high:
+            mm.enter_tcp_memory_pressure_locked()
+            return False
+        if self.rmem_alloc < TCP_RMEM_MIN or not mm.tcp_memory_pressure:
+            return True
+        sockets = sum(1 for sk in mm.socks if sk.proto_mem)
+        return high > sockets * sk_mem_pages(self.rmem_alloc + self.forward_alloc)
+
+    def _mem_reclaim_locked(self) -> None:
+        """``sk_mem_reclaim()``: whole pages of the float go back to the count."""
+        if self.forward_alloc >= PAGE_SIZE:
+            mm = self.mm
+            mm.tcp_memory_allocated -= self.forward_alloc >> PAGE_SHIFT
+            self.forward_alloc &= PAGE_SIZE - 1
+            if mm.tcp_memory_pressure and mm.tcp_memory_allocated < mm.tcp_mem[0]:
+                mm.tcp_memory_pressure = False
+
     def queue_rcv(self, skb: Skb, nbytes: int) -> None:
         """The delivered ``skb`` carries ``nbytes`` of new payload for the reader.
 
@@ -89,6 +181,8 @@ class Sock:
             skb.unread = nbytes
             self._queue.append(skb)
             self.rmem_alloc += skb.truesize
+            if self.proto_mem:
+                self.forward_alloc -= skb.truesize      # sk_mem_charge()
 
     def consume(self, nbytes: int) -> None:
         """The reader read ``nbytes``: free every skb now fully read, oldest first."""
@@ -102,13 +196,17 @@ class Sock:
                 unread = skb.unread
                 if unread > nbytes:
                     skb.unread = unread - nbytes
-                    return
+                    break
                 nbytes -= unread
                 self.rmem_alloc -= skb.truesize
+                if self.proto_mem:
+                    self.forward_alloc += skb.truesize   # sk_mem_uncharge()
                 queue.popleft()
                 mm.skb_free_locked(skb)
                 if not nbytes:
-                    return
+                    break
+            if self.proto_mem:
+                self._mem_reclaim_locked()
 
     def close(self) -> int:
         """Free whatever is still queued; clear SOCK_MEMALLOC. Idempotent.
@@ -124,6 +222,9 @@ class Sock:
             free = mm.zone.free
             while queue:
                 mm.skb_free_locked(queue.popleft())
+            if self.proto_mem:                      # sk_stream_kill_queues(): all back
+                self.forward_alloc += self.rmem_alloc
+                self._mem_reclaim_locked()
             self.rmem_alloc = 0
             mm.socks.discard(self)
             return mm.zone.free - free

@@ -43,6 +43,7 @@ EVENT_COUNTERS = (
     "nr_vmscan_write",          # pages reclaim wrote back itself (pageout)
     "oom_kill",                 # tasks the OOM killer killed
     "PFMemallocDrop",           # TcpExt: pfmemalloc skb for a non-memalloc socket
+    "TCPMemoryPressures",       # TcpExt: TCP entered memory pressure (tcp_mem[1] passed)
 )
 
 

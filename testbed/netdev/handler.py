@@ -17,6 +17,7 @@ Receive path, per frame read from the wire's rx ring::
     (delay line: the frame waits here, keeping its skb)
     protocol mm.sk_filter(skb, sk, ethertype)     -> drop NOT_MEMALLOC / PFMEMALLOC / ...
              (a frame with no flow carries its IPv4 protocol, skb.ip_proto: icmp_rcv's)
+             TCP data: mm.tcp_rmem_schedule(sk, skb) -> drop PROTO_MEM (past tcp_mem)
              write the frame to the TAP              (the stack gets it: delivered)
     socket   TCP: new payload of a registered flow     -> sk.queue_rcv(skb, new bytes)
              UDP datagram of a registered flow      -> sk.queue_rcv(skb, payload)
@@ -606,6 +607,11 @@ class PacketHandler:
             proto, l4, l4_end = info[1][0], info[2], info[3]
             if proto == IPPROTO_TCP:
                 seq, ack, flags, _, paylen = headers.tcp_segment(buf, l4, l4_end)
+                # tcp_data_queue(): data the socket cannot charge is dropped (tcp_mem)
+                if paylen > 0 and (reason := mm.tcp_rmem_schedule(sk, skb)) is not None:
+                    mm.kfree_skb(skb)
+                    self._drop(t, RX, cls, reason, flen, buf[start:end])
+                    return
                 new = flow.new_bytes(seq, flags, paylen, ack)
             elif proto == IPPROTO_UDP:
                 new = headers.udp_payload_len(buf, l4)
