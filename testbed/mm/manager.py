@@ -172,7 +172,7 @@ class MemoryManager(PageAllocator):
             raise MMError(f"netdev_alloc_skb({dev.name}): length {length} must be > 0")
         with self.lock:
             if consumed:
-                self.skb_free_list_locked(consumed)
+                self.skb_free_consumed_locked(consumed)
             ring = dev.ring
             if not ring:
                 dev.rx_no_buffer_count += 1
@@ -330,7 +330,7 @@ class MemoryManager(PageAllocator):
         pages = skb_data_pages(length)
         with self.lock:
             if consumed:
-                self.skb_free_list_locked(consumed)
+                self.skb_free_consumed_locked(consumed)
             memalloc = sk is not None and self.tx_memalloc_locked(sk, length)
             skb = self.skb_alloc_locked(dev, length, pages, memalloc)
             if skb is None:
@@ -384,6 +384,13 @@ class MemoryManager(PageAllocator):
         if skbs:
             with self.lock:
                 self.skb_free_list_locked(skbs)
+
+    def skb_free_consumed_locked(self, consumed: list[Skb]) -> None:
+        """The consumed list of an allocation: most often the one frame before it."""
+        if len(consumed) == 1:
+            self.skb_free_locked(consumed.pop())
+        else:
+            self.skb_free_list_locked(consumed)
 
     def skb_free_list_locked(self, skbs: list[Skb]) -> None:
         """Free every skb of ``skbs`` (a double free raises after the others are freed)."""

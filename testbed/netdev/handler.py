@@ -635,8 +635,9 @@ class PacketHandler:
         """
         mm = self.mm
         sk = flow.sk if flow is not None else None
-        if sk is None and info[0] == ETH_P_IP:      # which IPv4 handler the stack runs
-            skb.ip_proto = ipv4_proto(buf, start + VNET_HDR_LEN, end)
+        if sk is None and info[0] == ETH_P_IP:      # which IPv4 handler the stack runs:
+            key = info[1]                           # a TCP/UDP key has it (no fragment)
+            skb.ip_proto = key[0] if key is not None else ipv4_proto(buf, start + VNET_HDR_LEN, end)
         reason = mm.sk_filter(skb, sk, info[0])
         flen = end - start - VNET_HDR_LEN
         if reason is not None:
