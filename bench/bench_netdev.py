@@ -20,7 +20,7 @@ Throughput on a shared 2-core machine swings with its load, so the CPU time the
 forwarding thread spends per frame (user + system, from /proc, frames from the wire's
 counters) is printed too: it moves much less, and its user part is the Python cost.
 
-Usage: ``bench/bench_netdev.py [--seconds 4] [--rounds 2] [--bursts 64]`` (root).
+Usage: ``bench/bench_netdev.py [--seconds 4] [--rounds 2] [--bursts 1,8,32,64]`` (root).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from tests.support.forwarder import PlainForwarder  # noqa: E402
 from tests.support.vethnet import VethNet  # noqa: E402
 
 PORT = 5201
+DEFAULT_BURSTS = f"1,8,32,{BURST}"     # make bench: the cost by burst size (issue 17)
 
 
 def thread_cpu(prefix: str) -> tuple[float, float]:
@@ -145,7 +146,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--bursts", default=str(BURST),
+    ap.add_argument("--bursts", default=DEFAULT_BURSTS,
                     help="comma-separated burst sizes (frames per end and turn), e.g. 1,8,32,64")
     args = ap.parse_args()
     bursts = parse_bursts(args.bursts)
