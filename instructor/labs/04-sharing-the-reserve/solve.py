@@ -58,7 +58,8 @@ def solve(work: Path) -> dict:
             f"{at_1['runs']} runs locked up, with the lowest free memory at "
             f"{fig(1.0, 'lowest_free_pages')} pages (median) against "
             f"{fig(0.0, 'lowest_free_pages')} at 0: the downloads' frames kept the "
-            f"reserve pages they were let into, as under reserve-only in lab 3."),
+            f"reserve pages they were let into"
+            f"{', and drained the reserve as under reserve-only in lab 3' if locked else ''}."),
         "why_free_memory_falls": (
             "When GFP_ATOMIC fails, the driver takes the frame's buffer from the reserve "
             "(__GFP_MEMALLOC); below the threshold the filter delivers it to the download's "

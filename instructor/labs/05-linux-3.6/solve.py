@@ -33,6 +33,9 @@ def solve(work: Path) -> dict:
     throttles = {p: sum(throttled(r) for r in rs) for p, rs in done.items()}
     more = max(POLICIES, key=lambda p: drops[p] or 0)
     fewer = POLICIES[0] if more == POLICIES[1] else POLICIES[1]
+    when = ("free memory fell to half the min watermark as a task was about to enter "
+            "direct reclaim" if throttles["gorman-3.6"] else "free memory never sank to half "
+            "the min watermark when a task was about to enter direct reclaim")
     why_more = ("Phillips' per-device rule drops only while a reserve buffer is out, which "
                 "the credit-back keeps short, and gorman-3.6 has no 53 extra pages, so more "
                 "of its frames land in pfmemalloc memory" if more == "gorman-3.6" else
@@ -57,8 +60,8 @@ def solve(work: Path) -> dict:
         # student's own, recorded before the runs: a solution does not make them
         "prediction_vs_result": (
             f"Direct reclaim was throttled in {throttles['gorman-3.6']} of "
-            f"{len(done['gorman-3.6'])} gorman-3.6 runs (pgscan_direct_throttle above 0), "
-            f"when free memory fell to half the min watermark. {more} dropped more frames of "
+            f"{len(done['gorman-3.6'])} gorman-3.6 runs (pgscan_direct_throttle above 0): "
+            f"{when}. {more} dropped more frames of "
             f"other traffic (median {drops[more]} against {drops[fewer]} for {fewer}): "
             f"{why_more}."),
         "what_the_throttle_protects": (
