@@ -101,26 +101,34 @@ def lookup_loops(frame: bytes) -> dict[str, Callable[[int], None]]:
     mm = MemoryManager(16384, policy="gorman-3.6")
     flows = FlowRegistry()
     flows.register(FlowKey("tcp", CLIENT, 40000, TARGET, 3260), mm.sock_create("iscsi"))
-    key = headers.parse(frame, VNET_HDR_LEN, len(frame))[1]
-    miss = (key[0], key[1], b"\x00\x01\x00\x02")
+    # Each frame's parse makes a new key tuple, equal to the stored one but not the same
+    # object (a dict then compares it field by field): 256 such keys, used in turn.
+    keys = [headers.parse(frame, VNET_HDR_LEN, len(frame))[1] for _ in range(256)]
+    key = keys[0]
+    misses = [(k[0], k[1], bytes([0, 1, 0, 2])) for k in keys]
     lookup = flows.lookup_inbound
     cache: dict[tuple, object] = {}
 
+    # Every loop reads its callables and key from locals, as the I/O loop does, so
+    # that the rows differ by the dict probes only.
     def hit(n: int) -> None:
-        for _ in range(n):
-            lookup(key)
+        get, ks = lookup, keys
+        for i in range(n):
+            get(ks[i & 255])
 
     def missed(n: int) -> None:
-        for _ in range(n):
-            lookup(miss)
+        get, ks = lookup, misses
+        for i in range(n):
+            get(ks[i & 255])
 
     def cached(n: int) -> None:
-        get = cache.get
-        for _ in range(n):
-            flow = get(key)
+        get, slow, ks = cache.get, lookup, keys
+        for i in range(n):
+            k = ks[i & 255]
+            flow = get(k)
             if flow is None:
-                flow = cache[key] = lookup(key)
-    assert lookup(key) is not None and lookup(miss) is None
+                flow = cache[k] = slow(k)
+    assert lookup(key) is not None and lookup(misses[0]) is None
     return {"flow lookup (hit)": hit, "flow lookup (miss)": missed,
             "5-tuple cache + lookup (hit)": cached}
 
