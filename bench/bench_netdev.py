@@ -20,13 +20,21 @@ Throughput on a shared 2-core machine swings with its load, so the CPU time the
 forwarding thread spends per frame (user + system, from /proc, frames from the wire's
 counters) is printed too: it moves much less, and its user part is the Python cost.
 
-Usage: ``bench/bench_netdev.py [--seconds 4] [--rounds 2] [--bursts 1,8,32,64]`` (root).
+``--sendmmsg`` adds the transmit batching that was tried and not kept: one ``send`` per
+frame against ``sendmmsg`` (through ctypes) per batch on the client's packet socket,
+1514-byte frames to the peer (an EtherType nobody handles), in us per frame.
+
+Usage: ``bench/bench_netdev.py [--seconds 4] [--rounds 2] [--bursts 1,8,32,64]
+[--sendmmsg]`` (root).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
+import socket
 import os
 import statistics
 import sys
@@ -37,7 +45,7 @@ from typing import Optional
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from testbed.mm import MemoryManager  # noqa: E402
-from testbed.netdev import PacketHandler  # noqa: E402
+from testbed.netdev import PacketHandler, netns  # noqa: E402
 from testbed.netdev.handler import BURST  # noqa: E402
 from tests.support import pinger as probe  # noqa: E402
 from tests.support.forwarder import PlainForwarder  # noqa: E402
@@ -93,6 +101,58 @@ def measure(topo: VethNet, seconds: float, thread: str) -> dict:
     return out
 
 
+class IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class MsgHdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(IoVec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+def send_batching(topo: VethNet, frames_per_run: int = 51200, repeat: int = 3) -> None:
+    """Print us per frame: ``send`` per frame against ``sendmmsg`` per batch of 8/32/64."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    sendmmsg = libc.sendmmsg
+    sendmmsg.argtypes = [ctypes.c_int, ctypes.POINTER(MMsgHdr), ctypes.c_uint, ctypes.c_int]
+    link = json.loads(topo.exec("peer", "ip", "-j", "link", "show", "peer-eth0"))[0]
+    pmac = bytes.fromhex(link["address"].replace(":", ""))
+    with netns.enter(topo.ns["client"]):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    try:
+        sock.bind(("client-eth0", 0))
+        frames = [pmac + bytes(6) + b"\x88\xb5" + bytes([i]) * 1500 for i in range(64)]
+        print(f"transmit batching (sendmmsg via ctypes), us per frame, {repeat} runs of "
+              f"{frames_per_run} frames:")
+        for _ in range(repeat):
+            send, t0 = sock.send, time.perf_counter()
+            for i in range(frames_per_run):
+                send(frames[i & 63])
+            row = [f"send {(time.perf_counter() - t0) / frames_per_run * 1e6:.2f}"]
+            for b in (8, 32, 64):
+                iov, msgs = (IoVec * b)(), (MMsgHdr * b)()
+                for j in range(b):
+                    msgs[j].msg_hdr.msg_iov = ctypes.pointer(iov[j])
+                    msgs[j].msg_hdr.msg_iovlen = 1
+                fd, t0 = sock.fileno(), time.perf_counter()
+                for _ in range(frames_per_run // b):
+                    for j, data in enumerate(frames[:b]):   # point an iovec at each frame
+                        iov[j].iov_base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+                        iov[j].iov_len = len(data)
+                    if sendmmsg(fd, msgs, b, 0) != b:
+                        raise OSError(ctypes.get_errno(), "sendmmsg sent less than its batch")
+                row.append(f"sendmmsg/{b} {(time.perf_counter() - t0) / frames_per_run * 1e6:.2f}")
+            print("  " + ", ".join(row))
+    finally:
+        sock.close()
+
+
 def parse_bursts(text: str) -> list[int]:
     """``--bursts 1,8,32,64``: the burst sizes to measure, each a whole number >= 1."""
     try:
@@ -146,6 +206,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--sendmmsg", action="store_true",
+                    help="also time send per frame against sendmmsg per batch")
     ap.add_argument("--bursts", default=DEFAULT_BURSTS,
                     help="comma-separated burst sizes (frames per end and turn), e.g. 1,8,32,64")
     args = ap.parse_args()
@@ -161,9 +223,11 @@ def main() -> int:
         for _ in range(args.rounds):
             for b in bursts:
                 one_round(topo, args.seconds, b, runs, last)
+        report(args, bursts, direct, runs, last.get("counters"))
+        if args.sendmmsg:
+            send_batching(topo)
     finally:
         topo.close()
-    report(args, bursts, direct, runs, last.get("counters"))
     return 0
 
 
