@@ -9,9 +9,10 @@ On top of :class:`~testbed.mm.page_alloc.PageAllocator` (zone, counters,
 * the packet handler's API (docs/architecture.md, "Memory manager for the
   packet handler"): ``register_netdev``, ``unregister_netdev``,
   ``netdev_alloc_skb``, ``alloc_tx_skb``, ``sk_filter``, ``sock_create``,
-  ``kfree_skb``. Each is one lock acquisition and a few integer updates; the
-  policy (``testbed.mm.policy``) decides which watermark a receive allocation
-  may use and which frames the protocol step drops;
+  ``kfree_skb``, ``kfree_skb_list`` (the two allocations also take the caller's
+  ``consumed`` skbs to free first). Each is one lock acquisition and a few
+  integer updates; the policy (``testbed.mm.policy``) decides which watermark a
+  receive allocation may use and which frames the protocol step drops;
 * the block device's buffers: ``pdu_alloc(nbytes, sk)`` / ``pdu_free(nbytes)`` for
   the request buffers the writeback path needs, allocated in the context of the
   task that makes them with the socket's ``sk_allocation``: the reserves only for
