@@ -1,23 +1,30 @@
 """Grader of lab 2 (sizing the reserve): one test per check, run by `testbed lab check 2`.
 
 Part A is arithmetic: it is checked against the testbed's own estimate_skb_pages() and
-the link of the student's runs. Part B is read from the student's sweep, runs/sweep.
+the link of the student's runs. Part B is read from the student's sweep, runs/sweep. The
+predictions (the smallest clean reserve, and whether more bulk hosts need more) earn
+their point for having been recorded before the sweep's first run, whatever they say;
+the short answers are only checked to be written: a TA grades them with the instructor's
+rubric.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from testbed.grading import (Answers, BatchFolder, CheckFailed, Tally, agrees, expect,
-                             expect_finished, same)
+                             expect_finished, predictions, same, shortanswers)
 from testbed.mm.skbuff import NET_IP_ALIGN, estimate_skb_pages, rx_buffer_len
 
 SWEEP = "runs/sweep"
 RESERVE = "client.reserve_pages"
 HOSTS = "topology.bulk_hosts"
 MTU = 1500
+PREDICTIONS = ("predict_smallest_clean_reserve", "predict_more_hosts_need_more")
+SHORT_ANSWERS = ("prediction_vs_result", "why_more_than_the_estimate")
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +158,16 @@ def test_more_hosts_need_more(sweep: BatchFolder, answers: Answers) -> None:
     said = answers.choice("more_hosts_need_more", ("yes", "no"))
     same(said, "yes" if grows else "no", "more_hosts_need_more: not what the smallest clean "
          "reserves of your sweep say (none counts as more than any reserve)")
+
+
+@pytest.mark.points(1)
+def test_predictions_made_before_the_runs(work: Path, answers: Answers,
+                                          sweep: BatchFolder) -> None:
+    """Your predictions were recorded before your first run (a point for that, not for being right)."""
+    predictions.check_on_time(work, answers, PREDICTIONS, [r.run for r in sweep.runs], 2)
+
+
+@pytest.mark.points(0)
+def test_short_answers_for_your_ta(answers: Answers) -> None:
+    """Your short answers are written; your TA grades them with the course's rubric."""
+    shortanswers.check_answered(answers, SHORT_ANSWERS)

@@ -6,22 +6,27 @@ the function that writes the sweep's stats.json; the trade the lab is about (thr
 against 0: fewer other drops, less free memory) is a pair of hypotheses judged with the
 one-sided Mann-Whitney U test on the student's own runs: the right answer is what they
 support at 95 %, whichever it is. Fixed are only the policy, the settings 0 and 1, and
-the number of runs.
+the number of runs. The predictions earn their point for having been recorded before the
+sweep's first run, not for being right; the short answers are only checked to be
+written: a TA grades them with the instructor's rubric.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from testbed.grading import (Answers, BatchFolder, CheckFailed, Tally, agrees, evidence,
-                             expect, same)
+                             expect, predictions, same, shortanswers)
 from testbed.results import GroupStats
 
 SWEEP = "runs/threshold"
 KEY = "client.threshold"
 RUNS = 4
+PREDICTIONS = ("predict_most_other_drops", "predict_threshold_1_outcome")
+SHORT_ANSWERS = ("prediction_vs_result", "why_free_memory_falls")
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +151,16 @@ def test_chosen_threshold(groups: dict[float, GroupStats], answers: Answers) -> 
         raise CheckFailed("chosen_threshold must be a threshold of your sweep (or none)")
     same(value, best, "chosen_threshold: not the threshold with the smallest median of "
          "other drops among those all of whose runs completed without a storage drop")
+
+
+@pytest.mark.points(1)
+def test_predictions_made_before_the_runs(work: Path, answers: Answers,
+                                          sweep: BatchFolder) -> None:
+    """Your predictions were recorded before your first run (a point for that, not for being right)."""
+    predictions.check_on_time(work, answers, PREDICTIONS, [r.run for r in sweep.runs], 4)
+
+
+@pytest.mark.points(0)
+def test_short_answers_for_your_ta(answers: Answers) -> None:
+    """Your short answers are written; your TA grades them with the course's rubric."""
+    shortanswers.check_answered(answers, SHORT_ANSWERS)

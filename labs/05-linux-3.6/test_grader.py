@@ -5,21 +5,28 @@ claim is judged with the exact one-sided binomial test on the student's own runs
 right answer is what they support at 95 %, whichever it is); counts are exact, figures
 are medians over the runs that finished, and the first throttle is read from the first
 gorman-3.6 run that was throttled. Fixed are only the policies and the number of runs.
+The predictions earn their point for having been recorded before the first run, not for
+being right; the short answers are only checked to be written: a TA grades them with the
+instructor's rubric.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
 
 from testbed.grading import (Answers, BatchFolder, CheckFailed, Key, NotApplicable, RunFolder,
-                             Tally, agrees, evidence, expect, keyed_choice, same)
+                             Tally, agrees, evidence, expect, keyed_choice, predictions, same,
+                             shortanswers)
 
 COMPARE = "runs/compare"
 POLICIES = ("phillips-2005", "gorman-3.6")
 RUNS = 5
 FILTER_REASON = {"phillips-2005": "NOT_MEMALLOC", "gorman-3.6": "PFMEMALLOC"}
+PREDICTIONS = ("predict_throttled_runs", "predict_more_filter_drops")
+SHORT_ANSWERS = ("prediction_vs_result", "what_the_throttle_protects")
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +161,17 @@ def test_who_is_throttled(answers: Answers, key: Key) -> None:
     """Throttled are the tasks the code of step 3 lets through to the wait."""
     keyed_choice(answers, key, "who_is_throttled", ("a", "b", "c", "d"),
                  "read step 3's code again: which tasks return before the wait?")
+
+
+@pytest.mark.points(1)
+def test_predictions_made_before_the_runs(work: Path, answers: Answers,
+                                          runs: dict[str, list[RunFolder]]) -> None:
+    """Your predictions were recorded before your first run (a point for that, not for being right)."""
+    predictions.check_on_time(work, answers, PREDICTIONS,
+                              [r for rs in runs.values() for r in rs], 5)
+
+
+@pytest.mark.points(0)
+def test_short_answers_for_your_ta(answers: Answers) -> None:
+    """Your short answers are written; your TA grades them with the course's rubric."""
+    shortanswers.check_answered(answers, SHORT_ANSWERS)

@@ -16,15 +16,17 @@ from typing import Any, Optional
 from testbed.netdev import netns
 from testbed.netdev.device import (BUF_LEN, TP_STATUS_COPY, TP_STATUS_USER, TPACKET2_HDR, VNET_HDR_LEN,
                      Attachment)
-from testbed.netdev.handler import BURST, POLL_MS, TP_KERNEL
+from testbed.netdev.handler import BURST, POLL_MS, TP_KERNEL, check_burst
 
 
 class PlainForwarder:
     """``with PlainForwarder(wire, tap, netns=...):`` forwards until the block ends."""
 
     def __init__(self, wire: str = "client-eth0", tap: str = "tap0",
-                 run_id: Optional[str] = None, *, netns: Optional[str] = None):
+                 run_id: Optional[str] = None, *, netns: Optional[str] = None,
+                 burst: int = BURST):
         self.netns = netns
+        self.burst = check_burst(burst, "PlainForwarder")
         self._att = Attachment(wire, tap, run_id or os.urandom(4).hex())
         self._stopping = False
         self.errors = 0
@@ -59,9 +61,10 @@ class PlainForwarder:
         poller = select.poll()
         for fd in (sock.sock.fileno(), tapfd, self._wake_r):
             poller.register(fd, select.POLLIN)
+        burst = self.burst
         while not self._stopping:
             busy = False
-            for _ in range(BURST):
+            for _ in range(burst):
                 off = slot * fsize
                 status, _, snaplen, mac, _ = slot_hdr(ring, off)
                 if not status & TP_STATUS_USER:
@@ -77,7 +80,7 @@ class PlainForwarder:
                     self.errors += 1
                 ring[off:off + 4] = TP_KERNEL
                 slot = slot + 1 if slot + 1 < nslots else 0
-            for _ in range(BURST):
+            for _ in range(burst):
                 try:
                     data = read(tapfd, BUF_LEN)
                 except BlockingIOError:

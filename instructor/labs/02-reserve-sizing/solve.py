@@ -42,6 +42,14 @@ def solve(work: Path) -> dict:
                                    if float(r.params[RESERVE]) == 0)
     counts = sorted(smallest)
     need = {h: math.inf if v == "none" else v for h, v in smallest.items()}
+    grows = need[counts[-1]] > need[counts[0]]
+    estimate = estimate_skb_pages(frames, size)
+    account = ("frames hold their buffers while in flight both ways, and only 3/8 of the "
+               "reserve added to min_free_kbytes raises the GFP_ATOMIC floor; the flood adds "
+               "little to a link the writeback fills" if need[counts[0]] > estimate else
+               "my sweep did not show the shortfall the Background leads me to expect "
+               "(frames in flight both ways, the 3/8 rule), and one run per reserve is a "
+               "look, not a test")
     return {
         "rx_buffer_bytes": size,
         "default_reserve_pages": estimate_skb_pages(50, size),
@@ -49,7 +57,22 @@ def solve(work: Path) -> dict:
         "link_reserve_pages": estimate_skb_pages(frames, size),
         "smallest_clean_reserve": smallest,
         "storage_drops_without_reserve": at_zero,
-        "more_hosts_need_more": "yes" if need[counts[-1]] > need[counts[0]] else "no",
+        "more_hosts_need_more": "yes" if grows else "no",
+        # the short answers (a TA grades them with rubric.yaml); the predictions are the
+        # student's own, recorded before the sweep: a solution does not make them
+        "prediction_vs_result": (
+            f"With {counts[0]} bulk host(s) the smallest clean reserve of my sweep was "
+            f"{smallest[counts[0]]} pages, against estimate_skb_pages() of {estimate} pages "
+            f"for one direction of the link; with {counts[-1]} hosts it was "
+            f"{smallest[counts[-1]]}, so more hosts {'did' if grows else 'did not'} need "
+            f"more: {account}."),
+        "why_more_than_the_estimate": (
+            "The estimate counts the received frames of one direction only. The writeback's "
+            "outgoing frames hold buffers while in flight too, taken from the reserve under "
+            "PF_MEMALLOC; the flood's frames get a buffer from dev_memalloc_skb() before the "
+            "SOCK_MEMALLOC check can drop them; and since the reserve is added to "
+            "min_free_kbytes and GFP_ATOMIC may go down to 3/8 of min, only 3/8 of the added "
+            "pages stay out of reach of ordinary atomic allocations."),
     }
 
 

@@ -34,6 +34,13 @@ def solve(work: Path) -> dict:
              and not any(values(t, "rx_storage_drops"))]
     chosen = (min(clean, key=lambda t: (median(t, "rx_other_drops"), -t)) if clean
               else "none")
+    def fig(t: float, name: str) -> str:          # a median as written; none finished: n/a
+        m = median(t, name)
+        return "n/a" if m is None else f"{m:g}"
+
+    most = max(groups, key=lambda t: median(t, "rx_other_drops") or 0)
+    at_1 = groups[1.0]
+    locked = at_1["verdicts"].get("lockup", 0)
     return {
         "other_drops": {t: median(t, "rx_other_drops") for t in groups},
         "completion_s": {t: round(median(t, "time_s"), 2) for t in groups},
@@ -42,6 +49,25 @@ def solve(work: Path) -> dict:
         "less_headroom": smaller_at_1("lowest_free_pages"),
         "storage_drops_total": sum(sum(values(t, "rx_storage_drops")) for t in groups),
         "chosen_threshold": chosen,
+        # the short answers (a TA grades them with rubric.yaml); the predictions are the
+        # student's own, recorded before the runs: a solution does not make them
+        "prediction_vs_result": (
+            f"The downloads lost the most frames at threshold {most:g} (median "
+            f"rx_other_drops {fig(most, 'rx_other_drops')}, against "
+            f"{fig(1.0, 'rx_other_drops')} at 1), and at threshold 1 {locked} of "
+            f"{at_1['runs']} runs locked up, with the lowest free memory at "
+            f"{fig(1.0, 'lowest_free_pages')} pages (median) against "
+            f"{fig(0.0, 'lowest_free_pages')} at 0: the downloads' frames kept the "
+            f"reserve pages they were let into"
+            f"{', and drained the reserve as under reserve-only in lab 3' if locked else ''}."),
+        "why_free_memory_falls": (
+            "When GFP_ATOMIC fails, the driver takes the frame's buffer from the reserve "
+            "(__GFP_MEMALLOC); below the threshold the filter delivers it to the download's "
+            "socket, where it waits in the receive queue until the program reads it. The "
+            "downloaders are blocked in balance_dirty_pages() by the dirty limits, waiting "
+            "for writeback, so the page stays taken; the storage flow's frames (the target's "
+            "R2Ts, responses and ACKs) then find less of the reserve, or none, and are "
+            "dropped, which stalls the writeback the downloaders wait for."),
     }
 
 
