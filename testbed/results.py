@@ -263,10 +263,10 @@ class RunOutcome:
 
     @cached_property
     def peak_socket_pages(self) -> Optional[int]:
-        """The most pages charged to sockets at once: the model's receive queues (``rmem``,
-        their ``sk_rmem_alloc``), the kernel's TCP sockets (``tcp_mem_pages``, sockstat's
-        ``mem``: ``sk_memory_allocated``, what ``net.ipv4.tcp_mem`` bounds). None: not
-        recorded."""
+        """The most pages TCP's sockets had charged at once (``tcp_mem_pages``:
+        ``sk_memory_allocated``, what ``net.ipv4.tcp_mem`` bounds; the kernel's from
+        sockstat), or, for a run recorded before the model kept it, its receive queues
+        (``rmem``). None: not recorded."""
         got = [s.get("tcp_mem_pages", s.get("rmem")) for s in self.samples()]
         got = [v for v in got if isinstance(v, int)]
         return max(got) if got else None

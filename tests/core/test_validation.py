@@ -67,7 +67,8 @@ def emulated_run(path: Path, k: int) -> Path:
            "tx": {"dropped": {"frames": 0}, "classes": {}}}
     return write_run(path, "emulated", {**completed(30.0 + k, 60), "net": net},
                      samples([900, 300, 60 + k], [0, 50, 100 + k], [0, 3, 7], None,
-                             sockets={"rmem": [10, 4000 + k, 300]}))
+                             sockets={"tcp_mem_pages": [10, 4000 + k, 300],
+                                      "TCPMemoryPressures": [0, 1, 1]}))
 
 
 def kernel_run(path: Path, k: int) -> Path:
@@ -174,21 +175,20 @@ def test_the_validation_table_has_both_clients_intervals_and_how_they_differ(tmp
     assert rows["throttled reclaim (pgscan_direct_throttle)"] == ["7 [7, 7]*", "1 [0, 2]*",
                                                                   "-6 (x0.14), apart*"]
     assert rows["lowest free memory (pages)"][:2] == ["61 [60, 62]*", "701 [700, 702]*"]
-    # the most pages the sockets held: the model's receive queues, the kernel's TCP mem
+    # the most pages TCP's sockets had charged against tcp_mem
     assert rows["socket memory, peak (pages) [2]"] == ["4001 [4000, 4002]*",
                                                        "901 [900, 902]*", "-3100 (x0.23), apart*"]
+    assert rows["TCP memory pressure entered (TCPMemoryPressures)"] == [
+        "1 [1, 1]*", "3 [2, 4]*", "+2 (x3.00), apart*"]
     # what a kind of client does not have is n/a with its footnote, never 0
-    assert rows["TCP memory pressure entered (TCPMemoryPressures)"][:2] == ["n/a [3]",
-                                                                           "3 [2, 4]*"]
-    assert rows["storage frames dropped, received (handler)"] == ["0 [0, 0]*", "n/a [4]", "n/a"]
-    assert rows["other frames dropped, rx + tx (handler)"][1:] == ["n/a [4]", "n/a"]
-    assert rows["TCPBacklogDrop (frames)"] == ["n/a [5]", "3 [3, 3]*", "n/a"]
+    assert rows["storage frames dropped, received (handler)"] == ["0 [0, 0]*", "n/a [3]", "n/a"]
+    assert rows["other frames dropped, rx + tx (handler)"][1:] == ["n/a [3]", "n/a"]
+    assert rows["TCPBacklogDrop (frames)"] == ["n/a [4]", "3 [3, 3]*", "n/a"]
     notes = validation.footnote_lines(v)
     assert notes[0].startswith("[1] each client's clock starts with the load")
-    assert notes[1].startswith("[2] the model's figure is its sockets' receive queues")
-    assert notes[2].startswith("[3] the model has no tcp_mem")
-    assert notes[3].startswith("[4] the kernel client has no packet handler")
-    assert notes[4].startswith("[5] the model has no socket backlog")
+    assert notes[1].startswith("[2] pages charged against tcp_mem")
+    assert notes[2].startswith("[3] the kernel client has no packet handler")
+    assert notes[3].startswith("[4] the model has no socket backlog")
 
 
 def test_a_batch_of_both_clients_groups_by_client_and_prints_the_table(tmp_path, capsys):
@@ -198,10 +198,10 @@ def test_a_batch_of_both_clients_groups_by_client_and_prints_the_table(tmp_path,
     assert [g.label for g in groups] == ["emulated:gorman-3.6", "kernel"]
     print_stats(base)
     out = capsys.readouterr().out
-    assert "the model against the kernel" in out and "n/a [4]" in out
-    assert "[4] the kernel client has no packet handler" in out
+    assert "the model against the kernel" in out and "n/a [3]" in out
+    assert "[3] the kernel client has no packet handler" in out
     page = build_compare_report(base).read_text()
-    assert "The model against the kernel" in page and "n/a [5]" in page
+    assert "The model against the kernel" in page and "n/a [4]" in page
 
 
 def test_a_policy_compare_has_no_validation_table(tmp_path):
