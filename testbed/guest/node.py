@@ -73,7 +73,7 @@ def prepare(say: Any) -> tuple[GuestImage, AccelChoice]:
     return image, accel
 
 
-def sysctls(client: Any) -> dict[str, int]:
+def sysctls(client: Any) -> dict[str, int | str]:
     """The scenario's memory and writeback knobs as the kernel's sysctls."""
     out = {"vm.dirty_ratio": client.dirty_ratio,
            "vm.dirty_background_ratio": client.dirty_background_ratio,
@@ -84,6 +84,8 @@ def sysctls(client: Any) -> dict[str, int]:
            "kernel.hung_task_warnings": -1}
     if client.min_free_kbytes is not None:
         out["vm.min_free_kbytes"] = client.min_free_kbytes
+    if client.tcp_mem is not None:
+        out["net.ipv4.tcp_mem"] = " ".join(str(p) for p in client.tcp_mem)
     return out
 
 

@@ -78,6 +78,8 @@ class MachineConfig:
     kind: Literal["emulated", "kernel"] = "emulated"
     min_free_kbytes: Optional[int] = bounded(None, min=16)  # None: clamp(int_sqrt(kbytes * 16), 128, 262144)
     watermark_scale_factor: int = bounded(10, min=1, max=3000)
+    # net.ipv4.tcp_mem in pages [low, pressure, high]; None: as the era's tcp_init() sizes it
+    tcp_mem: Optional[list[int]] = None
     policy: PolicyName = alternative("gorman-3.6", POLICY_FILE)   # or a policy file, *.py
     rx_reserve: int = bounded(50, min=0)        # per-device cap of reserve skbs (phillips)
     threshold: float = bounded(0.5, min=0, max=1)   # fraction of rx_reserve (phillips-2005-threshold)
@@ -102,6 +104,10 @@ class MachineConfig:
         if self.min_free_kbytes is not None and self.min_free_kbytes >= self.memory_mb * 1024 // 4:
             yield ("min_free_kbytes", f"{self.min_free_kbytes} KiB leaves too little of "
                                       f"{self.memory_mb} MiB (must be below a quarter)")
+        if self.tcp_mem is not None and (len(self.tcp_mem) != 3 or self.tcp_mem[0] < 1
+                                         or sorted(self.tcp_mem) != self.tcp_mem):
+            yield ("tcp_mem", f"{self.tcp_mem}: give three page counts [low, pressure, high], "
+                              f"each at least 1 and none below the one before")
 
     def validate(self, where: str = "client") -> None:
         """Raise SchemaError (a ConfigError) listing every problem, each under ``where``."""

@@ -58,7 +58,8 @@ class MemoryManager(PageAllocator):
                  watermark_scale_factor: int = 10, policy: Union[str, Policy] = "gorman-3.6",
                  rx_reserve: int = 50, threshold: float = 0.5,
                  reserve_pages: Optional[int] = None, congestion_wait_s: float = 0.02,
-                 oom_kill: Optional[bool] = None) -> None:
+                 oom_kill: Optional[bool] = None,
+                 tcp_mem: Optional[tuple[int, int, int]] = None) -> None:
         if isinstance(policy, str):
             policy = make_policy(policy, rx_reserve=rx_reserve, threshold=threshold,
                                  reserve_pages=reserve_pages)
@@ -71,7 +72,7 @@ class MemoryManager(PageAllocator):
         self.skb_head_pages = 0         # slab pages of skbuff_head_cache
         self.skb_head_room = 0          # free sk_buff heads in them
         # TCP's global limit: sysctl_tcp_mem, tcp_memory_allocated, tcp_memory_pressure
-        self.tcp_mem = tcp_mem_limits(policy.era, total_pages)
+        self.tcp_mem = tuple(tcp_mem) if tcp_mem else tcp_mem_limits(policy.era, total_pages)
         self.tcp_memory_allocated = 0
         self.tcp_memory_pressure = False
         policy.attach(self)
@@ -96,7 +97,7 @@ class MemoryManager(PageAllocator):
                    rx_reserve=config.rx_reserve, threshold=config.threshold,
                    reserve_pages=config.reserve_pages,
                    congestion_wait_s=config.congestion_wait_ms / 1000,
-                   oom_kill=oom_kill)
+                   oom_kill=oom_kill, tcp_mem=config.tcp_mem)
 
     # ------------------------------------------------------------- reserves
     def adjust_memalloc_reserve(self, pages: int) -> None:
