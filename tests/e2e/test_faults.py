@@ -184,8 +184,8 @@ def test_ctrl_c_while_the_target_is_stopped_resumes_it_and_leaves_nothing(tmp_pa
 
 def test_a_trigger_free_at_min_on_the_built_in_restart_scenario(tmp_path):
     """faults-restart-under-pressure: tgtd is killed the moment free memory first reaches
-    min. Its load (contention's, with 4 MiB downloader receive buffers) brings gorman-3.6
-    there; the plain contention load does not on the era models (from 2.6.19 the mmap
+    min. Its load (contention's, with 4 MiB downloader receive buffers and tcp_mem raised
+    with them) brings gorman-3.6 there; the plain contention load does not on the era models (from 2.6.19 the mmap
     writer is throttled at the dirty limits, and kswapd keeps free memory above min), so
     a free_at_min trigger on it would never fire. The session is reinstated with memory
     under min, and the run still completes with nothing lost (the reconnected socket is
