@@ -22,7 +22,9 @@ skb is let past (``mm.era.rmem_pfmemalloc_exempt``). The limit follows the era's
 ``tcp_init()`` (:func:`tcp_mem_limits`). Not modelled: ``tcp_prune_queue``'s collapsing
 of a queue into fewer bytes before the drop, and the window TCP clamps under pressure
 (the real stack in the client's namespace owns the window); the transmit queue's
-charges (``sk_wmem_queued``), which the model does not keep.
+charges (``sk_wmem_queued``), which the model does not keep. Whole pages of the float go
+back to the count as soon as the reader has read (``sk_mem_reclaim``); the kernel also
+returns them from its timers, which may be later.
 
 ``sk_allocation`` is what the socket's transmit path allocates with (its PDU
 buffers here; ``GFP_KERNEL`` unless its owner sets it, as ``sock_init_data`` does).
