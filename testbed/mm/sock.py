@@ -237,7 +237,7 @@ class Sock:
     @property
     def rmem_pages(self) -> int:
         """``sk_rmem_alloc`` in pages, rounded up (the metrics' ``rmem``)."""
-        return -(-self.rmem_alloc // PAGE_SIZE)
+        return sk_mem_pages(self.rmem_alloc)
 
     @property
     def rmem_bytes(self) -> int:
