@@ -262,6 +262,17 @@ class RunOutcome:
         return min(free) if free else None
 
     @cached_property
+    def load_memory_pages(self) -> Optional[int]:
+        """The memory the load had at its start: free pages and clean page cache
+        (``reclaimable``) in the first sample. The kernel's ``memory_mb`` also holds the
+        kernel itself and its processes; the model's is all for the load. None: not
+        recorded."""
+        for s in self.samples():
+            if isinstance(s.get("free"), int):
+                return s["free"] + int(s.get("reclaimable") or 0)
+        return None
+
+    @cached_property
     def peak_socket_pages(self) -> Optional[int]:
         """The most pages TCP's sockets had charged at once (``tcp_mem_pages``:
         ``sk_memory_allocated``, what ``net.ipv4.tcp_mem`` bounds; the kernel's from

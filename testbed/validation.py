@@ -60,6 +60,12 @@ SOCKET_MEMORY = ("pages charged against tcp_mem (sk_memory_allocated): the model
                  "TCP mem also holds its send queues; 6.1 sizes tcp_mem at half of 3.6's")
 
 
+LOAD_MEMORY = ("free pages and clean page cache in the client's first sample: the guest's "
+               "memory_mb also holds its kernel, its page tables and slab, and the agent's "
+               "and workloads' Python processes, which the model does not count; "
+               "`compare --set-model client.memory_mb=N` gives the model the kernel's")
+
+
 def _counter(name: str) -> Callable[[RunOutcome], Optional[float]]:
     def value(r: RunOutcome) -> Optional[float]:
         return r.counter_rise(name)
@@ -86,6 +92,8 @@ ROWS: tuple[Row, ...] = (
                lambda r: r.other_drops), {"kernel": NO_HANDLER}),
     Row(Figure("tcp_backlog_drops", "TCPBacklogDrop (frames)", 0, _counter("TCPBacklogDrop")),
         {"emulated": NO_BACKLOG}),
+    Row(Figure("load_memory_pages", "memory for the load at its start (pages)", 0,
+               lambda r: r.load_memory_pages), note=LOAD_MEMORY),
 )
 
 

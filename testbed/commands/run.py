@@ -6,6 +6,7 @@
 - ``compare SCENARIO --clients emulated:gorman-3.6,kernel [--repeat N]``: the same load on
   the model and on the real kernel (a guest), and the validation table
   (:mod:`testbed.validation`). ``kernel`` takes no policy: it does what Linux 6.1 does.
+  ``--set-model KEY=VALUE`` sets a key for the model's runs only (its memory, say).
 - ``sweep SCENARIO --param key=v1,v2 [--param key2=w1,w2] [--repeat N]``: a grid of runs
   over one or two parameters, with a plot of the outcome.
 - ``run`` and ``compare`` with ``--live [--live-port P]``: lecture mode, the run drawn as it
@@ -31,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
 from .. import results, store, validation
@@ -62,6 +64,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "policy), e.g. emulated:gorman-3.6,kernel")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per policy or client (default 1)")
+    p.add_argument("--set-model", dest="model_overrides", action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="with --clients: override a scenario key for the emulated clients "
+                        "only, e.g. --set-model client.memory_mb=21 to give the model the "
+                        "memory the kernel's load had (repeatable)")
     _common(p)
     out_option(p, "folder for the runs and the combined report")
     live_options(p)
@@ -331,17 +338,28 @@ def client_sets(spec: str) -> list[tuple[str, list[str]]]:
     return out
 
 
-def client_jobs(scenario: str, spec: str, overrides: list[str], n: int) -> list[Job]:
-    """The jobs of ``compare --clients``: the same load on each client, loaded first."""
+def client_jobs(scenario: str, spec: str, overrides: list[str], n: int,
+                model_overrides: Sequence[str] = ()) -> list[Job]:
+    """The jobs of ``compare --clients``: the same load on each client, loaded first.
+    ``model_overrides`` (``--set-model``) apply to the emulated clients only: the guest's
+    kernel keeps a share of its ``memory_mb`` for itself and its processes, so the same
+    machine is the model at the memory the kernel's load had (the validation table's
+    "memory for the load" row measures both)."""
     _check_repeat(n)
-    variants = [Job(label, scenario_mod.load(scenario, overrides + sets), {})
+    variants = [Job(label, scenario_mod.load(
+                    scenario, overrides + ([] if label == "kernel" else list(model_overrides))
+                    + sets), {})
                 for label, sets in client_sets(spec)]
     return repeated(variants, n)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.model_overrides and args.clients is None:
+        raise ConfigError("--set-model: only with --clients (it sets keys of the emulated "
+                          "clients against the kernel's); use --set for --policies")
     if args.clients is not None:
-        jobs = client_jobs(args.scenario, args.clients, _overrides(args), args.repeat)
+        jobs = client_jobs(args.scenario, args.clients, _overrides(args), args.repeat,
+                           args.model_overrides)
         what = "the model against the kernel"
     else:
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]

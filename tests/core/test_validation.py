@@ -184,11 +184,15 @@ def test_the_validation_table_has_both_clients_intervals_and_how_they_differ(tmp
     assert rows["storage frames dropped, received (handler)"] == ["0 [0, 0]*", "n/a [3]", "n/a"]
     assert rows["other frames dropped, rx + tx (handler)"][1:] == ["n/a [3]", "n/a"]
     assert rows["TCPBacklogDrop (frames)"] == ["n/a [4]", "3 [3, 3]*", "n/a"]
+    # what each had for the load: free and clean page cache in its first sample
+    assert rows["memory for the load at its start (pages) [5]"] == [
+        "900 [900, 900]*", "2000 [2000, 2000]*", "+1100 (x2.22), apart*"]
     notes = validation.footnote_lines(v)
     assert notes[0].startswith("[1] each client's clock starts with the load")
     assert notes[1].startswith("[2] pages charged against tcp_mem")
     assert notes[2].startswith("[3] the kernel client has no packet handler")
     assert notes[3].startswith("[4] the model has no socket backlog")
+    assert notes[4].startswith("[5] free pages and clean page cache")
 
 
 def test_a_batch_of_both_clients_groups_by_client_and_prints_the_table(tmp_path, capsys):
@@ -225,6 +229,21 @@ def test_clients_are_the_same_load_on_each_kind():
     assert model.client.policy == kernel.client.policy == "gorman-3.6"
     assert model.client.workloads == kernel.client.workloads
     assert client_sets("emulated")[0] == ("emulated", ["client.kind=emulated"])
+
+
+def test_set_model_sets_the_models_keys_and_leaves_the_kernels():
+    jobs = client_jobs(SCENARIO, "emulated:gorman-3.6,kernel", [], 1,
+                       ["client.memory_mb=24"])
+    model, kernel = jobs[0].scenario, jobs[1].scenario
+    assert model.client.memory_mb == 24
+    assert kernel.client.memory_mb == scenario.load(SCENARIO).client.memory_mb
+
+
+def test_set_model_without_clients_is_refused(capsys):
+    from testbed.cli import main
+    assert main(["compare", SCENARIO, "--policies", "none", "--set-model",
+                 "client.memory_mb=24"]) == 1
+    assert "--set-model: only with --clients" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec, message", [
