@@ -42,6 +42,7 @@ _NETNS_RE = re.compile(rf"^{NETNS_PREFIX}({RUN_ID})-")
 _TAG_RE = re.compile(rf"{TAG_PREFIX}({RUN_ID})")
 _ENV_RE = re.compile(rb"(?:^|\0)" + ENV_VAR.encode() + rb"=(" + RUN_ID.encode() + rb")(?:\0|$)")
 TOOL_TIMEOUT = 10.0
+TMP_GRACE_S = 30.0      # a state file's .tmp younger than this is being written
 
 
 @dataclass
@@ -96,7 +97,8 @@ def scan(state_dir: Path = STATE_DIR, exclude_pids: Iterable[int] = ()) -> dict[
         run(run_id).state = state
     for path in state_dir.iterdir() if state_dir.is_dir() else []:
         run_id = path.name.split(".")[0]
-        if re.fullmatch(RUN_ID, run_id) and path.suffix != ".json":
+        if re.fullmatch(RUN_ID, run_id) and path.suffix != ".json" \
+                and not _being_written(path):
             run(run_id).files.append(path)    # <id>/ scratch folder, <id>.tmp
     netns_inodes: dict[int, str] = {}
     for name in _named_netns():
@@ -132,6 +134,16 @@ def scan(state_dir: Path = STATE_DIR, exclude_pids: Iterable[int] = ()) -> dict[
         if left.state is None:
             left.state = dict(_state_files(state_dir, only=run_id)).get(run_id)
     return runs
+
+
+def _being_written(path: Path) -> bool:
+    """A fresh ``<id>.tmp``: a state file being written. The first one exists before its
+    ``<id>.json``, so a run starting at the same moment as another's scan would look dead
+    and lose it (runs in parallel, ``--workers``); a run killed mid-write leaves an old one."""
+    try:
+        return path.suffix == ".tmp" and time.time() - path.stat().st_mtime < TMP_GRACE_S
+    except OSError:
+        return True                   # gone already: replaced by its .json
 
 
 def find_run(run_id: str, state_dir: Path = STATE_DIR,

@@ -19,6 +19,12 @@ batch's statistics follow the table: per group the count of each verdict and eac
 figure's median with its 95 % interval (:func:`testbed.results.group_stats`), also in
 ``stats.json`` and the batch's report.html.
 
+With ``--workers N`` (compare, sweep) N whole runs go at once, each in its own process
+with its own run id and namespaces (:mod:`testbed.pool`); each run's progress lines go to
+its folder's ``progress.log``, and the results are printed, indexed and recorded in the
+order one worker gives. A run starved by the others is marked invalid by its own
+fidelity figures and left out of the statistics, as always.
+
 A scenario is loaded and checked completely before anything starts: a mistake in it
 is reported with file, line and key, and nothing is created.
 """
@@ -41,6 +47,7 @@ from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..guest.qemu import KERNEL_POLICY
 from ..mm.policy.loader import label as policy_label
 from ..orchestrator import Orchestrator, RunResult
+from ..pool import RunPool, RunSpec, check_workers
 from ..report import build_compare_report, build_report, live
 from ..report.summary import cycle_lines, evidence
 from ..scenario import Scenario
@@ -64,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "policy), e.g. emulated:gorman-3.6,kernel")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per policy or client (default 1)")
+    workers_option(p)
     p.add_argument("--set-model", dest="model_overrides", action="append", default=[],
                    metavar="KEY=VALUE",
                    help="with --clients: override a scenario key for the emulated clients "
@@ -79,6 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--param", action="append", required=True, metavar="KEY=V1,V2,...",
                    help="a scenario key and its values (once or twice)")
     p.add_argument("--repeat", type=int, default=1, help="runs per grid point (default 1)")
+    workers_option(p)
     _common(p)
     out_option(p, "folder for the runs and the sweep report")
     p.set_defaults(func=cmd_sweep)
@@ -212,14 +221,17 @@ MAX_FAILED_IN_A_ROW = 3     # then the machine, not a run, is broken: stop the b
 
 
 def _run_batch(base: Path, jobs: list[Job], title: str,
-               command: Optional[str] = None) -> tuple[int, Path]:
-    """Run each job in turn into ``base``; then the combined report.
+               command: Optional[str] = None, workers: int = 1) -> tuple[int, Path]:
+    """Run the jobs into ``base``, ``workers`` at once (:class:`testbed.pool.RunPool`);
+    then the combined report.
 
-    A run that fails for the testbed's own reasons (a node that did not start, a link
-    not configured) keeps its folder, marked ``error`` without a verdict, and the batch
-    goes on: one such failure must not cost the other runs of a long batch, and the
+    Each run's result is printed, indexed and recorded in the jobs' order, whatever
+    order they end in, so a batch with N workers gives the folder one worker would. A
+    run that fails for the testbed's own reasons (a node that did not start, a link not
+    configured) keeps its folder, marked ``error`` without a verdict, and the batch goes
+    on: one such failure must not cost the other runs of a long batch, and the
     statistics count it as a run without a verdict. A wrong scenario or machine, or
-    several failures in a row, still stop the batch.
+    several failures in a row, still stop the batch (and the runs in flight).
 
     Each run is recorded in the results store as it ends (``command``: compare, sweep,
     claims; by default sweep when the jobs have parameters, else compare).
@@ -227,28 +239,48 @@ def _run_batch(base: Path, jobs: list[Job], title: str,
     command = command or ("sweep" if any(j.params for j in jobs) else "compare")
     index: list[results.BatchEntry] = []
     ok, failed = True, 0
-    for i, job in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] {job.label}", flush=True)
-        out = base / _slug(job.label)
-        try:
-            res = Orchestrator(job.scenario, out_dir=out).run()
-        except (ConfigError, EnvironmentProblem):
-            raise
-        except TestbedError as exc:
-            failed += 1
-            print(f"run failed: {exc}", flush=True)
-            if failed >= MAX_FAILED_IN_A_ROW:
-                raise
-            ok = False
-        else:
-            failed = 0
-            _print_result(res)
-            ok &= res.ok
-            out = res.run_dir
-        index.append(results.BatchEntry(job.label, out.name, dict(job.params)))
-        results.write_index(base, title, index)
-        store.record_run(out, command, job.label, dict(job.params), batch=base)
+    specs = [RunSpec(job.scenario, base / _slug(job.label)) for job in jobs]
+
+    def started(i: int, spec: RunSpec) -> None:
+        print(f"[{i + 1}/{len(jobs)}] {jobs[i].label}"
+              + (f" (progress: {spec.out_dir / 'progress.log'})" if workers > 1 else ""),
+              flush=True)
+
+    with RunPool(workers, on_start=started, runner=_run_here) as pool:
+        for job, done in zip(jobs, pool.run(specs)):
+            if workers > 1:
+                print(f"{job.label}:", flush=True)
+            if isinstance(done.error, (ConfigError, EnvironmentProblem)):
+                raise done.error
+            if done.error is not None:
+                failed += 1
+                print(f"run failed: {done.error}", flush=True)
+                if failed >= MAX_FAILED_IN_A_ROW:
+                    raise done.error
+                ok = False
+            else:
+                failed = 0
+                res = RunResult(done.run_dir, done.summary or {})
+                _print_result(res)
+                ok &= res.ok
+            out = done.run_dir
+            index.append(results.BatchEntry(job.label, out.name, dict(job.params)))
+            results.write_index(base, title, index)
+            store.record_run(out, command, job.label, dict(job.params), batch=base)
     return (0 if ok else 1), build_compare_report(base)
+
+
+def _run_here(spec: RunSpec) -> tuple[Path, dict]:
+    """One worker: the run in this process, progress on stderr, as batches always ran."""
+    res = Orchestrator(spec.scenario, out_dir=spec.out_dir).run()
+    return res.run_dir, res.summary
+
+
+def workers_option(p: argparse.ArgumentParser) -> None:
+    """``--workers N``: whole runs at once, each isolated (testbed.pool)."""
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="runs at once, each isolated in its own process and namespaces "
+                        "(default 1); results come in the order one worker gives")
 
 
 def print_columns(table: results.Table) -> None:
@@ -354,6 +386,7 @@ def client_jobs(scenario: str, spec: str, overrides: list[str], n: int,
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    check_workers(args.workers)
     if args.model_overrides and args.clients is None:
         raise ConfigError("--set-model: only with --clients (it sets keys of the emulated "
                           "clients against the kernel's); use --set for --policies")
@@ -371,7 +404,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     batch: list[Path] = []      # the live page starts first: a port in use creates nothing
     with _live(args, lambda: live.newest_run(batch[0])() if batch else None):
         batch.append(base := _batch_dir(args.out, "compare", jobs[0].scenario.name, args.force))
-        status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: {what}", "compare")
+        status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: {what}", "compare",
+                                    args.workers)
     return _finish_batch(base, status, report)
 
 
@@ -387,6 +421,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if len(args.param) > 2:
         raise ConfigError("--param: a sweep takes one or two parameters")
     _check_repeat(args.repeat)
+    check_workers(args.workers)
     params = [_parse_param(p) for p in args.param]
     points = []
     for combo in itertools.product(*(vals for _, vals in params)):
@@ -398,7 +433,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     name = jobs[0].scenario.name
     base = _batch_dir(args.out, "sweep", name, args.force)
     status, report = _run_batch(base, jobs, f"{name}: sweep over {' x '.join(k for k, _ in params)}",
-                                "sweep")
+                                "sweep", args.workers)
     return _finish_batch(base, status, report)
 
 
