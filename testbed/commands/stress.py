@@ -1,4 +1,4 @@
-"""``testbed stress SCENARIO --policy P --budget 30m [--seed S] [--ranges FILE]
+"""``testbed stress SCENARIO --policy P --budget 30m [--workers N] [--seed S] [--ranges FILE]
 [--confirm N] [--out DIR]``.
 
 Searches for a load under which the policy's claim fails (a fix that locks up, ``none``
@@ -10,7 +10,8 @@ same way (:mod:`testbed.stress.campaign`). The folder (default
 ``report.md`` and a ``counterexample-K.yaml`` per distinct shrunk load.
 
 Everything is checked before anything starts: the scenario, the ranges (file, line and
-key of every problem), the budget, ``--confirm`` (at least 1; below the fewest runs that
+key of every problem), the budget, ``--workers`` (at least 1: N runs at once, each
+isolated, :mod:`testbed.pool`), ``--confirm`` (at least 1; below the fewest runs that
 can confirm, a warning says so). Exit status 1 when a counterexample was confirmed, 0
 when none was.
 """
@@ -25,6 +26,7 @@ from pathlib import Path
 from .. import claims
 from .. import scenario as scenario_mod
 from ..errors import ConfigError
+from ..pool import check_workers
 from ..stress import ranges as ranges_mod
 from ..stress.campaign import Campaign, confirm_runs
 from . import run as run_cmd
@@ -47,8 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confirm", type=int, metavar="N",
                    help="fresh runs that confirm each counterexample by a rate test (default:"
                         " the fewest that can, 5 at the claims' H0 rate 1/2)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="runs at once (only 1: parallel runs are not built yet)")
+    run_cmd.workers_option(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key before the search (repeatable)")
     run_cmd.out_option(p, "folder for the runs, the report and the counterexamples "
@@ -73,9 +74,7 @@ def parse_duration(text: str) -> float:
 
 
 def cmd_stress(args: argparse.Namespace) -> int:
-    if args.workers != 1:
-        raise ConfigError(f"--workers {args.workers}: parallel runs are not built yet; a "
-                          f"stress campaign runs one load at a time (--workers 1)")
+    check_workers(args.workers)
     if args.tries_per_key < 1:
         raise ConfigError(f"--tries-per-key: must be at least 1, got {args.tries_per_key}")
     confirm = confirm_runs(args.confirm)
@@ -87,5 +86,5 @@ def cmd_stress(args: argparse.Namespace) -> int:
                              "stress", base.name, args.force)
     seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
     campaign = Campaign(base, base_file, ranges, out, args.budget, seed, args.tries_per_key,
-                        confirm)
+                        confirm, workers=args.workers)
     return campaign.run()

@@ -14,5 +14,8 @@ test them on a few loads; a stress campaign tests them on many. One module per s
   counterexample, and the load it shrinks to, is confirmed by N fresh runs and the rate
   test of :mod:`testbed.stats`, as the claims are, never by one re-run.
 
-Runs are one at a time: parallel runs (``--workers``) and the cluster are not built yet.
+``--workers N`` runs N loads at once, each a whole run in its own process with its own
+run id and namespaces (:mod:`testbed.pool`): sampled loads in waves of N, a
+confirmation's fresh runs N at once; shrinking stays one run at a time. The cluster is
+not built yet.
 """

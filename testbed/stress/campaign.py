@@ -39,6 +39,13 @@ confirm1..N``), which costs N more runs per counterexample that shrank. A load j
 once in a campaign (two samples, or two shrinks, that reach it) keeps its judgement and
 is not run again: those runs were not picked by their outcome, whichever led to them.
 
+Parallel runs (``--workers N``, :mod:`testbed.pool`): the samples are drawn in waves of
+N from the same seeded sequence and run at once, each in its own process and run id, and
+are judged and noted in their sequence's order; a counterexample among them is pursued
+after its wave. A confirmation's N fresh runs go N at once as well. Shrinking stays one
+run at a time: each candidate depends on the answer to the one before. A run starved by
+the others is past a fidelity bound and counted without a verdict (3. above).
+
 A run starts only if the time left covers it (the longest run so far, or before any
 the scenario's deadline plus :data:`RUN_OVERHEAD_S`); a run in flight is always
 finished, so a campaign can end past its budget by less than one run. Ctrl-C stops the
@@ -69,6 +76,7 @@ from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..mm.config import WorkloadConfig
 from ..orchestrator import Orchestrator, Progress
+from ..pool import Done, RunPool, RunSpec
 from ..scenario import Scenario
 from ..schema import SchemaError
 from . import ranges as ranges_mod
@@ -252,6 +260,7 @@ class Campaign:
     tries_per_key: int = 3
     confirm: Optional[int] = None   # fresh runs per confirmation; None: confirm_runs()
     echo: TextIO = sys.stdout
+    workers: int = 1            # runs at once (testbed.pool); shrinking is one at a time
     tried: list[Tried] = field(default_factory=list)
     found: list[Found] = field(default_factory=list)
     stopped_by: str = "budget"
@@ -288,10 +297,12 @@ class Campaign:
             self.say(f"warning: {cannot_confirm(self.n_confirm)}")
         try:
             while True:
-                load = sample(self.ranges, self.rng)
-                label = f"s{sum(t.phase == 'sample' for t in self.tried) + 1:03d}"
-                if self.attempt(load, label, "sample").outcome == COUNTEREXAMPLE:
-                    self.pursue(Found(label, load))
+                first = sum(t.phase == "sample" for t in self.tried) + 1
+                wave = [(sample(self.ranges, self.rng), f"s{first + k:03d}", "sample")
+                        for k in range(self.workers)]
+                for entry in self.attempts(wave):
+                    if entry.outcome == COUNTEREXAMPLE:
+                        self.pursue(Found(entry.label, entry.load))
         except OutOfTime:
             self.stopped_by = "budget"
         except KeyboardInterrupt:
@@ -362,8 +373,9 @@ class Campaign:
         if got.test is not None:
             self.say(f"  {label}: the same load was judged before in this campaign")
             return
-        for i in range(len(got.runs) + 1, got.asked + 1):
-            got.runs.append(self.attempt(load, f"{label}{i}", "confirm"))
+        todo = [(load, f"{label}{i}", "confirm") for i in range(len(got.runs) + 1, got.asked + 1)]
+        for k in range(0, len(todo), self.workers):
+            got.runs.extend(self.attempts(todo[k:k + self.workers]))
         got.judge()
 
     def attempt(self, load: Load, label: str, phase: str) -> Tried:
@@ -388,6 +400,64 @@ class Campaign:
             self.judge(entry, load, label)
             self.note(entry)
         return entry
+
+    def attempts(self, items: list[tuple[Load, str, str]]) -> list[Tried]:
+        """Several loads (load, label, phase): with one worker :meth:`attempt` each in
+        turn; with more, all at once in a :class:`~testbed.pool.RunPool` (at most
+        ``workers`` items are given), judged and noted in the order given either way."""
+        if self.workers == 1:
+            return [self.attempt(*item) for item in items]
+        built: list[tuple[Load, str, str, Scenario | SchemaError]] = []
+        for load, label, phase in items:
+            try:
+                built.append((load, label, phase, ranges_mod.build(self.data, load)))
+            except SchemaError as exc:
+                built.append((load, label, phase, exc))
+        runs = [(label, sc) for _, label, _, sc in built if isinstance(sc, Scenario)]
+        if runs:
+            self.check_time(runs[0][1])
+        dones: dict[str, Done] = {}
+        got: list[Tried] = []
+        try:
+            with RunPool(self.workers) as pool:
+                specs = [RunSpec(sc, self.out / label, log=self.out / "progress.log")
+                         for label, sc in runs]
+                for (label, _), done in zip(runs, pool.run(specs)):
+                    dones[label] = done
+        finally:            # however the wave ended, what ran is judged and noted
+            fatal = [self.note_done(load, label, phase, sc, dones.get(label), got)
+                     for load, label, phase, sc in built]
+        for exc in fatal:
+            if exc is not None:
+                raise exc
+        return got
+
+    def note_done(self, load: Load, label: str, phase: str, sc: Scenario | SchemaError,
+                  done: Optional[Done], got: list[Tried]) -> Optional[TestbedError]:
+        """Judge and note one run of a wave (or its refused load); the error that must
+        stop the campaign, if the run raised one (as :meth:`run_one` would)."""
+        if isinstance(sc, SchemaError):
+            got.append(self.note(Tried(len(self.tried) + 1, label, phase, load, INVALID,
+                                       detail=str(sc).replace("\n", " "))))
+            return None
+        entry = Tried(len(self.tried) + 1, label, phase, load, NO_VERDICT,
+                      run_dir=str(self.out / label))
+        fatal: Optional[TestbedError] = None
+        if done is None:
+            entry.detail = "interrupted"
+        elif done.error is not None:
+            entry.detail = str(done.error)
+            self.failed_in_a_row += 1
+            if isinstance(done.error, (ConfigError, EnvironmentProblem)) or \
+                    self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+                fatal = done.error
+        else:
+            self.failed_in_a_row = 0
+        entry.wall_s = round(done.wall_s, 1) if done is not None else 0.0
+        self.walls.append(entry.wall_s)
+        self.judge(entry, load, label)
+        got.append(self.note(entry))
+        return fatal
 
     def run_one(self, sc: Scenario, label: str) -> str:
         """One run with the orchestrator. A failure of the testbed's own (a node that

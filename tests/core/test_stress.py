@@ -266,8 +266,9 @@ def test_budget_parsing_and_refusals(tmp_path, capsys):
     assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400
     assert parse_duration("90s") == 90 and parse_duration("45") == 45
     assert main(["stress", "contention", "--policy", "none", "--budget", "1m",
-                 "--workers", "3"]) == 1
-    assert "parallel runs are not built yet" in capsys.readouterr().err
+                 "--workers", "0", "--out", str(tmp_path / "w")]) == 1
+    assert "--workers: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
     bad = write(tmp_path, "ranges:\n  client.memory_mb: {min: 1, max: 8}\n")
     assert main(["stress", "contention", "--policy", "none", "--budget", "1m",
                  "--ranges", str(bad), "--out", str(tmp_path / "o")]) == 1
