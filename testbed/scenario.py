@@ -119,6 +119,11 @@ class InitiatorSection:
     noop_out_interval_s: float = bounded(SessionConfig.keepalive_interval, min=0, max=600)
     noop_out_timeout_s: float = bounded(SessionConfig.keepalive_timeout, min=1, max=600)
     login_timeout_s: float = bounded(SessionConfig.login_timeout, min=1, max=120)
+    # open-iscsi's node.session.timeo.replacement_timeout, the kernel's recovery_tmo: how
+    # long a failed session is retried before session_recovery_timedout()
+    # (drivers/scsi/scsi_transport_iscsi.c) fails its commands. The kernel client only:
+    # the emulated initiator bounds its reinstatement by its own attempts (SessionConfig)
+    replacement_timeout_s: float = bounded(120.0, min=1, max=3600)
 
     def session_config(self) -> dict[str, float]:
         """The :class:`SessionConfig` fields these set."""

@@ -31,8 +31,12 @@ It runs on the guest's own Python (standard library only; ``tbpattern`` is
    its ``events``;
 5. **outcome**: ``completed`` once every workload has finished and ``fsync()`` of the
    device returned (written back and flushed); ``lockup`` when writeback is pending,
-   the disk's written-sector count has not moved for ``lockup_after_s``, and free
-   memory is at or below the min watermark or the kernel reported a hung task;
+   the disk's written-sector count has not moved for ``lockup_after_s`` and for the
+   kernel's recovery horizon (``recovery_horizon``, from the host: the SCSI command
+   timeout or the no-op pings, then open-iscsi's replacement timeout, after which the
+   kernel fails the session's commands), and free memory is at or below the min
+   watermark or the kernel reported a hung task; its evidence holds the tasks in
+   uninterruptible sleep with their kernel stacks and the iSCSI session's state;
    ``deadline`` otherwise. The outcome and the manifest of acknowledged pages (every
    page written before a successful ``fsync()``) go onto the virtio port ``result``.
 """
@@ -153,8 +157,11 @@ def applied(disk: str, target: dict) -> dict:
     text = run(["iscsiadm", "-m", "node", "-T", target["iqn"], "-p", target["portal"]])
     for line in text.splitlines():
         key, _, value = line.partition(" = ")
-        if key.startswith("node.conn[0].timeo."):
+        if key.startswith(("node.conn[0].timeo.", "node.session.timeo.")):
             out[key] = int(value) if value.strip().lstrip("-").isdigit() else value
+    # the kernel's own copy of the replacement timeout (iscsi_cls_session.recovery_tmo)
+    for name in sorted(os.listdir("/sys/class/iscsi_session")):
+        out[f"{name}.recovery_tmo"] = int(read_text(f"/sys/class/iscsi_session/{name}/recovery_tmo") or -1)
     return out
 
 
@@ -544,10 +551,13 @@ def tcp_rx_queues() -> dict[tuple[int, str], int]:
     return out
 
 
-def evidence(s: dict, stalled: float, hung: list[str]) -> dict:
+def evidence(s: dict, stalled: float, hung: list[str], horizon: dict) -> dict:
+    """What the kernel shows at the lockup: the figures, the blocked tasks and where each
+    waits, and the iSCSI session's state (the host builds the wait-for cycle from them)."""
     return {"t": s["t"], "stalled_for_s": round(stalled, 2), "dirty": s["dirty"],
             "writeback": s["writeback"], "free": s["free"], "wmark_min": s["wmark_min"],
-            "reserve": None, "hung_task_messages": hung[-5:],
+            "reserve": None, "hung_task_messages": hung[-5:], "horizon": horizon,
+            "tasks": blocked_tasks(), "iscsi": iscsi_states(),
             "counters": {k: s[k] for k in ("PFMemallocDrop", "TCPBacklogDrop", "allocstall",
                                            "pgscan_direct_throttle", "nr_dirty", "nr_writeback")}}
 
@@ -605,12 +615,17 @@ class StallWatch:
 
     Writeback is *pending* while pages are dirty or under writeback, or the final
     fsync() has not returned; it *stalls* while pending and the LUN's written-sector
-    count stays put. A stall of ``lockup_after_s`` is a lockup when free memory is at
-    or below the min watermark, or the kernel has reported a hung task.
+    count stays put. A stall is a lockup when it has lasted ``lockup_after_s`` and the
+    kernel's recovery horizon (``horizon_s``: the SCSI command timeout or the no-op
+    pings, then open-iscsi's replacement timeout, after which the kernel fails the
+    session's commands), and free memory is at or below the min watermark or the kernel
+    has reported a hung task. Before the horizon the kernel may still get out of it, so
+    the guest runs on.
     """
 
-    def __init__(self, lockup_after_s: float, now: float):
+    def __init__(self, lockup_after_s: float, now: float, horizon_s: float = 0.0):
         self.lockup_after_s = lockup_after_s
+        self.horizon_s = horizon_s
         self.last_wb = -1
         self.last_progress = now
         self.longest = 0.0
@@ -622,8 +637,51 @@ class StallWatch:
             self.last_wb, self.last_progress = s["writeback_bytes"], now
         stalled = now - self.last_progress
         self.longest = max(self.longest, stalled)
-        locked = stalled >= self.lockup_after_s and (s["free"] <= s["wmark_min"] or hung)
+        locked = (stalled >= max(self.lockup_after_s, self.horizon_s)
+                  and (s["free"] <= s["wmark_min"] or hung))
         return stalled, locked
+
+
+def blocked_tasks(proc: str = "/proc", limit: int = 24) -> list[dict]:
+    """The tasks in uninterruptible sleep (state D) and where in the kernel each waits:
+    ``wchan`` and the innermost frames of ``/proc/PID/stack`` (function names, offsets
+    dropped). These are the kernel's own words for what each task waits on."""
+    out = []
+    for pid in sorted((p for p in os.listdir(proc) if p.isdigit()), key=int):
+        try:
+            with open(f"{proc}/{pid}/stat") as f:
+                stat = f.read()
+            if stat[stat.rindex(")") + 2:].split(" ", 1)[0] != "D":
+                continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            wchan = read_text(f"{proc}/{pid}/wchan")
+            frames = [line.split("] ", 1)[-1].split("+", 1)[0].strip()
+                      for line in read_text(f"{proc}/{pid}/stack").splitlines() if line.strip()]
+        except OSError:             # the task ended meanwhile
+            continue
+        out.append({"pid": int(pid), "comm": comm, "wchan": wchan, "stack": frames[:12]})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def iscsi_states(sysfs: str = "/sys") -> dict[str, str]:
+    """Each iSCSI session's and connection's state as the kernel's transport class
+    shows it (LOGGED_IN, FAILED or FREE; up or down)."""
+    out = {}
+    for cls in ("iscsi_session", "iscsi_connection"):
+        base = f"{sysfs}/class/{cls}"
+        for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            out[name] = read_text(f"{base}/{name}/state")
+    return out
 
 
 def watch(cfg: dict, dev: str, disk: str, started: float, workloads: list[Workload],
@@ -631,7 +689,8 @@ def watch(cfg: dict, dev: str, disk: str, started: float, workloads: list[Worklo
     """Sample until completed, lockup or the deadline (see the module docstring)."""
     interval = cfg["metrics_interval_ms"] / 1000
     sampler = Sampler(disk, started, workloads)
-    stall = StallWatch(cfg["lockup_after_s"], time.monotonic())
+    horizon = cfg.get("recovery_horizon") or {}
+    stall = StallWatch(cfg["lockup_after_s"], time.monotonic(), horizon.get("seconds", 0.0))
     synced: dict = {}
     syncer = None
     while True:
@@ -648,7 +707,8 @@ def watch(cfg: dict, dev: str, disk: str, started: float, workloads: list[Worklo
         if failed:
             return {**base, "verdict": "error", "detail": "; ".join(failed)}
         if locked:
-            return {**base, "verdict": "lockup", "lockup": evidence(s, stalled, sampler.hung)}
+            return {**base, "verdict": "lockup",
+                    "lockup": evidence(s, stalled, sampler.hung, horizon)}
         if "t" in synced:
             if synced.get("error"):
                 return {**base, "verdict": "error", "detail": f"fsync: {synced['error']}"}

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Optional
 
 from ..errors import ConfigError, TestbedError
 from ..launch import Program
+from ..mm.lockup import RecoveryHorizon
 from .image import GuestImage, ensure_image, run_files
 from .qemu import AccelChoice, GuestSpec, choose_accel, config_disk, qemu_argv
 
@@ -89,15 +90,40 @@ def sysctls(client: Any) -> dict[str, int | str]:
     return out
 
 
+def _up(x: float) -> int:
+    """open-iscsi and the SCSI layer take whole seconds: a timeout is rounded up."""
+    return int(math.ceil(x))
+
+
 def open_iscsi_settings(initiator: Any) -> dict[str, Any]:
     """The scenario's ``initiator:`` timeouts as open-iscsi's node settings (whole
     seconds, rounded up; a no-op interval of 0 turns the pings off, as in iscsid.conf)
     and the SCSI command timeout of the LUN's disk (/sys/block/sdX/device/timeout)."""
-    up = lambda x: int(math.ceil(x))      # noqa: E731
-    return {"node": {"node.conn[0].timeo.noop_out_interval": up(initiator.noop_out_interval_s),
-                     "node.conn[0].timeo.noop_out_timeout": up(initiator.noop_out_timeout_s),
-                     "node.conn[0].timeo.login_timeout": up(initiator.login_timeout_s)},
-            "scsi_timeout_s": up(initiator.command_timeout_s)}
+    return {"node": {"node.conn[0].timeo.noop_out_interval": _up(initiator.noop_out_interval_s),
+                     "node.conn[0].timeo.noop_out_timeout": _up(initiator.noop_out_timeout_s),
+                     "node.conn[0].timeo.login_timeout": _up(initiator.login_timeout_s),
+                     "node.session.timeo.replacement_timeout":
+                         _up(initiator.replacement_timeout_s)},
+            "scsi_timeout_s": _up(initiator.command_timeout_s)}
+
+
+def kernel_horizon(initiator: Any) -> RecoveryHorizon:
+    """The recovery horizon of the guest's kernel and open-iscsi: past it, every recovery
+    they have has had its chance. A dead connection is found by the SCSI command timeout
+    (the command's timer, then iscsi_eh_abort) or by the no-op pings (iscsi_check_transport_timeouts,
+    interval + timeout; none when the interval is 0), whichever comes later, as for the
+    model's initiator. The session is then FAILED and iscsid logs in again for
+    ``replacement_timeout`` (the kernel's ``recovery_tmo``); when that passes,
+    ``session_recovery_timedout()`` (drivers/scsi/scsi_transport_iscsi.c) makes the
+    session FREE and its commands fail, which ends their pages' writeback with an error.
+    So the horizon's reinstatement is the replacement timeout, with no Time2Wait of its
+    own (iscsid's retries are inside it)."""
+    pings = initiator.noop_out_interval_s > 0
+    return RecoveryHorizon(
+        command_timeout_s=float(_up(initiator.command_timeout_s)),
+        keepalive_s=float(_up(initiator.noop_out_interval_s) + _up(initiator.noop_out_timeout_s))
+        if pings else 0.0,
+        time2wait_s=0.0, login_s=float(_up(initiator.replacement_timeout_s)))
 
 
 def client_config(scenario: Any, net: Any, run: Any, image: GuestImage, accel: AccelChoice,
@@ -117,7 +143,8 @@ def client_config(scenario: Any, net: Any, run: Any, image: GuestImage, accel: A
              "iscsi": open_iscsi_settings(scenario.initiator),
              "sysctl": sysctls(c), "workloads": workloads,
              "download_servers": [list(s) for s in servers], "deadline_s": scenario.deadline_s,
-             "lockup_after_s": c.lockup_after_s, "metrics_interval_ms": c.metrics_interval_ms}
+             "lockup_after_s": c.lockup_after_s, "metrics_interval_ms": c.metrics_interval_ms,
+             "recovery_horizon": kernel_horizon(scenario.initiator).to_dict()}
     return {"image_dir": str(image.dir), "kernel_release": image.kernel_release,
             "accel": accel.accel, "cpu": accel.cpu, "accel_detail": accel.detail,
             "memory_mb": c.memory_mb,

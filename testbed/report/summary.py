@@ -47,10 +47,12 @@ in two places. It has no packet handler, so nothing counts its drops per flow cl
 ``drops.counted`` is false and the class totals are not figures (they read as n/a, not
 0; the kernel's own ``PFMemallocDrop`` is in its samples). And its lockup is the guest's
 detector's (``lockup.detector: kernel``): writeback pending and the LUN's written
-sectors still for ``lockup_after_s``, with free memory at or below the min watermark or
-a hung-task warning. That is not a proven lockup: the guest is stopped there, so no
-recovery horizon is waited out, and a real kernel names no wait-for cycle. The run is
-``degraded``, and its reason says what the guest's detector saw and what it did not prove.
+sectors still for ``lockup_after_s`` and the kernel's recovery horizon, with free memory
+at or below the min watermark or a hung-task warning. A real kernel names no wait-for
+cycle, so the cycle is read from the kernel's evidence, the stacks of its blocked tasks
+(:mod:`testbed.guest.waits`): with all three waits seen it is a proven ``lockup``;
+otherwise (or when the guest was judged before the horizon, from its console) the run
+is ``degraded``, and its reason says what the guest saw and what it did not prove.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from typing import Any, Optional
 # imported here too so that older ``report.summary`` imports of it keep working
 from ..results import read_json, read_ndjson, until_end  # noqa: F401
 from .. import fidelity
+from ..guest.waits import kernel_cycle
 from ..mm.policy.loader import RUN_FOLDER_DIR, is_policy_file, label as policy_label
 
 CLASSES = ("memalloc", "other")
@@ -349,7 +352,7 @@ def summarize(run_dir: Path, scenario: Any, duration_s: float,
         drops.update(counted=False, note=NO_HANDLER)
     lockup = outcome.get("lockup")
     if kernel and lockup:
-        lockup = {**lockup, "detector": "kernel"}
+        lockup = _kernel_lockup(lockup)
     summary: dict[str, Any] = {
         "scenario": scenario.name,
         "policy": policy_label(scenario.client.policy),
@@ -518,10 +521,23 @@ def evidence(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _kernel_lockup(lk: dict[str, Any]) -> dict[str, Any]:
+    """The guest's lockup with the cycle its evidence proves (testbed.guest.waits), or
+    with the reason it proves none (``not_proven``)."""
+    cycle, why_not = kernel_cycle(lk)
+    out = {**lk, "detector": "kernel"}
+    if cycle is None:
+        return {**out, "not_proven": why_not}
+    stuck = lk.get("stalled_for_s") or 0.0
+    return {**out, "cycle": cycle, "stuck_for_s": stuck,
+            "stuck_since": round((lk.get("t") or 0.0) - stuck, 2)}
+
+
 def kernel_lockup_line(lk: dict[str, Any]) -> str:
-    """What a kernel client's detector saw - a stall of ``lockup_after_s`` with free memory
-    at or below min, or a hung-task warning - and what it did not prove (the reason of a
-    degraded run: no recovery horizon waited out, no wait-for cycle)."""
+    """What a kernel client's detector saw - a stall past ``lockup_after_s`` with free
+    memory at or below min, or a hung-task warning - and what it did not prove (the reason
+    of a degraded run: the recovery horizon not waited out, or no cycle in the kernel's
+    evidence)."""
     hung = lk.get("hung_task_messages") or []
     free, low = lk.get("free"), lk.get("wmark_min")
     why = []
@@ -536,8 +552,7 @@ def kernel_lockup_line(lk: dict[str, Any]) -> str:
             f"dirty and {lk.get('writeback')} under-writeback pages, "
             f"{' and '.join(why) or f'{free} free pages (min watermark {low})'}"
             + (f"; counters: {seen}" if seen else "")
-            + "; not a proven lockup: the guest was stopped there, before any recovery "
-              "horizon passed, and a real kernel names no wait-for cycle")
+            + f"; not a proven lockup: {lk.get('not_proven') or 'no wait-for cycle'}")
 
 
 def fault_lines(summary: dict[str, Any]) -> list[str]:

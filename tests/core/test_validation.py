@@ -15,7 +15,7 @@ from testbed import results, scenario, validation
 from testbed.commands.run import client_jobs, client_sets, print_stats
 from testbed.errors import ConfigError
 from testbed.report import build_compare_report
-from testbed.report.summary import evidence, summarize
+from testbed.report.summary import cycle_lines, evidence, summarize
 
 SCENARIO = "validation-contention"
 
@@ -109,8 +109,9 @@ def test_a_kernel_runs_handler_drops_are_not_counted_and_not_zero(tmp_path):
 
 
 def test_a_kernel_stall_is_degraded_and_says_what_the_guests_detector_saw(tmp_path):
-    """The guest's detector stops the guest at a stall: no recovery horizon is waited out
-    and a real kernel names no wait-for cycle, so it is no proven lockup."""
+    """A guest judged at a stall before the kernel's recovery horizon (a guest recorded
+    before the horizon was waited out, or one judged from its console): no proven
+    lockup."""
     lockup = {"t": 12.5, "stalled_for_s": 4.2, "dirty": 5000, "writeback": 300, "free": 180,
               "wmark_min": 200, "reserve": None, "hung_task_messages": [],
               "counters": {"PFMemallocDrop": 3, "allocstall": 900}}
@@ -124,8 +125,63 @@ def test_a_kernel_stall_is_degraded_and_says_what_the_guests_detector_saw(tmp_pa
     assert line.startswith("stuck at t=12.5s, by the guest's detector: no writeback to the "
                            "LUN for 4.2s with 5000 dirty and 300 under-writeback pages, free "
                            "memory 180 pages at or below the min watermark 200")
-    assert "not a proven lockup" in line and "before any recovery horizon passed" in line
+    assert line.endswith("not a proven lockup: the guest was stopped there, before the "
+                         "kernel's recovery horizon passed")
     assert any(line in e for e in evidence(run.summary))
+
+
+HORIZON = {"seconds": 40.0, "detect_s": 10.0, "reinstatement_s": 30.0}
+WAITING = [{"pid": 412, "comm": "kworker/u4:1+iscsi_q_2", "wchan": "sk_stream_wait_memory",
+            "stack": ["sk_stream_wait_memory", "tcp_sendmsg_locked", "iscsi_sw_tcp_xmit"]},
+           {"pid": 530, "comm": "python3", "wchan": "balance_dirty_pages",
+            "stack": ["balance_dirty_pages", "balance_dirty_pages_ratelimited_flags"]},
+           {"pid": 531, "comm": "python3", "wchan": "folio_wait_bit_common", "stack": []}]
+
+
+def kernel_lockup(tmp_path: Path, name: str, **changes: Any) -> results.RunOutcome:
+    lockup = {"t": 70.0, "stalled_for_s": 41.0, "dirty": 5000, "writeback": 300, "free": 180,
+              "wmark_min": 200, "reserve": None, "hung_task_messages": [], "horizon": HORIZON,
+              "tasks": WAITING, "iscsi": {"session1": "LOGGED_IN", "connection1:0": "up"},
+              "counters": {}, **changes}
+    outcome = {"verdict": "lockup", "t": 70.0, "bytes_written": 2**20,
+               "bytes_written_back": 2**19, "lockup": lockup}
+    run = results.read_run(write_run(tmp_path / name, "kernel", outcome,
+                                     samples([500, 180], [3, 3], [0, 0], [0, 0])))
+    assert run is not None
+    return run
+
+
+def test_a_kernel_stuck_past_its_horizon_with_the_three_waits_is_a_proven_lockup(tmp_path):
+    """Past the kernel's recovery horizon, the kernel's stacks show the cycle: the
+    connection's work in a memory wait, the writers in writeback waits, free at min."""
+    run = kernel_lockup(tmp_path, "k")
+    assert run.verdict == "lockup", run.summary["reasons"]
+    lk = run.summary["lockup"]
+    assert (lk["stuck_for_s"], lk["stuck_since"]) == (41.0, 29.0)
+    text = lk["cycle"]["text"]
+    assert text[0].startswith("writeback waits for the storage connection: 5000 dirty and "
+                              "300 under-writeback pages, no sector written to the LUN for "
+                              "41.0s (iSCSI: session1 LOGGED_IN, connection1:0 up)")
+    assert "kworker/u4:1+iscsi_q_2 (412) in sk_stream_wait_memory (socket memory)" in text[1]
+    assert "python3 (530) in balance_dirty_pages (the dirty limits)" in text[2]
+    assert "531" not in text[2]          # folio_wait_bit_common: a lock as well, not counted
+    assert cycle_lines(run.summary)[0].startswith("wait-for cycle (stuck 41.0s from t=29.0s, "
+                                                  "recovery horizon 40s)")
+
+
+@pytest.mark.parametrize("changes, why", [
+    ({"stalled_for_s": 39.0}, "before the kernel's recovery horizon (40s) passed"),
+    ({"tasks": WAITING[1:]}, "the kernel shows no cycle: no task waits for memory"),
+    ({"tasks": WAITING[:1]}, "the kernel shows no cycle: no task waits for writeback"),
+    ({"free": 900}, "free memory (900 pages) is above the min watermark (200)"),
+])
+def test_a_kernel_stall_without_one_of_the_waits_is_not_proven(tmp_path, changes, why):
+    """A stuck kernel without one of the three waits is stuck on something else (a dead
+    target holds writeback with memory to spare): degraded, naming what is missing."""
+    run = kernel_lockup(tmp_path, "k", **changes)
+    assert run.verdict == "degraded"
+    (line,) = [r for r in run.summary["reasons"] if "guest's detector" in r]
+    assert why in line, line
 
 
 def test_a_drops_bound_on_a_kernel_client_is_not_checked_and_says_why(tmp_path):

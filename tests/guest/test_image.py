@@ -15,7 +15,7 @@ import pytest
 from testbed import scenario
 from testbed.errors import EnvironmentProblem
 from testbed.guest import image, qemu
-from testbed.guest.node import open_iscsi_settings, sysctls
+from testbed.guest.node import kernel_horizon, open_iscsi_settings, sysctls
 from testbed.mm import pattern
 from testbed.schema import SchemaError
 
@@ -165,3 +165,19 @@ def test_the_initiator_timeouts_become_open_iscsis_node_settings():
     assert got["node"]["node.conn[0].timeo.noop_out_interval"] == 0        # pings off
     assert got["node"]["node.conn[0].timeo.login_timeout"] == \
         math.ceil(s.initiator.login_timeout_s)
+    assert got["node"]["node.session.timeo.replacement_timeout"] == 120    # open-iscsi's
+
+
+def test_the_kernels_recovery_horizon_is_detection_then_the_replacement_timeout():
+    """The later of the command timeout and the pings finds the connection dead; the
+    session is then retried for the replacement timeout, after which its commands fail."""
+    s = scenario.load("contention", ["client.kind=kernel", "client.memory_mb=128",
+                                     "initiator.command_timeout_s=7.5",
+                                     "initiator.noop_out_interval_s=5",
+                                     "initiator.noop_out_timeout_s=4",
+                                     "initiator.replacement_timeout_s=20"])
+    h = kernel_horizon(s.initiator)
+    assert (h.detect_s, h.reinstatement_s, h.seconds) == (9.0, 20.0, 29.0)
+    pings_off = scenario.load("contention", ["client.kind=kernel", "client.memory_mb=128",
+                                             "initiator.noop_out_interval_s=0"])
+    assert kernel_horizon(pings_off.initiator).seconds == 30 + 120

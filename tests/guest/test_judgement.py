@@ -57,6 +57,44 @@ def test_a_stall_at_the_min_watermark_is_a_lockup_and_above_it_is_not(agent):
     assert w.longest == 6.5
 
 
+def test_a_stall_is_no_lockup_before_the_kernels_recovery_horizon(agent):
+    """Before the horizon (the command timeout, then the replacement timeout) the kernel
+    may still fail the session's commands or log in again: the guest runs on."""
+    w = agent.StallWatch(4.0, now=0.0, horizon_s=40.0)
+    w.update(sample(8192), 0.0, False, False)
+    assert w.update(sample(8192, free=50), 6.0, False, False) == (6.0, False)
+    assert w.update(sample(8192, free=50), 39.9, False, True) == (39.9, False)
+    assert w.update(sample(8192, free=50), 40.0, False, False) == (40.0, True)
+
+
+def test_blocked_tasks_are_read_with_their_kernel_stacks(agent, tmp_path):
+    """A /proc of three tasks as the kernel writes it: only the one in state D is kept,
+    with its wchan and its stack's function names (offsets dropped)."""
+    for pid, comm, state in ((7, "kworker/u4:2-iscsi_q_1", "D"), (8, "python3", "S"),
+                             (9, "a (b) c", "D")):
+        d = tmp_path / str(pid)
+        d.mkdir()
+        (d / "stat").write_text(f"{pid} ({comm}) {state} 1 1 1 0 -1 4194560 0 0\n")
+        (d / "wchan").write_text("sk_stream_wait_memory" if pid == 7 else "balance_dirty_pages")
+        (d / "stack").write_text("[<0>] sk_stream_wait_memory+0x2c7/0x380\n"
+                                 "[<0>] tcp_sendmsg_locked+0x5a1/0xc60\n" if pid == 7 else "")
+    (tmp_path / "self").mkdir()
+    got = agent.blocked_tasks(str(tmp_path))
+    assert got == [{"pid": 7, "comm": "kworker/u4:2-iscsi_q_1", "wchan": "sk_stream_wait_memory",
+                    "stack": ["sk_stream_wait_memory", "tcp_sendmsg_locked"]},
+                   {"pid": 9, "comm": "a (b) c", "wchan": "balance_dirty_pages", "stack": []}]
+
+
+def test_iscsi_states_are_the_transport_classs(agent, tmp_path):
+    for cls, name, state in (("iscsi_session", "session1", "FAILED"),
+                             ("iscsi_connection", "connection1:0", "down")):
+        d = tmp_path / "class" / cls / name
+        d.mkdir(parents=True)
+        (d / "state").write_text(state + "\n")
+    assert agent.iscsi_states(str(tmp_path)) == {"session1": "FAILED", "connection1:0": "down"}
+    assert agent.iscsi_states(str(tmp_path / "none")) == {}
+
+
 def test_a_hung_task_makes_a_stall_a_lockup_whatever_free_memory(agent):
     w = agent.StallWatch(2.0, now=0.0)
     w.update(sample(0), 0.0, False, False)
