@@ -87,15 +87,18 @@ def check_workers(n: int, option: str = "--workers") -> int:
 @dataclass(frozen=True)
 class RunSpec:
     """One run for the pool: the scenario, its run folder, where its progress goes
-    (None: with one worker, our stderr; with more, ``<out_dir>/progress.log``)."""
+    (None: with one worker, our stderr; with more, ``<out_dir>/progress.log``), and how
+    long it may take (None: the scenario's deadline plus :data:`RUN_ALLOWANCE_S`)."""
 
     scenario: Scenario
     out_dir: Path
     log: Optional[Path] = None
+    timeout_s: Optional[float] = None
 
     @property
-    def timeout_s(self) -> float:
-        return self.scenario.deadline_s + RUN_ALLOWANCE_S
+    def limit_s(self) -> float:
+        return self.timeout_s if self.timeout_s is not None else \
+            self.scenario.deadline_s + RUN_ALLOWANCE_S
 
 
 @dataclass
@@ -225,11 +228,11 @@ class RunPool:
             if child.proc.poll() is not None:
                 ended.append(i)
             elif child.stopping is None and \
-                    time.monotonic() - child.started > child.spec.timeout_s:
-                child.stopping = f"did not end within {child.spec.timeout_s:g} s"
+                    time.monotonic() - child.started > child.spec.limit_s:
+                child.stopping = f"did not end within {child.spec.limit_s:g} s"
                 _signal(child.proc, signal.SIGINT)
             elif child.stopping and time.monotonic() - child.started > \
-                    child.spec.timeout_s + self.stop_timeout_s:
+                    child.spec.limit_s + self.stop_timeout_s:
                 _signal(child.proc, signal.SIGKILL)
         return ended
 

@@ -1,0 +1,202 @@
+"""The run pool (``--workers N``): order, concurrency, errors, stopping, N checked.
+
+The children here are a small stand-in program (``WORKER``) that reads the pool's real
+job file and writes the real result file, so the pool's processes, signals, timeouts
+and files are exercised for real; what a child does is written in its folder's name:
+``<label>-<seconds>-<mode>``. The runs themselves (Mininet, tgtd) are the machine
+test's (tests/e2e/test_workers.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed import pool as pool_mod
+from testbed import scenario as scenario_mod
+from testbed.cli import main
+from testbed.errors import ConfigError, TestbedError, TimeoutExpired
+from testbed.pool import RunPool, RunSpec, check_workers
+
+WORKER = r'''
+import json, pickle, signal, sys, time
+from pathlib import Path
+spec, result = pickle.loads(Path(sys.argv[1]).read_bytes())
+out = spec.out_dir
+label, seconds, mode = out.name.split("-")
+
+def interrupted(signum, frame):
+    (out / "interrupted").write_text("1")
+    Path(result).write_text(json.dumps({"run_dir": str(out), "error": {
+        "kind": "TestbedError", "message": "interrupted"}}))
+    sys.exit(130)
+
+signal.signal(signal.SIGINT, signal.SIG_IGN if mode == "stubborn" else interrupted)
+(out / "started").write_text(repr(time.time()))
+time.sleep(float(seconds))
+(out / "ended").write_text(repr(time.time()))
+if mode == "crash":
+    sys.exit(3)
+error = {"config": {"kind": "ConfigError", "message": "x.yaml:3: client.policy: bad"},
+         "odd": {"kind": "SomethingElse", "message": "a node did not start"}}.get(mode)
+(out / "summary.json").write_text(json.dumps({"verdict": "completed",
+                                              "expected": "completed"}))
+Path(result).write_text(json.dumps({"run_dir": str(out), "error": error}))
+'''
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> list[str]:
+    path = tmp_path / "worker.py"
+    path.write_text(WORKER)
+    return [sys.executable, str(path)]
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return scenario_mod.load("baseline")
+
+
+def specs(tmp_path: Path, scenario, *names: str, **kw) -> list[RunSpec]:
+    return [RunSpec(scenario, tmp_path / "batch" / name, **kw) for name in names]
+
+
+def span(done) -> tuple[float, float]:
+    d = done.spec.out_dir
+    return float((d / "started").read_text()), float((d / "ended").read_text())
+
+
+@pytest.mark.cli
+def test_results_come_in_the_order_given_whatever_order_the_runs_end(tmp_path, worker,
+                                                                     scenario):
+    started = []
+    jobs = specs(tmp_path, scenario, "a-2.5-ok", "b-1.0-ok", "c-1.7-ok")
+    with RunPool(3, argv=worker, on_start=lambda i, s: started.append(i)) as pool:
+        got = list(pool.run(jobs))
+    assert [d.spec for d in got] == jobs and started == [0, 1, 2]
+    assert all(d.error is None and d.ok and d.summary["verdict"] == "completed" for d in got)
+    ends = [span(d)[1] for d in got]
+    assert ends[1] < ends[2] < ends[0]          # they ended in another order
+    assert max(span(d)[0] for d in got) < min(ends)     # and all three ran at once
+    assert all(d.run_dir == d.spec.out_dir and (d.run_dir / "progress.log").exists()
+               for d in got)
+
+
+@pytest.mark.cli
+def test_never_more_than_n_runs_at_once(tmp_path, worker, scenario):
+    jobs = specs(tmp_path, scenario, *(f"r{i}-0.4-ok" for i in range(5)))
+    with RunPool(2, argv=worker) as pool:
+        spans = [span(d) for d in pool.run(jobs)]
+    for t in {s for s, _ in spans}:
+        assert sum(s <= t < e for s, e in spans) <= 2
+
+
+@pytest.mark.cli
+def test_an_error_comes_back_as_its_class_and_a_crash_as_a_failed_run(tmp_path, worker,
+                                                                       scenario):
+    jobs = specs(tmp_path, scenario, "a-0-config", "b-0-odd", "c-0-crash", "d-0-ok")
+    with RunPool(2, argv=worker) as pool:
+        a, b, c, d = pool.run(jobs)
+    assert type(a.error) is ConfigError and str(a.error) == "x.yaml:3: client.policy: bad"
+    assert type(b.error) is TestbedError and "a node did not start" in str(b.error)
+    assert type(c.error) is TestbedError and "status 3 and no result" in str(c.error)
+    assert d.error is None and d.ok and not a.ok
+
+
+@pytest.mark.cli
+def test_leaving_early_stops_every_run_in_flight_and_removes_the_job_files(tmp_path, worker,
+                                                                          scenario):
+    jobs = specs(tmp_path, scenario, "a-0.1-ok", "b-30-ok", "c-30-ok", "d-30-ok")
+    pool = RunPool(3, argv=worker)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError):
+        with pool:
+            for done in pool.run(jobs):
+                assert done.error is None and pool._tmp is not None
+                tmp = pool._tmp
+                raise RuntimeError("the caller stops")     # as a ConfigError would
+    assert time.monotonic() - t0 < 15
+    assert all((j.out_dir / "interrupted").exists() for j in jobs[1:3])
+    assert not jobs[3].out_dir.exists() or not (jobs[3].out_dir / "started").exists()
+    assert pool.live == {} and pool._tmp is None
+    assert not tmp.exists()
+
+
+@pytest.mark.cli
+def test_ctrl_c_stops_the_runs_in_flight(tmp_path, worker, scenario, monkeypatch):
+    jobs = specs(tmp_path, scenario, "a-30-ok", "b-30-ok")
+    pool = RunPool(2, argv=worker)
+    pressed, real_sleep = [], time.sleep
+
+    def sleep(seconds: float) -> None:          # Ctrl-C once, when both runs are under way
+        if not pressed and all((j.out_dir / "started").exists() for j in jobs):
+            pressed.append(True)
+            raise KeyboardInterrupt
+        real_sleep(seconds)
+
+    monkeypatch.setattr(pool_mod.time, "sleep", sleep)
+    with pytest.raises(KeyboardInterrupt):
+        list(pool.run(jobs))
+    assert all((j.out_dir / "interrupted").exists() for j in jobs)
+    assert pool.live == {}
+
+
+@pytest.mark.cli
+def test_a_run_that_does_not_stop_is_killed_and_a_late_one_is_a_timeout(tmp_path, worker,
+                                                                        scenario):
+    jobs = specs(tmp_path, scenario, "a-30-stubborn", timeout_s=0.5)
+    t0 = time.monotonic()
+    with RunPool(2, argv=worker, stop_timeout_s=0.5) as pool:
+        (done,) = pool.run(jobs)
+    assert time.monotonic() - t0 < 10
+    assert isinstance(done.error, TimeoutExpired) and "did not end within 0.5 s" in str(done.error)
+    late = specs(tmp_path, scenario, "b-30-ok", timeout_s=0.5)
+    with RunPool(2, argv=worker) as pool:
+        (done,) = pool.run(late)
+    assert isinstance(done.error, TimeoutExpired)
+    assert (late[0].out_dir / "interrupted").exists()       # asked once, stopped itself
+
+
+def test_one_worker_runs_in_this_process_in_order(tmp_path, scenario):
+    seen = []
+
+    def runner(spec: RunSpec) -> tuple[Path, dict]:
+        seen.append(spec.out_dir.name)
+        if spec.out_dir.name == "b":
+            raise TestbedError("node target did not start")
+        return spec.out_dir, {"verdict": "lockup", "expected": "lockup"}
+
+    jobs = specs(tmp_path, scenario, "a", "b", "c")
+    got = list(RunPool(1, runner=runner).run(jobs))
+    assert seen == ["a", "b", "c"] and [d.spec for d in got] == jobs
+    assert got[0].ok and str(got[1].error) == "node target did not start" and got[2].ok
+
+    def interrupted(spec: RunSpec) -> tuple[Path, dict]:
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        list(RunPool(1, runner=interrupted).run(jobs))
+
+
+@pytest.mark.parametrize("bad", [0, -2, 65, "2", True])
+def test_the_number_of_workers_is_checked(bad):
+    with pytest.raises(ConfigError, match="--workers"):
+        check_workers(bad)
+    with pytest.raises(ConfigError):
+        RunPool(bad)
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("argv", [
+    ["compare", "baseline", "--policies", "none"],
+    ["sweep", "baseline", "--param", "client.memory_mb=32,40"],
+    ["stress", "contention", "--policy", "none", "--budget", "1m"]])
+def test_workers_below_one_is_a_one_line_error_and_starts_nothing(argv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(argv + ["--workers", "0", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "--workers: must be at least 1 (runs at once), got 0" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
