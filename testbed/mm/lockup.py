@@ -1,11 +1,23 @@
 """The lockup detector: a stall is watched until it is proven stuck, then explained.
 
 A *stall* is writeback pending with no completion for ``lockup_after_s`` while free
-memory is at or under ``WMARK_MIN``. It opens a :class:`StallEpisode` and the run goes
-on. The episode ends, and is recorded with what ended it, when a writeback completes,
-nothing is left to write back, free memory rises above min, or pages become
-reclaimable. ``lockup_after_s`` therefore means "open an episode after this long", no
-longer "declare a lockup".
+memory is at or under ``WMARK_MIN`` with no clean page a reclaimer can run to
+(:func:`reclaim_outlook`), or while the storage flow's received segments are refused at
+TCP's limit (:class:`TcpOutlook`, free memory whatever it is). It opens a
+:class:`StallEpisode` and the run goes on. The episode ends, and is recorded with what
+ended it, when a writeback completes, nothing is left to write back, or - not held at
+TCP's limit - free memory rises above min or clean pages come within a reclaimer's
+reach. ``lockup_after_s`` therefore means "open an episode after this long", no longer
+"declare a lockup".
+
+Two states the detector once could not prove, each seen in a 2005 run that ended
+degraded at its deadline: free memory at 1 page beside 32 clean pages for 50 s, kswapd
+and four allocators asleep in ``get_request_wait`` with the request queue full (8 of 8;
+``phillips-2005-threshold``, the CI run of 17de68c) - a clean page is a way out only
+while a reclaimer can run to it; and 1,536 of 1,536 pages charged to TCP from 20 s, the
+downloads' readers waiting for writeback, the session lost at 22.9 s and never
+reinstated, free memory at 302 pages above min 234 (``reserve-only`` on 1acdae7) -
+2.6.13's stream-specific deadlock, which 3.6's c76562b6709f ends for pfmemalloc skbs.
 
 Inside an episode the *stuck clock* runs while :class:`StuckCriteria` hold at every
 check (every ``period_s``). When one breaks the clock stops, the break is recorded, and
@@ -31,10 +43,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, Union
 
 from .skbuff import NetDev
+from .sock import Sock, sk_mem_pages
 from .vmstat import Use
 
 if TYPE_CHECKING:
@@ -130,6 +143,7 @@ class FlowTally:
     rx_dropped: int = 0       # received, dropped for lack of memory (:data:`MEMORY_DROPS`)
     delivered: int = 0        # received and handed to the stack
     tx_dropped: int = 0       # to be sent, dropped for lack of memory
+    rx_proto_mem: int = 0     # of rx_dropped, refused at TCP's limit (PROTO_MEM)
 
     @property
     def dropped(self) -> int:
@@ -137,7 +151,7 @@ class FlowTally:
 
     def __sub__(self, other: "FlowTally") -> "FlowTally":
         return FlowTally(self.rx_dropped - other.rx_dropped, self.delivered - other.delivered,
-                         self.tx_dropped - other.tx_dropped)
+                         self.tx_dropped - other.tx_dropped, self.rx_proto_mem - other.rx_proto_mem)
 
 
 @dataclass
@@ -170,7 +184,8 @@ def tally_from_counters(net: dict[str, Any]) -> FlowTally:
         return sum(reasons[r]["frames"] for r in MEMORY_DROPS if r in reasons)
 
     delivered = net["rx"]["classes"]["memalloc"]["delivered"]["frames"]
-    return FlowTally(dropped("rx"), delivered, dropped("tx"))
+    refused = net["rx"]["classes"]["memalloc"]["reasons"].get("PROTO_MEM", {}).get("frames", 0)
+    return FlowTally(dropped("rx"), delivered, dropped("tx"), refused)
 
 
 # -- one look at the machine ----------------------------------------------------------------
@@ -193,10 +208,29 @@ class Reading:
     reclaimable: int
     last_progress: float      # when a writeback last completed
     nr_written: int
+    # who could still run to the clean pages (read only while there are some)
+    reclaim: Optional["ReclaimOutlook"] = None
+    # the storage flow's next received segment against TCP's limit (None: no storage)
+    tcp: Optional["TcpOutlook"] = None
 
     @property
     def pending(self) -> bool:
         return self.dirty + self.writeback > 0
+
+    @property
+    def reclaim_reachable(self) -> bool:
+        """Clean pages that a reclaimer can still run to (criterion 2 broken)."""
+        return self.reclaimable > 0 and (self.reclaim is None or self.reclaim.reachable)
+
+    @property
+    def tcp_refused(self) -> bool:
+        """The storage flow's next segment would be refused at TCP's limit."""
+        return self.tcp is not None and self.tcp.refused
+
+    @property
+    def memory_held(self) -> bool:
+        """Free memory at or under min, and no reclaimer can run to a clean page."""
+        return self.free <= self.wmark_min and not self.reclaim_reachable
 
     @property
     def rx_blocked(self) -> bool:
@@ -227,7 +261,19 @@ class StuckCriteria:
        the zone under the socket's mark (the GFP_ATOMIC floor, zero from 3.6's
        ``sk_set_memalloc``). With no network storage the mark is min and the need one
        page (no GFP_KERNEL allocation either).
-    2. *Nothing reclaimable*: no clean page on the LRU, so reclaim cannot free any.
+       *Or no TCP memory for it* (:class:`TcpOutlook`, whatever the free memory): its
+       next received segment would be refused by ``sk_rmem_schedule()`` - the count
+       ``tcp_memory_allocated`` at ``tcp_mem[2]`` (2.6.13 ``include/net/sock.h``
+       ``sk_stream_rmem_schedule`` -> ``net/core/stream.c`` ``sk_stream_mem_schedule``),
+       and, where the era exempts ``pfmemalloc`` skbs (3.6 ``include/net/sock.h``
+       ``sk_rmem_schedule``: ``|| skb_pfmemalloc(skb)``, c76562b6709f), no buffer it may
+       land in is ``pfmemalloc``. 2.6.13's stream-specific deadlock: the segment is
+       dropped (``tcp_data_queue``, ``PROTO_MEM``) and only the readers of the sockets
+       holding the count can give it back.
+    2. *Nothing reclaimable*: no clean page on the LRU that a reclaimer can run to
+       (:func:`reclaim_outlook`; a clean page is a way out only while something can
+       reach it). Not asked of a state held at TCP's limit: reclaim frees pages, not
+       TCP's count.
     3. *No writeback completed*: the episode ends at the first completion.
     4. *The storage flow starved*: its frames were dropped (received or sent) for lack
        of memory while stuck, or a data segment of it has waited for transmit memory
@@ -246,15 +292,19 @@ class StuckCriteria:
         """The first of criteria 1-3 that ``r`` breaks: (name, detail), or None."""
         if r.last_progress > progress_at:
             return "no writeback completed", "a writeback completed"
+        if r.tcp_refused:
+            return None                 # held at TCP's limit: free memory does not matter
         if not r.rx_blocked and not r.tx_blocked:
             waits = "" if r.tx_since is None else (
                 f"; a transmit of {r.tx_need} stays at or above the storage transmit mark "
                 f"of {r.tx_mark}")
+            tcp = "" if r.tcp is None else f"; {r.tcp.line()}"
             return ("no memory for the storage flow",
                     f"{r.free} free pages: a receive of {r.rx_need} stays at or above the "
-                    f"storage receive mark of {r.rx_mark}{waits}")
-        if r.reclaimable:
-            return "nothing reclaimable", f"{r.reclaimable} clean pages are reclaimable"
+                    f"storage receive mark of {r.rx_mark}{waits}{tcp}")
+        if r.reclaim_reachable:
+            who = "" if r.reclaim is None else f" ({r.reclaim.line()})"
+            return "nothing reclaimable", f"{r.reclaimable} clean pages are reclaimable{who}"
         return None
 
     @staticmethod
@@ -314,6 +364,166 @@ WRITEBACK_WAITS = {
     "throttle_direct_reclaim": "throttle_direct_reclaim",
 }
 IN_ALLOCATOR = {"_alloc_pages_slowpath": "__alloc_pages_slowpath"}
+# What a stuck state lacks: free memory, or room in TCP's count (the OOM killer's need)
+MEMORY_UNIT, TCP_UNIT = "memory", "tcp_mem"
+
+
+def bound_waits(mm: "MemoryManager", queue_full: bool) -> dict[str, str]:
+    """The waits of :data:`WRITEBACK_WAITS` that only writeback ends now, by the era's rules.
+
+    ``get_request_wait`` (the model's ``wait_for_slot``; 2.6.13
+    ``drivers/block/ll_rw_blk.c``) sleeps only while the queue is full; 2.6.13's
+    ``balance_dirty_pages`` (``mm/page-writeback.c``) returns once the task has started
+    its chunk, which it can while a request is free; 3.2's IO-less throttle loops while
+    over the limits whatever the queue does. ``throttle_direct_reclaim`` (3.6
+    ``mm/vmscan.c``) waits for kswapd, which :func:`reclaim_outlook` weighs apart.
+    """
+    bound = dict(WRITEBACK_WAITS)
+    if not queue_full:
+        del bound["wait_for_slot"]
+        if mm.era.dirty_throttle == "2.6.13":
+            del bound["balance_dirty_pages"]
+    return bound
+
+
+# -- criterion 2: who can still reclaim -----------------------------------------------------
+
+@dataclass(frozen=True)
+class ReclaimOutlook:
+    """Which reclaimers could still run to the clean pages on the LRU (criterion 2).
+
+    A clean page is a way out only while something reclaims it. The model's reclaimers,
+    as the kernels have them:
+
+    * kswapd (2.6.13 and 3.6 ``mm/vmscan.c`` ``balance_pgdat`` -> ``shrink_zone``), woken
+      by any allocation under the low watermark - every refill of the receive ring at
+      min is one. It frees clean pages before it writes dirty ones, but 2.6.13's
+      ``may_write_to_queue`` (3.6: ``PF_SWAPWRITE``) lets it ``pageout()`` to a congested
+      queue, and then it sleeps in ``get_request_wait`` until a request completes.
+    * direct reclaim (2.6.13 ``mm/page_alloc.c`` ``__alloc_pages`` -> ``try_to_free_pages``;
+      3.6 ``__alloc_pages_direct_reclaim``): any task that allocates and may sleep - the
+      workloads (page-cache pages, ``GFP_KERNEL``) and the flusher (a request buffer,
+      ``GFP_NOIO``, which direct-reclaims clean pages too). A task can get there unless it
+      sleeps in a wait only writeback ends (:func:`bound_waits`): the dirty throttle, a
+      request slot, 2.6.13's ``pageout()`` from direct reclaim to its own queue, or 3.6's
+      ``throttle_direct_reclaim`` (which lets it go only when kswapd has freed memory).
+      The flusher allocates only when it starts a request, so only while the queue has a
+      free slot.
+
+    The packet handler's allocations are ``GFP_ATOMIC`` and reclaim nothing. ``runnable``
+    are the reclaimers that can run; ``waits`` the others with the wait they are in.
+    """
+
+    clean: int
+    requests: int                           # requests at the device
+    queue_depth: int
+    runnable: tuple[str, ...]
+    waits: tuple[tuple[str, str], ...]
+
+    @property
+    def reachable(self) -> bool:
+        return self.clean > 0 and bool(self.runnable)
+
+    def line(self) -> str:
+        if self.runnable:
+            return f"{name_range(self.runnable)} can run to them"
+        waits = ", ".join(f"{n} in {w}" for n, w in self.waits) or "no reclaimer"
+        return (f"no reclaimer can run to them: {waits}; the request queue "
+                f"{self.requests} of {self.queue_depth}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "reachable": self.reachable, "text": self.line()}
+
+
+def reclaim_outlook(mm: "MemoryManager", pc: Any, tasks: Sequence[threading.Thread]) -> ReclaimOutlook:
+    """Who can run to the clean pages now (mm lock not held); see :class:`ReclaimOutlook`."""
+    with mm.lock:
+        clean, requests, depth = pc.nr_reclaimable, pc.nr_inflight, pc.queue_depth
+        full = pc.congested()
+    bound = bound_waits(mm, full)
+    runnable: list[str] = []
+    waits: list[tuple[str, str]] = []
+
+    def place(thread: threading.Thread, name: str) -> None:
+        wait = next(iter(stack_names(thread, bound)), None)
+        if wait is None:
+            runnable.append(name)
+        else:
+            waits.append((name, wait))
+
+    kswapd = mm.kswapd
+    if isinstance(kswapd, threading.Thread) and kswapd.is_alive():
+        place(kswapd, kswapd.name)
+    flusher = mm.flusher
+    if isinstance(flusher, threading.Thread) and flusher.is_alive():
+        if full:                # it allocates only for a request it starts
+            waits.append((flusher.name, "get_request_wait"))
+        else:
+            runnable.append(flusher.name)
+    for t in tasks:
+        dying = getattr(t, "oom_dying", None)
+        if t.is_alive() and not (dying is not None and dying()):
+            place(t, t.name)
+    return ReclaimOutlook(clean, requests, depth, tuple(runnable), tuple(waits))
+
+
+# -- criterion 1 at TCP's limit -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TcpOutlook:
+    """The storage flow's next received segment against ``sk_rmem_schedule()`` (criterion 1).
+
+    ``allocated`` is ``tcp_memory_allocated``, ``limits`` ``tcp_mem``; a segment of
+    ``truesize`` adds ``need`` pages. ``pfmemalloc``: a buffer it may land in is
+    ``pfmemalloc`` (a posted one; or, under the GFP_ATOMIC floor, a refill from the
+    reserves on a device whose skbs carry the mark); ``refused``: every socket of the
+    storage flow (a new connection's when it has none) would have it dropped.
+    """
+
+    allocated: int
+    limits: tuple[int, int, int]
+    truesize: int
+    need: int
+    pfmemalloc: bool
+    exempt: bool                # the era lets a pfmemalloc skb past the limit
+    refused: bool
+
+    @property
+    def excess(self) -> int:
+        """Pages of TCP's count to give back before the segment fits under ``tcp_mem[2]``."""
+        return max(0, self.allocated + self.need - self.limits[2])
+
+    def line(self) -> str:
+        verdict = "refused" if self.refused else "charged"
+        exempt = " (a pfmemalloc skb is let past)" if self.exempt and self.pfmemalloc else ""
+        return (f"TCP holds {self.allocated:,} of tcp_mem[2] {self.limits[2]:,} pages: a "
+                f"segment of {self.truesize} bytes would be {verdict}{exempt}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "excess": self.excess, "text": self.line()}
+
+
+def rx_pfmemalloc_locked(mm: "MemoryManager", dev: NetDev) -> bool:
+    """May a frame arriving on ``dev`` land in a ``pfmemalloc`` skb (mm lock held)? A posted
+    buffer carries the mark; a refill does under the GFP_ATOMIC floor if the device's
+    skbs are marked at all (page mode's ``kmalloc_reserve``; fragments only where the
+    era's ``build_skb`` looks at the page)."""
+    if any(skb.pfmemalloc for skb in dev.ring):
+        return True
+    marks = not dev.frag_size or dev.frag_pfmemalloc
+    return marks and mm.zone.free - rx_need(mm, dev) < mm.zone.mark_atomic
+
+
+def tcp_outlook_locked(mm: "MemoryManager", dev: NetDev) -> TcpOutlook:
+    """The storage flow's next segment on ``dev`` against TCP's limit (mm lock held). The
+    storage sockets are the ``SOCK_MEMALLOC`` ones (every policy marks the initiator's);
+    between connections, a new socket's (nothing charged yet)."""
+    socks = [sk for sk in mm.socks if sk.memalloc and not sk.closed] or [Sock(mm, "new connection")]
+    pf = rx_pfmemalloc_locked(mm, dev)
+    size = dev.truesize
+    refused = all(sk.rmem_refused_locked(size, pf) for sk in socks)
+    return TcpOutlook(mm.tcp_memory_allocated, tuple(mm.tcp_mem), size, sk_mem_pages(size), pf,
+                      mm.era.rmem_pfmemalloc_exempt, refused)
 
 
 @dataclass(frozen=True)
@@ -324,7 +534,9 @@ class OomOutlook:
     page-cache pages; receive and writeback allocate ``GFP_ATOMIC``/``GFP_NOIO``), and a
     kill frees what its victim holds that is not a file page (a downloader's socket
     queue). ``reach`` is what killing every process still alive would free, ``need`` what
-    a buffer of the storage flow needs beyond the free pages.
+    a buffer of the storage flow needs beyond the free pages. In a state held at TCP's
+    limit (``unit`` :data:`TCP_UNIT`) both count pages of TCP's count: a kill closes the
+    victim's socket (``sk_stream_kill_queues``), and its charge goes back.
     """
 
     killer: bool                            # the era has an OOM killer
@@ -334,19 +546,30 @@ class OomOutlook:
     callers: tuple[str, ...]                # in the allocator now, may call out_of_memory()
     unbound: tuple[str, ...]                # alive, waiting for nothing writeback ends
     waits: tuple[tuple[str, str], ...]      # (process, the writeback-bound wait it is in)
+    unit: str = MEMORY_UNIT
+
+    @property
+    def _needs(self) -> str:
+        if self.unit == TCP_UNIT:
+            return f"a segment of the storage flow needs {self.need} pages of TCP's count back"
+        return f"a buffer of the storage flow needs {self.need}"
+
+    @property
+    def _frees(self) -> str:
+        return "would give back" if self.unit == TCP_UNIT else "would free"
 
     def could_end(self) -> Optional[str]:
         """How the OOM killer could still end the stuck state; None when it cannot."""
         if not self.killer or self.reach < self.need:
             return None
-        frees = f"killing {name_range(n for n, p in self.victims if p)} would free {self.reach} pages"
+        frees = f"killing {name_range(n for n, p in self.victims if p)} {self._frees} {self.reach} pages"
         if self.callers:
             return (f"the OOM killer may still end it: {name_range(self.callers)} may call "
-                    f"out_of_memory(), and {frees} (a buffer of the storage flow needs {self.need})")
+                    f"out_of_memory(), and {frees} ({self._needs})")
         if self.unbound:
             return (f"the OOM killer may still end it: {name_range(self.unbound)} waits for no "
                     f"writeback, its next page-cache allocation may call out_of_memory(), and "
-                    f"{frees} (a buffer of the storage flow needs {self.need})")
+                    f"{frees} ({self._needs})")
         return None
 
     def line(self) -> str:
@@ -355,8 +578,8 @@ class OomOutlook:
             return "OOM killer: none in this kernel profile"
         if self.reach < self.need:
             held = ", ".join(f"{n} {p}" for n, p in self.victims if p) or "nothing"
-            return (f"OOM killer: killing every process would free {self.reach} pages "
-                    f"({held}), a buffer of the storage flow needs {self.need}")
+            return (f"OOM killer: killing every process {self._frees} {self.reach} pages "
+                    f"({held}), {self._needs}")
         waits = ", ".join(f"{n} in {w}" for n, w in self.waits)
         return (f"OOM killer: no process can call out_of_memory(), each waits for writeback "
                 f"({waits})")
@@ -365,22 +588,26 @@ class OomOutlook:
         return {**asdict(self), "could_end": self.could_end(), "text": self.line()}
 
 
-def oom_outlook(mm: "MemoryManager", need: int, queue_full: bool) -> OomOutlook:
+def oom_outlook(mm: "MemoryManager", need: int, queue_full: bool,
+                unit: str = MEMORY_UNIT) -> OomOutlook:
     """The OOM killer's position now (mm lock not held). ``need``: pages a storage buffer
-    needs beyond the free ones; ``queue_full``: no request can be started (2.6.13's dirty
+    needs beyond the free ones (``unit`` :data:`TCP_UNIT`: pages of TCP's count a storage
+    segment needs given back); ``queue_full``: no request can be started (2.6.13's dirty
     throttle then waits for writeback too)."""
     oom = mm.oom
     if oom is None:
-        return OomOutlook(False, 0, need, (), (), (), ())
-    bound = dict(WRITEBACK_WAITS)
-    if mm.era.dirty_throttle == "2.6.13" and not queue_full:
-        del bound["balance_dirty_pages"]    # it may start its chunk and return
+        return OomOutlook(False, 0, need, (), (), (), (), unit)
+    bound = bound_waits(mm, queue_full)
     victims, callers, unbound, waits = [], [], [], []
     for v in list(oom.tasks):
         if not v.oom_alive() or v.oom_dying():
             continue
         with mm.lock:
-            victims.append((v.name, v.oom_freeable_pages()))
+            if unit == TCP_UNIT:            # a kill closes its socket: its charge goes back
+                sk = getattr(v, "mm_sock", None)
+                victims.append((v.name, sk.charged_pages if sk is not None else 0))
+            else:
+                victims.append((v.name, v.oom_freeable_pages()))
         thread = v if isinstance(v, threading.Thread) else None
         stack = stack_names(thread, {**bound, **IN_ALLOCATOR}) if thread else []
         wait = next((n for n in stack if n in bound.values()), None)
@@ -392,7 +619,8 @@ def oom_outlook(mm: "MemoryManager", need: int, queue_full: bool) -> OomOutlook:
         else:
             unbound.append(v.name)
     reach = sum(p for _, p in victims)
-    return OomOutlook(True, reach, need, tuple(victims), tuple(callers), tuple(unbound), tuple(waits))
+    return OomOutlook(True, reach, need, tuple(victims), tuple(callers), tuple(unbound), tuple(waits),
+                      unit)
 
 
 @dataclass(frozen=True)
@@ -402,6 +630,8 @@ class SockHold:
     name: str
     pages: int
     reader_wchan: Optional[str]
+    charged: int = 0                    # pages it holds in TCP's count
+    reader_wait: Optional[str] = None   # its reader's wait that only writeback ends (bound_waits)
 
 
 @dataclass(frozen=True)
@@ -426,6 +656,11 @@ class StuckState:
     reconnecting: bool = False    # no data waits, the session is reinstated: its SYN waits
     sockets: tuple[SockHold, ...] = ()
     tasks: tuple[tuple[str, Optional[str]], ...] = ()     # (task, wchan) of the workloads
+    clean: int = 0                # clean pages on the LRU that no reclaimer reaches
+    clean_reachable: bool = False     # clean pages a reclaimer can run to: memory comes back
+    reclaim: Optional[ReclaimOutlook] = None    # why no reclaimer reaches them
+    tcp: Optional[TcpOutlook] = None            # the storage flow against TCP's limit
+    storage_proto_mem: int = 0    # of the dropped frames, received segments refused PROTO_MEM
 
     @property
     def rx_starved(self) -> bool:
@@ -468,12 +703,13 @@ class WaitCycle:
     edges lead back to the first waiter."""
 
     edges: tuple[WaitEdge, ...]
+    kind: str = MEMORY_UNIT         # what the storage flow lacks: memory, or TCP's count
 
     def lines(self) -> list[str]:
         return [str(e) for e in self.edges]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"edges": [asdict(e) for e in self.edges], "text": self.lines()}
+        return {"edges": [asdict(e) for e in self.edges], "text": self.lines(), "kind": self.kind}
 
 
 @dataclass(frozen=True)
@@ -498,16 +734,27 @@ def name_range(names: Iterable[str]) -> str:
 def find_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
     """The cycle that holds the machine, built edge by edge from ``s``, or why there is none.
 
-    writeback -> the storage responses (pages under writeback) -> an skb (frames dropped,
-    free memory at the mark) -> the memory held by what only writeback can free (dirty
-    and under-writeback pages, request buffers, socket queues whose readers wait in a
-    writeback-bound wait point) -> back to writeback.
+    Through memory (:data:`MEMORY_UNIT`): writeback -> the storage responses (pages under
+    writeback) -> an skb (frames dropped, free memory at the mark) -> the memory held by
+    what only writeback can free (dirty and under-writeback pages, request buffers,
+    socket queues whose readers wait in a writeback-bound wait point, clean pages no
+    reclaimer can run to) -> back to writeback. Through TCP's limit (:data:`TCP_UNIT`,
+    when memory closes none): :func:`_tcp_cycle`.
     """
     if not s.storage:
         return NoCycle("no network storage: writeback waits for no received frame")
     if s.writeback <= 0:
         return NoCycle(f"no page is under writeback: writeback is not waiting for "
                        f"{s.storage} responses")
+    found = _memory_cycle(s)
+    if isinstance(found, NoCycle) and s.tcp is not None and s.tcp.refused:
+        return _tcp_cycle(s)
+    return found
+
+
+def _memory_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
+    if s.clean_reachable:
+        return NoCycle(f"reclaim can still free memory: {s.reclaim.line() if s.reclaim else ''}")
     rx_starved, tx_starved = s.rx_starved, s.tx_starved
     if not rx_starved and not tx_starved:
         if s.storage_dropped <= 0 and s.tx_waiting_s <= 0:
@@ -520,6 +767,8 @@ def find_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
             f"{s.storage} request buffers": s.pdu}
     if bound:
         held[f"the socket queues of {name_range(h.name for h in bound)}"] = sum(h.pages for h in bound)
+    if s.clean:
+        held["clean pages no reclaimer reaches"] = s.clean
     held = {k: v for k, v in held.items() if v > 0}
     need = s.need
     freed = sum(held.values())
@@ -548,7 +797,49 @@ def find_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
     if s.dirty:
         edges.append(WaitEdge("dirty pages", "writeback", s.dirty, "pages",
                               "freed only once written back"))
+    if s.clean:
+        how = s.reclaim.line() if s.reclaim is not None else "no reclaimer can run to them"
+        edges.append(WaitEdge("clean pages no reclaimer reaches", "writeback", s.clean, "pages",
+                              how))
     return WaitCycle(tuple(edges))
+
+
+def _tcp_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
+    """writeback -> the storage responses -> TCP's count (segments refused at ``tcp_mem[2]``)
+    -> the socket queues that hold it -> their readers, waiting for writeback.
+
+    The count goes down only when a reader reads (``sk_mem_reclaim``) or a socket closes:
+    the cycle holds if, were every socket whose reader waits for no writeback read to the
+    end, the storage flow's segment would still not fit.
+    """
+    tcp = s.tcp
+    assert tcp is not None
+    if s.storage_proto_mem <= 0:
+        return NoCycle(f"no {s.storage} segment was refused at TCP's limit while stuck: "
+                       f"its exchanges are not held up by tcp_mem ({tcp.line()})")
+    bound = [h for h in s.sockets if h.reader_wait is not None and h.charged > 0]
+    loose = sum(h.charged for h in s.sockets if h.reader_wait is None)
+    if not bound or loose >= tcp.excess:
+        others = [f"{h.name} ({h.charged} pages, reader not waiting for writeback)"
+                  for h in s.sockets if h.reader_wait is None and h.charged]
+        return NoCycle(f"TCP's count could come back: {tcp.excess} pages must be given back "
+                       f"and readers that wait for no writeback hold {loose} "
+                       f"({', '.join(others) or 'no socket whose reader waits for writeback'})")
+    holders = name_range(h.name for h in bound)
+    via = f"{s.storage} reinstatement" if s.reconnecting else f"{s.storage} responses"
+    edges = [
+        WaitEdge("writeback", via, s.writeback, "pages under writeback",
+                 f"{s.requests} requests at the device"),
+        WaitEdge(via, "TCP memory", s.storage_proto_mem,
+                 f"{s.storage} segments refused at tcp_mem[2] (PROTO_MEM)", tcp.line()),
+        WaitEdge("TCP memory", f"the socket queues of {holders}", sum(h.charged for h in bound),
+                 "pages charged", ", ".join(f"{h.name} {h.charged:,}" for h in bound)),
+    ]
+    for wait in sorted({h.reader_wait for h in bound if h.reader_wait}):
+        readers = [h.name for h in bound if h.reader_wait == wait]
+        edges.append(WaitEdge(name_range(readers), "writeback", len(readers), "tasks",
+                              f"in {wait}, their socket queues unread"))
+    return WaitCycle(tuple(edges), TCP_UNIT)
 
 
 def _tx_edges(s: StuckState) -> list[WaitEdge]:
@@ -680,6 +971,8 @@ class LockupEvidence:
     cycle: dict[str, Any] = field(default_factory=dict)
     oom: dict[str, Any] = field(default_factory=dict)       # :class:`OomOutlook`
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    tcp: dict[str, Any] = field(default_factory=dict)       # :class:`TcpOutlook`
+    reclaim: dict[str, Any] = field(default_factory=dict)   # :class:`ReclaimOutlook`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -719,6 +1012,7 @@ class LockupDetector(threading.Thread):
         self._last_end = 0.0
         self._current: Optional[StallEpisode] = None
         self._holding = False           # the stuck criteria held at the last check
+        self._tcp_held = False          # the open episode has been held at TCP's limit
         self._progress_at = 0.0         # last_progress when the open episode began
         self._stuck_t = 0.0             # monotonic start of the stuck clock
         self._stuck_tally = FlowTally()
@@ -773,18 +1067,23 @@ class LockupDetector(threading.Thread):
         mm = self.mm
         since = self.storage.tx_wait_since() if self.storage is not None else None
         reconnecting = self.storage.reconnecting_since() if self.storage is not None else None
+        tcp = None
         with mm.lock:
             zone, vm = mm.zone, mm.vm
             if self.storage is not None:
                 dev = self.storage.dev
                 mark, need = mm.policy.storage_rx_mark(dev), rx_need(mm, dev)
+                tcp = tcp_outlook_locked(mm, dev)
             else:
                 mark, need = zone.wmark_min, 1
-            return Reading(t=now, free=zone.free, wmark_min=zone.wmark_min, rx_mark=mark, rx_need=need,
-                           tx_mark=storage_tx_mark(mm), tx_need=tx_need(mm),
-                           tx_wait_since=since, reconnecting_since=reconnecting, dirty=vm.nr_dirty, writeback=vm.nr_writeback,
-                           reclaimable=self.pc.nr_reclaimable, last_progress=self.pc.last_progress,
-                           nr_written=vm.nr_written)
+            r = Reading(t=now, free=zone.free, wmark_min=zone.wmark_min, rx_mark=mark, rx_need=need,
+                        tx_mark=storage_tx_mark(mm), tx_need=tx_need(mm),
+                        tx_wait_since=since, reconnecting_since=reconnecting, dirty=vm.nr_dirty,
+                        writeback=vm.nr_writeback, reclaimable=self.pc.nr_reclaimable,
+                        last_progress=self.pc.last_progress, nr_written=vm.nr_written, tcp=tcp)
+        if r.reclaimable and r.pending:     # who could run to them: read from the stacks
+            r = replace(r, reclaim=reclaim_outlook(mm, self.pc, self.tasks))
+        return r
 
     def _track_stall(self, r: Reading) -> None:
         if not r.pending:
@@ -798,8 +1097,9 @@ class LockupDetector(threading.Thread):
 
     def _may_open(self, r: Reading) -> bool:
         """A stall of ``lockup_after_s`` (counted from the previous episode's end too, so
-        that one long stall is not cut into many) with free memory at or under min."""
-        if not r.pending or r.free > r.wmark_min or r.reclaimable:
+        that one long stall is not cut into many) with free memory at or under min and no
+        clean page a reclaimer can run to, or the storage flow refused at TCP's limit."""
+        if not r.pending or not (r.memory_held or r.tcp_refused):
             return False
         since = max(self._stall_start(r), self._last_end)
         return r.t - since >= self.lockup_after_s
@@ -815,6 +1115,7 @@ class LockupDetector(threading.Thread):
         self._current = ep
         self._progress_at = r.last_progress
         self._holding = False
+        self._tcp_held = False
         self._follow(ep, r)
 
     def _end_cause(self, r: Reading) -> Optional[str]:
@@ -822,10 +1123,15 @@ class LockupDetector(threading.Thread):
             return "writeback completed"
         if not r.pending:
             return "nothing left to write back"
+        if r.tcp_refused:
+            self._tcp_held = True
+            return None
+        tcp = f"; {r.tcp.line()}" if self._tcp_held and r.tcp is not None else ""
         if r.free > r.wmark_min:
-            return f"memory freed: {r.free} free pages, above min {r.wmark_min}"
-        if r.reclaimable:
-            return f"reclaim: {r.reclaimable} clean pages became reclaimable"
+            return f"memory freed: {r.free} free pages, above min {r.wmark_min}{tcp}"
+        if r.reclaim_reachable:
+            who = "" if r.reclaim is None else f" ({r.reclaim.line()})"
+            return f"reclaim: {r.reclaimable} clean pages became reclaimable{who}{tcp}"
         return None
 
     def _close(self, ep: StallEpisode, r: Reading, cause: str) -> None:
@@ -872,7 +1178,11 @@ class LockupDetector(threading.Thread):
         if isinstance(found, NoCycle):
             ep.not_lockup = found.reason
             return
-        outlook = oom_outlook(self.mm, state.need, self.pc.congested())
+        if found.kind == TCP_UNIT:
+            assert state.tcp is not None
+            outlook = oom_outlook(self.mm, state.tcp.excess, self.pc.congested(), TCP_UNIT)
+        else:
+            outlook = oom_outlook(self.mm, state.need, self.pc.congested())
         why = outlook.could_end()
         if why is not None:             # criterion 5: a recovery the machine still has
             ep.not_lockup = why
@@ -903,11 +1213,18 @@ class LockupDetector(threading.Thread):
         mm = self.mm
         readers = {id(getattr(t, "mm_sock", None)): t for t in self.tasks}
         with mm.lock:
-            socks = [(sk.name, sk.rmem_pages, readers.get(id(sk))) for sk in mm.socks
-                     if not sk.memalloc and sk.rmem_pages > 0]
+            socks = [(sk.name, sk.rmem_pages, sk.charged_pages, readers.get(id(sk))) for sk in mm.socks
+                     if not sk.memalloc and (sk.rmem_pages > 0 or sk.charged_pages > 0)]
             pdu, requests = mm.used[Use.PDU], self.pc.nr_inflight
             name = mark_name(r.rx_mark, mm)
-        holds = tuple(SockHold(n, p, wchan(t) if t is not None else None) for n, p, t in socks)
+            full = self.pc.congested()
+        bound = bound_waits(mm, full)
+
+        def waits(t: Optional[threading.Thread]) -> Optional[str]:
+            return next(iter(stack_names(t, bound)), None) if t is not None else None
+
+        holds = tuple(SockHold(n, p, wchan(t) if t is not None else None, c, waits(t))
+                      for n, p, c, t in socks)
         return StuckState(storage=self.storage.name if self.storage else "", free=r.free,
                           rx_mark=r.rx_mark, rx_need=r.rx_need, mark_name=name, dirty=r.dirty, writeback=r.writeback,
                           requests=requests, storage_dropped=delta.dropped,
@@ -915,7 +1232,10 @@ class LockupDetector(threading.Thread):
                           tx_waiting_s=tx_waited_s, tx_mark=r.tx_mark, tx_need=r.tx_need,
                           reconnecting=r.tx_wait_since is None and r.reconnecting_since is not None,
                           tx_mark_name=mark_name(r.tx_mark, mm),
-                          tasks=tuple((t.name, wchan(t)) for t in self.tasks))
+                          tasks=tuple((t.name, wchan(t)) for t in self.tasks),
+                          clean=0 if r.reclaim is None or r.reclaim_reachable else r.reclaimable,
+                          clean_reachable=r.reclaim_reachable, reclaim=r.reclaim, tcp=r.tcp,
+                          storage_proto_mem=delta.rx_proto_mem)
 
     def _evidence(self, ep: StallEpisode, r: Reading, cycle: WaitCycle, state: StuckState,
                   delta: FlowTally, outlook: OomOutlook) -> LockupEvidence:
@@ -924,7 +1244,8 @@ class LockupDetector(threading.Thread):
             "name": self.storage.name, "dropped_while_stuck": delta.dropped,
             "received_dropped_while_stuck": delta.rx_dropped,
             "sent_dropped_while_stuck": delta.tx_dropped,
-            "delivered_while_stuck": delta.delivered, "status": self.storage.status()}
+            "delivered_while_stuck": delta.delivered,
+            "refused_at_tcp_mem_while_stuck": delta.rx_proto_mem, "status": self.storage.status()}
         return LockupEvidence(
             t=self._rel(r.t), stalled_for_s=round(r.t - r.last_progress, 3),
             free=snap["free"], wmark_min=snap["wmark_min"], dirty=snap["dirty"],
@@ -938,7 +1259,8 @@ class LockupDetector(threading.Thread):
             storage_rx_need=r.rx_need,
             horizon={**self.horizon.to_dict(), "patience": self.patience},
             storage=storage, tasks=dict(state.tasks), cycle=cycle.to_dict(),
-            oom=outlook.to_dict())
+            oom=outlook.to_dict(), tcp=state.tcp.to_dict() if state.tcp is not None else {},
+            reclaim=state.reclaim.to_dict() if state.reclaim is not None else {})
 
     def _rel(self, t: float) -> float:
         return round(t - self.started, 3)

@@ -143,21 +143,49 @@ class Sock:
             mm.tcp_memory_allocated -= amt
             return bool(skb.pfmemalloc and mm.era.rmem_pfmemalloc_exempt)
 
-    def _mem_schedule_locked(self, allocated: int) -> bool:
+    def _mem_schedule_locked(self, allocated: int, commit: bool = True) -> bool:
+        """``__sk_mem_schedule()``'s verdict once the count is ``allocated`` (the charge and
+        the float already added). ``commit`` False asks without entering or leaving
+        pressure (the lockup detector's question, :meth:`rmem_refused_locked`)."""
         mm = self.mm
         low, pressure, high = mm.tcp_mem
         if allocated < low:
-            mm.tcp_memory_pressure = False
+            if commit:
+                mm.tcp_memory_pressure = False
             return True
-        if allocated > pressure:
-            mm.enter_tcp_memory_pressure_locked()
         if allocated > high:
-            mm.enter_tcp_memory_pressure_locked()
+            if commit:
+                mm.enter_tcp_memory_pressure_locked()
             return False
-        if self.rmem_alloc < TCP_RMEM_MIN or not mm.tcp_memory_pressure:
+        if commit and allocated > pressure:
+            mm.enter_tcp_memory_pressure_locked()
+        under_pressure = mm.tcp_memory_pressure or allocated > pressure
+        if self.rmem_alloc < TCP_RMEM_MIN or not under_pressure:
             return True
-        sockets = sum(1 for sk in mm.socks if sk.proto_mem)
+        sockets = 1 + sum(1 for sk in mm.socks if sk.proto_mem and sk is not self)
         return high > sockets * sk_mem_pages(self.rmem_alloc + self.forward_alloc)
+
+    def rmem_refused_locked(self, size: int, pfmemalloc: bool) -> bool:
+        """Would :meth:`rmem_schedule` refuse a segment of ``truesize`` ``size`` now (in an
+        skb that is ``pfmemalloc`` or not)? The same rule, asked without charging: nothing
+        changes (mm lock held)."""
+        if size <= self.forward_alloc:
+            return False
+        if pfmemalloc and self.mm.era.rmem_pfmemalloc_exempt:
+            return False
+        amt = sk_mem_pages(size)
+        saved = self.forward_alloc
+        self.forward_alloc += amt << PAGE_SHIFT         # the share rule reads the float
+        try:
+            return not self._mem_schedule_locked(self.mm.tcp_memory_allocated + amt, commit=False)
+        finally:
+            self.forward_alloc = saved
+
+    @property
+    def charged_pages(self) -> int:
+        """Pages this socket holds in TCP's count (``sk_rmem_alloc`` + ``sk_forward_alloc``,
+        whole pages by construction); 0 for a socket that never charged."""
+        return (self.rmem_alloc + self.forward_alloc) >> PAGE_SHIFT if self.proto_mem else 0
 
     def _mem_reclaim_locked(self) -> None:
         """``sk_mem_reclaim()``: whole pages of the float go back to the count."""

@@ -21,7 +21,8 @@ from testbed.mm import MemoryManager
 from testbed.mm.task import TaskStruct
 from testbed.mm.lockup import (TCP_RTO_MIN_S, FlowTally, LockupDetector, NoCycle,
                                RecoveryHorizon, SockHold, StorageFlow, StuckState, WaitCycle,
-                               find_cycle, name_range, rx_need, tally_from_counters, wchan)
+                               find_cycle, name_range, reclaim_outlook, rx_need,
+                               tally_from_counters, tcp_outlook_locked, wchan)
 from testbed.report.summary import cycle_lines, summarize
 from testbed.scenario import Scenario
 
@@ -77,19 +78,22 @@ class Flow:
         self.dropped = 0
         self.delivered = 0
         self.tx_dropped = 0
+        self.proto_mem = 0          # of the dropped, refused at TCP's limit
 
     def tally(self) -> FlowTally:
-        return FlowTally(self.dropped, self.delivered, self.tx_dropped)
+        return FlowTally(self.dropped, self.delivered, self.tx_dropped, self.proto_mem)
 
 
 class Rig:
     """A ``none`` machine at the GFP_ATOMIC floor with writeback in flight (the lockup)."""
 
-    def __init__(self, patience: int = 1, storage: bool = True) -> None:
-        self.mm = MemoryManager(8192, policy="none")
-        self.dev = self.mm.register_netdev("eth0")
+    def __init__(self, patience: int = 1, storage: bool = True, policy: str = "none",
+                 mtu: int = 1500) -> None:
+        self.mm = MemoryManager(8192, policy=policy)
+        self.dev = self.mm.register_netdev("eth0", mtu)
         self.pc = Cache()
         self.flow = Flow()
+        self.refused = False                    # the drops are PROTO_MEM refusals
         self.reconnecting: Optional[float] = None   # since when the session is reinstated
         flow = StorageFlow("iSCSI", self.dev, self.flow.tally, lambda: "session recovering",
                            reconnecting_since=lambda: self.reconnecting)
@@ -107,6 +111,7 @@ class Rig:
             self.t = round(self.t + STEP, 3)
             if self.drop_every_s and abs(self.t / self.drop_every_s - round(self.t / self.drop_every_s)) < 1e-6:
                 self.flow.dropped += 1
+                self.flow.proto_mem += self.refused
             if each is not None:
                 each(self)
             self.det.check(now=self.t)
@@ -182,18 +187,6 @@ def test_a_stall_that_keeps_coming_unstuck_reads_degraded_with_its_breaks(tmp_pa
     assert summary["verdict"] == "degraded"
     assert any(r.startswith("the stall from t=0.0s never ended, but came unstuck ")
                and r.endswith(": no lockup proven") for r in summary["reasons"]), summary["reasons"]
-
-
-def test_criterion_2_reclaimable_pages_end_the_episode():
-    def clean(rig):
-        if rig.t == pytest.approx(7.0):
-            rig.pc.nr_reclaimable = 32
-
-    rig = Rig()
-    rig.run_until(lockup_at() + 1.0, clean)
-    assert not rig.det.fired.is_set()
-    assert rig.episode.ended_at == pytest.approx(7.0)
-    assert rig.episode.ended_by == "reclaim: 32 clean pages became reclaimable"
 
 
 def test_criterion_3_a_completed_writeback_ends_the_episode():
@@ -280,6 +273,18 @@ def recv(release: threading.Event) -> None:
     release.wait(10)
 
 
+def wait_for_slot(release: threading.Event) -> None:     # get_request_wait
+    release.wait(10)
+
+
+def kswapd_try_to_sleep(release: threading.Event) -> None:
+    release.wait(10)
+
+
+def throttle_direct_reclaim(release: threading.Event) -> None:
+    release.wait(10)
+
+
 class Proc(threading.Thread):
     """A process the OOM killer may choose, parked in ``where`` and holding ``pages`` that
     its kill would free."""
@@ -293,6 +298,7 @@ class Proc(threading.Thread):
         self.task.may_oom = may_oom
         self.release = threading.Event()
         self.parked = threading.Event()
+        self.mm_sock = None             # a downloader's socket, when the test gives it one
 
     def run(self) -> None:
         self.parked.set()
@@ -312,14 +318,21 @@ class Proc(threading.Thread):
 def procs():
     started: list[Proc] = []
 
-    def start(rig: Rig, *specs) -> list[Proc]:
+    def start(rig: Rig, *specs, oom: bool = True, task: bool = False) -> list[Proc]:
+        """Park each process; ``oom``: the OOM killer may choose it; ``task``: the detector
+        knows it as a workload (its wchan, its socket, a direct reclaimer)."""
+        out = []
         for spec in specs:
             p = Proc(*spec)
             p.start()
             assert p.parked.wait(5)
-            rig.mm.oom.register(p)
+            if oom:
+                rig.mm.oom.register(p)
+            if task:
+                rig.det.tasks.append(p)
             started.append(p)
-        return started
+            out.append(p)
+        return out
 
     yield start
     for p in started:
@@ -383,6 +396,235 @@ def test_criterion_5_kills_that_free_too_little_do_not_end_it(procs):
     assert rig.det.fired.is_set()
     assert rig.det.evidence.oom["text"] == ("OOM killer: killing every process would free 0 pages "
                                             "(nothing), a buffer of the storage flow needs 1")
+
+
+# -- criterion 2: clean pages, and whether a reclaimer can run to them ----------------------
+
+def kswapd(procs, rig: Rig, where) -> Proc:
+    """kswapd0, parked in ``where``, as the memory manager's kswapd."""
+    (k,) = procs(rig, ("kswapd0", 0, where), oom=False)
+    rig.mm.kswapd = k
+    return k
+
+
+def test_criterion_2_clean_pages_a_reclaimer_can_run_to_end_the_episode(procs):
+    """kswapd sleeps (any allocation under low wakes it): clean pages are a way out."""
+    def clean(rig):
+        if rig.t == pytest.approx(7.0):
+            rig.pc.nr_reclaimable = 32
+
+    rig = Rig()
+    kswapd(procs, rig, kswapd_try_to_sleep)
+    rig.run_until(lockup_at() + 1.0, clean)
+    assert not rig.det.fired.is_set()
+    assert rig.episode.ended_at == pytest.approx(7.0)
+    assert rig.episode.ended_by == "reclaim: 32 clean pages became reclaimable (kswapd0 can run to them)"
+
+
+def test_clean_pages_that_no_reclaimer_can_run_to_are_a_lockup(procs):
+    """The gap seen under phillips-2005-threshold (CI of 17de68c): free memory at the floor
+    beside 32 clean pages for 50 s. 2.6.13's kswapd frees clean pages first, but its
+    ``pageout()`` may write to a congested queue (``may_write_to_queue``), and it sleeps
+    in ``get_request_wait`` with the queue full; the downloaders, direct reclaimers,
+    sleep there too (their dirty throttle's chunk, or their own ``pageout()``). Nothing
+    reaches the clean pages until a request completes - the cycle."""
+    rig = Rig()
+    rig.pc.nr_reclaimable = 32
+    kswapd(procs, rig, wait_for_slot)
+    procs(rig, ("downloader1", 300, wait_for_slot), ("downloader2", 300, balance_dirty_pages),
+          task=True)
+    rig.run_until(lockup_at() + STEP)
+    assert rig.det.fired.is_set(), rig.episode
+    ev = rig.det.evidence
+    assert ev.reclaim["clean"] == 32 and ev.reclaim["queue_depth"] == 8
+    assert ev.reclaim["runnable"] == () and not ev.reclaim["reachable"]
+    text = ev.cycle["text"]
+    assert text[-1] == ("clean pages no reclaimer reaches -> writeback: 32 pages (no reclaimer "
+                        "can run to them: kswapd0 in get_request_wait, downloader1 in "
+                        "get_request_wait, downloader2 in balance_dirty_pages; the request "
+                        "queue 8 of 8)")
+    assert "clean pages no reclaimer reaches 32" in text[2]
+    assert ev.cycle["kind"] == "memory"
+
+
+def test_a_free_request_slot_lets_kswapd_run_to_the_clean_pages(procs):
+    """The same, one request completed with an error (no progress): the slot is free, so
+    kswapd's ``get_request_wait`` ends and it goes on to the clean pages. No episode."""
+    rig = Rig()
+    rig.pc.nr_reclaimable = 32
+    rig.pc.nr_inflight = 7
+    kswapd(procs, rig, wait_for_slot)
+    rig.run_until(lockup_at() + 1.0)
+    assert not rig.det.episodes and not rig.det.fired.is_set()
+
+
+def test_a_direct_reclaimer_in_the_allocator_can_run_to_the_clean_pages(procs):
+    """kswapd stuck in get_request_wait, but a downloader sleeps in the allocator's
+    ``congestion_wait``: its next ``try_to_free_pages`` frees the clean pages first."""
+    rig = Rig()
+    rig.pc.nr_reclaimable = 32
+    kswapd(procs, rig, wait_for_slot)
+    procs(rig, ("downloader1", 300, _alloc_pages_slowpath), task=True)
+    rig.run_until(lockup_at() + 1.0)
+    assert not rig.det.episodes and not rig.det.fired.is_set()
+    r = rig.det._read(rig.t)
+    assert r.reclaim.runnable == ("downloader1",) and r.reclaim.line() == "downloader1 can run to them"
+
+
+@pytest.mark.parametrize("policy, full, runnable", [
+    # 2.6.13's balance_dirty_pages returns once it has started its chunk (a slot is free)
+    ("none", False, ("downloader1", "kswapd0")),
+    ("none", True, ()),
+    # 3.2's IO-less throttle loops while over the limits; 3.6's throttle_direct_reclaim
+    # waits for kswapd, itself in get_request_wait only while the queue is full
+    ("gorman-3.6", False, ("kswapd0",)),
+    ("gorman-3.6", True, ()),
+])
+def test_who_can_reclaim_follows_each_eras_waits(procs, policy, full, runnable):
+    rig = Rig(policy=policy)
+    rig.pc.nr_reclaimable = 32
+    rig.pc.nr_inflight = 8 if full else 7
+    kswapd(procs, rig, wait_for_slot)
+    procs(rig, ("downloader1", 300, balance_dirty_pages),
+          ("downloader2", 300, throttle_direct_reclaim), oom=False, task=True)
+    got = reclaim_outlook(rig.mm, rig.pc, rig.det.tasks)
+    assert tuple(sorted(got.runnable)) == runnable
+    assert got.reachable == bool(runnable)
+
+
+def test_the_flusher_reclaims_only_when_it_can_start_a_request(procs):
+    """pdflush allocates a request buffer (GFP_NOIO: direct reclaim of clean pages) only for
+    a request it starts, so only while the queue has a free slot."""
+    rig = Rig()
+    rig.pc.nr_reclaimable = 32
+    (flusher,) = procs(rig, ("pdflush", 0, recv), oom=False)
+    rig.mm.flusher = flusher
+    assert reclaim_outlook(rig.mm, rig.pc, ()).waits == (("pdflush", "get_request_wait"),)
+    rig.pc.nr_inflight = 7
+    assert reclaim_outlook(rig.mm, rig.pc, ()).runnable == ("pdflush",)
+
+
+# -- criterion 1 at TCP's limit: the stream-specific deadlock --------------------------------
+
+def fill(mm: MemoryManager, dev, sk, frames: int) -> int:
+    """Deliver up to ``frames`` full-size segments to ``sk``, unread; the number refused."""
+    refused = 0
+    for _ in range(frames):
+        skb = mm.netdev_alloc_skb(dev, 1514)
+        if mm.tcp_rmem_schedule(sk, skb) is None:
+            sk.queue_rcv(skb, 1448)
+        else:
+            refused += 1
+            mm.kfree_skb(skb)
+    return refused
+
+
+def tcp_rig(procs, policy: str = "reserve-only", where=wait_for_slot, mtu: int = 1500,
+            per_socket: int = 1000) -> Rig:
+    """The state of the reserve-only run on 1acdae7: three downloads whose readers wait for
+    writeback hold TCP's count at ``tcp_mem[2]``, the storage socket's segments are
+    refused (PROTO_MEM), free memory above min."""
+    rig = Rig(policy=policy, mtu=mtu)
+    mm = rig.mm
+    mm.zone.free = mm.zone.managed_pages - sum(mm.used)    # the Rig's floor undone
+    rig.storage_sk = mm.sock_create("iscsi")
+    rig.storage_sk.set_memalloc()
+    readers = procs(rig, *((f"downloader{i}", 0, where) for i in (1, 2, 3)), task=True)
+    for p in readers:
+        p.mm_sock = mm.sock_create(p.name)
+        fill(mm, rig.dev, p.mm_sock, per_socket)
+    rig.mm.zone.free = rig.mm.zone.wmark_min + 68       # above min, as in that run
+    rig.refused = True
+    return rig
+
+
+def test_a_storage_flow_refused_at_tcp_mem_is_a_lockup_with_its_cycle(procs):
+    rig = tcp_rig(procs)
+    mm = rig.mm
+    high = mm.tcp_mem[2]
+    assert mm.tcp_memory_allocated > high - 2 and mm.zone.free > mm.zone.wmark_min
+    rig.run_until(lockup_at() + STEP)
+    assert rig.det.fired.is_set(), rig.episode
+    ev = rig.det.evidence
+    assert ev.cycle["kind"] == "tcp_mem" and ev.free > ev.wmark_min
+    assert ev.tcp["refused"] and tuple(ev.tcp["limits"]) == mm.tcp_mem and ev.tcp["excess"] >= 1
+    assert ev.storage["refused_at_tcp_mem_while_stuck"] >= 4
+    held = sum(p.mm_sock.charged_pages for p in rig.det.tasks)
+    text = ev.cycle["text"]
+    assert text[0] == "writeback -> iSCSI responses: 256 pages under writeback (8 requests at the device)"
+    assert text[1].startswith("iSCSI responses -> TCP memory: ")
+    assert text[1].endswith(f"iSCSI segments refused at tcp_mem[2] (PROTO_MEM) (TCP holds "
+                            f"{mm.tcp_memory_allocated:,} of tcp_mem[2] {high:,} pages: a segment "
+                            f"of 2304 bytes would be refused)")
+    assert text[2].startswith(f"TCP memory -> the socket queues of downloader1..3: {held:,} pages charged (")
+    assert text[3] == ("downloader1..3 -> writeback: 3 tasks (in get_request_wait, their socket "
+                       "queues unread)")
+    assert len(text) == 4
+    assert ev.oom["text"] == ("OOM killer: no process can call out_of_memory(), each waits for "
+                              "writeback (downloader1 in get_request_wait, downloader2 in "
+                              "get_request_wait, downloader3 in get_request_wait)")
+    assert ev.oom["unit"] == "tcp_mem" and ev.oom["reach"] == held
+
+
+def test_a_storage_flow_that_can_still_be_charged_is_not_held_at_tcp_mem(procs):
+    """One download's reader read a page's worth: the storage segment fits again under
+    tcp_mem[2], so the state is not stuck there (and memory is above min): no episode."""
+    rig = tcp_rig(procs)
+    first = rig.det.tasks[0].mm_sock
+    first.consume(3 * 1448)                 # sk_mem_reclaim gives whole pages back
+    assert rig.mm.tcp_memory_allocated + 1 <= rig.mm.tcp_mem[2]
+    rig.run_until(lockup_at() + 1.0)
+    assert not rig.det.episodes and not rig.det.fired.is_set()
+
+
+def test_a_storage_segment_charged_from_its_float_is_not_refused(procs):
+    rig = tcp_rig(procs)
+    with rig.mm.lock:
+        assert tcp_outlook_locked(rig.mm, rig.dev).refused
+        rig.storage_sk.forward_alloc = 4096      # a page counted, not yet used
+        assert not tcp_outlook_locked(rig.mm, rig.dev).refused
+        rig.storage_sk.forward_alloc = 0
+
+
+def test_readers_that_wait_for_no_writeback_can_give_tcp_mem_back(procs):
+    """The downloads' readers sleep in recv (waiting for the network, not writeback): once
+    they read, TCP's count goes back. Stuck past the horizon, but no cycle."""
+    rig = tcp_rig(procs, where=recv)
+    rig.run_until(lockup_at() + 1.0)
+    assert not rig.det.fired.is_set()
+    assert rig.episode.not_lockup.startswith("TCP's count could come back: ")
+
+
+def test_under_3_6_a_pfmemalloc_skb_is_charged_past_tcp_mem(procs):
+    """3.6's ``sk_rmem_schedule`` lets a pfmemalloc skb past the limit (c76562b6709f). On a
+    jumbo-frame device 3.6's receive buffers come from ``__alloc_skb``'s
+    ``kmalloc_reserve``, marked when they took the reserves: refills made under the
+    GFP_ATOMIC floor are posted pfmemalloc, and the storage flow's segments that land in
+    them are charged. The criterion does not hold; the same state under 2.6.13 holds."""
+    for policy, held in (("gorman-3.6", False), ("reserve-only", True)):
+        rig = tcp_rig(procs, policy=policy, mtu=9000, per_socket=400)
+        mm, zone = rig.mm, rig.mm.zone
+        free = zone.free
+        zone.free = zone.mark_atomic - 20            # refills now come from the reserves
+        for _ in range(4):
+            mm.kfree_skb(mm.netdev_alloc_skb(rig.dev, 1514))
+        zone.free = free
+        with mm.lock:
+            got = tcp_outlook_locked(mm, rig.dev)
+        assert got.pfmemalloc and got.exempt == (policy == "gorman-3.6"), got
+        assert got.refused == held, got
+        rig.run_until(OPEN_AFTER + 1.0)
+        assert bool(rig.det.episodes) == held
+
+
+def test_under_3_6_an_e1000_fragment_is_no_pfmemalloc_skb_and_is_refused(procs):
+    """The exemption is per skb (``skb_pfmemalloc(skb)``), and 3.6's ``build_skb`` never
+    marks an e1000 fragment skb (``rx_frag_pfmemalloc``): were 3.6's downloads to fill
+    tcp_mem[2], its storage segments would be refused too."""
+    rig = tcp_rig(procs, policy="gorman-3.6")
+    with rig.mm.lock:
+        got = tcp_outlook_locked(rig.mm, rig.dev)
+    assert got.exempt and not got.pfmemalloc and got.refused, got
 
 
 # -- stuck, but no cycle --------------------------------------------------------------------

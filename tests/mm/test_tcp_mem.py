@@ -94,3 +94,36 @@ def test_a_pfmemalloc_skb_passes_the_limit_only_from_3_6(policy, passes):
     storage = mm.sock_create("iscsi")
     refused = fill(mm, dev, storage, 3, pfmemalloc=True)
     assert (refused == []) if passes else len(refused) >= 2
+
+
+@pytest.mark.parametrize("policy", ["reserve-only", "gorman-3.6"])
+def test_asking_whether_a_segment_would_be_refused_agrees_and_changes_nothing(policy):
+    """``Sock.rmem_refused_locked`` (the lockup detector's question) gives
+    ``sk_rmem_schedule``'s verdict without charging, entering or leaving pressure."""
+    mm, dev = machine(policy, mib=32)
+    downloads = [mm.sock_create(f"download{i}") for i in (1, 2, 3)]
+    storage = mm.sock_create("iscsi")
+    storage.set_memalloc()
+    checked = 0
+    for sk in downloads:
+        for _ in range(1200):
+            skb = mm.netdev_alloc_skb(dev, 1514)
+            with mm.lock:
+                before = (mm.tcp_memory_allocated, mm.tcp_memory_pressure, sk.forward_alloc,
+                          mm.vm.TCPMemoryPressures)
+                asked = sk.rmem_refused_locked(skb.truesize, skb.pfmemalloc)
+                assert before == (mm.tcp_memory_allocated, mm.tcp_memory_pressure,
+                                  sk.forward_alloc, mm.vm.TCPMemoryPressures)
+            refused = mm.tcp_rmem_schedule(sk, skb) is not None
+            assert asked == refused
+            checked += refused
+            if refused:
+                mm.kfree_skb(skb)
+            else:
+                sk.queue_rcv(skb, 1448)
+    assert checked > 100        # the refusals were asked too, not only the charges
+    with mm.lock:
+        assert mm.tcp_memory_allocated > mm.tcp_mem[2] - 2
+        assert storage.rmem_refused_locked(dev.truesize, False)
+        # 3.6 lets a pfmemalloc skb past the limit; 2.6.13 does not
+        assert storage.rmem_refused_locked(dev.truesize, True) == (policy == "reserve-only")
