@@ -141,8 +141,6 @@ def contention_runs(batch) -> dict[str, list[dict]]:
         summary.update(json.loads((batch / entry["dir"] / "test-run.json").read_text()))
         outcome = json.loads((batch / entry["dir"] / "client-outcome.json").read_text())
         summary["oom_kills"] = outcome.get("oom_kills") or []
-        summary["samples"] = [r for r in results.read_ndjson(batch / entry["dir"] / "client.ndjson")
-                              if "free" in r]
         out[entry["label"].split("#")[0]].append(summary)
     return out
 
@@ -153,39 +151,14 @@ def freed_by_the_oom_killer(summary: dict) -> bool:
     return any(k["pages_freed"] > 0 for k in summary["oom_kills"])
 
 
-# The detector's open gap (closing note of 2026-11-29, evening): it opens no episode while
-# any clean page is reclaimable (LockupDetector._may_open), even when nothing reclaims it.
-# Seen once, in the CI run of 17de68c: phillips-2005-threshold, free memory at 1 page from
-# 5 s, 32 clean pages left for 50 s, never counted stuck, degraded at the deadline. Nothing
-# scanned them: kswapd's run did not end (kswapd_runs 2, pgscan_kswapd still), four
-# allocators slept in the slow path, the request queue was full (8 of 8), until the
-# initiator gave the session up at 58 s and its failed commands freed the queue.
-GAP_STALL_S = 30.0
-
-
-def held_beside_clean_pages(summary: dict) -> bool:
-    """Degraded at the deadline by that gap: a long stall at min, beside clean pages that
-    nothing reclaimed, never counted as stuck."""
-    return (summary["verdict"] == "degraded"
-            and summary["reasons"][0].startswith("writeback did not finish: deadline")
-            and any(r.get("stalled_for_s", 0) >= GAP_STALL_S and r["free"] <= r["wmark_min"]
-                    and r["reclaimable"] > 0 and not r.get("stuck_for_s")
-                    for r in summary["samples"]))
-
-
-def held_at_tcp_mem(summary: dict) -> bool:
-    """Degraded at the deadline, stuck at TCP's hard limit: 2.6.13's stream-specific
-    deadlock (the one 3.6's c76562b6709f ends). The downloads' queues hold tcp_mem[2],
-    their readers wait for writeback, and the storage connection's segments cannot be
-    charged, with free memory above min, so the detector (which proves only memory
-    exhaustion) does not call it. Seen in 1 reserve-only run of 3 on 1acdae7: 1,536 of
-    1,536 pages charged from 20 s, the session lost at 22.9 s and never reinstated,
-    stalled 54 s, free 302 pages (min 234). An open gap of the detector."""
-    return (summary["verdict"] == "degraded"
-            and summary["reasons"][0].startswith("writeback did not finish: deadline")
-            and any(r.get("stalled_for_s", 0) >= GAP_STALL_S and not r.get("stuck_for_s")
-                    and r.get("tcp_mem_pages", 0) >= r.get("tcp_mem", [0, 0, 1 << 30])[2]
-                    for r in summary["samples"]))
+def at_tcp_mem(summary: dict) -> bool:
+    """A lockup held at TCP's hard limit, 2.6.13's stream-specific deadlock (the one 3.6's
+    c76562b6709f ends for pfmemalloc skbs): the downloads' queues hold tcp_mem[2], their
+    readers wait for writeback, and the storage flow's segments are refused PROTO_MEM,
+    free memory possibly above min. Its cycle runs through TCP memory (the detector's
+    ``TcpOutlook``; seen in 1 reserve-only run of 3 on 1acdae7, before the detector could
+    prove it)."""
+    return ((summary.get("lockup") or {}).get("cycle") or {}).get("kind") == "tcp_mem"
 
 
 def held_back_by_tcp_mem(summary: dict) -> bool:
@@ -200,6 +173,11 @@ def held_back_by_tcp_mem(summary: dict) -> bool:
 
 def lockups(runs: list[dict]) -> list[dict]:
     return [s for s in runs if s["verdict"] == "lockup"]
+
+
+def memory_lockups(runs: list[dict]) -> list[dict]:
+    """The lockups held by memory (not at TCP's limit, :func:`at_tcp_mem`)."""
+    return [s for s in lockups(runs) if not at_tcp_mem(s)]
 
 
 @pytest.fixture(scope="module")
@@ -263,18 +241,14 @@ def test_each_policy_reaches_its_verdict_every_time(contention_runs, policy):
     the OOM killer may kill a downloader before the lockup is proven, freeing its socket
     queue, and the run then completes (1 phillips-2005 run of 5 in a batch on 2026-11-29:
     downloader1 killed at 13 s, inside the 15 s horizon); or TCP's own limit holds the
-    downloads before memory runs out (:func:`held_back_by_tcp_mem`). And for the
-    detector's two open gaps (:func:`held_beside_clean_pages`, :func:`held_at_tcp_mem`):
-    a 2005 run stuck beside clean pages that nothing reclaims, or at TCP's hard limit,
-    ends degraded at the deadline, not lockup."""
+    downloads before memory runs out (:func:`held_back_by_tcp_mem`). A 2005 run stuck
+    beside clean pages that no reclaimer can run to, or at TCP's hard limit
+    (:func:`at_tcp_mem`), is a lockup: the detector proves both (``ReclaimOutlook``,
+    ``TcpOutlook`` in testbed/mm/lockup.py)."""
     for s in contention_runs[policy]:
         escaped = ((policy in ("phillips-2005", "phillips-2005-threshold")
                     and s["verdict"] == "completed" and freed_by_the_oom_killer(s))
                    or (POLICIES[policy] == "lockup" and held_back_by_tcp_mem(s)))
-        if POLICIES[policy] == "lockup" and policy != "none" and (
-                held_beside_clean_pages(s) or held_at_tcp_mem(s)):
-            check_integrity(s)
-            continue
         expected = "completed" if escaped else POLICIES[policy]
         assert s["verdict"] == expected, (s["verdict"], s["reasons"], s["oom_kills"])
         assert s["exit"] == (0 if expected == POLICIES[policy] else 1), s["stdout"]
@@ -297,15 +271,23 @@ def test_lockup_evidence_is_the_seed_signature(contention_runs):
     for policy in ("none", "reserve-only", "phillips-2005", "phillips-2005-threshold"):
         for s in lockups(contention_runs[policy]):
             lk = s["lockup"]
-            assert lk["dirty"] > 0 and lk["free"] <= lk["wmark_min"], (policy, lk)
             assert lk["stalled_for_s"] >= 4.0
             # proven against the horizon of the initiator as configured (initiator())
             horizon = 42 if policy in DEFAULT_INITIATOR_POLICIES else 15
             assert lk["horizon"]["seconds"] == horizon, lk["horizon"]
             assert lk["stuck_for_s"] >= horizon and lk["cycle"]["edges"]
+            e = edges(s)
+            if at_tcp_mem(s):
+                # writeback waits on the storage flow's responses, refused at tcp_mem[2]
+                # by socket queues whose readers wait for writeback
+                tcp = lk["tcp"]
+                assert tcp["refused"] and tcp["allocated"] + tcp["need"] > tcp["limits"][2], tcp
+                assert e[0][0] == "writeback" and e[1][1] == "TCP memory", (policy, e)
+                assert e[-1][1] == "writeback", (policy, e)
+                continue
+            assert lk["dirty"] > 0 and lk["free"] <= lk["wmark_min"], (policy, lk)
             # writeback waits on the storage flow, which waits for an skb, held by memory
             # that only writeback frees
-            e = edges(s)
             assert e[0][0] == "writeback" and e[1][1] == "an skb", (policy, e)
             assert ("dirty pages", "writeback") in e, (policy, e)
 
@@ -320,7 +302,7 @@ def test_the_reserves_lock_up_on_the_transmit_side(contention_runs):
         for s in contention_runs[policy]:
             if policy != "reserve-only":
                 assert s["drops"]["memalloc"]["total"] == 0, (policy, s["drops"])
-        for s in lockups(contention_runs[policy]):
+        for s in memory_lockups(contention_runs[policy]):
             # its data segments wait to be sent; or, its connection lost, the SYNs of the
             # session's reinstatement do
             sent = {("writeback", "iSCSI requests sent"), ("writeback", "iSCSI reinstatement")}
@@ -336,7 +318,7 @@ def test_none_stops_at_the_atomic_floor(contention_runs):
     """``none``: GFP_ATOMIC may dip to 3/8 of min and no further, so free memory stops
     there and atomic allocations fail. ``reserve-only``'s frames went into the reserve
     (__GFP_MEMALLOC), bulk frames too."""
-    for s in lockups(contention_runs["none"]):
+    for s in memory_lockups(contention_runs["none"]):
         lk = s["lockup"]
         floor = slowpath_mark(lk["wmark_min"], AllocFlags.HIGH | AllocFlags.HARDER)
         # a few pages may come back between the last failed allocation and the snapshot
@@ -344,7 +326,7 @@ def test_none_stops_at_the_atomic_floor(contention_runs):
         assert 0 < lk["free"] <= floor + 8 < lk["wmark_min"], (floor, lk)
         assert lk["alloc_fail"]["atomic"] > 0 and lk["alloc_fail"]["memalloc"] == 0
         assert lk["reserve"]["client-eth0"] == 0
-    for s in lockups(contention_runs["reserve-only"]):
+    for s in memory_lockups(contention_runs["reserve-only"]):
         assert s["lockup"]["reserve"]["client-eth0"] > 0, s["lockup"]
 
 
