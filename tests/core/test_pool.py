@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from testbed import pool as pool_mod
+from testbed import results
 from testbed import scenario as scenario_mod
 from testbed.cli import main
 from testbed.errors import ConfigError, TestbedError, TimeoutExpired
@@ -200,3 +201,66 @@ def test_workers_below_one_is_a_one_line_error_and_starts_nothing(argv, tmp_path
     err = capsys.readouterr().err
     assert "--workers: must be at least 1 (runs at once), got 0" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+# -- the stress campaign's waves ----------------------------------------------------------------
+
+CAMPAIGN_WORKER = r'''
+import json, pickle, sys
+from pathlib import Path
+spec, result = pickle.loads(Path(sys.argv[1]).read_bytes())
+sc, out = spec.scenario, spec.out_dir
+out.mkdir(parents=True, exist_ok=True)
+verdict = "lockup" if sc.client.memory_mb <= 24 and sc.topology.bulk_hosts >= 4 else "completed"
+(out / "summary.json").write_text(json.dumps(
+    {"scenario": sc.name, "policy": sc.client.policy, "verdict": verdict,
+     "expected": sc.expected, "status": "finished", "duration_s": 1.0}))
+Path(result).write_text(json.dumps({"run_dir": str(out), "error": None}))
+'''
+
+
+def campaign_with(workers: int, tmp_path: Path, monkeypatch, ranges_text: str, waves: int):
+    """A stress campaign of ``waves`` time checks, its runs by the stand-in rule of
+    tests/core/test_stress.py (in this process with one worker, child processes with more)."""
+    from testbed.stress import campaign as campaign_mod
+    from testbed.stress import ranges as ranges_mod
+    from tests.core.test_stress import FakeOrchestrator
+    import io
+    worker = tmp_path / "campaign_worker.py"
+    worker.write_text(CAMPAIGN_WORKER)
+    monkeypatch.setattr(campaign_mod, "Orchestrator", FakeOrchestrator)
+    monkeypatch.setattr(campaign_mod, "RunPool",
+                        lambda n: RunPool(n, argv=[sys.executable, str(worker)]))
+    checks = iter(range(waves + 1))
+    monkeypatch.setattr(campaign_mod.Campaign, "fits", lambda self, sc: next(checks) < waves)
+    monkeypatch.setenv("TESTBED_RESULTS_DB", str(tmp_path / "results.db"))
+    base = scenario_mod.load("contention", ["client.policy=phillips-2005"])
+    (tmp_path / "ranges.yaml").write_text(ranges_text)
+    out = tmp_path / f"out{workers}"
+    out.mkdir()
+    c = campaign_mod.Campaign(base, scenario_mod.resolve("contention"),
+                              ranges_mod.load(tmp_path / "ranges.yaml", base), out,
+                              budget_s=3600, seed=7, echo=io.StringIO(), workers=workers)
+    c.run()
+    return [(t.label, t.phase, t.load, t.outcome) for t in c.tried], c
+
+
+@pytest.mark.cli
+def test_a_campaign_with_two_workers_tries_the_loads_one_worker_tries(tmp_path, monkeypatch):
+    ranges = "ranges:\n  client.memory_mb: {min: 32, max: 64, step: 8}\n"
+    one, _ = campaign_with(1, tmp_path, monkeypatch, ranges, waves=6)
+    two, c = campaign_with(2, tmp_path, monkeypatch, ranges, waves=3)
+    assert one == two and len(two) == 6                  # same loads, same order, same outcomes
+    assert [r.label for r in results.open_batch(c.out).runs()] == [t[0] for t in two]
+
+
+@pytest.mark.cli
+def test_a_confirmation_runs_its_fresh_runs_in_waves(tmp_path, monkeypatch):
+    ranges = "ranges:\n  client.memory_mb: {min: 16, max: 24, step: 8}\n" \
+             "  topology.bulk_hosts: {min: 4, max: 5}\n"
+    got, c = campaign_with(3, tmp_path, monkeypatch, ranges, waves=3)
+    assert [t[1] for t in got[:3]] == ["sample"] * 3       # the first wave, noted in order
+    confirms = [t for t in got if t[1] == "confirm"]
+    assert [t[0] for t in confirms[:5]] == [f"s001-confirm{i}" for i in range(1, 6)]
+    assert all(t[3] == "counterexample" for t in confirms[:5])
+    assert c.found[0].confirmed is True
