@@ -1081,7 +1081,9 @@ class LockupDetector(threading.Thread):
                         tx_wait_since=since, reconnecting_since=reconnecting, dirty=vm.nr_dirty,
                         writeback=vm.nr_writeback, reclaimable=self.pc.nr_reclaimable,
                         last_progress=self.pc.last_progress, nr_written=vm.nr_written, tcp=tcp)
-        if r.reclaimable and r.pending:     # who could run to them: read from the stacks
+        # who could run to the clean pages, read from the stacks - only when memory is short
+        # enough for it to matter (criteria 1 and 2, the episode's opening and end)
+        if r.reclaimable and r.pending and (r.free <= r.wmark_min or r.rx_blocked or r.tx_blocked):
             r = replace(r, reclaim=reclaim_outlook(mm, self.pc, self.tasks))
         return r
 
