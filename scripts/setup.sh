@@ -16,7 +16,7 @@ else
     APT_PACKAGES=("${LABS_PACKAGES[@]}" libiscsi-bin iperf3 docker.io docker-compose
                   debootstrap qemu-system-x86 busybox-static cpio    # these four: the kernel client
                   chromium chromium-driver)          # the live page's browser test
-    EXTRAS=test,docker,results
+    EXTRAS=test,docker,results,cluster
 fi
 
 need=()
