@@ -11,6 +11,9 @@ over its configured rate, and the host's CPU pressure (share of the run with som
 waiting for a CPU). Needs root; each count's runs are kept in a folder (printed).
 
     .venv/bin/python bench/bench_workers.py [--runs 6] [--workers 1,2,3] [--out DIR]
+                                            [--scenario contention-gorman-3.6]
+
+``--scenario`` batches a scenario of the project (or a file) instead of the short load.
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=6, help="runs per batch (default 6)")
     ap.add_argument("--workers", default="1,2,3", help="worker counts (default 1,2,3)")
+    ap.add_argument("--scenario", help="a scenario file or built-in name instead of the "
+                                       "short load (e.g. contention-gorman-3.6)")
     ap.add_argument("--out", type=Path, help="folder for the batches (default: a new one "
                                              "under /tmp)")
     args = ap.parse_args()
@@ -104,10 +109,13 @@ def main() -> int:
     counts = [check_workers(int(w)) for w in args.workers.split(",")]
     base = args.out or Path(tempfile.mkdtemp(prefix="bench-workers-"))
     base.mkdir(parents=True, exist_ok=True)
-    (base / "load.yaml").write_text(LOAD)
-    sc = scenario_mod.load(base / "load.yaml")
+    if args.scenario:
+        sc, where = scenario_mod.load(args.scenario), args.scenario
+    else:
+        (base / "load.yaml").write_text(LOAD)
+        sc, where = scenario_mod.load(base / "load.yaml"), base / "load.yaml"
     busy = others_live()
-    print(f"load: {base / 'load.yaml'}; {args.runs} runs per batch; {os.cpu_count()} CPUs; "
+    print(f"load: {where}; {args.runs} runs per batch; {os.cpu_count()} CPUs; "
           f"other runs on the machine at the start: {busy or 'none'}")
     print(f"{'workers':>7}  {'wall (s)':>8}  {'runs/min':>8}  {'valid':>5}  {'invalid':>7}  "
           f"{'lag p99 ms, median [min, max]':>30}  {'lag max ms':>18}  "
