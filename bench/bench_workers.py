@@ -140,4 +140,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:         # the runs in flight have torn themselves down
+        print("bench_workers: interrupted", file=sys.stderr)
+        sys.exit(130)
