@@ -332,7 +332,10 @@ class Injector:
         for s in self.client.new():
             for e in s.get("events") or []:
                 if e.get("event") == "load_started" and self.load_start is None:
-                    self.load_start = float(e["monotonic"])
+                    # the emulated client's clock is this host's; a kernel client's is its
+                    # guest's (``guest_monotonic``), so its load starts when it is read
+                    # here, within a poll (0.2 s) of the guest's write
+                    self.load_start = float(e.get("monotonic", time.monotonic()))
             t = s.get("t")
             if t is None or "free" not in s:
                 continue

@@ -575,7 +575,7 @@ def main(cfg: dict) -> int:
         kmsg = Kmsg()
         started = time.monotonic()
         metrics.write(json.dumps({"t": 0.0, "events": [
-            {"t": 0.0, "event": "load_started", "monotonic": started, "disk": disk,
+            {"t": 0.0, "event": "load_started", "guest_monotonic": started, "disk": disk,
              "kernel": os.uname().release, "iscsi": applied(disk, cfg["target"]),
              "tcp_mem": read_ints("/proc/sys/net/ipv4/tcp_mem")}]}) + "\n")
         base, servers = 0, list(cfg["download_servers"])

@@ -190,8 +190,14 @@ def _kernel_rules(scenario: Any) -> Iterator[tuple[str, str]]:
         yield ("backend", "client.kind: kernel runs on the mininet backend only")
     if scenario.storage != "iscsi":
         yield ("storage", "client.kind: kernel writes to the iSCSI LUN (storage: iscsi)")
-    if scenario.faults:
-        yield ("faults", "faults are not injected into a kernel client yet")
+    for f in scenario.faults or []:
+        if f.kind == "client_restart":
+            yield ("faults", "client_restart restarts the emulated client; a kernel client "
+                             "is a guest (the target, link and bulk faults apply to it)")
+        if f.when == "first_storage_drop":
+            yield ("faults", "when: first_storage_drop needs the packet handler's count of "
+                             "storage drops; a kernel client has none (use at_s or "
+                             "free_at_min)")
     if scenario.client.memory_mb < MIN_MEMORY_MB:
         yield ("client.memory_mb", f"{scenario.client.memory_mb} is below the kernel client's "
                                    f"smallest memory, {MIN_MEMORY_MB} MiB (docs/kernel-client.md)")

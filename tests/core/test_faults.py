@@ -195,6 +195,25 @@ def test_a_trigger_starts_a_fault_and_the_process_is_killed_by_pid(run):
 
 
 @pytest.mark.root
+def test_a_load_started_on_a_guests_clock_starts_when_it_is_read(run):
+    """A kernel client's load_started carries its guest's clock (``guest_monotonic``),
+    which is not this host's: the load starts when the injector reads the event."""
+    bulk = subprocess.Popen(["sleep", "60"])
+    procs = {"bulk1": bulk}
+    inj = faults.Injector([faults.BulkCrash(at_s=0.5)], plant(run, procs))
+    append(run.dir / "client.ndjson", sample(0.0, events=[
+        {"t": 0.0, "event": "load_started", "guest_monotonic": 7.5}]))
+    read_at = time.monotonic()
+    inj.poll()
+    assert bulk.poll() is None                    # due 0.5 s after it was read, not at once
+    while time.monotonic() - read_at < 0.55:
+        time.sleep(0.05)
+    inj.poll()
+    assert bulk.wait(5) == -9
+    assert records(run)[0]["t"] >= 0.5
+
+
+@pytest.mark.root
 def test_a_pause_is_resumed_when_due_and_by_the_run_teardown(run):
     # not one of the run's processes (its sweep would end it): a daemon it acts on
     tgtd = subprocess.Popen(["sleep", "60"], env={"PATH": os.environ["PATH"]})

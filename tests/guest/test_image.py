@@ -145,6 +145,23 @@ def test_client_kind_defaults_to_emulated_and_kernel_has_its_rules():
         scenario.load("baseline", ["client.kind=vm"])
 
 
+def test_a_kernel_client_takes_the_faults_that_need_no_emulated_client(tmp_path):
+    """Target, link and bulk faults act outside the client, so they apply to the guest;
+    restarting the emulated client, or a trigger on the handler's storage drops, do not."""
+    path = tmp_path / "k.yaml"
+    kernel = ("name: k\nclient: {kind: kernel, memory_mb: 128, "
+              "workloads: [{kind: writer, total_mb: 16}]}\n")
+    path.write_text(kernel + "faults: [{kind: target_pause, at_s: 5, for_s: 3},\n"
+                    "         {kind: link_down, host: client, when: free_at_min, for_s: 1}]\n")
+    assert len(scenario.load(str(path)).faults) == 2
+    path.write_text(kernel + "faults: [{kind: client_restart, at_s: 5},\n"
+                    "         {kind: bulk_crash, host: bulk1, when: first_storage_drop}]\n")
+    with pytest.raises(SchemaError) as e:
+        scenario.load(str(path))
+    assert "client_restart restarts the emulated client" in str(e.value)
+    assert "first_storage_drop needs the packet handler's count" in str(e.value)
+
+
 def test_status_says_whether_the_image_for_the_current_inputs_is_built(tmp_path):
     ok, detail = image.status(cache=tmp_path)
     assert not ok and "not built yet" in detail and image.current_inputs().key() in detail

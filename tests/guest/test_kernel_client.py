@@ -39,7 +39,8 @@ client:
     - {kind: writer, total_mb: 6, rate_mbps: 3, files: 1, seed: 2}
     - {kind: downloader, total_mb: 3, rcvbuf_kb: 2048}
 target: {lun_mb: 64}
-initiator: {command_timeout_s: 8, noop_out_interval_s: 2, noop_out_timeout_s: 2.5, login_timeout_s: 5}
+initiator: {command_timeout_s: 8, noop_out_interval_s: 2, noop_out_timeout_s: 2.5, login_timeout_s: 5,
+            replacement_timeout_s: 10}
 bulk: {mode: tcp}
 capture: true
 """
@@ -82,6 +83,8 @@ def test_the_contention_load_on_a_real_kernel_completes_and_reads_back(tmp_path,
     assert started["iscsi"]["node.conn[0].timeo.noop_out_interval"] == 2
     assert started["iscsi"]["node.conn[0].timeo.noop_out_timeout"] == 3
     assert started["iscsi"]["node.conn[0].timeo.login_timeout"] == 5
+    assert started["iscsi"]["node.session.timeo.replacement_timeout"] == 10
+    assert [v for k, v in started["iscsi"].items() if k.endswith(".recovery_tmo")] == [10]
     # the sysctls came from the scenario
     cfg = json.loads((out / "client-config.json").read_text())
     assert cfg["guest"]["sysctl"]["vm.dirty_ratio"] == 40
@@ -95,6 +98,33 @@ def test_the_contention_load_on_a_real_kernel_completes_and_reads_back(tmp_path,
     assert_untouched(before, snapshot())
     print(f"kernel client run: {took:.1f}s wall, boot to first sample "
           f"{outcome['kernel']['first_sample_s']}s, {outcome['t']}s of load")
+
+
+def test_a_target_paused_past_lockup_after_s_is_waited_out_and_completes(tmp_path, guest_image):
+    """tgtd SIGSTOPped for 6 s while the guest writes: the LUN gets nothing for longer
+    than ``lockup_after_s`` (4 s). The guest's detector waits out the kernel's recovery
+    horizon (the 8 s command timeout, then the 10 s replacement timeout: 18 s) instead of
+    stopping there, the target comes back before the command timeout, and the run
+    completes with every page on the LUN."""
+    path = tmp_path / "kernel.yaml"
+    path.write_text(SCENARIO.replace("capture: true", "faults: [{kind: target_pause, at_s: 6, for_s: 6}]")
+                    .replace("deadline_s: 60", "deadline_s: 90"))
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "testbed.cli", "run", str(path), "--out", str(out)],
+                       capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["verdict"] == "completed", summary
+    assert summary["integrity"]["mismatches"] == 0
+    assert summary["integrity"]["bytes_checked"] == 17 * 2**20
+    cfg = json.loads((out / "client-config.json").read_text())
+    assert cfg["guest"]["recovery_horizon"]["seconds"] == 18
+    samples = [s for s in read_ndjson(out / "client.ndjson") if "free" in s]
+    longest = max(s["stalled_for_s"] for s in samples)
+    assert longest >= 4, longest              # the old rule's bound was passed
+    at_min = [s["t"] for s in samples if s["stalled_for_s"] >= 4 and s["free"] <= s["wmark_min"]]
+    print(f"stalled {longest:.1f}s; at or below min while stalled past 4 s: {len(at_min)} "
+          f"samples; hung-task warnings {samples[-1]['hung_tasks']}")
 
 
 def start_slow_run(tmp_path: Path) -> tuple[subprocess.Popen, Path, str, str]:
