@@ -160,8 +160,9 @@ def applied(disk: str, target: dict) -> dict:
         if key.startswith(("node.conn[0].timeo.", "node.session.timeo.")):
             out[key] = int(value) if value.strip().lstrip("-").isdigit() else value
     # the kernel's own copy of the replacement timeout (iscsi_cls_session.recovery_tmo)
-    for name in sorted(os.listdir("/sys/class/iscsi_session")):
-        out[f"{name}.recovery_tmo"] = int(read_text(f"/sys/class/iscsi_session/{name}/recovery_tmo") or -1)
+    base = "/sys/class/iscsi_session"
+    for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        out[f"{name}.recovery_tmo"] = int(read_text(f"{base}/{name}/recovery_tmo") or -1)
     return out
 
 
