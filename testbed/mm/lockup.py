@@ -406,7 +406,9 @@ class ReclaimOutlook:
       ``GFP_NOIO``, which direct-reclaims clean pages too). A task can get there unless it
       sleeps in a wait only writeback ends (:func:`bound_waits`): the dirty throttle, a
       request slot, 2.6.13's ``pageout()`` from direct reclaim to its own queue, or 3.6's
-      ``throttle_direct_reclaim`` (which lets it go only when kswapd has freed memory).
+      ``throttle_direct_reclaim`` (which lets a ``__GFP_FS`` caller - the workloads'
+      page-cache allocations - go only when kswapd has freed memory; one without it goes
+      after ``HZ``, reclaims, and the next check sees it running).
       The flusher allocates only when it starts a request, so only while the queue has a
       free slot.
 
