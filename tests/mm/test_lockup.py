@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import replace
-from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -502,6 +501,88 @@ def test_the_flusher_reclaims_only_when_it_can_start_a_request(procs):
     assert reclaim_outlook(rig.mm, rig.pc, ()).waits == (("pdflush", "get_request_wait"),)
     rig.pc.nr_inflight = 7
     assert reclaim_outlook(rig.mm, rig.pc, ()).runnable == ("pdflush",)
+
+
+class HeldDevice:
+    """A block device whose writes never complete until released: the network that would
+    carry them is stuck. ``release(n)`` completes the oldest ``n``."""
+
+    block_size = 512
+    capacity = 64 << 20
+
+    def __init__(self) -> None:
+        self.held: list = []
+
+    def submit_write(self, offset, data, callback) -> None:
+        self.held.append(callback)
+
+    def submit_read(self, offset, length, callback) -> None:
+        callback(bytes(length), None)
+
+    def flush(self, timeout=None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_real_kswapd_asleep_in_get_request_wait_leaves_clean_pages_unreached():
+    """The real kswapd thread and page cache: kswapd finds no clean page, ``pageout()``s
+    dirty ones and sleeps in ``wait_for_slot`` (``get_request_wait``), the queue full of
+    writes that never complete. Then a request completes and its slot is taken again at
+    once (a ninth write issued and completed): 32 clean pages on the LRU, the queue still
+    8 of 8. kswapd stays asleep, and the detector proves the lockup with them."""
+    from testbed.mm.page_writeback import DirtyThrottle
+    from testbed.mm.pagecache import PageCache
+    from testbed.mm.vmscan import Kswapd
+    from .conftest import set_free
+
+    mm = MemoryManager(8192, policy="none")
+    dev = mm.register_netdev("eth0")
+    pc = PageCache(mm, HeldDevice(), DirtyThrottle(mm))
+    old, late = pc.create("old"), pc.create("late")
+    pc.write(old, 0, bytes(600 * 4096), throttle=False)
+    pc.write(late, 0, bytes(32 * 4096), throttle=False)
+    with mm.lock:                           # the queue, full: 8 requests of "old"
+        requests = [req for run in pc.collect_runs_locked(old, 8 * 32, 32)
+                    for req in pc.start_writeback_locked(old, run)]
+    for req in requests:
+        pc.submit(req)
+    assert pc.nr_inflight == 8 and pc.congested()
+    kswapd = Kswapd(mm)
+    kswapd.start()
+    try:
+        set_free(mm, mm.zone.mark_atomic)   # under low: kswapd's turn
+        kswapd.wakeup()
+        for _ in range(100):
+            if reclaim_outlook(mm, pc, ()).waits:
+                break
+            threading.Event().wait(0.05)
+        assert reclaim_outlook(mm, pc, ()).waits == (("kswapd0", "get_request_wait"),)
+        with mm.lock:                       # a slot freed and taken again in one step
+            (ninth,) = pc.start_writeback_locked(late, list(range(32)))
+        pc.end_writeback(ninth, None)
+        assert pc.nr_reclaimable == 32 and pc.congested()
+        got = reclaim_outlook(mm, pc, ())
+        assert got.clean == 32 and not got.reachable and got.runnable == ()
+
+        flow = Flow()
+        det = LockupDetector(mm, pc, OPEN_AFTER, started=0.0, horizon=HORIZON,
+                             storage=StorageFlow("iSCSI", dev, flow.tally))
+        t = 0.0
+        while t < lockup_at() + 1.0 and not det.fired.is_set():
+            t = round(t + STEP, 3)
+            flow.dropped += 1
+            pc.last_progress = 0.0          # nothing completes from here on
+            det.check(now=t)
+        assert det.fired.is_set(), det.episodes
+        edge = det.evidence.cycle["text"][-1]
+        assert edge.startswith("clean pages no reclaimer reaches -> writeback: 32 pages "
+                               "(no reclaimer can run to them: kswapd0 in get_request_wait")
+    finally:
+        mm.shutdown()
+        kswapd.join(5)
+    assert not kswapd.is_alive()
 
 
 # -- criterion 1 at TCP's limit: the stream-specific deadlock --------------------------------
