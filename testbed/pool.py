@@ -49,7 +49,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 from .errors import ConfigError, EnvironmentProblem, TestbedError, TimeoutExpired
 from .scenario import Scenario
@@ -131,6 +131,15 @@ class _Child:
 Runner = Callable[[RunSpec], tuple[Path, dict]]
 
 
+class Backend(Protocol):
+    """Runs elsewhere than this machine's processes (:class:`testbed.cluster.Cluster`):
+    the same contract as the pool's own loop (one Done per spec, in order; errors by
+    class; stopping every run in flight when the caller stops)."""
+
+    def run(self, specs: Sequence[RunSpec],
+            on_start: Callable[[int, RunSpec], None]) -> Iterator[Done]: ...
+
+
 def run_here(spec: RunSpec) -> tuple[Path, dict]:
     """One run in this process with the orchestrator: its folder and summary."""
     from .orchestrator import Orchestrator, Progress
@@ -148,13 +157,20 @@ class RunPool:
     """Runs whole runs, ``workers`` at once (see the module docstring).
 
     ``argv`` is the child's command before its job file (tests give another program);
-    ``on_start(i, spec)`` is called as run ``i`` (0-based) starts.
+    ``on_start(i, spec)`` is called as run ``i`` (0-based) starts. ``backend`` (a
+    cluster, :mod:`testbed.cluster`) runs the specs instead of this machine, and
+    ``workers`` is then unused. ``processes``: each run a child process even with one
+    worker (a cluster's task runs in a worker's thread, which cannot own the run's
+    signal handlers).
     """
 
     def __init__(self, workers: int, argv: Optional[Sequence[str]] = None,
                  on_start: Optional[Callable[[int, RunSpec], None]] = None,
-                 runner: Runner = run_here, stop_timeout_s: float = STOP_TIMEOUT_S):
+                 runner: Runner = run_here, stop_timeout_s: float = STOP_TIMEOUT_S,
+                 backend: Optional[Backend] = None, processes: bool = False):
         self.workers = check_workers(workers)
+        self.backend = backend
+        self.processes = processes
         self.argv = list(argv) if argv is not None else [sys.executable, "-m", "testbed.pool"]
         self.on_start = on_start or (lambda i, spec: None)
         self.runner = runner
@@ -173,7 +189,10 @@ class RunPool:
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Done]:
         """One Done per spec, in the order of ``specs``. Leaving the loop early, an
         exception or Ctrl-C stops every run in flight (see the module docstring)."""
-        if self.workers == 1:
+        if self.backend is not None:
+            yield from self.backend.run(specs, self.on_start)
+            return
+        if self.workers == 1 and not self.processes:
             yield from self._run_here(specs)
             return
         done: dict[int, Done] = {}
@@ -259,6 +278,13 @@ class RunPool:
         return Done(spec, run_dir, summary, wall_s=wall)
 
     # -- stopping -----------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Ask every run in flight to stop, from any thread (a cluster task's watcher):
+        one SIGINT each, as Ctrl-C would; the loop collects them as they end, each
+        marked ``interrupted`` by its own teardown."""
+        for child in list(self.live.values()):
+            _signal(child.proc, signal.SIGINT)
 
     def stop(self) -> None:
         """Stop every run in flight: SIGINT once, wait, SIGKILL, sweep by tag. A second

@@ -41,7 +41,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
-from .. import results, store, validation
+from .. import cluster as cluster_mod, results, store, validation
 from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..guest.qemu import KERNEL_POLICY
@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per policy or client (default 1)")
     workers_option(p)
+    cluster_mod.cluster_option(p)
     p.add_argument("--set-model", dest="model_overrides", action="append", default=[],
                    metavar="KEY=VALUE",
                    help="with --clients: override a scenario key for the emulated clients "
@@ -88,6 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a scenario key and its values (once or twice)")
     p.add_argument("--repeat", type=int, default=1, help="runs per grid point (default 1)")
     workers_option(p)
+    cluster_mod.cluster_option(p)
     _common(p)
     out_option(p, "folder for the runs and the sweep report")
     p.set_defaults(func=cmd_sweep)
@@ -221,7 +223,8 @@ MAX_FAILED_IN_A_ROW = 3     # then the machine, not a run, is broken: stop the b
 
 
 def _run_batch(base: Path, jobs: list[Job], title: str,
-               command: Optional[str] = None, workers: int = 1) -> tuple[int, Path]:
+               command: Optional[str] = None, workers: int = 1,
+               cluster: Optional[cluster_mod.Cluster] = None) -> tuple[int, Path]:
     """Run the jobs into ``base``, ``workers`` at once (:class:`testbed.pool.RunPool`);
     then the combined report.
 
@@ -235,20 +238,25 @@ def _run_batch(base: Path, jobs: list[Job], title: str,
 
     Each run is recorded in the results store as it ends (``command``: compare, sweep,
     claims; by default sweep when the jobs have parameters, else compare).
+
+    With ``cluster`` (``--cluster``, :mod:`testbed.cluster`) the runs go to its workers
+    and their folders come back here, under the same names; the rest is the same.
     """
     command = command or ("sweep" if any(j.params for j in jobs) else "compare")
     index: list[results.BatchEntry] = []
     ok, failed = True, 0
     specs = [RunSpec(job.scenario, base / _slug(job.label)) for job in jobs]
+    apart = workers > 1 or cluster is not None      # results printed apart from progress
 
     def started(i: int, spec: RunSpec) -> None:
-        print(f"[{i + 1}/{len(jobs)}] {jobs[i].label}"
-              + (f" (progress: {spec.out_dir / 'progress.log'})" if workers > 1 else ""),
+        where = f"queued on {cluster.address}" if cluster is not None else \
+            f"progress: {spec.out_dir / 'progress.log'}" if workers > 1 else ""
+        print(f"[{i + 1}/{len(jobs)}] {jobs[i].label}" + (f" ({where})" if where else ""),
               flush=True)
 
-    with RunPool(workers, on_start=started, runner=_run_here) as pool:
+    with RunPool(workers, on_start=started, runner=_run_here, backend=cluster) as pool:
         for job, done in zip(jobs, pool.run(specs)):
-            if workers > 1:
+            if apart:
                 print(f"{job.label}:", flush=True)
             if isinstance(done.error, (ConfigError, EnvironmentProblem)):
                 raise done.error
@@ -402,10 +410,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         what = "policies compared"
     _require_root()
     batch: list[Path] = []      # the live page starts first: a port in use creates nothing
-    with _live(args, lambda: live.newest_run(batch[0])() if batch else None):
+    with _live(args, lambda: live.newest_run(batch[0])() if batch else None), \
+            cluster_mod.open_cluster(args.cluster, args.workers) as cluster:
         batch.append(base := _batch_dir(args.out, "compare", jobs[0].scenario.name, args.force))
         status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: {what}", "compare",
-                                    args.workers)
+                                    args.workers, cluster)
     return _finish_batch(base, status, report)
 
 
@@ -431,9 +440,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     jobs = repeated(points, args.repeat)
     _require_root()
     name = jobs[0].scenario.name
-    base = _batch_dir(args.out, "sweep", name, args.force)
-    status, report = _run_batch(base, jobs, f"{name}: sweep over {' x '.join(k for k, _ in params)}",
-                                "sweep", args.workers)
+    with cluster_mod.open_cluster(args.cluster, args.workers) as cluster:
+        base = _batch_dir(args.out, "sweep", name, args.force)
+        status, report = _run_batch(
+            base, jobs, f"{name}: sweep over {' x '.join(k for k, _ in params)}", "sweep",
+            args.workers, cluster)
     return _finish_batch(base, status, report)
 
 

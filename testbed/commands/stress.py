@@ -1,5 +1,5 @@
-"""``testbed stress SCENARIO --policy P --budget 30m [--workers N] [--seed S] [--ranges FILE]
-[--confirm N] [--out DIR]``.
+"""``testbed stress SCENARIO --policy P --budget 30m [--workers N | --cluster ADDRESS]
+[--seed S] [--ranges FILE] [--confirm N] [--out DIR]``.
 
 Searches for a load under which the policy's claim fails (a fix that locks up, ``none``
 or ``reserve-only`` that completes): loads drawn from the ranges file (default
@@ -11,7 +11,9 @@ same way (:mod:`testbed.stress.campaign`). The folder (default
 
 Everything is checked before anything starts: the scenario, the ranges (file, line and
 key of every problem), the budget, ``--workers`` (at least 1: N runs at once, each
-isolated, :mod:`testbed.pool`), ``--confirm`` (at least 1; below the fewest runs that
+isolated, :mod:`testbed.pool`) or ``--cluster tcp://HOST:PORT`` (the runs on a Dask
+cluster's workers, as many at once as it has worker threads, :mod:`testbed.cluster`),
+``--confirm`` (at least 1; below the fewest runs that
 can confirm, a warning says so). Exit status 1 when a counterexample was confirmed, 0
 when none was.
 """
@@ -23,7 +25,7 @@ import re
 import time
 from pathlib import Path
 
-from .. import claims
+from .. import claims, cluster as cluster_mod
 from .. import scenario as scenario_mod
 from ..errors import ConfigError
 from ..pool import check_workers
@@ -50,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fresh runs that confirm each counterexample by a rate test (default:"
                         " the fewest that can, 5 at the claims' H0 rate 1/2)")
     run_cmd.workers_option(p)
+    cluster_mod.cluster_option(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key before the search (repeatable)")
     run_cmd.out_option(p, "folder for the runs, the report and the counterexamples "
@@ -85,6 +88,9 @@ def cmd_stress(args: argparse.Namespace) -> int:
     out = run_cmd._batch_dir(args.out or Path("results") / f"stress-{args.policy}",
                              "stress", base.name, args.force)
     seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
-    campaign = Campaign(base, base_file, ranges, out, args.budget, seed, args.tries_per_key,
-                        confirm, workers=args.workers)
-    return campaign.run()
+    with cluster_mod.open_cluster(args.cluster, args.workers) as cluster:
+        # on a cluster, a wave is as many runs as it has worker threads
+        workers = cluster.slots if cluster is not None else args.workers
+        campaign = Campaign(base, base_file, ranges, out, args.budget, seed,
+                            args.tries_per_key, confirm, workers=workers, cluster=cluster)
+        return campaign.run()

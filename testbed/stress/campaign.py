@@ -42,7 +42,9 @@ is not run again: those runs were not picked by their outcome, whichever led to 
 Parallel runs (``--workers N``, :mod:`testbed.pool`): the samples are drawn in waves of
 N from the same seeded sequence and run at once, each in its own process and run id, and
 are judged and noted in their sequence's order; a counterexample among them is pursued
-after its wave. A confirmation's N fresh runs go N at once as well. Shrinking stays one
+after its wave. A confirmation's N fresh runs go N at once as well. On a cluster
+(``--cluster``, :mod:`testbed.cluster`) a wave is as many runs as its worker threads, and
+every run, a shrink candidate too, goes to the cluster. Shrinking stays one
 run at a time: each candidate depends on the answer to the one before. A run starved by
 the others is past a fidelity bound and counted without a verdict (3. above).
 
@@ -76,7 +78,7 @@ from .. import scenario as scenario_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..mm.config import WorkloadConfig
 from ..orchestrator import Orchestrator, Progress
-from ..pool import Done, RunPool, RunSpec
+from ..pool import Backend, Done, RunPool, RunSpec
 from ..scenario import Scenario
 from ..schema import SchemaError
 from . import ranges as ranges_mod
@@ -261,6 +263,7 @@ class Campaign:
     confirm: Optional[int] = None   # fresh runs per confirmation; None: confirm_runs()
     echo: TextIO = sys.stdout
     workers: int = 1            # runs at once (testbed.pool); shrinking is one at a time
+    cluster: Optional[Backend] = None   # --cluster: the runs on its workers (testbed.cluster)
     tried: list[Tried] = field(default_factory=list)
     found: list[Found] = field(default_factory=list)
     stopped_by: str = "budget"
@@ -380,6 +383,8 @@ class Campaign:
 
     def attempt(self, load: Load, label: str, phase: str) -> Tried:
         """Build, run and judge one load; its line in tried.ndjson and the progress."""
+        if self.cluster is not None:        # the run goes to the cluster, as waves do
+            return self.attempts([(load, label, phase)])[0]
         try:
             sc = ranges_mod.build(self.data, load)
         except SchemaError as exc:
@@ -405,7 +410,7 @@ class Campaign:
         """Several loads (load, label, phase): with one worker :meth:`attempt` each in
         turn; with more, all at once in a :class:`~testbed.pool.RunPool` (at most
         ``workers`` items are given), judged and noted in the order given either way."""
-        if self.workers == 1:
+        if self.workers == 1 and self.cluster is None:
             return [self.attempt(*item) for item in items]
         built: list[tuple[Load, str, str, Scenario | SchemaError]] = []
         for load, label, phase in items:
@@ -419,7 +424,8 @@ class Campaign:
         dones: dict[str, Done] = {}
         got: list[Tried] = []
         try:
-            with RunPool(self.workers) as pool:
+            with (RunPool(self.workers) if self.cluster is None
+                  else RunPool(self.workers, backend=self.cluster)) as pool:
                 specs = [RunSpec(sc, self.out / label, log=self.out / "progress.log")
                          for label, sc in runs]
                 for (label, _), done in zip(runs, pool.run(specs)):

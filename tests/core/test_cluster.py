@@ -1,0 +1,232 @@
+"""``--cluster``: the run folder in transit, the errors a user meets, and the backend's
+contract on a real (in-process) Dask cluster.
+
+The cluster here is Dask's own LocalCluster in this process (threads, a scheduler on
+loopback), so the scheduler, the futures, cancellation and the worker's task are real;
+the runs are test_pool.py's stand-in program, started by the worker's real RunPool (the
+one thing replaced is the child's command). The runs themselves over a cluster of
+namespaces are the machine test's (tests/e2e/test_cluster.py).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import socket
+import sys
+import tarfile
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from testbed import cluster as cluster_mod
+from testbed import scenario as scenario_mod
+from testbed.cluster import Cluster, check_address, open_cluster, pack, receive, unpack
+from testbed.errors import ConfigError, EnvironmentProblem, TestbedError, TimeoutExpired
+from testbed.pool import RunPool, RunSpec
+from tests.core.test_pool import WORKER
+
+distributed = pytest.importorskip("distributed")
+
+# Dask's client reports the machine's processor, which Python's platform module learns
+# once by running `uname -p`: learnt here, before the unit guard would refuse it (inside
+# Dask's event loop thread, where the refusal would hang the client instead of failing).
+platform.uname().processor
+
+
+# -- addresses and options ----------------------------------------------------------------
+
+@pytest.mark.parametrize("good", ["tcp://10.77.0.1:8786", "tcp://sched.example:1",
+                                  "tcp://[fd00::1]:8786"])
+def test_a_scheduler_address_is_tcp_host_port(good):
+    assert check_address(good) == good
+
+
+@pytest.mark.parametrize("bad", ["10.77.0.1:8786", "tcp://10.77.0.1", "tcp://h:0",
+                                 "tcp://h:70000", "udp://h:8786", "tcp://h:86/x", ""])
+def test_a_bad_address_is_a_config_error_naming_the_option(bad):
+    with pytest.raises(ConfigError, match=r"--cluster .*tcp://HOST:PORT"):
+        check_address(bad)
+
+
+def test_cluster_with_workers_is_refused_and_without_cluster_nothing_connects():
+    with pytest.raises(ConfigError, match="--cluster with --workers 3: give one of them"):
+        open_cluster("tcp://127.0.0.1:8786", 3)
+    with open_cluster(None, 2) as got:
+        assert got is None
+
+
+def test_an_unreachable_scheduler_is_an_environment_problem_within_its_timeout():
+    with socket.socket() as s:          # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(EnvironmentProblem, match=rf"127.0.0.1:{port}: no Dask scheduler "
+                                                 r"answered within 1 s"):
+        Cluster(f"tcp://127.0.0.1:{port}", connect_timeout_s=1).connect()
+    assert time.monotonic() - t0 < 15
+
+
+def test_a_scheduler_without_workers_is_an_environment_problem_after_a_bounded_wait():
+    with distributed.LocalCluster(n_workers=0, processes=False, host="127.0.0.1",
+                                  protocol="tcp", dashboard_address=None) as lc:
+        c = Cluster(lc.scheduler_address, workers_timeout_s=1)
+        t0 = time.monotonic()
+        with pytest.raises(EnvironmentProblem, match="has no worker after 1 s"):
+            c.connect()
+        assert time.monotonic() - t0 < 15 and c.client is None
+
+
+# -- the run folder in transit ------------------------------------------------------------
+
+def folder(tmp_path: Path) -> Path:
+    run = tmp_path / "worker" / "gorman-3.6_1"
+    (run / "sub").mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"verdict": "completed"}))
+    (run / "sub" / "client.ndjson").write_bytes(b"x" * 5000)
+    return run
+
+
+def test_a_run_folder_packs_and_unpacks_under_the_name_asked_for(tmp_path):
+    data = pack(folder(tmp_path))
+    dest = tmp_path / "batch" / "point_1"
+    dest.parent.mkdir()
+    assert unpack(data, dest) == dest
+    assert json.loads((dest / "summary.json").read_text()) == {"verdict": "completed"}
+    assert (dest / "sub" / "client.ndjson").read_bytes() == b"x" * 5000
+    assert [p.name for p in dest.parent.iterdir()] == ["point_1"]   # no scratch left
+
+
+def test_a_folder_past_the_cap_is_a_clear_error(tmp_path):
+    with pytest.raises(TestbedError, match=r"gorman-3.6_1: .* MiB packed, more than the "
+                                           r"0.0 MiB a cluster run may send back"):
+        pack(folder(tmp_path), max_bytes=10)
+
+
+def test_unpack_refuses_a_folder_in_the_way(tmp_path):
+    dest = tmp_path / "taken"
+    dest.mkdir()
+    (dest / "x").write_text("mine")
+    with pytest.raises(TestbedError, match="not unpacked over it"):
+        unpack(pack(folder(tmp_path)), dest)
+    assert (dest / "x").read_text() == "mine"
+
+
+def tarball(*members: tuple[str, bytes | None, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, link, body in members:
+            info = tarfile.TarInfo(name)
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link.decode()
+                tar.addfile(info)
+            else:
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("members, why", [
+    ([("run/../../escape", None, b"x")], "refused"),
+    ([("/etc/evil", None, b"x")], "refused"),
+    ([("run/link", b"/etc/passwd", b"")], "refused"),
+    ([("a/x", None, b"1"), ("b/y", None, b"2")], "expected one folder"),
+    ([], "empty"),
+])
+def test_unpack_refuses_what_is_not_one_plain_folder(tmp_path, members, why):
+    with pytest.raises(TestbedError, match=why):
+        unpack(tarball(*members), tmp_path / "dest")
+    assert not (tmp_path / "dest").exists() and not (tmp_path.parent / "escape").exists()
+
+
+def test_garbage_is_a_testbed_error_not_a_traceback(tmp_path):
+    with pytest.raises(TestbedError, match="cannot be read"):
+        unpack(b"not a tarball", tmp_path / "dest")
+
+
+def test_a_reply_becomes_the_pools_done_with_its_error_class_and_progress(tmp_path):
+    sc = scenario_mod.load("baseline")
+    run = folder(tmp_path)
+    (run / "progress.log").write_text("run abc: started\n")
+    spec = RunSpec(sc, tmp_path / "campaign" / "s001", log=tmp_path / "campaign" / "p.log")
+    spec.out_dir.parent.mkdir()
+    done = receive(spec, {"tar": pack(run), "wall_s": 3.5,
+                          "error": {"kind": "ConfigError", "message": "x.yaml:3: bad"}})
+    assert done.run_dir == spec.out_dir and done.summary == {"verdict": "completed"}
+    assert type(done.error) is ConfigError and str(done.error) == "x.yaml:3: bad"
+    assert done.wall_s == 3.5 and spec.log.read_text() == "run abc: started\n"
+    lost = receive(RunSpec(sc, tmp_path / "campaign" / "s002"),
+                   {"tar": None, "error": {"kind": "Odd", "message": "node did not start"}})
+    assert type(lost.error) is TestbedError and lost.summary is None
+
+
+# -- the backend on a real in-process cluster ---------------------------------------------
+
+@pytest.fixture
+def local_cluster(tmp_path, monkeypatch):
+    """A LocalCluster of two one-thread workers in this process; each task's run is the
+    stand-in program, started by the worker's real RunPool."""
+    path = tmp_path / "worker.py"
+    path.write_text(WORKER)
+    monkeypatch.setattr(cluster_mod, "RunPool",
+                        partial(RunPool, argv=[sys.executable, str(path)]))
+    monkeypatch.setattr(cluster_mod, "WATCH_S", 0.2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  host="127.0.0.1", protocol="tcp",
+                                  dashboard_address=None) as lc:
+        with Cluster(lc.scheduler_address) as c:
+            yield c
+
+
+def batch(tmp_path: Path, *names: str) -> list[RunSpec]:
+    sc = scenario_mod.load("baseline")
+    (tmp_path / "batch").mkdir(exist_ok=True)
+    return [RunSpec(sc, tmp_path / "batch" / n) for n in names]
+
+
+@pytest.mark.cli
+def test_runs_on_the_cluster_come_back_in_order_with_their_errors(tmp_path, local_cluster):
+    assert local_cluster.slots == 2
+    specs = batch(tmp_path, "a-1.5-ok", "b-0.2-ok", "c-0-config", "d-0-crash")
+    started = []
+    with RunPool(1, backend=local_cluster, on_start=lambda i, s: started.append(i)) as pool:
+        got = list(pool.run(specs))
+    assert [d.spec for d in got] == specs and started == [0, 1, 2, 3]
+    a, b, c, d = got
+    assert a.ok and b.ok and a.run_dir == specs[0].out_dir
+    assert (a.run_dir / "ended").exists() and (a.run_dir / "progress.log").exists()
+    where = json.loads((a.run_dir / "cluster.json").read_text())
+    assert where["worker"].startswith("inproc://") or where["worker"].startswith("tcp://")
+    assert type(c.error) is ConfigError and "client.policy: bad" in str(c.error)
+    assert type(d.error) is TestbedError and "no result" in str(d.error)
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == \
+        ["a-1.5-ok", "b-0.2-ok", "c-0-config", "d-0-crash"]
+
+
+@pytest.mark.cli
+def test_leaving_early_cancels_and_each_worker_interrupts_its_run(tmp_path, local_cluster,
+                                                                 monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(cluster_mod.tempfile, "tempdir", str(scratch))
+    specs = batch(tmp_path, "a-0.1-ok", "b-30-ok", "c-30-ok")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError):
+        for done in RunPool(1, backend=local_cluster).run(specs):
+            assert done.ok
+            time.sleep(1.0)                 # b and c are running on the two workers
+            raise RuntimeError("the caller stops")
+    while any(scratch.iterdir()) and time.monotonic() - t0 < 20:
+        time.sleep(0.2)                     # each task interrupts its run, then cleans up
+    assert not any(scratch.iterdir()) and time.monotonic() - t0 < 20
+
+
+@pytest.mark.cli
+def test_a_result_not_back_in_time_is_a_timeout(tmp_path, local_cluster, monkeypatch):
+    monkeypatch.setattr(cluster_mod, "TRANSFER_S", 0.0)
+    spec = RunSpec(scenario_mod.load("baseline"), tmp_path / "a-30-ok", timeout_s=1.0)
+    (done,) = RunPool(1, backend=local_cluster).run([spec])
+    assert type(done.error) is TimeoutExpired and "a-30-ok" in str(done.error)
