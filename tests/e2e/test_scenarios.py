@@ -301,7 +301,10 @@ def test_the_reserves_lock_up_on_the_transmit_side(contention_runs):
     for policy in ("reserve-only", "phillips-2005", "phillips-2005-threshold"):
         for s in contention_runs[policy]:
             if policy != "reserve-only":
-                assert s["drops"]["memalloc"]["total"] == 0, (policy, s["drops"])
+                # the reserve's claim is about memory: a segment refused at TCP's limit
+                # (PROTO_MEM; 2.6.13 exempts no skb from tcp_mem[2]) is not its doing
+                dropped = s["drops"]["memalloc"]
+                assert dropped["total"] - dropped.get("PROTO_MEM", 0) == 0, (policy, s["drops"])
         for s in memory_lockups(contention_runs[policy]):
             # its data segments wait to be sent; or, its connection lost, the SYNs of the
             # session's reinstatement do
