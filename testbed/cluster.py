@@ -14,7 +14,8 @@ The design keeps one run path and one batch path:
   run's SIGINT/SIGTERM handlers; the child does, with its own run id and namespaces).
   The run folder is made in a scratch folder of the worker's, under the name the asking
   side gave it, with ``cluster.json`` beside the summary (which worker, its network
-  namespace, its host), then packed as a tar.gz (at most :data:`MAX_FOLDER_BYTES`; past
+  namespace, its host) and ``provenance.json`` (the worker's machine and code, which
+  the results store records), then packed as a tar.gz (at most :data:`MAX_FOLDER_BYTES`; past
   it the run comes back as a failed run saying so) and the scratch folder removed.
 - **On the asking side, a backend of the pool** (:class:`Cluster`, given to
   :class:`~testbed.pool.RunPool` as ``backend``): it submits every spec, waits for the
@@ -55,6 +56,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from . import results, store
 from .errors import ConfigError, EnvironmentProblem, TestbedError, TimeoutExpired
 from .pool import _ERRORS, Done, RunPool, RunSpec, _read_summary, error_kind
 
@@ -143,10 +145,11 @@ def _top(members: list[tarfile.TarInfo]) -> str:
 
 # -- the worker's side --------------------------------------------------------------------
 
-def run_task(spec: RunSpec, max_bytes: int = MAX_FOLDER_BYTES) -> dict:
+def run_task(spec: RunSpec, command: str, max_bytes: int = MAX_FOLDER_BYTES) -> dict:
     """A cluster task: one whole run on this worker (see the module docstring). Returns
     the packed folder (``tar``, or None), how the run ended (``error``: kind and
-    message, or None) and where it ran (``worker``)."""
+    message, or None) and where it ran (``worker``). The folder's provenance.json is
+    written here (``command``, this machine, this code), as the machine that made it."""
     distributed = _distributed()
     worker = distributed.get_worker()
     key = worker.get_current_task()
@@ -164,6 +167,9 @@ def run_task(spec: RunSpec, max_bytes: int = MAX_FOLDER_BYTES) -> dict:
             reply["error"] = {"kind": error_kind(done.error), "message": str(done.error)}
         if done.run_dir.is_dir():
             (done.run_dir / PROVENANCE).write_text(json.dumps(where, indent=1) + "\n")
+            run = results.read_run(done.run_dir)
+            if run is not None:
+                store.ensure_provenance(run, command)
             reply["tar"] = pack(done.run_dir, max_bytes)
     except TestbedError as exc:
         reply["error"] = {"kind": error_kind(exc), "message": str(exc)}
@@ -219,10 +225,12 @@ class _CancelWatch:
 class Cluster:
     """A connection to a Dask scheduler, and the pool backend that runs specs there."""
 
-    def __init__(self, address: str, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    def __init__(self, address: str, command: str = "sweep",
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S,
                  workers_timeout_s: float = WORKERS_TIMEOUT_S,
                  max_bytes: int = MAX_FOLDER_BYTES):
         self.address = check_address(address)
+        self.command = command          # the runs' provenance: compare, sweep, stress
         self.connect_timeout_s = connect_timeout_s
         self.workers_timeout_s = workers_timeout_s
         self.max_bytes = max_bytes
@@ -277,8 +285,9 @@ class Cluster:
         futures = []
         try:
             for i, spec in enumerate(specs):
-                futures.append(self.client.submit(run_task, spec, self.max_bytes,
-                                                  key=f"testbed-run-{token}-{i}", pure=False))
+                futures.append(self.client.submit(
+                    run_task, spec, self.command, self.max_bytes,
+                    key=f"testbed-run-{token}-{i}", pure=False))
                 on_start(i, spec)
             for i, (spec, fut) in enumerate(zip(specs, futures)):
                 limit = t0 + (i // slots + 1) * spec.limit_s + TRANSFER_S
@@ -345,9 +354,11 @@ def cluster_option(p: argparse.ArgumentParser) -> None:
                         "threads say how many runs go at once")
 
 
-def open_cluster(address: Optional[str], workers: int) -> contextlib.AbstractContextManager:
-    """The connected cluster for the duration of a command, or None without
-    ``--cluster``; ``--cluster`` with ``--workers`` other than 1 is refused."""
+def open_cluster(address: Optional[str], workers: int,
+                 command: str) -> contextlib.AbstractContextManager:
+    """The connected cluster for the duration of ``command`` (compare, sweep, stress),
+    or None without ``--cluster``; ``--cluster`` with ``--workers`` other than 1 is
+    refused."""
     if address is None:
         return contextlib.nullcontext()
     check_address(address)
@@ -355,4 +366,4 @@ def open_cluster(address: Optional[str], workers: int) -> contextlib.AbstractCon
         raise ConfigError(f"--cluster with --workers {workers}: give one of them; with "
                           f"--cluster the cluster's worker threads say how many runs go at "
                           f"once (`dask worker --nthreads N` on each machine)")
-    return Cluster(address)
+    return Cluster(address, command)

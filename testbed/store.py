@@ -452,10 +452,7 @@ def record_run(run_dir: Path, command: str, label: Optional[str] = None,
         run = results.read_run(run_dir, label, params)
         if run is None:
             return False            # never started: nothing to index (no summary.json)
-        if not run.provenance:
-            doc = provenance(command)
-            doc["ended"] = utc(run.summarized_at)
-            results.write_provenance(run_dir, doc)
+        ensure_provenance(run, command)
         got = results.read_batch(batch) if batch is not None else None
         rec = to_record(run, got, command)
         with Store.open(db) as st:
@@ -464,6 +461,16 @@ def record_run(run_dir: Path, command: str, label: Optional[str] = None,
     except Exception as exc:     # noqa: BLE001 - recording must never break a run
         _warn(db, Path(run_dir), exc)
         return False
+
+
+def ensure_provenance(run: results.RunOutcome, command: str) -> None:
+    """Write the run folder's provenance.json (this machine, this code) if it has none:
+    by the machine that made the run (a cluster's worker writes it before sending the
+    folder back, testbed.cluster), else when the run is first recorded."""
+    if not run.provenance:
+        doc = provenance(command)
+        doc["ended"] = utc(run.summarized_at)
+        results.write_provenance(run.path, doc)
 
 
 def record_moved(old: Path, new: Path, db: Optional[Path] = None) -> None:

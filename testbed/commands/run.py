@@ -411,7 +411,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _require_root()
     batch: list[Path] = []      # the live page starts first: a port in use creates nothing
     with _live(args, lambda: live.newest_run(batch[0])() if batch else None), \
-            cluster_mod.open_cluster(args.cluster, args.workers) as cluster:
+            cluster_mod.open_cluster(args.cluster, args.workers, "compare") as cluster:
         batch.append(base := _batch_dir(args.out, "compare", jobs[0].scenario.name, args.force))
         status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: {what}", "compare",
                                     args.workers, cluster)
@@ -440,7 +440,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     jobs = repeated(points, args.repeat)
     _require_root()
     name = jobs[0].scenario.name
-    with cluster_mod.open_cluster(args.cluster, args.workers) as cluster:
+    with cluster_mod.open_cluster(args.cluster, args.workers, "sweep") as cluster:
         base = _batch_dir(args.out, "sweep", name, args.force)
         status, report = _run_batch(
             base, jobs, f"{name}: sweep over {' x '.join(k for k, _ in params)}", "sweep",

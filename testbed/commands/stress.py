@@ -88,7 +88,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
     out = run_cmd._batch_dir(args.out or Path("results") / f"stress-{args.policy}",
                              "stress", base.name, args.force)
     seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
-    with cluster_mod.open_cluster(args.cluster, args.workers) as cluster:
+    with cluster_mod.open_cluster(args.cluster, args.workers, "stress") as cluster:
         # on a cluster, a wave is as many runs as it has worker threads
         workers = cluster.slots if cluster is not None else args.workers
         campaign = Campaign(base, base_file, ranges, out, args.budget, seed,

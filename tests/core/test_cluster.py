@@ -54,8 +54,8 @@ def test_a_bad_address_is_a_config_error_naming_the_option(bad):
 
 def test_cluster_with_workers_is_refused_and_without_cluster_nothing_connects():
     with pytest.raises(ConfigError, match="--cluster with --workers 3: give one of them"):
-        open_cluster("tcp://127.0.0.1:8786", 3)
-    with open_cluster(None, 2) as got:
+        open_cluster("tcp://127.0.0.1:8786", 3, "sweep")
+    with open_cluster(None, 2, "sweep") as got:
         assert got is None
 
 
@@ -199,7 +199,8 @@ def test_runs_on_the_cluster_come_back_in_order_with_their_errors(tmp_path, loca
     assert a.ok and b.ok and a.run_dir == specs[0].out_dir
     assert (a.run_dir / "ended").exists() and (a.run_dir / "progress.log").exists()
     where = json.loads((a.run_dir / "cluster.json").read_text())
-    assert where["worker"].startswith("inproc://") or where["worker"].startswith("tcp://")
+    assert where["worker"].startswith("tcp://127.0.0.1:") and where["net_ns"]
+    assert json.loads((a.run_dir / "provenance.json").read_text())["command"] == "sweep"
     assert type(c.error) is ConfigError and "client.policy: bad" in str(c.error)
     assert type(d.error) is TestbedError and "no result" in str(d.error)
     assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == \
