@@ -231,3 +231,68 @@ def test_a_result_not_back_in_time_is_a_timeout(tmp_path, local_cluster, monkeyp
     spec = RunSpec(scenario_mod.load("baseline"), tmp_path / "a-30-ok", timeout_s=1.0)
     (done,) = RunPool(1, backend=local_cluster).run([spec])
     assert type(done.error) is TimeoutExpired and "a-30-ok" in str(done.error)
+
+
+# -- a stress campaign on the cluster -----------------------------------------------------
+
+def campaign_on(cluster, tmp_path: Path, monkeypatch, ranges_text: str, waves: int):
+    """test_pool.py's stand-in campaign, its runs on ``cluster`` (waves as large as its
+    worker threads), or with one worker in this process when ``cluster`` is None."""
+    import io
+    from testbed.stress import campaign as campaign_mod
+    from testbed.stress import ranges as ranges_mod
+    from tests.core.test_stress import FakeOrchestrator
+    monkeypatch.setattr(campaign_mod, "Orchestrator", FakeOrchestrator)
+    checks = iter(range(waves + 1))
+    monkeypatch.setattr(campaign_mod.Campaign, "fits", lambda self, sc: next(checks) < waves)
+    monkeypatch.setenv("TESTBED_RESULTS_DB", str(tmp_path / "results.db"))
+    base = scenario_mod.load("contention", ["client.policy=phillips-2005"])
+    (tmp_path / "ranges.yaml").write_text(ranges_text)
+    out = tmp_path / ("cluster" if cluster else "here")
+    out.mkdir()
+    c = campaign_mod.Campaign(base, scenario_mod.resolve("contention"),
+                              ranges_mod.load(tmp_path / "ranges.yaml", base), out,
+                              budget_s=3600, seed=7, echo=io.StringIO(),
+                              workers=cluster.slots if cluster else 1, cluster=cluster)
+    c.run()
+    return [(t.label, t.phase, t.load, t.outcome) for t in c.tried], c
+
+
+@pytest.fixture
+def campaign_cluster(tmp_path, monkeypatch):
+    from tests.core.test_pool import CAMPAIGN_WORKER
+    path = tmp_path / "campaign_worker.py"
+    path.write_text(CAMPAIGN_WORKER)
+    monkeypatch.setattr(cluster_mod, "RunPool",
+                        partial(RunPool, argv=[sys.executable, str(path)]))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  host="127.0.0.1", protocol="tcp",
+                                  dashboard_address=None) as lc:
+        with Cluster(lc.scheduler_address, "stress") as c:
+            yield c
+
+
+@pytest.mark.cli
+def test_a_stress_campaign_on_the_cluster_tries_what_one_worker_tries(tmp_path, monkeypatch,
+                                                                     campaign_cluster):
+    from testbed import results
+    ranges = "ranges:\n  client.memory_mb: {min: 32, max: 64, step: 8}\n"
+    here, _ = campaign_on(None, tmp_path, monkeypatch, ranges, waves=6)
+    there, c = campaign_on(campaign_cluster, tmp_path, monkeypatch, ranges, waves=3)
+    assert here == there and len(there) == 6
+    runs = results.open_batch(c.out).runs()
+    assert [r.label for r in runs] == [t[0] for t in there]
+    assert all((r.path / "cluster.json").exists() for r in runs)
+
+
+@pytest.mark.cli
+def test_a_counterexample_is_confirmed_and_shrunk_on_the_cluster(tmp_path, monkeypatch,
+                                                                 campaign_cluster):
+    ranges = "ranges:\n  client.memory_mb: {min: 16, max: 24, step: 8}\n" \
+             "  topology.bulk_hosts: {min: 4, max: 5}\n"
+    got, c = campaign_on(campaign_cluster, tmp_path, monkeypatch, ranges, waves=12)
+    assert c.found and c.found[0].confirmed is True
+    phases = {t[1] for t in got}
+    assert {"sample", "confirm", "shrink"} <= phases, got
+    ran = [t for t in got if t[3] != "invalid"]
+    assert all((c.out / t[0] / "cluster.json").exists() for t in ran)
