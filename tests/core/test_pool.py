@@ -264,3 +264,18 @@ def test_a_confirmation_runs_its_fresh_runs_in_waves(tmp_path, monkeypatch):
     assert [t[0] for t in confirms[:5]] == [f"s001-confirm{i}" for i in range(1, 6)]
     assert all(t[3] == "counterexample" for t in confirms[:5])
     assert c.found[0].confirmed is True
+
+
+def test_a_state_file_being_written_is_not_taken_for_a_dead_run(tmp_path):
+    """A run's first state file is <id>.tmp before it is <id>.json: a scan by a run
+    starting next to it must leave a fresh one alone, and still remove an old one."""
+    import os
+    from testbed import cleanup
+    fresh, old = tmp_path / "0123abcd.tmp", tmp_path / "89abcdef.tmp"
+    fresh.write_text("{}")
+    old.write_text("{}")
+    long_ago = time.time() - cleanup.TMP_GRACE_S - 5
+    os.utime(old, (long_ago, long_ago))
+    assert cleanup._being_written(fresh) and not cleanup._being_written(old)
+    assert not cleanup._being_written(tmp_path / "0123abcd")          # a scratch folder
+    assert cleanup._being_written(tmp_path / "gone.tmp")               # replaced meanwhile
