@@ -354,16 +354,21 @@ def cluster_option(p: argparse.ArgumentParser) -> None:
                         "threads say how many runs go at once")
 
 
-def open_cluster(address: Optional[str], workers: int,
-                 command: str) -> contextlib.AbstractContextManager:
-    """The connected cluster for the duration of ``command`` (compare, sweep, stress),
-    or None without ``--cluster``; ``--cluster`` with ``--workers`` other than 1 is
-    refused."""
+def check_options(address: Optional[str], workers: int) -> None:
+    """``--cluster`` well formed and not beside ``--workers`` (other than 1), checked
+    with the other options, before anything starts."""
     if address is None:
-        return contextlib.nullcontext()
+        return
     check_address(address)
     if workers != 1:
         raise ConfigError(f"--cluster with --workers {workers}: give one of them; with "
                           f"--cluster the cluster's worker threads say how many runs go at "
                           f"once (`dask worker --nthreads N` on each machine)")
-    return Cluster(address, command)
+
+
+def open_cluster(address: Optional[str], workers: int,
+                 command: str) -> contextlib.AbstractContextManager:
+    """The connected cluster for the duration of ``command`` (compare, sweep, stress),
+    or None without ``--cluster`` (:func:`check_options` first)."""
+    check_options(address, workers)
+    return contextlib.nullcontext() if address is None else Cluster(address, command)

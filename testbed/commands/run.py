@@ -395,6 +395,7 @@ def client_jobs(scenario: str, spec: str, overrides: list[str], n: int,
 
 def cmd_compare(args: argparse.Namespace) -> int:
     check_workers(args.workers)
+    cluster_mod.check_options(args.cluster, args.workers)
     if args.model_overrides and args.clients is None:
         raise ConfigError("--set-model: only with --clients (it sets keys of the emulated "
                           "clients against the kernel's); use --set for --policies")
@@ -431,6 +432,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("--param: a sweep takes one or two parameters")
     _check_repeat(args.repeat)
     check_workers(args.workers)
+    cluster_mod.check_options(args.cluster, args.workers)
     params = [_parse_param(p) for p in args.param]
     points = []
     for combo in itertools.product(*(vals for _, vals in params)):

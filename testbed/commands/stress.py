@@ -78,6 +78,7 @@ def parse_duration(text: str) -> float:
 
 def cmd_stress(args: argparse.Namespace) -> int:
     check_workers(args.workers)
+    cluster_mod.check_options(args.cluster, args.workers)
     if args.tries_per_key < 1:
         raise ConfigError(f"--tries-per-key: must be at least 1, got {args.tries_per_key}")
     confirm = confirm_runs(args.confirm)
@@ -85,10 +86,10 @@ def cmd_stress(args: argparse.Namespace) -> int:
     base = scenario_mod.load(base_file, args.overrides + [f"client.policy={args.policy}"])
     ranges = ranges_mod.load(args.ranges, base)
     run_cmd._require_root()
-    out = run_cmd._batch_dir(args.out or Path("results") / f"stress-{args.policy}",
-                             "stress", base.name, args.force)
-    seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
     with cluster_mod.open_cluster(args.cluster, args.workers, "stress") as cluster:
+        out = run_cmd._batch_dir(args.out or Path("results") / f"stress-{args.policy}",
+                                 "stress", base.name, args.force)
+        seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
         # on a cluster, a wave is as many runs as it has worker threads
         workers = cluster.slots if cluster is not None else args.workers
         campaign = Campaign(base, base_file, ranges, out, args.budget, seed,

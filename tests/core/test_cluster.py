@@ -59,6 +59,24 @@ def test_cluster_with_workers_is_refused_and_without_cluster_nothing_connects():
         assert got is None
 
 
+@pytest.mark.cli
+@pytest.mark.parametrize("argv", [
+    ["compare", "baseline", "--policies", "none", "--repeat", "2"],
+    ["sweep", "baseline", "--param", "client.memory_mb=32,40"],
+    ["stress", "contention", "--policy", "none", "--budget", "1m"]])
+@pytest.mark.parametrize("extra, message", [
+    (["--cluster", "10.77.0.1:8786"], "--cluster '10.77.0.1:8786': expected the scheduler's"),
+    (["--cluster", "tcp://10.77.0.1:8786", "--workers", "2"],
+     "--cluster with --workers 2: give one of them")])
+def test_cluster_options_are_one_line_errors_that_start_nothing(argv, extra, message,
+                                                                tmp_path, capsys):
+    from testbed.cli import main
+    out = tmp_path / "out"
+    assert main(argv + extra + ["--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_an_unreachable_scheduler_is_an_environment_problem_within_its_timeout():
     with socket.socket() as s:          # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -296,3 +314,18 @@ def test_a_counterexample_is_confirmed_and_shrunk_on_the_cluster(tmp_path, monke
     assert {"sample", "confirm", "shrink"} <= phases, got
     ran = [t for t in got if t[3] != "invalid"]
     assert all((c.out / t[0] / "cluster.json").exists() for t in ran)
+
+
+@pytest.mark.cli
+def test_a_sweep_to_an_unreachable_scheduler_is_one_line_and_creates_nothing(tmp_path, capsys):
+    from testbed.cli import main
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    assert main(["sweep", "baseline", "--param", "client.memory_mb=32,40", "--cluster",
+                 f"tcp://127.0.0.1:{port}", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"--cluster tcp://127.0.0.1:{port}: no Dask scheduler answered within 10 s" in err
+    assert "Traceback" not in err and not out.exists() and time.monotonic() - t0 < 30
