@@ -25,6 +25,10 @@ its folder's ``progress.log``, and the results are printed, indexed and recorded
 order one worker gives. A run starved by the others is marked invalid by its own
 fidelity figures and left out of the statistics, as always.
 
+With ``--cluster tcp://HOST:PORT`` (compare, sweep; instead of ``--workers``) the runs go
+to the workers of a Dask scheduler (:mod:`testbed.cluster`, docs/cluster.md) and each run
+folder comes back into the batch folder under the same name; the rest is the same.
+
 A scenario is loaded and checked completely before anything starts: a mistake in it
 is reported with file, line and key, and nothing is created.
 """
