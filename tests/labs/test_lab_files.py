@@ -228,7 +228,8 @@ def test_lab_start_copies_the_student_files_and_prints_the_first_step(tmp_path):
     assert r.returncode == 0, r.stderr
     work = tmp_path / "lab1"
     assert sorted(p.name for p in work.iterdir()) == ["README.md", "answers.yaml", "deadlock.yaml"]
-    assert "testbed compare deadlock.yaml --policies none --repeat 5 --out runs/none" in r.stdout
+    assert ("testbed compare deadlock.yaml --policies none --repeat 5 --workers 2 --out runs/none"
+            in r.stdout)
     assert "cd lab1" in r.stdout
     assert "record them: testbed lab predict 1" in r.stdout       # before the first run
     again = cli("lab", "start", "1", cwd=tmp_path)       # would overwrite a student's work
