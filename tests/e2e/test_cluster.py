@@ -1,0 +1,238 @@
+"""``--cluster`` on the real machine: a Dask scheduler and two workers, each worker
+standing in for a machine of its own in a network namespace of its own.
+
+The namespaces hang on a bridge of the root namespace by veth pairs, on a subnet of
+their own (10.77.<k>.0/24, not the topologies' 10.0.0.0/24); the scheduler listens on
+the bridge's address, so every message between the scheduler, the workers and the
+asking side crosses a real link. A worker is ``dask worker`` run by ``nsenter --net``:
+only its network namespace is its own (its mount namespace is the machine's, so the
+namespaces its runs create are seen, and removed, where a run's are). A small sweep (2
+points) runs through the cluster and the same sweep locally: the verdicts must match,
+each cluster run must have run in a worker (its ``cluster.json`` names the worker's
+address and network namespace), and the batch folder, its index and the results store
+must hold the runs; then the scheduler and workers are ended by pid, the namespaces,
+veths and bridge removed, and nothing of the runs or the cluster may be left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.e2e.machine import snapshot
+from tests.platform.conftest import assert_nothing_left, assert_untouched
+
+pytestmark = [pytest.mark.mininet, pytest.mark.root]
+
+TESTBED = [sys.executable, "-m", "testbed.cli"]
+DASK = str(Path(sys.executable).with_name("dask"))
+START_TIMEOUT_S = 60.0
+
+# the shape of test_workers.py's small load: a run takes seconds; none locks up under it,
+# a fix completes, so the two points of the sweep have verdicts of their own
+SMALL = """name: cluster-small
+expect: completed
+expect_by_policy: {none: lockup, reserve-only: lockup}
+duration_s: 8
+deadline_s: 25
+topology: {bulk_hosts: 1, client_bw_mbit: 40, bw_mbit: 100}
+client:
+  memory_mb: 32
+  policy: gorman-3.6
+  lockup_after_s: 15
+  workloads:
+    - {kind: writer, total_mb: 4, rate_mbps: 2, files: 1}
+    - {kind: downloader, total_mb: 2}
+target: {lun_mb: 64}
+bulk: {mode: tcp, rate_mbit: 5}
+"""
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=20)
+
+
+@dataclass
+class Net:
+    """The cluster's wiring and processes, each removed by its name or pid."""
+
+    tag: str
+    subnet: str
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.tag}br"
+
+    def host(self, k: int) -> str:
+        return f"{self.subnet}.{k}"
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        self.procs.clear()
+        for ns in self.namespaces:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+        for link in self.links + [self.bridge]:
+            subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=20)
+        self.namespaces.clear()
+        self.links.clear()
+
+
+def free_subnet() -> str:
+    """10.77.<k> whose .1 no interface of the machine holds."""
+    used = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True,
+                          timeout=10).stdout
+    return next(f"10.77.{k}" for k in range(1, 250) if f"10.77.{k}." not in used)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, ok, timeout: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        assert time.monotonic() < deadline, f"{what} within {timeout:g} s"
+        time.sleep(0.3)
+
+
+def scheduler_workers(address: str) -> int:
+    """How many workers the scheduler has, asked as the testbed asks (bounded)."""
+    from testbed.cluster import Cluster
+    c = Cluster(address, workers_timeout_s=1)
+    try:
+        c.connect()
+    except Exception:
+        return 0
+    try:
+        return len(c.client.scheduler_info()["workers"])
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def before() -> dict:
+    """The machine before the cluster's wiring is made."""
+    return snapshot()
+
+
+@pytest.fixture
+def cluster(tmp_path, before) -> Iterator[tuple[Net, str]]:
+    """A scheduler on the bridge's address and two workers, one per namespace; all of
+    it removed by name and pid afterwards, also when the test fails."""
+    net = Net(tag=f"tbcl{os.getpid() % 0xffff:04x}", subnet=free_subnet())
+    try:
+        sh("ip", "link", "add", net.bridge, "type", "bridge")
+        sh("ip", "addr", "add", f"{net.host(1)}/24", "dev", net.bridge)
+        sh("ip", "link", "set", net.bridge, "up")
+        for k in (1, 2):
+            ns, here, there = f"{net.tag}w{k}", f"{net.tag}h{k}", f"{net.tag}n{k}"
+            sh("ip", "netns", "add", ns)
+            net.namespaces.append(ns)
+            sh("ip", "link", "add", here, "type", "veth", "peer", "name", there)
+            net.links.append(here)
+            sh("ip", "link", "set", here, "master", net.bridge, "up")
+            sh("ip", "link", "set", there, "netns", ns)
+            sh("ip", "-n", ns, "addr", "add", f"{net.host(10 + k)}/24", "dev", there)
+            sh("ip", "-n", ns, "link", "set", there, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        port = free_port(net.host(1))
+        address = f"tcp://{net.host(1)}:{port}"
+        logs = tmp_path / "cluster-logs"
+        logs.mkdir()
+        start = lambda argv, name: net.procs.append(subprocess.Popen(   # noqa: E731
+            argv, stdout=open(logs / name, "wb"), stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=Path(__file__).parents[2]))
+        start([DASK, "scheduler", "--host", net.host(1), "--port", str(port),
+               "--no-dashboard"], "scheduler.log")
+        for k in (1, 2):
+            start(["nsenter", f"--net=/run/netns/{net.tag}w{k}", DASK, "worker", address,
+                   "--host", net.host(10 + k), "--nthreads", "1", "--no-nanny",
+                   "--no-dashboard", "--name", f"w{k}"], f"worker{k}.log")
+        wait_for("two workers joined", lambda: scheduler_workers(address) == 2)
+        yield net, address
+    finally:
+        net.close()
+
+
+def worker_netns(net: Net) -> dict[str, str]:
+    """Worker address -> its process's network namespace, read from /proc by pid."""
+    return {f"tcp://{net.host(10 + k)}": os.readlink(f"/proc/{p.pid}/ns/net")
+            for k, p in zip((1, 2), net.procs[1:])}
+
+
+def sweep(tmp_path: Path, out: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(TESTBED + ["sweep", "small.yaml", "--param",
+                                     "client.policy=none,gorman-3.6", "--out", out, *extra],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=200)
+
+
+def batch(base: Path) -> list[tuple[str, Path, dict]]:
+    index = json.loads((base / "runs.json").read_text())["runs"]
+    return [(x["label"], base / x["dir"], json.loads((base / x["dir"] / "summary.json")
+                                                     .read_text())) for x in index]
+
+
+def test_a_sweep_through_the_cluster_gives_the_local_verdicts_from_the_workers(
+        tmp_path, before, cluster, results_db):
+    net, address = cluster
+    (tmp_path / "small.yaml").write_text(SMALL)
+    where = worker_netns(net)
+    root_ns = os.readlink("/proc/self/ns/net")
+
+    r = sweep(tmp_path, "on-cluster", "--cluster", address)
+    assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert r.stdout.index("client.policy=none:") < r.stdout.index("client.policy=gorman-3.6:")
+    remote = batch(tmp_path / "on-cluster")
+    r = sweep(tmp_path, "here")
+    assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stdout + r.stderr
+    local = batch(tmp_path / "here")
+
+    assert [lbl for lbl, _, _ in remote] == [lbl for lbl, _, _ in local] == \
+        ["client.policy=none", "client.policy=gorman-3.6"]
+    assert [s["verdict"] for _, _, s in remote] == [s["verdict"] for _, _, s in local]
+    assert [(d.name, s["policy"]) for _, d, s in remote] == \
+        [(d.name, s["policy"]) for _, d, s in local]
+    for _, d, _ in remote:                      # each ran in a worker's namespace
+        ran = json.loads((d / "cluster.json").read_text())
+        worker = ran["worker"].rsplit(":", 1)[0]
+        assert worker in where and ran["net_ns"] == where[worker] != root_ns, ran
+        assert (d / "report.html").exists() and (d / "progress.log").exists()
+    assert not (tmp_path / "here" / local[0][1].name / "cluster.json").exists()
+    with sqlite3.connect(results_db) as db:     # the asking side's results store has them
+        stored = dict(db.execute("SELECT path, hostname FROM runs WHERE command = 'sweep'"))
+    assert {str(d.resolve()) for _, d, _ in remote} <= set(stored)
+
+    net.close()
+    for _, d, _ in remote + local:
+        assert_nothing_left(json.loads((d / "client-config.json").read_text())["run_id"])
+    assert not list(Path(tempfile_dir()).glob("testbed-cluster-*"))
+    assert_untouched(before, snapshot())
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(net.tag)]
+
+
+def tempfile_dir() -> str:
+    import tempfile
+    return tempfile.gettempdir()
