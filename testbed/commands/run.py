@@ -186,8 +186,7 @@ def _batch_dir(out: Optional[Path], kind: str, name: str, force: bool = False) -
     nothing deleted; the results store follows it); a default name taken in the same
     second gets a suffix."""
     if out is None:
-        d = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{name}"
-        d = _free_name(d, "-")
+        return _claim_name(Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{name}")
     else:
         d = out
         if d.exists() and not d.is_dir():
@@ -213,6 +212,21 @@ def _free_name(d: Path, sep: str) -> Path:
         k += 1
         got = d.with_name(f"{d.name}{sep}{k}")
     return got
+
+
+def _claim_name(d: Path) -> Path:
+    """``d``, or ``d-2``, ``d-3``, ..., made by this process: ``mkdir`` fails on a name
+    another batch made first, even one started in the same second (``--workers`` or two
+    terminals), so no two batches share a default folder."""
+    d.parent.mkdir(parents=True, exist_ok=True)
+    k, got = 1, d
+    while True:
+        try:
+            got.mkdir()
+            return got
+        except FileExistsError:
+            k += 1
+            got = d.with_name(f"{d.name}-{k}")
 
 
 class Job(NamedTuple):

@@ -448,9 +448,13 @@ def test_default_batch_folders_made_in_the_same_second_do_not_share(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(run_cmd.time, "strftime", lambda fmt, *a: "20261129-080000")
     first = run_cmd._batch_dir(None, "compare", "tiny")
-    (first / "runs.json").write_text("{}")
+    # the second comes before the first has written anything (two batches started at
+    # once): the name is taken by the first one's mkdir all the same
     second = run_cmd._batch_dir(None, "compare", "tiny")
-    assert first != second and second.name == "20261129-080000-compare-tiny-2"
+    third = run_cmd._batch_dir(None, "compare", "tiny")
+    assert [first.name, second.name, third.name] == [
+        "20261129-080000-compare-tiny", "20261129-080000-compare-tiny-2",
+        "20261129-080000-compare-tiny-3"]
 
 
 def test_a_bad_out_is_a_config_error(tmp_path):
