@@ -11,13 +11,15 @@ points) runs through the cluster and the same sweep locally: the verdicts must m
 each cluster run must have run in a worker (its ``cluster.json`` names the worker's
 address and network namespace), and the batch folder, its index and the results store
 must hold the runs; then the scheduler and workers are ended by pid, the namespaces,
-veths and bridge removed, and nothing of the runs or the cluster may be left.
+veths and bridge removed, and nothing of the runs or the cluster may be left. A worker
+killed mid-run loses its run, which the scheduler re-queues on the other worker.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -236,3 +238,55 @@ def test_a_sweep_through_the_cluster_gives_the_local_verdicts_from_the_workers(
 def tempfile_dir() -> str:
     import tempfile
     return tempfile.gettempdir()
+
+
+def test_a_worker_killed_mid_run_loses_that_run_which_is_requeued(tmp_path, before, cluster):
+    """SIGKILL of a worker while both run: the scheduler re-queues its run on the other
+    worker; the sweep still gets both points, each from a live worker. The killed
+    worker's run, a process of its own session, ends by itself and tears itself down;
+    its scratch folder is left (docs/cluster.md), and removed here."""
+    net, address = cluster
+    (tmp_path / "small.yaml").write_text(SMALL)
+    scratch = Path(tempfile_dir())
+    old = set(scratch.glob("testbed-cluster-*")) | set(scratch.glob("testbed-pool-*"))
+    p = subprocess.Popen(TESTBED + ["sweep", "small.yaml", "--param",
+                                    "client.policy=none,gorman-3.6", "--out", "cl",
+                                    "--cluster", address],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         cwd=tmp_path)
+    try:
+        logs = lambda: [d for d in set(scratch.glob("testbed-cluster-*")) - old   # noqa: E731
+                        if list(d.glob("*/client.ndjson"))]
+        wait_for("both runs started on the workers", lambda: len(logs()) == 2)
+        killed = net.procs[1]                  # worker 1
+        lost_ns = os.readlink(f"/proc/{killed.pid}/ns/net")
+        killed.kill()
+        killed.wait(timeout=10)
+        output, _ = p.communicate(timeout=150)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode in (0, 1) and "Traceback" not in output, output
+    runs = batch(tmp_path / "cl")
+    assert [lbl for lbl, _, _ in runs] == ["client.policy=none", "client.policy=gorman-3.6"]
+    assert all(s["verdict"] in ("completed", "lockup") for _, _, s in runs), output
+    alive = os.readlink(f"/proc/{net.procs[2].pid}/ns/net")      # worker 2
+    for _, d, _ in runs:                       # the lost run came back from worker 2
+        assert json.loads((d / "cluster.json").read_text())["net_ns"] == alive != lost_ns
+    # the orphan of the killed worker: its run ends by itself and tears itself down
+    orphans = list(set(scratch.glob("testbed-cluster-*")) - old)
+    ids = [json.loads(c.read_text())["run_id"] for d in orphans
+           for c in d.glob("*/client-config.json")]
+    wait_for("the killed worker's run to end", lambda: not any(
+        Path("/run/testbed", f"{i}.json").exists() for i in ids), timeout=90)
+    net.close()
+    for i in ids + [json.loads((d / "client-config.json").read_text())["run_id"]
+                    for _, d, _ in runs]:
+        assert_nothing_left(i)
+    for d in orphans:
+        shutil.rmtree(d)
+    for d in set(scratch.glob("testbed-pool-*")) - old:     # the orphan's job folder
+        if any(str(o) in f.read_text(errors="replace") for f in d.glob("*.json")
+               for o in orphans):
+            shutil.rmtree(d)
+    assert_untouched(before, snapshot())
