@@ -33,6 +33,7 @@ import pytest
 
 from tests.e2e.machine import snapshot
 from tests.platform.conftest import assert_nothing_left, assert_untouched
+from tests.support.small import small_scenario
 
 pytestmark = [pytest.mark.mininet, pytest.mark.root]
 
@@ -40,24 +41,9 @@ TESTBED = [sys.executable, "-m", "testbed.cli"]
 DASK = str(Path(sys.executable).with_name("dask"))
 START_TIMEOUT_S = 60.0
 
-# the shape of test_workers.py's small load: a run takes seconds; none locks up under it,
-# a fix completes, so the two points of the sweep have verdicts of their own
-SMALL = """name: cluster-small
-expect: completed
-expect_by_policy: {none: lockup, reserve-only: lockup}
-duration_s: 8
-deadline_s: 25
-topology: {bulk_hosts: 1, client_bw_mbit: 40, bw_mbit: 100}
-client:
-  memory_mb: 32
-  policy: gorman-3.6
-  lockup_after_s: 15
-  workloads:
-    - {kind: writer, total_mb: 4, rate_mbps: 2, files: 1}
-    - {kind: downloader, total_mb: 2}
-target: {lun_mb: 64}
-bulk: {mode: tcp, rate_mbit: 5}
-"""
+# tests/support/small.py: a run takes seconds; none locks up under it, a fix completes,
+# so the two points of the sweep have verdicts of their own
+SMALL = small_scenario("cluster-small", lun_mb=64)
 
 
 def sh(*argv: str) -> None:

@@ -26,29 +26,15 @@ from testbed.stress import campaign
 
 from tests.e2e.machine import snapshot
 from tests.platform.conftest import assert_nothing_left, assert_untouched
+from tests.support.small import small_scenario
 
 pytestmark = [pytest.mark.mininet, pytest.mark.root]
 
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 BUDGET_S = 75
 
-# A small load that runs in seconds (the shape of tests/support/killpoints.py's).
-SCENARIO = """name: stress-small
-expect: completed
-expect_by_policy: {none: lockup, reserve-only: lockup}
-duration_s: 8
-deadline_s: 25
-topology: {bulk_hosts: 1, client_bw_mbit: 40, bw_mbit: 100}
-client:
-  memory_mb: 32
-  policy: gorman-3.6
-  lockup_after_s: 15
-  workloads:
-    - {kind: writer, total_mb: 4, rate_mbps: 2, files: 1}
-    - {kind: downloader, total_mb: 2}
-target: {lun_mb: 16}
-bulk: {mode: tcp, rate_mbit: 5}
-"""
+# A small load that runs in seconds (tests/support/small.py).
+SCENARIO = small_scenario("stress-small")
 
 RANGES = """ranges:
   client.memory_mb: {min: 24, max: 40, step: 8}

@@ -22,28 +22,13 @@ import pytest
 
 from tests.e2e.machine import snapshot
 from tests.platform.conftest import assert_nothing_left, assert_untouched
+from tests.support.small import small_scenario
 
 pytestmark = [pytest.mark.mininet, pytest.mark.root]
 
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 NETNS = Path("/run/netns")
 
-SMALL = """name: workers-small
-expect: completed
-expect_by_policy: {none: lockup, reserve-only: lockup}
-duration_s: 8
-deadline_s: 25
-topology: {bulk_hosts: 1, client_bw_mbit: 40, bw_mbit: 100}
-client:
-  memory_mb: 32
-  policy: gorman-3.6
-  lockup_after_s: 15
-  workloads:
-    - {kind: writer, total_mb: %d, rate_mbps: 2, files: 1}
-    - {kind: downloader, total_mb: 2}
-target: {lun_mb: 64}
-bulk: {mode: tcp, rate_mbit: 5}
-"""
 
 
 class NamespaceWatch:
@@ -76,7 +61,7 @@ def run_id(run_dir: Path) -> str:
 
 
 def test_two_runs_at_once_reach_their_verdicts_apart_and_leave_nothing(tmp_path):
-    (tmp_path / "small.yaml").write_text(SMALL % 4)
+    (tmp_path / "small.yaml").write_text(small_scenario("workers-small", 4, 64))
     out = tmp_path / "cmp"
     before = snapshot()
     with NamespaceWatch() as watch:
@@ -104,7 +89,8 @@ def test_two_runs_at_once_reach_their_verdicts_apart_and_leave_nothing(tmp_path)
 
 
 def test_ctrl_c_ends_both_runs_in_flight_and_leaves_nothing(tmp_path):
-    (tmp_path / "long.yaml").write_text(SMALL % 40)        # runs far past the Ctrl-C
+    # runs far past the Ctrl-C
+    (tmp_path / "long.yaml").write_text(small_scenario("workers-small", 40, 64))
     out = tmp_path / "cmp"
     before = snapshot()
     p = subprocess.Popen(TESTBED + ["compare", "long.yaml", "--policies", "gorman-3.6",
