@@ -313,6 +313,27 @@ def test_a_reserve_that_lets_storage_frames_drop_does_not_hold_whatever_the_verd
     assert not got["phillips-2005-threshold completes"]["supported"]
 
 
+def test_segments_tcps_limit_refused_are_not_the_thresholds_drops(tmp_path):
+    """A threshold run held back by TCP's limit completes and meets that limit all along
+    (seen: 403 segments dropped PROTO_MEM, none by the reserve's rules). Those are
+    TCP's rule, the same under both policies, so the drop claims leave them out."""
+    base = claims_folder(tmp_path / "claims", n=5)
+    for entry in json.loads((base / "runs.json").read_text())["runs"]:
+        if entry["label"] == "phillips-2005-threshold#5":
+            path = base / entry["dir"] / "summary.json"
+            s = json.loads(path.read_text())
+            s["drops"]["other"] = {"total": 4303, "NOT_MEMALLOC": 300, "PROTO_MEM": 4003}
+            path.write_text(json.dumps(s))
+    main(["claims", "--from", str(base)])
+    got = {c["claim"]: c for c in json.loads((base / "claims.json").read_text())["claims"]}
+    both = got["the threshold drops fewer frames of other traffic than phillips-2005"]
+    assert both["supported"] and both["pvalue"] == pytest.approx(1 / math.comb(10, 5))
+    assert "(not at tcp_mem)" in both["figures"]
+    rx = got["the threshold drops fewer received frames of other traffic "
+             "(the earlier, receive-only count)"]
+    assert rx["supported"], rx
+
+
 def test_a_small_claims_folder_supports_no_rate_claim(tmp_path):
     base = claims_folder(tmp_path / "claims", n=2)
     assert main(["claims", "--from", str(base)]) == 1
