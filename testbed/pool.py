@@ -198,16 +198,17 @@ class RunPool:
         done: dict[int, Done] = {}
         following, nxt = 0, 0
         try:
-            while following < len(specs):
-                while nxt < len(specs) and len(self.live) < self.workers:
-                    self._start(nxt, specs[nxt])
-                    nxt += 1
-                for i in self._reap():
-                    done[i] = self._collect(self.live.pop(i))
-                while following in done:
-                    yield done.pop(following)
-                    following += 1
-                time.sleep(POLL_S)
+            with _signals_raise():
+                while following < len(specs):
+                    while nxt < len(specs) and len(self.live) < self.workers:
+                        self._start(nxt, specs[nxt])
+                        nxt += 1
+                    for i in self._reap():
+                        done[i] = self._collect(self.live.pop(i))
+                    while following in done:
+                        yield done.pop(following)
+                        following += 1
+                    time.sleep(POLL_S)
         finally:
             self.stop()
 
@@ -334,6 +335,28 @@ def _read_summary(run_dir: Path) -> Optional[dict]:
         return json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+class _signals_raise:
+    """SIGINT and SIGTERM raise KeyboardInterrupt while the pool waits on its runs, as
+    a run's RunContext makes them do in the run's process. Python's own SIGINT handler
+    is not enough: a process started with SIGINT ignored (a background job of a script,
+    ``nohup``) keeps ignoring it, and the runs would go on. Main thread only; the
+    caller's handlers are back when the loop ends."""
+
+    def __enter__(self) -> None:
+        self.old: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._raise)
+
+    @staticmethod
+    def _raise(signum: int, _frame: Optional[FrameType]) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
 
 
 class _signals_deferred:

@@ -10,7 +10,10 @@ test's (tests/e2e/test_workers.py).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -144,6 +147,36 @@ def test_ctrl_c_stops_the_runs_in_flight(tmp_path, worker, scenario, monkeypatch
     monkeypatch.setattr(pool_mod.time, "sleep", sleep)
     with pytest.raises(KeyboardInterrupt):
         list(pool.run(jobs))
+    assert all((j.out_dir / "interrupted").exists() for j in jobs)
+    assert pool.live == {}
+
+
+@pytest.mark.cli
+def test_sigint_stops_the_runs_even_when_the_process_started_with_it_ignored(tmp_path, worker,
+                                                                              scenario):
+    """A batch started in the background of a script (SIGINT ignored, inherited) still
+    stops on SIGINT: the pool raises on it while it waits, as a run's context does."""
+    jobs = specs(tmp_path, scenario, "a-30-ok", "b-30-ok")
+    pool = RunPool(2, argv=worker)
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def press() -> None:
+        deadline = time.monotonic() + 20
+        while not all((j.out_dir / "started").exists() for j in jobs):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press)
+    try:
+        presser.start()
+        with pytest.raises(KeyboardInterrupt):
+            list(pool.run(jobs))
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN      # the caller's, back
+    finally:
+        presser.join(30)
+        signal.signal(signal.SIGINT, old)
     assert all((j.out_dir / "interrupted").exists() for j in jobs)
     assert pool.live == {}
 
