@@ -110,9 +110,9 @@ def open_iscsi_settings(initiator: Any) -> dict[str, Any]:
 def kernel_horizon(initiator: Any) -> RecoveryHorizon:
     """The recovery horizon of the guest's kernel and open-iscsi: past it, every recovery
     they have has had its chance. A dead connection is found by the SCSI command timeout
-    (the command's timer, then iscsi_eh_abort) or by the no-op pings (iscsi_check_transport_timeouts,
-    interval + timeout; none when the interval is 0), whichever comes later, as for the
-    model's initiator. The session is then FAILED and iscsid logs in again for
+    (the command's timer, then iscsi_eh_abort) or by the no-op pings
+    (iscsi_check_transport_timeouts, interval + timeout; none when the interval is 0),
+    whichever comes later, as for the model's initiator. The session is then FAILED and iscsid logs in again for
     ``replacement_timeout`` (the kernel's ``recovery_tmo``); when that passes,
     ``session_recovery_timedout()`` (drivers/scsi/scsi_transport_iscsi.c) makes the
     session FREE and its commands fail, which ends their pages' writeback with an error.
