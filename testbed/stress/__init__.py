@@ -16,6 +16,7 @@ test them on a few loads; a stress campaign tests them on many. One module per s
 
 ``--workers N`` runs N loads at once, each a whole run in its own process with its own
 run id and namespaces (:mod:`testbed.pool`): sampled loads in waves of N, a
-confirmation's fresh runs N at once; shrinking stays one run at a time. The cluster is
-not built yet.
+confirmation's fresh runs N at once; shrinking stays one run at a time. ``--cluster``
+does the same on a Dask cluster's workers (:mod:`testbed.cluster`), a wave as many runs
+as the cluster has worker threads.
 """
