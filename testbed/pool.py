@@ -44,7 +44,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from types import FrameType
 from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 from .errors import ConfigError, EnvironmentProblem, TestbedError, TimeoutExpired
+from .runctx import raise_interrupt, signals_handled
 from .scenario import Scenario
 
 RUN_ALLOWANCE_S = 600.0   # beyond a scenario's deadline: bring-up, read-back, report, a
@@ -198,7 +198,8 @@ class RunPool:
         done: dict[int, Done] = {}
         following, nxt = 0, 0
         try:
-            with _signals_raise():
+            # as a run's RunContext does in the run's own process
+            with signals_handled(raise_interrupt):
                 while following < len(specs):
                     while nxt < len(specs) and len(self.live) < self.workers:
                         self._start(nxt, specs[nxt])
@@ -291,7 +292,7 @@ class RunPool:
         """Stop every run in flight: SIGINT once, wait, SIGKILL, sweep by tag. A second
         Ctrl-C meanwhile is ignored (each run is tearing itself down)."""
         if self.live:
-            with _signals_deferred():
+            with signals_handled(_note_signal):
                 for child in self.live.values():
                     _signal(child.proc, signal.SIGINT)
                 deadline = time.monotonic() + self.stop_timeout_s
@@ -337,44 +338,9 @@ def _read_summary(run_dir: Path) -> Optional[dict]:
         return None
 
 
-class _signals_raise:
-    """SIGINT and SIGTERM raise KeyboardInterrupt while the pool waits on its runs, as
-    a run's RunContext makes them do in the run's process. Python's own SIGINT handler
-    is not enough: a process started with SIGINT ignored (a background job of a script,
-    ``nohup``) keeps ignoring it, and the runs would go on. Main thread only; the
-    caller's handlers are back when the loop ends."""
-
-    def __enter__(self) -> None:
-        self.old: dict[int, object] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._raise)
-
-    @staticmethod
-    def _raise(signum: int, _frame: Optional[FrameType]) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
-
-
-class _signals_deferred:
-    """SIGINT/SIGTERM noted and ignored while the runs in flight tear down (main thread
-    only: signal handlers cannot be set elsewhere)."""
-
-    def __enter__(self) -> None:
-        self.old: dict[int, object] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._note)
-
-    def _note(self, signum: int, _frame: Optional[FrameType]) -> None:
-        print("testbed: stopping the runs in flight, please wait", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.old.items():
-            signal.signal(sig, handler)
+def _note_signal(signum: int, _frame: Optional[FrameType]) -> None:
+    """While the runs in flight tear down, a second Ctrl-C is noted and ignored."""
+    print("testbed: stopping the runs in flight, please wait", file=sys.stderr, flush=True)
 
 
 # -- the child ------------------------------------------------------------------------

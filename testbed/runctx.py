@@ -42,6 +42,7 @@ Usage::
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import secrets
@@ -54,7 +55,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .errors import ConfigError, EnvironmentProblem, TestbedError
 
@@ -86,6 +87,31 @@ class Resource:
     kind: str
     name: str
     teardown: Optional[Callable[[], None]] = field(default=None, repr=False)
+
+
+SignalHandler = Callable[[int, Optional[FrameType]], None]
+
+
+def raise_interrupt(signum: int, _frame: Optional[FrameType]) -> None:
+    """SIGINT and SIGTERM as KeyboardInterrupt, so the with-blocks around unwind."""
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def signals_handled(handler: SignalHandler) -> Iterator[None]:
+    """SIGINT and SIGTERM go to ``handler`` inside the block, the previous handlers
+    after it. Set explicitly, not left to Python: a process started with SIGINT ignored
+    (a script's background job, ``nohup``) keeps it ignored otherwise. Main thread only
+    (signal handlers cannot be set elsewhere); elsewhere the block changes nothing."""
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 class RunContext:
@@ -222,7 +248,7 @@ class RunContext:
     def __enter__(self) -> "RunContext":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+                self._old_handlers[sig] = signal.signal(sig, raise_interrupt)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -239,10 +265,6 @@ class RunContext:
             raise KeyboardInterrupt(f"signal {self._deferred_signal} during teardown")
 
     # -- internals --------------------------------------------------------------------
-
-    def _on_signal(self, signum: int, _frame: Optional[FrameType]) -> None:
-        """SIGINT and SIGTERM unwind the with-block, so teardown runs."""
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
     def _defer_signal(self, signum: int, _frame: Optional[FrameType]) -> None:
         self._deferred_signal = signum
