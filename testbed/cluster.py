@@ -23,7 +23,7 @@ The design keeps one run path and one batch path:
   local run would have had (:func:`unpack`), so ``_run_batch`` and the stress campaign
   print, index and record them in the results store exactly as local runs: the run
   folder stays the unit of truth. Errors come back by class, as the pool's children
-  hand them back (:func:`testbed.pool.error_kind`).
+  hand them back (:func:`testbed.pool.error_report`).
 - **Stopping**: leaving the loop (Ctrl-C, an error) cancels every future not yet
   collected. A running task notices that its future was cancelled (the scheduler
   releases it; also when the asking side's client is gone) within
@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from . import results, store
 from .errors import ConfigError, EnvironmentProblem, TestbedError, TimeoutExpired
-from .pool import _ERRORS, Done, RunPool, RunSpec, _read_summary, error_kind
+from .pool import Done, RunPool, RunSpec, error_from, error_report, read_summary
 
 CONNECT_TIMEOUT_S = 10.0      # a scheduler that does not answer by then is not there
 WORKERS_TIMEOUT_S = 30.0      # a scheduler without a worker by then cannot run anything
@@ -164,7 +164,7 @@ def run_task(spec: RunSpec, command: str, max_bytes: int = MAX_FOLDER_BYTES) -> 
                 done = next(iter(pool.run([local])))
         reply["wall_s"] = done.wall_s
         if done.error is not None:
-            reply["error"] = {"kind": error_kind(done.error), "message": str(done.error)}
+            reply["error"] = error_report(done.error)
         if done.run_dir.is_dir():
             (done.run_dir / PROVENANCE).write_text(json.dumps(where, indent=1) + "\n")
             run = results.read_run(done.run_dir)
@@ -172,7 +172,7 @@ def run_task(spec: RunSpec, command: str, max_bytes: int = MAX_FOLDER_BYTES) -> 
                 store.ensure_provenance(run, command)
             reply["tar"] = pack(done.run_dir, max_bytes)
     except TestbedError as exc:
-        reply["error"] = {"kind": error_kind(exc), "message": str(exc)}
+        reply["error"] = error_report(exc)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return reply
@@ -329,8 +329,8 @@ def receive(spec: RunSpec, reply: dict) -> Done:
         else:
             _copy_progress(spec)
     if err and error is None:
-        error = _ERRORS.get(err["kind"], TestbedError)(err["message"])
-    return Done(spec, spec.out_dir, _read_summary(spec.out_dir), error,
+        error = error_from(err)
+    return Done(spec, spec.out_dir, read_summary(spec.out_dir), error,
                 float(reply.get("wall_s") or 0.0))
 
 

@@ -73,6 +73,16 @@ def error_kind(exc: TestbedError) -> str:
                 "TestbedError")
 
 
+def error_report(exc: TestbedError) -> dict[str, str]:
+    """``exc`` as a child or a cluster task hands it back (JSON)."""
+    return {"kind": error_kind(exc), "message": str(exc)}
+
+
+def error_from(report: dict[str, str]) -> TestbedError:
+    """The error a child or a cluster task handed back, as its class again."""
+    return _ERRORS.get(report["kind"], TestbedError)(report["message"])
+
+
 def check_workers(n: int, option: str = "--workers") -> int:
     """``n`` if it is a usable number of workers, else a ConfigError saying why."""
     if isinstance(n, bool) or not isinstance(n, int):
@@ -272,11 +282,10 @@ class RunPool:
         if child.proc.returncode == -signal.SIGKILL:
             _sweep_dead_runs()
         run_dir = Path(report.get("run_dir") or spec.out_dir)
-        summary = _read_summary(run_dir)
+        summary = read_summary(run_dir)
         err = report.get("error")
         if err:
-            return Done(spec, run_dir, summary, _ERRORS.get(err["kind"], TestbedError)(
-                err["message"]), wall)
+            return Done(spec, run_dir, summary, error_from(err), wall)
         return Done(spec, run_dir, summary, wall_s=wall)
 
     # -- stopping -----------------------------------------------------------------------
@@ -331,7 +340,7 @@ def _sweep_dead_runs() -> None:
         print(f"testbed: pool: sweeping a killed run: {exc}", file=sys.stderr)
 
 
-def _read_summary(run_dir: Path) -> Optional[dict]:
+def read_summary(run_dir: Path) -> Optional[dict]:
     try:
         return json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
@@ -356,10 +365,10 @@ def child_main(job: Path) -> int:
         run_dir, _summary = run_here(RunSpec(spec.scenario, spec.out_dir, log=None))
         report["run_dir"] = str(run_dir)
     except KeyboardInterrupt:
-        report["error"] = {"kind": "TestbedError", "message": "interrupted"}
+        report["error"] = error_report(TestbedError("interrupted"))
         status = 130
     except TestbedError as exc:
-        report["error"] = {"kind": error_kind(exc), "message": str(exc)}
+        report["error"] = error_report(exc)
         print(f"testbed: {exc}", file=sys.stderr)
         status = 1
     finally:
