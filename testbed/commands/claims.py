@@ -1,8 +1,11 @@
-"""``testbed claims [SCENARIO] [--repeat N] [--out DIR]`` and ``testbed claims --from DIR``.
+"""``testbed claims [SCENARIO] [--repeat N] [--workers N | --cluster ADDRESS] [--out DIR]``
+and ``testbed claims --from DIR``.
 
 Runs every policy on the contention load (default ``scenarios/contention.yaml``) and the
 baseline N times each (default 10), interleaved, into one batch folder with compare's
-machinery (runs.json, each run's folder, report.html, stats.json), then states each of
+machinery (runs.json, each run's folder, report.html, stats.json); ``--workers N`` runs
+N at once here and ``--cluster`` sends them to a Dask cluster's workers, exactly as for
+compare and sweep (:func:`testbed.commands.run.run_batch`). Then it states each of
 the article's claims as a hypothesis with its test (:mod:`testbed.claims`) and prints
 ``supported`` or ``not supported`` beside the figures and the p-value; the same goes to
 ``claims.json`` in the folder. ``--from DIR`` re-evaluates a folder without running.
@@ -37,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"runs per policy and of the baseline (default {DEFAULT_REPEAT})")
     p.add_argument("--from", dest="source", type=Path, metavar="DIR",
                    help="evaluate an existing claims folder instead of running")
+    run_cmd.batch_options(p)
     run_cmd._common(p)
     run_cmd.out_option(p, "folder for the runs, report and claims.json")
     p.set_defaults(func=cmd_claims)
@@ -44,15 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_claims(args: argparse.Namespace) -> int:
     if args.source is not None:
-        if args.out is not None:
-            raise ConfigError("--from and --out: --from reads a folder, it runs nothing")
+        given = [o for o, v in (("--out", args.out is not None), ("--workers", args.workers != 1),
+                                ("--cluster", args.cluster is not None)) if v]
+        if given:
+            raise ConfigError(f"--from and {given[0]}: --from reads a folder, it runs nothing")
         return report(args.source)
+    run_cmd.check_batch_options(args)
     jobs = claim_jobs(args.scenario, run_cmd._overrides(args), args.backend, args.repeat)
     run_cmd._require_root()
-    name = jobs[0].scenario.name
-    base = run_cmd._batch_dir(args.out, "claims", name, args.force)
-    run_cmd._run_batch(base, jobs, f"{name}: the article's claims, {args.repeat} runs each",
-                       "claims")
+    title = f"{jobs[0].scenario.name}: the article's claims, {args.repeat} runs each"
+    base, _status, _report = run_cmd.run_batch(args, "claims", jobs, title)
     run_cmd.print_stats(base)
     return report(base)
 
@@ -61,6 +66,7 @@ def claim_jobs(scenario: str, overrides: list[str], backend: Optional[str],
                n: int) -> list[run_cmd.Job]:
     """Every policy on ``scenario`` and the baseline, each ``n`` times, interleaved.
     ``--set`` options apply to the contention load only; ``--backend`` to both."""
+    run_cmd._check_repeat(n)
     load = run_cmd.compare_jobs(scenario, list(claims.POLICIES), overrides, 1)
     base = scenario_job(claims.BASELINE, [f"backend={backend}"] if backend else [])
     return run_cmd.repeated(load + [base], n)

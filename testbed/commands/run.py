@@ -8,7 +8,9 @@
   (:mod:`testbed.validation`). ``kernel`` takes no policy: it does what Linux 6.1 does.
   ``--set-model KEY=VALUE`` sets a key for the model's runs only (its memory, say).
 - ``sweep SCENARIO --param key=v1,v2 [--param key2=w1,w2] [--repeat N]``: a grid of runs
-  over one or two parameters, with a plot of the outcome.
+  over one or two parameters, with a plot of the outcome. ``--series FILE`` is one
+  parameter whose points each set several keys together (:mod:`testbed.series`: memory,
+  link and loads scaled as one), alone or with one ``--param`` (the policy, say).
 - ``run`` and ``compare`` with ``--live [--live-port P]``: lecture mode, the run drawn as it
   goes on a page served on 127.0.0.1 (:mod:`testbed.report.live`).
 - ``report DIR``: rebuild the report of a run folder, or of a compare/sweep folder.
@@ -42,11 +44,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Optional
 
 from .. import cluster as cluster_mod, results, store, validation
 from .. import scenario as scenario_mod
+from .. import series as series_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..guest.qemu import KERNEL_POLICY
 from ..mm.policy.loader import label as policy_label
@@ -55,6 +58,7 @@ from ..pool import RunPool, RunSpec, check_workers
 from ..report import build_compare_report, build_report, live
 from ..report.summary import cycle_lines, evidence
 from ..scenario import Scenario
+from ..schema import Problem, SchemaError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,8 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "policy), e.g. emulated:gorman-3.6,kernel")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs per policy or client (default 1)")
-    workers_option(p)
-    cluster_mod.cluster_option(p)
+    batch_options(p)
     p.add_argument("--set-model", dest="model_overrides", action="append", default=[],
                    metavar="KEY=VALUE",
                    help="with --clients: override a scenario key for the emulated clients "
@@ -89,11 +92,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("sweep", help="a grid of runs over one or two parameters")
     p.add_argument("scenario")
-    p.add_argument("--param", action="append", required=True, metavar="KEY=V1,V2,...",
-                   help="a scenario key and its values (once or twice)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a scenario key and its values (once or twice; once with --series)")
+    p.add_argument("--series", type=Path, metavar="FILE",
+                   help="a series file: keys that move together, one row per point "
+                        "(testbed.series; e.g. scenarios/series/scale.yaml); it counts as "
+                        "one parameter, named by its first key")
     p.add_argument("--repeat", type=int, default=1, help="runs per grid point (default 1)")
-    workers_option(p)
-    cluster_mod.cluster_option(p)
+    batch_options(p)
     _common(p)
     out_option(p, "folder for the runs and the sweep report")
     p.set_defaults(func=cmd_sweep)
@@ -296,6 +302,35 @@ def _run_batch(base: Path, jobs: list[Job], title: str,
     return (0 if ok else 1), build_compare_report(base)
 
 
+def batch_options(p: argparse.ArgumentParser) -> None:
+    """Where a batch's runs go (compare, sweep, claims): ``--workers N`` here, or
+    ``--cluster tcp://HOST:PORT``."""
+    workers_option(p)
+    cluster_mod.cluster_option(p)
+
+
+def check_batch_options(args: argparse.Namespace) -> None:
+    """``--workers`` and ``--cluster`` checked with the other options, before anything
+    starts."""
+    check_workers(args.workers)
+    cluster_mod.check_options(args.cluster, args.workers)
+
+
+def run_batch(args: argparse.Namespace, command: str, jobs: list[Job], title: str,
+              made: Optional[Callable[[Path], None]] = None) -> tuple[Path, int, Path]:
+    """The one place a batch (compare, sweep, claims) chooses where its runs go: the
+    cluster is connected first (an unreachable scheduler creates nothing), then the
+    batch folder is made (and ``made(folder)`` told), then the jobs run, here
+    (``--workers N`` at once) or on the cluster. Returns the folder, the exit status
+    and the combined report."""
+    with cluster_mod.open_cluster(args.cluster, args.workers, command) as cluster:
+        base = _batch_dir(args.out, command, jobs[0].scenario.name, args.force)
+        if made is not None:
+            made(base)
+        status, report = _run_batch(base, jobs, title, command, args.workers, cluster)
+    return base, status, report
+
+
 def _run_here(spec: RunSpec) -> tuple[Path, dict]:
     """One worker: the run in this process, progress on stderr, as batches always ran."""
     res = Orchestrator(spec.scenario, out_dir=spec.out_dir).run()
@@ -412,8 +447,7 @@ def client_jobs(scenario: str, spec: str, overrides: list[str], n: int,
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    check_workers(args.workers)
-    cluster_mod.check_options(args.cluster, args.workers)
+    check_batch_options(args)
     if args.model_overrides and args.clients is None:
         raise ConfigError("--set-model: only with --clients (it sets keys of the emulated "
                           "clients against the kernel's); use --set for --policies")
@@ -429,11 +463,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         what = "policies compared"
     _require_root()
     batch: list[Path] = []      # the live page starts first: a port in use creates nothing
-    with _live(args, lambda: live.newest_run(batch[0])() if batch else None), \
-            cluster_mod.open_cluster(args.cluster, args.workers, "compare") as cluster:
-        batch.append(base := _batch_dir(args.out, "compare", jobs[0].scenario.name, args.force))
-        status, report = _run_batch(base, jobs, f"{jobs[0].scenario.name}: {what}", "compare",
-                                    args.workers, cluster)
+    with _live(args, lambda: live.newest_run(batch[0])() if batch else None):
+        base, status, report = run_batch(args, "compare", jobs,
+                                         f"{jobs[0].scenario.name}: {what}", made=batch.append)
     return _finish_batch(base, status, report)
 
 
@@ -446,26 +478,53 @@ def _parse_param(text: str) -> tuple[str, list[str]]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    if len(args.param) > 2:
-        raise ConfigError("--param: a sweep takes one or two parameters")
+    if not args.param and args.series is None:
+        raise ConfigError("sweep: give --param KEY=V1,V2 (once or twice) or --series FILE")
+    if len(args.param) + (args.series is not None) > 2:
+        raise ConfigError("--param: a sweep takes one or two parameters (a --series is one)")
     _check_repeat(args.repeat)
-    check_workers(args.workers)
-    cluster_mod.check_options(args.cluster, args.workers)
+    check_batch_options(args)
     params = [_parse_param(p) for p in args.param]
-    points = []
-    for combo in itertools.product(*(vals for _, vals in params)):
-        sets = [f"{k}={v}" for (k, _), v in zip(params, combo)]
-        sc = scenario_mod.load(args.scenario, _overrides(args) + sets)
-        points.append(Job(" ".join(sets), sc, {k: v for (k, _), v in zip(params, combo)}))
+    points = sweep_points(args.scenario, params, args.series, _overrides(args))
     jobs = repeated(points, args.repeat)
     _require_root()
     name = jobs[0].scenario.name
-    with cluster_mod.open_cluster(args.cluster, args.workers, "sweep") as cluster:
-        base = _batch_dir(args.out, "sweep", name, args.force)
-        status, report = _run_batch(
-            base, jobs, f"{name}: sweep over {' x '.join(k for k, _ in params)}", "sweep",
-            args.workers, cluster)
+    keys = list(jobs[0].params)
+    base, status, report = run_batch(args, "sweep", jobs,
+                                     f"{name}: sweep over {' x '.join(keys)}")
     return _finish_batch(base, status, report)
+
+
+def sweep_points(scenario: str, params: list[tuple[str, list[str]]],
+                 series_file: Optional[Path], overrides: list[str]) -> list[Job]:
+    """Every grid point's scenario, loaded and checked before anything starts: the
+    ``--param`` values as ``--set`` keys, then a series point's keys over them (the
+    series first in the label and the parameters: it is the x axis)."""
+    series = series_mod.read(series_file) if series_file is not None else None
+    if series is not None:
+        clash = [k for k, _ in params if k in series.points[0].load]
+        if clash:
+            raise ConfigError(f"--param {clash[0]}: the series {series_file} sets this key "
+                              f"at each point already")
+    points = []
+    problems: list[Problem] = []
+    for combo in itertools.product(*(vals for _, vals in params)):
+        sets = [f"{k}={v}" for (k, _), v in zip(params, combo)]
+        given = {k: v for (k, _), v in zip(params, combo)}
+        sc = scenario_mod.load(scenario, overrides + sets)
+        if series is None:
+            points.append(Job(" ".join(sets), sc, given))
+            continue
+        try:
+            built = series_mod.scenarios(series, sc)
+        except SchemaError as exc:      # the same point's problem once, not per --param value
+            problems += [p for p in exc.problems if p not in problems]
+            continue
+        points += [Job(" ".join([pt.label] + sets), psc, {pt.knob: str(pt.value), **given})
+                   for pt, psc in built]
+    if problems:
+        raise SchemaError(problems)
+    return points
 
 
 def _slug(label: str) -> str:
