@@ -19,9 +19,17 @@ images and everything unlabelled are never looked at. It leaves out what is aliv
   task again; ``docker stack rm`` removes the services and the network, and leaves the
   volumes, which are then leftovers like any other).
 
-Whether a *backend* run is alive is decided by :mod:`testbed.cleanup` from the run's
-state file, as for every other tag. :func:`remove` removes containers (with their
-anonymous volumes), then networks, then volumes.
+A swarm, and a node of one, carry labels in their specs: the two-engine check
+(tests/support/swarm_engines.py) labels the swarm it made on the host's engine and its
+worker's node entry, with ``org.testbed.managed=swarm-engines``; on a manager they are
+listed too (kinds ``swarm`` and ``node``).
+
+Whether a *backend* or *swarm-engines* run is alive is decided by :mod:`testbed.cleanup`
+from the run's state file, as for every other tag. :func:`remove` removes containers
+(with their anonymous volumes), then node entries, networks, volumes, and last the
+swarm: the engine leaves it (which ends the stacks it held), then what is still
+labelled with that run goes, and ``docker_gwbridge`` if the swarm's labels say that
+it came with it.
 
 Without the Docker SDK, or with no engine answering, there is nothing labelled to
 find: both functions do nothing, quickly (a short timeout), so ``testbed clean`` and
@@ -47,13 +55,15 @@ ENDPOINT_GRACE = 30.0     # how long a network's "active endpoints" refusal is r
 # seconds: a compose or stack run this young counts as alive
 COMPOSE_GRACE = float(os.environ.get("TESTBED_COMPOSE_GRACE", "120"))
 STACK_LABEL = "com.docker.stack.namespace"   # set by swarm on what a stack made
+LABEL_GWBRIDGE = "org.testbed.gwbridge"      # on a swarm: "made" if docker_gwbridge came with it
+GWBRIDGE = "docker_gwbridge"
 
 
 @dataclass(frozen=True)
 class LabelledObject:
     """A container, network or volume with the testbed's labels."""
 
-    kind: str                 # "container" | "network" | "volume"
+    kind: str                 # "container" | "network" | "volume" | "node" | "swarm"
     ident: str                # engine id (a volume's name)
     name: str
     run: str                  # value of org.testbed.run
@@ -98,6 +108,7 @@ def scan(client: Optional[Any] = None) -> list[LabelledObject]:
                                  _unix_time(v.get("CreatedAt", ""))))
     except Exception:   # noqa: BLE001  engine went away mid-scan: nothing reliable to act on
         return []
+    found.extend(_swarm_objects(client))
     young = time.time() - COMPOSE_GRACE
     live = {o.run for o in found if o.managed in ("compose", "stack")
             and (o.running or o.created > young)}
@@ -114,6 +125,30 @@ def _deployed_stacks(client: Any) -> set[str]:
     except Exception:   # noqa: BLE001  not a swarm manager: no stacks here
         return set()
     return {(svc["Spec"].get("Labels") or {}).get(STACK_LABEL, "") for svc in services}
+
+
+def _swarm_objects(client: Any) -> list[LabelledObject]:
+    """The labelled swarm this engine manages, and its labelled nodes (none elsewhere)."""
+    try:
+        swarm = client.inspect_swarm()
+    except Exception:   # noqa: BLE001  not in a swarm, or not a manager
+        return []
+    found = []
+    labels = (swarm.get("Spec") or {}).get("Labels") or {}
+    if LABEL_RUN in labels:
+        found.append(_object("swarm", swarm["ID"], "swarm", labels, False,
+                             _unix_time(swarm.get("CreatedAt", ""))))
+    try:
+        nodes = client.nodes()
+    except Exception:   # noqa: BLE001  the manager went away mid-scan
+        return found
+    for n in nodes:
+        labels = n.get("Spec", {}).get("Labels") or {}
+        if LABEL_RUN in labels:
+            found.append(_object("node", n["ID"], n["Description"]["Hostname"], labels,
+                                 n["Status"]["State"] == "ready",
+                                 _unix_time(n.get("CreatedAt", ""))))
+    return found
 
 
 def _object(kind: str, ident: str, name: str, labels: Optional[dict[str, str]],
@@ -143,19 +178,52 @@ def remove(objects: list[LabelledObject], client: Optional[Any] = None) -> list[
         return [f"{len(objects)} Docker objects left: the engine does not answer"]
     import docker.errors
     problems = []
-    order = {"container": 0, "network": 1, "volume": 2}
+    order = {"container": 0, "node": 1, "network": 2, "volume": 3, "swarm": 4}
     for obj in sorted(objects, key=lambda o: order[o.kind]):
         try:
             if obj.kind == "container":
                 client.remove_container(obj.ident, force=True, v=True)
+            elif obj.kind == "node":
+                client.remove_node(obj.ident, force=True)
             elif obj.kind == "network":
                 remove_network(client, obj.ident)
-            else:
+            elif obj.kind == "volume":
                 client.remove_volume(obj.ident, force=True)
+            else:
+                problems.extend(leave_swarm(client, obj.run))
         except docker.errors.NotFound:
             pass
         except Exception as exc:   # noqa: BLE001  report it, keep removing the rest
             problems.append(f"{obj}: {exc}")
+    return problems
+
+
+def leave_swarm(client: Any, run: str) -> list[str]:
+    """Leave the swarm run ``run`` made, then remove all that is still labelled ``run``.
+
+    Leaving as the last manager ends the swarm and the stacks it held, whose objects the
+    scan had left out as alive; returns the problems met.
+    """
+    import docker.errors
+    labels = (client.inspect_swarm().get("Spec") or {}).get("Labels") or {}
+    client.leave_swarm(force=True)
+    f = {"label": f"{LABEL_RUN}={run}"}
+    problems = []
+    steps: list[tuple[str, Any]] = (
+        [(c["Id"], lambda i: client.remove_container(i, force=True, v=True))
+         for c in client.containers(all=True, filters=f)]
+        + [(n["Id"], lambda i: remove_network(client, i)) for n in client.networks(filters=f)]
+        + [(v["Name"], lambda i: client.remove_volume(i, force=True))
+           for v in client.volumes(filters=f).get("Volumes") or []])
+    if labels.get(LABEL_GWBRIDGE) == "made":
+        steps.append((GWBRIDGE, lambda i: remove_network(client, i)))
+    for ident, step in steps:
+        try:
+            step(ident)
+        except docker.errors.NotFound:
+            pass
+        except Exception as exc:   # noqa: BLE001  report it, keep removing the rest
+            problems.append(f"{ident} (after leaving the swarm): {exc}")
     return problems
 
 

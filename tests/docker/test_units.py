@@ -146,3 +146,61 @@ def test_no_engine_no_objects(monkeypatch, tmp_path):
     assert docker_labels.api(timeout=1) is None
     assert docker_labels.scan() == []
     assert docker_labels.remove([]) == []
+
+
+class FakeSwarmApi(FakeApi):
+    """A manager's engine: its swarm and nodes, with the removals recorded."""
+
+    def __init__(self, swarm_labels, nodes, **kw):
+        super().__init__(**kw)
+        self.swarm = {"ID": "sw1", "CreatedAt": stamp(1000), "Spec": {"Labels": swarm_labels}}
+        self._nodes, self.calls = nodes, []
+
+    def inspect_swarm(self):
+        return self.swarm
+
+    def nodes(self):
+        return self._nodes
+
+    def remove_node(self, ident, force):
+        self.calls.append(("node", ident))
+
+    def leave_swarm(self, force):
+        self.calls.append(("leave",))
+
+    def containers(self, all, filters):
+        return self._c if "leave" not in [c[0] for c in self.calls] else []
+
+    def remove_container(self, ident, force, v):
+        self.calls.append(("container", ident))
+
+    def remove_network(self, ident):
+        self.calls.append(("network", ident))
+
+    def remove_volume(self, ident, force):
+        self.calls.append(("volume", ident))
+
+
+def node(ident, labels, state="down"):
+    return {"ID": ident, "CreatedAt": stamp(1000), "Spec": {"Labels": labels},
+            "Description": {"Hostname": f"host-{ident}"}, "Status": {"State": state}}
+
+
+def test_a_labelled_swarm_and_node_are_listed_and_removed_swarm_last():
+    run = {"org.testbed.run": "aaaaaaaa", "org.testbed.managed": "swarm-engines"}
+    api = FakeSwarmApi(dict(run, **{"org.testbed.gwbridge": "made"}),
+                       [node("n1", run), node("n2", {}, "ready")],
+                       containers=[container("w1", "aaaaaaaa", "swarm-engines", True)])
+    found = docker_labels.scan(api)
+    assert {(o.kind, o.name) for o in found} == {("container", "w1"), ("node", "host-n1"),
+                                                 ("swarm", "swarm")}
+    assert {o.run for o in found} == {"aaaaaaaa"}
+    assert docker_labels.remove(found, api) == []
+    # the worker's container, its node entry, then the swarm and the gwbridge it brought
+    assert api.calls == [("container", "w1"), ("node", "n1"), ("leave",),
+                         ("network", "docker_gwbridge")]
+
+
+def test_an_unlabelled_swarm_is_not_listed():
+    api = FakeSwarmApi({}, [node("n2", {}, "ready")])
+    assert docker_labels.scan(api) == []
