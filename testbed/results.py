@@ -502,6 +502,22 @@ def _row(r: RunOutcome) -> list[str]:
             count_text(r.drops("memalloc")), count_text(r.drops("other")), str(r.mismatches)]
 
 
+SWEEP_HEADER = ["policy", "verdict", "time to verdict (s)", "run's wall time (s)", "validity"]
+
+
+def sweep_table(runs: Iterable[RunOutcome], keys: Sequence[str]) -> Table:
+    """A sweep's runs by grid point: the swept values, then policy, verdict, time to the
+    verdict, the run's wall time (start to summary) and its validity (:mod:`testbed.
+    fidelity`; ``-`` for a run summarised before runs judged themselves)."""
+    rows = []
+    for r in runs:
+        wall = r.duration_s
+        rows.append([r.params.get(k, "-") for k in keys]
+                    + [r.policy, str(r.verdict), f"{r.time_s:.1f}" if r.time_s else "-",
+                       f"{wall:.1f}" if wall is not None else "-", r.validity or "-"])
+    return Table(list(keys) + SWEEP_HEADER, rows, len(keys) + SWEEP_HEADER.index("verdict"))
+
+
 def verdict_shown(verdict: Optional[str], invalid: bool) -> str:
     """A verdict in a table: ``completed``, or ``completed (invalid)`` for a run past a
     fidelity bound (:mod:`testbed.fidelity`)."""

@@ -8,7 +8,9 @@
   (:mod:`testbed.validation`). ``kernel`` takes no policy: it does what Linux 6.1 does.
   ``--set-model KEY=VALUE`` sets a key for the model's runs only (its memory, say).
 - ``sweep SCENARIO --param key=v1,v2 [--param key2=w1,w2] [--repeat N]``: a grid of runs
-  over one or two parameters, with a plot of the outcome.
+  over one or two parameters, with a plot of the outcome. ``--series FILE`` is one
+  parameter whose points each set several keys together (:mod:`testbed.series`: memory,
+  link and loads scaled as one), alone or with one ``--param`` (the policy, say).
 - ``run`` and ``compare`` with ``--live [--live-port P]``: lecture mode, the run drawn as it
   goes on a page served on 127.0.0.1 (:mod:`testbed.report.live`).
 - ``report DIR``: rebuild the report of a run folder, or of a compare/sweep folder.
@@ -47,6 +49,7 @@ from typing import NamedTuple, Optional
 
 from .. import cluster as cluster_mod, results, store, validation
 from .. import scenario as scenario_mod
+from .. import series as series_mod
 from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..guest.qemu import KERNEL_POLICY
 from ..mm.policy.loader import label as policy_label
@@ -55,6 +58,7 @@ from ..pool import RunPool, RunSpec, check_workers
 from ..report import build_compare_report, build_report, live
 from ..report.summary import cycle_lines, evidence
 from ..scenario import Scenario
+from ..schema import Problem, SchemaError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -88,8 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("sweep", help="a grid of runs over one or two parameters")
     p.add_argument("scenario")
-    p.add_argument("--param", action="append", required=True, metavar="KEY=V1,V2,...",
-                   help="a scenario key and its values (once or twice)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a scenario key and its values (once or twice; once with --series)")
+    p.add_argument("--series", type=Path, metavar="FILE",
+                   help="a series file: keys that move together, one row per point "
+                        "(testbed.series; e.g. scenarios/series/scale.yaml); it counts as "
+                        "one parameter, named by its first key")
     p.add_argument("--repeat", type=int, default=1, help="runs per grid point (default 1)")
     batch_options(p)
     _common(p)
@@ -470,22 +478,53 @@ def _parse_param(text: str) -> tuple[str, list[str]]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    if len(args.param) > 2:
-        raise ConfigError("--param: a sweep takes one or two parameters")
+    if not args.param and args.series is None:
+        raise ConfigError("sweep: give --param KEY=V1,V2 (once or twice) or --series FILE")
+    if len(args.param) + (args.series is not None) > 2:
+        raise ConfigError("--param: a sweep takes one or two parameters (a --series is one)")
     _check_repeat(args.repeat)
     check_batch_options(args)
     params = [_parse_param(p) for p in args.param]
-    points = []
-    for combo in itertools.product(*(vals for _, vals in params)):
-        sets = [f"{k}={v}" for (k, _), v in zip(params, combo)]
-        sc = scenario_mod.load(args.scenario, _overrides(args) + sets)
-        points.append(Job(" ".join(sets), sc, {k: v for (k, _), v in zip(params, combo)}))
+    points = sweep_points(args.scenario, params, args.series, _overrides(args))
     jobs = repeated(points, args.repeat)
     _require_root()
     name = jobs[0].scenario.name
+    keys = list(jobs[0].params)
     base, status, report = run_batch(args, "sweep", jobs,
-                                     f"{name}: sweep over {' x '.join(k for k, _ in params)}")
+                                     f"{name}: sweep over {' x '.join(keys)}")
     return _finish_batch(base, status, report)
+
+
+def sweep_points(scenario: str, params: list[tuple[str, list[str]]],
+                 series_file: Optional[Path], overrides: list[str]) -> list[Job]:
+    """Every grid point's scenario, loaded and checked before anything starts: the
+    ``--param`` values as ``--set`` keys, then a series point's keys over them (the
+    series first in the label and the parameters: it is the x axis)."""
+    series = series_mod.read(series_file) if series_file is not None else None
+    if series is not None:
+        clash = [k for k, _ in params if k in series.points[0].load]
+        if clash:
+            raise ConfigError(f"--param {clash[0]}: the series {series_file} sets this key "
+                              f"at each point already")
+    points = []
+    problems: list[Problem] = []
+    for combo in itertools.product(*(vals for _, vals in params)):
+        sets = [f"{k}={v}" for (k, _), v in zip(params, combo)]
+        given = {k: v for (k, _), v in zip(params, combo)}
+        sc = scenario_mod.load(scenario, overrides + sets)
+        if series is None:
+            points.append(Job(" ".join(sets), sc, given))
+            continue
+        try:
+            built = series_mod.scenarios(series, sc)
+        except SchemaError as exc:      # the same point's problem once, not per --param value
+            problems += [p for p in exc.problems if p not in problems]
+            continue
+        points += [Job(" ".join([pt.label] + sets), psc, {pt.knob: str(pt.value), **given})
+                   for pt, psc in built]
+    if problems:
+        raise SchemaError(problems)
+    return points
 
 
 def _slug(label: str) -> str:

@@ -3,7 +3,9 @@
 ``build_report(run_dir)`` (re)builds the plots and ``report.html`` of one run folder from
 what is in it (``summary.json`` and the metric streams), so ``testbed report DIR`` can
 redo it at any time; ``build_compare_report(batch_dir)`` puts the runs of a compare or
-sweep folder side by side, with the statistics of its groups (``stats.json``) and, for
+sweep folder side by side (a sweep also by grid point: verdict, time to it, the run's
+wall time and validity, drawn against the first key), with the statistics of its groups
+(``stats.json``) and, for
 a batch that ran the model and the kernel, the validation table. Folders
 are read through :mod:`testbed.results`; this package only draws and writes.
 """
@@ -45,19 +47,23 @@ def build_compare_report(batch_dir: Path) -> Path:
     batch = results.open_batch(Path(batch_dir))
     runs = batch.runs()
     plots.compare_plot([(r, r.samples()) for r in runs], batch.path / "compare.png")
+    sweep = None
     if batch.is_sweep:
         plots.sweep_plot(runs, batch.param_keys, batch.path / "sweep.png")
+        plots.sweep_time_plot(runs, batch.param_keys, batch.path / "sweep-time.png")
+        sweep = results.sweep_table(runs, batch.param_keys)
     # summaries.json: each summary with its label, for students and scripts (the labs cat it)
     (batch.path / "summaries.json").write_text(
         json.dumps([{**r.summary, "label": r.label} for r in runs], indent=2))
     links = [(e.label, f"{e.dir}/report.html") for e in batch.entries
              if (batch.run_path(e) / "report.html").exists()]
-    images = [i for i in ("sweep.png", "compare.png") if (batch.path / i).exists()]
+    images = [i for i in ("sweep.png", "sweep-time.png", "compare.png")
+              if (batch.path / i).exists()]
     groups = results.batch_groups(batch, runs)
     results.write_stats(batch, runs, groups)     # per policy or point: medians, intervals
     stats = results.stats_table(groups, runs)
     checked = validation.validation(runs) if validation.is_validation(runs) else None
     out = batch.path / "report.html"
     out.write_text(html.compare_page(batch.title, results.table(runs), images, links,
-                                     stats, results.STATS_NOTE, checked))
+                                     stats, results.STATS_NOTE, checked, sweep))
     return out

@@ -90,10 +90,12 @@ def _cell(table: Table, column: int, text: str) -> str:
 
 def compare_page(title: str, table: Table, images: list[str],
                  links: list[tuple[str, str]], stats: Optional[Table] = None,
-                 stats_note: str = "", checked: Optional[Validation] = None) -> str:
+                 stats_note: str = "", checked: Optional[Validation] = None,
+                 sweep: Optional[Table] = None) -> str:
     imgs = "".join(f"<p><img src='{_esc(i)}' alt='{_esc(i)}'></p>" for i in images)
     lk = "".join(f"<li><a href='{_esc(h)}'>{_esc(t)}</a></li>" for t, h in links)
-    return page(title, f"{table_html(table)}{validation_section(checked)}"
+    by_point = "" if sweep is None else f"<h2>By grid point</h2>{table_html(sweep)}"
+    return page(title, f"{table_html(table)}{by_point}{validation_section(checked)}"
                        f"{stats_section(stats, stats_note)}{imgs}<h2>Runs</h2><ul>{lk}</ul>")
 
 

@@ -256,3 +256,39 @@ def sweep_plot(runs: list[RunOutcome], keys: list[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def sweep_time_plot(runs: list[RunOutcome], keys: list[str], path: Path) -> None:
+    """The cost and the outcome against the first swept key (a series' knob: memory):
+    each run's wall time (start to summary) above, its time to the verdict below, one
+    line per value of the second key (the policy, say), each point coloured by its
+    verdict and hollow when the run was invalid (past a fidelity bound)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+    xs = param_values(runs, keys[0])
+    lines = param_values(runs, keys[1]) if len(keys) > 1 else [None]
+    for line in lines:
+        mine = [r for r in runs if keys[0] in r.params
+                and (line is None or r.params.get(keys[1]) == line)]
+        for ax, figure in zip(axes, (lambda r: r.duration_s, lambda r: r.time_s)):
+            pts = [(xs.index(r.params[keys[0]]), figure(r), r) for r in mine]
+            pts = [(x, y, r) for x, y, r in pts if y is not None]
+            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], lw=1,
+                             label=f"{keys[1]}={line}" if line is not None else None)
+            for x, y, r in pts:
+                colour = VERDICT_COLOURS.get(r.verdict, "grey")
+                ax.scatter([x], [y], s=45, zorder=3, edgecolors=colour,
+                           facecolors="none" if r.invalid else colour)
+    axes[0].set_ylabel("run's wall time (s)")
+    axes[1].set_ylabel("time to verdict (s)")
+    axes[1].set_xticks(range(len(xs)), xs)
+    axes[1].set_xlabel(keys[0])
+    if lines != [None]:
+        axes[0].legend(fontsize=8)
+    for a in axes:
+        a.grid(alpha=0.3)
+    axes[0].set_title("cost and verdict against " + keys[0] + " (green completed, red "
+                      "lockup, orange degraded; hollow: invalid)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
