@@ -151,7 +151,7 @@ def files_digest(files: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
-def _run(argv: list[str], step: str, timeout: float = STEP_TIMEOUT_S, **kw) -> str:
+def run_step(argv: list[str], step: str, timeout: float = STEP_TIMEOUT_S, **kw) -> str:
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
     except subprocess.TimeoutExpired:
@@ -163,22 +163,25 @@ def _run(argv: list[str], step: str, timeout: float = STEP_TIMEOUT_S, **kw) -> s
     return r.stdout
 
 
-def check_tools(names: tuple[str, ...] = tuple(TOOLS)) -> None:
-    """EnvironmentProblem naming the first missing tool and its Debian package."""
+def check_tools(names: tuple[str, ...] = tuple(TOOLS), packages: Optional[dict[str, str]] = None,
+                needs: str = "the kernel client") -> None:
+    """EnvironmentProblem naming the first missing tool and its Debian package
+    (``packages``: tool -> package, default :data:`TOOLS`)."""
+    packages = TOOLS if packages is None else packages
     for tool in names:
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
-            raise EnvironmentProblem(f"{tool} not found: the kernel client needs it "
-                                     f"(apt-get install {TOOLS[tool]}, or scripts/setup.sh)")
+            raise EnvironmentProblem(f"{tool} not found: {needs} needs it "
+                                     f"(apt-get install {packages[tool]}, or scripts/setup.sh)")
 
 
 def resolve_kernel() -> tuple[str, str]:
     """(package, version) of the kernel image ``linux-image-amd64`` depends on."""
-    out = _run(["apt-cache", "depends", KERNEL_META], "finding the kernel package", 60)
+    out = run_step(["apt-cache", "depends", KERNEL_META], "finding the kernel package", 60)
     pkgs = [ln.split(":", 1)[1].strip() for ln in out.splitlines()
             if ln.strip().startswith("Depends:") and "linux-image-" in ln]
     if not pkgs:
         raise ImageBuildError(f"guest image: apt knows no {KERNEL_META} (run apt-get update)")
-    show = _run(["apt-cache", "show", "--no-all-versions", pkgs[0]], "finding the kernel version", 60)
+    show = run_step(["apt-cache", "show", "--no-all-versions", pkgs[0]], "finding the kernel version", 60)
     version = next((ln.split(":", 1)[1].strip() for ln in show.splitlines()
                     if ln.startswith("Version:")), "")
     if not version:
@@ -195,7 +198,7 @@ def current_inputs() -> BuildInputs:
 
 
 @contextmanager
-def _locked(cache: Path) -> Iterator[None]:
+def locked(cache: Path) -> Iterator[None]:
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -215,7 +218,7 @@ def ensure_image(say: Optional[Say] = None, cache: Optional[Path] = None) -> Gue
     img = GuestImage.load(folder)
     if img is not None:
         return img
-    with _locked(cache):
+    with locked(cache):
         img = GuestImage.load(folder)          # another process may have built it meanwhile
         if img is None:
             img = build(inputs, folder, say)
@@ -251,17 +254,17 @@ def build(inputs: BuildInputs, folder: Path, say: Say) -> GuestImage:
         steps = 6
         say(f"guest image: building {folder.name} (about 2 minutes, once)")
         say(f"guest image: [1/{steps}] apt-get download {inputs.kernel_package}")
-        release = _unpack_kernel(inputs, work)
+        release = unpack_kernel(inputs, work)
         say(f"guest image: [2/{steps}] debootstrap {inputs.suite} with {', '.join(inputs.packages)}")
         root = work / "root"
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(inputs.packages)}",
+        run_step(["debootstrap", "--variant=minbase", f"--include={','.join(inputs.packages)}",
               inputs.suite, str(root)], "debootstrap")
         say(f"guest image: [3/{steps}] the kernel's modules, depmod, tb-init")
-        _populate(root, work / "kernel", release)
+        populate(root, work / "kernel", release)
         say(f"guest image: [4/{steps}] mkfs.ext4 -d into rootfs.img")
-        _make_rootfs(root, work / "rootfs.img")
+        make_rootfs(root, work / "rootfs.img")
         say(f"guest image: [5/{steps}] busybox initramfs with {', '.join(inputs.initramfs_modules)}")
-        _make_initramfs(root, release, inputs.initramfs_modules, work)
+        make_initramfs(root, release, inputs.initramfs_modules, work)
         say(f"guest image: [6/{steps}] done")
         shutil.copy2(work / "kernel" / "boot" / f"vmlinuz-{release}", work / "vmlinuz")
         shutil.rmtree(root)
@@ -279,15 +282,15 @@ def build(inputs: BuildInputs, folder: Path, say: Say) -> GuestImage:
     return GuestImage(folder, release)
 
 
-def _unpack_kernel(inputs: BuildInputs, work: Path) -> str:
+def unpack_kernel(inputs: BuildInputs, work: Path) -> str:
     deb_dir = work / "deb"
     deb_dir.mkdir()
-    _run(["apt-get", "download", f"{inputs.kernel_package}={inputs.kernel_version}"],
+    run_step(["apt-get", "download", f"{inputs.kernel_package}={inputs.kernel_version}"],
          "apt-get download", cwd=deb_dir)
     debs = list(deb_dir.glob("*.deb"))
     if len(debs) != 1:
         raise ImageBuildError(f"guest image: apt-get download left {len(debs)} packages")
-    _run(["dpkg-deb", "-x", str(debs[0]), str(work / "kernel")], "dpkg-deb -x")
+    run_step(["dpkg-deb", "-x", str(debs[0]), str(work / "kernel")], "dpkg-deb -x")
     shutil.rmtree(deb_dir)
     releases = [p.name for p in (work / "kernel" / "lib" / "modules").iterdir()]
     if len(releases) != 1:
@@ -295,12 +298,14 @@ def _unpack_kernel(inputs: BuildInputs, work: Path) -> str:
     return releases[0]
 
 
-def _populate(root: Path, kernel: Path, release: str) -> None:
-    """Modules (and depmod), the project's files, nothing cached by apt."""
+def populate(root: Path, kernel: Path, release: str,
+             files: Optional[dict[str, bytes]] = None) -> None:
+    """Modules (and depmod), the project's ``files`` (default: :func:`guest_files`,
+    installed executable), nothing cached by apt."""
     shutil.copytree(kernel / "lib" / "modules" / release, root / "lib" / "modules" / release,
                     symlinks=True)
-    _run(["chroot", str(root), "depmod", "-a", release], "depmod")
-    for rel, data in guest_files().items():
+    run_step(["chroot", str(root), "depmod", "-a", release], "depmod")
+    for rel, data in (guest_files() if files is None else files).items():
         if rel.startswith("init "):
             continue                     # the initramfs's, not the root filesystem's
         dest = root / rel
@@ -318,11 +323,14 @@ def _populate(root: Path, kernel: Path, release: str) -> None:
                     child.unlink()
 
 
-def _make_rootfs(root: Path, image: Path) -> None:
-    used = int(_run(["du", "-sb", str(root)], "du").split()[0])
-    size_mb = used * 13 // 10 // 2**20 + 64          # room for the journal and the agent's files
-    _run(["mkfs.ext4", "-q", "-F", "-L", "tbroot", "-d", str(root), str(image), f"{size_mb}M"],
-         "mkfs.ext4")
+def make_rootfs(root: Path, image: Path, label: str = "tbroot", spare_mb: int = 64) -> int:
+    """``root`` into a new ext4 file system image labelled ``label``, with ``spare_mb``
+    free beyond its contents and the journal; returns its size in MiB."""
+    used = int(run_step(["du", "-sb", str(root)], "du").split()[0])
+    size_mb = used * 13 // 10 // 2**20 + spare_mb     # room for the journal and the agent's files
+    run_step(["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(root), str(image), f"{size_mb}M"],
+             "mkfs.ext4")
+    return size_mb
 
 
 def module_order(modules_dep: str, wanted: tuple[str, ...]) -> list[str]:
@@ -352,7 +360,7 @@ def _mod_name(path: str) -> str:
     return base.split(".ko", 1)[0].replace("-", "_")
 
 
-def _make_initramfs(root: Path, release: str, wanted: tuple[str, ...], work: Path) -> None:
+def make_initramfs(root: Path, release: str, wanted: tuple[str, ...], work: Path) -> None:
     tree = work / "initramfs"
     mods = root / "lib" / "modules" / release
     (tree / "bin").mkdir(parents=True)
