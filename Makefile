@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 TESTBED := .venv/bin/testbed
 
-.PHONY: setup setup-labs demo check test claims fuzz killpoints soak bench clean lint images guest-image
+.PHONY: setup setup-labs demo check test claims fuzz killpoints soak bench clean lint images guest-image vm-image
 
 setup:
 	@scripts/setup.sh
@@ -68,6 +68,13 @@ images: setup guest-image
 # cached under /var/cache/testbed/guest; tests/guest builds it on first use too.
 guest-image: setup
 	$(PY) -m testbed.guest.image
+
+# The students' machine (testbed/guest/vmimage.py): a bootable qcow2 with the project and
+# the labs' student copy, from the same builder. The first build takes minutes (the base:
+# debootstrap and packages), an edit of the project about a minute; the image is cached
+# under /var/cache/testbed/guest/vm and copied to build/testbed-vm.qcow2 (docs/labs.md).
+vm-image: setup
+	$(PY) -m testbed.guest.vmimage --out build/testbed-vm.qcow2
 
 clean: setup
 	$(TESTBED) clean

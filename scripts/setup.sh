@@ -15,6 +15,7 @@ if [[ "${1:-}" == "--labs" ]]; then
 else
     APT_PACKAGES=("${LABS_PACKAGES[@]}" libiscsi-bin iperf3 docker.io docker-compose
                   debootstrap qemu-system-x86 busybox-static cpio    # these four: the kernel client
+                  qemu-utils syslinux syslinux-common mtools dosfstools fdisk  # make vm-image
                   chromium chromium-driver)          # the live page's browser test
     EXTRAS=test,docker,results,cluster
 fi

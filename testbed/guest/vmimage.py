@@ -407,7 +407,7 @@ def partition_table(boot_sectors: int, root_sectors: int) -> tuple[str, int]:
     """sfdisk's script for the two partitions, and where the root partition starts."""
     root_start = -(-(BOOT_START + boot_sectors) // 2048) * 2048
     return ("label: dos\n"
-            f"start={BOOT_START}, size={boot_sectors}, type=c, bootable\n"
+            f"start={BOOT_START}, size={boot_sectors}, type=e, bootable\n"
             f"start={root_start}, size={root_sectors}, type=83\n"), root_start
 
 

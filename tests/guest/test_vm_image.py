@@ -101,7 +101,7 @@ def test_pip_is_given_every_manylinux_tag_bookworm_runs():
 def test_the_partitions_boot_first_root_aligned_after_it():
     script, root_start = vmimage.partition_table(98304, 400000)
     assert root_start % 2048 == 0 and root_start >= vmimage.BOOT_START + 98304
-    assert "start=2048, size=98304, type=c, bootable" in script
+    assert "start=2048, size=98304, type=e, bootable" in script
     assert f"start={root_start}, size=400000, type=83" in script
 
 
