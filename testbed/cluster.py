@@ -27,7 +27,10 @@ The design keeps one run path and one batch path:
 - **Stopping**: leaving the loop (Ctrl-C, an error) cancels every future not yet
   collected. A running task notices that its future was cancelled (the scheduler
   releases it; also when the asking side's client is gone) within
-  :data:`WATCH_S` and interrupts its run: one SIGINT, the run's own teardown.
+  :data:`WATCH_S` and interrupts its run: one SIGINT, the run's own teardown. SIGINT
+  and SIGTERM raise while the asking side waits, set by the pool around its backend as
+  around its own children (:func:`testbed.runctx.signals_handled`): a batch started with
+  SIGINT ignored (``nohup``, CI) still stops on Ctrl-C.
 - **Every wait is bounded**: connecting (:data:`CONNECT_TIMEOUT_S`), the first worker
   (:data:`WORKERS_TIMEOUT_S`), and each result (its run's limit, times the runs queued
   before it per slot, plus :data:`TRANSFER_S`); the worker's pool stops a run past its

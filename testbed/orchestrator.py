@@ -97,6 +97,23 @@ class Progress:
         self.out.flush()
 
 
+def write_summary(run_dir: Path, summary: dict[str, Any], timings: dict[str, float]) -> None:
+    """How a run folder ends: summary.json, with the steps' timings, and report.html."""
+    summary["timings"] = timings
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    build_report(run_dir)
+
+
+def mark_interrupted(run_dir: Path, scenario: Scenario, duration_s: float,
+                     timings: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """Mark a run folder ``interrupted``, keeping what was collected: what a run does
+    on Ctrl-C, and what the pool does for a run that died before it could (SIGINTed
+    before its handlers were set, or killed: :mod:`testbed.pool`). No verdict."""
+    summary = summarize(run_dir, scenario, duration_s=duration_s, interrupted=True)
+    write_summary(run_dir, summary, timings or {})
+    return summary
+
+
 def format_sample(s: dict[str, Any]) -> str:
     mib = lambda pages: pages / 256        # noqa: E731  (4 KiB pages)
     drops = rx_drops(s.get("net"))
@@ -167,11 +184,13 @@ class Orchestrator:
                 if self.faults is not None:
                     self.faults.abort()
                 self._stop_nodes()
-                summary = summarize(run.dir, s, duration_s=time.monotonic() - started,
-                                    interrupted=interrupted)
-                if not interrupted:
+                duration = time.monotonic() - started
+                if interrupted:
+                    mark_interrupted(run.dir, s, duration, self.timings)
+                else:
+                    summary = summarize(run.dir, s, duration_s=duration)
                     summary.update(status="error", detail=str(exc))
-                self._finish(run.dir, summary)
+                    self._finish(run.dir, summary)
                 raise
             with self._timed("report"):
                 self._finish(run.dir, summary)
@@ -199,9 +218,7 @@ class Orchestrator:
             self.timings[step] = round(time.monotonic() - t0, 3)
 
     def _finish(self, run_dir: Path, summary: dict[str, Any]) -> None:
-        summary["timings"] = self.timings
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        build_report(run_dir)
+        write_summary(run_dir, summary, self.timings)
 
     # -- steps ----------------------------------------------------------------------------
 

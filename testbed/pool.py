@@ -25,8 +25,15 @@ How the pool behaves:
   SIGINT (the children are in sessions of their own, so the terminal's Ctrl-C reaches
   the pool alone, and each run's teardown is asked once), given :data:`STOP_TIMEOUT_S`
   to tear itself down (folder marked ``interrupted``), then killed by pid; what a killed
-  run left is then removed by tag (:func:`testbed.cleanup.clean_dead_runs`). A second
-  Ctrl-C meanwhile is noted and ignored, as a run's own teardown does.
+  run left is then removed by tag (:func:`testbed.cleanup.clean_dead_runs`). A run that
+  was asked to stop and left no summary (SIGINTed before its own handlers were set, it
+  died of the KeyboardInterrupt; or killed) gets its folder marked ``interrupted`` by the
+  pool, as the run marks it itself (:func:`testbed.orchestrator.mark_interrupted`). A
+  second Ctrl-C meanwhile is noted and ignored, as a run's own teardown does.
+- **SIGINT and SIGTERM raise** while the pool waits, locally or on a cluster backend
+  (:func:`testbed.runctx.signals_handled`), as a run's context does in its own process:
+  a batch started with SIGINT ignored (``nohup``, a script's background job, CI) still
+  stops on Ctrl-C.
 - **Every wait is bounded**: a run past its scenario's deadline plus
   :data:`RUN_ALLOWANCE_S` is stopped the same way and reported as a failed run.
 
@@ -135,7 +142,8 @@ class _Child:
     proc: subprocess.Popen
     result: Path
     started: float = field(default_factory=time.monotonic)
-    stopping: Optional[str] = None       # why we asked it to stop, if we did
+    stopping: Optional[str] = None       # why we asked it to stop, if past its time
+    asked: bool = False                  # sent SIGINT by the pool (any reason)
 
 
 Runner = Callable[[RunSpec], tuple[Path, dict]]
@@ -199,27 +207,30 @@ class RunPool:
     def run(self, specs: Sequence[RunSpec]) -> Iterator[Done]:
         """One Done per spec, in the order of ``specs``. Leaving the loop early, an
         exception or Ctrl-C stops every run in flight (see the module docstring)."""
-        if self.backend is not None:
-            yield from self.backend.run(specs, self.on_start)
+        if self.backend is None and self.workers == 1 and not self.processes:
+            yield from self._run_here(specs)     # each run's own context handles signals
             return
-        if self.workers == 1 and not self.processes:
-            yield from self._run_here(specs)
-            return
+        # as a run's RunContext does in the run's own process
+        with signals_handled(raise_interrupt):
+            if self.backend is not None:
+                yield from self.backend.run(specs, self.on_start)
+            else:
+                yield from self._run_children(specs)
+
+    def _run_children(self, specs: Sequence[RunSpec]) -> Iterator[Done]:
         done: dict[int, Done] = {}
         following, nxt = 0, 0
         try:
-            # as a run's RunContext does in the run's own process
-            with signals_handled(raise_interrupt):
-                while following < len(specs):
-                    while nxt < len(specs) and len(self.live) < self.workers:
-                        self._start(nxt, specs[nxt])
-                        nxt += 1
-                    for i in self._reap():
-                        done[i] = self._collect(self.live.pop(i))
-                    while following in done:
-                        yield done.pop(following)
-                        following += 1
-                    time.sleep(POLL_S)
+            while following < len(specs):
+                while nxt < len(specs) and len(self.live) < self.workers:
+                    self._start(nxt, specs[nxt])
+                    nxt += 1
+                for i in self._reap():
+                    done[i] = self._collect(self.live.pop(i))
+                while following in done:
+                    yield done.pop(following)
+                    following += 1
+                time.sleep(POLL_S)
         finally:
             self.stop()
 
@@ -261,7 +272,7 @@ class RunPool:
             elif child.stopping is None and \
                     time.monotonic() - child.started > child.spec.limit_s:
                 child.stopping = f"did not end within {child.spec.limit_s:g} s"
-                _signal(child.proc, signal.SIGINT)
+                _ask_to_stop(child)
             elif child.stopping and time.monotonic() - child.started > \
                     child.spec.limit_s + self.stop_timeout_s:
                 _signal(child.proc, signal.SIGKILL)
@@ -282,6 +293,8 @@ class RunPool:
         if child.proc.returncode == -signal.SIGKILL:
             _sweep_dead_runs()
         run_dir = Path(report.get("run_dir") or spec.out_dir)
+        if child.asked:
+            _mark_if_unmarked(run_dir, child)
         summary = read_summary(run_dir)
         err = report.get("error")
         if err:
@@ -295,7 +308,7 @@ class RunPool:
         one SIGINT each, as Ctrl-C would; the loop collects them as they end, each
         marked ``interrupted`` by its own teardown."""
         for child in list(self.live.values()):
-            _signal(child.proc, signal.SIGINT)
+            _ask_to_stop(child)
 
     def stop(self) -> None:
         """Stop every run in flight: SIGINT once, wait, SIGKILL, sweep by tag. A second
@@ -303,7 +316,7 @@ class RunPool:
         if self.live:
             with signals_handled(_note_signal):
                 for child in self.live.values():
-                    _signal(child.proc, signal.SIGINT)
+                    _ask_to_stop(child)
                 deadline = time.monotonic() + self.stop_timeout_s
                 killed = False
                 for child in self.live.values():
@@ -313,9 +326,11 @@ class RunPool:
                         _signal(child.proc, signal.SIGKILL)
                         child.proc.wait(timeout=10)
                         killed = True
-                self.live.clear()
                 if killed:
                     _sweep_dead_runs()
+                for child in self.live.values():
+                    _mark_if_unmarked(child.spec.out_dir, child)
+                self.live.clear()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -327,6 +342,26 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
             os.kill(proc.pid, sig)
         except ProcessLookupError:
             pass
+
+
+def _ask_to_stop(child: _Child) -> None:
+    """One SIGINT, as Ctrl-C would: the run's own teardown marks its folder."""
+    if child.proc.poll() is None:
+        child.asked = True
+    _signal(child.proc, signal.SIGINT)
+
+
+def _mark_if_unmarked(run_dir: Path, child: _Child) -> None:
+    """A run the pool asked to stop that left its folder without a summary (it died
+    before its own handlers were set, or was killed) gets the marking the run would
+    have written itself: ``interrupted``, what was collected kept, no verdict."""
+    if not run_dir.is_dir() or (run_dir / "summary.json").exists():
+        return
+    from .orchestrator import mark_interrupted     # heavy: the child never needs it
+    try:
+        mark_interrupted(run_dir, child.spec.scenario, time.monotonic() - child.started)
+    except (TestbedError, OSError, ValueError) as exc:
+        print(f"testbed: pool: marking {run_dir} interrupted: {exc}", file=sys.stderr)
 
 
 def _sweep_dead_runs() -> None:
@@ -358,6 +393,10 @@ def _note_signal(signum: int, _frame: Optional[FrameType]) -> None:
 def child_main(job: Path) -> int:
     """``python -m testbed.pool JOB``: one run; how it ended goes to the job's result
     file. Exit 0 when it ran (whatever its verdict), 1 on an error, 130 on Ctrl-C."""
+    # Ctrl-C from the pool raises from here on, also when SIGINT was ignored where the
+    # batch started (inherited): else it would be lost until the run's context is entered
+    signal.signal(signal.SIGINT, raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     spec, result = pickle.loads(job.read_bytes())
     report: dict = {"run_dir": None, "error": None}
     status = 0

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import platform
+import signal
 import socket
 import sys
 import tarfile
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -241,6 +244,42 @@ def test_leaving_early_cancels_and_each_worker_interrupts_its_run(tmp_path, loca
     while any(scratch.iterdir()) and time.monotonic() - t0 < 20:
         time.sleep(0.2)                     # each task interrupts its run, then cleans up
     assert not any(scratch.iterdir()) and time.monotonic() - t0 < 20
+
+
+@pytest.mark.cli
+def test_sigint_stops_a_cluster_batch_even_when_the_process_started_with_it_ignored(
+        tmp_path, local_cluster, monkeypatch):
+    """A batch on the cluster started in a script's background (SIGINT ignored, inherited)
+    still stops on SIGINT, as the local pool does: the backend's wait raises on it, the
+    futures are cancelled and each worker interrupts its run."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(cluster_mod.tempfile, "tempdir", str(scratch))
+    specs = batch(tmp_path, "a-30-ok", "b-30-ok")
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def press() -> None:
+        deadline = time.monotonic() + 20
+        while len(list(scratch.glob("testbed-cluster-*/*/started"))) < 2:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press)
+    t0 = time.monotonic()
+    try:
+        presser.start()
+        with pytest.raises(KeyboardInterrupt):
+            list(RunPool(1, backend=local_cluster).run(specs))
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN      # the caller's, back
+    finally:
+        presser.join(30)
+        signal.signal(signal.SIGINT, old)
+    while any(scratch.iterdir()) and time.monotonic() - t0 < 25:
+        time.sleep(0.2)                     # each task interrupts its run, then cleans up
+    assert not any(scratch.iterdir()) and time.monotonic() - t0 < 25
+    assert not any(s.out_dir.exists() for s in specs)       # nothing came back
 
 
 @pytest.mark.cli

@@ -3,7 +3,8 @@
 The children here are a small stand-in program (``WORKER``) that reads the pool's real
 job file and writes the real result file, so the pool's processes, signals, timeouts
 and files are exercised for real; what a child does is written in its folder's name:
-``<label>-<seconds>-<mode>``. The runs themselves (Mininet, tgtd) are the machine
+``<label>-<seconds>-<mode>`` (``bare``: SIGINT left to Python's default, a traceback;
+``stubborn``: SIGINT ignored). The runs themselves (Mininet, tgtd) are the machine
 test's (tests/e2e/test_workers.py).
 """
 
@@ -39,7 +40,8 @@ def interrupted(signum, frame):
         "kind": "TestbedError", "message": "interrupted"}}))
     sys.exit(130)
 
-signal.signal(signal.SIGINT, signal.SIG_IGN if mode == "stubborn" else interrupted)
+if mode != "bare":      # bare: Python's own handler, as a run before its context is entered
+    signal.signal(signal.SIGINT, signal.SIG_IGN if mode == "stubborn" else interrupted)
 (out / "started").write_text(repr(time.time()))
 time.sleep(float(seconds))
 (out / "ended").write_text(repr(time.time()))
@@ -190,11 +192,53 @@ def test_a_run_that_does_not_stop_is_killed_and_a_late_one_is_a_timeout(tmp_path
         (done,) = pool.run(jobs)
     assert time.monotonic() - t0 < 10
     assert isinstance(done.error, TimeoutExpired) and "did not end within 0.5 s" in str(done.error)
-    late = specs(tmp_path, scenario, "b-30-ok", timeout_s=0.5)
+    # 3 s: the stand-in has set its handler by then (0.5 s lost that race under load,
+    # and the pool then marks the folder itself: the test below)
+    late = specs(tmp_path, scenario, "b-30-ok", timeout_s=3.0)
     with RunPool(2, argv=worker) as pool:
         (done,) = pool.run(late)
     assert isinstance(done.error, TimeoutExpired)
     assert (late[0].out_dir / "interrupted").exists()       # asked once, stopped itself
+
+
+def marking(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.cli
+def test_a_run_that_dies_of_the_sigint_or_is_killed_is_marked_interrupted(tmp_path, worker,
+                                                                          scenario):
+    """A run SIGINTed before it has set its handlers dies of the KeyboardInterrupt (a
+    traceback, no summary); one that ignores it is killed: the pool marks both folders
+    as the run marks itself on Ctrl-C. A run that ended by itself is left as it is."""
+    jobs = specs(tmp_path, scenario, "a-1-ok", "b-30-bare", "c-30-stubborn")
+    pool = RunPool(3, argv=worker, stop_timeout_s=2)
+    with pytest.raises(RuntimeError):
+        with pool:
+            for done in pool.run(jobs):
+                while not all((j.out_dir / "started").exists() for j in jobs):
+                    time.sleep(0.05)        # b and c under way (a ended after 1 s)
+                raise RuntimeError("the caller stops")
+    a, b, c = (j.out_dir for j in jobs)
+    assert "KeyboardInterrupt" in (b / "progress.log").read_text()     # died of it
+    for d in (b, c):
+        s = marking(d)
+        assert s["status"] == "interrupted" and s["verdict"] is None, s
+        assert s["scenario"] == scenario.name and s["policy"] == scenario.client.policy
+        assert (d / "report.html").exists() and not (d / "ended").exists()
+    assert marking(a) == {"verdict": "completed", "expected": "completed"}   # its own
+    run = results.open_run(b)                   # and the results reader takes it as such
+    assert run.verdict is None and run.summary["status"] == "interrupted"
+
+
+@pytest.mark.cli
+def test_a_run_past_its_time_that_dies_of_the_sigint_is_marked_interrupted(tmp_path, worker,
+                                                                          scenario):
+    jobs = specs(tmp_path, scenario, "a-30-bare", timeout_s=1.0)
+    with RunPool(2, argv=worker) as pool:
+        (done,) = pool.run(jobs)
+    assert isinstance(done.error, TimeoutExpired)
+    assert done.summary["status"] == "interrupted" == marking(jobs[0].out_dir)["status"]
 
 
 def test_one_worker_runs_in_this_process_in_order(tmp_path, scenario):
