@@ -262,9 +262,11 @@ def system_files() -> dict[str, str]:
     return {
         "etc/hostname": "testbed-vm\n",
         "etc/hosts": "127.0.0.1 localhost\n127.0.1.1 testbed-vm\n",
+        # the share mounts on first use: at boot its virtio device may not be probed
+        # yet, and a machine without one boots all the same
         "etc/fstab": (f"LABEL={LABEL} / ext4 rw,errors=remount-ro 0 1\n"
                       f"{SHARE_TAG} {SHARE_DIR} 9p trans=virtio,version=9p2000.L,"
-                      "msize=262144,nofail 0 0\n"),
+                      "msize=262144,nofail,x-systemd.automount 0 0\n"),
         # QEMU's and VirtualBox's NAT answer DNS there; networkd writes no resolv.conf
         "etc/resolv.conf": "nameserver 10.0.2.3\n",
         "etc/systemd/network/80-dhcp.network": "[Match]\nName=eth* en*\n\n[Network]\nDHCP=yes\n",
