@@ -7,7 +7,7 @@ table, QEMU's command line, and the errors of bad input.
 With one (root, slow; the image is built on first use and cached): the image boots by
 its own bootloader under QEMU (TCG, the NIC on restricted user-mode networking: the
 guest reaches nothing but QEMU's DHCP), root is logged in on the serial console, the
-student copy holds no instructor file, and ``testbed lab check 2`` grades a right and
+student copy holds no instructor file, what a run imports imports, and ``testbed lab check 2`` grades a right and
 a wrong hand-in shared from the host over 9p: the right one passes with full marks,
 the wrong one fails with the same sentences as on the host and no figure.
 """
@@ -271,6 +271,9 @@ def test_the_image_boots_and_grades_a_lab_from_the_student_copy(tmp_path, vm_ima
         assert con.run("mountpoint -q /mnt/share && test -d /mnt/share/right", 30) == 0
         assert con.run("test ! -e /opt/testbed/instructor && "
                        "! find /opt/testbed -name solve.py -o -name key.yaml | grep -q .", 60) == 0
+        # what a run imports: Debian's packages, and PyPI's over the too-old ones
+        assert con.run("python3 -c 'import scipy.stats, matplotlib.pyplot, scapy.all, crc32c, "
+                       "yaml, mininet.net, testbed.commands.run'", GRADE_TIMEOUT_S) == 0
         t1 = time.monotonic()
         right = con.run(f"cd /mnt/share && testbed lab check {LAB} right > right.txt 2>&1",
                         GRADE_TIMEOUT_S)
