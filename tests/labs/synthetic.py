@@ -41,6 +41,7 @@ class Run:
     dirty: int = 2600
     reserve_pages: int = 0
     storage_drops: int = 0
+    tx_storage_drops: Optional[int] = None      # None: no transmit drops by class recorded
     other: dict[str, int] = field(default_factory=dict)     # reason -> frames
     lockup_reserve: int = 0
     throttle_t: Optional[float] = None
@@ -48,6 +49,8 @@ class Run:
     scenario: dict[str, Any] = field(default_factory=dict)
     outcome: Optional[dict[str, Any]] = None
     started: Optional[float] = None      # seconds since the epoch; None: when written
+    recoveries: list[dict[str, Any]] = field(default_factory=list)   # the initiator's episodes
+    pages_checked: Optional[int] = None  # the read-back's (None: no integrity recorded)
 
 
 SETUP_S = 15.0       # a run's wall-clock time beyond the client's own (bring-up, read-back)
@@ -79,6 +82,15 @@ def write_run(path: Path, r: Run) -> Path:
         "writeback": {"bytes": 2**24, "time_s": r.t_end, "mb_s": 2.0},
         "duration_s": r.t_end + SETUP_S,
     }
+    if r.tx_storage_drops is not None:
+        n = r.tx_storage_drops
+        summary["drops"]["tx"] = {"total": n, "NOMEM": n, "memalloc": {"total": n, "NOMEM": n},
+                                  "other": {"total": 0}}
+    if r.recoveries:
+        summary["recoveries"] = r.recoveries
+    if r.pages_checked is not None:
+        summary["integrity"] = {"checked": True, "pages_checked": r.pages_checked,
+                                "bytes_checked": 4096 * r.pages_checked, "mismatches": 0}
     if r.verdict == "lockup":
         summary["lockup"] = {"t": r.t_end, "free": r.free_floor, "wmark_min": r.wmark_min,
                              "dirty": r.dirty, "reserve": {"client-eth0": r.lockup_reserve},
@@ -217,4 +229,32 @@ def lab6(work: Path, scale: float = 1.0, storage_drops: int = 0, spoof_reserve: 
     policy_run(work / "runs/spoof", policy, reserve=spoof_reserve)
 
 
-HANDINS: dict[int, Callable[..., None]] = {1: lab1, 2: lab2, 3: lab3, 4: lab4, 5: lab5, 6: lab6}
+def episode(lost_t: float, after_s: Optional[float], reissued: int = 8) -> dict[str, Any]:
+    """One recovery episode as summary.json has it (``after_s`` None: never reinstated)."""
+    back = None if after_s is None else round(lost_t + after_s, 3)
+    return {"lost_t": lost_t, "cause": "target closed the connection", "reinstated_t": back,
+            "reissued": 0 if back is None else reissued, "failed": False,
+            "writeback_resumed_t": back, "resumed_after_s": after_s}
+
+
+def lab7(work: Path, scale: float = 1.0,
+         phillips_verdicts: tuple[str, ...] = ("lockup",) * 5) -> None:
+    """Step 1: phillips-2005 never reinstates (unless its verdict says completed),
+    gorman-3.6 does after about 2 s; step 2: both reinstate."""
+    ph = [Run("phillips-2005", v, t_end=round(24 * scale + k / 10, 1), wmark_min=181,
+              tx_storage_drops=int(10 * scale) + k, pages_checked=int(272 * scale),
+              recoveries=[episode(1.0, None if v == "lockup" else round(2.1 * scale, 2))])
+          for k, v in enumerate(phillips_verdicts)]
+    go = [Run("gorman-3.6", t_end=round(12 * scale + k / 10, 1),
+              pages_checked=int(9152 * scale) + k,
+              recoveries=[episode(2.3, round(2.0 * scale + k / 100, 3), 8 + k)])
+          for k in range(5)]
+    compare(work / "runs/pressure", {"phillips-2005": ph, "gorman-3.6": go})
+    calm = {p: [Run(p, t_end=8.4 * scale, pages_checked=3584,
+                    recoveries=[episode(5.2, round(2.0 * scale + 0.05 * i, 3))])]
+            for i, p in enumerate(("phillips-2005", "gorman-3.6"))}
+    compare(work / "runs/calm", calm)
+
+
+HANDINS: dict[int, Callable[..., None]] = {1: lab1, 2: lab2, 3: lab3, 4: lab4, 5: lab5, 6: lab6,
+                                           7: lab7}

@@ -30,10 +30,11 @@ SECTIONS = ("Goal", "Background", "Start", "Steps", "Questions",
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 
 
-def test_there_are_six_labs_numbered_in_order():
-    assert [lab.number for lab in LABS] == [1, 2, 3, 4, 5, 6]
+def test_there_are_seven_labs_numbered_in_order():
+    assert [lab.number for lab in LABS] == [1, 2, 3, 4, 5, 6, 7]
     assert [lab.slug for lab in LABS] == ["deadlock", "reserve-sizing", "sock-memalloc",
-                                          "sharing-the-reserve", "linux-3.6", "your-own-policy"]
+                                          "sharing-the-reserve", "linux-3.6", "your-own-policy",
+                                          "faults-under-pressure"]
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
@@ -150,7 +151,7 @@ def test_no_handout_or_grader_asks_to_run_again(lab: grading.Lab):
             assert phrase not in text, f"{path}: says {phrase!r}"
     h = lab.handout
     batch = [c for c in h.commands() if re.match(r"testbed (compare|sweep) ", c)]
-    if lab.number in (1, 3, 4, 5):      # the labs whose conclusions are about verdicts/trends
+    if lab.number in (1, 3, 4, 5, 7):      # the labs whose conclusions are about verdicts/trends
         assert batch and all("--repeat" in c for c in batch[:1]), batch
         assert "95 %" in h.sections["What a correct result looks like"]
 

@@ -35,7 +35,7 @@ def assert_followed(h: HandoutRun) -> None:
     assert h.work is not None
 
 
-@pytest.mark.parametrize("number", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 7])
 def test_handout_runs_as_written_and_the_reference_solution_passes(handout, number):
     h = handout(number)
     assert_followed(h)

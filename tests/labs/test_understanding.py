@@ -67,7 +67,7 @@ def check_of(grade: grading.Grade, name: str) -> grading.CheckResult:
 # -- predictions -------------------------------------------------------------------------
 
 @pytest.mark.cli
-@pytest.mark.parametrize("number", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 7])
 def test_a_prediction_recorded_before_the_runs_earns_its_point(tmp_path, number):
     lab, work = work_folder(tmp_path, number)
     predictions.record(lab, work, now=time.time() - HOUR)
