@@ -18,7 +18,9 @@ The loop, under a time budget:
    confirmed the same way; the scenario file (``counterexample-K.yaml``: ``extends:``
    the scenario, with only what differs; one file per distinct load) holds the shrunk
    load if its confirmation held, else the sampled load, which did ("shrunk, not
-   confirmed" is recorded as such). Shrink candidates already run for an earlier
+   confirmed" is recorded as such; a shrunk load whose confirmation the campaign ended
+   before judging is written beside it, marked unconfirmed, as
+   ``counterexample-K-shrunk.yaml``). Shrink candidates already run for an earlier
    counterexample are not run again (the shrinker's ``known`` answers).
 
 Confirming. The sampling run was picked because it failed, so it is no evidence that the
@@ -57,7 +59,7 @@ files are written before the interrupt goes on: what was found stays readable.
 The folder: ``tried.ndjson`` (one line per load tried, written as it ends),
 ``runs.json``, one folder per run, ``progress.log`` (the runs' own progress lines),
 ``stress.json`` (the campaign's counts and counterexamples), ``report.md`` and the
-``counterexample-K.yaml`` files.
+``counterexample-K.yaml`` (and ``counterexample-K-shrunk.yaml``) files.
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ class Found:
     shrunk: Optional[Shrunk] = None
     shrunk_confirmation: Optional[Confirmation] = None
     scenario_file: Optional[str] = None
+    shrunk_file: Optional[str] = None   # the shrunk load, written unconfirmed
 
     @property
     def confirmed(self) -> Optional[bool]:
@@ -237,7 +240,8 @@ class Found:
                                "confirmed": self.confirmed,
                                "confirmation": self.confirmation and
                                self.confirmation.to_json(claim),
-                               "scenario_file": self.scenario_file}
+                               "scenario_file": self.scenario_file,
+                               "shrunk_file": self.shrunk_file}
         if self.shrunk is not None:
             doc["shrunk"] = {"load": self.shrunk.load, "changed": self.shrunk.changed(defaults),
                              "converged": self.shrunk.converged,
@@ -602,24 +606,21 @@ class Campaign:
             self.say(f"    -> {f.scenario_file} ("
                      + ("the shrunk load)" if f.shrunk_confirmed else
                         "the sampled load: shrunk, not confirmed)"))
+            if f.shrunk_file:
+                self.say(f"    -> {f.shrunk_file} (the shrunk load, to confirm)")
         self.say(f"report: {self.out / REPORT}")
 
     def write_counterexample(self, found: Found) -> str:
         """``counterexample-K.yaml``: the confirmed load (:attr:`Found.written_load`) as
         a scenario that extends the scenario file, holding only what differs from it;
-        checked by loading it back."""
+        checked by loading it back. A shrunk load that the campaign could not judge is
+        written beside it (:meth:`write_unconfirmed`)."""
         load = found.written_load
         for other in self.found:        # the same load as one already written: its file
             if other is not found and other.scenario_file and other.written_load == load:
                 self.say(f"  {found.label}: the same load as {other.label}")
                 return other.scenario_file
         k = 1 + sum(1 for f in self.found if f.scenario_file)
-        path = self.out / f"counterexample-{k}.yaml"
-        sc = ranges_mod.build(self.data, load)
-        sc.name = f"{self.base.name}-stress-{self.policy}-{k}"
-        # expected: what the claim says, which the base scenario may not (its expectation
-        # can be what the models give, as contention's for the 2005 fixes is)
-        sc.expect_by_policy = {**sc.expect_by_policy, self.policy: self.claim.expect}
         conf = found.shrunk_confirmation if found.shrunk_confirmed and \
             found.shrunk_confirmation is not None else found.confirmation
         shrunk = found.shrunk is not None and found.shrunk.load != found.load
@@ -630,16 +631,50 @@ class Campaign:
                 f"{self.seed}, load {found.label}), {what} {self.base.name}'s values.\n"
                 f"# Confirmed: {conf.text() if conf else '?'}.\n"
                 f"# `testbed run` on it reaches a verdict other than the expected one.\n")
+        path = self.out / f"counterexample-{k}.yaml"
+        self.write_load(load, path, f"{self.base.name}-stress-{self.policy}-{k}", head)
+        found.shrunk_file = self.write_unconfirmed(found, k)
+        return str(path)
+
+    def write_unconfirmed(self, found: Found, k: int) -> Optional[str]:
+        """``counterexample-K-shrunk.yaml``: the shrunk load whose confirmation the
+        campaign ended before judging (the budget, or Ctrl-C). It is the smallest load
+        that failed once, no more: its header says so and how to confirm it. Not written
+        when the shrunk load was confirmed (it is then ``counterexample-K.yaml``) or
+        refuted by its fresh runs (it is no counterexample)."""
+        if found.shrunk is None or found.shrunk.load == found.load or \
+                found.shrunk_confirmed is not None:
+            return None
+        path = self.out / f"counterexample-{k}-shrunk.yaml"
+        n = self.n_confirm
+        head = (f"# The shrunk load of counterexample-{k}.yaml ('{self.claim.claim}', "
+                f"testbed stress seed {self.seed}, load {found.label}): it refuted the "
+                f"claim in its one\n# shrinking run, and the campaign ended before its {n} "
+                f"fresh runs. NOT CONFIRMED. To confirm it:\n#   testbed compare "
+                f"{path.name} --policies {self.policy} --repeat {n}\n"
+                f"# and test the count as the campaign does ({hypothesis(self.claim.claim, n)}"
+                f").\n")
+        self.write_load(found.shrunk.load, path,
+                        f"{self.base.name}-stress-{self.policy}-{k}-shrunk", head)
+        return str(path)
+
+    def write_load(self, load: Load, path: Path, name: str, head: str) -> None:
+        """``load`` as a scenario file that extends the campaign's scenario file with
+        only what differs (a workload list whole, less its defaults), or whole when
+        ``extends:`` could not say it; the claim's verdict is its expectation (the base
+        scenario's can be what the models give, as contention's for the 2005 fixes is)."""
+        sc = ranges_mod.build(self.data, load)
+        sc.name = name
+        sc.expect_by_policy = {**sc.expect_by_policy, self.policy: self.claim.expect}
         diff = _diff(scenario_mod.load(self.base_file).to_dict(), sc.to_dict())
         for w in (diff.get("client") or {}).get("workloads", []):
-            for k, v in asdict(WorkloadConfig()).items():   # a list is written whole: only
-                if w.get(k) == v and k != "kind":           # what differs from a workload's
-                    w.pop(k)                                # own defaults
+            for key, v in asdict(WorkloadConfig()).items():
+                if w.get(key) == v and key != "kind":
+                    w.pop(key)
         rel = os.path.relpath(self.base_file.resolve(), path.parent.resolve())
         path.write_text(head + yaml.safe_dump({"extends": rel, **diff}, sort_keys=False))
         if scenario_mod.load(path).to_dict() != sc.to_dict():   # extends could not say it
             path.write_text(head + scenario_mod.dump(sc))
-        return str(path)
 
 
 def _diff(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -685,7 +720,11 @@ def _shrunk_lines(f: dict[str, Any]) -> list[str]:
         lines.append(f"Its confirmation: {conf['text'] if conf else 'not run'}"
                      + ("." if s["confirmed"] else
                         " (shrunk, not confirmed: the scenario holds the sampled load)."))
-    return lines + [f"Scenario: `{f['scenario_file']}`.", ""]
+    lines.append(f"Scenario: `{f['scenario_file']}`.")
+    if f.get("shrunk_file"):
+        lines.append(f"The shrunk load, not confirmed: `{f['shrunk_file']}` (its header says "
+                     f"how to confirm it).")
+    return lines + [""]
 
 
 def report_text(doc: dict[str, Any]) -> str:

@@ -539,3 +539,42 @@ def test_a_run_past_a_fidelity_bound_is_no_counterexample(tmp_path, monkeypatch,
     assert tried and all(t["outcome"] == "no-verdict" for t in tried)
     assert "past a fidelity bound (client wake-up lag" in tried[0]["detail"]
     assert doc["counts"]["counterexample"] == 0 and not doc["counterexamples"]
+
+
+class LongShrunkConfirm(LocksUpAt24):
+    """As LocksUpAt24, but the first fresh run of a shrunk load takes the rest of the
+    budget: the campaign ends before the shrunk load is judged."""
+
+    def run(self):
+        super().run()
+        if "-shrunk-confirm" in self.out.name:
+            campaign_mod.time.monotonic = lambda: 1e9    # undone by monkeypatch
+
+
+def test_a_shrunk_load_the_budget_left_unjudged_is_written_beside_as_unconfirmed(
+        tmp_path, monkeypatch, contention):
+    out, doc, text = memory_campaign(tmp_path, monkeypatch, contention, LongShrunkConfirm,
+                                     budget_s=1500, status=1, memory="{choices: [20]}")
+    first = doc["counterexamples"][0]
+    shrunk = first["shrunk"]
+    assert first["confirmed"] is True and shrunk["confirmed"] is None
+    assert shrunk["load"]["client.memory_mb"] != first["load"]["client.memory_mb"]
+    assert shrunk["confirmation"]["text"].startswith("not judged: 1 of 5")
+    # the scenario file holds the sampled, confirmed load; the shrunk one is beside it
+    assert scenario_mod.load(first["scenario_file"]).client.memory_mb == 20
+    assert first["shrunk_file"] == str(out / "counterexample-1-shrunk.yaml")
+    head = Path(first["shrunk_file"]).read_text()
+    assert "NOT CONFIRMED" in head and "--policies phillips-2005 --repeat 5" in head
+    sc = scenario_mod.load(first["shrunk_file"])
+    assert sc.client.memory_mb == shrunk["load"]["client.memory_mb"]
+    assert sc.client.policy == "phillips-2005" and sc.expected == "completed"
+    assert f"-> {first['shrunk_file']} (the shrunk load, to confirm)" in text
+    assert "counterexample-1-shrunk.yaml" in (out / campaign_mod.REPORT).read_text()
+
+
+def test_a_confirmed_shrunk_load_is_not_written_twice(tmp_path, monkeypatch, contention):
+    out, doc, _ = memory_campaign(tmp_path, monkeypatch, contention, LocksUpAt24,
+                                  budget_s=1500, status=1, memory="{choices: [20]}")
+    first = doc["counterexamples"][0]
+    assert first["shrunk"]["confirmed"] is True and first["shrunk_file"] is None
+    assert not list(out.glob("counterexample-*-shrunk.yaml"))
