@@ -540,8 +540,9 @@ def qemu_argv(disk: Path, share: Optional[Path] = None, memory_mb: int = 2048, c
         raise VmImageError(f"network: {network!r} is not one of user, restricted, none")
     if memory_mb < 512:
         raise VmImageError(f"memory_mb: {memory_mb} is below the image's 512 MiB")
-    argv = [QEMU, "-accel", accel, "-m", str(memory_mb),
-            "-smp", str(cpus),
+    # -cpu max: PyPI's numpy and scipy wheels use instructions beyond QEMU's default
+    # model (qemu64); a Python that imports them dies of SIGILL there
+    argv = [QEMU, "-accel", accel, "-cpu", "max", "-m", str(memory_mb), "-smp", str(cpus),
             "-drive", f"file={disk},if=virtio,format=qcow2" + (",snapshot=on" if snapshot else "")]
     if network == "none":
         argv += ["-nic", "none"]

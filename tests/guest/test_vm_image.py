@@ -149,6 +149,7 @@ def test_qemu_boots_the_disk_by_its_bootloader_and_restricts_the_network(tmp_pat
                              serial_stdio=True, memory_mb=1024, cpus=1)
     line = " ".join(argv)
     assert "-kernel" not in argv and "-initrd" not in argv
+    assert argv[argv.index("-cpu") + 1] == "max"          # the wheels' instructions
     assert f"file={disk},if=virtio,format=qcow2,snapshot=on" in argv
     assert "user,model=virtio-net-pci,restrict=on" in argv
     assert f"local,path={tmp_path},mount_tag=share,security_model=none" in line
