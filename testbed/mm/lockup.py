@@ -928,6 +928,7 @@ class StallEpisode:
     stuck_since: Optional[float] = None
     breaks: list[dict[str, Any]] = field(default_factory=list)
     not_lockup: Optional[str] = None      # stuck past the horizon, but why it is no lockup
+    not_lockup_since: Optional[float] = None   # the stuck clock's start that judgement had
     lockup: bool = False
     min_free: Optional[int] = None
 
@@ -1180,7 +1181,7 @@ class LockupDetector(threading.Thread):
         state = self._state(r, delta, waited)
         found: Union[WaitCycle, NoCycle] = NoCycle(why) if why else find_cycle(state)
         if isinstance(found, NoCycle):
-            ep.not_lockup = found.reason
+            ep.not_lockup, ep.not_lockup_since = found.reason, ep.stuck_since
             return
         if found.kind == TCP_UNIT:
             assert state.tcp is not None
@@ -1189,9 +1190,9 @@ class LockupDetector(threading.Thread):
             outlook = oom_outlook(self.mm, state.need, self.pc.congested())
         why = outlook.could_end()
         if why is not None:             # criterion 5: a recovery the machine still has
-            ep.not_lockup = why
+            ep.not_lockup, ep.not_lockup_since = why, ep.stuck_since
             return
-        ep.lockup, ep.not_lockup = True, None
+        ep.lockup, ep.not_lockup, ep.not_lockup_since = True, None, None
         self.lockups.append(self._evidence(ep, r, found, state, delta, outlook))
         self._add_checkpoint(r, 1)
 

@@ -453,8 +453,12 @@ def _stuck_reasons(client: Optional[str], lockup: dict[str, Any],
         if st.get("lockup"):
             continue
         if st.get("not_lockup"):
-            out.append(f"stuck from t={st['stuck_since']:.1f}s past the recovery horizon "
-                       f"without a wait-for cycle: {st['not_lockup']}")
+            # the stuck clock restarts at a break, so the judgement keeps its own start
+            # (an outcome written before that field: the clock's, if still running)
+            since = st.get("not_lockup_since", st.get("stuck_since"))
+            at = f"from t={since:.1f}s " if since is not None else ""
+            out.append(f"stuck {at}past the recovery horizon without a wait-for cycle: "
+                       f"{st['not_lockup']}")
         elif st.get("breaks") and st.get("ended_by") is None:
             first = st["breaks"][0]
             out.append(f"the stall from t={st['began_at']:.1f}s never ended, but came unstuck "

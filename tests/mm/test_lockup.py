@@ -359,6 +359,31 @@ def test_criterion_5_a_process_waiting_for_no_writeback_may_still_reach_the_oom_
     assert "downloader1 waits for no writeback" in rig.episode.not_lockup
 
 
+def test_a_stall_judged_no_lockup_that_then_breaks_keeps_the_judgement_s_clock(procs, tmp_path):
+    """Judged no lockup at a horizon (criterion 5), then a page comes free: the stuck
+    clock restarts (``stuck_since`` None) but the judgement keeps its own start, and
+    the summary reads it (a campaign run crashed in the summary on this, 2026-11-30)."""
+    judged = lockup_at() + 1.0
+
+    def rise(rig):
+        if rig.t >= judged:
+            rig.mm.zone.free = rig.mm.zone.mark_atomic + rx_need(rig.mm, rig.dev)
+
+    rig = Rig()
+    procs(rig, ("downloader1", 40, recv))
+    rig.run_until(judged + 1.0, rise)
+    ep = rig.episode
+    assert "downloader1 waits for no writeback" in ep.not_lockup and ep.breaks
+    assert ep.stuck_since is None and ep.not_lockup_since is not None
+    outcome = {"verdict": "deadline", "t": judged + 1.0, "lockup": None,
+               "stalls": rig.det.stalls()}
+    (tmp_path / "client-outcome.json").write_text(json.dumps(outcome))
+    summary = summarize(tmp_path, Scenario(name="x"), duration_s=judged + 2.0)
+    assert summary["verdict"] == "degraded"
+    assert f"stuck from t={ep.not_lockup_since:.1f}s past the recovery horizon without a " \
+           f"wait-for cycle: {ep.not_lockup}" in summary["reasons"], summary["reasons"]
+
+
 def test_criterion_5_every_process_waiting_for_writeback_leaves_the_oom_killer_no_caller(procs):
     """The lockup of the 2005 kernels: the downloaders sleep in the dirty throttle, whose
     2.6.13 loop returns only after starting a chunk, and the device's queue is full. No
