@@ -3,7 +3,7 @@
 The loop, under a time budget:
 
 1. draw a load from the ranges (:mod:`.sampling`) and build the scenario with it through
-   the scenario checker; a load the checker refuses is counted ``invalid``, not run;
+   the scenario checker; a load the checker refuses is counted ``refused``, not run;
 2. run it with the orchestrator, as ``testbed compare`` runs each of its runs, into the
    campaign's folder; record it in the results store (command ``stress``, the load as the
    run's parameters) and in ``runs.json``, so the folder is a batch that
@@ -48,7 +48,7 @@ after its wave. A confirmation's N fresh runs go N at once as well. On a cluster
 (``--cluster``, :mod:`testbed.cluster`) a wave is as many runs as its worker threads, and
 every run, a shrink candidate too, goes to the cluster. Shrinking stays one
 run at a time: each candidate depends on the answer to the one before. A run starved by
-the others is past a fidelity bound and counted without a verdict (3. above).
+the others is past a fidelity bound and counted ``invalid``, not judged (3. above).
 
 A run starts only if the time left covers it (the longest run so far, or before any
 the scenario's deadline plus :data:`RUN_OVERHEAD_S`); a run in flight is always
@@ -95,8 +95,10 @@ SUMMARY = "stress.json"
 REPORT = "report.md"
 
 # What a load's run says about the claim.
-COUNTEREXAMPLE, HOLDS, INCONCLUSIVE, NO_VERDICT, INVALID = (
-    "counterexample", "holds", "inconclusive", "no-verdict", "invalid")
+# A refused load was never run (the scenario checker said no); an invalid run ran past a
+# fidelity bound (testbed.fidelity), so its verdict, whatever it is, counts for nothing.
+COUNTEREXAMPLE, HOLDS, INCONCLUSIVE, NO_VERDICT, INVALID, REFUSED = (
+    "counterexample", "holds", "inconclusive", "no-verdict", "invalid", "refused")
 JUDGED = (COUNTEREXAMPLE, HOLDS, INCONCLUSIVE)     # a run with a valid verdict
 
 # H0 of a confirmation: the load refutes the claim in at most half its runs. The claims'
@@ -128,7 +130,7 @@ class Tried:
     label: str
     phase: str                  # sample, confirm, shrink
     load: Load
-    outcome: str                # COUNTEREXAMPLE, HOLDS, INCONCLUSIVE, NO_VERDICT, INVALID
+    outcome: str                # COUNTEREXAMPLE, HOLDS, INCONCLUSIVE, NO_VERDICT, INVALID, REFUSED
     verdict: Optional[str] = None
     status: Optional[str] = None
     run_dir: Optional[str] = None
@@ -182,7 +184,7 @@ class Confirmation:
         t = self.test
         none = len(self.runs) - t.n
         figures = (f"{t.successes} of {t.n} fresh runs refute the claim"
-                   + (f" ({none} without a verdict left out)" if none else "")
+                   + (f" ({none} without a valid verdict left out)" if none else "")
                    + (f", rate >= {t.lower_bound:.0%} at {stats.CONFIDENCE:.0%}" if t.n else ""))
         word = "supported: confirmed" if t.supported else "not supported: not confirmed"
         why = cannot_confirm(t.n, short=True) if not t.supported else None
@@ -392,7 +394,7 @@ class Campaign:
         try:
             sc = ranges_mod.build(self.data, load)
         except SchemaError as exc:
-            return self.note(Tried(len(self.tried) + 1, label, phase, load, INVALID,
+            return self.note(Tried(len(self.tried) + 1, label, phase, load, REFUSED,
                                    detail=str(exc).replace("\n", " ")))
         self.check_time(sc)
         t0 = time.monotonic()
@@ -447,7 +449,7 @@ class Campaign:
         """Judge and note one run of a wave (or its refused load); the error that must
         stop the campaign, if the run raised one (as :meth:`run_one` would)."""
         if isinstance(sc, SchemaError):
-            got.append(self.note(Tried(len(self.tried) + 1, label, phase, load, INVALID,
+            got.append(self.note(Tried(len(self.tried) + 1, label, phase, load, REFUSED,
                                        detail=str(sc).replace("\n", " "))))
             return None
         entry = Tried(len(self.tried) + 1, label, phase, load, NO_VERDICT,
@@ -502,7 +504,7 @@ class Campaign:
         if run.verdict is None:
             entry.outcome = NO_VERDICT
         elif run.invalid:               # starved (testbed.fidelity): its verdict is not evidence
-            entry.outcome = NO_VERDICT
+            entry.outcome = INVALID
             why = "; ".join((run.summary.get("fidelity") or {}).get("invalid_by") or [])
             entry.detail = f"verdict {run.verdict} not counted: the run was past a fidelity bound ({why})"
         elif self.claim.refutes(run):
@@ -542,7 +544,7 @@ class Campaign:
         self.say(f"[{entry.n:3d}] {entry.label:<20} {_load_text(moved)} -> {what}: "
                  f"{entry.outcome}  ({entry.wall_s:.1f} s; {_clock(self.elapsed())} of "
                  f"{_clock(self.budget_s)})"
-                 + (f"  [{entry.detail[:160]}]" if entry.outcome in (INVALID, NO_VERDICT) else ""))
+                 + (f"  [{entry.detail[:160]}]" if entry.outcome in (INVALID, NO_VERDICT, REFUSED) else ""))
         return entry
 
     def say(self, text: str) -> None:
@@ -551,8 +553,8 @@ class Campaign:
     def counts(self) -> dict[str, int]:
         by = [t.outcome for t in self.tried]
         return {"tried": len(self.tried), "sampled": sum(t.phase == "sample" for t in self.tried),
-                "runs": sum(t.outcome != INVALID for t in self.tried),
-                **{o: by.count(o) for o in (INVALID, NO_VERDICT, INCONCLUSIVE, HOLDS,
+                "runs": sum(t.outcome != REFUSED for t in self.tried),
+                **{o: by.count(o) for o in (REFUSED, INVALID, NO_VERDICT, INCONCLUSIVE, HOLDS,
                                             COUNTEREXAMPLE)},
                 "counterexamples_found": len(self.found),
                 "counterexamples_confirmed": sum(f.confirmed is True for f in self.found),
@@ -581,7 +583,8 @@ class Campaign:
         c = self.counts()
         self.say(f"\nstress {self.base.name}, policy {self.policy}: {c['tried']} loads tried "
                  f"in {_clock(self.elapsed())} ({self.stopped_by}): {c['runs']} runs, "
-                 f"{c[INVALID]} invalid, {c[NO_VERDICT]} without a verdict, "
+                 f"{c[INVALID]} invalid (past a fidelity bound), {c[NO_VERDICT]} without a "
+                 f"verdict, {c[REFUSED]} loads refused by the checker, "
                  f"{c[INCONCLUSIVE]} inconclusive, {c[HOLDS]} held the claim, "
                  f"{c[COUNTEREXAMPLE]} refuted it")
         self.say(f"counterexamples: {c['counterexamples_found']} found, "
@@ -734,10 +737,12 @@ def report_text(doc: dict[str, Any]) -> str:
              f"Claim tested: **{doc['claim']}**. Seed {doc['seed']}, budget "
              f"{_clock(doc['budget_s'])}, ranges `{doc['ranges']}`, started {doc['started']}, "
              f"ran {_clock(doc['elapsed_s'])}, stopped by {doc['stopped_by']}.", "",
-             "| loads tried | runs | invalid | no verdict | inconclusive | held | refuted |",
-             "|---|---|---|---|---|---|---|",
+             "| loads tried | runs | invalid (fidelity) | no verdict | refused loads | "
+             "inconclusive | held | refuted |",
+             "|---|---|---|---|---|---|---|---|",
              f"| {c['tried']} | {c['runs']} | {c[INVALID]} | {c[NO_VERDICT]} | "
-             f"{c[INCONCLUSIVE]} | {c[HOLDS]} | {c[COUNTEREXAMPLE]} |", "",
+             f"{c.get(REFUSED, '-')} | {c[INCONCLUSIVE]} | {c[HOLDS]} | {c[COUNTEREXAMPLE]} |",
+             "",
              f"Counterexamples: {c['counterexamples_found']} found, "
              f"{c['counterexamples_confirmed']} confirmed, "
              f"{c['counterexamples_not_confirmed']} not confirmed, "

@@ -536,7 +536,8 @@ def test_a_run_past_a_fidelity_bound_is_no_counterexample(tmp_path, monkeypatch,
 
     out, doc, _ = memory_campaign(tmp_path, monkeypatch, contention, Starved, budget_s=1000)
     tried = [json.loads(line) for line in (out / campaign_mod.TRIED).read_text().splitlines()]
-    assert tried and all(t["outcome"] == "no-verdict" for t in tried)
+    assert tried and all(t["outcome"] == "invalid" for t in tried)
+    assert doc["counts"]["invalid"] == len(tried) == doc["counts"]["runs"]
     assert "past a fidelity bound (client wake-up lag" in tried[0]["detail"]
     assert doc["counts"]["counterexample"] == 0 and not doc["counterexamples"]
 

@@ -64,7 +64,7 @@ def test_a_short_campaign_writes_what_it_tried_consistently_with_its_runs(tmp_pa
     assert doc["stopped_by"] == "budget" and doc["seed"] == 3 and counts["runs"] >= 1
     assert counts["tried"] == len(tried) and counts["runs"] == sum(t["run_dir"] is not None
                                                                   for t in tried)
-    for outcome in ("invalid", "no-verdict", "inconclusive", "holds", "counterexample"):
+    for outcome in ("refused", "invalid", "no-verdict", "inconclusive", "holds", "counterexample"):
         assert counts[outcome] == sum(t["outcome"] == outcome for t in tried), outcome
     # a run in flight is finished, none is started that the budget cannot cover
     assert wall < BUDGET_S + 60, wall
