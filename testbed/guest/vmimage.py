@@ -35,9 +35,10 @@ kernel's command line). What differs from the kernel client's guest is this modu
 Two caches, each a folder named by its key and renamed into place only when complete
 (as the kernel client's): the **base** (kernel, initramfs and the installed root tree;
 keyed by the kernel package, the package lists, the pip overlays and this builder's
-version), which takes minutes, and the **disk** (keyed by the base and a digest of the
-project's files, the student copy and the system files), which an edit of the project
-rebuilds from the base in about a minute.
+version), and the **disk** (keyed by the base and a digest of the project's files, the
+student copy and the system files), which an edit of the project rebuilds from the base;
+the newest :data:`KEEP_DISKS` disks are kept. Measured here (2 cores, shared): the base
+79 s, a disk 56 s, the qcow2 286 MiB.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ DISK_NAME = "testbed-vm.qcow2"
 SECTOR = 512
 BOOT_START = 2048                    # sectors: the first partition at 1 MiB
 BOOT_MB = 48                         # FAT: kernel (8 MiB), initramfs, syslinux
+KEEP_DISKS = 2                       # disk images kept in the cache (the newest)
 ROOT_SPARE_MB = 3072                 # free space for the students' runs (zeros: free in qcow2)
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 # the ones the disk needs beyond the kernel client's (tool -> Debian package)
@@ -523,7 +525,20 @@ def ensure_vm_image(say: Optional[Say] = None, cache: Optional[Path] = None) -> 
                 base_dir = cache / f"base-{inputs.key()}"
                 base = Base.load(base_dir) or build_base(inputs, plan, base_dir, say)
                 vm = build_disk(base, project, labs, folder, say)
+                for gone in prune_disks(cache):
+                    say(f"vm image: removed an older disk image, {gone.name}")
     return vm
+
+
+def prune_disks(cache: Path, keep: int = KEEP_DISKS) -> list[Path]:
+    """Remove all but the ``keep`` newest disk folders of ``cache`` (each is rebuilt from
+    its base in about a minute; every edit of the project makes a new one); returns what
+    was removed. Bases and unfinished builds are left alone."""
+    disks = sorted((p for p in cache.glob("*-disk-*") if VmImage.load(p) is not None),
+                   key=lambda p: (p / "vm.json").stat().st_mtime, reverse=True)
+    for old in disks[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return disks[keep:]
 
 
 # -- booting it ---------------------------------------------------------------------------

@@ -117,6 +117,19 @@ def test_the_disk_key_follows_the_project_the_labs_and_the_system_files(monkeypa
     assert key not in others and len(others) == 4
 
 
+def test_the_cache_keeps_the_newest_disks_and_every_base(tmp_path):
+    for i, name in enumerate(["k-disk-a", "k-disk-b", "k-disk-c"]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / vmimage.DISK_NAME).write_bytes(b"x")
+        (tmp_path / name / "vm.json").write_text("{}")
+        os.utime(tmp_path / name / "vm.json", (1000 + i, 1000 + i))
+    (tmp_path / "base-k").mkdir()
+    (tmp_path / "j-disk-unfinished").mkdir()
+    assert vmimage.prune_disks(tmp_path, keep=2) == [tmp_path / "k-disk-a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base-k", "j-disk-unfinished",
+                                                          "k-disk-b", "k-disk-c"]
+
+
 def test_the_base_key_is_the_kernel_clients_rule_with_the_vms_inputs(monkeypatch):
     monkeypatch.setattr(image, "resolve_kernel", lambda: ("linux-image-6.1.0-56-amd64", "6.1.192-2"))
     p = vmimage.PythonPlan(("python3-yaml",), ("scipy==1.17.1",), ("scipy==1.17.1",))
