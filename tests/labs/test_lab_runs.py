@@ -124,3 +124,23 @@ def test_wrong_answers_fail_with_sentences_that_name_the_key_not_the_figures(han
     for name in ("five runs of none", "lockup count", "conclusion from your runs",
                  "writeback stopped", "storage frames dropped", "memory held at the lockup"):
         assert by_name[name].passed, by_name[name].sentence
+
+
+def test_lab_7s_restart_comes_in_every_run_and_the_2005_reinstatement_starves(handout):
+    """The lesson shows in the handout's own runs: the restart happened in every run of
+    both steps (free memory reached min under both policies of step 1: a pressure.yaml
+    without TCP's limit raised never brings gorman-3.6 there), and under phillips-2005
+    every session lost under pressure stayed lost with storage frames dropped on
+    transmit, not on receive."""
+    h = handout(7)
+    assert_followed(h)
+    for folder in ("runs/pressure", "runs/calm"):
+        for run in grading.BatchFolder.open(h.work / folder, h.work).runs:
+            faults = run.run.summary.get("faults") or []
+            assert faults and faults[0]["t"] is not None, f"{run.run.name}: {faults}"
+            assert run.run.summary.get("recoveries"), f"{run.run.name}: no recovery episode"
+    pressure = grading.BatchFolder.open(h.work / "runs/pressure", h.work)
+    for run in pressure.policy_runs("phillips-2005"):
+        if run.verdict == "lockup":
+            assert run.summary["recoveries"][0]["reinstated_t"] is None, run.name
+            assert run.outcome.tx_drops("memalloc") and not run.drops("memalloc"), run.name
