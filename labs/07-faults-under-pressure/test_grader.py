@@ -20,8 +20,9 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+from testbed import stats
 from testbed.grading import (Answers, BatchFolder, CheckFailed, Key, NotApplicable, RunFolder,
-                             Tally, agrees, evidence, expect, keyed_choice, predictions,
+                             Tally, agrees, evidence, expect, keyed_choice, predictions, same,
                              shortanswers)
 
 PRESSURE, CALM = "runs/pressure", "runs/calm"
@@ -115,11 +116,20 @@ def test_phillips_locks_up(pressure: dict[str, list[RunFolder]], answers: Answer
                                       "lockup", "phillips-2005")
 
 
+def reinstatement_test(runs: list[RunFolder]) -> stats.RateTest:
+    """Exact one-sided binomial test that the session is reinstated in more than half of
+    ``runs`` (those that reached a verdict, as for the verdict claims)."""
+    done = [r for r in runs if r.finished]
+    return stats.rate_test(sum(reinstate_s(r) is not None for r in done), len(done))
+
+
 @pytest.mark.points(2)
 def test_gorman_recovers(pressure: dict[str, list[RunFolder]], answers: Answers) -> None:
     """Your conclusion on gorman-3.6 is what your runs support at 95 % (binomial test)."""
-    evidence.check_verdict_conclusion(answers, "gorman_recovers", pressure["gorman-3.6"],
-                                      "completed", "gorman-3.6")
+    same(answers.conclusion("gorman_recovers"),
+         evidence.word(reinstatement_test(pressure["gorman-3.6"]).supported),
+         "gorman_recovers: not what the exact one-sided binomial test gives for your "
+         "gorman-3.6 counts of reinstated sessions at 95 % (supported when p < 0.05)")
 
 
 @pytest.mark.points(1)

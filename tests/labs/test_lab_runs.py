@@ -6,8 +6,8 @@ solution fills ``answers.yaml`` from those fresh runs, then ``testbed lab check 
 The tests then read that folder: every command worked, the reference solution passed
 every check of the grader, nothing of the runs was left behind, and wrong hand-ins
 (runs of the wrong policy, wrong answers) fail with sentences that say why, without the
-figures. The handouts ask for their repeats up front (labs 1, 3, 5: five runs per policy;
-lab 4: four per threshold), so this is the longest file of the project's tests.
+figures. The handouts ask for their repeats up front (labs 1, 3, 5, 7: five runs per
+policy; lab 4: four per threshold), so this is the longest file of the project's tests.
 """
 
 from __future__ import annotations

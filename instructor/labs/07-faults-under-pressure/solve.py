@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from testbed import stats
 from testbed.grading import BatchFolder, RunFolder, evidence, fill_answers
 
 POLICIES = ("phillips-2005", "gorman-3.6")
@@ -50,7 +51,9 @@ def solve(work: Path) -> dict[str, Any]:
         "completions": {p: sum(r.verdict == "completed" for r in rs) for p, rs in runs.items()},
         "phillips_locks_up": evidence.word(
             evidence.verdict_test(runs["phillips-2005"], "lockup").supported),
-        "gorman_recovers": evidence.word(evidence.verdict_test(gorman, "completed").supported),
+        "gorman_recovers": evidence.word(stats.rate_test(
+            sum(reinstate_s(r) is not None for r in gorman if r.finished),
+            sum(r.finished for r in gorman)).supported),
         "reinstated_runs": reinstated,
         "pressure_reinstate_s": round(median_p, 3) if median_p is not None else "none",
         "calm_reinstate_s": calm_s,
