@@ -72,6 +72,11 @@ class RunFolder:
         """Received frames dropped of class ``memalloc`` (storage) or ``other``."""
         return self.outcome.drops(cls, reason)
 
+    def tx_drops(self, cls: str, reason: Optional[str] = None) -> int:
+        """Transmitted frames dropped of class ``memalloc`` or ``other`` (0 for a run
+        summarised before they were split by class)."""
+        return self.outcome.tx_drops(cls, reason) or 0
+
     @property
     def time_s(self) -> float:
         """Seconds to the outcome: the lockup, or the completion of writeback (0 if the

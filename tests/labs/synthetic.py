@@ -140,16 +140,24 @@ def lab1(work: Path, scale: float = 1.0, verdicts: tuple[str, ...] = ("lockup",)
 LINK = {"topology": {"client_bw_mbit": 40, "delay_ms": 20}}
 
 
-def lab2(work: Path, scale: float = 1.0) -> None:
+def lab2(work: Path, scale: float = 1.0, unclean: tuple[tuple[int, int], ...] = ()) -> None:
+    """The sweep twice over (``--repeat 2``): the storage flow loses received frames and,
+    more, its ACKs on transmit below the clean reserve; ``unclean``: (reserve, hosts) grid
+    points whose second run drops one ACK all the same."""
     runs = []
     for reserve in (0, 100, 200, 400, 800):
         for hosts in (1, 3):
-            clean = reserve >= (200 if hosts == 1 else 400)
-            drops = 0 if clean else int((30 + hosts * 10) * scale) + reserve // 100
-            r = Run("phillips-2005", "completed", storage_drops=drops, scenario=LINK)
-            runs.append((f"client.reserve_pages={reserve} topology.bulk_hosts={hosts}",
-                         {"client.reserve_pages": str(reserve), "topology.bulk_hosts": str(hosts)},
-                         r))
+            for k in (1, 2):
+                clean = reserve >= (200 if hosts == 1 else 400)
+                drops = 0 if clean else int((30 + hosts * 10) * scale) + reserve // 100 + k
+                tx = 0 if clean else 3 * drops
+                if k == 2 and (reserve, hosts) in unclean:
+                    tx += 1
+                r = Run("phillips-2005", "completed", storage_drops=drops,
+                        tx_storage_drops=tx, scenario=LINK)
+                runs.append((f"client.reserve_pages={reserve} topology.bulk_hosts={hosts}#{k}",
+                             {"client.reserve_pages": str(reserve),
+                              "topology.bulk_hosts": str(hosts)}, r))
     write_batch(work / "runs/sweep", runs)
 
 
@@ -202,10 +210,11 @@ def lab5(work: Path, scale: float = 1.0,
 
 
 def policy_run(path: Path, policy: Path, storage_drops: int = 0, reserve: int = 0,
-               other: int = 0, verdict: str = "completed") -> Path:
+               other: int = 0, verdict: str = "completed", tx_storage_drops: int = 0) -> Path:
     """A run of a policy file (lab 6): the copy it kept in ``policy/``, whose SHA-256 its
     summary names, and ``reserve`` buffers out in one sample of its stream."""
     write_run(path, Run(policy=policy.name, verdict=verdict, storage_drops=storage_drops,
+                        tx_storage_drops=tx_storage_drops,
                         other={"NOT_MEMALLOC": other} if other else {}))
     (path / "policy").mkdir()
     (path / "policy" / policy.name).write_bytes(policy.read_bytes())
@@ -220,12 +229,14 @@ def policy_run(path: Path, policy: Path, storage_drops: int = 0, reserve: int = 
     return path
 
 
-def lab6(work: Path, scale: float = 1.0, storage_drops: int = 0, spoof_reserve: int = 0) -> None:
+def lab6(work: Path, scale: float = 1.0, storage_drops: int = 0, spoof_reserve: int = 0,
+         tx_storage_drops: int = 0) -> None:
     """The reference policy as the student's mypolicy.py, and its two runs."""
     lab = Path(__file__).resolve().parents[2] / "instructor/labs/06-your-own-policy"
     policy = work / "mypolicy.py"
     policy.write_bytes((lab / "reference_policy.py").read_bytes())
-    policy_run(work / "runs/flood", policy, storage_drops=storage_drops, other=int(7 * scale))
+    policy_run(work / "runs/flood", policy, storage_drops=storage_drops, other=int(7 * scale),
+               tx_storage_drops=tx_storage_drops)
     policy_run(work / "runs/spoof", policy, reserve=spoof_reserve)
 
 

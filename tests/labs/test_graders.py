@@ -279,3 +279,16 @@ def test_grading_needs_neither_root_nor_mininet(tmp_path):
     assert cli.returncode == 0, cli.stdout + cli.stderr       # the command, too
     src = Path(grading.__file__).parent.glob("*.py")
     assert not any("geteuid" in p.read_text() for p in src)
+
+
+def test_a_reserve_is_clean_only_when_every_repeat_lost_no_storage_frame(tmp_path):
+    # lab 2's sweep runs each grid point twice: one ACK lost on transmit in the second run
+    # at reserve 400 with 3 hosts leaves 800 the smallest clean reserve there
+    work = hand_in(tmp_path, 2, unclean=((400, 3),))
+    got = answers_of(work)
+    assert got["smallest_clean_reserve"] == {1: 200, 3: 800}
+    assert grading.check(grading.get_lab(2), work).passed
+    rewrite(work, smallest_clean_reserve={1: 200, 3: 400})
+    [failed] = grading.check(grading.get_lab(2), work).failed
+    assert failed.name == "smallest clean reserve" and failed.credit == 0.5
+    assert "in every run" in failed.sentence and "400" not in failed.sentence
