@@ -44,7 +44,6 @@ the newest :data:`KEEP_DISKS` disks are kept. Measured here (2 cores, shared): t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -284,7 +283,7 @@ def system_files() -> dict[str, str]:
         "usr/local/bin/testbed": ("#!/usr/bin/python3\n# the testbed command: the project "
                                   "in /opt/testbed (testbed.pth)\nimport sys\n"
                                   "from testbed.cli import main\nsys.exit(main())\n"),
-        f"usr/lib/python3/dist-packages/testbed.pth": "/opt/testbed\n",
+        "usr/lib/python3/dist-packages/testbed.pth": "/opt/testbed\n",
         "usr/local/lib/python3.11/dist-packages/.keep": "",
     }
 
