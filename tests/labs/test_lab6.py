@@ -1,7 +1,7 @@
 """Lab 6 (design your own policy): its files, its grader on synthetic hand-ins, and one real run.
 
-Without root: the lab's two scenarios are the testbed's ``udp-flood`` and ``spoof`` with
-the student's file as the policy; the student copy holds the starter ``mypolicy.py`` and
+Without root: the lab's flood is lab 2's machine with three bulk hosts, and its spoofed
+load the testbed's ``spoof``, each with the student's file as the policy; the student copy holds the starter ``mypolicy.py`` and
 nothing of the reference policy; the grader passes the reference hand-in and fails wrong
 ones (runs of another version of the file, the starter unchanged, a storage frame dropped,
 reserve given away) with sentences that name no figure. On the machine
@@ -29,7 +29,7 @@ from tests.labs import synthetic
 LAB = grading.get_lab(6)
 REFERENCE = LAB.instructor / "reference_policy.py"
 STARTER = LAB.path / "mypolicy.py"
-BUILT_IN = {"flood.yaml": "udp-flood", "spoof.yaml": "spoof"}
+LAB2 = grading.get_lab(2).path / "reserve.yaml"
 
 
 def load_solve():
@@ -39,16 +39,33 @@ def load_solve():
     return module
 
 
-@pytest.mark.parametrize("name", list(BUILT_IN))
-def test_the_lab_scenarios_are_the_testbeds_flood_and_spoof(name):
-    """The same load as the built-in scenario; only the name and the policy differ."""
-    mine = scenario.load(LAB.path / name).to_dict()
-    theirs = scenario.load(BUILT_IN[name]).to_dict()
-    assert mine["client"].pop("policy") == str(STARTER.resolve())
-    theirs["client"].pop("policy")
+def comparable(path, drop: tuple[str, ...]) -> dict:
+    """A scenario's settings without its name, description and the given client keys."""
+    got = scenario.load(path).to_dict()
     for key in ("name", "description"):
-        mine.pop(key), theirs.pop(key)
-    assert mine == theirs
+        got.pop(key)
+    for key in drop:
+        got["client"].pop(key)
+    return got
+
+
+def test_the_flood_is_lab_2s_machine_with_three_bulk_hosts():
+    """Lab 2's load (the long link, min_free_kbytes at its floor, the UDP flood) with three
+    bulk hosts; only the policy and its reserve are the student's."""
+    mine = scenario.load(LAB.path / "flood.yaml").to_dict()
+    assert mine["client"]["policy"] == str(STARTER.resolve())
+    assert mine["client"]["reserve_pages"] is None          # the policy sizes its reserve
+    assert mine["client"]["rx_reserve"] == 200 and mine["topology"]["bulk_hosts"] == 3
+    theirs = comparable(LAB2, ("policy", "reserve_pages"))
+    theirs["topology"]["bulk_hosts"] = 3
+    assert comparable(LAB.path / "flood.yaml", ("policy", "reserve_pages")) == theirs
+
+
+def test_the_spoofed_load_is_the_testbeds_spoof():
+    """The same load as the built-in scenario; only the name and the policy differ."""
+    mine = scenario.load(LAB.path / "spoof.yaml").to_dict()
+    assert mine["client"]["policy"] == str(STARTER.resolve())
+    assert comparable(LAB.path / "spoof.yaml", ("policy",)) == comparable("spoof", ("policy",))
 
 
 def test_the_starter_and_the_reference_load_and_differ():
@@ -97,10 +114,16 @@ def test_the_reference_hand_in_passes(tmp_path):
 
 @pytest.mark.cli
 def test_wrong_hand_ins_fail_with_sentences_that_name_no_figure(tmp_path):
+    # the starter's failure on the flood: ACKs lost on transmit, none of the received frames
+    work = hand_in(tmp_path / "tx", tx_storage_drops=12)
+    bad = failed(grading.check(LAB, work))
+    assert set(bad) == {"no storage frame dropped in the flood"}
+    assert "dropped storage frames" in bad["no storage frame dropped in the flood"]
+    assert not re.search(r"\b12\b", bad["no storage frame dropped in the flood"])
     work = hand_in(tmp_path / "a", storage_drops=12, spoof_reserve=9)
     bad = failed(grading.check(LAB, work))
     assert set(bad) == {"no storage frame dropped in the flood", "forged frames get no reserve"}
-    assert "dropped storage frames on receive" in bad["no storage frame dropped in the flood"]
+    assert "dropped storage frames" in bad["no storage frame dropped in the flood"]
     assert "from the reserve out" in bad["forged frames get no reserve"]
     for sentence in bad.values():
         assert not re.search(r"\b(12|9)\b", sentence), sentence

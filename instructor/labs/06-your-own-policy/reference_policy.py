@@ -1,9 +1,13 @@
 """Lab 6 reference policy: a reserve for the storage flow that no flood can keep.
 
-Phillips' 2005 reserve, with the filter moved from the device to the buffer:
+Phillips' 2005 reserve, sized for both directions of the link, with the filter moved
+from the device to the buffer:
 
-- ``netdev_reserve_pages``: the device's reserve, Phillips' size
-  (``estimate_skb_pages(rx_reserve, buffer)``), added to the min watermark;
+- ``netdev_reserve_pages``: twice Phillips' size (``estimate_skb_pages(rx_reserve,
+  buffer)``), added to the min watermark: a buffer for every frame in flight each way
+  (lab 2). 2.6.13 gives no socket's transmit the reserve, so the initiator's ACKs
+  (``GFP_ATOMIC``) live on the headroom between the min watermark and the ``GFP_ATOMIC``
+  floor, 5/8 of it; with Phillips' size alone the flood's runs lost up to 36 of them;
 - ``rx_alloc_failed``: when ``GFP_ATOMIC`` fails, at most ``rx_reserve`` buffers per
   device from the reserve, each marked (``skb.reserve``) and counted in
   ``rx_reserve_used`` until it is freed (the memory manager gives the count back);
@@ -32,7 +36,7 @@ class ReserveForStorage(Policy):
     era = LINUX_2_6_13
 
     def netdev_reserve_pages(self, dev):
-        return self.reserve_estimate(dev)
+        return 2 * self.reserve_estimate(dev)       # a buffer per frame in flight, each way
 
     def rx_alloc_failed(self, dev, length, pages):
         mm = self.mm

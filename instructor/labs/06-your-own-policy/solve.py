@@ -30,7 +30,7 @@ def solve(work: Path) -> dict:
     spoof = RunFolder.open(work / "runs/spoof", work)
     return {
         "policy_era": policy.era.kernel,
-        "flood_storage_drops": flood.drops("memalloc"),
+        "flood_storage_drops": flood.drops("memalloc") + flood.tx_drops("memalloc"),
         "flood_other_drops": flood.drops("other"),
         "spoof_reserve_peak": reserve_peak(spoof),
         "first_hook_with_the_socket": "c",
