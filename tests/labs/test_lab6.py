@@ -178,3 +178,24 @@ def load_solve_cli(work: Path, env: dict[str, str]) -> None:
     """Fill answers.yaml with the reference solution, as tests/labs/conftest.py does."""
     from tests.labs.conftest import answer
     answer(LAB, work, env)
+
+
+@pytest.mark.mininet
+@pytest.mark.root
+@pytest.mark.tgtd
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_vanilla_kernel_fails_the_flood(tmp_path):
+    """The flood's check can fail: the starter's hooks (the 2005 vanilla kernel), in a file
+    of its own, lose the initiator's ACKs on transmit at the GFP_ATOMIC floor (610 to 1,068
+    a run in the calibration, docs/measurements.md), and the grader says so."""
+    env = student_env()
+    work = grading.start(LAB, tmp_path / "lab6")
+    (work / "mypolicy.py").write_text(STARTER.read_text() + "# my policy: the vanilla kernel\n")
+    cmd, _ = run_command("testbed run flood.yaml --out runs/flood", work, env)
+    assert succeeded(cmd), cmd.output[-3000:]
+    grade = grading.check(LAB, work)
+    by_name = {c.name: c for c in grade.checks}
+    assert by_name["the flood completes"].passed
+    check = by_name["no storage frame dropped in the flood"]
+    assert not check.passed and "dropped storage frames" in check.sentence
