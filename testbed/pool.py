@@ -218,6 +218,7 @@ class RunPool:
                 yield from self._run_children(specs)
 
     def _run_children(self, specs: Sequence[RunSpec]) -> Iterator[Done]:
+        """At most ``workers`` children at once, started in order, yielded in order."""
         done: dict[int, Done] = {}
         following, nxt = 0, 0
         try:

@@ -3,7 +3,8 @@
 Both runs must be up at the same moment (their namespaces are seen side by side), reach
 their verdicts, carry different run ids (so different namespace names, tags and scratch
 folders), and leave nothing behind; Ctrl-C of the batch must end both and leave nothing
-either. A small load keeps each run to seconds (the shape of tests/e2e/test_stress.py's).
+either. ``testbed claims --workers 2`` runs its batch (every policy and the baseline) the
+same way. A small load keeps each run to seconds (the shape of tests/e2e/test_stress.py's).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed import claims
 from tests.e2e.machine import snapshot
 from tests.platform.conftest import assert_nothing_left, assert_untouched
 from tests.support.small import small_scenario
@@ -114,6 +116,41 @@ def test_ctrl_c_ends_both_runs_in_flight_and_leaves_nothing(tmp_path):
     for f in logs:
         assert json.loads((f.parent / "summary.json").read_text())["status"] == "interrupted"
     assert not (out / "gorman-3.6_3").exists()             # the third never started
+    for i in ids:
+        assert_nothing_left(i)
+    assert_untouched(before, snapshot())
+
+
+def test_a_claims_batch_runs_two_at_once_and_states_the_claims(tmp_path):
+    """``testbed claims --repeat 2 --workers 2``: the five policies and the baseline, two
+    runs at once through the pool, indexed in the claims' order, then the claims."""
+    (tmp_path / "small.yaml").write_text(small_scenario("claims-small", 4, 64))
+    out = tmp_path / "claims"
+    before = snapshot()
+    with NamespaceWatch() as watch:
+        r = subprocess.run(TESTBED + ["claims", "small.yaml", "--repeat", "2", "--workers", "2",
+                                      "--out", str(out)],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=400)
+    # with 2 runs a group no rate claim can be supported (p = 0.25): exit status 1
+    assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stdout + r.stderr
+    variants = [*claims.POLICIES, claims.BASELINE]
+    index = json.loads((out / "runs.json").read_text())["runs"]
+    assert [x["label"] for x in index] == [f"{v}#{k}" for k in (1, 2) for v in variants]
+    dirs = [out / x["dir"] for x in index]
+    summaries = [json.loads((d / "summary.json").read_text()) for d in dirs]
+    assert all(s["verdict"] in ("completed", "lockup") for s in summaries), summaries
+    assert [s["scenario"] for s in summaries] == \
+        [claims.BASELINE if v == claims.BASELINE else "claims-small" for _ in (1, 2)
+         for v in variants]
+    ids = [run_id(d) for d in dirs]
+    assert len(set(ids)) == len(ids)
+    assert any(len(set(ids) & seen) > 1 for seen in watch.together)   # two at once
+    for d in dirs:
+        assert (d / "progress.log").read_text().startswith(f"run {run_id(d)}:")
+    stated = json.loads((out / "claims.json").read_text())
+    assert stated["scenario"] == "claims-small" and stated["claims"]
+    assert stated["runs"] == {v: 2 for v in variants}
+    assert "The article's claims on claims-small" in r.stdout
     for i in ids:
         assert_nothing_left(i)
     assert_untouched(before, snapshot())
