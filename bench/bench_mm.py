@@ -19,7 +19,7 @@ machine (issue 17: the memory manager counts pages, so it should not):
    limits, the flusher, reclaim): us per page written back and MiB/s.
 
 Each figure is the best of several repeats. ``--quick`` (for a smoke test) takes fewer
-frames and repeats. With the defaults it takes about a minute and a half here.
+frames and repeats. With the defaults it took 32 s on the project's 2-core machine.
 
     .venv/bin/python bench/bench_mm.py [--pages 8192,65536,131072] [--quick]
 """

@@ -10,9 +10,9 @@ client link's achieved rate over its configured one, the client's wake-up lag, t
 host's CPU pressure). The last column is the wall time over the smallest size's, for
 the same policy: how the cost grows as memory, link and loads grow together.
 
-The defaults (the two smallest sizes, gorman-3.6) take about two minutes; the whole
-series under the five policies takes an hour on the project's 2-core machine. Needs
-root (a real sweep) unless ``--from``.
+The defaults (the two smallest sizes, gorman-3.6) took 73 s on the project's 2-core
+machine; the whole series under ``none`` and ``gorman-3.6`` 8 min 19 s (docs/measurements.md,
+"Gigabit and the scaling series"). Needs root (a real sweep) unless ``--from``.
 
     .venv/bin/python bench/bench_scale.py [--sizes 32,64] [--policies gorman-3.6]
                                           [--series scenarios/series/scale.yaml]
