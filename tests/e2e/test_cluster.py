@@ -12,7 +12,9 @@ each cluster run must have run in a worker (its ``cluster.json`` names the worke
 address and network namespace), and the batch folder, its index and the results store
 must hold the runs; then the scheduler and workers are ended by pid, the namespaces,
 veths and bridge removed, and nothing of the runs or the cluster may be left. A worker
-killed mid-run loses its run, which the scheduler re-queues on the other worker.
+killed mid-run loses its run, which the scheduler re-queues on the other worker. A
+batch on the cluster started with SIGINT ignored (as under nohup or CI) still stops on
+SIGINT, and its runs on the workers end and leave nothing, as with ``--workers``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -275,4 +278,45 @@ def test_a_worker_killed_mid_run_loses_that_run_which_is_requeued(tmp_path, befo
         if any(str(o) in f.read_text(errors="replace") for f in d.glob("*.json")
                for o in orphans):
             shutil.rmtree(d)
+    assert_untouched(before, snapshot())
+
+
+def test_sigint_stops_a_cluster_batch_started_with_it_ignored_and_leaves_nothing(
+        tmp_path, before, cluster):
+    """As tests/e2e/test_workers.py's Ctrl-C for the pool, on the cluster: the sweep was
+    started with SIGINT ignored (inherited, as a background job of a script); SIGINT
+    still ends it (status 130, no traceback), both runs on the workers are interrupted
+    by their tasks and tear themselves down, and nothing is left on the machine."""
+    net, address = cluster
+    (tmp_path / "long.yaml").write_text(small_scenario("cluster-long", 40, 64))  # past it
+    scratch = Path(tempfile_dir())
+    old = set(scratch.glob("testbed-cluster-*")) | set(scratch.glob("testbed-pool-*"))
+    p = subprocess.Popen(TESTBED + ["sweep", "long.yaml", "--param",
+                                    "client.policy=none,gorman-3.6", "--out", "cl",
+                                    "--cluster", address],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         cwd=tmp_path,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        runs = lambda: [c for d in set(scratch.glob("testbed-cluster-*")) - old  # noqa: E731
+                        for c in d.glob("*/client.ndjson") if c.stat().st_size > 0]
+        wait_for("both runs started on the workers", lambda: len(runs()) == 2)
+        ids = [json.loads((c.parent / "client-config.json").read_text())["run_id"]
+               for c in runs()]
+        p.send_signal(signal.SIGINT)
+        output, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130 and "Traceback" not in output, output
+    # each task sees its future cancelled and interrupts its run: the run tears itself
+    # down and the task removes its scratch and job folders
+    wait_for("the runs on the workers to end", lambda: not any(
+        Path("/run/testbed", f"{i}.json").exists() for i in ids), timeout=90)
+    wait_for("the tasks' folders to go", lambda: not (
+        (set(scratch.glob("testbed-cluster-*")) | set(scratch.glob("testbed-pool-*"))) - old))
+    assert not any((tmp_path / "cl").iterdir())         # no run came back
+    net.close()
+    for i in ids:
+        assert_nothing_left(i)
     assert_untouched(before, snapshot())
