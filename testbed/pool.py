@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -410,6 +411,12 @@ def child_main(job: Path) -> int:
     except TestbedError as exc:
         report["error"] = error_report(exc)
         print(f"testbed: {exc}", file=sys.stderr)
+        status = 1
+    except Exception as exc:    # a bug of the testbed's: named in the batch, not lost
+        traceback.print_exc()   # into the run's log
+        report["error"] = error_report(TestbedError(
+            f"internal error in the run: {type(exc).__name__}: {exc} (the traceback is in "
+            f"its log)"))
         status = 1
     finally:
         Path(result).write_text(json.dumps(report))

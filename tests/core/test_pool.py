@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -358,3 +359,25 @@ def test_a_state_file_being_written_is_not_taken_for_a_dead_run(tmp_path):
     assert cleanup._being_written(fresh) and not cleanup._being_written(old)
     assert not cleanup._being_written(tmp_path / "0123abcd")          # a scratch folder
     assert cleanup._being_written(tmp_path / "gone.tmp")               # replaced meanwhile
+
+
+def test_a_bug_in_a_run_comes_back_as_an_error_that_names_it(tmp_path, monkeypatch, capsys,
+                                                              scenario):
+    """A run that raises what no testbed error is (the summary's TypeError of a stress
+    campaign, 2026-11-30) is a failed run with its exception named, its traceback in the
+    log; before, the batch saw a run with no result and no reason."""
+    result = tmp_path / "0.result"
+    job = tmp_path / "0.job"
+    job.write_bytes(pickle.dumps((RunSpec(scenario, tmp_path / "run"), str(result))))
+
+    def bug(spec):
+        raise TypeError("unsupported format string passed to NoneType.__format__")
+
+    monkeypatch.setattr(pool_mod, "run_here", bug)
+    monkeypatch.setattr(pool_mod.signal, "signal", lambda *a: None)   # pytest keeps its own
+    assert pool_mod.child_main(job) == 1
+    error = pool_mod.error_from(json.loads(result.read_text())["error"])
+    assert type(error) is TestbedError
+    assert str(error) == ("internal error in the run: TypeError: unsupported format string "
+                          "passed to NoneType.__format__ (the traceback is in its log)")
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
