@@ -38,7 +38,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from ..errors import EnvironmentProblem, TestbedError
 
@@ -246,11 +246,29 @@ def _stderr(text: str) -> None:
 # -- the build ----------------------------------------------------------------------------
 
 
+@contextmanager
+def building(folder: Path, info_name: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """A build in a temporary folder beside ``folder``: the block fills it and the
+    ``info`` dict; at its end ``info`` is written as ``info_name`` and the folder renamed
+    into place (an old one replaced), so a killed or failed build leaves nothing that
+    looks usable; on an error the temporary folder is removed."""
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
+    info: dict[str, Any] = {}
+    try:
+        yield work, info
+        (work / info_name).write_text(json.dumps(info, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        work.rename(folder)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
 def build(inputs: BuildInputs, folder: Path, say: Say) -> GuestImage:
     """Build the image for ``inputs`` into ``folder`` (see the module docstring)."""
     t0 = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
-    try:
+    with building(folder, "image.json") as (work, info):
         steps = 6
         say(f"guest image: building {folder.name} (about 2 minutes, once)")
         say(f"guest image: [1/{steps}] apt-get download {inputs.kernel_package}")
@@ -269,15 +287,8 @@ def build(inputs: BuildInputs, folder: Path, say: Say) -> GuestImage:
         shutil.copy2(work / "kernel" / "boot" / f"vmlinuz-{release}", work / "vmlinuz")
         shutil.rmtree(root)
         shutil.rmtree(work / "kernel")
-        info = {"inputs": asdict(inputs), "kernel_release": release,
-                "built_s": round(time.monotonic() - t0, 1), "built_at": time.time()}
-        (work / "image.json").write_text(json.dumps(info, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        work.rename(folder)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        info.update(inputs=asdict(inputs), kernel_release=release,
+                    built_s=round(time.monotonic() - t0, 1), built_at=time.time())
     say(f"guest image: built in {time.monotonic() - t0:.0f}s: {folder}")
     return GuestImage(folder, release)
 

@@ -327,8 +327,7 @@ class Base:
 def build_base(inputs: image.BuildInputs, plan: PythonPlan, folder: Path, say: Say) -> Base:
     """Kernel, initramfs and the installed root tree (no project) into ``folder``."""
     t0 = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
-    try:
+    with image.building(folder, "base.json") as (work, info):
         say(f"vm image: [base 1/5] apt-get download {inputs.kernel_package}")
         release = image.unpack_kernel(inputs, work)
         root = work / "root"
@@ -346,15 +345,8 @@ def build_base(inputs: image.BuildInputs, plan: PythonPlan, folder: Path, say: S
         image.make_initramfs(root, release, inputs.initramfs_modules, work)
         shutil.copy2(work / "kernel" / "boot" / f"vmlinuz-{release}", work / "vmlinuz")
         shutil.rmtree(work / "kernel")
-        info = {"inputs": asdict(inputs), "python": asdict(plan), "kernel_release": release,
-                "built_s": round(time.monotonic() - t0, 1), "built_at": time.time()}
-        (work / "base.json").write_text(json.dumps(info, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        work.rename(folder)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        info.update(inputs=asdict(inputs), python=asdict(plan), kernel_release=release,
+                    built_s=round(time.monotonic() - t0, 1), built_at=time.time())
     say(f"vm image: base built in {time.monotonic() - t0:.0f}s: {folder}")
     return Base(folder, release)
 
@@ -444,8 +436,7 @@ def build_disk(base: Base, project: dict[str, bytes], labs: Path, folder: Path,
     """The base's root tree, the system files, the project and the student copy's labs,
     packed into a bootable qcow2 in ``folder``."""
     t0 = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
-    try:
+    with image.building(folder, "vm.json") as (work, info):
         say("vm image: [disk 1/4] the root tree, the project, the student copy's labs")
         root = work / "root"
         image.run_step(["cp", "-a", str(base.root), str(root)], "cp -a (the base's tree)")
@@ -463,16 +454,9 @@ def build_disk(base: Base, project: dict[str, bytes], labs: Path, folder: Path,
         raw.unlink()
         for name in ("syslinux.cfg",):
             (work / name).unlink(missing_ok=True)
-        info = {"base": base.dir.name, "kernel_release": base.kernel_release,
-                "kernel_args": KERNEL_ARGS, "files": len(project),
-                "built_s": round(time.monotonic() - t0, 1), "built_at": time.time()}
-        (work / "vm.json").write_text(json.dumps(info, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        work.rename(folder)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        info.update(base=base.dir.name, kernel_release=base.kernel_release,
+                    kernel_args=KERNEL_ARGS, files=len(project),
+                    built_s=round(time.monotonic() - t0, 1), built_at=time.time())
     size = (folder / DISK_NAME).stat().st_size / 2**20
     say(f"vm image: disk built in {time.monotonic() - t0:.0f}s ({size:.0f} MiB): {folder / DISK_NAME}")
     return VmImage(folder)
