@@ -37,7 +37,7 @@ from .guest.qemu import scenario_rules as kernel_client_rules
 from .iscsi.session import SessionConfig
 from .mm.config import MachineConfig
 from .mm.policy import POLICIES
-from .schema import (Problem, SchemaError, bounded, build, check_mirrors, compose_file, mirror,
+from .schema import (Problem, SchemaError, bounded, build, check_mirrors, compose_mapping, mirror,
                      mirrored, scalar_value, unreadable)
 
 POLICY_NAMES = tuple(POLICIES)
@@ -248,14 +248,8 @@ def load(name: str | Path, overrides: Optional[list[str]] = None) -> Scenario:
 
 
 def _compose(path: Path) -> yaml.Node:
-    node = compose_file(path)
-    if node is None or (isinstance(node, yaml.ScalarNode) and node.value == ""):  # "" or "---"
-        raise SchemaError([Problem(str(path), 0, "", "the file is empty: a scenario needs at "
-                                   "least name: and client: workloads:")])
-    if not isinstance(node, yaml.MappingNode):
-        raise SchemaError([Problem(str(path), node.start_mark.line + 1, "",
-                                   "a scenario is a mapping of keys (name:, client:, ...)")])
-    return node
+    return compose_mapping(path, "a scenario is a mapping of keys (name:, client:, ...)",
+                           empty="a scenario needs at least name: and client: workloads:")
 
 
 def _compose_with_extends(path: Path, chain: tuple[Path, ...]) -> yaml.Node:

@@ -260,6 +260,20 @@ def compose_file(path: Union[str, "os.PathLike[str]"]) -> Optional[yaml.Node]:
     return node
 
 
+def compose_mapping(path: Union[str, "os.PathLike[str]"], shape: str,
+                    empty: Optional[str] = None) -> yaml.MappingNode:
+    """:func:`compose_file` of a file that must hold a mapping (a scenario, a ranges or a
+    series file); an empty file or anything else is a SchemaError naming the file and
+    the line, with ``shape``, what such a file is, as the message (``empty``, if given,
+    for an empty file)."""
+    node = compose_file(path)
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.value == ""):  # "" or "---"
+        raise SchemaError([Problem(str(path), 0, "", f"the file is empty: {empty or shape}")])
+    if not isinstance(node, yaml.MappingNode):
+        raise SchemaError([Problem(str(path), node.start_mark.line + 1, "", shape)])
+    return node
+
+
 _READER_DEPTH = 64      # far deeper than any section of a configuration
 
 

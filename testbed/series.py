@@ -97,11 +97,8 @@ class Series:
 def read(path: Path) -> Series:
     """Read and check a series file's own shape (SchemaError names file, line, key)."""
     path = Path(path)
-    node = schema.compose_file(path)
-    if not isinstance(node, yaml.MappingNode):
-        line = node.start_mark.line + 1 if node is not None else 0
-        raise SchemaError([Problem(str(path), line, "", "a series file is a mapping with "
-                                   "keys: [KEY, ...] and points: [[V, ...], ...]")])
+    node = schema.compose_mapping(path, "a series file is a mapping with keys: [KEY, ...] "
+                                        "and points: [[V, ...], ...]")
     spec: SeriesFile = schema.build(SeriesFile, node)
     points = []
     for i, row in enumerate(spec.points):

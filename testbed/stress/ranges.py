@@ -215,11 +215,8 @@ def load(path: Path, base: Scenario) -> Ranges:
     """Read and check a ranges file against the scenario ``base``; SchemaError names the
     file, line and key of every problem."""
     path = Path(path)
-    node = schema.compose_file(path)
-    if not isinstance(node, yaml.MappingNode):
-        line = node.start_mark.line + 1 if node is not None else 0
-        raise SchemaError([Problem(str(path), line, "", "a ranges file is a mapping with "
-                                   "ranges: {KEY: {min: .., max: ..} or {choices: [..]}}")])
+    node = schema.compose_mapping(path, "a ranges file is a mapping with ranges: "
+                                        "{KEY: {min: .., max: ..} or {choices: [..]}}")
     checker = schema.Builder(schema.Nodes())
     spec: Optional[RangesFile] = checker.build(RangesFile, node)
     problems = list(checker.problems)
