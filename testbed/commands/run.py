@@ -303,15 +303,15 @@ def _run_batch(base: Path, jobs: list[Job], title: str,
 
 
 def batch_options(p: argparse.ArgumentParser) -> None:
-    """Where a batch's runs go (compare, sweep, claims): ``--workers N`` here, or
+    """Where a batch's runs go (compare, sweep, claims, stress): ``--workers N`` here, or
     ``--cluster tcp://HOST:PORT``."""
     workers_option(p)
     cluster_mod.cluster_option(p)
 
 
 def check_batch_options(args: argparse.Namespace) -> None:
-    """``--workers`` and ``--cluster`` checked with the other options, before anything
-    starts."""
+    """``--workers`` and ``--cluster`` (every batch command) checked with the other
+    options, before anything starts."""
     check_workers(args.workers)
     cluster_mod.check_options(args.cluster, args.workers)
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from .. import claims, cluster as cluster_mod
 from .. import scenario as scenario_mod
 from ..errors import ConfigError
-from ..pool import check_workers
 from ..stress import ranges as ranges_mod
 from ..stress.campaign import Campaign, confirm_runs
 from . import run as run_cmd
@@ -51,8 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confirm", type=int, metavar="N",
                    help="fresh runs that confirm each counterexample by a rate test (default:"
                         " the fewest that can, 5 at the claims' H0 rate 1/2)")
-    run_cmd.workers_option(p)
-    cluster_mod.cluster_option(p)
+    run_cmd.batch_options(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key before the search (repeatable)")
     run_cmd.out_option(p, "folder for the runs, the report and the counterexamples "
@@ -77,8 +75,7 @@ def parse_duration(text: str) -> float:
 
 
 def cmd_stress(args: argparse.Namespace) -> int:
-    check_workers(args.workers)
-    cluster_mod.check_options(args.cluster, args.workers)
+    run_cmd.check_batch_options(args)
     if args.tries_per_key < 1:
         raise ConfigError(f"--tries-per-key: must be at least 1, got {args.tries_per_key}")
     confirm = confirm_runs(args.confirm)
