@@ -51,6 +51,8 @@ class Run:
     started: Optional[float] = None      # seconds since the epoch; None: when written
     recoveries: list[dict[str, Any]] = field(default_factory=list)   # the initiator's episodes
     pages_checked: Optional[int] = None  # the read-back's (None: no integrity recorded)
+    policy_file: Optional[Path] = None   # a policy file the run ran (lab 6): kept in policy/
+    reserve: int = 0                     # receive buffers from the reserve out in one sample
 
 
 SETUP_S = 15.0       # a run's wall-clock time beyond the client's own (bring-up, read-back)
@@ -67,6 +69,7 @@ def samples(r: Run) -> list[dict[str, Any]]:
         out.append({"t": t, "free": free, "skb": r.skb, "dirty": r.dirty,
                     "writeback_bytes": 65536 * min(i, stop), "wmark_min": r.wmark_min,
                     "reserve_pages": {"client-eth0": r.reserve_pages},
+                    "reserve": {"client-eth0": r.reserve if i == n // 2 else 0},
                     "pgscan_direct_throttle": throttled, "nr_throttled_reclaim": 0})
     return out
 
@@ -91,6 +94,8 @@ def write_run(path: Path, r: Run) -> Path:
     if r.pages_checked is not None:
         summary["integrity"] = {"checked": True, "pages_checked": r.pages_checked,
                                 "bytes_checked": 4096 * r.pages_checked, "mismatches": 0}
+    if r.policy_file is not None:
+        summary["policy_file"] = keep_policy(path, r.policy_file)
     if r.verdict == "lockup":
         summary["lockup"] = {"t": r.t_end, "free": r.free_floor, "wmark_min": r.wmark_min,
                              "dirty": r.dirty, "reserve": {"client-eth0": r.lockup_reserve},
@@ -104,6 +109,14 @@ def write_run(path: Path, r: Run) -> Path:
     if r.outcome is not None:
         (path / "client-outcome.json").write_text(json.dumps(r.outcome))
     return path
+
+
+def keep_policy(path: Path, policy: Path) -> dict[str, str]:
+    """The copy of a policy file a run keeps in ``policy/``, and its summary's entry."""
+    (path / "policy").mkdir()
+    (path / "policy" / policy.name).write_bytes(policy.read_bytes())
+    return {"name": policy.name, "path": f"policy/{policy.name}",
+            "sha256": hashlib.sha256(policy.read_bytes()).hexdigest()}
 
 
 def write_batch(path: Path, runs: list[tuple[str, dict[str, str], Run]]) -> Path:
@@ -209,35 +222,28 @@ def lab5(work: Path, scale: float = 1.0,
     compare(work / "runs/compare", {"phillips-2005": ph, "gorman-3.6": go})
 
 
-def policy_run(path: Path, policy: Path, storage_drops: int = 0, reserve: int = 0,
-               other: int = 0, verdict: str = "completed", tx_storage_drops: int = 0) -> Path:
-    """A run of a policy file (lab 6): the copy it kept in ``policy/``, whose SHA-256 its
-    summary names, and ``reserve`` buffers out in one sample of its stream."""
-    write_run(path, Run(policy=policy.name, verdict=verdict, storage_drops=storage_drops,
-                        tx_storage_drops=tx_storage_drops,
-                        other={"NOT_MEMALLOC": other} if other else {}))
-    (path / "policy").mkdir()
-    (path / "policy" / policy.name).write_bytes(policy.read_bytes())
-    summary = json.loads((path / "summary.json").read_text())
-    summary["policy_file"] = {"name": policy.name, "path": f"policy/{policy.name}",
-                              "sha256": hashlib.sha256(policy.read_bytes()).hexdigest()}
-    (path / "summary.json").write_text(json.dumps(summary))
-    stream = [json.loads(line) for line in (path / "client.ndjson").read_text().splitlines()]
-    for i, sample in enumerate(stream):
-        sample["reserve"] = {"client-eth0": reserve if i == len(stream) // 2 else 0}
-    (path / "client.ndjson").write_text("".join(json.dumps(x) + "\n" for x in stream))
-    return path
+FIVE_CLEAN = (0,) * 5
 
 
-def lab6(work: Path, scale: float = 1.0, storage_drops: int = 0, spoof_reserve: int = 0,
-         tx_storage_drops: int = 0) -> None:
-    """The reference policy as the student's mypolicy.py, and its two runs."""
+def lab6(work: Path, scale: float = 1.0, storage_drops: tuple[int, ...] = FIVE_CLEAN,
+         tx_storage_drops: tuple[int, ...] = FIVE_CLEAN,
+         spoof_reserve: tuple[int, ...] = FIVE_CLEAN,
+         flood_verdicts: tuple[str, ...] = ("completed",) * 5) -> None:
+    """The reference policy as the student's mypolicy.py, and its two batches of
+    ``compare --policies ./mypolicy.py --repeat N`` (N: the tuples' length): per flood
+    run the storage frames dropped on receive and on transmit and its verdict, per
+    spoofed run the reserve buffers out at its peak."""
     lab = Path(__file__).resolve().parents[2] / "instructor/labs/06-your-own-policy"
     policy = work / "mypolicy.py"
     policy.write_bytes((lab / "reference_policy.py").read_bytes())
-    policy_run(work / "runs/flood", policy, storage_drops=storage_drops, other=int(7 * scale),
-               tx_storage_drops=tx_storage_drops)
-    policy_run(work / "runs/spoof", policy, reserve=spoof_reserve)
+    flood = [Run(policy.name, v, t_end=round(20 * scale + k / 10, 1), storage_drops=rx,
+                 tx_storage_drops=tx, other={"NOT_MEMALLOC": int(7 * scale) + k},
+                 policy_file=policy)
+             for k, (v, rx, tx) in enumerate(zip(flood_verdicts, storage_drops, tx_storage_drops))]
+    spoof = [Run(policy.name, t_end=round(40 * scale + k / 10, 1), reserve=n, policy_file=policy)
+             for k, n in enumerate(spoof_reserve)]
+    compare(work / "runs/flood", {policy.name: flood})
+    compare(work / "runs/spoof", {policy.name: spoof})
 
 
 def episode(lost_t: float, after_s: Optional[float], reissued: int = 8) -> dict[str, Any]:

@@ -151,9 +151,23 @@ def test_no_handout_or_grader_asks_to_run_again(lab: grading.Lab):
             assert phrase not in text, f"{path}: says {phrase!r}"
     h = lab.handout
     batch = [c for c in h.commands() if re.match(r"testbed (compare|sweep) ", c)]
-    if lab.number in (1, 3, 4, 5, 7):      # the labs whose conclusions are about verdicts/trends
+    if lab.number in (1, 3, 4, 5, 6, 7):   # the labs whose conclusions are about verdicts/trends
         assert batch and all("--repeat" in c for c in batch[:1]), batch
         assert "95 %" in h.sections["What a correct result looks like"]
+
+
+def test_lab_6s_batches_run_the_students_file_five_times():
+    """Lab 6 judges its claims on five runs of each load, made up front with the
+    student's file as the only policy (issue 18); no single run is handed in."""
+    lab = grading.get_lab(6)
+    cmds = lab.handout.commands()
+    for load in ("flood", "spoof"):
+        [cmd] = [c for c in cmds if f"--out runs/{load}" in c]
+        assert cmd == (f"testbed compare {load}.yaml --policies ./mypolicy.py --repeat 5 "
+                       f"--workers 2 --out runs/{load}"), cmd
+    assert not [c for c in cmds if c.startswith("testbed run ")]
+    grader = lab.grader.read_text()
+    assert "RUNS = 5" in grader and "batch_folder" in grader
 
 
 def handout_testbed_argv(lab: grading.Lab) -> list[list[str]]:
@@ -161,8 +175,11 @@ def handout_testbed_argv(lab: grading.Lab) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
-def test_handout_commands_parse_and_their_scenarios_load(lab: grading.Lab):
-    """Each ``testbed`` command parses; run/compare/sweep load every variant they would run."""
+def test_handout_commands_parse_and_their_scenarios_load(lab: grading.Lab, monkeypatch):
+    """Each ``testbed`` command parses; run/compare/sweep load every variant they would run,
+    from the lab's folder, as the student does (lab 6's ``--policies ./mypolicy.py`` is a
+    file there)."""
+    monkeypatch.chdir(lab.path)
     parser = build_parser()
     for argv in handout_testbed_argv(lab):
         args = parser.parse_args(argv)
