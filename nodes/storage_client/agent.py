@@ -7,8 +7,9 @@ One process, in the client host, composes the parts of ``testbed``:
 - the packet handler (``testbed.netdev``): the client's NIC driver. It takes the
   client's address onto a TAP device, so every frame in or out needs an skb first;
 - the iSCSI initiator (``testbed.iscsi``): the block device the page cache writes back
-  to. Its connections are registered with the handler and marked ``SOCK_MEMALLOC``,
-  its receive queue is uncharged as it reads, and its PDU buffers are charged to mm;
+  to. Its connections are registered with the handler and marked ``SOCK_MEMALLOC``
+  (when, the era says), its receive queue is uncharged as it reads, and its PDU buffers
+  are charged to mm;
 - the :class:`~testbed.mm.machine.Machine`: page cache, flusher, kswapd, workloads
   (writers, mmap writers, downloaders whose sockets are registered with the handler
   too), the lockup detector and the metrics stream, into which the handler's counters
@@ -144,16 +145,20 @@ def flow_key(sock: socket.socket, local_ip: str, remote: tuple[str, int]) -> Flo
 class KernelSocketHooks(SessionHooks):
     """Ties the initiator's connections to the emulated kernel.
 
-    Every connection (reconnects included) becomes an emulated socket of the block
-    driver: ``sk_allocation = GFP_NOIO`` (as ``nbd``'s ``sock_xmit`` sets it) and marked
-    ``SOCK_MEMALLOC`` (``sk_set_memalloc()``, as ``iscsi_sw_tcp_conn_bind`` does). What the
-    mark gives depends on the era: Phillips' 2005 drop rule reads it; only from 3.6 does
-    it open the reserves to the socket's own allocations. In every era it names the
-    storage flow (the handler's counters; the transmit credit of ``PF_MEMALLOC``
-    senders, ``MemoryManager.memalloc_tx_credit``). The socket
-    is registered with the packet handler by flow; bytes the initiator reads uncharge
-    its receive queue; its PDU buffers are charged to mm with its ``sk_allocation``,
-    in the context of the task that builds them.
+    Every connection (reconnects included) becomes an emulated socket, registered with
+    the packet handler by flow when it is bound (before its SYN). The block driver then
+    takes it: ``sk_allocation = GFP_NOIO`` (as ``nbd``'s ``sock_xmit`` sets it) and
+    ``SOCK_MEMALLOC`` (``sk_set_memalloc()``), at the moment the era's driver does
+    (``mm.era.sk_memalloc_mark``): in 2005 as the I/O task creates the socket (Phillips),
+    from 3.6 once user space has connected it (``nbd_do_it``; ``iscsi_sw_tcp_conn_bind``
+    in the kernels whose iscsi_tcp marks), so the new connection's handshake runs on a
+    plain socket. A closed socket keeps its count in ``sk_memalloc_socks()`` (no era's
+    release clears it; ``Sock.close``). What the mark gives depends on the era: Phillips'
+    2005 drop rule reads it; only from 3.6 does it open the reserves to the socket's own
+    allocations. In every era it names the storage flow (the handler's counters; the
+    transmit credit of ``PF_MEMALLOC`` senders, ``MemoryManager.memalloc_tx_credit``).
+    Bytes the initiator reads uncharge its receive queue; its PDU buffers are charged to
+    mm with its ``sk_allocation``, in the context of the task that builds them.
     """
 
     def __init__(self, mm: MemoryManager, handler: Optional[PacketHandler], local_ip: str):
@@ -166,14 +171,28 @@ class KernelSocketHooks(SessionHooks):
 
     def socket_bound(self, sock: socket.socket, target: tuple[str, int]) -> None:
         sk = self.mm.sock_create("iscsi")
-        sk.sk_allocation = GFP_NOIO
-        sk.set_memalloc()
+        if self.mm.era.sk_memalloc_mark == "created":
+            self._take(sk)
         key = None
         if self.handler is not None:
             key = flow_key(sock, self.local_ip, target)
             self.handler.flows.register(key, sk)
         with self._lock:
             self._socks[id(sock)] = (key, sk)
+
+    def socket_connected(self, sock: socket.socket) -> None:
+        if self.mm.era.sk_memalloc_mark != "connected":
+            return
+        with self._lock:
+            entry = self._socks.get(id(sock))
+        if entry is not None:
+            self._take(entry[1])
+
+    @staticmethod
+    def _take(sk: Sock) -> None:
+        """The block driver takes the socket: its allocation mode and the mark."""
+        sk.sk_allocation = GFP_NOIO
+        sk.set_memalloc()
 
     def socket_closed(self, sock: socket.socket) -> None:
         with self._lock:

@@ -2,7 +2,11 @@
 
 A :class:`Connection` owns its socket. It binds explicitly (port 0, or a given
 source address) so that the storage client's ``socket_bound`` hook sees the flow
-before the first SYN, connects, and then moves PDUs:
+before the first SYN, connects, calls ``socket_connected`` (where Linux's user space
+hands the connected socket to the kernel's driver: open-iscsi's iscsid connects in
+``iscsi_io_tcp_connect`` and only then sends ``ISCSI_UEVENT_BIND_CONN``, whose
+``iscsi_sw_tcp_conn_bind`` sets the socket up; nbd-client likewise connects before
+``NBD_SET_SOCK``), and then moves PDUs:
 
 * **out**: callers :meth:`queue` the buffers of whole PDUs (see
   :func:`testbed.iscsi.pdu.frame`) and :meth:`flush` sends what the socket takes now,
@@ -57,6 +61,10 @@ class SessionHooks:
 
     def socket_bound(self, sock: socket.socket, target: tuple[str, int]) -> None:
         """After bind, before connect, for every connection (reconnects too)."""
+
+    def socket_connected(self, sock: socket.socket) -> None:
+        """After connect, before the login, for every connection that connected: the
+        kernel's bind of the connected socket (``iscsi_sw_tcp_conn_bind``)."""
 
     def socket_closed(self, sock: socket.socket) -> None:
         """The connection's socket is being closed."""
@@ -119,6 +127,7 @@ class Connection:
         self.tick = tick
         self.hooks = hooks
         self._on_bound = hook(hooks, "socket_bound")
+        self._on_connected = hook(hooks, "socket_connected")
         self._on_closed = hook(hooks, "socket_closed")
         self._pdu_free = hook(hooks, "pdu_free")
         self.sock: Optional[socket.socket] = None
@@ -158,6 +167,8 @@ class Connection:
                 self._on_bound(sock, (host, port))
             sock.settimeout(timeout)
             sock.connect(addr)
+            if self._on_connected:
+                self._on_connected(sock)
         except socket.timeout:
             self._close_sock(sock)
             raise IscsiTimeout(f"connect to {host}:{port} timed out after {timeout:.1f}s") from None

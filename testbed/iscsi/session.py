@@ -40,7 +40,8 @@ the target; a write that could not be done reports its error.
 
 Hooks (``docs/architecture.md``)
 --------------------------------
-``socket_bound``/``socket_closed``/``bytes_received`` come from the connection;
+``socket_bound``/``socket_connected``/``socket_closed``/``bytes_received`` come from
+the connection;
 ``recovery_started``/``recovery_ended`` (optional) mark each recovery episode. Memory:
 a write charges ``pdu_alloc(48)`` for its command PDU when it is built: the data is
 the caller's buffer (page-cache pages, which the kernel's initiator sends without a copy),

@@ -40,6 +40,7 @@ DirtyThrottle = Literal["2.6.13", "3.2"]
 OomKiller = Literal["2.6.13", "3.6", "off"]
 Truesize = Literal["page", "frag"]
 TcpMem = Literal["2.6.13", "3.6"]
+MemallocMark = Literal["created", "connected"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ class EraProfile:
     tcp_mem: TcpMem = "2.6.13"
     # sk_rmem_schedule() lets a pfmemalloc skb past the limit (3.6 on)
     rmem_pfmemalloc_exempt: bool = False
+    # --- the storage socket's mark ---------------------------------------------------
+    # when the block driver makes its socket SOCK_MEMALLOC: as the I/O task creates it,
+    # before its SYN ("created"), or once user space has connected it and handed it to
+    # the driver ("connected": the handshake runs on a plain socket). No era clears the
+    # mark when the socket is released (Sock.close).
+    sk_memalloc_mark: MemallocMark = "created"
 
     def switches(self) -> dict[str, object]:
         """The switches by name (for the docs table and the summary)."""
@@ -97,7 +104,8 @@ LINUX_3_6 = EraProfile(
     kernel="3.6", sk_memalloc_tx=True, flusher_pf_memalloc=False,
     reclaim_pageout="kswapd", try_to_free_pages="3.6", all_unreclaimable_ratio=6,
     dirty_throttle="3.2", mmap_dirty_throttled=True, oom_killer="3.6",
-    kswapd_failures=False, skb_truesize="frag", tcp_mem="3.6", rmem_pfmemalloc_exempt=True)
+    kswapd_failures=False, skb_truesize="frag", tcp_mem="3.6", rmem_pfmemalloc_exempt=True,
+    sk_memalloc_mark="connected")
 
 PROFILES: dict[str, EraProfile] = {p.kernel: p for p in (LINUX_2_6_13, LINUX_3_6)}
 
@@ -277,6 +285,28 @@ CITATIONS.update({
         "3.6": _c("3.6", "include/net/sock.h", "sk_rmem_schedule",
                   "... || skb_pfmemalloc(skb) (c76562b6709f, \"netvm: prevent a "
                   "stream-specific deadlock\")"),
+    },
+})
+# --- the storage socket's mark -----------------------------------------------------------
+CITATIONS.update({
+    "sk_memalloc_mark": {
+        "2.6.13": _c("2.6.13", "include/net/sock.h", "is_memalloc_sock",
+                     "Phillips' patches (against 2.6.12.3) add SOCK_MEMALLOC and no caller that "
+                     "sets it: 'A memalloc task ... will set the SO_MEMALLOC flag after creating "
+                     "the socket' (RFC of 3 Aug 2005, linux-mm "
+                     "200508031657.34948.phillips@istop.com), so before its connect; no "
+                     "memalloc_socks count exists and nothing clears the flag"),
+        "3.6": _c("3.6", "drivers/block/nbd.c", "nbd_do_it",
+                  "sk_set_memalloc(nbd->sock->sk) on the socket NBD_SET_SOCK took, which "
+                  "nbd-client created and connected in user space; 3.6's "
+                  "drivers/scsi/iscsi_tcp.c iscsi_sw_tcp_conn_bind sets sk_allocation = "
+                  "GFP_ATOMIC and no mark (the sk_set_memalloc call there is in 3.10's), and "
+                  "open-iscsi's iscsid connects before ISCSI_UEVENT_BIND_CONN too (usr/io.c "
+                  "iscsi_io_tcp_connect, usr/initiator.c session_conn_poll). Nothing clears "
+                  "the mark: nbd.c has no sk_clear_memalloc and net/core/sock.c __sk_free "
+                  "does not call it, so the memalloc_socks static key stays raised after the "
+                  "socket is gone (Mel Gorman, linux-mm 20120514105604.GB29102@suse.de: 'In "
+                  "the NBD case, SOCK_MEMALLOC is left set until the socket is destroyed')"),
     },
 })
 PENDING = PENDING - {"skb_truesize"}

@@ -895,11 +895,17 @@ def tx_need(mm: "MemoryManager") -> int:
     return 1 + (0 if mm.skb_head_room else 1)
 
 
-def storage_tx_mark(mm: "MemoryManager") -> int:
+def storage_tx_mark(mm: "MemoryManager", handshake: bool = False) -> int:
     """The lowest free count a storage socket's transmit allocation may leave: zero where
     ``sk_set_memalloc`` gives its ``sk_allocation`` ``__GFP_MEMALLOC`` (3.6), else the
     GFP_ATOMIC floor (2.6.13: no transmit reserve; reclaim's own ``pageout`` credit is
-    used up as its frames go)."""
+    used up as its frames go). While a reinstatement (``handshake``) has no open memalloc
+    socket yet, where the era's driver marks the connected socket (``sk_memalloc_mark``),
+    its SYN goes out on a plain socket: the retransmissions are ``GFP_ATOMIC`` clones from
+    the retransmit timer (mm lock held)."""
+    if handshake and mm.era.sk_memalloc_mark == "connected" and \
+            not any(sk.memalloc and not sk.closed for sk in mm.socks):
+        return mm.zone.mark_atomic
     return 0 if mm.era.sk_memalloc_tx else mm.zone.mark_atomic
 
 
@@ -1080,7 +1086,8 @@ class LockupDetector(threading.Thread):
             else:
                 mark, need = zone.wmark_min, 1
             r = Reading(t=now, free=zone.free, wmark_min=zone.wmark_min, rx_mark=mark, rx_need=need,
-                        tx_mark=storage_tx_mark(mm), tx_need=tx_need(mm),
+                        tx_mark=storage_tx_mark(mm, since is None and reconnecting is not None),
+                        tx_need=tx_need(mm),
                         tx_wait_since=since, reconnecting_since=reconnecting, dirty=vm.nr_dirty,
                         writeback=vm.nr_writeback, reclaimable=self.pc.nr_reclaimable,
                         last_progress=self.pc.last_progress, nr_written=vm.nr_written, tcp=tcp)

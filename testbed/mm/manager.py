@@ -68,7 +68,9 @@ class MemoryManager(PageAllocator):
         self.rx_reserve = rx_reserve
         self.netdevs: dict[str, NetDev] = {}
         self.socks: set[Sock] = set()
-        self.memalloc_socks = 0         # the memalloc_socks_key static branch, as a count
+        # 3.6's memalloc_socks static key as a count: sk_set_memalloc raises it, only
+        # sk_clear_memalloc lowers it (never a socket's release: Sock.close)
+        self.memalloc_socks = 0
         self.skb_head_pages = 0         # slab pages of skbuff_head_cache
         self.skb_head_room = 0          # free sk_buff heads in them
         # TCP's global limit: sysctl_tcp_mem, tcp_memory_allocated, tcp_memory_pressure
@@ -121,7 +123,7 @@ class MemoryManager(PageAllocator):
             raise
 
     def sk_memalloc_socks(self) -> bool:
-        """Is any socket SOCK_MEMALLOC?"""
+        """``sk_memalloc_socks()``: was a socket made SOCK_MEMALLOC and not cleared since?"""
         return self.memalloc_socks > 0
 
     # --------------------------------------------------------------- netdev

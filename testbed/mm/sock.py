@@ -10,7 +10,10 @@ fully read skbs are freed, oldest first. ``set_memalloc()`` is ``sk_set_memalloc
 the socket becomes ``SOCK_MEMALLOC`` and counts in ``sk_memalloc_socks()``; only
 from 3.6 (``mm.era.sk_memalloc_tx``) does that also give the socket's own
 allocations the reserves (``sk_allocation |= __GFP_MEMALLOC``). In 2005 the mark is
-Phillips' receive-side flag, which his drop rule reads.
+Phillips' receive-side flag, which his drop rule reads. Only ``clear_memalloc()``
+(``sk_clear_memalloc()``) takes the mark and the count back: closing a socket does not
+(3.6 ``net/core/sock.c`` ``__sk_free`` never calls it, so ``sk_memalloc_socks()``
+stays true after the last memalloc socket is gone; era ``sk_memalloc_mark``).
 
 TCP's global limit, ``net.ipv4.tcp_mem`` (both eras): every TCP socket charges what it
 queues in whole pages against one count (``sk_prot->memory_allocated``, kept by the
@@ -239,13 +242,16 @@ class Sock:
                 self._mem_reclaim_locked()
 
     def close(self) -> int:
-        """Free whatever is still queued; clear SOCK_MEMALLOC. Idempotent.
+        """Free whatever is still queued. Idempotent.
 
+        The mark stays and so does its count in ``sk_memalloc_socks()``: 3.6's
+        ``__sk_free`` does not call ``sk_clear_memalloc()`` (nbd never clears it, nor
+        does iscsi_tcp's release), so the ``memalloc_socks`` static key stays raised
+        once a memalloc socket has existed (era ``sk_memalloc_mark``).
         Returns the pages that went back to the zone (what the receive queue held).
         """
         mm = self.mm
         with mm.lock:
-            self._clear_memalloc_locked()
             self.closed = True
             self.memalloc_tx_bytes = 0
             queue = self._queue
