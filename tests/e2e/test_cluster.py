@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -46,7 +47,33 @@ START_TIMEOUT_S = 60.0
 
 # tests/support/small.py: a run takes seconds; none locks up under it, a fix completes,
 # so the two points of the sweep have verdicts of their own
-SMALL = small_scenario("cluster-small", lun_mb=64)
+class Scenario:
+    """A small scenario whose name has a token of its own, and the folders of its runs
+    on this machine's workers: the scratch folders (``testbed-cluster-*``, one per
+    task) whose run kept this scenario, and the job folders (``testbed-pool-*``) that
+    name them. A cluster batch beside the test (another test's, a user's) has folders
+    of the same kinds; they are never counted, waited for or removed here."""
+
+    def __init__(self, name: str, writer_mb: int = 4) -> None:
+        self.name = f"{name}-{secrets.token_hex(3)}"
+        self.yaml = small_scenario(self.name, writer_mb, lun_mb=64)
+        self.tmp = Path(tempfile_dir())
+
+    def scratch(self) -> list[Path]:
+        return [d for d in self.tmp.glob("testbed-cluster-*")
+                if any(f"name: {self.name}\n" in f.read_text(errors="replace")
+                       for f in d.glob("*/scenario.yaml"))]
+
+    def jobs(self, scratch: list[Path]) -> list[Path]:
+        """The job folders of these scratch folders' runs."""
+        return [d for d in self.tmp.glob("testbed-pool-*")
+                if any(str(o) in f.read_text(errors="replace") for f in d.glob("*.json")
+                       for o in scratch)]
+
+    def started(self) -> list[Path]:
+        """The scratch folders whose run has begun to write its samples."""
+        return [d for d in self.scratch()
+                if any(c.stat().st_size > 0 for c in d.glob("*/client.ndjson"))]
 
 
 def sh(*argv: str) -> None:
@@ -189,7 +216,8 @@ def batch(base: Path) -> list[tuple[str, Path, dict]]:
 def test_a_sweep_through_the_cluster_gives_the_local_verdicts_from_the_workers(
         tmp_path, before, cluster, results_db):
     net, address = cluster
-    (tmp_path / "small.yaml").write_text(SMALL)
+    sc = Scenario("cluster-small")
+    (tmp_path / "small.yaml").write_text(sc.yaml)
     where = worker_netns(net)
     root_ns = os.readlink("/proc/self/ns/net")
 
@@ -219,7 +247,7 @@ def test_a_sweep_through_the_cluster_gives_the_local_verdicts_from_the_workers(
     net.close()
     for _, d, _ in remote + local:
         assert_nothing_left(json.loads((d / "client-config.json").read_text())["run_id"])
-    assert not list(Path(tempfile_dir()).glob("testbed-cluster-*"))
+    assert not sc.scratch()
     assert_untouched(before, snapshot())
     assert not [n for n in os.listdir("/run/netns") if n.startswith(net.tag)]
 
@@ -235,18 +263,15 @@ def test_a_worker_killed_mid_run_loses_that_run_which_is_requeued(tmp_path, befo
     worker's run, a process of its own session, ends by itself and tears itself down;
     its scratch folder is left (docs/cluster.md), and removed here."""
     net, address = cluster
-    (tmp_path / "small.yaml").write_text(SMALL)
-    scratch = Path(tempfile_dir())
-    old = set(scratch.glob("testbed-cluster-*")) | set(scratch.glob("testbed-pool-*"))
+    sc = Scenario("cluster-small")
+    (tmp_path / "small.yaml").write_text(sc.yaml)
     p = subprocess.Popen(TESTBED + ["sweep", "small.yaml", "--param",
                                     "client.policy=none,gorman-3.6", "--out", "cl",
                                     "--cluster", address],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          cwd=tmp_path)
     try:
-        logs = lambda: [d for d in set(scratch.glob("testbed-cluster-*")) - old   # noqa: E731
-                        if list(d.glob("*/client.ndjson"))]
-        wait_for("both runs started on the workers", lambda: len(logs()) == 2)
+        wait_for("both runs started on the workers", lambda: len(sc.started()) == 2)
         killed = net.procs[1]                  # worker 1
         lost_ns = os.readlink(f"/proc/{killed.pid}/ns/net")
         killed.kill()
@@ -263,7 +288,7 @@ def test_a_worker_killed_mid_run_loses_that_run_which_is_requeued(tmp_path, befo
     for _, d, _ in runs:                       # the lost run came back from worker 2
         assert json.loads((d / "cluster.json").read_text())["net_ns"] == alive != lost_ns
     # the orphan of the killed worker: its run ends by itself and tears itself down
-    orphans = list(set(scratch.glob("testbed-cluster-*")) - old)
+    orphans = sc.scratch()
     ids = [json.loads(c.read_text())["run_id"] for d in orphans
            for c in d.glob("*/client-config.json")]
     wait_for("the killed worker's run to end", lambda: not any(
@@ -272,12 +297,8 @@ def test_a_worker_killed_mid_run_loses_that_run_which_is_requeued(tmp_path, befo
     for i in ids + [json.loads((d / "client-config.json").read_text())["run_id"]
                     for _, d, _ in runs]:
         assert_nothing_left(i)
-    for d in orphans:
+    for d in orphans + sc.jobs(orphans):        # the orphan's scratch and job folders
         shutil.rmtree(d)
-    for d in set(scratch.glob("testbed-pool-*")) - old:     # the orphan's job folder
-        if any(str(o) in f.read_text(errors="replace") for f in d.glob("*.json")
-               for o in orphans):
-            shutil.rmtree(d)
     assert_untouched(before, snapshot())
 
 
@@ -288,9 +309,8 @@ def test_sigint_stops_a_cluster_batch_started_with_it_ignored_and_leaves_nothing
     still ends it (status 130, no traceback), both runs on the workers are interrupted
     by their tasks and tear themselves down, and nothing is left on the machine."""
     net, address = cluster
-    (tmp_path / "long.yaml").write_text(small_scenario("cluster-long", 40, 64))  # past it
-    scratch = Path(tempfile_dir())
-    old = set(scratch.glob("testbed-cluster-*")) | set(scratch.glob("testbed-pool-*"))
+    sc = Scenario("cluster-long", writer_mb=40)          # runs past the Ctrl-C
+    (tmp_path / "long.yaml").write_text(sc.yaml)
     p = subprocess.Popen(TESTBED + ["sweep", "long.yaml", "--param",
                                     "client.policy=none,gorman-3.6", "--out", "cl",
                                     "--cluster", address],
@@ -298,11 +318,11 @@ def test_sigint_stops_a_cluster_batch_started_with_it_ignored_and_leaves_nothing
                          cwd=tmp_path,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        runs = lambda: [c for d in set(scratch.glob("testbed-cluster-*")) - old  # noqa: E731
-                        for c in d.glob("*/client.ndjson") if c.stat().st_size > 0]
-        wait_for("both runs started on the workers", lambda: len(runs()) == 2)
-        ids = [json.loads((c.parent / "client-config.json").read_text())["run_id"]
-               for c in runs()]
+        wait_for("both runs started on the workers", lambda: len(sc.started()) == 2)
+        scratch = sc.scratch()
+        jobs = sc.jobs(scratch)
+        ids = [json.loads(c.read_text())["run_id"] for d in scratch
+               for c in d.glob("*/client-config.json")]
         p.send_signal(signal.SIGINT)
         output, _ = p.communicate(timeout=60)
     finally:
@@ -313,8 +333,7 @@ def test_sigint_stops_a_cluster_batch_started_with_it_ignored_and_leaves_nothing
     # down and the task removes its scratch and job folders
     wait_for("the runs on the workers to end", lambda: not any(
         Path("/run/testbed", f"{i}.json").exists() for i in ids), timeout=90)
-    wait_for("the tasks' folders to go", lambda: not (
-        (set(scratch.glob("testbed-cluster-*")) | set(scratch.glob("testbed-pool-*"))) - old))
+    wait_for("the tasks' folders to go", lambda: not any(d.exists() for d in scratch + jobs))
     assert not any((tmp_path / "cl").iterdir())         # no run came back
     net.close()
     for i in ids:
