@@ -8,9 +8,11 @@ hand-in's verification summarises again). The two verdict claims are judged with
 exact one-sided binomial test on the student's own runs (the right answer is what they
 support at 95 %, whichever it is); counts are exact, times medians over the runs that
 reinstated, and the figures of "the first run that ..." come from that run of the
-student's. Fixed are only the policies and the number of runs. The predictions earn
-their point for having been recorded before the first run, not for being right; the
-short answers are only checked to be written: a TA grades them with the rubric.
+student's (``none`` when there is none: under gorman-3.6 a reinstatement's SYN goes out
+on a socket not yet marked, so step 1 may have none); the read-back is step 2's. Fixed
+are only the policies and the number of runs. The predictions earn their point for
+having been recorded before the first run, not for being right; the short answers are
+only checked to be written: a TA grades them with the rubric.
 """
 
 from __future__ import annotations
@@ -205,10 +207,11 @@ def test_storage_frames_dropped_on_transmit(pressure: dict[str, list[RunFolder]]
 def test_read_back(pressure: dict[str, list[RunFolder]], calm: dict[str, list[RunFolder]],
                    answers: Answers) -> None:
     """The pages checked and the mismatches are those your runs' read-backs recorded."""
-    run = next((r for r in pressure["gorman-3.6"] if r.verdict == "completed"), None)
-    if run is None:
-        raise CheckFailed("pages_checked: none of your gorman-3.6 runs of step 1 completed, so "
-                          "there is no read-back to read; ask your TA")
+    # step 2's run: under pressure no gorman-3.6 run need complete (its reinstatement's SYN
+    # goes out on a socket not yet marked), so there may be no read-back in step 1
+    run = calm["gorman-3.6"][0]
+    expect(run.verdict == "completed", "pages_checked: your gorman-3.6 run of step 2 did not "
+           "complete, so there is no read-back to read; ask your TA")
     integrity = run.summary.get("integrity") or {}
     agrees(answers.number("pages_checked"), integrity.get("pages_checked") or 0,
            "the pages the read-back checked (pages_checked)",
@@ -227,10 +230,11 @@ def test_why_no_reinstatement(answers: Answers, key: Key) -> None:
 
 
 @pytest.mark.points(3)
-def test_what_lets_gorman_through(answers: Answers, key: Key) -> None:
-    """What lets gorman-3.6 reinstate is the mechanism of the Background that your runs show."""
-    keyed_choice(answers, key, "what_lets_gorman_through", ("a", "b", "c", "d"),
-                 "read the Background again: what differs between the two policies on send?")
+def test_why_gorman_not_reinstated(answers: Answers, key: Key) -> None:
+    """Why gorman-3.6 does not reinstate is the mechanism of the Background that your runs show."""
+    keyed_choice(answers, key, "why_gorman_not_reinstated", ("a", "b", "c", "d"),
+                 "read the Background again: when is the new socket marked, and in which "
+                 "class were frames dropped on transmit?")
 
 
 @pytest.mark.points(1)

@@ -42,6 +42,7 @@ class Run:
     reserve_pages: int = 0
     storage_drops: int = 0
     tx_storage_drops: Optional[int] = None      # None: no transmit drops by class recorded
+    tx_other_nomem: int = 0                     # other frames sent NOMEM (with tx_storage_drops)
     other: dict[str, int] = field(default_factory=dict)     # reason -> frames
     lockup_reserve: int = 0
     throttle_t: Optional[float] = None
@@ -87,8 +88,10 @@ def write_run(path: Path, r: Run) -> Path:
     }
     if r.tx_storage_drops is not None:
         n = r.tx_storage_drops
-        summary["drops"]["tx"] = {"total": n, "NOMEM": n, "memalloc": {"total": n, "NOMEM": n},
-                                  "other": {"total": 0}}
+        o = r.tx_other_nomem
+        summary["drops"]["tx"] = {"total": n + o, "NOMEM": n + o,
+                                  "memalloc": {"total": n, "NOMEM": n},
+                                  "other": {"total": o, "NOMEM": o}}
     if r.recoveries:
         summary["recoveries"] = r.recoveries
     if r.pages_checked is not None:
@@ -254,10 +257,17 @@ def episode(lost_t: float, after_s: Optional[float], reissued: int = 8) -> dict[
             "writeback_resumed_t": back, "resumed_after_s": after_s}
 
 
+GORMAN_STUCK = ("lockup", "lockup", "degraded", "lockup", "degraded")
+
+
 def lab7(work: Path, scale: float = 1.0,
-         phillips_verdicts: tuple[str, ...] = ("lockup",) * 5) -> None:
-    """Step 1: phillips-2005 never reinstates (unless its verdict says completed),
-    gorman-3.6 does after about 2 s; step 2: both reinstate."""
+         phillips_verdicts: tuple[str, ...] = ("lockup",) * 5,
+         gorman_reinstates: bool = True) -> None:
+    """Step 1: phillips-2005 never reinstates (unless its verdict says completed);
+    gorman-3.6 reinstates after about 2 s, or (``gorman_reinstates`` False, as the model
+    has it since 9f7b463) never: its new SYN is sent NOMEM in the other class, no storage
+    frame is dropped, and the runs lock up or are degraded at the deadline. Step 2: both
+    reinstate."""
     ph = [Run("phillips-2005", v, t_end=round(24 * scale + k / 10, 1), wmark_min=181,
               tx_storage_drops=int(10 * scale) + k, pages_checked=int(272 * scale),
               recoveries=[episode(1.0, None if v == "lockup" else round(2.1 * scale, 2))])
@@ -266,8 +276,13 @@ def lab7(work: Path, scale: float = 1.0,
               pages_checked=int(9152 * scale) + k,
               recoveries=[episode(2.3, round(2.0 * scale + k / 100, 3), 8 + k)])
           for k in range(5)]
+    if not gorman_reinstates:
+        go = [Run("gorman-3.6", v, t_end=round(30 * scale + k / 10, 1), wmark_min=128,
+                  tx_storage_drops=0, tx_other_nomem=int(30 * scale) + k,
+                  pages_checked=int(848 * scale) + k, recoveries=[episode(2.3, None)])
+              for k, v in enumerate(GORMAN_STUCK)]
     compare(work / "runs/pressure", {"phillips-2005": ph, "gorman-3.6": go})
-    calm = {p: [Run(p, t_end=8.4 * scale, pages_checked=3584,
+    calm = {p: [Run(p, t_end=8.4 * scale, pages_checked=int(3584 * scale),
                     recoveries=[episode(5.2, round(2.0 * scale + 0.05 * i, 3))])]
             for i, p in enumerate(("phillips-2005", "gorman-3.6"))}
     compare(work / "runs/calm", calm)

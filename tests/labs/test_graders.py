@@ -104,6 +104,27 @@ def test_gorman_runs_that_lock_up_are_graded_on_what_they_show(tmp_path):
     assert grade.passed, "\n".join(grade.lines(show_values=True))
 
 
+def test_gorman_runs_that_never_reinstate_make_none_and_not_supported_the_right_answers(
+        tmp_path):
+    """Lab 7 as the model has it since 9f7b463: no gorman-3.6 run of step 1 reinstates
+    (its new SYN is sent NOMEM on a socket not yet marked), so the times and re-issued
+    commands are none, the claim is not supported, and the read-back is step 2's."""
+    work = hand_in(tmp_path, 7, gorman_reinstates=False)
+    got = answers_of(work)
+    assert got["gorman_recovers"] == "not supported"
+    assert got["pressure_reinstate_s"] == got["reissued"] == "none"
+    assert got["reinstated_runs"] == {"phillips-2005": 0, "gorman-3.6": 0}
+    assert got["pages_checked"] == 3584 and got["why_gorman_not_reinstated"] == "a"
+    lab = grading.get_lab(7)
+    grade = grading.check(lab, work)
+    assert grade.passed, "\n".join(grade.lines(show_values=True))
+    rewrite(work, gorman_recovers="supported", pressure_reinstate_s=2.0,
+            why_gorman_not_reinstated="c")
+    grade = grading.check(lab, work)
+    assert len(grade.failed) == 3, "\n".join(grade.lines(show_values=True))
+    assert any("so the answer is none" in c.sentence for c in grade.failed)
+
+
 def zero_answers(work: Path) -> None:
     """The hand-in of a student who wrote 0 everywhere to read the figures back."""
     template = answers_of(work)

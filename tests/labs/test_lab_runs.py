@@ -126,12 +126,15 @@ def test_wrong_answers_fail_with_sentences_that_name_the_key_not_the_figures(han
         assert by_name[name].passed, by_name[name].sentence
 
 
-def test_lab_7s_restart_comes_in_every_run_and_the_2005_reinstatement_starves(handout):
+def test_lab_7s_restart_comes_in_every_run_and_no_reinstatement_under_pressure_sends(handout):
     """The lesson shows in the handout's own runs: the restart happened in every run of
     both steps (free memory reached min under both policies of step 1: a pressure.yaml
-    without TCP's limit raised never brings gorman-3.6 there), and under phillips-2005
-    every session lost under pressure stayed lost with storage frames dropped on
-    transmit, not on receive."""
+    without TCP's limit raised never brings gorman-3.6 there); under phillips-2005 every
+    session lost under pressure stayed lost with storage frames dropped on transmit, not
+    on receive; under gorman-3.6 a session that stayed lost dropped no storage frame on
+    transmit and its new connection's frames were sent NOMEM in the other class (the
+    socket is marked only once connected, since 9f7b463); with memory to spare both
+    reinstated."""
     h = handout(7)
     assert_followed(h)
     for folder in ("runs/pressure", "runs/calm"):
@@ -144,3 +147,10 @@ def test_lab_7s_restart_comes_in_every_run_and_the_2005_reinstatement_starves(ha
         if run.verdict == "lockup":
             assert run.summary["recoveries"][0]["reinstated_t"] is None, run.name
             assert run.outcome.tx_drops("memalloc") and not run.drops("memalloc"), run.name
+    for run in pressure.policy_runs("gorman-3.6"):
+        if run.summary["recoveries"][0]["reinstated_t"] is None:
+            assert not run.tx_drops("memalloc"), run.name
+            assert run.tx_drops("other", "NOMEM"), run.name
+    calm = grading.BatchFolder.open(h.work / "runs/calm", h.work)
+    for run in calm.runs:
+        assert run.run.summary["recoveries"][0]["reinstated_t"] is not None, run.run.name
