@@ -656,6 +656,7 @@ class StuckState:
     tx_mark_name: str = ""
     tx_need: int = 1          # pages one storage transmit takes
     reconnecting: bool = False    # no data waits, the session is reinstated: its SYN waits
+    syn_unmarked: bool = False    # ... on a socket not yet SOCK_MEMALLOC (handshake_unmarked)
     sockets: tuple[SockHold, ...] = ()
     tasks: tuple[tuple[str, Optional[str]], ...] = ()     # (task, wchan) of the workloads
     clean: int = 0                # clean pages on the LRU that no reclaimer reaches
@@ -854,6 +855,9 @@ def _tx_edges(s: StuckState) -> list[WaitEdge]:
         return [WaitEdge("writeback", via, s.writeback, "pages under writeback",
                          f"{s.requests} requests at the device, re-issued once it is back"),
                 WaitEdge(via, "an skb", s.storage_tx_dropped,
+                         "storage frames dropped on transmit (the new connection's SYNs count "
+                         "with other traffic: its socket is not SOCK_MEMALLOC until connected)"
+                         if s.syn_unmarked else
                          "frames dropped on transmit (its new connections' SYNs)",
                          f"{short}; reconnecting for {round(s.tx_waiting_s)} s")]
     via = f"{s.storage} requests sent"
@@ -895,6 +899,15 @@ def tx_need(mm: "MemoryManager") -> int:
     return 1 + (0 if mm.skb_head_room else 1)
 
 
+def handshake_unmarked(mm: "MemoryManager") -> bool:
+    """A new storage connection makes its handshake on a plain socket: the era's driver
+    marks the socket only once it is connected (``sk_memalloc_mark``), and no open socket
+    is marked now. Its SYNs then take no reserve, and the handler counts their drops with
+    other traffic."""
+    return mm.era.sk_memalloc_mark == "connected" and \
+        not any(sk.memalloc and not sk.closed for sk in mm.socks)
+
+
 def storage_tx_mark(mm: "MemoryManager", handshake: bool = False) -> int:
     """The lowest free count a storage socket's transmit allocation may leave: zero where
     ``sk_set_memalloc`` gives its ``sk_allocation`` ``__GFP_MEMALLOC`` (3.6), else the
@@ -903,8 +916,7 @@ def storage_tx_mark(mm: "MemoryManager", handshake: bool = False) -> int:
     socket yet, where the era's driver marks the connected socket (``sk_memalloc_mark``),
     its SYN goes out on a plain socket: the retransmissions are ``GFP_ATOMIC`` clones from
     the retransmit timer (mm lock held)."""
-    if handshake and mm.era.sk_memalloc_mark == "connected" and \
-            not any(sk.memalloc and not sk.closed for sk in mm.socks):
+    if handshake and handshake_unmarked(mm):
         return mm.zone.mark_atomic
     return 0 if mm.era.sk_memalloc_tx else mm.zone.mark_atomic
 
@@ -1230,7 +1242,9 @@ class LockupDetector(threading.Thread):
             pdu, requests = mm.used[Use.PDU], self.pc.nr_inflight
             name = mark_name(r.rx_mark, mm)
             full = self.pc.congested()
+            unmarked = handshake_unmarked(mm)
         bound = bound_waits(mm, full)
+        reconnecting = r.tx_wait_since is None and r.reconnecting_since is not None
 
         def waits(t: Optional[threading.Thread]) -> Optional[str]:
             return next(iter(stack_names(t, bound)), None) if t is not None else None
@@ -1242,7 +1256,7 @@ class LockupDetector(threading.Thread):
                           requests=requests, storage_dropped=delta.dropped,
                           storage_tx_dropped=delta.tx_dropped, pdu=pdu, sockets=holds,
                           tx_waiting_s=tx_waited_s, tx_mark=r.tx_mark, tx_need=r.tx_need,
-                          reconnecting=r.tx_wait_since is None and r.reconnecting_since is not None,
+                          reconnecting=reconnecting, syn_unmarked=reconnecting and unmarked,
                           tx_mark_name=mark_name(r.tx_mark, mm),
                           tasks=tuple((t.name, wchan(t)) for t in self.tasks),
                           clean=0 if r.reclaim is None or r.reclaim_reachable else r.reclaimable,

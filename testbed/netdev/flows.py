@@ -1,8 +1,8 @@
 """The flow registry: which frames belong to which (emulated) socket.
 
 The storage client registers each connection it cares about: its iSCSI connections
-(after ``sk.set_memalloc()``, so they are ``SOCK_MEMALLOC``) and its downloaders'
-connections. The handler looks every frame up here, in both directions, to find the
+(when they are bound, before their SYN; they become ``SOCK_MEMALLOC`` when the era's
+driver marks them, ``EraProfile.sk_memalloc_mark``) and its downloaders' connections. The handler looks every frame up here, in both directions, to find the
 socket the kernel would find (``__inet_lookup`` by 5-tuple): the socket decides the
 policy's protocol step (``sk_filter``) and who is charged for a delivered segment.
 

@@ -20,8 +20,9 @@ from testbed.mm import MemoryManager
 from testbed.mm.task import TaskStruct
 from testbed.mm.lockup import (TCP_RTO_MIN_S, FlowTally, LockupDetector, NoCycle,
                                RecoveryHorizon, SockHold, StorageFlow, StuckState, WaitCycle,
-                               find_cycle, name_range, reclaim_outlook, rx_need,
-                               tally_from_counters, tcp_outlook_locked, wchan)
+                               find_cycle, handshake_unmarked, name_range, reclaim_outlook,
+                               rx_need, storage_tx_mark, tally_from_counters,
+                               tcp_outlook_locked, wchan)
 from testbed.report.summary import cycle_lines, summarize
 from testbed.scenario import Scenario
 
@@ -241,6 +242,27 @@ def test_a_reinstatement_whose_syns_find_no_skb_is_a_transmit_lockup():
     floor = rig.mm.zone.mark_atomic
     assert text[1].startswith("iSCSI reinstatement -> an skb: ")
     assert "frames dropped on transmit (its new connections' SYNs)" in text[1]
+    assert f"a transmit needs 1 above the GFP_ATOMIC floor of {floor}" in text[1]
+
+
+def test_a_3_6_reinstatement_says_its_syns_count_with_other_traffic():
+    """3.6 marks a socket SOCK_MEMALLOC once it is connected (``sk_memalloc_mark``): while
+    the session is reinstated no open socket is marked, so the new connection's SYN goes
+    out at the GFP_ATOMIC floor, and its drops are not the storage flow's (the handler
+    counts them with other traffic). The cycle's edge says so instead of reading as if
+    no SYN had been dropped."""
+    rig = Rig(policy="gorman-3.6")
+    rig.mm.policy.storage_rx_mark = lambda dev: 0          # a receive could still be had
+    rig.reconnecting = 0.0
+    rig.drop_every_s = 0
+    assert handshake_unmarked(rig.mm)
+    assert storage_tx_mark(rig.mm, handshake=True) == rig.mm.zone.mark_atomic
+    rig.run_until(lockup_at() + STEP)
+    assert rig.det.fired.is_set(), rig.episode
+    text = rig.det.evidence.cycle["text"]
+    assert text[1].startswith("iSCSI reinstatement -> an skb: 0 storage frames dropped on "
+                              "transmit (the new connection's SYNs count with other traffic")
+    floor = rig.mm.zone.mark_atomic
     assert f"a transmit needs 1 above the GFP_ATOMIC floor of {floor}" in text[1]
 
 
