@@ -120,7 +120,9 @@ def test_built_in_fault_scenarios_load():
     assert [(w.kind, w.total_mb) for w in pressure.client.workloads] == [
         (w.kind, w.total_mb) for w in contention]
     assert [w.rcvbuf_kb for w in pressure.client.workloads if w.kind == "downloader"] == [4096] * 3
-    assert pressure.expected == "completed"
+    # every policy loses the session: 3.6 marks a socket SOCK_MEMALLOC only once it is
+    # connected, so the reinstatement's SYN has no reserve either (docs/kernels.md)
+    assert pressure.expected == "lockup"
     for policy in ("none", "reserve-only", "phillips-2005", "phillips-2005-threshold"):
         assert scenario.load("faults-restart-under-pressure",
                              [f"client.policy={policy}"]).expected == "lockup"
