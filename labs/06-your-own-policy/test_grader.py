@@ -33,9 +33,10 @@ Figures are per batch: counts of runs exactly, drops as the median over the runs
 reached a verdict (within 2 % or 2 frames), the reserve peak as the largest over the
 spoofed runs (exactly). No message names a figure.
 
-The flood takes free memory to zero (lab 2's machine), so a policy is judged under
-pressure there: the vanilla kernel's starter loses hundreds of the initiator's ACKs
-(``GFP_ATOMIC`` on transmit) and fails; a reserve sized for the link keeps them
+The flood takes a 2.6.13 policy's free memory to zero (lab 2's machine), so it is judged
+under pressure there: the vanilla kernel's starter loses hundreds of the initiator's
+ACKs (``GFP_ATOMIC`` on transmit) in every run and fails; the reference, a reserve on
+3.6's mechanisms (its socket may send from the reserve), keeps them
 (instructor/labs/06-your-own-policy/README.md has the calibration). The spoofed load stays
 above the ``GFP_ATOMIC`` floor: a policy that hands out reserve there does so where
 nothing needed it.

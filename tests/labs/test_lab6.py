@@ -74,7 +74,7 @@ def test_the_spoofed_load_is_the_testbeds_spoof():
 
 def test_the_starter_and_the_reference_load_and_differ():
     starter, reference = load_policy_file(STARTER), load_policy_file(REFERENCE)
-    assert starter.era.kernel == reference.era.kernel == "2.6.13"
+    assert (starter.era.kernel, reference.era.kernel) == ("2.6.13", "3.6")
     assert starter.sha256 != reference.sha256
     assert reference.cls.__name__ == "ReserveForStorage"
 
