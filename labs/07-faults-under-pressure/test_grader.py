@@ -224,7 +224,7 @@ def test_read_back(pressure: dict[str, list[RunFolder]], calm: dict[str, list[Ru
 
 @pytest.mark.points(3)
 def test_why_no_reinstatement(answers: Answers, key: Key) -> None:
-    """Why phillips-2005 never reinstates is the statement your runs support."""
+    """Why phillips-2005 runs that lock up never reinstate is the statement your runs support."""
     keyed_choice(answers, key, "why_no_reinstatement", ("a", "b", "c", "d"),
                  "look at which storage frames were dropped, on receive and on transmit")
 

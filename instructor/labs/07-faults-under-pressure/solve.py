@@ -83,8 +83,8 @@ def solve(work: Path) -> dict[str, Any]:
             f"transmit (median {evidence.median([tx_storage_drops(r) for r in phillips_done])}, "
             f"NOMEM) are the new connection's SYNs, which found no skb at the GFP_ATOMIC "
             f"floor. Under gorman-3.6 it was reinstated in {reinstated['gorman-3.6']} of "
-            f"{len(gorman)} (median time {median_p if times else 'none'} s) against "
-            f"{calm_s['gorman-3.6']} s without pressure. " + gorman_why(gorman, times)),
+            f"{len(gorman)}" + (f", after {median_p} s (median)," if times else "") +
+            f" against {calm_s['gorman-3.6']} s without pressure. " + gorman_why(gorman, times)),
         "recovery_needs_memory": (
             "A reinstatement allocates skbs to send the SYN and the login request and to "
             "receive the SYN-ACK and the login response, then for the re-issued commands. "
