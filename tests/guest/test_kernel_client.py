@@ -107,7 +107,10 @@ def test_a_target_paused_past_lockup_after_s_is_waited_out_and_completes(tmp_pat
     stopping there, the target comes back before the command timeout, and the run
     completes with every page on the LUN."""
     path = tmp_path / "kernel.yaml"
-    path.write_text(SCENARIO.replace("capture: true", "faults: [{kind: target_pause, at_s: 6, for_s: 6}]")
+    # the stall bound is the kernel's recovery horizon: a 6 s pause under TCG stalled
+    # writeback for 10.7 s once, past the default 10 s, and the run was called degraded
+    path.write_text(SCENARIO.replace("capture: true", "faults: [{kind: target_pause, at_s: 6, for_s: 6}]\n"
+                                     "bounds: {max_stall_s: 18}")
                     .replace("deadline_s: 60", "deadline_s: 90"))
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "testbed.cli", "run", str(path), "--out", str(out)],
