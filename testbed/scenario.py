@@ -70,6 +70,7 @@ class TopologySection:
     queue_pkts: Optional[int] = _param("queue")
     trunk_delay_ms: float = _param("trunk_delay")    # target and bulk links, one way (needs sch_netem)
     trunk_loss_pct: float = _param("trunk_loss")     # target and bulk links (needs sch_netem)
+    mtu: int = _param("mtu")                     # every link, bytes (the Mininet backend only)
 
     def params(self) -> ContentionParams:
         return make_params("contention", **mirrored(self))

@@ -36,8 +36,9 @@ class ContentionParams:
     n: bulk hosts; bw_client: Mbit/s of the client's access link, the bottleneck; bw:
     Mbit/s of the other links; delay (ms, one way) and loss (%) of the client link;
     queue: packets per shaped interface (None: the qdisc's default); trunk_delay,
-    trunk_loss: delay and loss on the target and bulk links. The ranges are declared
-    here only: a scenario's ``topology:`` keys mirror these fields.
+    trunk_loss: delay and loss on the target and bulk links; mtu: bytes, every interface
+    of every link (the client's packet handler and its memory model take their wire's).
+    The ranges are declared here only: a scenario's ``topology:`` keys mirror these fields.
     """
 
     n: int = bounded(2, min=0, max=64)
@@ -48,8 +49,13 @@ class ContentionParams:
     queue: Optional[int] = bounded(None, min=1, max=1_000_000)
     trunk_delay: float = bounded(0.0, min=0, max=60_000)
     trunk_loss: float = bounded(0.0, min=0, max=100)
+    # IPv4's minimum datagram to the usual jumbo frame (iSCSI networks run 9000)
+    mtu: int = bounded(1500, min=576, max=9000)
 
     topology: ClassVar[str] = "contention"
+    # Set on the interfaces by the backend, not a link option of the layout
+    # (topologies/contention_layout.py): Mininet's Link has no MTU option.
+    link_wide: ClassVar[tuple[str, ...]] = ("mtu",)
     # The host whose packet handler can add delay and loss in user space.
     userspace_host: ClassVar[str] = "client"
 
@@ -59,7 +65,11 @@ class ContentionParams:
     def topo(self):
         """The Mininet Topo for these parameters."""
         from topologies.contention import ContentionTopo
-        return ContentionTopo(**asdict(self))
+        return ContentionTopo(**self.layout())
+
+    def layout(self) -> dict[str, Any]:
+        """The arguments of the layout's ``contention_links``: all but :attr:`link_wide`."""
+        return {k: v for k, v in asdict(self).items() if k not in self.link_wide}
 
     @property
     def host_names(self) -> list[str]:

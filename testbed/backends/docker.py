@@ -76,7 +76,7 @@ from typing import Any, Callable, Optional
 
 from topologies.contention_layout import host_cidr, host_mac
 
-from ..errors import EnvironmentProblem, TestbedError
+from ..errors import ConfigError, EnvironmentProblem, TestbedError
 from ..capabilities import probe
 from ..runctx import RunContext
 from .base import Backend, ContentionParams, Host, HostCommandTimeout, Network
@@ -98,6 +98,16 @@ WORKERS = 8                    # containers made and configured at once
 # Variables of this machine's environment that mean nothing inside the image.
 HOST_ONLY_ENV = frozenset({"PATH", "HOME", "PWD", "OLDPWD", "VIRTUAL_ENV", "PYTHONHOME",
                            "PYTHONPATH", "SHELL", "USER", "LOGNAME", "TERM"})
+
+
+def check_mtu(params: ContentionParams) -> None:
+    """ConfigError unless the topology's MTU is the default: here the links take the MTU of
+    Docker's network (``plumbing_commands``), so another value would silently not apply."""
+    default = ContentionParams().mtu
+    if params.mtu != default:
+        raise ConfigError(f"topology.mtu (parameter mtu) is {params.mtu}: the Docker backend's "
+                          f"links take its Docker network's MTU ({default} by default); only the "
+                          f"Mininet backend sets topology.mtu")
 
 
 def role_of(host: str) -> str:
@@ -408,6 +418,7 @@ class DockerBackend(Backend):
         self.image = image
 
     def up(self, params: ContentionParams) -> DockerNetwork:
+        check_mtu(params)
         client, docker_cli = check_environment(self.image)
         specs, effects = plan_links(params, probe())
         net = DockerNetwork(self.run, client, params, effects, docker_cli)

@@ -17,7 +17,8 @@ exactly that, and changes three things:
    ``sch_netem`` and nothing happens). Here the links are plain veths; then, in each
    namespace, one shell tags every interface (alias ``testbed:<id>``), turns off tx
    checksum offload, TSO, GSO and GRO (the client's packet handler reads frames raw
-   and needs full checksums and MTU-sized frames) and puts an htb root (class 5:1 at
+   and needs full checksums and MTU-sized frames), sets the topology's MTU
+   (``topology.mtu``, :func:`mtu_commands`) and puts an htb root (class 5:1 at
    the link's rate, optional child pfifo/netem) on it. The same shell then reads the
    qdisc tree and offload flags back, and a ShapingError naming the link stops the
    bring-up if anything is not in place. The plan, the script and the check are
@@ -273,6 +274,7 @@ class MininetBackend(Backend):
             node = net.mn[name]
             extra = [f"ip link set dev {name} alias {self.run.tag}"] \
                 if isinstance(node, NamespacedBridge) else []
+            extra += mtu_commands([intf for intf, _ in items], net.params.mtu)
             procs[name] = subprocess.Popen(
                 [MNEXEC, "-a", str(node.pid), "sh", "-c", node_script(items, self.run.tag, extra)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -287,6 +289,19 @@ class MininetBackend(Backend):
             if proc.returncode != 0:
                 raise ShapingError(f"node {name}: {err.strip().splitlines()[-1] if err.strip() else 'configuration failed'}")
             verify_readback(work[name], out)
+
+
+def mtu_commands(intfs: list[str], mtu: int) -> list[str]:
+    """Set the topology's MTU on a node's interfaces, and check the kernel took it.
+
+    Both ends of every veth get it (Mininet's Link has no MTU option); the bridge follows
+    its ports. The client's packet handler reads its wire's MTU when it starts.
+    """
+    cmds = []
+    for intf in intfs:
+        cmds += [f"ip link set dev {intf} mtu {mtu}",
+                 f"test \"$(cat /sys/class/net/{intf}/mtu)\" = {mtu}"]
+    return cmds
 
 
 def check_environment(caps: Capabilities) -> None:

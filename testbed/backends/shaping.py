@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 from topologies.contention_layout import LinkDesc, contention_links
@@ -65,7 +65,7 @@ def topology_links(params: ContentionParams) -> list[LinkDesc]:
 
     The same list ``params.topo()`` (the Mininet Topo) is built from, read without Mininet.
     """
-    return contention_links(**asdict(params))
+    return contention_links(**params.layout())
 
 
 def plan_links(params: ContentionParams,
