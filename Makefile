@@ -27,12 +27,21 @@ NONE_OK = rc=$$?; [ $$rc -eq 0 ] || { [ $$rc -eq 5 ] && [ -n "$(strip $(PYTEST_A
 check: setup
 	$(PY) -m pytest -q -m unit -n $(WORKERS) $(PYTEST_ARGS)
 
-# Every test: first those that share nothing (unit, cli, slow), in parallel; then those
-# that change the machine (root, mininet, tgtd, docker), one at a time, as they check it
-# for leftovers and must not race `testbed clean`. Each part prints its 30 slowest.
+# pytest-xdist workers for the tests that change the machine: each of their runs is
+# isolated and judges its own fidelity, as `--workers` runs do (docs/measurements.md:
+# 8 runs at once stayed valid here), and a test may itself run two at once.
+MACHINE_WORKERS ?= 3
+
+# Every test, in three parts: those that share nothing (unit, cli, slow), in parallel; the
+# tests that change the machine (root, mininet, tgtd, docker) and find their own leftovers
+# by their runs' tags, MACHINE_WORKERS at a time, tests that share a run on one worker
+# (--dist loadgroup); last, one at a time, those that look at the whole machine or time
+# themselves (`alone`: tests/conftest.py's ALONE says which and why). Each part prints its
+# 30 slowest.
 test: setup
 	$(PY) -m pytest -q -rs -m "not machine" -n $(WORKERS) --durations=30 $(PYTEST_ARGS); $(NONE_OK)
-	$(PY) -m pytest -q -rs -m machine --durations=30 $(PYTEST_ARGS); $(NONE_OK)
+	$(PY) -m pytest -q -rs -m "machine and not alone" -n $(MACHINE_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS); $(NONE_OK)
+	$(PY) -m pytest -q -rs -m alone --durations=30 $(PYTEST_ARGS); $(NONE_OK)
 
 # The article's claims, each tested on 10 runs of every policy and of the baseline
 # (60 runs), two at a time (--workers 2; each run isolated, a starved one invalid and

@@ -8,9 +8,13 @@ passed.
 Two markers are derived here, never written on a test, so that membership has one rule:
 
 - ``machine``: the test has one of ``MACHINE_MARKERS``. It changes the machine (namespaces,
-  links, qdiscs, tgtd, dockerd, a guest) and checks it for leftovers afterwards, so these
-  tests run one at a time, after the others (``make test``'s second part), never beside a
-  ``testbed clean``.
+  links, qdiscs, tgtd, dockerd, a guest) and checks it for leftovers afterwards, by its
+  runs' tags, so machine tests run after the others, a few at a time (``make test``'s
+  second part, ``--dist loadgroup``), as ``--workers`` runs do: each run is isolated and
+  judges its own fidelity.
+- ``alone``: a machine test in ``ALONE``: it looks at the whole machine (snapshots of
+  every namespace, ``testbed clean``, dockerd's iptables), times itself near a bound, or
+  takes a core to itself (a TCG guest). These run one at a time, last (the third part).
 - ``unit``: the test has none of ``NOT_UNIT_MARKERS``: it runs inside the pytest process,
   with at most tiny local stand-ins (a ``python -c`` snippet, ``sleep``, a socket on
   loopback). ``make check`` runs these alone, in parallel (pytest-xdist).
@@ -36,6 +40,21 @@ import pytest
 
 # Markers that say the test changes the machine: run sequentially, after the rest.
 MACHINE_MARKERS = ("root", "mininet", "tgtd", "docker")
+# Machine tests that run one at a time, and why (a path prefix under the repository).
+ALONE = {
+    "tests/platform/": "compare snapshots of the whole machine, run testbed clean, plain Mininet",
+    "tests/docker/": "dockerd rewrites the root namespace's iptables and bridges",
+    "tests/guest/": "a TCG guest takes a core to itself, and its timings are the guest's",
+    "tests/e2e/test_killpoints.py": "runs testbed clean after killing its runs",
+    "tests/e2e/test_workers.py": "watches every run's namespaces to see its two side by side",
+    "tests/e2e/test_patience.py": "stalls and stops timed against the initiator's horizons",
+    "tests/e2e/test_fidelity.py": "its run's figures include the host's CPU pressure",
+    "tests/netdev/test_link_effects.py": "delays measured within 10 % by pings",
+}
+# Modules whose tests share a module- or session-scoped run: one worker takes them all
+# (a test may name its own group with ``pytest.mark.xdist_group``).
+SHARED_RUNS = ("tests/e2e/test_scenarios.py", "tests/labs/test_handin.py",
+               "tests/e2e/test_cluster.py")
 # Markers that keep a test out of the unit tests (make check).
 NOT_UNIT_MARKERS = MACHINE_MARKERS + ("slow", "cli")
 # Programs a unit test may start: stand-ins that change nothing outside the test's files,
@@ -50,7 +69,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "unit: derived (tests/conftest.py): none of "
                             + ", ".join(NOT_UNIT_MARKERS) + "; run by make check")
     config.addinivalue_line("markers", "machine: derived (tests/conftest.py): one of "
-                            + ", ".join(MACHINE_MARKERS) + "; run one at a time")
+                            + ", ".join(MACHINE_MARKERS) + "; a few at a time")
+    config.addinivalue_line("markers", "alone: derived (tests/conftest.py): a machine test "
+                            "in ALONE; run one at a time")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -77,6 +98,11 @@ def pytest_collection_modifyitems(config, items):
         marks = {m.name for m in item.iter_markers()}
         if marks & set(MACHINE_MARKERS):
             item.add_marker("machine")
+            where = item.nodeid.split("::")[0]
+            if where.startswith(tuple(ALONE)):
+                item.add_marker("alone")
+            elif where in SHARED_RUNS and "xdist_group" not in marks:
+                item.add_marker(pytest.mark.xdist_group(where))
         if not marks & set(NOT_UNIT_MARKERS):
             item.add_marker("unit")
     if os.geteuid() == 0:

@@ -30,7 +30,7 @@ TESTBED = [sys.executable, "-m", "testbed.cli"]
 # what dockerd and other runs (other areas' tests, next to ours) may add and remove
 # (and the bystanders of other areas' tests)
 OTHERS = re.compile(r"docker|containerd|\bbr-[0-9a-f]{12}\b|\bveth[0-9a-f]{7}\b|\btb-[0-9a-f]{8}-"
-                    r"|\btb-bystander-", re.I)
+                    r"|\btb-bystander-|\btbcl[0-9a-f]{4}", re.I)     # tbcl: tests/e2e/test_cluster.py
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 20) -> str:
@@ -53,15 +53,22 @@ def run_tag_of(pid: int) -> str:
                  if e.startswith(b"TESTBED_RUN=")), "")
 
 
+def session_root() -> int:
+    """The pytest process that started this test session: pytest-xdist's controller when
+    this process is one of its workers (other workers' tests run beside ours), else us."""
+    return os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+
+
 def settled_processes() -> set[tuple[int, int, str]]:
     """(pid, start time, program) of user processes older than a minute, not started by
-    this test.
+    this test session.
 
-    Younger ones and our own descendants may come and go by themselves; these must not.
+    Younger ones may come and go by themselves, and so do the session's own (this test's,
+    and other workers' tests' next to it, each checked by its runs' tags); these must not.
     """
-    ticks, mine = os.sysconf("SC_CLK_TCK"), os.getpid()
+    ticks, root = os.sysconf("SC_CLK_TCK"), session_root()
     uptime = float(Path("/proc/uptime").read_text().split()[0])
-    out = set()
+    procs: dict[int, tuple[int, int, bytes]] = {}          # pid -> (ppid, start, cmdline)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -71,11 +78,23 @@ def settled_processes() -> set[tuple[int, int, str]]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
-        ppid, start = int(fields[1]), int(fields[19])
-        if not cmdline or ppid == mine or uptime - start / ticks < 60:
-            continue                     # kernel thread, our child, or young
+        procs[int(entry)] = (int(fields[1]), int(fields[19]), cmdline)
+
+    def of_session(pid: int) -> bool:
+        for _ in range(64):                                # a chain of parents, not a cycle
+            if pid == root:
+                return True
+            if pid not in procs:
+                return False
+            pid = procs[pid][0]
+        return False
+
+    out = set()
+    for pid, (ppid, start, cmdline) in procs.items():
+        if not cmdline or uptime - start / ticks < 60 or of_session(ppid):
+            continue                     # kernel thread, young, or the session's
         name = cmdline.split(b"\0")[0].rsplit(b"/", 1)[-1].decode(errors="replace")
-        out.add((int(entry), start, name))
+        out.add((pid, start, name))
     return out
 
 
