@@ -113,7 +113,11 @@ def test_contention_none_makes_no_progress_in_a_second_horizon(tmp_path):
     CI run of 63bddc5 (2026-11-30) downloader1 was killed at 33.1 s, 270 pages freed, 26.5 s
     into the stall, which ended by a writeback at 33.7 s; no lockup, degraded by the stall.
     The first branch checks that outcome: no page written back from the stall's opening
-    to the kill, and the stall's break after it."""
+    to the kill, and the stall's break after it. How often each comes, on a2ea078
+    (``TESTBED_LOCKUP_PATIENCE=2 testbed compare contention-none --policies none --repeat 6
+    --workers 2 --set deadline_s=150``, 2026-11-30): 5 of 6 proven at 48.4-49.6 s and
+    recovered at 68.9-78.9 s (the middle branch), 1 of 6 still a lockup at the second
+    horizon, none killed before the first."""
     out = tmp_path / "none"
     r, s = run("contention-none", out, "deadline_s=150", env={"TESTBED_LOCKUP_PATIENCE": "2"})
     horizon = RecoveryHorizon.from_session(SessionConfig(), 2).seconds     # tgtd's T2W: 2 s
