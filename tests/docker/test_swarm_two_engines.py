@@ -8,12 +8,13 @@ the worker (`node.role == worker`, a second compose file), client and target on 
 manager (docker-compose.yml's own constraints). The integrity check must be the one-node
 run's, and nothing of the run may be left.
 
-The verdict is the one-node stack's, and that is not one verdict: on the stack (overlay
-MTU 1450) the contention load under gorman-3.6 locks up in about one run of four, on one
-engine as on two (2 of 8 and 3 of 13, docs/docker.md, "Two engines on one machine"), each
-time the same tcp_mem cycle (the downloaders, in balance_dirty_pages, hold tcp_mem[2];
-the target's segments are refused). So the test takes the expected verdict, or a lockup
-proven by that cycle, and nothing else: which of the two is not the engines' doing.
+The links run at MTU 1500, as on Mininet: at the overlay's own 1450 the contention load
+under gorman-3.6 locks up in about one run of four, on one engine as on two, and so it
+does on Mininet at MTU 1450 (7 of 40 against 0 of 40 at 1500, docs/docker.md, "Two
+engines on one machine"): the client's e1000 posts 2048-byte receive buffers for any MTU
+but 1500, so each frame costs TCP memory 2,752 bytes of truesize instead of 2,176, and
+the downloaders reach tcp_mem[2]. At 1500 the run is the load the scenario was written
+for, and the test demands its expected verdict.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def test_contention_with_bulk_on_a_second_engine(engine, tmp_path):
     if engine.info()["Swarm"]["LocalNodeState"] != "inactive":
         pytest.skip("the engine is already in a swarm (someone else's): it makes its own")
     had_gwbridge = bool(engine.networks.list(names=[GWBRIDGE]))
-    r = run_once(engines=2, bulk=3, overrides=[], base=tmp_path)
+    r = run_once(engines=2, bulk=3, overrides=[], base=tmp_path, link_mtu=1500)
     # where each task ran: the client and the target on the manager, every bulk on the worker
     assert r["placement"] == {"client": ["manager"], "target": ["manager"],
                               "bulk": ["worker", "worker", "worker"]}, r["tasks"]
@@ -42,12 +43,11 @@ def test_contention_with_bulk_on_a_second_engine(engine, tmp_path):
     # the client found all three bulk sources across the overlay (a run with fewer is
     # another load: the fault 2 of the first attempt)
     assert r["bulk_hosts_run"] == 3
+    assert r["client_wire_mtu"] == 1500     # the overlay made 50 bytes larger did reach the link
     assert r["fidelity"]["validity"] == "valid", r["fidelity"]
     assert r["expected"] == "completed"
-    if r["verdict"] != r["expected"]:       # the stack's tcp_mem cycle (module docstring)
-        summary = json.loads((Path(r["run_folder"]) / "summary.json").read_text())
-        assert r["verdict"] == "lockup", summary.get("reasons")
-        assert summary["lockup"]["cycle"]["kind"] == "tcp_mem", summary["lockup"]["cycle"]
+    summary = json.loads((Path(r["run_folder"]) / "summary.json").read_text())
+    assert r["verdict"] == r["expected"], (summary.get("reasons"), summary.get("lockup"))
     assert r["integrity"]["checked"] and r["integrity"]["mismatches"] == 0
     assert r["integrity"]["pages_checked"] > 0
     # everything removed: engine container, its volume, the underlay, node, swarm, stack

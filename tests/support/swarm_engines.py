@@ -16,9 +16,12 @@ crashed attempt's ``testbed clean`` and the run's sweep remove them all by those
 (:func:`docker_labels.remove`: containers, node entries, networks, volumes, then the
 swarm is left), as long as the owner process named in the run's state file is gone.
 
-``python -m tests.support.swarm_engines [--engines 1|2] [--bulk N] [--set K=V]`` runs
-the contention stack once and prints the verdict, where each task ran, the integrity
-check, the drops and the fidelity figures as JSON (the figures in docs/docker.md).
+``python -m tests.support.swarm_engines [--engines 1|2] [--bulk N] [--set K=V]
+[--link-mtu 1500]`` runs the contention stack once and prints the verdict, where each
+task ran, the integrity check, the drops and the fidelity figures as JSON (the figures
+in docs/docker.md). ``--link-mtu`` gives the nodes' links that MTU instead of the
+overlay's 1450: the overlay network is made ``VXLAN_OVERHEAD`` larger (a third compose
+file, so docker-compose.yml stays as real machines use it), and so is the underlay.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ MANAGED = "swarm-engines"
 ENGINE_TIMEOUT = 90.0      # the inner dockerd answering; the worker ready on the manager
 LOAD_TIMEOUT = 600.0       # docker save | docker load of the node image
 RUN_TIMEOUT = 300.0        # the stack's tasks all ended (the scenario's deadline is 75 s)
+# What VXLAN adds to a frame (outer IPv4, UDP, VXLAN and inner Ethernet headers): Docker's
+# overlay gives its interfaces its driver MTU less this, and the underlay must carry it.
+VXLAN_OVERHEAD = 50
 DONE = {"complete", "failed", "rejected", "shutdown", "orphaned"}
 # The kernel's capability names by number (include/uapi/linux/capability.h), as Docker
 # spells them: the engine gets those in this machine's bounding set.
@@ -105,8 +111,9 @@ class TwoEngines:
     outside any swarm (a swarm made by someone else is theirs: EngineError).
     """
 
-    def __init__(self, run: RunContext, client: Any):
+    def __init__(self, run: RunContext, client: Any, underlay_mtu: Optional[int] = None):
         self.run, self.client = run, client
+        self.underlay_mtu = underlay_mtu      # None: Docker's default (1500)
         self.labels = {LABEL_RUN: run.id, LABEL_MANAGED: MANAGED}
         self.name = f"tb-{run.id}-engine"
         self.hostname = f"tb-{run.id}-worker"
@@ -130,9 +137,11 @@ class TwoEngines:
 
     def _underlay(self) -> str:
         """The bridge both engines share (no NAT out); returns the manager's address on it."""
+        options = {"com.docker.network.bridge.enable_ip_masquerade": "false"}
+        if self.underlay_mtu:
+            options["com.docker.network.driver.mtu"] = str(self.underlay_mtu)
         net = self.client.networks.create(
-            f"tb-{self.run.id}-underlay", driver="bridge", labels=self.labels,
-            options={"com.docker.network.bridge.enable_ip_masquerade": "false"})
+            f"tb-{self.run.id}-underlay", driver="bridge", labels=self.labels, options=options)
         net.reload()
         return net.attrs["IPAM"]["Config"][0]["Gateway"]
 
@@ -233,13 +242,22 @@ services:
 """
 
 
+def overlay_mtu_file(link_mtu: int) -> str:
+    """A compose file that gives the ``lan`` overlay's interfaces (the nodes' links take
+    eth0's MTU) ``link_mtu``."""
+    return ('version: "3.8"\nnetworks:\n  lan:\n    driver_opts:\n'
+            f'      com.docker.network.driver.mtu: "{link_mtu + VXLAN_OVERHEAD}"\n')
+
+
 def deploy_and_wait(client: Any, stack: str, folder: Path, env: dict[str, str],
-                    bulk_on_worker: bool) -> dict[str, list[dict[str, str]]]:
+                    bulk_on_worker: bool,
+                    link_mtu: Optional[int] = None) -> dict[str, list[dict[str, str]]]:
     """Deploy docker-compose.yml as ``stack`` from ``folder``, wait for every task's end.
 
     Returns, per service, its tasks' node id and final state. ``bulk_on_worker`` adds
-    the placement constraint ``node.role == worker`` to the bulk service (a second file,
-    so docker-compose.yml stays as real machines use it).
+    the placement constraint ``node.role == worker`` to the bulk service, ``link_mtu``
+    the overlay's MTU (:func:`overlay_mtu_file`): each a file of its own, so
+    docker-compose.yml stays as real machines use it.
     """
     shutil.copy(ROOT / "docker-compose.yml", folder / "docker-compose.yml")
     (folder / "runs").mkdir(exist_ok=True)
@@ -247,6 +265,9 @@ def deploy_and_wait(client: Any, stack: str, folder: Path, env: dict[str, str],
     if bulk_on_worker:
         (folder / "placement.yml").write_text(PLACEMENT)
         files += ["-c", str(folder / "placement.yml")]
+    if link_mtu:
+        (folder / "mtu.yml").write_text(overlay_mtu_file(link_mtu))
+        files += ["-c", str(folder / "mtu.yml")]
     sh("docker", "stack", "deploy", *files, stack, env=env, cwd=folder, timeout=120)
     services = [f"{stack}_{s}" for s in ("client", "target", "bulk")]
 
@@ -277,10 +298,11 @@ def save_service_logs(stack: str, folder: Path) -> None:
 
 
 def run_once(engines: int, bulk: int, overrides: list[str], base: Path,
-             replicas: Optional[int] = None) -> dict[str, Any]:
+             replicas: Optional[int] = None, link_mtu: Optional[int] = None) -> dict[str, Any]:
     """One contention run of the stack on one engine or two; its figures as a dict.
 
-    The scenario has ``bulk`` bulk hosts; ``replicas`` bulk tasks run (default as many).
+    The scenario has ``bulk`` bulk hosts; ``replicas`` bulk tasks run (default as many);
+    ``link_mtu``: the nodes' links' MTU (None: the overlay's default, 1450).
     """
     import docker
     client = docker.from_env(timeout=120)
@@ -290,7 +312,9 @@ def run_once(engines: int, bulk: int, overrides: list[str], base: Path,
         env.update(TESTBED_COMPOSE_RUN=run.id, SCENARIO="contention", BULK=str(replicas or bulk),
                    TESTBED_SET=";".join([f"topology.bulk_hosts={bulk}", *overrides]))
         if engines == 2:
-            pair = TwoEngines(run, client)
+            # the underlay carries the overlay's frames whole: link_mtu + VXLAN's headers
+            pair = TwoEngines(run, client,
+                              underlay_mtu=link_mtu + VXLAN_OVERHEAD if link_mtu else None)
             pair.up()
             where = pair.node_names()
         else:
@@ -303,23 +327,38 @@ def run_once(engines: int, bulk: int, overrides: list[str], base: Path,
                               labels={**one.labels, **({LABEL_GWBRIDGE: "made"} if gw else {})})
             where = {n.id: "manager" for n in client.nodes.list()}
         started = time.monotonic()
-        tasks = deploy_and_wait(client, stack, base, env, bulk_on_worker=engines == 2)
+        tasks = deploy_and_wait(client, stack, base, env, bulk_on_worker=engines == 2,
+                                link_mtu=link_mtu)
         took = time.monotonic() - started
         save_service_logs(stack, base)
         sh("docker", "stack", "rm", stack, timeout=60, check=False)
         folders = list((base / "runs").iterdir())
         summary = json.loads((folders[0] / "summary.json").read_text()) if folders else {}
         hosts = json.loads((folders[0] / "hosts.json").read_text()) if folders else {}
+        wire_mtu = client_wire_mtu(folders[0]) if folders else None
     return {"run": run.id, "engines": engines, "wall_s": round(took, 1),
             "placement": {svc: sorted(where.get(t["node"], t["node"]) for t in ts)
                           for svc, ts in tasks.items()},
             "states": {svc: sorted(t["state"] for t in ts) for svc, ts in tasks.items()},
             "tasks": tasks,
             "bulk_hosts_run": len([h for h in hosts if h.startswith("bulk")]),
+            "client_wire_mtu": wire_mtu,
             "run_folder": str(folders[0]) if folders else None,
             "verdict": summary.get("verdict"), "expected": summary.get("expected"),
             "integrity": summary.get("integrity"), "drops": summary.get("drops"),
             "fidelity": summary.get("fidelity")}
+
+
+def client_wire_mtu(run_folder: Path) -> Optional[int]:
+    """The MTU the client's packet handler found on its wire (client.ndjson's device)."""
+    path = run_folder / "client.ndjson"
+    if not path.exists():
+        return None
+    for line in path.open():
+        device = (json.loads(line).get("net") or {}).get("device")
+        if device and device.get("mtu"):
+            return int(device["mtu"])
+    return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -332,10 +371,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "with those it finds")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dir", type=Path, default=None, help="folder kept for the run folder")
+    p.add_argument("--link-mtu", type=int, default=None,
+                   help="the nodes' links' MTU (default: the overlay's, 1450)")
     a = p.parse_args(argv)
     base = a.dir or Path(tempfile.mkdtemp(prefix=f"swarm{a.engines}-", dir="/var/tmp"))
     base.mkdir(parents=True, exist_ok=True)
-    print(json.dumps(run_once(a.engines, a.bulk, a.set, base.resolve(), a.replicas), indent=1))
+    print(json.dumps(run_once(a.engines, a.bulk, a.set, base.resolve(), a.replicas,
+                                     a.link_mtu), indent=1))
     return 0
 
 
