@@ -50,11 +50,15 @@ ALONE = {
     "tests/e2e/test_patience.py": "stalls and stops timed against the initiator's horizons",
     "tests/e2e/test_fidelity.py": "its run's figures include the host's CPU pressure",
     "tests/netdev/test_link_effects.py": "delays measured within 10 % by pings",
+    # verdicts counted over batches, whose rates the tests assert: beside a loaded
+    # machine's other runs (load 8-16, 2026-11-30) each of these failed once
+    "tests/e2e/test_scenarios.py": "the article's claims, judged on a batch of runs two at a time",
+    "tests/labs/test_lab6.py": "the flood's frame rate against the packet handler's CPU",
+    "tests/e2e/test_stress.py": "a campaign within a time budget",
 }
 # Modules whose tests share a module- or session-scoped run: one worker takes them all
 # (a test may name its own group with ``pytest.mark.xdist_group``).
-SHARED_RUNS = ("tests/e2e/test_scenarios.py", "tests/labs/test_handin.py",
-               "tests/e2e/test_cluster.py")
+SHARED_RUNS = ("tests/labs/test_handin.py", "tests/e2e/test_cluster.py")
 # Markers that keep a test out of the unit tests (make check).
 NOT_UNIT_MARKERS = MACHINE_MARKERS + ("slow", "cli")
 # Programs a unit test may start: stand-ins that change nothing outside the test's files,
