@@ -34,13 +34,13 @@ MACHINE_WORKERS ?= 3
 
 # Every test, in three parts: those that share nothing (unit, cli, slow), in parallel; the
 # tests that change the machine (root, mininet, tgtd, docker) and find their own leftovers
-# by their runs' tags, MACHINE_WORKERS at a time, tests that share a run on one worker
-# (--dist loadgroup); last, one at a time, those that look at the whole machine or time
+# by their runs' tags, MACHINE_WORKERS at a time, a file's tests on one worker (--dist
+# loadfile: the runs a file's tests share are made once); last, one at a time, those that look at the whole machine or time
 # themselves (`alone`: tests/conftest.py's ALONE says which and why). Each part prints its
 # 30 slowest.
 test: setup
 	$(PY) -m pytest -q -rs -m "not machine" -n $(WORKERS) --durations=30 $(PYTEST_ARGS); $(NONE_OK)
-	$(PY) -m pytest -q -rs -m "machine and not alone" -n $(MACHINE_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS); $(NONE_OK)
+	$(PY) -m pytest -q -rs -m "machine and not alone" -n $(MACHINE_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS); $(NONE_OK)
 	$(PY) -m pytest -q -rs -m alone --durations=30 $(PYTEST_ARGS); $(NONE_OK)
 
 # The article's claims, each tested on 10 runs of every policy and of the baseline

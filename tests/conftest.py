@@ -10,8 +10,9 @@ Two markers are derived here, never written on a test, so that membership has on
 - ``machine``: the test has one of ``MACHINE_MARKERS``. It changes the machine (namespaces,
   links, qdiscs, tgtd, dockerd, a guest) and checks it for leftovers afterwards, by its
   runs' tags, so machine tests run after the others, a few at a time (``make test``'s
-  second part, ``--dist loadgroup``), as ``--workers`` runs do: each run is isolated and
-  judges its own fidelity.
+  second part), as ``--workers`` runs do: each run is isolated and judges its own
+  fidelity. A file's tests stay on one worker (``--dist loadfile``): a module- or
+  session-scoped run (a lab's handout, a hand-in, the cluster) is made once.
 - ``alone``: a machine test in ``ALONE``: it looks at the whole machine (snapshots of
   every namespace, ``testbed clean``, dockerd's iptables), times itself near a bound, or
   takes a core to itself (a TCG guest). These run one at a time, last (the third part).
@@ -55,10 +56,12 @@ ALONE = {
     "tests/e2e/test_scenarios.py": "the article's claims, judged on a batch of runs two at a time",
     "tests/labs/test_lab6.py": "the flood's frame rate against the packet handler's CPU",
     "tests/e2e/test_stress.py": "a campaign within a time budget",
+    # lab 1's handout reads its first none run's lockup, and the hand-in tests one run's:
+    # three at a time, 2 of 11 such runs completed (the OOM killer took the mmap writer at
+    # 1.9 s, before memory filled; CI of b897567), none in the runs one at a time before
+    "tests/labs/test_lab_runs.py": "a handout step reads one run's lockup",
+    "tests/labs/test_handin.py": "its hand-ins are built on one run's lockup",
 }
-# Modules whose tests share a module- or session-scoped run: one worker takes them all
-# (a test may name its own group with ``pytest.mark.xdist_group``).
-SHARED_RUNS = ("tests/labs/test_handin.py", "tests/e2e/test_cluster.py")
 # Markers that keep a test out of the unit tests (make check).
 NOT_UNIT_MARKERS = MACHINE_MARKERS + ("slow", "cli")
 # Programs a unit test may start: stand-ins that change nothing outside the test's files,
@@ -102,11 +105,8 @@ def pytest_collection_modifyitems(config, items):
         marks = {m.name for m in item.iter_markers()}
         if marks & set(MACHINE_MARKERS):
             item.add_marker("machine")
-            where = item.nodeid.split("::")[0]
-            if where.startswith(tuple(ALONE)):
+            if item.nodeid.split("::")[0].startswith(tuple(ALONE)):
                 item.add_marker("alone")
-            elif where in SHARED_RUNS and "xdist_group" not in marks:
-                item.add_marker(pytest.mark.xdist_group(where))
         if not marks & set(NOT_UNIT_MARKERS):
             item.add_marker("unit")
     if os.geteuid() == 0:

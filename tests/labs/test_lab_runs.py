@@ -27,19 +27,6 @@ from tests.platform.conftest import assert_nothing_left
 pytestmark = [pytest.mark.mininet, pytest.mark.root, pytest.mark.tgtd, pytest.mark.slow,
               pytest.mark.timeout(1800)]
 
-# make test runs machine tests a few at a time (tests/conftest.py); a handout is followed
-# once per worker, so the tests that read the same handouts share a worker: two halves
-# of about 5.5 and 7.5 minutes
-HANDOUT_GROUP = {1: "labs-1-3-5", 3: "labs-1-3-5", 5: "labs-1-3-5",
-                 2: "labs-2-4-7", 4: "labs-2-4-7", 7: "labs-2-4-7"}
-
-
-def reads(*numbers: int) -> pytest.MarkDecorator:
-    """The worker group of a test that reads the handouts of labs ``numbers``."""
-    groups = {HANDOUT_GROUP[n] for n in numbers}
-    assert len(groups) == 1, f"labs {numbers} are followed on different workers"
-    return pytest.mark.xdist_group(groups.pop())
-
 
 def assert_followed(h: HandoutRun) -> None:
     bad = h.failed()
@@ -48,7 +35,7 @@ def assert_followed(h: HandoutRun) -> None:
     assert h.work is not None
 
 
-@pytest.mark.parametrize("number", [pytest.param(n, marks=reads(n)) for n in HANDOUT_GROUP])
+@pytest.mark.parametrize("number", [1, 2, 3, 4, 5, 7])
 def test_handout_runs_as_written_and_the_reference_solution_passes(handout, number):
     h = handout(number)
     assert_followed(h)
@@ -72,7 +59,6 @@ def hand_in(tmp_path: Path, number: int, runs: dict[str, Path], answers: Path) -
     return work
 
 
-@reads(1, 5)
 def test_runs_of_other_policies_handed_in_for_lab_1_fail_with_a_helpful_message(handout,
                                                                                tmp_path):
     lab1, lab5 = handout(1), handout(5)
@@ -94,7 +80,6 @@ def test_runs_of_other_policies_handed_in_for_lab_1_fail_with_a_helpful_message(
     assert "more checks for the same reason" in lines[2]
 
 
-@reads(3, 5)
 def test_a_compare_without_gorman_handed_in_for_lab_5_names_what_is_missing(handout, tmp_path):
     lab3, lab5 = handout(3), handout(5)
     assert_followed(lab3)
@@ -107,7 +92,6 @@ def test_a_compare_without_gorman_handed_in_for_lab_5_names_what_is_missing(hand
         "compare step with --policies as the handout gives it")
 
 
-@reads(1)
 def test_wrong_answers_fail_with_sentences_that_name_the_key_not_the_figures(handout, tmp_path):
     h = handout(1)
     assert_followed(h)
@@ -142,7 +126,6 @@ def test_wrong_answers_fail_with_sentences_that_name_the_key_not_the_figures(han
         assert by_name[name].passed, by_name[name].sentence
 
 
-@reads(7)
 def test_lab_7s_restart_comes_in_every_run_and_no_reinstatement_under_pressure_sends(handout):
     """The lesson shows in the handout's own runs: the restart happened in every run of
     both steps (free memory reached min under both policies of step 1: a pressure.yaml
