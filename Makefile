@@ -35,9 +35,9 @@ MACHINE_WORKERS ?= 3
 # Every test, in three parts: those that share nothing (unit, cli, slow), in parallel; the
 # tests that change the machine (root, mininet, tgtd, docker) and find their own leftovers
 # by their runs' tags, MACHINE_WORKERS at a time, a file's tests on one worker (--dist
-# loadfile: the runs a file's tests share are made once); last, one at a time, those that look at the whole machine or time
-# themselves (`alone`: tests/conftest.py's ALONE says which and why). Each part prints its
-# 30 slowest.
+# loadfile: the runs a file's tests share are made once); last, one at a time, those that
+# look at the whole machine, time themselves or assert on a batch's verdicts (`alone`:
+# tests/conftest.py's ALONE says which and why). Each part prints its 30 slowest.
 test: setup
 	$(PY) -m pytest -q -rs -m "not machine" -n $(WORKERS) --durations=30 $(PYTEST_ARGS); $(NONE_OK)
 	$(PY) -m pytest -q -rs -m "machine and not alone" -n $(MACHINE_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS); $(NONE_OK)

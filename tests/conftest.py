@@ -5,7 +5,7 @@ listed in pyproject.toml). On CI they all run (CI runs as root with everything i
 on a laptop without root the root-only ones are skipped with a reason, never silently
 passed.
 
-Two markers are derived here, never written on a test, so that membership has one rule:
+Three markers are derived here, never written on a test, so that membership has one rule:
 
 - ``machine``: the test has one of ``MACHINE_MARKERS``. It changes the machine (namespaces,
   links, qdiscs, tgtd, dockerd, a guest) and checks it for leftovers afterwards, by its
@@ -14,8 +14,9 @@ Two markers are derived here, never written on a test, so that membership has on
   fidelity. A file's tests stay on one worker (``--dist loadfile``): a module- or
   session-scoped run (a lab's handout, a hand-in, the cluster) is made once.
 - ``alone``: a machine test in ``ALONE``: it looks at the whole machine (snapshots of
-  every namespace, ``testbed clean``, dockerd's iptables), times itself near a bound, or
-  takes a core to itself (a TCG guest). These run one at a time, last (the third part).
+  every namespace, ``testbed clean``, dockerd's iptables), times itself near a bound,
+  takes a core to itself (a TCG guest), or asserts on a batch's verdicts or one run's.
+  These run one at a time, last (the third part).
 - ``unit``: the test has none of ``NOT_UNIT_MARKERS``: it runs inside the pytest process,
   with at most tiny local stand-ins (a ``python -c`` snippet, ``sleep``, a socket on
   loopback). ``make check`` runs these alone, in parallel (pytest-xdist).
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-# Markers that say the test changes the machine: run sequentially, after the rest.
+# Markers that say the test changes the machine: run after the rest (make test's parts 2, 3).
 MACHINE_MARKERS = ("root", "mininet", "tgtd", "docker")
 # Machine tests that run one at a time, and why (a path prefix under the repository).
 ALONE = {
