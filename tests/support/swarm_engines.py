@@ -40,6 +40,7 @@ from typing import Any, Callable, Optional
 from testbed.backends import docker_labels
 from testbed.backends.docker_labels import (GWBRIDGE, LABEL_GWBRIDGE, LABEL_MANAGED,
                                             LABEL_ROLE, LABEL_RUN)
+from testbed.results import read_ndjson
 from testbed.runctx import RunContext
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -351,11 +352,8 @@ def run_once(engines: int, bulk: int, overrides: list[str], base: Path,
 
 def client_wire_mtu(run_folder: Path) -> Optional[int]:
     """The MTU the client's packet handler found on its wire (client.ndjson's device)."""
-    path = run_folder / "client.ndjson"
-    if not path.exists():
-        return None
-    for line in path.open():
-        device = (json.loads(line).get("net") or {}).get("device")
+    for sample in read_ndjson(run_folder / "client.ndjson"):
+        device = (sample.get("net") or {}).get("device")
         if device and device.get("mtu"):
             return int(device["mtu"])
     return None
