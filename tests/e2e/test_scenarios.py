@@ -56,6 +56,7 @@ import pytest
 from testbed import results, stats
 from testbed.mm.gfp import AllocFlags, slowpath_mark
 from tests.e2e.machine import snapshot
+from tests.e2e.verdicts import assert_held_at_tcp_mem, at_tcp_mem
 from tests.platform.conftest import assert_nothing_left, assert_untouched
 
 # The batch fixture makes every run before the first test: 22 runs, ~13 minutes, past
@@ -166,16 +167,6 @@ def freed_by_the_oom_killer(summary: dict) -> bool:
     """A downloader killed by the 2.6.13 OOM killer, its socket queue freed: that breaks
     the cycle, and the run may go on to complete (the mmap writer's kill frees nothing)."""
     return any(k["pages_freed"] > 0 for k in summary["oom_kills"])
-
-
-def at_tcp_mem(summary: dict) -> bool:
-    """A lockup held at TCP's hard limit, 2.6.13's stream-specific deadlock (the one 3.6's
-    c76562b6709f ends for pfmemalloc skbs): the downloads' queues hold tcp_mem[2], their
-    readers wait for writeback, and the storage flow's segments are refused PROTO_MEM,
-    free memory possibly above min. Its cycle runs through TCP memory (the detector's
-    ``TcpOutlook``; seen in 1 reserve-only run of 3 on 1acdae7, before the detector could
-    prove it)."""
-    return ((summary.get("lockup") or {}).get("cycle") or {}).get("kind") == "tcp_mem"
 
 
 def held_back_by_tcp_mem(summary: dict) -> bool:
@@ -297,10 +288,7 @@ def test_lockup_evidence_is_the_seed_signature(contention_runs):
             if at_tcp_mem(s):
                 # writeback waits on the storage flow's responses, refused at tcp_mem[2]
                 # by socket queues whose readers wait for writeback
-                tcp = lk["tcp"]
-                assert tcp["refused"] and tcp["allocated"] + tcp["need"] > tcp["limits"][2], tcp
-                assert e[0][0] == "writeback" and e[1][1] == "TCP memory", (policy, e)
-                assert e[-1][1] == "writeback", (policy, e)
+                assert_held_at_tcp_mem(s)
                 continue
             assert lk["dirty"] > 0 and lk["free"] <= lk["wmark_min"], (policy, lk)
             # writeback waits on the storage flow, which waits for an skb, held by memory
