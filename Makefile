@@ -54,7 +54,7 @@ claims: setup
 # 10,000 broken scenario files and 10,000 broken frames, with the counts (about 3 minutes;
 # make test runs a few hundred of each).
 fuzz: setup
-	$(PY) -m tests.support.fuzz --cases 10000 --frames 10000
+	$(PY) -m tests.support.fuzz --cases 10000 --frames 10000 --pdus 10000
 
 # testbed run killed (SIGKILL, then testbed clean; and Ctrl-C) at 20 points of its life,
 # with and without dockerd, and what is left of each run counted (expected 0; about

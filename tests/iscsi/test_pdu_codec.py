@@ -14,27 +14,7 @@ from scapy.layers.inet import IP, TCP
 from testbed.iscsi import layers, pdu
 from testbed.iscsi.connection import Connection, PduReader
 from testbed.iscsi.errors import IscsiError, ProtocolError, DigestError
-
-
-def fields_strategy(spec: pdu.PduSpec) -> st.SearchStrategy:
-    """Any value for every field (opcode fixed, dsl/ahs_len follow the segments)."""
-    fixed = {"opcode", "dsl", "ahs_len"}
-    parts = {}
-    for name in spec.field_names:
-        if name in fixed:
-            continue
-        width = spec.widths[name]
-        if name in spec.raw_fields:
-            parts[name] = st.binary(min_size=width // 8, max_size=width // 8)
-        else:
-            parts[name] = st.integers(0, (1 << width) - 1)
-    return st.fixed_dictionaries(parts)
-
-
-def pdu_case() -> st.SearchStrategy:
-    return st.sampled_from(pdu.ALL_SPECS).flatmap(
-        lambda spec: st.tuples(st.just(spec), fields_strategy(spec),
-                               st.binary(max_size=300), st.booleans(), st.booleans()))
+from tests.support.pdus import decoder_input, pdu_case
 
 
 @pytest.fixture(autouse=True)
@@ -116,21 +96,12 @@ def test_lun_field_addressing():
 
 # ------------------------------------------------------------------ fuzz
 
-@st.composite
-def mangled_pdu(draw) -> bytes:
-    """A valid PDU, then bytes flipped, cut off or appended: close to the real thing."""
-    spec, fields, data, hd, dd = draw(pdu_case())
-    raw = bytearray(pdu.encode_pdu(spec, data, hd, dd, **fields))
-    for _ in range(draw(st.integers(0, 4))):
-        i = draw(st.integers(0, len(raw) - 1))
-        raw[i] = draw(st.integers(0, 255))
-    cut = draw(st.integers(0, len(raw)))
-    return bytes(raw[:cut]) + draw(st.binary(max_size=8))
-
-
-@settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(st.binary(max_size=200), mangled_pdu()), st.booleans(), st.booleans())
-def test_fuzz_decoder_raises_only_project_errors(raw, hd, dd):
+# 1,500 cases here, like the codec's other properties (make check's time); make fuzz
+# decodes 10,000 and counts each outcome (tests/support/fuzz.py)
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(decoder_input())
+def test_fuzz_decoder_raises_only_project_errors(case):
+    raw, hd, dd = case
     try:
         p = pdu.decode_pdu(raw, hd, dd)
     except IscsiError:

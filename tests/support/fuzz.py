@@ -1,7 +1,8 @@
-"""``make fuzz``: 10,000 broken scenario files and 10,000 broken frames, with the counts.
+"""``make fuzz``: 10,000 broken scenario files, frames and iSCSI PDUs, with the counts.
 
-The same cases as ``tests/core/test_scenario_fuzz.py`` and ``tests/netdev/test_frame_fuzz.py``
-(``tests/support/malformed.py``, ``tests/support/frames.py``), many more of them, and
+The same cases as ``tests/core/test_scenario_fuzz.py``, ``tests/netdev/test_frame_fuzz.py``
+and ``tests/iscsi/test_pdu_codec.py`` (``tests/support/malformed.py``,
+``tests/support/frames.py``, ``tests/support/pdus.py``), many more of them, and
 counted rather than stopped at the first failure: Hypothesis only generates here (no
 shrinking), each outcome is tallied, and the first few failures are printed in full.
 
@@ -12,8 +13,12 @@ Frames: frames, each outcome (delivered per class, dropped per reason; MALFORMED
 header that is wrong), crashes, contract breaks (counted not exactly once, parse past
 the end, explain disagreeing, a handler error), whether the storage flow was still
 delivered afterwards, and what was left charged.
+PDUs (random bytes, or valid PDUs mangled, given to the decoder with and without
+digests): decoded, refused with a typed error (by class), crashes (any other exception)
+and misread (a decoded PDU whose opcode is not the first byte's).
 
-Usage: ``python -m tests.support.fuzz [--cases 10000] [--frames 10000]`` (no root needed).
+Usage: ``python -m tests.support.fuzz [--cases 10000] [--frames 10000] [--pdus 10000]``
+(no root needed).
 Exits 1 if anything failed.
 """
 
@@ -32,8 +37,11 @@ from typing import Any, Callable, Iterator
 
 from hypothesis import HealthCheck, Phase, given, settings
 
+from testbed.iscsi import pdu
+from testbed.iscsi.errors import IscsiError
 from tests.support import frames as frame_cases
 from tests.support import malformed
+from tests.support.pdus import decoder_input
 
 SHOWN = 3       # failures printed in full
 
@@ -128,16 +136,55 @@ def fuzz_frames(n: int) -> bool:
     return crashes == 0 and broken == 0 and storage is None and not left and rx.h.errors == 0
 
 
+def fuzz_pdus(n: int) -> bool:
+    counts: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    failures: list[str] = []
+    t0 = time.monotonic()
+
+    @_settings(n)
+    @given(case=decoder_input())
+    def one(case: tuple[bytes, bool, bool]) -> None:
+        raw, hd, dd = case
+        try:
+            p = pdu.decode_pdu(raw, hd, dd)
+        except IscsiError as exc:
+            counts["typed"] += 1
+            errors[type(exc).__name__] += 1
+            return
+        except Exception as exc:            # what the decoder must never raise
+            counts["crash"] += 1
+            if len(failures) < SHOWN:
+                failures.append(f"crash: {exc!r} on {raw.hex()} (digests {hd}, {dd})")
+            return
+        kind = "decoded" if p.spec.opcode == raw[0] & 0x3F else "misread"
+        counts[kind] += 1
+        if kind == "misread" and len(failures) < SHOWN:
+            failures.append(f"misread: {p.spec.name} from {raw.hex()}")
+
+    one()
+    by_class = ", ".join(f"{k} {v}" for k, v in errors.most_common())
+    print(f"PDUs: {sum(counts.values())} cases, {counts['decoded']} decoded, "
+          f"{counts['typed']} typed errors ({by_class}), {counts['crash']} crashes, "
+          f"{counts['misread']} misread; {time.monotonic() - t0:.1f} s")
+    for f in failures:
+        print("  " + f)
+    return counts["crash"] == 0 and counts["misread"] == 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=10_000, help="scenario files (0: none)")
     ap.add_argument("--frames", type=int, default=10_000, help="frames (0: none)")
+    ap.add_argument("--pdus", type=int, default=10_000, help="iSCSI PDUs (0: none)")
     args = ap.parse_args(argv)
     ok = True
     if args.cases:
         ok = fuzz_scenarios(args.cases) and ok
     if args.frames:
         ok = fuzz_frames(args.frames) and ok
+    if args.pdus:
+        ok = fuzz_pdus(args.pdus) and ok
     return 0 if ok else 1
 
 
