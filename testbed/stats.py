@@ -17,11 +17,13 @@ median of N runs with a 95 % interval, and a claim as a test with its p-value:
   "this happens more often than ``p0``", with the exact (Clopper-Pearson) one-sided lower
   bound of the rate: with 10 of 10 runs, p = 0.001 and the rate is >= 74 % at 95 %.
   :func:`runs_to_support` says how many runs such a test needs at the least.
-- :func:`less_test`: a one-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``) that
-  one sample tends to be smaller than another, its p-value from the permutation
-  distribution of U (``scipy.stats.PermutationMethod``): exact for N = 10 per side
-  (184 756 arrangements), and correct with tied values, where scipy's ``exact`` method
-  assumes none and the normal approximation is rough at this size.
+- :func:`less_test`: a one-sided Mann-Whitney U test that one sample tends to be
+  smaller than another, its p-value from the exact permutation distribution of U:
+  counted, for every way of splitting the pooled (mid)ranks into the two sizes, by
+  subset sums (:func:`u_less_pvalue`), so it is exact at any size and with tied values,
+  where scipy's ``exact`` method assumes none and the normal approximation is rough at
+  this size. It equals ``scipy.stats.permutation_test`` over all 184,756 arrangements
+  of 10 against 10, in milliseconds instead of seconds, and takes a side of one.
 
 Nothing here knows about runs: :mod:`testbed.results` turns runs into numbers.
 """
@@ -44,8 +46,6 @@ def sps():
 
 CONFIDENCE = 0.95       # of every interval
 ALPHA = 0.05            # a claim is supported when its p-value is below this
-PERMUTATIONS = 200_000  # exact permutation p-values up to C(n + m, n) of this size
-SEED = 20050811         # Monte Carlo beyond that is still reproducible (the seed's date)
 
 
 @dataclass(frozen=True)
@@ -170,9 +170,27 @@ def less_test(a: Sequence[float], b: Sequence[float]) -> LessTest:
         return LessTest(ea, eb, None, 1.0)
     if len(set(a) | set(b)) == 1:        # every value equal: no evidence either way
         return LessTest(ea, eb, len(a) * len(b) / 2.0, 1.0)
-    method = sps().PermutationMethod(n_resamples=PERMUTATIONS, rng=np.random.default_rng(SEED))
-    r = sps().mannwhitneyu(a, b, alternative="less", method=method)
-    return LessTest(ea, eb, float(r.statistic), float(r.pvalue))
+    u, p = u_less_pvalue(a, b)
+    return LessTest(ea, eb, u, p)
+
+
+def u_less_pvalue(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """``a``'s Mann-Whitney U and P(U <= it) over every split of the pooled values' ranks
+    into ``len(a)`` and ``len(b)`` (the permutation null), ties at their midranks.
+
+    U = R - n(n+1)/2 with R ``a``'s rank sum, so the count is of the subsets of ``n``
+    ranks whose sum is at most R: a subset-sum table over the doubled midranks (whole
+    numbers), one vectorised step per value."""
+    n = len(a)
+    ranks2 = np.rint(2 * sps().rankdata([*a, *b])).astype(np.int64)
+    r2 = int(ranks2[:n].sum())
+    top = int(ranks2.sum())
+    ways = np.zeros((n + 1, top + 1))       # ways[k, s]: subsets of k ranks summing to s
+    ways[0, 0] = 1.0
+    for r in ranks2:
+        ways[1:, r:] += ways[:-1, :top + 1 - r].copy()
+    u = r2 / 2 - n * (n + 1) / 2
+    return u, float(ways[n, :r2 + 1].sum() / math.comb(len(ranks2), n))
 
 
 def quantile(values: Sequence[float], q: float) -> float:

@@ -99,6 +99,16 @@ def test_ties_and_empty_samples_are_no_evidence():
     assert got == pytest.approx(want, rel=1e-9) and got < 0.05
 
 
+def test_a_side_of_one_run_has_its_exact_pvalue():
+    """scipy's permutation test refuses a sample of one; the split count does not: one
+    value below two others is the lowest of three ranks in 1 of 3 splits."""
+    assert stats.less_test([1.0], [2.0, 3.0]).pvalue == pytest.approx(1 / 3)
+    assert stats.less_test([3.0], [1.0, 2.0]).pvalue == pytest.approx(1.0)
+    # 30 against 30, past what enumerating the 1.2e17 splits could do: separated samples
+    assert stats.less_test(list(range(30)), list(range(30, 60))).pvalue == pytest.approx(
+        1 / math.comb(60, 30))
+
+
 # -- batch folders ------------------------------------------------------------------------------
 
 def run_summary(policy: str, verdict: str, t: float, other: int = 0, tx_other: int = 0,
