@@ -48,7 +48,7 @@ def assert_gorman_outcome(summary: dict) -> None:
     and whether the count reaches ``tcp_mem[2]`` before the storage flow's next response is
     a race. Seen in the CI run of 367e74a at 64 MiB (TCP held 3,072 of 3,072 pages from
     3.8 s, free memory 6,131 pages against a min of 256); not in 16 runs of these two points
-    (docs/measurements.md, "The scaling series")."""
+    (docs/measurements.md, "`gorman-3.6`'s rare other outcome")."""
     if at_tcp_mem(summary):
         assert_held_at_tcp_mem(summary)
         lk = summary["lockup"]
