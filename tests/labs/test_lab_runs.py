@@ -129,10 +129,11 @@ def test_wrong_answers_fail_with_sentences_that_name_the_key_not_the_figures(han
 def memalloc_tx_dropped_while_reconnecting(run: grading.RunFolder) -> int:
     """Storage frames dropped on transmit from the first sample at or after the session's
     loss to the outcome. The old connection's last frames, around the target's kill, are
-    not the reinstatement's and may be dropped NOMEM (seen in the CI run of 4740b82: 66
-    bytes each, 1 in one run of 5 with free memory at 1 page in that sample, 2 in another;
-    whether each went out on the marked socket or after it was gone is not traced): they
-    count in the first such sample, not here."""
+    not the reinstatement's: they go out on the marked socket (the class is its mark),
+    with __GFP_MEMALLOC, which fails only with no page left (``skb_alloc_locked``: down to
+    zero), and were dropped NOMEM so in the CI run of 4740b82 (66 bytes each, 1 in one run
+    of 5 with 1 page free in that sample, 2 in another); they count in the first such
+    sample, not here."""
     lost_t = run.summary["recoveries"][0]["lost_t"]
     after = [s for s in run.samples if s["t"] >= lost_t]
     assert after, f"{run.name}: no sample after the session was lost at {lost_t} s"
