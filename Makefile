@@ -51,8 +51,8 @@ test: setup
 claims: setup
 	$(TESTBED) claims scenarios/contention.yaml --repeat 10 --workers 2
 
-# 10,000 broken scenario files and 10,000 broken frames, with the counts (about 3 minutes;
-# make test runs a few hundred of each).
+# 10,000 broken scenario files, 10,000 broken frames and 10,000 iSCSI PDUs for the decoder,
+# with the counts (about 4 minutes; make test runs a few hundred to 1,500 of each).
 fuzz: setup
 	$(PY) -m tests.support.fuzz --cases 10000 --frames 10000 --pdus 10000
 
