@@ -1,12 +1,14 @@
 """Hypothesis strategies for iSCSI PDUs: every layout with any field values, and valid
 PDUs mangled (bytes flipped, cut off, appended). Shared by the codec's unit tests
-(``tests/iscsi/test_pdu_codec.py``) and ``make fuzz`` (``tests/support/fuzz.py``)."""
+(``tests/iscsi/test_pdu_codec.py``) and ``make fuzz`` (``tests/support/fuzz.py``), with the
+rule both judge the decoder by (:func:`decode_outcome`)."""
 
 from __future__ import annotations
 
 from hypothesis import strategies as st
 
 from testbed.iscsi import pdu
+from testbed.iscsi.errors import IscsiError
 
 
 def fields_strategy(spec: pdu.PduSpec) -> st.SearchStrategy:
@@ -47,3 +49,14 @@ def decoder_input() -> st.SearchStrategy:
     """What the decoder is fuzzed with: random bytes or a mangled PDU, and the digests."""
     return st.tuples(st.one_of(st.binary(max_size=200), mangled_pdu()), st.booleans(),
                      st.booleans())
+
+
+def decode_outcome(raw: bytes, hd: bool, dd: bool) -> tuple[str, str]:
+    """What the decoder made of ``raw``: ("decoded", layout), ("typed", error class) or
+    ("misread", layout) when the PDU it returns is not the first byte's opcode. Any other
+    exception propagates: that is a crash."""
+    try:
+        p = pdu.decode_pdu(raw, hd, dd)
+    except IscsiError as exc:
+        return "typed", type(exc).__name__
+    return ("decoded" if p.spec.opcode == raw[0] & 0x3F else "misread"), p.spec.name
