@@ -42,7 +42,7 @@ _NETNS_RE = re.compile(rf"^{NETNS_PREFIX}({RUN_ID})-")
 _TAG_RE = re.compile(rf"{TAG_PREFIX}({RUN_ID})")
 _ENV_RE = re.compile(rb"(?:^|\0)" + ENV_VAR.encode() + rb"=(" + RUN_ID.encode() + rb")(?:\0|$)")
 TOOL_TIMEOUT = 10.0
-TMP_GRACE_S = 30.0      # a state file's .tmp younger than this is being written
+TMP_GRACE_S = 30.0      # a torn state file's .tmp younger than this is being written
 
 
 @dataclass
@@ -137,13 +137,26 @@ def scan(state_dir: Path = STATE_DIR, exclude_pids: Iterable[int] = ()) -> dict[
 
 
 def _being_written(path: Path) -> bool:
-    """A fresh ``<id>.tmp``: a state file being written. The first one exists before its
+    """A ``<id>.tmp`` that a live run is writing. The first one exists before its
     ``<id>.json``, so a run starting at the same moment as another's scan would look dead
-    and lose it (runs in parallel, ``--workers``); a run killed mid-write leaves an old one."""
+    and lose it (runs in parallel, ``--workers``). A complete one names its owner (the same
+    pid and start time as the ``.json``): it is being written while that owner lives, and
+    a run SIGKILLed between writing it and renaming it leaves one whose owner is gone.
+    Only a torn one (killed mid-write, or caught mid-write) is judged by its age."""
+    if path.suffix != ".tmp":
+        return False
     try:
-        return path.suffix == ".tmp" and time.time() - path.stat().st_mtime < TMP_GRACE_S
-    except OSError:
+        state = json.loads(path.read_text())
+        if isinstance(state, dict) and "pid" in state:
+            return is_alive(state)
+    except FileNotFoundError:
         return True                   # gone already: replaced by its .json
+    except (OSError, ValueError):
+        pass                          # torn: its owner cannot be read
+    try:
+        return time.time() - path.stat().st_mtime < TMP_GRACE_S
+    except OSError:
+        return True
 
 
 def find_run(run_id: str, state_dir: Path = STATE_DIR,

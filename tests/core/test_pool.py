@@ -348,15 +348,22 @@ def test_a_confirmation_runs_its_fresh_runs_in_waves(tmp_path, monkeypatch):
 
 def test_a_state_file_being_written_is_not_taken_for_a_dead_run(tmp_path):
     """A run's first state file is <id>.tmp before it is <id>.json: a scan by a run
-    starting next to it must leave a fresh one alone, and still remove an old one."""
+    starting next to it must leave a live owner's alone, and still remove a dead one's,
+    however fresh (a run SIGKILLed between writing it and renaming it: CI of ee2bb21)."""
+    import json
     import os
     from testbed import cleanup
-    fresh, old = tmp_path / "0123abcd.tmp", tmp_path / "89abcdef.tmp"
-    fresh.write_text("{}")
-    old.write_text("{}")
+    from testbed.runctx import proc_starttime
+    live, dead = tmp_path / "0123abcd.tmp", tmp_path / "89abcdef.tmp"
+    live.write_text(json.dumps({"pid": os.getpid(), "starttime": proc_starttime(os.getpid())}))
+    dead.write_text(json.dumps({"pid": os.getpid(), "starttime": -1}))   # pid reused since
+    assert cleanup._being_written(live) and not cleanup._being_written(dead)
+    torn, old = tmp_path / "01234567.tmp", tmp_path / "76543210.tmp"
+    torn.write_text('{"id": "0123')
+    old.write_text('{"id": "7654')
     long_ago = time.time() - cleanup.TMP_GRACE_S - 5
     os.utime(old, (long_ago, long_ago))
-    assert cleanup._being_written(fresh) and not cleanup._being_written(old)
+    assert cleanup._being_written(torn) and not cleanup._being_written(old)
     assert not cleanup._being_written(tmp_path / "0123abcd")          # a scratch folder
     assert cleanup._being_written(tmp_path / "gone.tmp")               # replaced meanwhile
 
