@@ -82,6 +82,9 @@ class EraProfile:
     tcp_mem: TcpMem = "2.6.13"
     # sk_rmem_schedule() lets a pfmemalloc skb past the limit (3.6 on)
     rmem_pfmemalloc_exempt: bool = False
+    # tcp_win_from_space(): the share of truesize TCP counts as window; tcp_collapse()
+    # copies a refused socket's queue from the first skb it calls bloated (Sock.collapse)
+    tcp_adv_win_scale: int = 2
     # --- the storage socket's mark ---------------------------------------------------
     # when the block driver makes its socket SOCK_MEMALLOC: as the I/O task creates it,
     # before its SYN ("created"), or once user space has connected it and handed it to
@@ -105,7 +108,7 @@ LINUX_3_6 = EraProfile(
     reclaim_pageout="kswapd", try_to_free_pages="3.6", all_unreclaimable_ratio=6,
     dirty_throttle="3.2", mmap_dirty_throttled=True, oom_killer="3.6",
     kswapd_failures=False, skb_truesize="frag", tcp_mem="3.6", rmem_pfmemalloc_exempt=True,
-    sk_memalloc_mark="connected")
+    tcp_adv_win_scale=1, sk_memalloc_mark="connected")
 
 PROFILES: dict[str, EraProfile] = {p.kernel: p for p in (LINUX_2_6_13, LINUX_3_6)}
 
@@ -285,6 +288,18 @@ CITATIONS.update({
         "3.6": _c("3.6", "include/net/sock.h", "sk_rmem_schedule",
                   "... || skb_pfmemalloc(skb) (c76562b6709f, \"netvm: prevent a "
                   "stream-specific deadlock\")"),
+    },
+    "tcp_adv_win_scale": {
+        "2.6.13": _c("2.6.13", "net/ipv4/tcp_input.c", "tcp_collapse",
+                     "sysctl_tcp_adv_win_scale = 2; a segment sk_stream_rmem_schedule refuses "
+                     "makes tcp_data_queue call tcp_prune_queue, whose tcp_collapse copies the "
+                     "receive queue from the first skb that is bloated (tcp_win_from_space("
+                     "truesize) > len) or read in part, into alloc_skb(SKB_MAX_ORDER(header, "
+                     "0) + header, GFP_ATOMIC) buffers; then the charge is tried again"),
+        "3.6": _c("3.6", "net/ipv4/tcp_input.c", "tcp_try_rmem_schedule",
+                  "sysctl_tcp_adv_win_scale = 1 (b49960a05e32, 3.4): a full segment in a "
+                  "fragment is not bloated, only a queue read in part collapses; the same "
+                  "tcp_prune_queue / tcp_collapse, then sk_rmem_schedule again"),
     },
 })
 # --- the storage socket's mark -----------------------------------------------------------

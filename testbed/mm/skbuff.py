@@ -151,6 +151,42 @@ def truesize_frag(fragsz: int) -> int:
     return fragsz - skb_data_align(SKB_SHINFO_SIZE) + SKB_STRUCT_SIZE + skb_data_align(SKB_SHINFO_SIZE)
 
 
+# tcp_collapse(): a received TCP segment's headroom once TCP has pulled its headers (what
+# the collapsed copy keeps in front of the data): the driver's reserve, NET_IP_ALIGN,
+# Ethernet, IPv4 and a TCP header with timestamps
+TCP_RX_HEADERS = ETH_HLEN + 20 + 32
+SKB_SHINFO_SIZE_2_6_13 = 160    # i386: 16 bytes + MAX_SKB_FRAGS 18 x 8-byte skb_frag_t
+
+
+def collapse_header(mode: str) -> int:
+    """``skb_headroom(skb)`` of a queued segment: ``"page"`` 2.6.13 (``dev_alloc_skb``'s 16),
+    ``"frag"`` 3.6 (``NET_SKB_PAD``)."""
+    pad = SKB_SHINFO_OVERHEAD if mode == "page" else NET_SKB_PAD
+    return pad + NET_IP_ALIGN + TCP_RX_HEADERS
+
+
+def collapse_copy(mode: str) -> int:
+    """``SKB_MAX_ORDER(header, 0)``: the payload one collapsed skb holds at most."""
+    header = collapse_header(mode)
+    if mode == "page":      # 2.6.13: (PAGE_SIZE - X - sizeof(shinfo)) & ~(SMP_CACHE_BYTES - 1)
+        return (PAGE_SIZE - header - SKB_SHINFO_SIZE_2_6_13) & -SMP_CACHE_BYTES
+    return PAGE_SIZE - header - skb_data_align(SKB_SHINFO_SIZE)   # 3.6: SKB_WITH_OVERHEAD
+
+
+def collapse_skb(mode: str, nbytes: int) -> tuple[int, int]:
+    """(data pages, ``truesize``) of ``alloc_skb(nbytes + header, GFP_ATOMIC)``, the skb
+    ``tcp_collapse()`` copies ``nbytes`` of payload into. The data is one ``kmalloc``
+    block (a power of two); a block smaller than a page is counted as a page, as the
+    model counts every skb's data in whole pages. 2.6.13's ``truesize`` is the aligned
+    request + ``sizeof(struct sk_buff)``; 3.6's ``SKB_TRUESIZE(ksize - shinfo)``."""
+    size = skb_data_align(nbytes + collapse_header(mode))
+    if mode == "page":
+        block = 1 << ceiling_log2(size + SKB_SHINFO_SIZE_2_6_13)
+        return max(1, block // PAGE_SIZE), size + SKB_HEAD_SIZE
+    block = 1 << ceiling_log2(size + skb_data_align(SKB_SHINFO_SIZE))
+    return max(1, block // PAGE_SIZE), block + SKB_STRUCT_SIZE
+
+
 class FragPage:
     """A page the ``netdev_alloc_cache`` carves receive fragments from (3.6).
 
@@ -232,11 +268,12 @@ class Skb:
     ``pfmemalloc`` says the skb carries the kernel's under-the-watermarks mark (gorman);
     ``reserve`` says it is counted in ``dev.rx_reserve_used`` until freed;
     ``ip_proto`` is the IP protocol of a received frame that has no flow (ICMP), else 0;
-    ``unread`` is the payload still unread while the skb sits in a socket's queue.
+    ``payload`` and ``unread`` are the payload it brought (``skb->len`` once TCP has
+    pulled its headers) and what of it is still unread while it sits in a socket's queue.
     """
 
     __slots__ = ("dev", "length", "pages", "frag", "truesize", "pfmemalloc", "reserve",
-                 "ip_proto", "unread")
+                 "ip_proto", "payload", "unread")
 
     def __init__(self, dev: NetDev, length: int, pages: int, frag: Optional[FragPage] = None,
                  truesize: int = 0, pfmemalloc: bool = False, reserve: bool = False) -> None:
@@ -248,6 +285,7 @@ class Skb:
         self.pfmemalloc = pfmemalloc
         self.reserve = reserve
         self.ip_proto = 0
+        self.payload = 0
         self.unread = 0
 
     def __repr__(self) -> str:

@@ -22,9 +22,12 @@ already counted (``sk_forward_alloc``). :meth:`Sock.rmem_schedule` is
 ``sk_rmem_schedule()``: past ``tcp_mem[2]`` (or under pressure, past a fair share) the
 segment cannot be charged and TCP drops it (``tcp_data_queue``); from 3.6 a pfmemalloc
 skb is let past (``mm.era.rmem_pfmemalloc_exempt``). The limit follows the era's
-``tcp_init()`` (:func:`tcp_mem_limits`). Not modelled: ``tcp_prune_queue``'s collapsing
-of a queue into fewer bytes before the drop, and the window TCP clamps under pressure
-(the real stack in the client's namespace owns the window); the transmit queue's
+``tcp_init()`` (:func:`tcp_mem_limits`). Before it drops a refused segment TCP prunes
+the socket's own queue (``tcp_prune_queue``): :meth:`Sock.collapse` copies it, from the
+first skb that is bloated for the era's ``tcp_adv_win_scale`` or read in part, into
+dense ``GFP_ATOMIC`` buffers, and the charge is tried again. Not modelled: the
+out-of-order queue (the real stack in the client's namespace reorders), the window TCP
+clamps under pressure (the real stack owns the window), the transmit queue's
 charges (``sk_wmem_queued``), which the model does not keep. Whole pages of the float go
 back to the count as soon as the reader has read (``sk_mem_reclaim``); the kernel also
 returns them from its timers, which may be later.
@@ -40,16 +43,17 @@ that task's context, from the reserves
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from .errors import MMError
 from .gfp import GFP_KERNEL, Gfp
-from .skbuff import Skb
+from .skbuff import Skb, collapse_copy, collapse_skb
 from .zone import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
     from .era import EraProfile
     from .manager import MemoryManager
+    from .skbuff import NetDev
 
 # sysctl_tcp_rmem[0]: below it a socket may always charge (both eras: a page when
 # tcp_init() sized tcp_mem for a small machine, 4 KiB on x86 from 2.6.x on)
@@ -73,6 +77,12 @@ def tcp_mem_limits(era: "EraProfile", total_pages: int) -> tuple[int, int, int]:
     while (PAGE_SIZE << order) < bhash * BIND_BUCKET_BYTES:
         order += 1
     return 768 << order, 1024 << order, 1536 << order
+
+
+def tcp_win_from_space(era: "EraProfile", space: int) -> int:
+    """``tcp_win_from_space()``: the part of ``space`` bytes of truesize TCP offers as window."""
+    scale = era.tcp_adv_win_scale
+    return space >> -scale if scale <= 0 else space - (space >> scale)
 
 
 def sk_mem_pages(nbytes: int) -> int:
@@ -123,7 +133,18 @@ class Sock:
         self.sk_allocation &= ~Gfp.MEMALLOC
 
     def rmem_schedule(self, skb: Skb) -> bool:
-        """``sk_rmem_schedule()``: may this TCP socket charge ``skb``? False: TCP drops it.
+        """``tcp_try_rmem_schedule()``: may this TCP socket charge ``skb``? False: TCP drops
+        it. Refused once, the socket's queue is collapsed (:meth:`collapse`) and, if that
+        returned memory, the charge is asked again."""
+        with self.mm.lock:
+            if self._rmem_schedule_locked(skb):
+                return True
+            if not self.collapse_locked(skb.dev):
+                return False
+            return self._rmem_schedule_locked(skb)
+
+    def _rmem_schedule_locked(self, skb: Skb) -> bool:
+        """``sk_rmem_schedule()``.
 
         ``__sk_mem_schedule(sk, truesize, SK_MEM_RECV)``: whole pages are added to the
         count; under ``tcp_mem[0]`` pressure ends and the charge stands; past ``tcp_mem[1]``
@@ -133,18 +154,96 @@ class Sock:
         """
         mm = self.mm
         size = skb.truesize
-        with mm.lock:
-            self.proto_mem = True
-            if size <= self.forward_alloc:
-                return True
-            amt = sk_mem_pages(size)
-            self.forward_alloc += amt << PAGE_SHIFT
-            mm.tcp_memory_allocated += amt
-            if self._mem_schedule_locked(mm.tcp_memory_allocated):
-                return True
-            self.forward_alloc -= amt << PAGE_SHIFT
-            mm.tcp_memory_allocated -= amt
-            return bool(skb.pfmemalloc and mm.era.rmem_pfmemalloc_exempt)
+        self.proto_mem = True
+        if size <= self.forward_alloc:
+            return True
+        amt = sk_mem_pages(size)
+        self.forward_alloc += amt << PAGE_SHIFT
+        mm.tcp_memory_allocated += amt
+        if self._mem_schedule_locked(mm.tcp_memory_allocated):
+            return True
+        self.forward_alloc -= amt << PAGE_SHIFT
+        mm.tcp_memory_allocated -= amt
+        return bool(skb.pfmemalloc and mm.era.rmem_pfmemalloc_exempt)
+
+    # -- tcp_prune_queue() -------------------------------------------------------------
+
+    def _collapse_from(self) -> Optional[int]:
+        """Where ``tcp_collapse()`` starts on the receive queue: the first skb that is
+        bloated (``tcp_win_from_space(truesize) > len``) or read in part (data before
+        ``copied_seq``: only the head can be); None: nothing to collapse."""
+        era = self.mm.era
+        for i, skb in enumerate(self._queue):
+            if tcp_win_from_space(era, skb.truesize) > skb.payload or skb.unread < skb.payload:
+                return i
+        return None
+
+    def _collapsed(self, nbytes: int) -> list[tuple[int, int, int]]:
+        """The buffers ``nbytes`` of payload are copied into: (payload, pages, truesize)."""
+        mode = self.mm.era.skb_truesize
+        copy = collapse_copy(mode)
+        out = []
+        while nbytes > 0:
+            n = min(copy, nbytes)
+            out.append((n, *collapse_skb(mode, n)))
+            nbytes -= n
+        return out
+
+    def collapse_gain(self) -> int:
+        """Bytes of ``sk_rmem_alloc`` a collapse of the queue would give back now, every
+        copy allocated (mm lock held; nothing changes): what the lockup detector counts
+        before it calls the storage socket's next segment refused."""
+        start = self._collapse_from()
+        if start is None:
+            return 0
+        tail = list(self._queue)[start:]
+        after = sum(t for _, _, t in self._collapsed(sum(skb.unread for skb in tail)))
+        return max(0, sum(skb.truesize for skb in tail) - after)
+
+    def collapse_locked(self, dev: "NetDev") -> bool:
+        """``tcp_prune_queue()``'s ``tcp_collapse()`` of the receive queue, then
+        ``sk_mem_reclaim()``: from :meth:`_collapse_from` to the end, the unread payload is
+        copied into ``alloc_skb(GFP_ATOMIC)`` buffers of ``SKB_MAX_ORDER(header, 0)`` bytes
+        (taken on ``dev``, the device of the refused segment), each source freed once
+        copied. A failed allocation ends the collapse where it is, as in the kernel. (A
+        short last copy is itself bloated: the next prune copies it again, for nothing.)
+        True if the queue's charge went down (mm lock held)."""
+        start = self._collapse_from()
+        if start is None:
+            return False
+        mm = self.mm
+        queue = self._queue
+        rmem = self.rmem_alloc
+        kept = [queue.popleft() for _ in range(start)]
+        done = False
+        for n, pages, truesize in self._collapsed(sum(skb.unread for skb in queue)):
+            nskb = mm.skb_alloc_locked(dev, n, pages, False, truesize)
+            if nskb is None:
+                break
+            nskb.payload = nskb.unread = n
+            kept.append(nskb)
+            self._charge(nskb.truesize)                 # skb_set_owner_r()
+            while n > 0:                                # copy, releasing collapsed skbs
+                src = queue[0]
+                take = min(n, src.unread)
+                src.unread -= take
+                n -= take
+                if not src.unread:
+                    queue.popleft()
+                    self._charge(-src.truesize)
+                    mm.skb_free_locked(src)
+                    mm.vm.TCPRcvCollapsed += 1
+            done = True
+        queue.extendleft(reversed(kept))
+        if done and self.proto_mem:
+            self._mem_reclaim_locked()
+        return self.rmem_alloc < rmem
+
+    def _charge(self, truesize: int) -> None:
+        """``sk_rmem_alloc`` and, for a socket in TCP's count, ``sk_mem_charge()``."""
+        self.rmem_alloc += truesize
+        if self.proto_mem:
+            self.forward_alloc -= truesize
 
     def _mem_schedule_locked(self, allocated: int, commit: bool = True) -> bool:
         """``__sk_mem_schedule()``'s verdict once the count is ``allocated`` (the charge and
@@ -170,19 +269,33 @@ class Sock:
 
     def rmem_refused_locked(self, size: int, pfmemalloc: bool) -> bool:
         """Would :meth:`rmem_schedule` refuse a segment of ``truesize`` ``size`` now (in an
-        skb that is ``pfmemalloc`` or not)? The same rule, asked without charging: nothing
-        changes (mm lock held)."""
-        if size <= self.forward_alloc:
-            return False
+        skb that is ``pfmemalloc`` or not)? The same rule, asked without charging, after
+        the collapse a refusal makes (every copy allocated): nothing changes (mm lock held)."""
         if pfmemalloc and self.mm.era.rmem_pfmemalloc_exempt:
             return False
+        if self._refused_as_is(size, self.rmem_alloc, self.forward_alloc,
+                               self.mm.tcp_memory_allocated) is False:
+            return False
+        gain = self.collapse_gain()
+        if not gain:
+            return True
+        forward = self.forward_alloc + gain if self.proto_mem else self.forward_alloc
+        back = forward >> PAGE_SHIFT if self.proto_mem else 0        # sk_mem_reclaim()
+        return self._refused_as_is(size, self.rmem_alloc - gain, forward - (back << PAGE_SHIFT),
+                                   self.mm.tcp_memory_allocated - back)
+
+    def _refused_as_is(self, size: int, rmem: int, forward: int, allocated: int) -> bool:
+        """``sk_rmem_schedule()``'s answer for a socket holding ``rmem`` with a float of
+        ``forward``, TCP's count at ``allocated`` (asked without committing)."""
+        if size <= forward:
+            return False
         amt = sk_mem_pages(size)
-        saved = self.forward_alloc
-        self.forward_alloc += amt << PAGE_SHIFT         # the share rule reads the float
-        try:
-            return not self._mem_schedule_locked(self.mm.tcp_memory_allocated + amt, commit=False)
+        saved = self.forward_alloc, self.rmem_alloc
+        self.forward_alloc, self.rmem_alloc = forward + (amt << PAGE_SHIFT), rmem
+        try:                                            # the share rule reads both
+            return not self._mem_schedule_locked(allocated + amt, commit=False)
         finally:
-            self.forward_alloc = saved
+            self.forward_alloc, self.rmem_alloc = saved
 
     @property
     def charged_pages(self) -> int:
@@ -211,11 +324,9 @@ class Sock:
             if nbytes <= 0 or self.closed:
                 mm.skb_free_locked(skb)
                 return
-            skb.unread = nbytes
+            skb.payload = skb.unread = nbytes
             self._queue.append(skb)
-            self.rmem_alloc += skb.truesize
-            if self.proto_mem:
-                self.forward_alloc -= skb.truesize      # sk_mem_charge()
+            self._charge(skb.truesize)                  # skb_set_owner_r()
 
     def consume(self, nbytes: int) -> None:
         """The reader read ``nbytes``: free every skb now fully read, oldest first."""
@@ -231,9 +342,7 @@ class Sock:
                     skb.unread = unread - nbytes
                     break
                 nbytes -= unread
-                self.rmem_alloc -= skb.truesize
-                if self.proto_mem:
-                    self.forward_alloc += skb.truesize   # sk_mem_uncharge()
+                self._charge(-skb.truesize)             # sk_mem_uncharge()
                 queue.popleft()
                 mm.skb_free_locked(skb)
                 if not nbytes:

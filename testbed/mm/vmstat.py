@@ -44,6 +44,7 @@ EVENT_COUNTERS = (
     "oom_kill",                 # tasks the OOM killer killed
     "PFMemallocDrop",           # TcpExt: pfmemalloc skb for a non-memalloc socket
     "TCPMemoryPressures",       # TcpExt: TCP entered memory pressure (tcp_mem[1] passed)
+    "TCPRcvCollapsed",          # TcpExt: skbs tcp_collapse() copied out and freed
 )
 
 

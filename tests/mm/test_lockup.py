@@ -648,7 +648,7 @@ def fill(mm: MemoryManager, dev, sk, frames: int) -> int:
 
 
 def tcp_rig(procs, policy: str = "reserve-only", where=wait_for_slot, mtu: int = 1500,
-            per_socket: int = 1000) -> Rig:
+            per_socket: int = 1400) -> Rig:
     """The state of the reserve-only run on 1acdae7: three downloads whose readers wait for
     writeback hold TCP's count at ``tcp_mem[2]``, the storage socket's segments are
     refused (PROTO_MEM), free memory above min."""
@@ -730,7 +730,7 @@ def test_under_3_6_a_pfmemalloc_skb_is_charged_past_tcp_mem(procs):
     GFP_ATOMIC floor are posted pfmemalloc, and the storage flow's segments that land in
     them are charged. The criterion does not hold; the same state under 2.6.13 holds."""
     for policy, held in (("gorman-3.6", False), ("reserve-only", True)):
-        rig = tcp_rig(procs, policy=policy, mtu=9000, per_socket=400)
+        rig = tcp_rig(procs, policy=policy, mtu=9000)
         mm, zone = rig.mm, rig.mm.zone
         free = zone.free
         zone.free = zone.mark_atomic - 20            # refills now come from the reserves
