@@ -23,7 +23,7 @@ already counted (``sk_forward_alloc``). :meth:`Sock.rmem_schedule` is
 segment cannot be charged and TCP drops it (``tcp_data_queue``); from 3.6 a pfmemalloc
 skb is let past (``mm.era.rmem_pfmemalloc_exempt``). The limit follows the era's
 ``tcp_init()`` (:func:`tcp_mem_limits`). Before it drops a refused segment TCP prunes
-the socket's own queue (``tcp_prune_queue``): :meth:`Sock.collapse` copies it, from the
+the socket's own queue (``tcp_prune_queue``): :meth:`Sock.collapse_locked` copies it, from the
 first skb that is bloated for the era's ``tcp_adv_win_scale`` or read in part, into
 dense ``GFP_ATOMIC`` buffers, and the charge is tried again. Not modelled: the
 out-of-order queue (the real stack in the client's namespace reorders), the window TCP
@@ -134,7 +134,7 @@ class Sock:
 
     def rmem_schedule(self, skb: Skb) -> bool:
         """``tcp_try_rmem_schedule()``: may this TCP socket charge ``skb``? False: TCP drops
-        it. Refused once, the socket's queue is collapsed (:meth:`collapse`) and, if that
+        it. Refused once, the socket's queue is collapsed (:meth:`collapse_locked`) and, if that
         returned memory, the charge is asked again."""
         with self.mm.lock:
             if self._rmem_schedule_locked(skb):
@@ -273,8 +273,8 @@ class Sock:
         the collapse a refusal makes (every copy allocated): nothing changes (mm lock held)."""
         if pfmemalloc and self.mm.era.rmem_pfmemalloc_exempt:
             return False
-        if self._refused_as_is(size, self.rmem_alloc, self.forward_alloc,
-                               self.mm.tcp_memory_allocated) is False:
+        if not self._refused_as_is(size, self.rmem_alloc, self.forward_alloc,
+                                   self.mm.tcp_memory_allocated):
             return False
         gain = self.collapse_gain()
         if not gain:
