@@ -634,6 +634,7 @@ class SockHold:
     reader_wchan: Optional[str]
     charged: int = 0                    # pages it holds in TCP's count
     reader_wait: Optional[str] = None   # its reader's wait that only writeback ends (bound_waits)
+    collapsible: int = 0                # pages of that count its queue's collapse gives back
 
 
 @dataclass(frozen=True)
@@ -811,9 +812,10 @@ def _tcp_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
     """writeback -> the storage responses -> TCP's count (segments refused at ``tcp_mem[2]``)
     -> the socket queues that hold it -> their readers, waiting for writeback.
 
-    The count goes down only when a reader reads (``sk_mem_reclaim``) or a socket closes:
-    the cycle holds if, were every socket whose reader waits for no writeback read to the
-    end, the storage flow's segment would still not fit.
+    The count goes down when a reader reads (``sk_mem_reclaim``), a socket closes, or a
+    socket refused a segment of its own collapses its queue (``tcp_prune_queue``): the
+    cycle holds if, were every socket whose reader waits for no writeback read to the end
+    and every queue collapsed, the storage flow's segment would still not fit.
     """
     tcp = s.tcp
     assert tcp is not None
@@ -822,6 +824,12 @@ def _tcp_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
                        f"its exchanges are not held up by tcp_mem ({tcp.line()})")
     bound = [h for h in s.sockets if h.reader_wait is not None and h.charged > 0]
     loose = sum(h.charged for h in s.sockets if h.reader_wait is None)
+    packed = sum(h.collapsible for h in s.sockets if h.reader_wait is not None)
+    if bound and loose < tcp.excess <= loose + packed:
+        return NoCycle(f"TCP's count could come back: {tcp.excess} pages must be given back "
+                       f"and collapsing the queues of {name_range(h.name for h in bound)} "
+                       f"would give back {packed} (tcp_prune_queue, once a segment of "
+                       f"theirs is refused)")
     if not bound or loose >= tcp.excess:
         others = [f"{h.name} ({h.charged} pages, reader not waiting for writeback)"
                   for h in s.sockets if h.reader_wait is None and h.charged]
@@ -1237,7 +1245,8 @@ class LockupDetector(threading.Thread):
         mm = self.mm
         readers = {id(getattr(t, "mm_sock", None)): t for t in self.tasks}
         with mm.lock:
-            socks = [(sk.name, sk.rmem_pages, sk.charged_pages, readers.get(id(sk))) for sk in mm.socks
+            socks = [(sk.name, sk.rmem_pages, sk.charged_pages, readers.get(id(sk)),
+                      sk.collapse_gain_pages()) for sk in mm.socks
                      if not sk.memalloc and (sk.rmem_pages > 0 or sk.charged_pages > 0)]
             pdu, requests = mm.used[Use.PDU], self.pc.nr_inflight
             name = mark_name(r.rx_mark, mm)
@@ -1249,8 +1258,8 @@ class LockupDetector(threading.Thread):
         def waits(t: Optional[threading.Thread]) -> Optional[str]:
             return next(iter(stack_names(t, bound)), None) if t is not None else None
 
-        holds = tuple(SockHold(n, p, wchan(t) if t is not None else None, c, waits(t))
-                      for n, p, c, t in socks)
+        holds = tuple(SockHold(n, p, wchan(t) if t is not None else None, c, waits(t), g)
+                      for n, p, c, t, g in socks)
         return StuckState(storage=self.storage.name if self.storage else "", free=r.free,
                           rx_mark=r.rx_mark, rx_need=r.rx_need, mark_name=name, dirty=r.dirty, writeback=r.writeback,
                           requests=requests, storage_dropped=delta.dropped,

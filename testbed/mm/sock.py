@@ -200,6 +200,13 @@ class Sock:
         after = sum(t for _, _, t in self._collapsed(sum(skb.unread for skb in tail)))
         return max(0, sum(skb.truesize for skb in tail) - after)
 
+    def collapse_gain_pages(self) -> int:
+        """Pages of TCP's count a collapse now gives back (``sk_mem_reclaim`` after it)."""
+        gain = self.collapse_gain()
+        if not gain or not self.proto_mem:
+            return 0
+        return ((self.forward_alloc + gain) >> PAGE_SHIFT) - (self.forward_alloc >> PAGE_SHIFT)
+
     def collapse_locked(self, dev: "NetDev") -> bool:
         """``tcp_prune_queue()``'s ``tcp_collapse()`` of the receive queue, then
         ``sk_mem_reclaim()``: from :meth:`_collapse_from` to the end, the unread payload is

@@ -647,11 +647,12 @@ def fill(mm: MemoryManager, dev, sk, frames: int) -> int:
     return refused
 
 
-def tcp_rig(procs, policy: str = "reserve-only", where=wait_for_slot, mtu: int = 1500,
-            per_socket: int = 1400) -> Rig:
+def tcp_rig(procs, policy: str = "reserve-only", where=wait_for_slot, mtu: int = 1500) -> Rig:
     """The state of the reserve-only run on 1acdae7: three downloads whose readers wait for
     writeback hold TCP's count at ``tcp_mem[2]``, the storage socket's segments are
-    refused (PROTO_MEM), free memory above min."""
+    refused (PROTO_MEM), free memory above min. The downloads' segments are queued as
+    they came, none refused on the way (so none collapsed: tcp_mem[2] is lifted while
+    they arrive)."""
     rig = Rig(policy=policy, mtu=mtu)
     mm = rig.mm
     mm.zone.free = mm.zone.managed_pages - sum(mm.used)    # the Rig's floor undone
@@ -660,14 +661,21 @@ def tcp_rig(procs, policy: str = "reserve-only", where=wait_for_slot, mtu: int =
     readers = procs(rig, *((f"downloader{i}", 0, where) for i in (1, 2, 3)), task=True)
     for p in readers:
         p.mm_sock = mm.sock_create(p.name)
-        fill(mm, rig.dev, p.mm_sock, per_socket)
+    limits = mm.tcp_mem
+    mm.tcp_mem = (limits[0], limits[1], 1 << 30)
+    while mm.tcp_memory_allocated < limits[2]:
+        for p in readers:
+            assert fill(mm, rig.dev, p.mm_sock, 1) == 0
+    mm.tcp_mem = limits
     rig.mm.zone.free = rig.mm.zone.wmark_min + 68       # above min, as in that run
     rig.refused = True
     return rig
 
 
 def test_a_storage_flow_refused_at_tcp_mem_is_a_lockup_with_its_cycle(procs):
-    rig = tcp_rig(procs)
+    """Under 3.6 (an e1000 fragment skb is no pfmemalloc skb, and a full segment in one is
+    not bloated: nothing to collapse) the downloads hold the count at the limit."""
+    rig = tcp_rig(procs, policy="gorman-3.6")
     mm = rig.mm
     high = mm.tcp_mem[2]
     assert mm.tcp_memory_allocated > high - 2 and mm.zone.free > mm.zone.wmark_min
@@ -683,7 +691,7 @@ def test_a_storage_flow_refused_at_tcp_mem_is_a_lockup_with_its_cycle(procs):
     assert text[1].startswith("iSCSI responses -> TCP memory: ")
     assert text[1].endswith(f"iSCSI segments refused at tcp_mem[2] (PROTO_MEM) (TCP holds "
                             f"{mm.tcp_memory_allocated:,} of tcp_mem[2] {high:,} pages: a segment "
-                            f"of 2304 bytes would be refused)")
+                            f"of 2176 bytes would be refused)")
     assert text[2].startswith(f"TCP memory -> the socket queues of downloader1..3: {held:,} pages charged (")
     assert text[3] == ("downloader1..3 -> writeback: 3 tasks (in get_request_wait, their socket "
                        "queues unread)")
@@ -692,6 +700,25 @@ def test_a_storage_flow_refused_at_tcp_mem_is_a_lockup_with_its_cycle(procs):
                               "writeback (downloader1 in get_request_wait, downloader2 in "
                               "get_request_wait, downloader3 in get_request_wait)")
     assert ev.oom["unit"] == "tcp_mem" and ev.oom["reach"] == held
+    assert mm.vm.TCPRcvCollapsed == 0
+
+
+def test_at_tcp_mem_queues_that_would_collapse_are_no_lockup(procs):
+    """2.6.13 calls every fresh skb bloated: a download refused a segment of its own
+    collapses its queue (tcp_prune_queue) and gives a third of its count back. While
+    that can still happen the state is stuck, and no lockup."""
+    rig = tcp_rig(procs)
+    mm = rig.mm
+    assert mm.tcp_memory_allocated > mm.tcp_mem[2] - 2
+    with mm.lock:
+        assert tcp_outlook_locked(mm, rig.dev).refused
+        packed = sum(p.mm_sock.collapse_gain_pages() for p in rig.det.tasks)
+        assert packed > mm.tcp_mem[2] // 4           # about a third of the count
+    rig.run_until(lockup_at() + 1.0)
+    assert rig.episode.stuck_since is not None and not rig.det.fired.is_set()
+    assert rig.episode.not_lockup.startswith("TCP's count could come back: ")
+    assert f"collapsing the queues of downloader1..3 would give back {packed} " \
+        "(tcp_prune_queue" in rig.episode.not_lockup
 
 
 def test_a_storage_flow_that_can_still_be_charged_is_not_held_at_tcp_mem(procs):
@@ -706,7 +733,7 @@ def test_a_storage_flow_that_can_still_be_charged_is_not_held_at_tcp_mem(procs):
 
 
 def test_a_storage_segment_charged_from_its_float_is_not_refused(procs):
-    rig = tcp_rig(procs)
+    rig = tcp_rig(procs, policy="gorman-3.6")
     with rig.mm.lock:
         assert tcp_outlook_locked(rig.mm, rig.dev).refused
         rig.storage_sk.forward_alloc = 4096      # a page counted, not yet used
@@ -717,7 +744,7 @@ def test_a_storage_segment_charged_from_its_float_is_not_refused(procs):
 def test_readers_that_wait_for_no_writeback_can_give_tcp_mem_back(procs):
     """The downloads' readers sleep in recv (waiting for the network, not writeback): once
     they read, TCP's count goes back. Stuck past the horizon, but no cycle."""
-    rig = tcp_rig(procs, where=recv)
+    rig = tcp_rig(procs, policy="gorman-3.6", where=recv)
     rig.run_until(lockup_at() + 1.0)
     assert not rig.det.fired.is_set()
     assert rig.episode.not_lockup.startswith("TCP's count could come back: ")
