@@ -94,7 +94,7 @@ class Sock:
     """An emulated socket. Every method may be called from any thread."""
 
     __slots__ = ("mm", "name", "memalloc", "closed", "rmem_alloc", "sk_allocation",
-                 "memalloc_tx_bytes", "_queue", "forward_alloc", "proto_mem")
+                 "memalloc_tx_bytes", "_queue", "_bloated", "forward_alloc", "proto_mem")
 
     def __init__(self, mm: "MemoryManager", name: str) -> None:
         self.mm = mm
@@ -107,6 +107,7 @@ class Sock:
         self.forward_alloc = 0      # sk_forward_alloc: bytes counted in tcp_mem, not yet used
         self.proto_mem = False      # charged against tcp_mem (it has scheduled TCP data)
         self._queue: deque[Skb] = deque()
+        self._bloated = 0           # skbs in the queue tcp_collapse() would start at
 
     def set_memalloc(self) -> None:
         """``sk_set_memalloc()``: SOCK_MEMALLOC, counted in ``sk_memalloc_socks()``;
@@ -168,15 +169,23 @@ class Sock:
 
     # -- tcp_prune_queue() -------------------------------------------------------------
 
+    def _is_bloated(self, skb: Skb) -> bool:
+        """``tcp_win_from_space(skb->truesize) > skb->len``."""
+        return tcp_win_from_space(self.mm.era, skb.truesize) > skb.payload
+
     def _collapse_from(self) -> Optional[int]:
         """Where ``tcp_collapse()`` starts on the receive queue: the first skb that is
-        bloated (``tcp_win_from_space(truesize) > len``) or read in part (data before
-        ``copied_seq``: only the head can be); None: nothing to collapse."""
-        era = self.mm.era
-        for i, skb in enumerate(self._queue):
-            if tcp_win_from_space(era, skb.truesize) > skb.payload or skb.unread < skb.payload:
-                return i
-        return None
+        read in part (data before ``copied_seq``: only the head can be) or bloated; None:
+        nothing to collapse. (The count of bloated skbs spares the walk of a queue of
+        full 3.6 segments at every refused segment.)"""
+        queue = self._queue
+        if not queue:
+            return None
+        if queue[0].unread < queue[0].payload:
+            return 0
+        if not self._bloated:
+            return None
+        return next(i for i, skb in enumerate(queue) if self._is_bloated(skb))
 
     def _collapsed(self, nbytes: int) -> list[tuple[int, int, int]]:
         """The buffers ``nbytes`` of payload are copied into: (payload, pages, truesize)."""
@@ -242,6 +251,7 @@ class Sock:
                     mm.vm.TCPRcvCollapsed += 1
             done = True
         queue.extendleft(reversed(kept))
+        self._bloated = sum(1 for skb in queue if self._is_bloated(skb))
         if done and self.proto_mem:
             self._mem_reclaim_locked()
         return self.rmem_alloc < rmem
@@ -333,6 +343,7 @@ class Sock:
                 return
             skb.payload = skb.unread = nbytes
             self._queue.append(skb)
+            self._bloated += self._is_bloated(skb)
             self._charge(skb.truesize)                  # skb_set_owner_r()
 
     def consume(self, nbytes: int) -> None:
@@ -350,6 +361,7 @@ class Sock:
                     break
                 nbytes -= unread
                 self._charge(-skb.truesize)             # sk_mem_uncharge()
+                self._bloated -= self._is_bloated(skb)
                 queue.popleft()
                 mm.skb_free_locked(skb)
                 if not nbytes:
@@ -374,6 +386,7 @@ class Sock:
             free = mm.zone.free
             while queue:
                 mm.skb_free_locked(queue.popleft())
+            self._bloated = 0
             if self.proto_mem:                      # sk_stream_kill_queues(): all back
                 self.forward_alloc += self.rmem_alloc
                 self._mem_reclaim_locked()

@@ -51,6 +51,7 @@ def collapse(mm, dev, sk) -> tuple[int, int, int]:
         before, gain = sk.rmem_alloc, sk.collapse_gain()
         assert sk.collapse_locked(dev) == (gain > 0)
         assert sk.rmem_alloc == before - gain           # the dry run is the collapse
+        assert sk._bloated == sum(map(sk._is_bloated, sk._queue))   # the walk's shortcut
     assert mm.check_invariants() == []
     return before, sk.rmem_alloc, sk.rmem_bytes
 
