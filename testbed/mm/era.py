@@ -83,7 +83,7 @@ class EraProfile:
     # sk_rmem_schedule() lets a pfmemalloc skb past the limit (3.6 on)
     rmem_pfmemalloc_exempt: bool = False
     # tcp_win_from_space(): the share of truesize TCP counts as window; tcp_collapse()
-    # copies a refused socket's queue from the first skb it calls bloated (Sock.collapse)
+    # copies a refused socket's queue from the first skb it calls bloated (Sock.collapse_locked)
     tcp_adv_win_scale: int = 2
     # --- the storage socket's mark ---------------------------------------------------
     # when the block driver makes its socket SOCK_MEMALLOC: as the I/O task creates it,
