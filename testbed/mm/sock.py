@@ -94,7 +94,8 @@ class Sock:
     """An emulated socket. Every method may be called from any thread."""
 
     __slots__ = ("mm", "name", "memalloc", "closed", "rmem_alloc", "sk_allocation",
-                 "memalloc_tx_bytes", "_queue", "_bloated", "forward_alloc", "proto_mem")
+                 "memalloc_tx_bytes", "_queue", "_bloated", "_torn", "forward_alloc",
+                 "proto_mem")
 
     def __init__(self, mm: "MemoryManager", name: str) -> None:
         self.mm = mm
@@ -108,6 +109,7 @@ class Sock:
         self.proto_mem = False      # charged against tcp_mem (it has scheduled TCP data)
         self._queue: deque[Skb] = deque()
         self._bloated = 0           # skbs in the queue tcp_collapse() would start at
+        self._torn = False          # a collapse stopped inside an skb (its copy failed)
 
     def set_memalloc(self) -> None:
         """``sk_set_memalloc()``: SOCK_MEMALLOC, counted in ``sk_memalloc_socks()``;
@@ -177,15 +179,17 @@ class Sock:
         """Where ``tcp_collapse()`` starts on the receive queue: the first skb that is
         read in part (data before ``copied_seq``: only the head can be) or bloated; None:
         nothing to collapse. (The count of bloated skbs spares the walk of a queue of
-        full 3.6 segments at every refused segment.)"""
+        full 3.6 segments at every refused segment; an skb left half copied by a failed
+        allocation is read in part too, wherever it is.)"""
         queue = self._queue
         if not queue:
             return None
         if queue[0].unread < queue[0].payload:
             return 0
-        if not self._bloated:
+        if not self._bloated and not self._torn:
             return None
-        return next(i for i, skb in enumerate(queue) if self._is_bloated(skb))
+        return next((i for i, skb in enumerate(queue)
+                     if self._is_bloated(skb) or skb.unread < skb.payload), None)
 
     def _collapsed(self, nbytes: int) -> list[tuple[int, int, int]]:
         """The buffers ``nbytes`` of payload are copied into: (payload, pages, truesize)."""
@@ -250,6 +254,7 @@ class Sock:
                     mm.skb_free_locked(src)
                     mm.vm.TCPRcvCollapsed += 1
             done = True
+        self._torn = bool(queue) and queue[0].unread < queue[0].payload
         queue.extendleft(reversed(kept))
         self._bloated = sum(1 for skb in queue if self._is_bloated(skb))
         if done and self.proto_mem:
@@ -386,7 +391,7 @@ class Sock:
             free = mm.zone.free
             while queue:
                 mm.skb_free_locked(queue.popleft())
-            self._bloated = 0
+            self._bloated, self._torn = 0, False
             if self.proto_mem:                      # sk_stream_kill_queues(): all back
                 self.forward_alloc += self.rmem_alloc
                 self._mem_reclaim_locked()

@@ -100,3 +100,25 @@ def test_a_collapse_needs_gfp_atomic_memory_and_without_it_changes_nothing():
         mm.zone.free = mm.zone.mark_atomic + 3      # one copy does
         assert sk.collapse_locked(dev)
     assert sk.rmem_bytes == 20 * MSS and len(sk) == -(-20 * MSS // 3840)
+
+
+def test_a_collapse_stopped_inside_an_skb_starts_there_next_time(monkeypatch):
+    """A copy that fails leaves the skb it was copying from half copied, behind the
+    copies: its data before ``start`` makes the next tcp_collapse start at it."""
+    mm, dev, sk = queued("gorman-3.6", 30)
+    sk.consume(1000)
+    alloc, made = mm.skb_alloc_locked, []
+
+    def two_copies(*args):
+        made.append(args)
+        return alloc(*args) if len(made) <= 2 else None
+    monkeypatch.setattr(mm, "skb_alloc_locked", two_copies)
+    with mm.lock:
+        assert sk.collapse_locked(dev)
+        torn = [i for i, skb in enumerate(sk._queue) if skb.unread < skb.payload]
+        assert torn == [2] and sk._collapse_from() == 2
+    monkeypatch.setattr(mm, "skb_alloc_locked", alloc)
+    collapse(mm, dev, sk)
+    assert sk.rmem_bytes == 30 * MSS - 1000
+    with mm.lock:
+        assert sk._collapse_from() is None or sk.collapse_gain() == 0
