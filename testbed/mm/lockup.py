@@ -844,7 +844,8 @@ def _tcp_cycle(s: StuckState) -> Union[WaitCycle, NoCycle]:
         WaitEdge(via, "TCP memory", s.storage_proto_mem,
                  f"{s.storage} segments refused at tcp_mem[2] (PROTO_MEM)", tcp.line()),
         WaitEdge("TCP memory", f"the socket queues of {holders}", sum(h.charged for h in bound),
-                 "pages charged", ", ".join(f"{h.name} {h.charged:,}" for h in bound)),
+                 "pages charged", ", ".join(f"{h.name} {h.charged:,}" for h in bound)
+                 + f"; collapsing them would give back {packed} of the {tcp.excess} needed"),
     ]
     for wait in sorted({h.reader_wait for h in bound if h.reader_wait}):
         readers = [h.name for h in bound if h.reader_wait == wait]

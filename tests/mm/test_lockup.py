@@ -693,6 +693,7 @@ def test_a_storage_flow_refused_at_tcp_mem_is_a_lockup_with_its_cycle(procs):
                             f"{mm.tcp_memory_allocated:,} of tcp_mem[2] {high:,} pages: a segment "
                             f"of 2176 bytes would be refused)")
     assert text[2].startswith(f"TCP memory -> the socket queues of downloader1..3: {held:,} pages charged (")
+    assert text[2].endswith(f"; collapsing them would give back 0 of the {ev.tcp['excess']} needed)")
     assert text[3] == ("downloader1..3 -> writeback: 3 tasks (in get_request_wait, their socket "
                        "queues unread)")
     assert len(text) == 4
