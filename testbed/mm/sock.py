@@ -205,7 +205,8 @@ class Sock:
     def collapse_gain(self) -> int:
         """Bytes of ``sk_rmem_alloc`` a collapse of the queue would give back now, every
         copy allocated (mm lock held; nothing changes): what the lockup detector counts
-        before it calls the storage socket's next segment refused."""
+        for the storage socket before it calls its next segment refused, and for the
+        queues that hold TCP's count before it calls the cycle closed."""
         start = self._collapse_from()
         if start is None:
             return 0
