@@ -43,6 +43,7 @@ that task's context, from the reserves
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 from typing import TYPE_CHECKING, Optional
 
 from .errors import MMError
@@ -210,7 +211,7 @@ class Sock:
         start = self._collapse_from()
         if start is None:
             return 0
-        tail = list(self._queue)[start:]
+        tail = list(islice(self._queue, start, None))
         after = sum(t for _, _, t in self._collapsed(sum(skb.unread for skb in tail)))
         return max(0, sum(skb.truesize for skb in tail) - after)
 
@@ -236,7 +237,6 @@ class Sock:
         queue = self._queue
         rmem = self.rmem_alloc
         kept = [queue.popleft() for _ in range(start)]
-        done = False
         for n, pages, truesize in self._collapsed(sum(skb.unread for skb in queue)):
             nskb = mm.skb_alloc_locked(dev, n, pages, False, truesize)
             if nskb is None:
@@ -254,11 +254,10 @@ class Sock:
                     self._charge(-src.truesize)
                     mm.skb_free_locked(src)
                     mm.vm.TCPRcvCollapsed += 1
-            done = True
         self._torn = bool(queue) and queue[0].unread < queue[0].payload
         queue.extendleft(reversed(kept))
         self._bloated = sum(1 for skb in queue if self._is_bloated(skb))
-        if done and self.proto_mem:
+        if self.proto_mem:
             self._mem_reclaim_locked()
         return self.rmem_alloc < rmem
 
@@ -367,7 +366,8 @@ class Sock:
                     break
                 nbytes -= unread
                 self._charge(-skb.truesize)             # sk_mem_uncharge()
-                self._bloated -= self._is_bloated(skb)
+                if self._bloated:                       # none in a queue of full 3.6 segments
+                    self._bloated -= self._is_bloated(skb)
                 queue.popleft()
                 mm.skb_free_locked(skb)
                 if not nbytes:
