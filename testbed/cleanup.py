@@ -98,7 +98,7 @@ def scan(state_dir: Path = STATE_DIR, exclude_pids: Iterable[int] = ()) -> dict[
     for path in state_dir.iterdir() if state_dir.is_dir() else []:
         run_id = path.name.split(".")[0]
         if re.fullmatch(RUN_ID, run_id) and path.suffix != ".json" \
-                and not _being_written(path):
+                and not _being_written(path, runs.get(run_id, Leftovers(run_id)).state):
             run(run_id).files.append(path)    # <id>/ scratch folder, <id>.tmp
     netns_inodes: dict[int, str] = {}
     for name in _named_netns():
@@ -136,13 +136,15 @@ def scan(state_dir: Path = STATE_DIR, exclude_pids: Iterable[int] = ()) -> dict[
     return runs
 
 
-def _being_written(path: Path) -> bool:
+def _being_written(path: Path, owner: Optional[dict] = None) -> bool:
     """A ``<id>.tmp`` that a live run is writing. The first one exists before its
     ``<id>.json``, so a run starting at the same moment as another's scan would look dead
     and lose it (runs in parallel, ``--workers``). A complete one names its owner (the same
     pid and start time as the ``.json``): it is being written while that owner lives, and
     a run SIGKILLed between writing it and renaming it leaves one whose owner is gone.
-    Only a torn one (killed mid-write, or caught mid-write) is judged by its age."""
+    A torn one (killed mid-write, or caught mid-write) names nobody: only the run writes
+    its own state, so its ``.json`` (``owner``), when there is one, names the writer;
+    without one it is judged by its age."""
     if path.suffix != ".tmp":
         return False
     try:
@@ -152,7 +154,9 @@ def _being_written(path: Path) -> bool:
     except FileNotFoundError:
         return True                   # gone already: replaced by its .json
     except (OSError, ValueError):
-        pass                          # torn: its owner cannot be read
+        pass                          # torn: it cannot name its owner
+    if owner is not None and owner.get("pid") is not None:
+        return is_alive(owner)
     try:
         return time.time() - path.stat().st_mtime < TMP_GRACE_S
     except OSError:

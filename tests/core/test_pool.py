@@ -349,7 +349,8 @@ def test_a_confirmation_runs_its_fresh_runs_in_waves(tmp_path, monkeypatch):
 def test_a_state_file_being_written_is_not_taken_for_a_dead_run(tmp_path):
     """A run's first state file is <id>.tmp before it is <id>.json: a scan by a run
     starting next to it must leave a live owner's alone, and still remove a dead one's,
-    however fresh (a run SIGKILLed between writing it and renaming it: CI of ee2bb21)."""
+    however fresh (a run SIGKILLed between writing it and renaming it: CI of ee2bb21), or
+    torn beside a dead owner's .json."""
     import json
     import os
     from testbed import cleanup
@@ -364,6 +365,11 @@ def test_a_state_file_being_written_is_not_taken_for_a_dead_run(tmp_path):
     long_ago = time.time() - cleanup.TMP_GRACE_S - 5
     os.utime(old, (long_ago, long_ago))
     assert cleanup._being_written(torn) and not cleanup._being_written(old)
+    # a torn one beside its run's .json is judged by that owner (a SIGKILL mid-write)
+    me = {"pid": os.getpid(), "starttime": proc_starttime(os.getpid())}
+    assert cleanup._being_written(torn, me)
+    assert not cleanup._being_written(torn, {**me, "starttime": -1})
+    assert cleanup._being_written(torn, {"pid": None, "unreadable": True})   # by its age
     assert not cleanup._being_written(tmp_path / "0123abcd")          # a scratch folder
     assert cleanup._being_written(tmp_path / "gone.tmp")               # replaced meanwhile
 
