@@ -23,6 +23,7 @@ import yaml
 
 from testbed import grading, scenario
 from testbed.cli import build_parser
+from testbed.commands.run import client_sets
 
 LABS = grading.find_labs()
 SECTIONS = ("Goal", "Background", "Start", "Steps", "Questions",
@@ -30,11 +31,11 @@ SECTIONS = ("Goal", "Background", "Start", "Steps", "Questions",
 TESTBED = [sys.executable, "-m", "testbed.cli"]
 
 
-def test_there_are_seven_labs_numbered_in_order():
-    assert [lab.number for lab in LABS] == [1, 2, 3, 4, 5, 6, 7]
+def test_there_are_eight_labs_numbered_in_order():
+    assert [lab.number for lab in LABS] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert [lab.slug for lab in LABS] == ["deadlock", "reserve-sizing", "sock-memalloc",
                                           "sharing-the-reserve", "linux-3.6", "your-own-policy",
-                                          "faults-under-pressure"]
+                                          "faults-under-pressure", "modern-linux"]
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda lab: lab.name)
@@ -151,7 +152,7 @@ def test_no_handout_or_grader_asks_to_run_again(lab: grading.Lab):
             assert phrase not in text, f"{path}: says {phrase!r}"
     h = lab.handout
     batch = [c for c in h.commands() if re.match(r"testbed (compare|sweep) ", c)]
-    if lab.number in (1, 3, 4, 5, 6, 7):   # the labs whose conclusions are about verdicts/trends
+    if lab.number in (1, 3, 4, 5, 6, 7, 8):   # the labs whose conclusions are about verdicts/trends
         assert batch and all("--repeat" in c for c in batch[:1]), batch
         assert "95 %" in h.sections["What a correct result looks like"]
 
@@ -193,6 +194,10 @@ def test_handout_commands_parse_and_their_scenarios_load(lab: grading.Lab, monke
 
 
 def variants(args: argparse.Namespace) -> list[list[str]]:
+    if args.command == "compare" and args.clients is not None:
+        # lab 8: the model and the kernel client; --set-model applies to the model only
+        return [sets + ([] if label == "kernel" else list(args.model_overrides))
+                for label, sets in client_sets(args.clients)]
     if args.command == "compare":
         return [[f"client.policy={p}"] for p in args.policies.split(",")]
     if args.command == "sweep":
