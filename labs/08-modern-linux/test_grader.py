@@ -42,15 +42,10 @@ INTERVAL_ROWS = {"allocstall": "direct reclaim stalls (allocstall)",
 TIME_ROW = "time to lockup / completion (s)"
 
 
-def client_of(run: RunFolder) -> str:
-    """``kernel`` for the kernel client, else the emulated client's policy."""
-    return KERNEL if run.outcome.client_kind == KERNEL else run.policy
-
-
 def runs_of(batch: BatchFolder, client: str, step: str) -> list[RunFolder]:
     """The batch's runs of ``client``; fewer than :data:`RUNS` is a sentence."""
-    got = [r.run for r in batch.runs if client_of(r.run) == client]
-    have = ", ".join(sorted({client_of(r.run) for r in batch.runs})) or "none"
+    got = [r.run for r in batch.runs if r.run.client == client]
+    have = ", ".join(sorted({r.run.client for r in batch.runs})) or "none"
     expect(len(got) >= RUNS, f"{batch.name} has fewer than {RUNS} runs of {client} (it has: "
            f"{have}): {step} asks for {RUNS} of each before you look at any of them")
     return got
@@ -98,22 +93,6 @@ def finished(runs: list[RunFolder]) -> list[RunFolder]:
     """The runs that reached a verdict: one that did not (a failed login, say) has no
     load to count, and step 3 shows its verdict as None."""
     return [r for r in runs if r.finished]
-
-
-def counter(run: RunFolder, name: str) -> int:
-    """The rise of one of the kernel's counters over the load (0 when not recorded)."""
-    return run.outcome.counter_rise(name) or 0
-
-
-def reached_min(run: RunFolder) -> bool:
-    """Did free memory go down to the min watermark (boost included) in any sample?"""
-    return any(isinstance(s.get("free"), int) and isinstance(s.get("wmark_min"), int)
-               and s["free"] <= s["wmark_min"] for s in run.samples)
-
-
-def hung_tasks(run: RunFolder) -> int:
-    """The hung-task warnings the guest counted up to the outcome (its last sample)."""
-    return int(run.samples[-1].get("hung_tasks") or 0)
 
 
 def table_median(groups: dict[str, results.GroupStats], client: str, figure: str) -> float:
@@ -178,7 +157,8 @@ def test_kernel_completes(modern: dict[str, list[RunFolder]], answers: Answers) 
 @pytest.mark.points(1)
 def test_kernel_runs_at_min(modern: dict[str, list[RunFolder]], answers: Answers) -> None:
     """The kernel runs whose free memory went down to min are your runs' count."""
-    agrees(answers.integer("kernel_runs_at_min"), sum(map(reached_min, finished(modern[KERNEL]))),
+    agrees(answers.integer("kernel_runs_at_min"),
+           sum(r.reached_min() for r in finished(modern[KERNEL])),
            "the kernel runs whose free memory went down to the min watermark "
            "(kernel_runs_at_min)", "free and wmark_min in the samples of your kernel runs",
            unit=" runs")
@@ -188,7 +168,7 @@ def test_kernel_runs_at_min(modern: dict[str, list[RunFolder]], answers: Answers
 def test_pfmemalloc_drops(modern: dict[str, list[RunFolder]], answers: Answers) -> None:
     """The frames Linux 6.1 counted in PFMemallocDrop are those of your kernel runs."""
     agrees(answers.number("pfmemalloc_drops"),
-           sum(counter(r, "PFMemallocDrop") for r in finished(modern[KERNEL])),
+           sum(r.counter_rise("PFMemallocDrop") for r in finished(modern[KERNEL])),
            "the frames counted in PFMemallocDrop (pfmemalloc_drops)",
            "the rise of PFMemallocDrop in the samples of your kernel runs, summed",
            unit=" frames")
@@ -198,7 +178,7 @@ def test_pfmemalloc_drops(modern: dict[str, list[RunFolder]], answers: Answers) 
 def test_throttled_reclaim(modern: dict[str, list[RunFolder]], answers: Answers) -> None:
     """The pages counted in pgscan_direct_throttle agree with your kernel runs (within 2 %)."""
     agrees(answers.number("throttled_reclaim"),
-           sum(counter(r, "pgscan_direct_throttle") for r in finished(modern[KERNEL])),
+           sum(r.counter_rise("pgscan_direct_throttle") for r in finished(modern[KERNEL])),
            "the pages counted in pgscan_direct_throttle (throttled_reclaim)",
            "the rise of pgscan_direct_throttle in the samples of your kernel runs, summed",
            rel=0.02, abs_=2, unit=" pages")
@@ -217,7 +197,8 @@ def test_direct_reclaim_stalls(groups: dict[str, results.GroupStats], answers: A
 @pytest.mark.points(1)
 def test_hung_task_warnings(modern: dict[str, list[RunFolder]], answers: Answers) -> None:
     """The hung-task warnings are those your kernel runs counted."""
-    agrees(answers.number("hung_task_warnings"), sum(map(hung_tasks, finished(modern[KERNEL]))),
+    agrees(answers.number("hung_task_warnings"),
+           sum(r.hung_tasks for r in finished(modern[KERNEL])),
            "the hung-task warnings (hung_task_warnings)",
            "hung_tasks of the last sample of each of your kernel runs, summed",
            unit=" warnings")

@@ -68,6 +68,16 @@ class RunFolder:
     def finished(self) -> bool:
         return self.outcome.finished
 
+    @property
+    def client(self) -> str:
+        """``kernel`` for the kernel client (whose policy is recorded as gorman-3.6 too),
+        else the emulated client's policy."""
+        return "kernel" if self.outcome.client_kind == "kernel" else self.policy
+
+    def counter_rise(self, name: str) -> int:
+        """The rise of a cumulative counter over the load (0 when not recorded)."""
+        return self.outcome.counter_rise(name) or 0
+
     def drops(self, cls: str, reason: Optional[str] = None) -> int:
         """Received frames dropped of class ``memalloc`` (storage) or ``other``."""
         return self.outcome.drops(cls, reason)
@@ -103,6 +113,17 @@ class RunFolder:
 
     def series(self, key: str) -> list[tuple[float, Any]]:
         return [(s["t"], s.get(key, 0)) for s in self.samples]
+
+    def reached_min(self) -> bool:
+        """Did free memory go down to the sample's own min watermark (a kernel's includes
+        its boost) in any sample?"""
+        return any(isinstance(s.get("free"), int) and isinstance(s.get("wmark_min"), int)
+                   and s["free"] <= s["wmark_min"] for s in self.samples)
+
+    @property
+    def hung_tasks(self) -> int:
+        """The hung-task warnings a guest counted up to the outcome (its last sample)."""
+        return int(self.samples[-1].get("hung_tasks") or 0)
 
     def peak(self, key: str) -> float:
         return max((s.get(key) or 0) for s in self.samples)

@@ -21,23 +21,6 @@ ROWS = {"allocstall": "direct reclaim stalls (allocstall)",
 TIME_ROW = "time to lockup / completion (s)"
 
 
-def client_of(run: RunFolder) -> str:
-    return KERNEL if run.outcome.client_kind == KERNEL else run.policy
-
-
-def rise(run: RunFolder, name: str) -> int:
-    return run.outcome.counter_rise(name) or 0
-
-
-def reached_min(run: RunFolder) -> bool:
-    return any(isinstance(s.get("free"), int) and isinstance(s.get("wmark_min"), int)
-               and s["free"] <= s["wmark_min"] for s in run.samples)
-
-
-def hung_tasks(run: RunFolder) -> int:
-    return int(run.samples[-1].get("hung_tasks") or 0)
-
-
 def oom_kills(run: RunFolder) -> list[Any]:
     outcome = results.read_json(run.path / "client-outcome.json") or {}
     return list((outcome.get("kernel") or {}).get("oom_kills") or [])
@@ -73,20 +56,20 @@ def dirty_over_limit(run: RunFolder) -> int:
 def solve(work: Path) -> dict[str, Any]:
     old_batch = BatchFolder.open(work / "runs/2005", work)
     modern_batch = BatchFolder.open(work / "runs/modern", work)
-    old = [r.run for r in old_batch.runs if client_of(r.run) == "none"]
-    runs = {c: [r.run for r in modern_batch.runs if client_of(r.run) == c]
+    old = [r.run for r in old_batch.runs if r.run.client == "none"]
+    runs = {c: [r.run for r in modern_batch.runs if r.run.client == c]
             for c in (MODEL, KERNEL)}
     kernel = runs[KERNEL]
     done = [r for r in kernel if r.finished]     # a run without a verdict counts nothing
     table, groups = table_of(modern_batch)
     completions = {c: sum(r.verdict == "completed" for r in rs)
                    for c, rs in {"none": old, **runs}.items()}
-    at_min = sum(map(reached_min, done))
-    drops = sum(rise(r, "PFMemallocDrop") for r in done)
-    throttled = sum(rise(r, "pgscan_direct_throttle") for r in done)
+    at_min = sum(r.reached_min() for r in done)
+    drops = sum(r.counter_rise("PFMemallocDrop") for r in done)
+    throttled = sum(r.counter_rise("pgscan_direct_throttle") for r in done)
     stalls = {c: median(groups, c, "allocstall") for c in (MODEL, KERNEL)}
     memory = {c: median(groups, c, "load_memory_pages") for c in (MODEL, KERNEL)}
-    hung = sum(map(hung_tasks, done))
+    hung = sum(r.hung_tasks for r in done)
     kills = sum(len(oom_kills(r)) for r in done)
     over = max((dirty_over_limit(r) for r in done), default=0)
     time_ratio = ratio(table[TIME_ROW][-1])
