@@ -1,4 +1,4 @@
-"""``testbed lab list | start | check | submit | grade | student-copy``: the course labs.
+"""``testbed lab list | start | check | submit | grade | export``: the course labs.
 
 - ``list``: each lab's number, title and goal.
 - ``start N``: copies the lab's handout, scenario files and ``answers.yaml`` into a
@@ -29,9 +29,10 @@
   A batch also writes the short answers of every student, with the rubric of the
   instructor's tree beside them, for a TA (``--ta FILE``, default
   ``DIR/short-answers.csv``; :mod:`testbed.grading.shortanswers`).
-- ``student-copy DEST``: writes the course's student tree (``DEST/labs``: handouts,
-  scenarios, blank answers, graders; nothing of ``instructor/``). Students point
-  ``TESTBED_LABS`` at it, or get the project without ``instructor/``.
+- ``export --student DEST`` (or ``student-copy DEST``): writes the course's student tree
+  (``DEST/labs``: handouts, scenarios, blank answers, graders and the glossary; nothing
+  of ``instructor/``). Students point ``TESTBED_LABS`` at it, or get the project without
+  ``instructor/``.
 
 The labs themselves are in ``labs/`` (or ``$TESTBED_LABS``), the instructor's tree in
 ``instructor/labs/``; :mod:`testbed.grading` finds, copies and grades them. Grading reads
@@ -110,7 +111,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="show the figures each failure compared")
     q.set_defaults(func=cmd_grade)
 
-    q = lab_sub.add_parser("student-copy", help="write the labs for students (no solutions)")
+    q = lab_sub.add_parser("export", help="write the labs for a course: --student DIR")
+    q.add_argument("--student", dest="dest", type=Path, required=True, metavar="DIR",
+                   help="the students' copy (no solutions), into a new or empty folder")
+    q.set_defaults(func=cmd_student_copy)
+    q = lab_sub.add_parser("student-copy", help="the same as export --student DEST")
     q.add_argument("dest", type=Path, help="a new (or empty) folder")
     q.set_defaults(func=cmd_student_copy)
 

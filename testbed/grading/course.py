@@ -34,6 +34,9 @@ ANSWERS = "answers.yaml"
 KEY = "key.yaml"
 RUBRIC = "rubric.yaml"       # the TA's rubric of the short answers (instructor's tree)
 PLUGIN_FILES = ("conftest.py", "pytest.ini")     # the labs folder's own: the graders' plugin
+# The memory-management terms the handouts use: the project's, copied beside a student
+# copy's labs (a course's repository has no docs/ folder)
+GLOSSARY = PROJECT_LABS.parent / "docs" / "glossary.md"
 NOT_COPIED = {"solution", GRADER, "__pycache__", ".pytest_cache"}
 INSTRUCTOR_ONLY = {"solution", KEY, RUBRIC, "solve.py"}   # never in a student copy, whatever the tree
 
@@ -259,8 +262,8 @@ def start(lab: Lab, dest: Optional[Path] = None) -> Path:
 
 def student_copy(dest: Path, root: Path = LABS_DIR) -> Path:
     """Write a course's student tree into ``dest``: ``dest/labs/`` with the graders'
-    plugin and, per lab, the student's files and the grader; nothing of the
-    instructor's tree. Returns ``dest/labs``; a non-empty ``dest`` is refused."""
+    plugin, the glossary and, per lab, the student's files and the grader; nothing of
+    the instructor's tree. Returns ``dest/labs``; a non-empty ``dest`` is refused."""
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise LabError(f"{dest}: already exists and is not empty; choose a new folder")
@@ -274,4 +277,6 @@ def student_copy(dest: Path, root: Path = LABS_DIR) -> Path:
     skip = shutil.ignore_patterns(*(NOT_COPIED | INSTRUCTOR_ONLY) - {GRADER})
     for lab in labs:
         shutil.copytree(lab.path, out / lab.name, ignore=skip)
+    if GLOSSARY.is_file():
+        shutil.copy2(GLOSSARY, out / GLOSSARY.name)
     return out

@@ -16,7 +16,7 @@ kernel's command line). What differs from the kernel client's guest is this modu
   nothing is compiled in the image.
 - **The project**: the files git tracks of :data:`PROJECT_PATHS` in ``/opt/testbed``
   (on Python's path by a ``.pth`` file; the ``testbed`` command in ``/usr/local/bin``),
-  and the labs as ``testbed lab student-copy`` writes them: the student's machine holds
+  and the labs as ``testbed lab export --student`` writes them: the student's machine holds
   nothing of ``instructor/`` (checked on the tree before it is packed,
   :func:`instructor_files`).
 - **The system** (:func:`system_files`): root logs in on the console and the serial
@@ -236,7 +236,7 @@ def project_files(root: Path = ROOT) -> dict[str, bytes]:
 
 
 def student_labs(dest: Path) -> Path:
-    """The labs as ``testbed lab student-copy`` writes them, into ``dest`` (new)."""
+    """The labs as ``testbed lab export --student`` writes them, into ``dest`` (new)."""
     from ..grading import student_copy
     return student_copy(dest)
 

@@ -198,10 +198,12 @@ def reference_figures(lab: grading.Lab) -> set[str]:
 
 def test_the_student_copy_holds_no_solution_key_or_reference(tmp_path):
     out = tmp_path / "course"
-    r = subprocess.run(TESTBED + ["lab", "student-copy", str(out)], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(TESTBED + ["lab", "export", "--student", str(out)],
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     labs = grading.find_labs(out / "labs")
+    # the terms the handouts use travel with them (a course repository has no docs/)
+    assert (out / "labs" / "glossary.md").read_text() == grading.course.GLOSSARY.read_text()
     assert [lab.number for lab in labs] == [lab.number for lab in LABS]
     names = {p.relative_to(out).as_posix() for p in out.rglob("*")}
     assert not any(re.search(r"solution|solve\.py|key\.yaml|rubric\.yaml|instructor", n)
@@ -223,9 +225,20 @@ def test_the_student_copy_holds_no_solution_key_or_reference(tmp_path):
                 assert not leaked - {"100", "128", "200", "400", "800"}, (p, leaked)
     for lab in labs:       # no grader names an option as the answer
         assert not re.search(r"== \"[abcd]\"", lab.grader.read_text()), lab.grader
-    again = subprocess.run(TESTBED + ["lab", "student-copy", str(out)], capture_output=True,
-                           text=True, timeout=120)
-    assert again.returncode == 1 and "not empty" in again.stderr
+    # the older spelling writes the same tree, and neither overwrites one
+    for argv in (["export", "--student", str(out)], ["student-copy", str(out)]):
+        again = subprocess.run(TESTBED + ["lab", *argv], capture_output=True, text=True,
+                               timeout=120)
+        assert again.returncode == 1 and "not empty" in again.stderr, argv
+    twin = tmp_path / "twin"
+    r = subprocess.run(TESTBED + ["lab", "student-copy", str(twin)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.relative_to(twin).as_posix() for p in twin.rglob("*")) == \
+        sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    missing = subprocess.run(TESTBED + ["lab", "export"], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 2 and "--student" in missing.stderr
 
 
 def test_graders_run_from_the_student_copy_and_leave_the_key_to_the_instructor(tmp_path):
