@@ -4,7 +4,8 @@ A compare batch that ran the same load on the emulated client (the model) and on
 kernel client (Debian's 6.1 kernel in a guest, whose policy is what 6.1 does: Gorman's
 series) is read here into one table: per figure, each client's median with its 95 %
 interval over its runs (the statistics :func:`testbed.results.group_stats` gives every
-batch), and a column that says how much they differ.
+batch), and for each model group (``--clients emulated:none,emulated:gorman-3.6,kernel``
+has two) a column that says how much the kernel differs from it.
 
 The figures are the ones both clients can be asked about: the verdict, the time to the
 outcome, writeback goodput, ``PFMemallocDrop`` (a frame from the reserve dropped for a
@@ -122,14 +123,15 @@ def _kind(g: GroupStats) -> str:
 
 def validation(runs: Sequence[RunOutcome]) -> Validation:
     """The validation table of a batch's runs, one column per client group (in the order
-    of their first run) and the difference column when there is one model group and the
-    kernel's (``results.by_client`` groups them)."""
+    of their first run; ``results.by_client`` groups them), then one difference column
+    per model group: the kernel's figures against that model's."""
     table = rows(runs)
     groups = results.group_stats(runs, results.by_client, [r.figure for r in table])
+    pairs = _pairs(groups)
     notes: list[str] = []
-    table_rows = [["runs"] + [str(g.runs) for g in groups] + [""],
+    table_rows = [["runs"] + [str(g.runs) for g in groups] + [""] * len(pairs),
                   ["verdicts"] + [results.verdict_text(g.verdicts) for g in groups]
-                  + [_verdicts_differ(groups)]]
+                  + [_verdicts_differ(p) for p in pairs]]
     for row in table:
         cells = []
         for g in groups:
@@ -142,8 +144,9 @@ def validation(runs: Sequence[RunOutcome]) -> Validation:
         label = row.figure.label
         if row.note:
             label += f" [{_note(notes, row.note)}]"
-        table_rows.append([label] + cells + [difference(groups, row)])
-    header = ["figure"] + [g.label for g in groups] + ["kernel - model"]
+        table_rows.append([label] + cells + [difference(p, row) for p in pairs])
+    header = ["figure"] + [g.label for g in groups] + [_difference_header(p, pairs)
+                                                       for p in pairs]
     return Validation(Table(header, table_rows), notes)
 
 
@@ -154,26 +157,29 @@ def _note(notes: list[str], text: str) -> int:
     return notes.index(text) + 1
 
 
-def _pair(groups: Sequence[GroupStats]) -> Optional[tuple[GroupStats, GroupStats]]:
-    """The model's group and the kernel's, when there is exactly one of each."""
-    model = [g for g in groups if _kind(g) == "emulated"]
+Pair = tuple[GroupStats, GroupStats]
+
+
+def _pairs(groups: Sequence[GroupStats]) -> list[Pair]:
+    """(model, kernel) for each model group, when the batch has the kernel's group."""
     kernel = [g for g in groups if _kind(g) == "kernel"]
-    return (model[0], kernel[0]) if len(model) == 1 and len(kernel) == 1 else None
+    if len(kernel) != 1:
+        return []
+    return [(g, kernel[0]) for g in groups if _kind(g) == "emulated"]
 
 
-def _verdicts_differ(groups: Sequence[GroupStats]) -> str:
-    pair = _pair(groups)
-    if pair is None:
-        return ""
+def _difference_header(pair: Pair, pairs: Sequence[Pair]) -> str:
+    """``kernel - model`` with one model group; with several, each names its model."""
+    return "kernel - model" if len(pairs) == 1 else f"kernel - {pair[0].label}"
+
+
+def _verdicts_differ(pair: Pair) -> str:
     return "same" if set(pair[0].verdicts) == set(pair[1].verdicts) else "differ"
 
 
-def difference(groups: Sequence[GroupStats], row: Row) -> str:
+def difference(pair: Pair, row: Row) -> str:
     """``+0.62 (x1.48), apart``: the kernel's median minus the model's, the ratio, and
     whether the intervals are disjoint; ``n/a`` when either side has no figure."""
-    pair = _pair(groups)
-    if pair is None:
-        return ""
     if any(_kind(g) in row.missing for g in pair):
         return "n/a"
     m, k = (g.estimates[row.figure.key] for g in pair)

@@ -42,7 +42,7 @@ def samples(free: list[int], pfmemalloc: list[int], throttle: list[int],
 
 
 def write_run(path: Path, kind: str, outcome: dict[str, Any],
-              stream: list[dict[str, Any]]) -> Path:
+              stream: list[dict[str, Any]], policy: Optional[str] = None) -> Path:
     path.mkdir(parents=True)
     (path / "client-outcome.json").write_text(json.dumps(outcome))
     (path / "client.ndjson").write_text("".join(json.dumps(s) + "\n" for s in stream))
@@ -50,7 +50,8 @@ def write_run(path: Path, kind: str, outcome: dict[str, Any],
     if outcome["verdict"] == "completed":
         (path / "integrity.json").write_text(json.dumps(
             {"bytes_checked": outcome["bytes_written_back"], "mismatches": 0}))
-    sc = scenario.load(SCENARIO, [f"client.kind={kind}"])
+    sc = scenario.load(SCENARIO, [f"client.kind={kind}"]
+                       + ([f"client.policy={policy}"] if policy else []))
     (path / "summary.json").write_text(json.dumps(summarize(path, sc, 60.0)))
     return path
 
@@ -78,13 +79,28 @@ def kernel_run(path: Path, k: int) -> Path:
                                       "TCPMemoryPressures": [1, 3, 3 + k]}))
 
 
-def compare_folder(tmp_path: Path, n: int = 3) -> Path:
+def locked_up_run(path: Path, k: int) -> Path:
+    """The 2005 model's lockup: no writeback after 10 s, free memory at the floor."""
+    outcome = {"verdict": "lockup", "t": 20.0 + k, "bytes_written": 40 * 2**20,
+               "bytes_written_back": 10 * 2**20,
+               "lockup": {"t": 20.0 + k, "stalled_for_s": 10.0, "dirty": 1, "writeback": 1,
+                          "free": 1, "wmark_min": 2, "reserve": {},
+                          "cycle": [{"who": "writeback", "waits_for": "an skb"},
+                                    {"who": "an skb", "waits_for": "writeback"}]}}
+    return write_run(path, "emulated", outcome,
+                     samples([900, 100, 40 + k], [0, 0, 0], [0, 0, 0], None), policy="none")
+
+
+CLIENTS = (("emulated:gorman-3.6", emulated_run), ("kernel", kernel_run))
+
+
+def compare_folder(tmp_path: Path, n: int = 3, clients=CLIENTS) -> Path:
     """A compare --clients folder: n runs of each client, interleaved."""
     base = tmp_path / "batch"
     base.mkdir()
     entries = []
     for k in range(n):
-        for label, make in (("emulated:gorman-3.6", emulated_run), ("kernel", kernel_run)):
+        for label, make in clients:
             d = f"{label.replace(':', '_')}_{k}"
             make(base / d, k)
             entries.append(results.BatchEntry(f"{label}#{k + 1}", d))
@@ -249,6 +265,22 @@ def test_the_validation_table_has_both_clients_intervals_and_how_they_differ(tmp
     assert notes[2].startswith("[3] the kernel client has no packet handler")
     assert notes[3].startswith("[4] the model has no socket backlog")
     assert notes[4].startswith("[5] free pages and clean page cache")
+
+
+def test_two_model_groups_get_a_difference_column_each_against_the_kernel(tmp_path):
+    clients = (("emulated:none", locked_up_run),) + CLIENTS
+    v = validation.validation(results.open_batch(compare_folder(tmp_path, 3, clients)).runs())
+    assert v.table.header == ["figure", "emulated:none", "emulated:gorman-3.6", "kernel",
+                              "kernel - emulated:none", "kernel - emulated:gorman-3.6"]
+    rows = {r[0]: r[1:] for r in v.table.rows}
+    assert rows["runs"] == ["3", "3", "3", "", ""]
+    assert rows["verdicts"] == ["lockup 3", "completed 3", "completed 3", "differ", "same"]
+    assert rows["time to lockup / completion (s) [1]"][3:] == ["+25.0 (x2.19), apart*",
+                                                               "+15.0 (x1.48), apart*"]
+    assert rows["lowest free memory (pages)"][3:] == ["+660 (x17.10), apart*",
+                                                      "+640 (x11.49), apart*"]
+    # a figure the kernel has not is n/a against each model
+    assert rows["storage frames dropped, received (handler)"][3:] == ["n/a", "n/a"]
 
 
 def test_a_batch_of_both_clients_groups_by_client_and_prints_the_table(tmp_path, capsys):
