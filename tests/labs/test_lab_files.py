@@ -68,6 +68,47 @@ def test_lab_folder_has_grader_solution_and_scenarios(lab: grading.Lab):
             scenario.load(p)         # raises SchemaError naming file, line and key
 
 
+# A multiple-choice option in answers.yaml: "#   a) text", its text maybe continued on
+# lines indented further; the key the options are for follows the block.
+_OPTION = re.compile(r"^#\s+([a-d])\) (.+)$")
+_MORE = re.compile(r"^#\s{5,}(\S.*)$")
+_KEY = re.compile(r"^([a-z_][a-z0-9_]*):")
+# how much longer the longest option of a question may be than its shortest: a right
+# answer must not stand out by its length (the labs' options are within 1.14 today)
+OPTION_SPREAD = 1.25
+
+
+def choice_questions(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """Each multiple-choice answer key of an answers.yaml with its options (letter, text)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    options: list[list[str]] = []
+    for line in path.read_text().splitlines():
+        if m := _OPTION.match(line):
+            options.append([m.group(1), m.group(2)])
+        elif options and (m := _MORE.match(line)):
+            options[-1][1] += " " + m.group(1)
+        elif options and (m := _KEY.match(line)):
+            out[m.group(1)] = [(k, t) for k, t in options]
+            options = []
+    return out
+
+
+@pytest.mark.parametrize("lab", [lab for lab in LABS if "keyed_choice" in lab.grader.read_text()],
+                         ids=lambda lab: lab.name)
+def test_multiple_choice_options_are_alike_in_length_and_style(lab: grading.Lab):
+    questions = choice_questions(lab.path / "answers.yaml")
+    keyed = set(re.findall(r'keyed_choice\(answers, key, "([a-z_0-9]+)"', lab.grader.read_text()))
+    assert keyed and keyed == set(questions), (keyed, set(questions))
+    for name, options in questions.items():
+        where = f"{lab.name}/answers.yaml, {name}"
+        assert [k for k, _ in options] == ["a", "b", "c", "d"], where
+        texts = [t for _, t in options]
+        assert all(t[0].islower() and not t.endswith(".") for t in texts), \
+            f"{where}: each option starts in lower case and has no full stop"
+        lengths = [len(t) for t in texts]
+        assert max(lengths) <= OPTION_SPREAD * min(lengths), f"{where}: lengths {lengths}"
+
+
 def answer_keys(path: Path) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^([a-z_][a-z0-9_]*):", path.read_text(), re.M)]
 
