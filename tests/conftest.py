@@ -16,7 +16,10 @@ Three markers are derived here, never written on a test, so that membership has 
 - ``alone``: a machine test in ``ALONE``: it looks at the whole machine (snapshots of
   every namespace, ``testbed clean``, dockerd's iptables), times itself near a bound,
   takes a core to itself (a TCG guest), or asserts on a batch's verdicts or one run's.
-  These run one at a time, last (the third part).
+  These run one at a time, last (the third part), in two streams and a tail: the tests
+  of ``ALONE_GUEST`` (marked ``alone_guest``: a QEMU guest, one core) one at a time
+  beside the rest of ``alone`` (the runs, one at a time), then those of ``ALONE_WHOLE``
+  (``alone_whole``: they look at the whole machine) with nothing beside them.
 - ``unit``: the test has none of ``NOT_UNIT_MARKERS``: it runs inside the pytest process,
   with at most tiny local stand-ins (a ``python -c`` snippet, ``sleep``, a socket on
   loopback). ``make check`` runs these alone, in parallel (pytest-xdist).
@@ -66,6 +69,14 @@ ALONE = {
     # and the handout's claims are judged on the verdicts of its batches
     "tests/labs/test_lab8.py": "a TCG guest takes a core to itself; verdicts of two batches",
 }
+# Of ALONE, the tests whose QEMU guest (TCG) takes one core: they run one at a time beside
+# the other stream of alone tests (the runs, which keep the machine 35 % busy one at a
+# time: docs/measurements.md), so that a guest and a run share the 2 cores.
+ALONE_GUEST = ("tests/guest/", "tests/labs/test_lab8.py")
+# Of ALONE, the tests that look at the whole machine (every namespace, link and process;
+# dockerd's iptables and bridges): last, with nothing beside them.
+ALONE_WHOLE = ("tests/platform/", "tests/docker/")
+assert set(ALONE_GUEST + ALONE_WHOLE) <= set(ALONE), "ALONE_GUEST and ALONE_WHOLE are of ALONE"
 # Markers that keep a test out of the unit tests (make check).
 NOT_UNIT_MARKERS = MACHINE_MARKERS + ("slow", "cli")
 # Programs a unit test may start: stand-ins that change nothing outside the test's files,
@@ -83,6 +94,10 @@ def pytest_configure(config: pytest.Config) -> None:
                             + ", ".join(MACHINE_MARKERS) + "; a few at a time")
     config.addinivalue_line("markers", "alone: derived (tests/conftest.py): a machine test "
                             "in ALONE; run one at a time")
+    config.addinivalue_line("markers", "alone_guest: derived (tests/conftest.py): an alone "
+                            "test in ALONE_GUEST; beside the other alone tests")
+    config.addinivalue_line("markers", "alone_whole: derived (tests/conftest.py): an alone "
+                            "test in ALONE_WHOLE; with nothing beside it")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -109,8 +124,13 @@ def pytest_collection_modifyitems(config, items):
         marks = {m.name for m in item.iter_markers()}
         if marks & set(MACHINE_MARKERS):
             item.add_marker("machine")
-            if item.nodeid.split("::")[0].startswith(tuple(ALONE)):
+            path = item.nodeid.split("::")[0]
+            if path.startswith(tuple(ALONE)):
                 item.add_marker("alone")
+                if path.startswith(ALONE_GUEST):
+                    item.add_marker("alone_guest")
+                if path.startswith(ALONE_WHOLE):
+                    item.add_marker("alone_whole")
         if not marks & set(NOT_UNIT_MARKERS):
             item.add_marker("unit")
     if os.geteuid() == 0:
