@@ -4,6 +4,7 @@ others' output comes after the first's, in order, and the exit status is all of 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -72,9 +73,12 @@ def test_ctrl_c_stops_every_session(tmp_path):
     argv = [sys.executable, "-m", "tests.support.side_by_side", "one", "two", "three", "--", "-q",
             "-p", "no:cacheprovider", "-c", str(tmp_path / "pytest.ini"), "--rootdir",
             str(tmp_path), str(tmp_path)]
+    # as from a terminal: SIGINT at its default (a shell's background job, which may have
+    # started this test, ignores it, and a Python started so keeps ignoring it)
     p = subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[2],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
+                         start_new_session=True,
+                         preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 30
         while not all((tmp_path / n).exists() for n in ("one", "two", "three")):
