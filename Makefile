@@ -37,15 +37,14 @@ MACHINE_WORKERS ?= 3
 # by their runs' tags, MACHINE_WORKERS at a time, a file's tests on one worker (--dist
 # loadfile: the runs a file's tests share are made once); last, one at a time, those that
 # look at the whole machine, time themselves or assert on a batch's verdicts (`alone`:
-# tests/conftest.py's ALONE says which and why). The third part runs three kinds of them
-# side by side, each kind one test at a time (tests/support/side_by_side.py): the other
-# runs, the labs' handouts (alone_labs) and the QEMU guests (alone_guest, one core); then
-# those that look at the whole machine (alone_whole) with nothing beside them. Each
-# pytest session prints its 30 slowest.
+# tests/conftest.py's ALONE says which and why). The third part runs the QEMU guests'
+# tests (alone_guest, one core) beside the others of alone, each kind one at a time
+# (tests/support/side_by_side.py), then those that look at the whole machine (alone_whole)
+# with nothing beside them. Each pytest session prints its 30 slowest.
 test: setup
 	$(PY) -m pytest -q -rs -m "not machine" -n $(WORKERS) --durations=30 $(PYTEST_ARGS); $(NONE_OK)
 	$(PY) -m pytest -q -rs -m "machine and not alone" -n $(MACHINE_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS); $(NONE_OK)
-	$(PY) -m tests.support.side_by_side $(if $(strip $(PYTEST_ARGS)),--none-ok) "alone and not alone_labs and not alone_guest and not alone_whole" alone_labs alone_guest -- -q -rs --durations=30 $(PYTEST_ARGS)
+	$(PY) -m tests.support.side_by_side $(if $(strip $(PYTEST_ARGS)),--none-ok) "alone and not alone_guest and not alone_whole" alone_guest -- -q -rs --durations=30 $(PYTEST_ARGS)
 	$(PY) -m pytest -q -rs -m alone_whole --durations=30 $(PYTEST_ARGS); $(NONE_OK)
 
 # The article's claims, each tested on 10 runs of every policy and of the baseline

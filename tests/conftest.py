@@ -16,12 +16,10 @@ Three markers are derived here, never written on a test, so that membership has 
 - ``alone``: a machine test in ``ALONE``: it looks at the whole machine (snapshots of
   every namespace, ``testbed clean``, dockerd's iptables), times itself near a bound,
   takes a core to itself (a TCG guest), or asserts on a batch's verdicts or one run's.
-  These run one at a time, last (the third part), in three streams and a tail: the
-  tests of ``ALONE_LABS`` (marked ``alone_labs``: the labs' handouts), those of
-  ``ALONE_GUEST`` (``alone_guest``: a QEMU guest, one core) and the rest of ``alone``
-  (the other runs), each stream one test at a time beside the other two; then those of
-  ``ALONE_WHOLE`` (``alone_whole``: they look at the whole machine) with nothing beside
-  them.
+  These run one at a time, last (the third part), in two streams and a tail: the tests
+  of ``ALONE_GUEST`` (marked ``alone_guest``: a QEMU guest, one core) one at a time
+  beside the rest of ``alone`` (the runs, one at a time), then those of ``ALONE_WHOLE``
+  (``alone_whole``: they look at the whole machine) with nothing beside them.
 - ``unit``: the test has none of ``NOT_UNIT_MARKERS``: it runs inside the pytest process,
   with at most tiny local stand-ins (a ``python -c`` snippet, ``sleep``, a socket on
   loopback). ``make check`` runs these alone, in parallel (pytest-xdist).
@@ -72,19 +70,13 @@ ALONE = {
     "tests/labs/test_lab8.py": "a TCG guest takes a core to itself; verdicts of two batches",
 }
 # Of ALONE, the tests whose QEMU guest (TCG) takes one core: they run one at a time beside
-# the other streams of alone tests (the runs, which keep the machine 35 % busy one at a
-# time: docs/measurements.md), so that a guest and the runs share the 2 cores.
+# the other stream of alone tests (the runs, which keep the machine 35 % busy one at a
+# time: docs/measurements.md), so that a guest and a run share the 2 cores.
 ALONE_GUEST = ("tests/guest/", "tests/labs/test_lab8.py")
-# Of ALONE, the labs' handouts on Mininet (about half of the runs' time): a stream of
-# their own, one at a time, beside the guests and the other alone tests.
-ALONE_LABS = ("tests/labs/test_lab_runs.py", "tests/labs/test_lab6.py")
 # Of ALONE, the tests that look at the whole machine (every namespace, link and process;
 # dockerd's iptables and bridges): last, with nothing beside them.
 ALONE_WHOLE = ("tests/platform/", "tests/docker/")
-# One stream each: a test in two streams would run twice at once.
-STREAMS = (ALONE_GUEST, ALONE_LABS, ALONE_WHOLE)
-assert set(sum(STREAMS, ())) <= set(ALONE), "ALONE_GUEST, ALONE_LABS and ALONE_WHOLE are of ALONE"
-assert len(set(sum(STREAMS, ()))) == len(sum(STREAMS, ())), "a path in two streams"
+assert set(ALONE_GUEST + ALONE_WHOLE) <= set(ALONE), "ALONE_GUEST and ALONE_WHOLE are of ALONE"
 # Markers that keep a test out of the unit tests (make check).
 NOT_UNIT_MARKERS = MACHINE_MARKERS + ("slow", "cli")
 # Programs a unit test may start: stand-ins that change nothing outside the test's files,
@@ -104,8 +96,6 @@ def pytest_configure(config: pytest.Config) -> None:
                             "in ALONE; run one at a time")
     config.addinivalue_line("markers", "alone_guest: derived (tests/conftest.py): an alone "
                             "test in ALONE_GUEST; beside the other alone tests")
-    config.addinivalue_line("markers", "alone_labs: derived (tests/conftest.py): an alone "
-                            "test in ALONE_LABS; beside the other alone tests")
     config.addinivalue_line("markers", "alone_whole: derived (tests/conftest.py): an alone "
                             "test in ALONE_WHOLE; with nothing beside it")
 
@@ -139,8 +129,6 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker("alone")
                 if path.startswith(ALONE_GUEST):
                     item.add_marker("alone_guest")
-                if path.startswith(ALONE_LABS):
-                    item.add_marker("alone_labs")
                 if path.startswith(ALONE_WHOLE):
                     item.add_marker("alone_whole")
         if not marks & set(NOT_UNIT_MARKERS):
