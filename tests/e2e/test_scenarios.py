@@ -169,6 +169,19 @@ def freed_by_the_oom_killer(summary: dict) -> bool:
     return any(k["pages_freed"] > 0 for k in summary["oom_kills"])
 
 
+def oom_killer_way_out(summary: dict) -> bool:
+    """Stuck, and not proven a lockup because the OOM killer could still end it (the
+    detector's ``OomOutlook.could_end``: a downloader waiting for no writeback, so its next
+    allocation may call out_of_memory()), and the OOM killer did free a downloader's socket
+    queue, after the initiator had given up: ``degraded``. Seen in 1 phillips-2005 run of 5
+    beside a saturated machine (CI rehearsal of db0d218: downloader2 asleep on its socket
+    from 4.4 s, the connection lost at 6.8 s, downloader1 and downloader3 killed at 55 s,
+    memory above min, the session not recovered), and once before beside others' load."""
+    return (summary["verdict"] == "degraded" and freed_by_the_oom_killer(summary)
+            and any((st.get("not_lockup") or "").startswith("the OOM killer may still end it")
+                    for st in summary["stalls"]))
+
+
 def held_back_by_tcp_mem(summary: dict) -> bool:
     """Completed because TCP's own limit held the downloads first: segments dropped
     PROTO_MEM (2.6.13's tcp_mem is 1,536 pages at 32 MiB), and memory never ran out. Seen
@@ -244,20 +257,26 @@ def test_the_threshold_drops_fewer_frames_of_other_traffic_than_phillips(claims)
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_each_policy_reaches_its_verdict_every_time(contention_runs, policy):
-    """Every run reaches the policy's verdict, but for one way out the era models have and
-    the lockup detector does not yet weigh (issue 12's note): under the Phillips policies
-    the OOM killer may kill a downloader before the lockup is proven, freeing its socket
-    queue, and the run then completes (1 phillips-2005 run of 5 in a batch on 2026-11-29:
-    downloader1 killed at 13 s, inside the 15 s horizon); or TCP's own limit holds the
-    downloads before memory runs out (:func:`held_back_by_tcp_mem`). A 2005 run stuck
-    beside clean pages that no reclaimer can run to, or at TCP's hard limit
-    (:func:`at_tcp_mem`), is a lockup: the detector proves both (``ReclaimOutlook``,
-    ``TcpOutlook`` in testbed/mm/lockup.py)."""
+    """Every run reaches the policy's verdict, but for the OOM killer's way out, which
+    the era models have: under the Phillips policies a downloader may be asleep on its
+    socket rather than waiting for writeback, so the OOM killer may kill one before the
+    lockup is proven, freeing its socket queue, and the run then completes (1 phillips-2005
+    run of 5 in a batch on 2026-11-29: downloader1 killed at 13 s, inside the 15 s
+    horizon), or, when the kill comes after the initiator gave up, ends ``degraded``
+    (:func:`oom_killer_way_out`); or TCP's own limit holds the downloads before memory runs
+    out (:func:`held_back_by_tcp_mem`). A 2005 run stuck beside clean pages that no
+    reclaimer can run to, or at TCP's hard limit (:func:`at_tcp_mem`), is a lockup: the
+    detector proves both (``ReclaimOutlook``, ``TcpOutlook`` in testbed/mm/lockup.py)."""
     for s in contention_runs[policy]:
-        escaped = ((policy in ("phillips-2005", "phillips-2005-threshold")
-                    and s["verdict"] == "completed" and freed_by_the_oom_killer(s))
-                   or (POLICIES[policy] == "lockup" and held_back_by_tcp_mem(s)))
-        expected = "completed" if escaped else POLICIES[policy]
+        phillips = policy in ("phillips-2005", "phillips-2005-threshold")
+        if phillips and s["verdict"] == "completed" and freed_by_the_oom_killer(s):
+            expected = "completed"
+        elif phillips and oom_killer_way_out(s):
+            expected = "degraded"
+        elif POLICIES[policy] == "lockup" and held_back_by_tcp_mem(s):
+            expected = "completed"
+        else:
+            expected = POLICIES[policy]
         assert s["verdict"] == expected, (s["verdict"], s["reasons"], s["oom_kills"])
         assert s["exit"] == (0 if expected == POLICIES[policy] else 1), s["stdout"]
         assert f"verdict: {expected}" in s["stdout"]
