@@ -10,14 +10,15 @@ Ctrl-C reaches both sessions (they are in the terminal's process group, and star
 Python's own SIGINT handling, unlike a shell's ``&`` job, which ignores SIGINT), each
 stops its runs and cleans up, and this waits for both.
 
-    python -m tests.support.side_by_side [--none-ok] EXPR1 EXPR2 [-- PYTEST_ARGS...]
+    python -m tests.support.side_by_side EXPR1 EXPR2 [-- PYTEST_ARGS...]
 
 (``make test`` gives both sessions its parts' ``-q -rs --durations=30`` and
 ``PYTEST_ARGS`` after the ``--``.)
 
-Exit status 0 when both sessions passed; with ``--none-ok`` (``make test`` gives it when
-``PYTEST_ARGS`` narrows the selection) a session that selected no test (pytest's 5)
-passes too.
+Exit status 0 when both sessions passed; pytest's 5 (no test selected) when one selected
+nothing and the other passed or selected nothing too, so that ``make test`` judges it as
+it judges its other parts (passed only when ``PYTEST_ARGS`` narrowed the selection);
+else 1.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ def pytest_argv(expr: str, extra: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "pytest", "-m", expr, *extra]
 
 
-def passed(rc: int, none_ok: bool) -> bool:
-    return rc == 0 or (none_ok and rc == NO_TESTS)
+def status(rcs: Sequence[int]) -> int:
+    """The part's exit status from its sessions' (see the module doc)."""
+    if all(rc == 0 for rc in rcs):
+        return 0
+    return NO_TESTS if all(rc in (0, NO_TESTS) for rc in rcs) else 1
 
 
-def run(first: str, second: str, extra: Sequence[str], none_ok: bool) -> int:
+def run(first: str, second: str, extra: Sequence[str]) -> int:
     with tempfile.TemporaryFile(mode="w+") as kept:
         procs = [subprocess.Popen(pytest_argv(second, extra), stdout=kept,
                                   stderr=subprocess.STDOUT)]
@@ -62,20 +66,18 @@ def run(first: str, second: str, extra: Sequence[str], none_ok: bool) -> int:
             sys.stdout.write(kept.read())
             sys.stdout.flush()
     for expr, rc in zip((first, second), rcs):
-        if not passed(rc, none_ok):
+        if rc:
             print(f"side_by_side: pytest -m {expr!r} exited {rc}", file=sys.stderr)
-    return 0 if all(passed(rc, none_ok) for rc in rcs) else 1
+    return status(rcs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="side_by_side", description=__doc__.split("\n")[0])
-    p.add_argument("--none-ok", action="store_true",
-                   help="a session that selected no test passes (PYTEST_ARGS narrowed it)")
     p.add_argument("first", help="marker expression of the session printed as it goes")
     p.add_argument("second", help="marker expression of the session printed after")
     p.add_argument("extra", nargs="*", help="after --: more pytest arguments, for both")
     args = p.parse_args(argv)
-    return run(args.first, args.second, args.extra, args.none_ok)
+    return run(args.first, args.second, args.extra)
 
 
 if __name__ == "__main__":
