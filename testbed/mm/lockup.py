@@ -65,6 +65,9 @@ RFC_DEFAULT_TIME2WAIT_S = 2
 
 # Drop reasons that mean "no memory for the frame" (by name: the receive path's list grows)
 MEMORY_DROPS = ("NOMEM", "RESERVE_CAP", "RX_NO_BUFFER", "PROTO_MEM")
+# How a stall's ``not_lockup`` begins when the OOM killer could still end it
+# (:meth:`OomOutlook.could_end`); readers of summaries match on it.
+OOM_MAY_END = "the OOM killer may still end it"
 
 
 # -- the horizon ----------------------------------------------------------------------------
@@ -566,10 +569,10 @@ class OomOutlook:
             return None
         frees = f"killing {name_range(n for n, p in self.victims if p)} {self._frees} {self.reach} pages"
         if self.callers:
-            return (f"the OOM killer may still end it: {name_range(self.callers)} may call "
+            return (f"{OOM_MAY_END}: {name_range(self.callers)} may call "
                     f"out_of_memory(), and {frees} ({self._needs})")
         if self.unbound:
-            return (f"the OOM killer may still end it: {name_range(self.unbound)} waits for no "
+            return (f"{OOM_MAY_END}: {name_range(self.unbound)} waits for no "
                     f"writeback, its next page-cache allocation may call out_of_memory(), and "
                     f"{frees} ({self._needs})")
         return None

@@ -55,6 +55,7 @@ import pytest
 
 from testbed import results, stats
 from testbed.mm.gfp import AllocFlags, slowpath_mark
+from testbed.mm.lockup import OOM_MAY_END
 from tests.e2e.machine import snapshot
 from tests.e2e.verdicts import assert_held_at_tcp_mem, at_tcp_mem
 from tests.platform.conftest import assert_nothing_left, assert_untouched
@@ -178,7 +179,7 @@ def oom_killer_way_out(summary: dict) -> bool:
     from 4.4 s, the connection lost at 6.8 s, downloader1 and downloader3 killed at 55 s,
     memory above min, the session not recovered), and once before beside others' load."""
     return (summary["verdict"] == "degraded" and freed_by_the_oom_killer(summary)
-            and any((st.get("not_lockup") or "").startswith("the OOM killer may still end it")
+            and any((st.get("not_lockup") or "").startswith(OOM_MAY_END)
                     for st in summary["stalls"]))
 
 
