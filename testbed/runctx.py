@@ -144,7 +144,9 @@ class RunContext:
         """Make a new run: id, folder ``<base_dir>/<time>-<name>-<id>``, state file.
 
         ``run_dir`` names the folder instead (it may exist already). ``clean_stale``
-        first removes what dead runs left behind (by tag only).
+        first removes what dead runs left behind (by tag only). A ``state_dir`` other
+        than :data:`STATE_DIR` hides the run from every other process's sweep, which
+        then takes its tagged children for a dead run's and ends them.
         """
         if clean_stale and os.geteuid() == 0:
             from . import cleanup   # cleanup imports this module

@@ -198,8 +198,7 @@ def test_the_built_in_scenario():
 
 @pytest.mark.root
 def test_the_injector_kills_the_client_by_pid_and_starts_the_next(tmp_path):
-    run = RunContext.create(base_dir=tmp_path, name="faults", clean_stale=False,
-                            state_dir=tmp_path / "state")
+    run = RunContext.create(base_dir=tmp_path, name="faults", clean_stale=False)
     try:
         first = subprocess.Popen(["sleep", "60"])
         procs = {"client": first}
@@ -262,8 +261,7 @@ def test_a_journal_mismatch_makes_the_run_degraded(tmp_path):
 
 @pytest.mark.root
 def test_a_client_still_down_when_the_load_ends_is_not_started_again(tmp_path):
-    run = RunContext.create(base_dir=tmp_path, name="faults", clean_stale=False,
-                            state_dir=tmp_path / "state")
+    run = RunContext.create(base_dir=tmp_path, name="faults", clean_stale=False)
     try:
         procs = {"client": subprocess.Popen(["sleep", "60"])}
         started = []

@@ -155,8 +155,7 @@ def state(pid: int, *wanted: str) -> str:
 
 @pytest.fixture
 def run(tmp_path):
-    ctx = RunContext.create(base_dir=tmp_path, name="faults", clean_stale=False,
-                            state_dir=tmp_path / "state")
+    ctx = RunContext.create(base_dir=tmp_path, name="faults", clean_stale=False)
     yield ctx
     ctx.close()
 
