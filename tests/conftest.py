@@ -80,6 +80,11 @@ ALONE_GUEST = ("tests/guest/", "tests/labs/test_lab8.py")
 # dockerd's iptables and bridges): last, with nothing beside them.
 ALONE_WHOLE = ("tests/platform/", "tests/docker/")
 assert set(ALONE_GUEST + ALONE_WHOLE) <= set(ALONE), "ALONE_GUEST and ALONE_WHOLE are of ALONE"
+# Fixtures that keep one dockerd up until their session ends (tests/docker/conftest.py's
+# engine, tests/platform/conftest.py's dockerd): tests that use them run after the rest of
+# their session, so that a test that starts and stops its own dockerd (docker-up.sh and
+# docker-down.sh, tests/platform/test_docker_scripts.py) finds none running.
+DOCKERD_FIXTURES = frozenset({"engine", "dockerd"})
 # Markers that keep a test out of the unit tests (make check).
 NOT_UNIT_MARKERS = MACHINE_MARKERS + ("slow", "cli")
 # Programs a unit test may start: stand-ins that change nothing outside the test's files,
@@ -136,6 +141,7 @@ def pytest_collection_modifyitems(config, items):
                     item.add_marker("alone_whole")
         if not marks & set(NOT_UNIT_MARKERS):
             item.add_marker("unit")
+    items.sort(key=lambda item: bool(DOCKERD_FIXTURES & set(getattr(item, "fixturenames", ()))))
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="needs root (run `make test` as root)")
